@@ -1,0 +1,47 @@
+//! Errors of the host façade, each with a stable machine-readable code.
+
+use plugd_runtime::RuntimeError;
+
+/// Why a host operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// No plugin of that name is installed.
+    #[error("Plugin `{name}` is not installed; hint: `plugd list` shows the installed plugins")]
+    PluginNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The plugin exists but is not running.
+    #[error("Plugin `{plugin}` is {state}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    NotRunning {
+        /// The plugin.
+        plugin: String,
+        /// Its state.
+        state: crate::PluginState,
+        /// Why, if known.
+        reason: Option<String>,
+    },
+    /// The plugin's manifest or dependencies prevent loading it.
+    #[error("{0}")]
+    CannotLoad(String),
+    /// The runtime reported an error.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The host could not read or write its directories.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl HostError {
+    /// A stable machine-readable code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HostError::PluginNotFound { .. } => "plugin_not_found",
+            HostError::NotRunning { .. } => "plugin_not_running",
+            HostError::CannotLoad(_) => "plugin_cannot_load",
+            HostError::Runtime(e) => e.code(),
+            HostError::Io(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The plugd host: discovers plugins, resolves them, runs them through injected runtimes, and
+//! routes calls, events and logs. The façade every front end (HTTP server, CLI, embedding app)
+//! uses.
+//!
+//! This crate never names wasmtime, a child process, SQLite or HTTP: runtimes arrive as
+//! `Arc<dyn Runtime>` from the binary or the embedding app.
+#![warn(missing_docs)]
+
+mod error;
+mod events;
+mod lifecycle;
+mod registry;
+mod services;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugd_manifest::RuntimeKind;
+use plugd_runtime::Runtime;
+
+pub use error::HostError;
+pub use registry::{LogLine, PluginInfo, PluginState, Problem};
+
+/// How the host runs.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// The directory scanned for plugin packages (one sub-directory each).
+    pub plugins_dir: PathBuf,
+    /// Where plugd keeps its state (plugin data dirs under `data/`).
+    pub state_dir: PathBuf,
+    /// How long a stopping plugin may take before it is killed.
+    pub stop_grace: Duration,
+    /// How many log lines are kept per plugin.
+    pub log_lines: usize,
+}
+
+impl HostConfig {
+    /// A configuration with default timings for the given directories.
+    pub fn new(plugins_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        HostConfig {
+            plugins_dir: plugins_dir.into(),
+            state_dir: state_dir.into(),
+            stop_grace: Duration::from_secs(3),
+            log_lines: 1000,
+        }
+    }
+}
+
+/// The plugin host. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<lifecycle::HostInner>,
+}
+
+/// Builds a [`Host`] from a configuration and runtimes.
+pub struct HostBuilder {
+    config: HostConfig,
+    runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+}
+
+impl HostBuilder {
+    /// Registers the runtime for its kind (the last registration of a kind wins).
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtimes.insert(runtime.kind(), runtime);
+        self
+    }
+
+    /// Builds the host. Nothing is discovered or started yet: call [`Host::start`].
+    pub fn build(self) -> Host {
+        Host { inner: lifecycle::HostInner::new(self.config, self.runtimes) }
+    }
+}
+
+impl Host {
+    /// Starts building a host.
+    pub fn builder(config: HostConfig) -> HostBuilder {
+        HostBuilder { config, runtimes: HashMap::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+}

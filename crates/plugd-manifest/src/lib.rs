@@ -1,0 +1,262 @@
+//! Typed, validated plugin manifests: `plugin.toml` (native) and `plugin.json` (seed format).
+//!
+//! Everything downstream trusts these values: names are validated newtypes, versions are semver,
+//! entry paths stay inside the package, sizes and durations are parsed into numbers.
+//!
+//! # Reading
+//! [`Manifest::load`] reads a package directory: `plugin.toml` if present, else `plugin.json`
+//! (when both exist `plugin.toml` wins and [`Manifest::warnings`] says so).
+//! [`Manifest::from_toml_str`] and [`Manifest::from_json_str`] read text. Every error is a
+//! [`ManifestError`] whose message is one user-facing line, naming the file when there is one.
+//!
+//! # Policy
+//! - **Unknown keys are errors**, anywhere in `plugin.toml` and in `plugin.json`, naming the key
+//!   and its table, with a "did you mean" hint when a known key is at most two edits away. A
+//!   typo such as `verison` or `[limit]` must not silently drop a limit or a permission. The one
+//!   exception is the seed's `class_path`, accepted in `plugin.json` with a warning.
+//! - `schema` is optional and defaults to 1; any other value is refused.
+//! - `[plugin] runtime` and `entry` are required in `plugin.toml`. `plugin.json` (the seed
+//!   format) defaults to `runtime = "process"` and `entry = ["python3", "main.py"]`, with a
+//!   warning for the latter.
+//! - Paths stay inside the package: `fs.read` paths, a wasm entry and every process entry
+//!   argument may be neither absolute nor contain a `..` component. Element 0 of a process
+//!   entry may be a bare program name (`python3`, looked up on `PATH` when the plugin starts)
+//!   or a package-relative path (`bin/run`); an absolute program path (`/bin/sh`) is refused.
+//!   Arguments are checked as `/`-separated text, not parsed as options: `--out=/tmp` passes.
+//!   These checks catch mistakes; the sandbox is what confines a plugin.
+//! - `[limits]` defaults: `memory = "256MiB"`, `cpu = "10s"`, `call_timeout = "5s"`,
+//!   `concurrency = 64`. Sizes and durations must be more than zero; `memory` may also be a
+//!   plain integer of bytes.
+//! - `[params]` and each action's `input` are kept as JSON values; `[params]` must be a schema
+//!   with `type = "object"`. Their contents are not validated further here.
+#![warn(missing_docs)]
+
+mod error;
+mod kinds;
+mod name;
+mod parse;
+mod suggest;
+mod units;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use semver::{Version, VersionReq};
+
+pub use crate::error::ManifestError;
+pub use crate::kinds::UnknownValueError;
+pub use crate::name::{MAX_NAME_LEN, NameError};
+pub use crate::units::{parse_duration, parse_size};
+
+/// File name of the native manifest.
+pub const TOML_MANIFEST: &str = "plugin.toml";
+/// File name of the seed-compatible manifest.
+pub const JSON_MANIFEST: &str = "plugin.json";
+/// The manifest schema version this crate reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A plugin's identifier: `^[a-z][a-z0-9_-]{0,63}$`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PluginName(String);
+
+/// An action's identifier: `^[a-z_][a-z0-9_.-]{0,63}$`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActionName(String);
+
+/// What a plugin is for (informational; from the seed's plugin categories).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Offers data or services to others.
+    Provider,
+    /// Transforms data.
+    Processor,
+    /// Stores data.
+    Storage,
+    /// Watches something.
+    Monitor,
+    /// Anything else (default).
+    #[default]
+    Other,
+}
+
+/// How the plugin's code runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuntimeKind {
+    /// A child process speaking protocol v1 on fd 3.
+    Process,
+    /// A WebAssembly component run by wasmtime.
+    Wasm,
+}
+
+/// Which file the manifest was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManifestFormat {
+    /// `plugin.toml`.
+    Toml,
+    /// `plugin.json`.
+    Json,
+}
+
+/// A validated plugin manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// Manifest schema version (currently always 1).
+    pub schema: u32,
+    /// Plugin name.
+    pub name: PluginName,
+    /// Plugin version.
+    pub version: Version,
+    /// One-line description.
+    pub description: String,
+    /// Authors, free text.
+    pub authors: Vec<String>,
+    /// Category.
+    pub kind: PluginKind,
+    /// Runtime.
+    pub runtime: RuntimeKind,
+    /// Process: argv, element 0 is a program on `PATH` or a package-relative path, the rest are
+    /// arguments (package-relative paths stay inside the package). Wasm: one element, the
+    /// package-relative component file.
+    pub entry: Vec<String>,
+    /// Other plugins this one needs, with semver requirements.
+    pub dependencies: BTreeMap<PluginName, VersionReq>,
+    /// Requested capabilities.
+    pub permissions: Permissions,
+    /// Resource limits.
+    pub limits: Limits,
+    /// JSON Schema of the plugin's settings, if any.
+    pub params: Option<serde_json::Value>,
+    /// Declared actions (a process plugin may also announce actions at handshake).
+    pub actions: Vec<ActionSpec>,
+    /// Event subscriptions.
+    pub events: Events,
+    /// Which file this came from.
+    pub format: ManifestFormat,
+    /// Non-fatal findings (e.g. ignored seed keys), each a user-facing sentence.
+    pub warnings: Vec<String>,
+}
+
+/// Capabilities a plugin asks for. Parsed now, enforced by the sandbox / wasm runtime.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Permissions {
+    /// Package-relative paths the plugin may read (the data dir is always read-write).
+    pub fs_read: Vec<PathBuf>,
+    /// `host:port` pairs the plugin may connect to.
+    pub net_connect: Vec<String>,
+    /// Host environment variables passed through.
+    pub env: Vec<String>,
+    /// Host services the plugin may use.
+    pub services: Vec<Service>,
+    /// Advisory Python import allow-list (the kernel layers are the boundary).
+    pub imports: Vec<String>,
+}
+
+/// A host service a plugin may request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    /// Per-plugin key-value store.
+    Kv,
+    /// Publish events.
+    Events,
+    /// Submit background tasks.
+    Tasks,
+    /// Outgoing HTTP.
+    Http,
+    /// Call declared dependencies.
+    Plugins,
+}
+
+/// Resource limits, with defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Memory in bytes (default 256 MiB).
+    pub memory: u64,
+    /// CPU time budget (default 10 s).
+    pub cpu: Duration,
+    /// Per-call wall-clock timeout (default 5 s).
+    pub call_timeout: Duration,
+    /// Maximum in-flight calls (default 64).
+    pub concurrency: u32,
+}
+
+/// One declared action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionSpec {
+    /// Action name.
+    pub name: ActionName,
+    /// Human description.
+    pub description: String,
+    /// JSON Schema of the input payload, if given.
+    pub input: Option<serde_json::Value>,
+    /// UI hooks (seed: `execute`, `group`, `vector`, ...).
+    pub hooks: Vec<String>,
+}
+
+/// Event subscriptions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Events {
+    /// Topics this plugin receives (exact match, or a prefix ending in `.*`).
+    pub subscribe: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 256 * 1024 * 1024,
+            cpu: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(5),
+            concurrency: 64,
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates `plugin.toml` text.
+    pub fn from_toml_str(src: &str) -> Result<Manifest, ManifestError> {
+        parse::parse_toml(src)
+    }
+
+    /// Parses and validates `plugin.json` text (the seed format, optionally with the
+    /// `plugin.toml` fields flattened into the top-level object).
+    pub fn from_json_str(src: &str) -> Result<Manifest, ManifestError> {
+        parse::parse_json(src)
+    }
+
+    /// Reads the manifest of the package in `dir`: `plugin.toml`, else `plugin.json`.
+    ///
+    /// When both exist, `plugin.toml` is read and a warning says `plugin.json` was ignored.
+    pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
+        let toml_path = dir.join(TOML_MANIFEST);
+        let json_path = dir.join(JSON_MANIFEST);
+        if let Some(src) = read_if_exists(&toml_path)? {
+            let mut manifest = Manifest::from_toml_str(&src).map_err(|e| e.in_file(&toml_path))?;
+            if json_path.exists() {
+                manifest.warnings.push(format!(
+                    "Both `{TOML_MANIFEST}` and `{JSON_MANIFEST}` are in `{}`; `{JSON_MANIFEST}` is ignored; hint: delete `{JSON_MANIFEST}`",
+                    dir.display()
+                ));
+            }
+            return Ok(manifest);
+        }
+        if let Some(src) = read_if_exists(&json_path)? {
+            return Manifest::from_json_str(&src).map_err(|e| e.in_file(&json_path));
+        }
+        Err(ManifestError::NotFound {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+fn read_if_exists(path: &Path) -> Result<Option<String>, ManifestError> {
+    match fs::read_to_string(path) {
+        Ok(src) => Ok(Some(src)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}

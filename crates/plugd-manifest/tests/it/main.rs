@@ -1,0 +1,4 @@
+//! Integration tests of `plugd-manifest`: the golden files in `tests/ui` and `Manifest::load`.
+
+mod load;
+mod ui;

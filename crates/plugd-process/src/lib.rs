@@ -1,0 +1,120 @@
+//! The process runtime: each plugin is a child process speaking protocol v1 on fd 3.
+//!
+//! `spawn` builds the child (socket pair on fd 3, clean environment, own process group, dies
+//! with the host), `conn` speaks the protocol over the socket, `logs` turns stdout/stderr into
+//! log lines, and `instance` supervises one plugin: handshake, calls, health pings, restarts.
+#![warn(missing_docs)]
+
+mod conn;
+mod instance;
+mod logs;
+mod spawn;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use plugd_manifest::RuntimeKind;
+use plugd_runtime::{HostCalls, Instance, InstanceSpec, Runtime, RuntimeError};
+
+/// How the process runtime treats its children.
+#[derive(Clone, Debug)]
+pub struct ProcessConfig {
+    /// Environment every child gets (besides the `PLUGD_*` variables and the manifest's
+    /// `permissions.env`). Defaults to the host's `PATH`, `LANG=C.UTF-8`,
+    /// `PYTHONUNBUFFERED=1` and `PYTHONDONTWRITEBYTECODE=1`.
+    pub base_env: Vec<(OsString, OsString)>,
+    /// How long a child may take to say `hello`.
+    pub start_timeout: Duration,
+    /// How often a running child is pinged.
+    pub ping_interval: Duration,
+    /// How long a ping may take before the child is killed and restarted.
+    pub ping_timeout: Duration,
+    /// Largest protocol frame accepted from a child.
+    pub max_frame: usize,
+    /// Crash handling.
+    pub restart: RestartPolicy,
+    /// Log capture limits.
+    pub logs: LogLimits,
+}
+
+/// When and how fast crashed children are restarted.
+#[derive(Clone, Debug)]
+pub struct RestartPolicy {
+    /// First backoff delay; doubles after each crash.
+    pub initial_backoff: Duration,
+    /// Largest backoff delay.
+    pub max_backoff: Duration,
+    /// Crashes within `window` after which the plugin is given up (marked dead).
+    pub max_crashes: u32,
+    /// The window for `max_crashes`.
+    pub window: Duration,
+}
+
+/// Bounds on captured stdout/stderr, so a flooding child cannot grow the host's memory.
+#[derive(Clone, Debug)]
+pub struct LogLimits {
+    /// Longest kept line in bytes; longer lines are truncated.
+    pub max_line: usize,
+    /// Sustained lines per second per stream; the excess is dropped and counted.
+    pub lines_per_second: u32,
+    /// Burst allowance above the sustained rate.
+    pub burst: u32,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        let mut base_env = vec![
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ];
+        if let Some(path) = std::env::var_os("PATH") {
+            base_env.push(("PATH".into(), path));
+        }
+        ProcessConfig {
+            base_env,
+            start_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(5),
+            max_frame: plugd_protocol::DEFAULT_MAX_FRAME,
+            restart: RestartPolicy {
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                max_crashes: 5,
+                window: Duration::from_secs(60),
+            },
+            logs: LogLimits { max_line: 8 * 1024, lines_per_second: 200, burst: 1000 },
+        }
+    }
+}
+
+/// The process runtime. Cheap to clone; one per host.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessRuntime {
+    config: Arc<ProcessConfig>,
+}
+
+impl ProcessRuntime {
+    /// A runtime with the given configuration.
+    pub fn new(config: ProcessConfig) -> Self {
+        ProcessRuntime { config: Arc::new(config) }
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    async fn start(
+        &self,
+        spec: InstanceSpec,
+        host: Arc<dyn HostCalls>,
+    ) -> Result<Arc<dyn Instance>, RuntimeError> {
+        let instance = instance::ProcessInstance::start(spec, host, self.config.clone()).await?;
+        Ok(instance)
+    }
+}

@@ -1,0 +1,156 @@
+//! Building and spawning a child: the socket pair on fd 3, a clean environment, its own process
+//! group, and death with the host.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use plugd_runtime::InstanceSpec;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::ProcessConfig;
+
+/// A freshly spawned child and the host's end of its protocol socket.
+pub(crate) struct Spawned {
+    pub child: Child,
+    pub socket: UnixStream,
+}
+
+/// Resolves the manifest's entry into a program path and its arguments.
+pub(crate) fn resolve_program(
+    spec: &InstanceSpec,
+    config: &ProcessConfig,
+) -> Result<(PathBuf, Vec<String>), String> {
+    let entry = &spec.manifest.entry;
+    let Some(program) = entry.first() else {
+        return Err("its manifest has an empty `entry`".to_owned());
+    };
+    let args = entry[1..].to_vec();
+    if program.contains('/') {
+        let path = spec.package_dir.join(program);
+        if !path.is_file() {
+            return Err(format!(
+                "entry program `{program}` does not exist in the package; hint: check `entry` in `plugin.toml`"
+            ));
+        }
+        return Ok((path, args));
+    }
+    let path_var = config
+        .base_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    for dir in std::env::split_paths(&path_var) {
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return Ok((candidate, args));
+        }
+    }
+    Err(format!(
+        "program `{program}` is not on the `PATH`; hint: install it or give a package-relative path in `entry`"
+    ))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Spawns the child with the protocol socket as fd 3.
+pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawned, String> {
+    let (program, args) = resolve_program(spec, config)?;
+    let (parent_end, child_end) =
+        StdUnixStream::pair().map_err(|e| format!("cannot create its socket pair: {e}"))?;
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
+        .current_dir(&spec.package_dir)
+        .env_clear()
+        .envs(config.base_env.iter().map(|(k, v)| (k, v)))
+        .env("HOME", &spec.data_dir)
+        .env("PLUGD_FD", plugd_protocol::CHILD_FD.to_string())
+        .env("PLUGD_PROTOCOL", plugd_protocol::PROTOCOL_VERSION.to_string())
+        .env("PLUGD_PLUGIN", spec.manifest.name.as_str())
+        .env("PLUGD_DATA_DIR", &spec.data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for name in &spec.manifest.permissions.env {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+
+    let child_fd = child_end.as_raw_fd();
+    let host_pid = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid, dup2, fcntl); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the host. If the host already died before prctl, exit now.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != host_pid {
+                libc::_exit(1);
+            }
+            let fd = plugd_protocol::CHILD_FD;
+            if child_fd == fd {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let child = cmd.spawn().map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
+    drop(child_end);
+    parent_end.set_nonblocking(true).map_err(|e| format!("socket setup failed: {e}"))?;
+    let socket = UnixStream::from_std(parent_end).map_err(|e| format!("socket setup failed: {e}"))?;
+    Ok(Spawned { child, socket })
+}
+
+/// Sends `signal` to the child's whole process group.
+pub(crate) fn kill_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: killpg with a pid we spawned as a process-group leader; failure (already gone) is
+    // harmless.
+    unsafe {
+        libc::killpg(pid as libc::pid_t, signal);
+    }
+}
+
+/// Describes how a child ended, for crash reasons.
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else if let Some(sig) = status.signal() {
+        format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else {
+        "ended".to_owned()
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSYS => "SIGSYS",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,329 @@
+//! Protocol messages: decoding incoming frames and encoding outgoing ones without copies of
+//! payloads (payloads stay raw JSON end to end).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A decoded incoming frame.
+#[derive(Debug)]
+pub enum Message {
+    /// A request expecting a response with the same id.
+    Request {
+        /// Request id.
+        id: u64,
+        /// Method name.
+        method: String,
+        /// Raw params (`null` when absent).
+        params: Box<RawValue>,
+    },
+    /// A notification (no id, no response).
+    Notification {
+        /// Method name.
+        method: String,
+        /// Raw params (`null` when absent).
+        params: Box<RawValue>,
+    },
+    /// A response to one of our requests.
+    Response {
+        /// The id of our request.
+        id: u64,
+        /// The result or the error.
+        result: Result<Box<RawValue>, RpcError>,
+    },
+}
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RpcError {
+    /// Error code (see [`crate::codes`]).
+    pub code: i64,
+    /// Human message.
+    pub message: String,
+    /// Extra data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// Why an incoming frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON.
+    #[error("Frame is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON, but not a JSON-RPC message.
+    #[error("Frame is not a JSON-RPC message: {0}")]
+    Shape(&'static str),
+}
+
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<Box<RawValue>>,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("`null` is valid JSON")
+}
+
+impl Message {
+    /// Decodes one frame (without its trailing newline).
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        let raw: RawFrame = serde_json::from_slice(frame)?;
+        let id = match raw.id {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => {
+                Some(n.as_u64().ok_or(DecodeError::Shape("`id` must be a non-negative integer"))?)
+            }
+            Some(_) => return Err(DecodeError::Shape("`id` must be a non-negative integer")),
+        };
+        match (raw.method, id) {
+            (Some(method), Some(id)) => Ok(Message::Request {
+                id,
+                method,
+                params: raw.params.unwrap_or_else(null),
+            }),
+            (Some(method), None) => Ok(Message::Notification {
+                method,
+                params: raw.params.unwrap_or_else(null),
+            }),
+            (None, Some(id)) => {
+                let result = match (raw.result, raw.error) {
+                    (_, Some(error)) => Err(error),
+                    (Some(result), None) => Ok(result),
+                    (None, None) => Ok(null()),
+                };
+                Ok(Message::Response { id, result })
+            }
+            (None, None) => Err(DecodeError::Shape("a frame needs a `method` or an `id`")),
+        }
+    }
+}
+
+/// Appends a request frame (with trailing newline) to `buf`.
+pub fn encode_request<P: Serialize + ?Sized>(buf: &mut Vec<u8>, id: u64, method: &str, params: &P) {
+    #[derive(Serialize)]
+    struct Frame<'a, P: ?Sized> {
+        jsonrpc: &'static str,
+        id: u64,
+        method: &'a str,
+        params: &'a P,
+    }
+    write_frame(buf, &Frame { jsonrpc: "2.0", id, method, params });
+}
+
+/// Appends a notification frame to `buf`.
+pub fn encode_notification<P: Serialize + ?Sized>(buf: &mut Vec<u8>, method: &str, params: &P) {
+    #[derive(Serialize)]
+    struct Frame<'a, P: ?Sized> {
+        jsonrpc: &'static str,
+        method: &'a str,
+        params: &'a P,
+    }
+    write_frame(buf, &Frame { jsonrpc: "2.0", method, params });
+}
+
+/// Appends a success response frame to `buf`.
+pub fn encode_result<R: Serialize + ?Sized>(buf: &mut Vec<u8>, id: u64, result: &R) {
+    #[derive(Serialize)]
+    struct Frame<'a, R: ?Sized> {
+        jsonrpc: &'static str,
+        id: u64,
+        result: &'a R,
+    }
+    write_frame(buf, &Frame { jsonrpc: "2.0", id, result });
+}
+
+/// Appends an error response frame to `buf`.
+pub fn encode_error(buf: &mut Vec<u8>, id: u64, error: &RpcError) {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        jsonrpc: &'static str,
+        id: u64,
+        error: &'a RpcError,
+    }
+    write_frame(buf, &Frame { jsonrpc: "2.0", id, error });
+}
+
+fn write_frame<T: Serialize>(buf: &mut Vec<u8>, frame: &T) {
+    // Serialising our own frame types into a Vec cannot fail: every map key is a string.
+    serde_json::to_writer(&mut *buf, frame).expect("protocol frames always serialise");
+    buf.push(b'\n');
+}
+
+/// `hello` params (child → host, first frame).
+#[derive(Debug, Deserialize)]
+pub struct Hello {
+    /// Protocol version the child speaks.
+    pub protocol: u32,
+    /// SDK name and version, e.g. `python/0.1.0`.
+    #[serde(default)]
+    pub sdk: Option<String>,
+    /// Actions the child offers; overrides the manifest list when present.
+    #[serde(default)]
+    pub actions: Option<Vec<HelloAction>>,
+}
+
+/// One action announced in `hello`.
+#[derive(Debug, Deserialize)]
+pub struct HelloAction {
+    /// Action name.
+    pub name: String,
+    /// Human description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `initialize` result (host → child, answer to `hello`).
+#[derive(Debug, Serialize)]
+pub struct Initialize<'a> {
+    /// Protocol version the host speaks.
+    pub protocol: u32,
+    /// Plugin name.
+    pub plugin: &'a str,
+    /// Plugin version.
+    pub version: String,
+    /// Current params.
+    pub params: &'a serde_json::Value,
+    /// Data directory.
+    pub data_dir: &'a str,
+    /// Granted services.
+    pub services: Vec<&'a str>,
+}
+
+/// `call` params (host → child).
+#[derive(Debug, Serialize)]
+pub struct CallParams<'a> {
+    /// Action name.
+    pub action: &'a str,
+    /// Raw payload.
+    pub payload: &'a RawValue,
+    /// How long the host waits, in milliseconds.
+    pub deadline_ms: u64,
+}
+
+/// `event` params (host → child).
+#[derive(Debug, Serialize)]
+pub struct EventParams<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Raw payload.
+    pub payload: &'a RawValue,
+}
+
+/// `log` params (child → host).
+#[derive(Debug, Deserialize)]
+pub struct LogParams {
+    /// Level name.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// The message.
+    pub message: String,
+    /// Logger name.
+    #[serde(default)]
+    pub logger: Option<String>,
+}
+
+/// `progress` params (child → host).
+#[derive(Debug, Deserialize)]
+pub struct ProgressParams {
+    /// Id of the `call` this progress belongs to.
+    #[serde(default)]
+    pub call: Option<u64>,
+    /// Fraction done.
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// Human message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `emit` params (child → host).
+#[derive(Debug, Deserialize)]
+pub struct EmitParams {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(frame: &str, expect: &str) {
+        let got = match Message::decode(frame.as_bytes()) {
+            Ok(m) => format!("{m:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        assert_eq!(got, expect, "decoding {frame}");
+    }
+
+    #[test]
+    fn decodes_requests_notifications_and_responses() {
+        check(
+            r#"{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1}}"#,
+            r#"Request { id: 1, method: "hello", params: RawValue({"protocol":1}) }"#,
+        );
+        check(
+            r#"{"jsonrpc":"2.0","method":"log","params":{"message":"hi"}}"#,
+            r#"Notification { method: "log", params: RawValue({"message":"hi"}) }"#,
+        );
+        check(
+            r#"{"jsonrpc":"2.0","id":7,"result":{"value":1}}"#,
+            r#"Response { id: 7, result: Ok(RawValue({"value":1})) }"#,
+        );
+        check(
+            r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32001,"message":"no"}}"#,
+            r#"Response { id: 7, result: Err(RpcError { code: -32001, message: "no", data: None }) }"#,
+        );
+        check(r#"{"method":"ping"}"#, r#"Notification { method: "ping", params: RawValue(null) }"#);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        check("hello", "error: Frame is not valid JSON: expected value at line 1 column 1");
+        check("{}", "error: Frame is not a JSON-RPC message: a frame needs a `method` or an `id`");
+        check(
+            r#"{"id":"x","result":1}"#,
+            "error: Frame is not a JSON-RPC message: `id` must be a non-negative integer",
+        );
+        check("[1,2]", "error: Frame is not valid JSON: invalid type: sequence, expected struct RawFrame at line 1 column 0");
+    }
+
+    #[test]
+    fn encodes_frames_with_raw_payloads() {
+        let payload = RawValue::from_string(r#"{"name":"Ada"}"#.into()).unwrap();
+        let mut buf = Vec::new();
+        encode_request(
+            &mut buf,
+            3,
+            "call",
+            &CallParams { action: "greet", payload: &payload, deadline_ms: 5000 },
+        );
+        encode_notification(&mut buf, "shutdown", &serde_json::json!({}));
+        encode_result(&mut buf, 4, "pong");
+        encode_error(&mut buf, 5, &RpcError { code: -32601, message: "nope".into(), data: None });
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            concat!(
+                r#"{"jsonrpc":"2.0","id":3,"method":"call","params":{"action":"greet","payload":{"name":"Ada"},"deadline_ms":5000}}"#,
+                "\n",
+                r#"{"jsonrpc":"2.0","method":"shutdown","params":{}}"#,
+                "\n",
+                r#"{"jsonrpc":"2.0","id":4,"result":"pong"}"#,
+                "\n",
+                r#"{"jsonrpc":"2.0","id":5,"error":{"code":-32601,"message":"nope"}}"#,
+                "\n",
+            )
+        );
+    }
+}

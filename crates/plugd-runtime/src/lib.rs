@@ -1,0 +1,318 @@
+//! The runtime boundary: what the host asks of a runtime, and what a plugin may ask of the host.
+//!
+//! This crate names neither wasmtime nor child processes. Runtimes (`plugd-process`,
+//! `plugd-wasm`, an embedding app's built-ins) implement [`Runtime`]; the binary injects them into
+//! the host as `Arc<dyn Runtime>`. A plugin fault of any kind reaches the host as a
+//! [`RuntimeError`] value, never as a panic or a hang.
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use plugd_manifest::{ActionName, Manifest, PluginName, RuntimeKind};
+use serde_json::value::RawValue;
+
+/// Everything a runtime needs to start one plugin instance.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    /// The validated manifest.
+    pub manifest: Arc<Manifest>,
+    /// The package directory the code runs from (already verified when signing is on).
+    pub package_dir: PathBuf,
+    /// The plugin's private writable directory (exists when `start` is called).
+    pub data_dir: PathBuf,
+    /// The plugin's current settings (JSON object).
+    pub params: serde_json::Value,
+}
+
+/// One call of an action.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The action to run.
+    pub action: ActionName,
+    /// The JSON payload, passed through without re-encoding.
+    pub payload: Box<RawValue>,
+    /// How long the caller waits; `None` means the manifest's `call_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// The successful result of a call: the plugin's JSON result object, passed through as bytes.
+///
+/// By convention it has the shape `{"value": ..., "notifications"?: [...], "groups"?: [...]}`
+/// (the seed's `ActionResult`); the runtime checks only that it is JSON.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The raw JSON result.
+    pub result: Box<RawValue>,
+}
+
+/// An action as announced by a running plugin (handshake or `describe`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionInfo {
+    /// Action name.
+    pub name: ActionName,
+    /// Human description.
+    pub description: String,
+}
+
+/// What a runtime reports about a running instance.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceStatus {
+    /// Whether the instance currently accepts calls.
+    pub ready: bool,
+    /// Whether the instance has given up for good (e.g. crashed too often); the host marks the
+    /// plugin failed.
+    pub dead: bool,
+    /// How many times the instance was restarted after a crash.
+    pub restarts: u32,
+    /// The last fault, as a user-facing sentence.
+    pub last_error: Option<String>,
+    /// OS process id, for runtimes that have one.
+    pub pid: Option<u32>,
+    /// Replies that arrived after their call had timed out (dropped).
+    pub late_replies: u64,
+    /// Free-form runtime details shown in status (e.g. sandbox layers achieved).
+    pub details: Vec<(String, String)>,
+}
+
+/// Severity of a plugin log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warning.
+    Warn,
+    /// Error.
+    Error,
+}
+
+impl LogLevel {
+    /// Parses a level name as sent by SDKs (`debug`, `info`, `warning`/`warn`, `error`/`critical`).
+    pub fn parse(s: &str) -> LogLevel {
+        match s.to_ascii_lowercase().as_str() {
+            "debug" | "trace" => LogLevel::Debug,
+            "warn" | "warning" => LogLevel::Warn,
+            "error" | "critical" | "fatal" => LogLevel::Error,
+            _ => LogLevel::Info,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Where a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogSource {
+    /// A structured `log` message from the plugin (SDK logging).
+    Plugin,
+    /// A line the plugin wrote to stdout.
+    Stdout,
+    /// A line the plugin wrote to stderr.
+    Stderr,
+    /// The runtime itself (spawn, crash, restart).
+    Runtime,
+}
+
+/// Progress of a running call or task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Fraction done in `0.0..=1.0`, if known.
+    pub fraction: Option<f64>,
+    /// Human message.
+    pub message: Option<String>,
+}
+
+/// A failed plugin → host request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostCallError {
+    /// The plugin's manifest did not ask for this service, or its trust level forbids it.
+    #[error("Service `{service}` is not granted to plugin `{plugin}`; hint: add it to `permissions.services` in `plugin.toml`")]
+    NotGranted {
+        /// The plugin.
+        plugin: String,
+        /// The service.
+        service: String,
+    },
+    /// The host does not offer this method (yet).
+    #[error("Host method `{0}` is not available in this version of plugd")]
+    Unknown(String),
+    /// The request was malformed.
+    #[error("Invalid request: {0}")]
+    Invalid(String),
+    /// The service failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a plugin may ask of the host. One value per plugin instance; the runtime forwards the
+/// plugin's requests here. Implemented by `plugd-host`.
+#[async_trait]
+pub trait HostCalls: Send + Sync {
+    /// A log line from the plugin (structured log, or a captured stdout/stderr line).
+    fn log(&self, source: LogSource, level: LogLevel, message: &str);
+    /// Progress reported by the plugin while handling `call_id` (runtime-local call id).
+    fn progress(&self, progress: Progress);
+    /// The plugin publishes an event.
+    fn emit(&self, topic: &str, payload: serde_json::Value);
+    /// Any other request (`kv.get`, `plugin.call`, `task.submit`, ...): JSON params in, JSON out.
+    async fn request(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError>;
+}
+
+/// A runtime: knows how to start instances of plugins of one [`RuntimeKind`].
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Which manifests this runtime runs.
+    fn kind(&self) -> RuntimeKind;
+    /// Starts one instance. Returns when the plugin is ready for calls (handshake done), or with
+    /// an error saying why it could not start.
+    async fn start(
+        &self,
+        spec: InstanceSpec,
+        host: Arc<dyn HostCalls>,
+    ) -> Result<Arc<dyn Instance>, RuntimeError>;
+}
+
+/// A running plugin.
+#[async_trait]
+pub trait Instance: Send + Sync {
+    /// Calls an action. Concurrent calls are allowed up to the manifest's `concurrency`.
+    async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError>;
+    /// Delivers an event (fire-and-forget from the host's point of view; errors are returned
+    /// so the host can count them).
+    async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError>;
+    /// Actions the running plugin announced (may be empty: the manifest's list is used then).
+    fn actions(&self) -> Vec<ActionInfo>;
+    /// Current status.
+    fn status(&self) -> InstanceStatus;
+    /// Stops the instance: asks politely, waits at most `grace`, then forces. Idempotent.
+    async fn stop(&self, grace: Duration);
+}
+
+/// Why a call or a start failed. Every message names the plugin and, where known, the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The plugin has no such action.
+    #[error("Plugin `{plugin}` has no action `{action}`")]
+    UnknownAction {
+        /// Plugin.
+        plugin: PluginName,
+        /// Action.
+        action: String,
+    },
+    /// The payload was rejected by the plugin (validation).
+    #[error("Plugin `{plugin}` rejected the payload for `{action}`: {message}")]
+    BadPayload {
+        /// Plugin.
+        plugin: PluginName,
+        /// Action.
+        action: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The plugin's handler failed (raised, trapped, returned an error).
+    #[error("Plugin `{plugin}` failed in `{action}`: {message}")]
+    ActionFailed {
+        /// Plugin.
+        plugin: PluginName,
+        /// Action.
+        action: String,
+        /// The plugin's error message.
+        message: String,
+        /// Machine-readable code from the plugin, if any.
+        code: Option<String>,
+    },
+    /// The call did not finish in time.
+    #[error("Plugin `{plugin}` did not answer `{action}` within {timeout:?}")]
+    Timeout {
+        /// Plugin.
+        plugin: PluginName,
+        /// Action.
+        action: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A resource limit was hit (memory, CPU, concurrency).
+    #[error("Plugin `{plugin}` exceeded its {limit} limit{}", hint_suffix(.hint))]
+    LimitExceeded {
+        /// Plugin.
+        plugin: PluginName,
+        /// Which limit (`memory`, `cpu`, `concurrency`, ...).
+        limit: String,
+        /// Optional hint.
+        hint: Option<String>,
+    },
+    /// The plugin is not running (starting, restarting, stopped).
+    #[error("Plugin `{plugin}` is not running: {reason}")]
+    NotRunning {
+        /// Plugin.
+        plugin: PluginName,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin broke the protocol or crashed; the instance is being restarted or is dead.
+    #[error("Plugin `{plugin}` crashed: {reason}")]
+    Crashed {
+        /// Plugin.
+        plugin: PluginName,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin could not be started.
+    #[error("Plugin `{plugin}` could not start: {reason}")]
+    StartFailed {
+        /// Plugin.
+        plugin: PluginName,
+        /// Why, with a hint where known.
+        reason: String,
+    },
+    /// The runtime refused the plugin before running it (unsupported version, missing layer...).
+    #[error("Plugin `{plugin}` was refused: {reason}")]
+    Refused {
+        /// Plugin.
+        plugin: PluginName,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RuntimeError {
+    /// A stable machine-readable code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RuntimeError::UnknownAction { .. } => "action_not_found",
+            RuntimeError::BadPayload { .. } => "bad_payload",
+            RuntimeError::ActionFailed { .. } => "plugin_failed",
+            RuntimeError::Timeout { .. } => "plugin_timeout",
+            RuntimeError::LimitExceeded { .. } => "limit_exceeded",
+            RuntimeError::NotRunning { .. } => "plugin_not_running",
+            RuntimeError::Crashed { .. } => "plugin_crashed",
+            RuntimeError::StartFailed { .. } => "plugin_start_failed",
+            RuntimeError::Refused { .. } => "plugin_refused",
+        }
+    }
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    match hint {
+        Some(h) => format!("; hint: {h}"),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,2 @@
+//! Measures the cost of the sandbox layers on `python3 -c pass`.
+fn main() {}

@@ -1,0 +1,428 @@
+//! Linux confinement of a plugin child process: prepared in the parent, applied before exec.
+//!
+//! The sandbox is built in two steps so that nothing allocates between `fork` and `exec`:
+//!
+//! 1. [`Sandbox::prepare`] runs in the parent. It creates the cgroup, gets the shared empty
+//!    network namespace, builds the Landlock ruleset and the seccomp programs, chowns the data
+//!    dir to the dedicated uid and opens every file descriptor the child will need.
+//! 2. [`Prepared::apply_to`] installs a `pre_exec` hook on a [`std::process::Command`] (for a
+//!    `tokio::process::Command`, pass `cmd.as_std_mut()`). In the child it only issues system
+//!    calls on those prepared values, in this order: join the cgroup, enter the network
+//!    namespace, set rlimits, drop to the dedicated uid/gid, set the parent-death signal,
+//!    `PR_SET_NO_NEW_PRIVS`, Landlock `restrict_self`, seccomp filters last.
+//!
+//! # Network
+//! Landlock restricts TCP by port only, so `net.connect = ["api.example.org:443"]` becomes
+//! "TCP connect to port 443 on any host" at the kernel layer. A plugin that is granted any
+//! network stays in the host network namespace (it needs DNS and routes), may create IP
+//! sockets, may `connect` TCP only to the granted ports (Landlock ABI ≥ 4) and may bind no TCP
+//! port; UDP is not restricted by Landlock before ABI 10 and stays open (DNS needs it). Host
+//! names are enforced by the host's egress service, not here. A plugin granted no network is
+//! moved into one shared empty network namespace (only a down loopback), IP/packet/netlink
+//! sockets are refused by seccomp and every TCP connect/bind is refused by Landlock.
+#![warn(missing_docs)]
+
+mod cgroup;
+mod child;
+mod ids;
+mod lsm;
+mod netns;
+mod probe;
+mod seccomp;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::cgroup::CgroupVersion;
+pub use crate::probe::{CgroupProbe, Probe, probe};
+
+use crate::cgroup::Cgroup;
+use crate::child::ChildPlan;
+
+/// One confinement layer, as reported by [`probe`] and [`Prepared::layers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Layer {
+    /// A cgroup with memory, CPU and pids limits (v1 or v2).
+    Cgroup,
+    /// The shared empty network namespace (only for plugins granted no network).
+    NetworkNamespace,
+    /// Resource limits (`setrlimit`): data size, CPU seconds, files, processes, core, file size.
+    Rlimits,
+    /// A dedicated unprivileged uid/gid (needs a root host).
+    Uid,
+    /// Landlock: file system, TCP port and scope restrictions.
+    Landlock,
+    /// The seccomp deny-list.
+    Seccomp,
+}
+
+impl Layer {
+    /// Every layer, in the order they are applied in the child.
+    pub const ALL: [Layer; 6] = [
+        Layer::Cgroup,
+        Layer::NetworkNamespace,
+        Layer::Rlimits,
+        Layer::Uid,
+        Layer::Landlock,
+        Layer::Seccomp,
+    ];
+
+    /// A stable lowercase name (`cgroup`, `netns`, `rlimits`, `uid`, `landlock`, `seccomp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Cgroup => "cgroup",
+            Layer::NetworkNamespace => "netns",
+            Layer::Rlimits => "rlimits",
+            Layer::Uid => "uid",
+            Layer::Landlock => "landlock",
+            Layer::Seccomp => "seccomp",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a layer is in force for a prepared child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayerState {
+    /// The layer is applied in the child.
+    Applied,
+    /// This kernel or this host process cannot provide the layer.
+    Unavailable,
+    /// The layer is not needed or was disabled by the policy.
+    Skipped,
+}
+
+impl fmt::Display for LayerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LayerState::Applied => "applied",
+            LayerState::Unavailable => "unavailable",
+            LayerState::Skipped => "skipped",
+        })
+    }
+}
+
+/// The state of one layer for one prepared child, with a human explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerStatus {
+    /// The layer.
+    pub layer: Layer,
+    /// Applied, unavailable or skipped.
+    pub state: LayerState,
+    /// What exactly is in force, or why it is not (e.g. `Landlock ABI 7: fs, tcp, scope`).
+    pub detail: String,
+}
+
+impl fmt::Display for LayerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({})", self.layer, self.state, self.detail)
+    }
+}
+
+/// What a child may do, as plain values; the host translates a manifest into this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPolicy {
+    /// A name for the cgroup and the default uid, usually the plugin name.
+    pub name: String,
+    /// The package directory: read-only (and executable).
+    pub package_dir: PathBuf,
+    /// The data directory: read-write, not executable; chowned to the dedicated uid.
+    pub data_dir: PathBuf,
+    /// Extra read-only (and executable) paths: interpreter prefixes, `/etc/ld.so.cache`, …
+    /// Paths that do not exist are left out and named in the Landlock layer's detail.
+    pub read_paths: Vec<PathBuf>,
+    /// Granted TCP connections as `(host, port)`; empty means no network at all. Only the
+    /// port is enforced by the kernel (see the crate docs).
+    pub net_connect: Vec<(String, u16)>,
+    /// Memory limit: cgroup memory (and swap) limit, and `RLIMIT_DATA`.
+    pub memory_bytes: Option<u64>,
+    /// CPU seconds for the child's lifetime: `RLIMIT_CPU` soft (SIGXCPU), hard = soft + 1s
+    /// (SIGKILL). Rounded up to whole seconds.
+    pub cpu_time: Option<Duration>,
+    /// CPU bandwidth as a fraction of one core (e.g. `0.5`), through the cgroup CPU quota.
+    pub cpu_quota: Option<f64>,
+    /// Maximum number of tasks: cgroup `pids.max`, and `RLIMIT_NPROC` when a dedicated uid is used.
+    pub pids_max: Option<u64>,
+    /// Maximum number of open files (`RLIMIT_NOFILE`).
+    pub nofile: Option<u64>,
+    /// Largest file the child may write (`RLIMIT_FSIZE`, SIGXFSZ past it).
+    pub fsize_bytes: Option<u64>,
+    /// Dedicated `(uid, gid)`. When the host is root and this is `None`, a stable id is derived
+    /// from [`SandboxPolicy::name`] (see [`default_ids`]). Ignored when the host is not root.
+    pub ids: Option<(u32, u32)>,
+    /// Signal sent to the child when the thread that spawned it dies (`PR_SET_PDEATHSIG`).
+    /// Set here rather than in the caller's own hook because the uid change clears it.
+    pub parent_death_signal: Option<i32>,
+    /// Layers that must be in force: [`Sandbox::prepare`] fails if one is unavailable.
+    pub required: Vec<Layer>,
+    /// Layers to leave out on purpose (tests, measurements, a debugging operator).
+    pub disabled: Vec<Layer>,
+}
+
+impl SandboxPolicy {
+    /// A policy with no network, 256 MiB, 64 tasks, 256 files, 1 GiB files and no CPU limit.
+    pub fn new(name: impl Into<String>, package_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        SandboxPolicy {
+            name: name.into(),
+            package_dir: package_dir.into(),
+            data_dir: data_dir.into(),
+            read_paths: Vec::new(),
+            net_connect: Vec::new(),
+            memory_bytes: Some(256 << 20),
+            cpu_time: None,
+            cpu_quota: None,
+            pids_max: Some(64),
+            nofile: Some(256),
+            fsize_bytes: Some(1 << 30),
+            ids: None,
+            parent_death_signal: None,
+            required: Vec::new(),
+            disabled: Vec::new(),
+        }
+    }
+
+    fn network_granted(&self) -> bool {
+        !self.net_connect.is_empty()
+    }
+
+    fn disabled(&self, layer: Layer) -> bool {
+        self.disabled.contains(&layer)
+    }
+}
+
+pub use crate::ids::default_ids;
+
+/// Why a sandbox could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// A layer listed in [`SandboxPolicy::required`] is not available.
+    #[error("Sandbox layer `{layer}` is required but unavailable: {reason}")]
+    LayerUnavailable {
+        /// The layer.
+        layer: Layer,
+        /// Why it is unavailable, with a hint where the fix is known.
+        reason: String,
+    },
+    /// A path named by the policy is missing or unusable.
+    #[error("Sandbox path `{path}` is unusable: {source}")]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The cgroup could not be created or configured.
+    #[error("Cannot set up cgroup `{path}`: {source}")]
+    Cgroup {
+        /// The cgroup file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The Landlock ruleset could not be built.
+    #[error("Cannot build the Landlock ruleset: {0}")]
+    Landlock(String),
+    /// The seccomp program could not be built.
+    #[error("Cannot build the seccomp filter: {0}")]
+    Seccomp(String),
+}
+
+/// Entry point: turns a [`SandboxPolicy`] into a [`Prepared`] sandbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sandbox;
+
+impl Sandbox {
+    /// Prepares everything in the parent; see the crate docs for what is done where.
+    ///
+    /// Fails when a path of the policy is missing, when a required layer is unavailable, or
+    /// when an available layer cannot be set up. An unavailable layer that is not required is
+    /// reported by [`Prepared::layers`].
+    pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
+        let probe = probe();
+        let mut layers = Vec::new();
+        let mut plan = ChildPlan::default();
+
+        for path in [&policy.package_dir, &policy.data_dir] {
+            std::fs::metadata(path).map_err(|source| SandboxError::Path { path: path.clone(), source })?;
+        }
+
+        // Cgroup.
+        let cgroup = if policy.disabled(Layer::Cgroup) {
+            layers.push(skipped(Layer::Cgroup, "disabled by policy"));
+            None
+        } else {
+            match Cgroup::create(&probe.cgroup, policy)? {
+                Ok(cgroup) => {
+                    layers.push(applied(Layer::Cgroup, cgroup.describe(policy)));
+                    plan.cgroup_procs = cgroup.procs_fds()?;
+                    Some(cgroup)
+                }
+                Err(reason) => {
+                    layers.push(unavailable(Layer::Cgroup, reason));
+                    None
+                }
+            }
+        };
+
+        // Network namespace.
+        if policy.network_granted() {
+            layers.push(skipped(Layer::NetworkNamespace, "network granted: stays in the host network namespace"));
+        } else if policy.disabled(Layer::NetworkNamespace) {
+            layers.push(skipped(Layer::NetworkNamespace, "disabled by policy"));
+        } else {
+            match netns::shared_empty() {
+                Ok(fd) => {
+                    plan.netns = Some(fd);
+                    layers.push(applied(Layer::NetworkNamespace, "shared empty network namespace".into()));
+                }
+                Err(reason) => layers.push(unavailable(Layer::NetworkNamespace, reason)),
+            }
+        }
+
+        // Dedicated ids (decided before rlimits: RLIMIT_NPROC counts per uid).
+        let ids = if policy.disabled(Layer::Uid) {
+            layers.push(skipped(Layer::Uid, "disabled by policy"));
+            None
+        } else if !probe.root {
+            layers.push(unavailable(
+                Layer::Uid,
+                "the host is not root; hint: run plugd as root to give each plugin its own uid".into(),
+            ));
+            None
+        } else {
+            let (uid, gid) = policy.ids.unwrap_or_else(|| default_ids(&policy.name));
+            ids::chown_tree(&policy.data_dir, uid, gid)?;
+            layers.push(applied(Layer::Uid, format!("uid {uid}, gid {gid}, no supplementary groups")));
+            Some((uid, gid))
+        };
+        plan.ids = ids;
+
+        // Rlimits.
+        if policy.disabled(Layer::Rlimits) {
+            layers.push(skipped(Layer::Rlimits, "disabled by policy"));
+        } else {
+            let (limits, detail) = child::rlimits(policy, ids.is_some());
+            plan.rlimits = limits;
+            layers.push(applied(Layer::Rlimits, detail));
+        }
+
+        plan.parent_death_signal = policy.parent_death_signal;
+        plan.parent_pid = std::process::id() as libc::pid_t;
+
+        // Landlock.
+        if policy.disabled(Layer::Landlock) {
+            layers.push(skipped(Layer::Landlock, "disabled by policy"));
+        } else if probe.landlock_abi == 0 {
+            layers.push(unavailable(
+                Layer::Landlock,
+                "this kernel has no Landlock; hint: boot Linux ≥ 5.13 with `lsm=...,landlock`".into(),
+            ));
+        } else {
+            let (fd, detail) = lsm::ruleset(policy, probe.landlock_abi)?;
+            plan.landlock = fd;
+            layers.push(applied(Layer::Landlock, detail));
+        }
+
+        // Seccomp.
+        if policy.disabled(Layer::Seccomp) {
+            layers.push(skipped(Layer::Seccomp, "disabled by policy"));
+        } else if !probe.seccomp {
+            layers.push(unavailable(Layer::Seccomp, "this kernel has no seccomp filter support".into()));
+        } else {
+            let (programs, detail) = seccomp::programs(policy.network_granted())?;
+            plan.seccomp = programs;
+            layers.push(applied(Layer::Seccomp, detail));
+        }
+
+        for layer in &policy.required {
+            if let Some(status) = layers.iter().find(|s| s.layer == *layer && s.state != LayerState::Applied) {
+                return Err(SandboxError::LayerUnavailable { layer: *layer, reason: status.detail.clone() });
+            }
+        }
+
+        Ok(Prepared { plan: Arc::new(plan), cgroup, layers, ids })
+    }
+}
+
+fn applied(layer: Layer, detail: String) -> LayerStatus {
+    LayerStatus { layer, state: LayerState::Applied, detail }
+}
+
+fn unavailable(layer: Layer, detail: String) -> LayerStatus {
+    LayerStatus { layer, state: LayerState::Unavailable, detail }
+}
+
+fn skipped(layer: Layer, detail: &str) -> LayerStatus {
+    LayerStatus { layer, state: LayerState::Skipped, detail: detail.to_owned() }
+}
+
+/// A sandbox ready to be applied to one child; owns the child's cgroup.
+///
+/// Dropping it kills whatever is left in the cgroup and removes the cgroup directories.
+#[derive(Debug)]
+pub struct Prepared {
+    plan: Arc<ChildPlan>,
+    cgroup: Option<Cgroup>,
+    layers: Vec<LayerStatus>,
+    ids: Option<(u32, u32)>,
+}
+
+impl Prepared {
+    /// Installs the confinement as a `pre_exec` hook of `cmd`.
+    ///
+    /// Hooks run in the order they were added: add hooks that need privileges (or that a uid
+    /// change would undo, like `PR_SET_PDEATHSIG`) *before* calling this, or use
+    /// [`SandboxPolicy::parent_death_signal`]. Apply one `Prepared` to one child: a second child
+    /// would share the cgroup and its limits.
+    pub fn apply_to(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let plan = Arc::clone(&self.plan);
+        // SAFETY: the hook only makes async-signal-safe system calls on values prepared in the
+        // parent; it neither allocates nor takes locks (see `ChildPlan::apply`).
+        unsafe {
+            cmd.pre_exec(move || plan.apply());
+        }
+    }
+
+    /// The state of each layer for this child, in application order.
+    pub fn layers(&self) -> &[LayerStatus] {
+        &self.layers
+    }
+
+    /// The uid and gid the child runs as, when a dedicated one is used.
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        self.ids
+    }
+
+    /// Whether the kernel's OOM killer killed a task of this child's cgroup.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(Cgroup::oom_killed)
+    }
+
+    /// The highest memory use of the cgroup, in bytes, when known.
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(Cgroup::memory_peak)
+    }
+
+    /// CPU time used by the cgroup so far, when known.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        self.cgroup.as_ref().and_then(Cgroup::cpu_usage)
+    }
+
+    /// Sends SIGKILL to every task in the cgroup (no-op without a cgroup).
+    pub fn kill_all(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! HTTP data transfer objects: the JSON shapes of the API, built from host values.
+
+use plugd_host::{LogLine, PluginInfo, Problem};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub(crate) struct PluginList {
+    pub plugins: Vec<PluginDto>,
+    /// Packages that could not be read at all.
+    pub problems: Vec<ProblemDto>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ProblemDto {
+    pub path: String,
+    pub message: String,
+}
+
+impl From<Problem> for ProblemDto {
+    fn from(p: Problem) -> Self {
+        ProblemDto { path: p.path.display().to_string(), message: p.message }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct PluginDto {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub kind: Option<&'static str>,
+    pub runtime: Option<&'static str>,
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub last_error: Option<String>,
+    pub wave: Option<usize>,
+    pub dependencies: Vec<DependencyDto>,
+    pub actions: Vec<ActionDto>,
+    pub subscriptions: Vec<String>,
+    pub metrics: MetricsDto,
+    pub pid: Option<u32>,
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DependencyDto {
+    pub name: String,
+    pub requirement: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ActionDto {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct MetricsDto {
+    pub calls: u64,
+    pub errors: u64,
+    pub in_flight: u64,
+    pub restarts: u32,
+    pub late_replies: u64,
+}
+
+impl From<PluginInfo> for PluginDto {
+    fn from(p: PluginInfo) -> Self {
+        let m = p.manifest.as_deref();
+        PluginDto {
+            name: p.name.to_string(),
+            version: m.map(|m| m.version.to_string()),
+            description: m.map(|m| m.description.clone()),
+            kind: m.map(|m| m.kind.as_str()),
+            runtime: m.map(|m| m.runtime.as_str()),
+            state: p.state.as_str(),
+            reason: p.reason,
+            last_error: p.last_error,
+            wave: p.wave,
+            dependencies: m
+                .map(|m| {
+                    m.dependencies
+                        .iter()
+                        .map(|(n, r)| DependencyDto { name: n.to_string(), requirement: r.to_string() })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            actions: p
+                .actions
+                .into_iter()
+                .map(|a| ActionDto { name: a.name.to_string(), description: a.description })
+                .collect(),
+            subscriptions: m.map(|m| m.events.subscribe.clone()).unwrap_or_default(),
+            metrics: MetricsDto {
+                calls: p.calls,
+                errors: p.errors,
+                in_flight: p.in_flight,
+                restarts: p.restarts,
+                late_replies: p.late_replies,
+            },
+            pid: p.pid,
+            details: p.details.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct LogsDto {
+    pub plugin: String,
+    pub lines: Vec<LogLineDto>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LogLineDto {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub source: &'static str,
+    pub level: &'static str,
+    pub message: String,
+}
+
+impl From<LogLine> for LogLineDto {
+    fn from(l: LogLine) -> Self {
+        use plugd_runtime::LogSource;
+        LogLineDto {
+            at_ms: l
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            source: match l.source {
+                LogSource::Plugin => "plugin",
+                LogSource::Stdout => "stdout",
+                LogSource::Stderr => "stderr",
+                LogSource::Runtime => "runtime",
+            },
+            level: l.level.as_str(),
+            message: l.message,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct Health {
+    pub status: &'static str,
+    pub plugins: HealthCounts,
+}
+
+#[derive(Serialize)]
+pub(crate) struct HealthCounts {
+    pub total: usize,
+    pub running: usize,
+    pub failed: usize,
+}

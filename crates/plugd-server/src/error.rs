@@ -1,0 +1,85 @@
+//! The API error type: a stable JSON body `{"error": {"code", "message"}}` with the right status;
+//! internal errors are logged, never leaked.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use plugd_host::HostError;
+use plugd_runtime::RuntimeError;
+use serde::Serialize;
+
+/// An API error: status, machine-readable code and human message.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code, e.g. `plugin_not_found`.
+    pub code: &'static str,
+    /// Human message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() && self.status != StatusCode::BAD_GATEWAY
+            && self.status != StatusCode::GATEWAY_TIMEOUT && self.status != StatusCode::SERVICE_UNAVAILABLE
+        {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        let body = Body { error: Inner { code: self.code, message: &self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<HostError> for ApiError {
+    fn from(e: HostError) -> Self {
+        let status = match &e {
+            HostError::PluginNotFound { .. } => StatusCode::NOT_FOUND,
+            HostError::NotRunning { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            HostError::CannotLoad(_) => StatusCode::CONFLICT,
+            HostError::Runtime(r) => runtime_status(r),
+            HostError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &e {
+            // Never leak internal paths or OS details.
+            HostError::Io(_) => "Internal error; see the server log".to_owned(),
+            other => other.to_string(),
+        };
+        if let HostError::Io(detail) = &e {
+            tracing::error!("{detail}");
+        }
+        ApiError { status, code: e.code(), message }
+    }
+}
+
+fn runtime_status(e: &RuntimeError) -> StatusCode {
+    match e {
+        RuntimeError::UnknownAction { .. } => StatusCode::NOT_FOUND,
+        RuntimeError::BadPayload { .. } => StatusCode::BAD_REQUEST,
+        RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        RuntimeError::NotRunning { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        RuntimeError::LimitExceeded { limit, .. } if limit == "concurrency" => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}

@@ -1,0 +1,10 @@
+//! The plugd HTTP API: plugin calls, the admin resources, health. The only crate that knows
+//! HTTP; its DTOs live in `dto`, its error bodies in `error`.
+#![warn(missing_docs)]
+
+mod dto;
+mod error;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::{ServerConfig, router};

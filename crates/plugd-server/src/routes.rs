@@ -1,0 +1,134 @@
+//! `router(host, config) -> Router`: every route of the API.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use plugd_host::{Host, PluginState};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::dto::{Health, HealthCounts, LogLineDto, LogsDto, PluginDto, PluginList};
+use crate::error::ApiError;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest accepted request body in bytes.
+    pub max_body: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { max_body: 1024 * 1024 }
+    }
+}
+
+/// The whole API as an axum router.
+pub fn router(host: Host, config: ServerConfig) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/plugin/{name}/{action}", post(call))
+        .route("/api/v1/plugins", get(list))
+        .route("/api/admin/v1/plugins", get(list))
+        .route("/api/v1/plugins/{name}", get(show))
+        .route("/api/v1/plugins/{name}/logs", get(logs))
+        .route("/api/v1/plugins/{name}/actions/{action}", post(call))
+        .route("/api/v1/plugins/{name}/{op}", post(lifecycle))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body))
+        .with_state(host)
+}
+
+async fn health(State(host): State<Host>) -> Json<Health> {
+    let plugins = host.plugins();
+    Json(Health {
+        status: "ok",
+        plugins: HealthCounts {
+            total: plugins.len(),
+            running: plugins.iter().filter(|p| p.state == PluginState::Running).count(),
+            failed: plugins.iter().filter(|p| p.state == PluginState::Failed).count(),
+        },
+    })
+}
+
+async fn call(
+    State(host): State<Host>,
+    Path((name, action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
+        ApiError::new(status, code, rejection.body_text())
+    })?;
+    let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
+        RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON")
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("Request body is not valid JSON: {e}"),
+            )
+        })?
+    };
+    let outcome = host.call(&name, &action, payload).await?;
+    let raw: Box<str> = outcome.result.into();
+    let mut response = String::from(raw).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+async fn list(State(host): State<Host>) -> Json<PluginList> {
+    Json(PluginList {
+        plugins: host.plugins().into_iter().map(PluginDto::from).collect(),
+        problems: host.problems().into_iter().map(Into::into).collect(),
+    })
+}
+
+async fn show(State(host): State<Host>, Path(name): Path<String>) -> Result<Json<PluginDto>, ApiError> {
+    Ok(Json(host.plugin(&name)?.into()))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    limit: Option<usize>,
+}
+
+async fn logs(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<LogsDto>, ApiError> {
+    let lines = host.logs(&name, q.limit.unwrap_or(100))?;
+    Ok(Json(LogsDto { plugin: name, lines: lines.into_iter().map(LogLineDto::from).collect() }))
+}
+
+async fn lifecycle(
+    State(host): State<Host>,
+    Path((name, op)): Path<(String, String)>,
+) -> Result<Json<PluginDto>, ApiError> {
+    let info = match op.as_str() {
+        "load" => host.load(&name).await?,
+        "unload" => host.unload(&name).await?,
+        "reload" => host.reload(&name).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("Unknown plugin operation `{other}`; hint: use `load`, `unload` or `reload`"),
+            ));
+        }
+    };
+    Ok(Json(info.into()))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route; hint: see `/api/v1/plugins`")
+}

@@ -1,0 +1,33 @@
+"""plugd: write plugd process plugins in Python.
+
+```python
+from plugd import Plugin
+
+plugin = Plugin()
+
+@plugin.action()
+async def greet(payload):
+    return {"message": f"Hello, {payload['name']}!"}
+
+plugin.run()
+```
+
+`plugd.client` holds a small HTTP client for a running `plugd serve`.
+"""
+
+from ._plugin import PROTOCOL_VERSION, Plugin
+from ._types import ActionResult, Group, HostError, Notification, Score
+from ._validate import ValidationFailed
+from ._version import __version__
+
+__all__ = [
+    "ActionResult",
+    "Group",
+    "HostError",
+    "Notification",
+    "PROTOCOL_VERSION",
+    "Plugin",
+    "Score",
+    "ValidationFailed",
+    "__version__",
+]

@@ -1,0 +1,898 @@
+"""The `Plugin` object: action and event registration, and the protocol loop that serves them.
+
+The loop is a plain asyncio event loop with the protocol socket (fd `PLUGD_FD`) registered
+through `loop.add_reader`: each readable event receives what is there, splits complete lines and
+dispatches them. Replies are written straight to the socket when nothing is queued, so a trivial
+call costs one `recv`, one `json.loads`, one `json.dumps` and one `send`.
+
+`async def` handlers are started eagerly: the coroutine is stepped once inside the read callback
+and, when it finishes without suspending (the common case for cheap actions), answered at once,
+without creating a Task or going round the loop again. A coroutine that does suspend is handed,
+already started, to a Task. On Python 3.12+ this is asyncio's own eager task start, so
+`asyncio.current_task()` is right from the first line of the handler; on 3.9-3.11 the SDK steps
+the coroutine itself and hands the suspended coroutine to a Task through `_Resumed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import concurrent.futures
+import contextvars
+import dataclasses
+import enum
+import inspect
+import json
+import logging
+import os
+import pathlib
+import re
+import socket
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ._types import ActionResult, Group, HostError, Notification, Score
+from ._validate import ValidationFailed, make_validator
+from ._version import __version__
+
+__all__ = ["Plugin", "PROTOCOL_VERSION"]
+
+PROTOCOL_VERSION = 1
+
+# JSON-RPC error codes of protocol v1 (docs/protocol.md).
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+UNKNOWN_ACTION = -32001
+BAD_PAYLOAD = -32002
+ACTION_FAILED = -32003
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+
+DEFAULT_WORKERS = 16
+_ACTION_NAME = re.compile(r"^[a-z_][a-z0-9_.\-]{0,63}$")
+
+# The id of the `call` being served, for `progress` and `log`; each call runs in its own context.
+_current_call: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar(
+    "plugd_call", default=None
+)
+
+# Python 3.12+ starts a Task eagerly itself (and keeps `current_task()` right while doing so).
+_NATIVE_EAGER = sys.version_info >= (3, 12)
+
+_stderr_lock = threading.Lock()
+
+
+def _stderr(msg: str) -> None:
+    with _stderr_lock:
+        try:
+            sys.stderr.write(f"plugd: {msg}\n")
+            sys.stderr.flush()
+        except Exception:  # pragma: no cover - stderr closed
+            pass
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (ActionResult, Notification, Group, Score)):
+        return o.to_json()
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    dump = getattr(o, "model_dump", None)  # pydantic v2
+    if dump is not None:
+        return dump(mode="json")
+    if hasattr(o, "dict") and hasattr(o, "__fields__"):  # pydantic v1
+        return json.loads(o.json())
+    if isinstance(o, enum.Enum):
+        return o.value
+    if isinstance(o, (set, frozenset)):
+        return list(o)
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+# One encoder for everything: compact separators, no NaN (the host's JSON parser rejects it).
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default).encode
+_decode = json.loads
+
+
+class _Resumed(collections.abc.Coroutine):
+    """A coroutine already stepped once, handed to a Task that continues it.
+
+    The first `send` from the Task returns what the coroutine yielded during its first step
+    (the future it waits on); everything after is forwarded, so cancellation and exceptions
+    reach the handler exactly as if the Task had started it.
+    """
+
+    __slots__ = ("_coro", "_first", "_started")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self._coro = coro
+        self._first = first
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            first, self._first = self._first, None
+            return first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
+        self._started = True
+        self._first = None
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - legacy signature
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Any:  # pragma: no cover - only driven by a Task
+        return self._coro.__await__()
+
+
+@dataclasses.dataclass
+class _Action:
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    is_async: bool
+    validate: Optional[Callable[[Any], Any]]
+
+
+@dataclasses.dataclass
+class _Subscription:
+    pattern: str
+    prefix: Optional[str]  # "image." for "image.*", "" for "*", None for an exact topic
+    fn: Callable[..., Any]
+    is_async: bool
+
+    def matches(self, topic: str) -> bool:
+        if self.prefix is None:
+            return topic == self.pattern
+        return topic.startswith(self.prefix)
+
+
+class _HostLogHandler(logging.Handler):
+    """Sends log records to the host as `log` notifications (buffered until connected)."""
+
+    _guard = threading.local()
+
+    def __init__(self, plugin: "Plugin") -> None:
+        super().__init__(logging.NOTSET)
+        self._plugin = plugin
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._guard, "active", False):
+            return  # a record logged while sending a record: drop, never recurse
+        self._guard.active = True
+        try:
+            msg = self.format(record)
+            no = record.levelno
+            level = ("debug" if no < logging.INFO else "info" if no < logging.WARNING
+                     else "warning" if no < logging.ERROR else "error")
+            params: Dict[str, Any] = {"level": level, "message": msg, "logger": record.name}
+            call = _current_call.get()
+            if call is not None:
+                params["call"] = call
+            self._plugin._send_log(params)
+        except Exception:  # pragma: no cover - never let logging break a handler
+            pass
+        finally:
+            self._guard.active = False
+
+
+class Plugin:
+    """A plugd process plugin.
+
+    Register actions with `@plugin.action()`, event handlers with `@plugin.on_event(topic)`, then
+    call `plugin.run()`. The name, version, params and data dir come from the host at start.
+    """
+
+    def __init__(self, *, max_workers: Optional[int] = None) -> None:
+        self.name: str = os.environ.get("PLUGD_PLUGIN", "")
+        self.version: str = ""
+        self.params: Dict[str, Any] = {}
+        self.data_dir: pathlib.Path = pathlib.Path(os.environ.get("PLUGD_DATA_DIR") or ".")
+        self.services: List[str] = []
+        self.log: logging.Logger = logging.getLogger(self.name or "plugin")
+        self.log.setLevel(logging.DEBUG)
+
+        self._actions: Dict[str, _Action] = {}
+        self._subscriptions: List[_Subscription] = []
+        self._params_handler: Optional[Tuple[Callable[..., Any], bool]] = None
+        self._max_workers = max_workers
+
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread: Optional[int] = None
+        self._sock: Optional[socket.socket] = None
+        self._fd = -1
+        self._connected = False  # handshake answered: notifications may flow
+        self._closed = False  # the socket is gone: nothing more can be sent
+        self._rparts: List[bytes] = []
+        self._wbuf = bytearray()
+        self._batch: Optional[List[str]] = None
+        self._next_id = 0
+        self._pending: Dict[int, asyncio.Future] = {}
+        self._inflight: Dict[int, Any] = {}  # call id -> Task, or None for a thread
+        self._expired: set = set()
+        self._background: set = set()  # event and params handlers still running
+        self._threads_busy = 0
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._shutting_down = False
+        self._exit: Optional[asyncio.Future] = None
+        self._exit_code = EXIT_OK
+        self._log_backlog: List[Dict[str, Any]] = []
+        self._log_handler = _HostLogHandler(self)
+
+    # ------------------------------------------------------------------ registration
+
+    def action(self, name: Any = None, description: Optional[str] = None,
+               input: Any = None) -> Any:
+        """Registers an action handler (`async def` or plain `def`).
+
+        ``input`` is a dataclass or a pydantic model class: the payload is validated into an
+        instance of it (or rejected with error -32002) and the handler receives the instance;
+        without it the handler receives the payload as decoded JSON.
+        """
+        if callable(name) and description is None and input is None:
+            return self.action()(name)  # used as `@plugin.action` without parentheses
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            action_name = name or fn.__name__
+            if not _ACTION_NAME.match(action_name):
+                raise ValueError(
+                    f"Invalid action name `{action_name}`: use lower-case letters, digits, `_`, "
+                    "`.` and `-`, starting with a letter or `_`, at most 64 characters"
+                )
+            if action_name in self._actions:
+                raise ValueError(f"Action `{action_name}` is registered twice")
+            desc = description
+            if desc is None:
+                doc = inspect.getdoc(fn) or ""
+                desc = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+            self._actions[action_name] = _Action(
+                name=action_name,
+                description=desc,
+                fn=fn,
+                is_async=inspect.iscoroutinefunction(fn),
+                validate=make_validator(input) if input is not None else None,
+            )
+            return fn
+
+        return register
+
+    def on_event(self, *topics: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Registers a handler ``(topic, payload)`` for events on the given topics.
+
+        A topic is exact (``image.imported``) or a prefix ending in ``.*`` (``image.*``);
+        ``*`` matches every topic. Exceptions are logged, never fatal.
+        """
+        if not topics:
+            raise ValueError("`on_event` needs at least one topic")
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            for t in topics:
+                if t == "*":
+                    prefix: Optional[str] = ""
+                elif t.endswith(".*"):
+                    prefix = t[:-1]
+                elif "*" in t:
+                    raise ValueError(
+                        f"Invalid topic pattern `{t}`; hint: use an exact topic or a prefix "
+                        "ending in `.*`"
+                    )
+                else:
+                    prefix = None
+                self._subscriptions.append(
+                    _Subscription(t, prefix, fn, inspect.iscoroutinefunction(fn))
+                )
+            return fn
+
+        return register
+
+    def on_params_changed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Registers a handler ``(params)`` called after `plugin.params` was replaced."""
+        self._params_handler = (fn, inspect.iscoroutinefunction(fn))
+        return fn
+
+    @property
+    def actions(self) -> List[Dict[str, str]]:
+        """The registered actions as announced in `hello`."""
+        return [{"name": a.name, "description": a.description} for a in self._actions.values()]
+
+    # ------------------------------------------------------------------ services for handlers
+
+    def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
+        """Reports progress of the current call (from its handler, in any thread)."""
+        params: Dict[str, Any] = {}
+        call = _current_call.get()
+        if call is not None:
+            params["call"] = call
+        if fraction is not None:
+            params["fraction"] = float(fraction)
+        if message is not None:
+            params["message"] = str(message)
+        self._notify("progress", params)
+
+    def emit(self, topic: str, payload: Any = None) -> None:
+        """Publishes an event through the host."""
+        self._notify("emit", {"topic": topic, "payload": payload})
+
+    async def request(self, method: str, params: Any = None) -> Any:
+        """Sends a request to the host (`kv.get`, `plugin.call`, ...) and returns its result.
+
+        Raises `HostError` when the host answers with an error, `ConnectionError` when the
+        connection closes first.
+        """
+        loop = self._loop
+        if loop is None or self._closed:
+            raise ConnectionError("Not connected to the plugd host")
+        fut = self._send_request(method, {} if params is None else params)
+        return await fut
+
+    def request_sync(self, method: str, params: Any = None, timeout: Optional[float] = None) -> Any:
+        """`request` for sync handlers running in the thread pool (not on the loop thread)."""
+        loop = self._loop
+        if loop is None:
+            raise ConnectionError("Not connected to the plugd host")
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("`request_sync` would block the event loop; use `await plugin.request`")
+        return asyncio.run_coroutine_threadsafe(self.request(method, params), loop).result(timeout)
+
+    # ------------------------------------------------------------------ entry point
+
+    def run(self) -> None:
+        """Connects to fd `PLUGD_FD`, says hello, serves until `shutdown` or EOF, then exits.
+
+        Exit codes: 0 after `shutdown` or EOF, 2 when not started by plugd, 3 when the host
+        refused the handshake.
+        """
+        try:
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        except Exception:  # pragma: no cover - replaced stdout
+            pass
+        code = self._run()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # pragma: no cover
+                pass
+        if self._threads_busy:
+            # A sync handler is still running and the host is gone: do not wait for it.
+            os._exit(code)
+        sys.exit(code)
+
+    def _run(self) -> int:
+        fd_text = os.environ.get("PLUGD_FD")
+        if fd_text is None:
+            _stderr("`PLUGD_FD` is not set: this program is a plugd plugin; hint: run it "
+                    "through `plugd` (for example `plugd call`), not directly")
+            return EXIT_USAGE
+        try:
+            sock = socket.socket(fileno=int(fd_text))
+        except (ValueError, OSError) as exc:
+            _stderr(f"`PLUGD_FD={fd_text}` is not a usable socket: {exc}")
+            return EXIT_USAGE
+        root = logging.getLogger()
+        root.addHandler(self._log_handler)
+        if root.level == logging.WARNING and len(root.handlers) == 1:
+            root.setLevel(logging.INFO)  # untouched default: let `logging.info` through
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(self._serve(sock))
+        finally:
+            root.removeHandler(self._log_handler)
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False)
+
+    async def _serve(self, sock: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._exit = loop.create_future()
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        loop.add_reader(self._fd, self._on_readable)
+        hello = self._send_request("hello", {
+            "protocol": PROTOCOL_VERSION,
+            "sdk": f"python/{__version__}",
+            "actions": self.actions,
+        })
+        try:
+            init = await hello
+        except HostError as exc:
+            _stderr(f"The host refused the handshake: {exc.message} (code {exc.code})")
+            self._close()
+            return EXIT_REFUSED
+        except ConnectionError:
+            _stderr("The host closed the connection during the handshake")
+            self._close()
+            return EXIT_OK
+        self._apply_initialize(init if isinstance(init, dict) else {})
+        self._connected = True
+        backlog, self._log_backlog = self._log_backlog, []
+        for params in backlog:
+            self._notify("log", params)
+        code = await self._exit
+        self._close()
+        return code
+
+    def _apply_initialize(self, init: Dict[str, Any]) -> None:
+        self.name = str(init.get("plugin") or self.name)
+        self.version = str(init.get("version") or "")
+        params = init.get("params")
+        self.params = params if isinstance(params, dict) else {}
+        data_dir = init.get("data_dir")
+        if data_dir:
+            self.data_dir = pathlib.Path(data_dir)
+        services = init.get("services")
+        self.services = list(services) if isinstance(services, list) else []
+        workers = self._max_workers
+        if workers is None:
+            limits = init.get("limits")
+            if isinstance(limits, dict) and isinstance(limits.get("concurrency"), int):
+                workers = limits["concurrency"]
+        if workers is None:
+            workers = _manifest_concurrency()
+        self._max_workers = max(1, min(int(workers or DEFAULT_WORKERS), 1024))
+
+    def _close(self) -> None:
+        if self._sock is None:
+            return
+        loop = self._loop
+        if loop is not None and self._fd >= 0:
+            loop.remove_reader(self._fd)
+            loop.remove_writer(self._fd)
+        self._closed = True
+        try:
+            self._sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        self._sock = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("The plugd host closed the connection"))
+        self._pending.clear()
+        for task in list(self._inflight.values()) + list(self._background):
+            if isinstance(task, asyncio.Task):
+                task.cancel()
+
+    def _finish(self, code: int) -> None:
+        """Ends `run` once everything queued has been written."""
+        self._exit_code = code
+        if self._exit is not None and not self._exit.done() and not self._wbuf:
+            self._exit.set_result(code)
+
+    # ------------------------------------------------------------------ reading
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(262144)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._on_eof()
+            return
+        if data[-1] != 10:  # b"\n": keep the incomplete tail for later
+            if b"\n" not in data:
+                self._rparts.append(data)
+                return
+            head, _, tail = data.rpartition(b"\n")
+            data = head
+            rest: List[bytes] = [tail]
+        else:
+            data = data[:-1]
+            rest = []
+        if self._rparts:
+            self._rparts.append(data)
+            data = b"".join(self._rparts)
+        self._rparts = rest
+        # Replies produced while dispatching this batch are written with one `send`.
+        self._batch = batch = []
+        try:
+            dispatch = self._dispatch
+            for line in data.split(b"\n"):
+                if line:
+                    try:
+                        dispatch(line)
+                    except Exception as exc:  # a malformed frame must not lose the others
+                        _stderr(f"Could not handle a frame ({type(exc).__name__}: {exc}): "
+                                f"{line[:200]!r}")
+        finally:
+            self._batch = None
+            if batch:
+                self._write("".join(batch).encode())
+
+    def _on_eof(self) -> None:
+        if self._rparts:
+            _stderr("The host closed the connection in the middle of a frame")
+            self._rparts = []
+        self._close()
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(EXIT_OK)
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            msg = _decode(line)
+            method = msg.get("method")
+        except (ValueError, AttributeError):
+            _stderr(f"Ignored a frame that is not a JSON object: {line[:200]!r}")
+            return
+        if method is None:
+            self._on_response(msg)
+            return
+        id_ = msg.get("id")
+        params = msg.get("params")
+        if method == "call":
+            if id_ is None:
+                return
+            self._on_call(id_, params)
+        elif method == "ping":
+            if id_ is not None:
+                self._send('{"jsonrpc":"2.0","id":%d,"result":"pong"}\n' % id_)
+        elif method == "event":
+            self._on_event(params)
+        elif method == "params.changed":
+            self._on_params_changed(params)
+        elif method == "shutdown":
+            self._on_shutdown()
+        elif method == "cancel":
+            self._on_cancel(params)
+        elif id_ is not None:
+            self._send_error(id_, METHOD_NOT_FOUND, f"Method `{method}` not found",
+                             {"method": method})
+
+    def _on_response(self, msg: Dict[str, Any]) -> None:
+        fut = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
+        if fut is None or fut.done():
+            return
+        err = msg.get("error")
+        if err is not None:
+            if not isinstance(err, dict):
+                err = {"code": -32603, "message": str(err)}
+            fut.set_exception(HostError(err.get("code", -32603), str(err.get("message", "")),
+                                        err.get("data")))
+        else:
+            fut.set_result(msg.get("result"))
+
+    # ------------------------------------------------------------------ calls
+
+    def _on_call(self, id_: int, params: Any) -> None:
+        if not isinstance(params, dict) or not isinstance(params.get("action"), str):
+            self._send_error(id_, INVALID_PARAMS, "`call` needs params `{action, payload}`")
+            return
+        name = params["action"]
+        action = self._actions.get(name)
+        if action is None:
+            self._send_error(id_, UNKNOWN_ACTION, f"Unknown action `{name}`", {"action": name})
+            return
+        if self._shutting_down:
+            self._send_error(id_, ACTION_FAILED, "The plugin is shutting down",
+                             {"type": "ShuttingDown"})
+            return
+        arg = params.get("payload")
+        if action.validate is not None:
+            try:
+                arg = action.validate(arg)
+            except ValidationFailed as exc:
+                self._send_error(id_, BAD_PAYLOAD,
+                                 f"Payload rejected by the input model of `{name}`: {exc}",
+                                 {"errors": exc.errors})
+                return
+        ctx = contextvars.copy_context()
+        ctx.run(_current_call.set, id_)
+        if action.is_async:
+            self._start_async(id_, action.fn, arg, ctx, params.get("deadline_ms"))
+        else:
+            self._start_sync(id_, action.fn, arg, ctx)
+
+    def _start_async(self, id_: int, fn: Callable[..., Any], arg: Any,
+                     ctx: contextvars.Context, deadline_ms: Any) -> None:
+        loop = self._loop
+        if _NATIVE_EAGER:
+            try:
+                task = asyncio.Task(ctx.run(fn, arg), loop=loop, context=ctx,  # type: ignore[call-arg]
+                                    eager_start=True)
+            except Exception as exc:  # calling the function itself raised
+                self._reply_exception(id_, exc)
+                return
+            if task.done():
+                self._on_task_done(id_, task)
+                return
+        else:
+            try:
+                coro = ctx.run(fn, arg)
+                yielded = ctx.run(coro.send, None)
+            except StopIteration as stop:
+                self._reply_value(id_, stop.value)
+                return
+            except (Exception, asyncio.CancelledError) as exc:
+                self._reply_exception(id_, exc)
+                return
+            # Created inside `ctx` so the Task runs in (a copy of) the call's context.
+            task = ctx.run(loop.create_task, _Resumed(coro, yielded))  # type: ignore[union-attr]
+        self._inflight[id_] = task
+        timer = None
+        if isinstance(deadline_ms, (int, float)) and deadline_ms > 0:
+            timer = loop.call_later(deadline_ms / 1000.0, self._expire, id_)  # type: ignore[union-attr]
+        task.add_done_callback(lambda t: self._on_task_done(id_, t, timer))
+
+    def _on_task_done(self, id_: int, task: "asyncio.Task[Any]", timer: Any = None) -> None:
+        if timer is not None:
+            timer.cancel()
+        self._inflight.pop(id_, None)
+        if id_ in self._expired:
+            # The host gave up on this call at its deadline: a reply would only be dropped.
+            self._expired.discard(id_)
+        elif task.cancelled():
+            self._send_error(id_, ACTION_FAILED, "The call was cancelled",
+                             {"type": "CancelledError"})
+        else:
+            exc = task.exception()
+            if exc is None:
+                self._reply_value(id_, task.result())
+            else:
+                self._reply_exception(id_, exc)
+        if self._shutting_down:
+            self._maybe_finish()
+
+    def _expire(self, id_: int) -> None:
+        task = self._inflight.get(id_)
+        if isinstance(task, asyncio.Task) and not task.done():
+            self._expired.add(id_)
+            task.cancel()
+
+    def _on_cancel(self, params: Any) -> None:
+        id_ = params.get("id") if isinstance(params, dict) else None
+        task = self._inflight.get(id_)  # type: ignore[arg-type]
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+
+    def _start_sync(self, id_: int, fn: Callable[..., Any], arg: Any,
+                    ctx: contextvars.Context) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._max_workers or DEFAULT_WORKERS, thread_name_prefix="plugd-action"
+            )
+        self._inflight[id_] = None
+        self._threads_busy += 1
+        self._executor.submit(self._run_sync, id_, fn, arg, ctx)
+
+    def _run_sync(self, id_: int, fn: Callable[..., Any], arg: Any,
+                  ctx: contextvars.Context) -> None:
+        # Runs in a worker thread; the reply is encoded here and written by the loop thread.
+        try:
+            frame = self._result_frame(id_, ctx.run(fn, arg))
+        except Exception as exc:
+            frame = self._exception_frame(id_, exc)
+        try:
+            self._loop.call_soon_threadsafe(self._sync_done, id_, frame)  # type: ignore[union-attr]
+        except RuntimeError:  # pragma: no cover - the loop is closed: nobody to answer
+            self._threads_busy -= 1
+
+    def _sync_done(self, id_: int, frame: str) -> None:
+        self._threads_busy -= 1
+        self._inflight.pop(id_, None)
+        self._send(frame)
+        if self._shutting_down:
+            self._maybe_finish()
+
+    # ------------------------------------------------------------------ replies
+
+    def _result_frame(self, id_: int, value: Any) -> str:
+        try:
+            if isinstance(value, ActionResult):
+                body = _encode(value.to_json())
+            else:
+                body = '{"value":%s}' % _encode(value)
+        except (TypeError, ValueError) as exc:
+            return self._exception_frame(
+                id_, exc, f"The action result is not JSON-serialisable: {exc}")
+        return '{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (id_, body)
+
+    def _exception_frame(self, id_: int, exc: BaseException, message: Optional[str] = None) -> str:
+        data: Dict[str, Any] = {"type": type(exc).__name__}
+        code = getattr(exc, "code", None)
+        if isinstance(code, (str, int)) and not isinstance(code, bool):
+            data["code"] = code
+        if not isinstance(exc, asyncio.CancelledError):
+            self.log.error("Action failed: %s: %s", type(exc).__name__, exc,
+                           exc_info=(type(exc), exc, exc.__traceback__))
+        return self._error_frame(id_, ACTION_FAILED, message or str(exc) or type(exc).__name__, data)
+
+    def _error_frame(self, id_: int, code: int, message: str, data: Any = None) -> str:
+        err: Dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            err["data"] = data
+        try:
+            body = _encode(err)
+        except (TypeError, ValueError):
+            body = _encode({"code": code, "message": message})
+        return '{"jsonrpc":"2.0","id":%d,"error":%s}\n' % (id_, body)
+
+    def _reply_value(self, id_: int, value: Any) -> None:
+        self._send(self._result_frame(id_, value))
+
+    def _reply_exception(self, id_: int, exc: BaseException) -> None:
+        self._send(self._exception_frame(id_, exc))
+
+    def _send_error(self, id_: int, code: int, message: str, data: Any = None) -> None:
+        self._send(self._error_frame(id_, code, message, data))
+
+    # ------------------------------------------------------------------ events, params, shutdown
+
+    def _on_event(self, params: Any) -> None:
+        if not isinstance(params, dict):
+            return
+        topic = params.get("topic")
+        if not isinstance(topic, str):
+            return
+        payload = params.get("payload")
+        for sub in self._subscriptions:
+            if sub.matches(topic):
+                self._background_call(sub.fn, sub.is_async, (topic, payload),
+                                      f"Event handler `{getattr(sub.fn, '__name__', sub.fn)}` "
+                                      f"failed on `{topic}`")
+
+    def _on_params_changed(self, params: Any) -> None:
+        new = params.get("params") if isinstance(params, dict) else None
+        self.params = new if isinstance(new, dict) else {}
+        if self._params_handler is not None:
+            fn, is_async = self._params_handler
+            self._background_call(fn, is_async, (self.params,), "The params handler failed")
+
+    def _background_call(self, fn: Callable[..., Any], is_async: bool, args: Tuple[Any, ...],
+                         what: str) -> None:
+        loop = self._loop
+        assert loop is not None
+
+        def report(exc: BaseException) -> None:
+            self.log.error("%s: %s: %s", what, type(exc).__name__, exc,
+                           exc_info=(type(exc), exc, exc.__traceback__))
+
+        if is_async:
+            try:
+                task = loop.create_task(fn(*args))
+            except Exception as exc:
+                report(exc)
+                return
+        else:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._max_workers or DEFAULT_WORKERS,
+                    thread_name_prefix="plugd-action")
+            task = loop.run_in_executor(self._executor, fn, *args)
+        self._background.add(task)
+
+        def done(t: "asyncio.Future[Any]") -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                report(t.exception())  # type: ignore[arg-type]
+            if self._shutting_down:
+                self._maybe_finish()
+
+        task.add_done_callback(done)
+
+    def _on_shutdown(self) -> None:
+        self._shutting_down = True
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self._inflight and not self._background:
+            self._finish(EXIT_OK)
+
+    # ------------------------------------------------------------------ writing
+
+    def _send_request(self, method: str, params: Any) -> "asyncio.Future[Any]":
+        self._next_id += 1
+        id_ = self._next_id
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._pending[id_] = fut
+        try:
+            body = _encode({"jsonrpc": "2.0", "id": id_, "method": method, "params": params})
+        except (TypeError, ValueError):
+            del self._pending[id_]
+            raise
+        self._send(body + "\n")
+        return fut
+
+    def _notify(self, method: str, params: Any) -> None:
+        """Sends a notification; callable from any thread."""
+        frame = _encode({"jsonrpc": "2.0", "method": method, "params": params}) + "\n"
+        if threading.get_ident() == self._loop_thread:
+            self._send(frame)
+        else:
+            loop = self._loop
+            if loop is None or self._closed:
+                return
+            try:
+                loop.call_soon_threadsafe(self._send, frame)
+            except RuntimeError:  # pragma: no cover - loop closed
+                pass
+
+    def _send_log(self, params: Dict[str, Any]) -> None:
+        if self._connected and not self._closed:
+            self._notify("log", params)
+        elif not self._closed and len(self._log_backlog) < 1000:
+            self._log_backlog.append(params)
+        else:
+            _stderr(f"[{params['level']}] {params['message']}")
+
+    def _send(self, frame: str) -> None:
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
+        else:
+            self._write(frame.encode())
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._wbuf:
+            self._wbuf += data
+            return
+        try:
+            n = self._sock.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._on_eof()
+            return
+        if n < len(data):
+            self._wbuf += data[n:]
+            self._loop.add_writer(self._fd, self._on_writable)  # type: ignore[union-attr]
+
+    def _on_writable(self) -> None:
+        try:
+            n = self._sock.send(self._wbuf)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._wbuf.clear()
+            self._on_eof()
+            return
+        del self._wbuf[:n]
+        if not self._wbuf:
+            self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
+            if self._shutting_down:
+                self._maybe_finish()
+
+
+def _manifest_concurrency() -> int:
+    """`[limits] concurrency` from `plugin.toml` in the working directory (the package)."""
+    try:
+        text = pathlib.Path("plugin.toml").read_text(encoding="utf-8")
+    except OSError:
+        return DEFAULT_WORKERS
+    try:
+        import tomllib  # type: ignore[import-not-found]
+
+        value = tomllib.loads(text).get("limits", {}).get("concurrency")
+    except ImportError:  # Python < 3.11: a narrow scan is enough for one integer
+        value = None
+        section = None
+        for raw in text.splitlines():
+            line = raw.split("#", 1)[0].strip()
+            if line.startswith("["):
+                section = line.strip("[] ")
+            elif section == "limits":
+                m = re.match(r"concurrency\s*=\s*(\d+)$", line)
+                if m:
+                    value = int(m.group(1))
+    except Exception:
+        return DEFAULT_WORKERS
+    return value if isinstance(value, int) and value > 0 else DEFAULT_WORKERS

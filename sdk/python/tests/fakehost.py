@@ -1,0 +1,217 @@
+"""A tiny plugd host in Python that speaks protocol v1, for testing the SDK end to end.
+
+It spawns a plugin script as a real child process with one end of a socket pair as fd 3,
+exactly as the Rust host does, and reads frames on a background thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+SDK_SRC = Path(__file__).resolve().parents[1] / "src"
+TIMEOUT = 10.0
+
+
+def spawn(argv: List[str], cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+          data_dir: Optional[Path] = None, name: str = "test") -> "tuple[subprocess.Popen, socket.socket]":
+    """Starts `argv` with a socket pair end as fd 3; returns the process and the host's end."""
+    host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child_fd = child_end.fileno()
+
+    def to_fd3() -> None:  # runs in the child between fork and exec
+        if child_fd == 3:
+            os.set_inheritable(3, True)
+        else:
+            os.dup2(child_fd, 3)  # dup2 clears close-on-exec on the new descriptor
+
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PLUGD_FD": "3",
+        "PLUGD_PLUGIN": name,
+        "PLUGD_PROTOCOL": "1",
+        "PYTHONPATH": str(SDK_SRC),
+    }
+    if data_dir is not None:
+        full_env["PLUGD_DATA_DIR"] = str(data_dir)
+        full_env["HOME"] = str(data_dir)
+    if env:
+        full_env.update(env)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, close_fds=False, preexec_fn=to_fd3,
+    )
+    child_end.close()
+    return proc, host_end
+
+
+class FakeHost:
+    """Drives one plugin process: handshake, requests, and everything it sends back."""
+
+    def __init__(self, argv: List[str], *, cwd: Optional[Path] = None,
+                 data_dir: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+                 name: str = "test") -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.proc, self.sock = spawn(argv, cwd=cwd, env=env, data_dir=data_dir, name=name)
+        self.frames: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
+        self.raw_lines: List[bytes] = []
+        self.notifications: List[Dict[str, Any]] = []
+        self.responses: Dict[int, Dict[str, Any]] = {}
+        self.requests: List[Dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._next_id = 100
+        self._wlock = threading.Lock()
+        self._stdout: List[bytes] = []
+        self._stderr: List[bytes] = []
+        self.request_handler: Optional[Callable[[Dict[str, Any]], Any]] = None
+        threading.Thread(target=self._reader, daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.proc.stdout, self._stdout), daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.proc.stderr, self._stderr), daemon=True).start()
+
+    # -- plumbing
+
+    @staticmethod
+    def _drain(stream: Any, into: List[bytes]) -> None:
+        for chunk in iter(lambda: stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536), b""):
+            into.append(chunk)
+
+    @property
+    def stdout(self) -> str:
+        return b"".join(self._stdout).decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")
+
+    def _reader(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                with self._cond:
+                    self._eof = True
+                    self._cond.notify_all()
+                return
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                self.raw_lines.append(line)
+                msg = json.loads(line)  # a frame that is not JSON fails the test loudly
+                self._route(msg)
+
+    def _route(self, msg: Dict[str, Any]) -> None:
+        if "method" in msg and "id" in msg:
+            with self._cond:
+                self.requests.append(msg)
+                self._cond.notify_all()
+            if self.request_handler is not None and msg["method"] != "hello":
+                self.request_handler(msg)
+        elif "method" in msg:
+            with self._cond:
+                self.notifications.append(msg)
+                self._cond.notify_all()
+        else:
+            with self._cond:
+                self.responses[msg["id"]] = msg
+                self._cond.notify_all()
+
+    def send(self, obj: Dict[str, Any]) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        with self._wlock:
+            self.sock.sendall(data)
+
+    def wait(self, pred: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = pred()
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"Timed out waiting for {what}; stderr:\n{self.stderr}")
+                self._cond.wait(left)
+
+    # -- protocol
+
+    def handshake(self, *, refuse: bool = False, params: Optional[Dict[str, Any]] = None,
+                  extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        hello = self.wait(lambda: self.requests and self.requests[0], what="`hello`")
+        assert hello["method"] == "hello", hello
+        if refuse:
+            self.send({"jsonrpc": "2.0", "id": hello["id"], "error": {
+                "code": -32010, "message": "Protocol 1 is not supported; this host speaks 2",
+                "data": {"supported": [2]}}})
+            return hello
+        result = {"protocol": 1, "plugin": self.name, "version": "0.1.0",
+                  "params": params or {}, "data_dir": str(self.data_dir or ""),
+                  "services": ["kv"]}
+        result.update(extra or {})
+        self.send({"jsonrpc": "2.0", "id": hello["id"], "result": result})
+        return hello
+
+    def request(self, method: str, params: Any = None, id: Optional[int] = None) -> int:
+        if id is None:
+            self._next_id += 1
+            id = self._next_id
+        self.send({"jsonrpc": "2.0", "id": id, "method": method, "params": params or {}})
+        return id
+
+    def notify(self, method: str, params: Any = None) -> None:
+        self.send({"jsonrpc": "2.0", "method": method, "params": params or {}})
+
+    def start_call(self, action: str, payload: Any = None, deadline_ms: int = 5000) -> int:
+        return self.request("call", {"action": action, "payload": payload, "deadline_ms": deadline_ms})
+
+    def response(self, id: int, timeout: float = TIMEOUT) -> Dict[str, Any]:
+        return self.wait(lambda: self.responses.get(id), timeout, what=f"the response to {id}")
+
+    def call(self, action: str, payload: Any = None, deadline_ms: int = 5000) -> Dict[str, Any]:
+        return self.response(self.start_call(action, payload, deadline_ms))
+
+    def notifications_of(self, method: str) -> List[Dict[str, Any]]:
+        with self._cond:
+            return [n["params"] for n in self.notifications if n["method"] == method]
+
+    def wait_notification(self, method: str, pred: Callable[[Dict[str, Any]], bool] = lambda p: True,
+                          timeout: float = TIMEOUT) -> Dict[str, Any]:
+        def find() -> Optional[Dict[str, Any]]:
+            for n in self.notifications:
+                if n["method"] == method and pred(n["params"]):
+                    return n["params"]
+            return None
+        return self.wait(find, timeout, what=f"a `{method}` notification")
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def exit_code(self, timeout: float = TIMEOUT) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.close()
+
+
+def python_argv(script: Path) -> List[str]:
+    return [sys.executable, str(script)]
