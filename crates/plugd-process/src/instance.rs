@@ -495,13 +495,9 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
     let action = action.to_owned();
     match error.code {
         codes::UNKNOWN_ACTION => RuntimeError::UnknownAction { plugin, action },
-        codes::BAD_PAYLOAD => {
-            let mut message = error.message;
-            if let Some(details) = error.data.as_ref().and_then(|d| d.get("errors")) {
-                message = format!("{message} ({details})");
-            }
-            RuntimeError::BadPayload { plugin, action, message }
-        }
+        // The SDKs put the validation details into the message already (`data.errors` holds
+        // them in machine-readable form).
+        codes::BAD_PAYLOAD => RuntimeError::BadPayload { plugin, action, message: error.message },
         code => {
             let data_code = error.data.as_ref().and_then(|d| {
                 d.get("code").or_else(|| d.get("type")).and_then(|c| c.as_str()).map(str::to_owned)

@@ -100,13 +100,25 @@ pub struct Package {
 impl fmt::Display for ResolveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ResolveError::Missing { plugin, version, dependency, req } => write!(
+            ResolveError::Missing {
+                plugin,
+                version,
+                dependency,
+                req,
+            } => write!(
                 f,
                 "Plugin `{plugin} {version}` needs `{dependency} {req}`, but no plugin \
                  `{dependency}` is installed; hint: add it to the plugins directory or remove \
                  the dependency"
             ),
-            ResolveError::Conflict { plugin, version, dependency, req, installed, others } => {
+            ResolveError::Conflict {
+                plugin,
+                version,
+                dependency,
+                req,
+                installed,
+                others,
+            } => {
                 write!(
                     f,
                     "Plugin `{plugin} {version}` needs `{dependency} {req}`, but \
@@ -118,7 +130,11 @@ impl fmt::Display for ResolveError {
                         if i > 0 {
                             f.write_str(", ")?;
                         }
-                        let Requirement { plugin, version, req } = other;
+                        let Requirement {
+                            plugin,
+                            version,
+                            req,
+                        } = other;
                         write!(f, "`{plugin} {version}` wants `{dependency} {req}`")?;
                     }
                     f.write_str(")")?;
@@ -134,7 +150,10 @@ impl fmt::Display for ResolveError {
                 if let Some(first) = cycle.first() {
                     write!(f, "`{first}`")?;
                 }
-                f.write_str("; hint: remove one of these dependencies")
+                match cycle.as_slice() {
+                    [only] => write!(f, "; hint: remove the dependency of `{only}` on itself"),
+                    _ => f.write_str("; hint: remove one of these dependencies"),
+                }
             }
             ResolveError::Duplicate { name, copies } => {
                 let times = match copies.len() {
@@ -150,10 +169,19 @@ impl fmt::Display for ResolveError {
                     }
                     write!(f, "`{}` ({})", copy.source.display(), copy.version)?;
                 }
-                let which = if copies.len() == 2 { "one" } else { "all but one" };
+                let which = if copies.len() == 2 {
+                    "one"
+                } else {
+                    "all but one"
+                };
                 write!(f, "; hint: remove {which}")
             }
-            ResolveError::DependencyFailed { plugin, version, path, cause } => {
+            ResolveError::DependencyFailed {
+                plugin,
+                version,
+                path,
+                cause,
+            } => {
                 let direct = path.first().map(PluginName::as_str).unwrap_or_default();
                 write!(
                     f,
@@ -169,7 +197,11 @@ impl fmt::Display for ResolveError {
                 }
                 write!(f, ": {cause}")
             }
-            ResolveError::Runtime { plugin, version, reason } => {
+            ResolveError::Runtime {
+                plugin,
+                version,
+                reason,
+            } => {
                 write!(f, "Plugin `{plugin} {version}` failed: {reason}")
             }
         }
@@ -188,15 +220,18 @@ fn conflict_hint(
     if !installed.pre.is_empty() && req.matches(&release) {
         return write!(
             f,
-            "`{installed}` is a pre-release, which only a requirement naming a pre-release of \
-             `{release}` accepts, such as `^{installed}`; install a release of `{dependency}` or \
-             require the pre-release explicitly"
+            "`{installed}` is a pre-release, which only requirements naming a pre-release of \
+             `{release}` accept (such as `^{installed}`): require it explicitly or install a \
+             release of `{dependency}`"
         );
     }
     if too_old(req, installed) {
         write!(f, "upgrade `{dependency}` or relax the requirement")
     } else {
-        write!(f, "install an older `{dependency}` or relax the requirement")
+        write!(
+            f,
+            "install an older `{dependency}` or relax the requirement"
+        )
     }
 }
 
@@ -208,7 +243,9 @@ fn too_old(req: &VersionReq, installed: &Version) -> bool {
         match (c.op, c.minor, c.patch) {
             // `>1` means `>=2.0.0` and `>1.2` means `>=1.3.0`.
             (Op::Greater, None, _) => *installed < Version::new(c.major.saturating_add(1), 0, 0),
-            (Op::Greater, Some(minor), None) => *installed < Version::new(c.major, minor.saturating_add(1), 0),
+            (Op::Greater, Some(minor), None) => {
+                *installed < Version::new(c.major, minor.saturating_add(1), 0)
+            }
             (Op::Greater, ..) => *installed <= base,
             (Op::Less | Op::LessEq, ..) => false,
             _ => *installed < base,

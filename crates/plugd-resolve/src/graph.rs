@@ -121,7 +121,10 @@ mod tests {
     fn components_come_dependencies_first() {
         // 0 → 1 → 2 → 1, 3 → 3, 4 alone.
         let adj = vec![vec![1], vec![2], vec![1], vec![3], vec![]];
-        assert_eq!(strongly_connected(&adj), vec![vec![1, 2], vec![0], vec![3], vec![4]]);
+        assert_eq!(
+            strongly_connected(&adj),
+            vec![vec![1, 2], vec![0], vec![3], vec![4]]
+        );
     }
 
     #[test]

@@ -151,7 +151,9 @@ impl Resolution {
         self.planned.remove(name);
         // Dependencies first, so each dependant's chain extends one already recorded.
         for dependant in removed.iter().rev() {
-            let Some(planned) = self.planned.remove(dependant) else { continue };
+            let Some(planned) = self.planned.remove(dependant) else {
+                continue;
+            };
             // Always `Some`: a dependant depends on `name` or on another dependant.
             if let Some(error) = resolve::dependency_failed(&planned.candidate, &self.failed) {
                 self.failed.insert(dependant.clone(), error);

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use plugd_manifest::PluginName;
 
 use crate::graph::{shortest_cycle, strongly_connected};
-use crate::{Candidate, Package, Planned, Requirement, ResolveError, Resolution};
+use crate::{Candidate, Package, Planned, Requirement, Resolution, ResolveError};
 
 /// Resolves the installed packages into a load plan. Deterministic: the result does not
 /// depend on the order of `candidates`.
@@ -21,7 +21,10 @@ pub fn resolve(candidates: Vec<Candidate>) -> Resolution {
     let mut failed = BTreeMap::new();
     let mut by_name: BTreeMap<PluginName, Vec<Candidate>> = BTreeMap::new();
     for candidate in candidates {
-        by_name.entry(candidate.name.clone()).or_default().push(candidate);
+        by_name
+            .entry(candidate.name.clone())
+            .or_default()
+            .push(candidate);
     }
     // `unique` is in name order, so node indices are too.
     let mut unique = Vec::new();
@@ -32,18 +35,29 @@ pub fn resolve(candidates: Vec<Candidate>) -> Resolution {
             group.sort_by(|a, b| (&a.source, &a.version).cmp(&(&b.source, &b.version)));
             let copies = group
                 .into_iter()
-                .map(|c| Package { source: c.source, version: c.version })
+                .map(|c| Package {
+                    source: c.source,
+                    version: c.version,
+                })
                 .collect();
             failed.insert(name.clone(), ResolveError::Duplicate { name, copies });
         }
     }
 
-    let index: BTreeMap<&PluginName, usize> =
-        unique.iter().enumerate().map(|(i, c)| (&c.name, i)).collect();
+    let index: BTreeMap<&PluginName, usize> = unique
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (&c.name, i))
+        .collect();
     // Dependencies are in name order, so every adjacency list is sorted.
     let adj: Vec<Vec<usize>> = unique
         .iter()
-        .map(|c| c.dependencies.keys().filter_map(|d| index.get(d).copied()).collect())
+        .map(|c| {
+            c.dependencies
+                .keys()
+                .filter_map(|d| index.get(d).copied())
+                .collect()
+        })
         .collect();
     let mut requirers: BTreeMap<&PluginName, Vec<Requirement>> = BTreeMap::new();
     for c in &unique {
@@ -79,7 +93,13 @@ pub fn resolve(candidates: Vec<Candidate>) -> Resolution {
             }
             None => {
                 // Every dependency is planned: the others made `problem` `Some`.
-                wave[first] = Some(adj[first].iter().filter_map(|&d| wave[d]).max().map_or(0, |w| w + 1));
+                wave[first] = Some(
+                    adj[first]
+                        .iter()
+                        .filter_map(|&d| wave[d])
+                        .max()
+                        .map_or(0, |w| w + 1),
+                );
             }
         }
     }
@@ -94,7 +114,11 @@ pub fn resolve(candidates: Vec<Candidate>) -> Resolution {
         waves[wave].push(candidate.name.clone());
         planned.insert(candidate.name.clone(), Planned { candidate, wave });
     }
-    Resolution { waves, failed, planned }
+    Resolution {
+        waves,
+        failed,
+        planned,
+    }
 }
 
 /// The first problem `c` has on its own: a dependency that is not installed, or installed
@@ -122,7 +146,11 @@ fn own_problem(
         };
         let installed = &unique[d].version;
         if !req.matches(installed) {
-            let others = requirers[dep].iter().filter(|r| r.plugin != c.name).cloned().collect();
+            let others = requirers[dep]
+                .iter()
+                .filter(|r| r.plugin != c.name)
+                .cloned()
+                .collect();
             return Some(ResolveError::Conflict {
                 plugin: c.name.clone(),
                 version: c.version.clone(),
@@ -142,11 +170,17 @@ pub(crate) fn dependency_failed(
     c: &Candidate,
     failed: &BTreeMap<PluginName, ResolveError>,
 ) -> Option<ResolveError> {
-    let (dep, error) = c.dependencies.keys().find_map(|d| Some((d, failed.get(d)?)))?;
+    let (dep, error) = c
+        .dependencies
+        .keys()
+        .find_map(|d| Some((d, failed.get(d)?)))?;
     let (path, cause) = match error {
-        ResolveError::DependencyFailed { path, cause, .. } => {
-            (std::iter::once(dep.clone()).chain(path.iter().cloned()).collect(), cause.clone())
-        }
+        ResolveError::DependencyFailed { path, cause, .. } => (
+            std::iter::once(dep.clone())
+                .chain(path.iter().cloned())
+                .collect(),
+            cause.clone(),
+        ),
         root => (vec![dep.clone()], Box::new(root.clone())),
     };
     Some(ResolveError::DependencyFailed {

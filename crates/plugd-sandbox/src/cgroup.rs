@@ -338,8 +338,8 @@ impl Cgroup {
                 return;
             }
             for pid in pids {
-                // SAFETY: kill has no memory preconditions; a pid that already exited is harmless
-                // because pids in our own cgroup cannot be recycled while we hold its files open.
+                // SAFETY: kill has no memory preconditions. The pid was in our cgroup a moment
+                // ago; reuse of a pid within that window is the accepted race of `kill`.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(1));

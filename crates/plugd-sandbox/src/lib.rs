@@ -344,6 +344,7 @@ impl Sandbox {
             layers.push(applied(Layer::Seccomp, detail));
         }
 
+        layers.sort_by_key(|s| s.layer);
         for layer in &policy.required {
             if let Some(status) = layers.iter().find(|s| s.layer == *layer && s.state != LayerState::Applied) {
                 return Err(SandboxError::LayerUnavailable { layer: *layer, reason: status.detail.clone() });

@@ -27,7 +27,7 @@ fn parse_line(line: &str) -> Result<Candidate, String> {
         None => (line, None),
     };
     let mut words = head.split_whitespace();
-    let name = name(words.next().ok_or("missing name")?)?;
+    let name = plugin_name(words.next().ok_or("missing name")?)?;
     let version = words.next().ok_or("missing version")?;
     let version = Version::parse(version).map_err(|e| format!("version `{version}`: {e}"))?;
     let source = match words.next() {
@@ -41,11 +41,16 @@ fn parse_line(line: &str) -> Result<Candidate, String> {
     for dep in requirements(deps.unwrap_or_default()) {
         let (dep, req) = dep.split_once(' ').ok_or("expected `DEP REQ`")?;
         let req = VersionReq::parse(req.trim()).map_err(|e| format!("requirement `{req}`: {e}"))?;
-        if dependencies.insert(name(dep.trim())?, req).is_some() {
+        if dependencies.insert(plugin_name(dep.trim())?, req).is_some() {
             return Err(format!("`{dep}` listed twice"));
         }
     }
-    Ok(Candidate { name, version, dependencies, source })
+    Ok(Candidate {
+        name,
+        version,
+        dependencies,
+        source,
+    })
 }
 
 /// Splits `b ^1.0, c >=1, <2` into `b ^1.0` and `c >=1, <2`.
@@ -65,6 +70,6 @@ fn requirements(deps: &str) -> Vec<String> {
     out
 }
 
-fn name(s: &str) -> Result<PluginName, String> {
+fn plugin_name(s: &str) -> Result<PluginName, String> {
     PluginName::new(s).map_err(|e| e.to_string())
 }

@@ -16,7 +16,11 @@ fn check(input: &str, expect: ExpectFile) {
     let resolution = resolve(candidates.clone());
     let plan = resolution.to_string();
     for shuffled in [reversed(&candidates), rotated(&candidates)] {
-        assert_eq!(resolve(shuffled).to_string(), plan, "the plan depends on input order");
+        assert_eq!(
+            resolve(shuffled).to_string(),
+            plan,
+            "the plan depends on input order"
+        );
     }
     assert_consistent(&resolution, &candidates);
     expect.assert_eq(&plan);
@@ -28,9 +32,8 @@ fn reversed<T: Clone>(items: &[T]) -> Vec<T> {
 
 fn rotated<T: Clone>(items: &[T]) -> Vec<T> {
     let mut items = items.to_vec();
-    if !items.is_empty() {
-        items.rotate_left(items.len() / 2);
-    }
+    let mid = items.len() / 2;
+    items.rotate_left(mid);
     items
 }
 
@@ -40,16 +43,29 @@ fn assert_consistent(resolution: &Resolution, candidates: &[plugd_resolve::Candi
     for c in candidates {
         let planned = resolution.wave_of(c.name.as_str()).is_some();
         let failed = resolution.failed().contains_key(&c.name);
-        assert!(planned != failed, "`{}` must be either planned or failed", c.name);
+        assert!(
+            planned != failed,
+            "`{}` must be either planned or failed",
+            c.name
+        );
     }
     for (n, wave) in resolution.waves().iter().enumerate() {
         assert!(!wave.is_empty(), "wave {n} is empty");
         for name in wave {
             let deps = resolution.dependencies(name.as_str());
-            let waves: Vec<usize> =
-                deps.iter().map(|d| resolution.wave_of(d.as_str()).expect("dependency planned")).collect();
-            assert!(waves.iter().all(|&w| w < n), "`{name}` loads before a dependency");
-            assert_eq!(waves.iter().max().map(|w| w + 1).unwrap_or(0), n, "`{name}` loads late");
+            let waves: Vec<usize> = deps
+                .iter()
+                .map(|d| resolution.wave_of(d.as_str()).expect("dependency planned"))
+                .collect();
+            assert!(
+                waves.iter().all(|&w| w < n),
+                "`{name}` loads before a dependency"
+            );
+            assert_eq!(
+                waves.iter().max().map(|w| w + 1).unwrap_or(0),
+                n,
+                "`{name}` loads late"
+            );
         }
     }
 }
@@ -103,7 +119,10 @@ fn every_case_is_listed() {
     let mut unlisted = Vec::new();
     for entry in std::fs::read_dir(ui_dir()).expect("read tests/ui") {
         let path = entry.expect("read tests/ui").path();
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if !CASES.contains(&stem) {
             unlisted.push(path.display().to_string());
         }

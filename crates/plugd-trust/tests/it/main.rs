@@ -1,0 +1,1 @@
+//! Integration tests of `plugd-trust` against real package directories.

@@ -1,0 +1,102 @@
+//! Host side of the `plugd:plugin@0.1.0` world: generated bindings and the store's data.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, Progress};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::limits::Limiter;
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../../wit/plugd.wit",
+});
+
+pub(crate) use self::exports::plugd::plugin::guest::Error as GuestError;
+use self::plugd::plugin::host::{self, Level};
+use self::plugd::plugin::types;
+
+/// The data of one store: one instance of one plugin.
+pub(crate) struct State {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) host: Arc<dyn HostCalls>,
+    pub(crate) handle: tokio::runtime::Handle,
+    /// When the running call must be finished; host requests never wait past it.
+    pub(crate) deadline: Instant,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for State {}
+
+impl host::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        let level = match level {
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        self.host.log(LogSource::Plugin, level, &message);
+    }
+
+    fn progress(&mut self, fraction: Option<f64>, message: Option<String>) {
+        self.host.progress(Progress { fraction, message });
+    }
+
+    fn emit(&mut self, topic: String, payload: String) {
+        match serde_json::from_str(&payload) {
+            Ok(payload) => self.host.emit(&topic, payload),
+            Err(e) => self.host.log(
+                LogSource::Runtime,
+                LogLevel::Warn,
+                &format!("Dropped event `{topic}`: its payload is not JSON ({e})"),
+            ),
+        }
+    }
+
+    fn request(&mut self, method: String, params: String) -> Result<String, types::Error> {
+        let params = serde_json::from_str(&params).map_err(|e| types::Error {
+            code: "invalid".to_owned(),
+            message: format!("The params of `{method}` are not JSON: {e}"),
+        })?;
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        // Calls run on a blocking thread (never on an async worker), so blocking on the
+        // host's future here is allowed; the deadline bounds the wait.
+        let answer = self.handle.block_on(tokio::time::timeout(
+            remaining,
+            self.host.request(&method, params),
+        ));
+        match answer {
+            Ok(Ok(value)) => Ok(value.to_string()),
+            Ok(Err(e)) => Err(types::Error {
+                code: host_error_code(&e).to_owned(),
+                message: e.to_string(),
+            }),
+            Err(_) => Err(types::Error {
+                code: "timeout".to_owned(),
+                message: format!("Host request `{method}` did not finish before the call's deadline"),
+            }),
+        }
+    }
+}
+
+fn host_error_code(e: &HostCallError) -> &'static str {
+    match e {
+        HostCallError::NotGranted { .. } => "not_granted",
+        HostCallError::Unknown(_) => "not_available",
+        HostCallError::Invalid(_) => "invalid",
+        _ => "failed",
+    }
+}
