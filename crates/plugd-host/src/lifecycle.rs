@@ -53,7 +53,12 @@ impl Host {
         *resolution = self.refresh().await?;
         let waves = resolution.waves().to_vec();
         for wave in waves {
-            let starts = wave.iter().filter_map(|name| self.inner.slot(name.as_str())).map(|slot| {
+            // A plugin whose dependency failed earlier is already marked failed: skip it.
+            let starts = wave
+                .iter()
+                .filter_map(|name| self.inner.slot(name.as_str()))
+                .filter(|slot| slot.inner.lock().state != PluginState::Failed)
+                .map(|slot| {
                 let host = self.clone();
                 async move {
                     let result = host.start_slot(&slot).await;
@@ -266,7 +271,7 @@ impl Host {
                 if slot.inner.lock().state != PluginState::Running {
                     slot.set_state(
                         PluginState::Failed,
-                        Some(format!("Plugin `{dependant}` cannot load because its dependency `{name}` failed to start: {reason}")),
+                        Some(format!("Plugin `{dependant}` cannot load because `{name}`, which it depends on, failed to start: {reason}")),
                     );
                 }
             }

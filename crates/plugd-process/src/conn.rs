@@ -18,6 +18,9 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 
+/// Prefix of close reasons meaning the child's end of the stream went away.
+pub(crate) const STREAM_ENDED: &str = "its protocol stream ended";
+
 type Reply = Result<Box<RawValue>, RpcError>;
 
 /// Why a request got no reply.
@@ -160,7 +163,8 @@ pub(crate) async fn read_loop(
     let reason = loop {
         let frame = match reader.next_frame().await {
             Ok(Some(frame)) => frame,
-            Ok(None) => break "it closed its protocol socket".to_owned(),
+            Ok(None) => break format!("{STREAM_ENDED}: it closed its protocol socket"),
+            Err(plugd_protocol::FrameError::Io(e)) => break format!("{STREAM_ENDED}: {e}"),
             Err(e) => break format!("its protocol stream broke: {e}"),
         };
         let message = match Message::decode(frame) {

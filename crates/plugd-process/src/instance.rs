@@ -117,7 +117,16 @@ impl Shared {
             frame = tokio::time::timeout(timeout, reader.next_frame()) => match frame {
                 Err(_) => Err(format!("it did not say `hello` within {timeout:?}; hint: is it built with a plugd SDK, and does it use fd 3?")),
                 Ok(Err(e)) => Err(format!("its handshake failed: {e}")),
-                Ok(Ok(None)) => Err("it closed its protocol socket before saying `hello`".to_owned()),
+                Ok(Ok(None)) => {
+                    // Usually the child is exiting: report how, with its last words.
+                    match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+                        Ok(Ok(status)) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Err(with_tail(format!("it {} before saying `hello`", describe_exit(status)), &tail))
+                        }
+                        _ => Err("it closed its protocol socket before saying `hello`".to_owned()),
+                    }
+                }
                 Ok(Ok(Some(frame))) => parse_hello(frame),
             },
             status = child.wait() => {
@@ -340,6 +349,8 @@ async fn stop_requested(stop_rx: &mut watch::Receiver<Option<Duration>>) -> Dura
     }
 }
 
+use crate::conn::STREAM_ENDED;
+
 enum Watch {
     Stop(Duration),
     Crashed(String),
@@ -366,6 +377,14 @@ async fn watch_child(
                 });
             }
             reason = running.conn.closed() => {
+                // A closed or broken stream usually means the child is exiting: prefer its exit
+                // status as the reason. A protocol violation kills it at once.
+                if reason.starts_with(STREAM_ENDED) {
+                    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(500), running.child.wait()).await {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return Watch::Crashed(format!("it {}", describe_exit(status)));
+                    }
+                }
                 kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
                 let _ = running.child.wait().await;
                 return Watch::Crashed(reason);
@@ -374,9 +393,13 @@ async fn watch_child(
                 match running.conn.request("ping", &serde_json::json!({}), ping_timeout).await {
                     Ok(_) => {}
                     Err(RequestError::Timeout) => {
+                        let reason = format!("it did not answer the health ping within {ping_timeout:?} and was killed");
+                        // Name the reason before the kill, so callers in flight see it rather
+                        // than the broken stream the kill causes.
+                        running.conn.close(reason.clone());
                         kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
                         let _ = running.child.wait().await;
-                        return Watch::Crashed(format!("it did not answer the health ping within {ping_timeout:?} and was killed"));
+                        return Watch::Crashed(reason);
                     }
                     Err(RequestError::Closed(reason)) => {
                         kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);

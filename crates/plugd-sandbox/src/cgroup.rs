@@ -293,6 +293,10 @@ impl Cgroup {
             .collect()
     }
 
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.path.clone()).collect()
+    }
+
     fn read(&self, controller: &str, file: &str) -> Option<String> {
         fs::read_to_string(self.dir(controller)?.join(file)).ok()
     }

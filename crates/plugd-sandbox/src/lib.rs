@@ -129,7 +129,7 @@ impl fmt::Display for LayerStatus {
 }
 
 /// What a child may do, as plain values; the host translates a manifest into this.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SandboxPolicy {
     /// A name for the cgroup and the default uid, usually the plugin name.
     pub name: String,
@@ -345,8 +345,13 @@ impl Sandbox {
         }
 
         layers.sort_by_key(|s| s.layer);
+        // A layer skipped because it is not needed (the netns of a plugin granted network) does
+        // not fail a requirement; one disabled by the policy or unavailable does.
         for layer in &policy.required {
-            if let Some(status) = layers.iter().find(|s| s.layer == *layer && s.state != LayerState::Applied) {
+            let missing = |s: &&LayerStatus| {
+                s.layer == *layer && (s.state == LayerState::Unavailable || policy.disabled(*layer))
+            };
+            if let Some(status) = layers.iter().find(missing) {
                 return Err(SandboxError::LayerUnavailable { layer: *layer, reason: status.detail.clone() });
             }
         }
@@ -418,6 +423,11 @@ impl Prepared {
     /// CPU time used by the cgroup so far, when known.
     pub fn cpu_usage(&self) -> Option<Duration> {
         self.cgroup.as_ref().and_then(Cgroup::cpu_usage)
+    }
+
+    /// The directories of the child's cgroup (one on v2, one per hierarchy on v1).
+    pub fn cgroup_paths(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(Cgroup::paths).unwrap_or_default()
     }
 
     /// Sends SIGKILL to every task in the cgroup (no-op without a cgroup).

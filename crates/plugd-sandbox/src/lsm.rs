@@ -41,7 +41,7 @@ pub(crate) fn ruleset(policy: &SandboxPolicy, kernel_abi: i32) -> Result<(Option
         .create()
         .map_err(generic)?;
 
-    let mut add = |ruleset: RulesetCreated, path: &Path, access: BitFlags<AccessFs>| {
+    let add = |ruleset: RulesetCreated, path: &Path, access: BitFlags<AccessFs>| {
         let fd = PathFd::new(path).map_err(|e| SandboxError::Landlock(format!("`{}`: {e}", path.display())))?;
         let is_dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
         let access = if is_dir { access } else { access & AccessFs::from_file(TARGET) };

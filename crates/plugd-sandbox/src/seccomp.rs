@@ -128,7 +128,7 @@ fn compile(
 ) -> Result<Vec<libc::sock_filter>, SandboxError> {
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch)
         .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    let program: BpfProgram = filter.try_into()            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    let program = BpfProgram::try_from(filter).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     Ok(program.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect())
 }
 

@@ -76,7 +76,9 @@ pub enum TrustError {
         mode: u32,
     },
     /// A string is not a key id.
-    #[error("Invalid key id `{text}`; hint: a key id is 16 lower-case hex digits, as shown by `plugd trust list`")]
+    #[error(
+        "Invalid key id `{text}`; hint: a key id is 16 lower-case hex digits, as shown by `plugd trust list`"
+    )]
     InvalidKeyId {
         /// The offending text.
         text: String,
@@ -155,7 +157,7 @@ pub enum TrustError {
     },
     /// The package contains Python bytecode (`__pycache__`, `*.pyc`, `*.pyo`).
     #[error(
-        "File `{path}` in package `{}` is Python bytecode; hint: delete it, a package ships reviewable sources only (set `PYTHONDONTWRITEBYTECODE=1` while developing)",
+        "Path `{path}` in package `{}` is Python bytecode; hint: delete it, a package ships reviewable sources only (set `PYTHONDONTWRITEBYTECODE=1` while developing)",
         dir.display()
     )]
     Bytecode {

@@ -260,7 +260,9 @@ fn parse_key_text(text: &str, path: &Path, expected: &'static str) -> Result<[u8
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .ok_or_else(|| format_error("the second line is not 32 bytes in base64".into()))?;
     if lines.any(|line| !line.is_empty()) {
-        return Err(format_error("there is unexpected text after the key".into()));
+        return Err(format_error(
+            "there is unexpected text after the key".into(),
+        ));
     }
     Ok(bytes)
 }
@@ -291,7 +293,10 @@ pub(crate) fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), 
     let mut temp = tempfile::NamedTempFile::new_in(parent)
         .map_err(|e| TrustError::io("create a file in", parent, e))?;
     temp.write_all(bytes)
-        .and_then(|()| temp.as_file().set_permissions(fs::Permissions::from_mode(mode)))
+        .and_then(|()| {
+            temp.as_file()
+                .set_permissions(fs::Permissions::from_mode(mode))
+        })
         .and_then(|()| temp.as_file().sync_all())
         .map_err(|e| TrustError::io("write", temp.path(), e))?;
     temp.persist(path)
@@ -331,17 +336,23 @@ mod tests {
         check(
             &format!("{SECRET_HEADER}\n{KEY}\n"),
             PUBLIC,
-            expect!["File `k` is a plugd secret key, but a public key is needed; hint: pass the public key file (`KEY.pub`)"],
+            expect![
+                "File `k` is a plugd secret key, but a public key is needed; hint: pass the public key file (`KEY.pub`)"
+            ],
         );
         check(
             &format!("{PUBLIC_HEADER}\n{KEY}\n"),
             SECRET,
-            expect!["File `k` is a plugd public key, but a secret key is needed; hint: pass the secret key file (the one without `.pub`)"],
+            expect![
+                "File `k` is a plugd public key, but a secret key is needed; hint: pass the secret key file (the one without `.pub`)"
+            ],
         );
         check(
             "ssh-ed25519 AAAA user@host\n",
             PUBLIC,
-            expect!["File `k` is not a plugd public key: the first line must be `plugd-ed25519-public-key v1`"],
+            expect![
+                "File `k` is not a plugd public key: the first line must be `plugd-ed25519-public-key v1`"
+            ],
         );
         check(
             PUBLIC_HEADER,
@@ -351,7 +362,9 @@ mod tests {
         check(
             &format!("{PUBLIC_HEADER}\nAAEC\n"),
             PUBLIC,
-            expect!["File `k` is not a plugd public key: the second line is not 32 bytes in base64"],
+            expect![
+                "File `k` is not a plugd public key: the second line is not 32 bytes in base64"
+            ],
         );
         check(
             &format!("{PUBLIC_HEADER}\n{KEY}\nmore\n"),
@@ -370,7 +383,13 @@ mod tests {
         assert_eq!(KeyId::parse(id.as_str()).unwrap(), id);
         let hash = Sha256::digest(key.public_key().key.as_bytes());
         assert_eq!(id.as_str(), hex::encode(&hash[..8]));
-        for bad in ["", "0123", "0123456789ABCDEF", "0123456789abcdef0", "g123456789abcdef"] {
+        for bad in [
+            "",
+            "0123",
+            "0123456789ABCDEF",
+            "0123456789abcdef0",
+            "g123456789abcdef",
+        ] {
             assert!(KeyId::parse(bad).is_err(), "{bad:?} must not parse");
         }
     }
@@ -381,6 +400,9 @@ mod tests {
             key: SigningKey::from_bytes(&[7; 32]),
         };
         let debug = format!("{key:?}");
-        assert_eq!(debug, format!("SecretKey(KeyId({:?}))", key.key_id().as_str()));
+        assert_eq!(
+            debug,
+            format!("SecretKey(KeyId({:?}))", key.key_id().as_str())
+        );
     }
 }

@@ -107,12 +107,16 @@ mod tests {
         check(
             TOML_MANIFEST,
             "[plugin]\nname = \"thumbs\"\n",
-            expect!["Cannot read the plugin name and version from `plugin.toml`: missing field `version`"],
+            expect![
+                "Cannot read the plugin name and version from `plugin.toml`: missing field `version`"
+            ],
         );
         check(
             TOML_MANIFEST,
             "[plugin]\nname = \"Thumbs\"\nversion = \"1.0.0\"\n",
-            expect!["Cannot read the plugin name and version from `plugin.toml`: `Thumbs` is not a valid plugin name (lower-case letters, digits, `_` and `-`, starting with a letter, at most 64)"],
+            expect![
+                "Cannot read the plugin name and version from `plugin.toml`: `Thumbs` is not a valid plugin name (lower-case letters, digits, `_` and `-`, starting with a letter, at most 64)"
+            ],
         );
         check(
             TOML_MANIFEST,
@@ -124,7 +128,9 @@ mod tests {
         check(
             JSON_MANIFEST,
             r#"{"name": "x", "version": "1.0"}"#,
-            expect!["Cannot read the plugin name and version from `plugin.json`: `1.0` is not a semver version: unexpected end of input while parsing minor version number"],
+            expect![
+                "Cannot read the plugin name and version from `plugin.json`: `1.0` is not a semver version: unexpected end of input while parsing minor version number"
+            ],
         );
     }
 }

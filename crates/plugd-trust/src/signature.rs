@@ -362,7 +362,10 @@ impl ParsedSignature {
                     f.path.escape_debug()
                 )));
             }
-            if files.last().is_some_and(|prev: &FileEntry| prev.path >= f.path) {
+            if files
+                .last()
+                .is_some_and(|prev: &FileEntry| prev.path >= f.path)
+            {
                 return Err(malformed("the file list is not sorted by path".into()));
             }
             files.push(FileEntry {

@@ -67,6 +67,16 @@ pub fn stage_package(
     keys: &KeySource<'_>,
     policy: &TrustPolicy,
 ) -> Result<StagedPackage, TrustError> {
+    // A staging root inside the package would be copied into itself, level after level.
+    if let (Ok(root), Ok(package)) = (resolve(staging_root), src.canonicalize())
+        && root.starts_with(&package)
+    {
+        return Err(TrustError::io(
+            "stage into",
+            staging_root,
+            io::Error::other(format!("it is inside the package `{}`", src.display())),
+        ));
+    }
     DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -102,7 +112,10 @@ pub fn stage_package(
         // non-empty directory.
         let stale = staging_root.join(format!(
             ".stale-{}",
-            temp.path().file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            temp.path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("x")
         ));
         fs::rename(&target, &stale).map_err(|e| TrustError::io("move aside", &target, e))?;
         remove_tree(&stale)?;
@@ -152,8 +165,7 @@ fn seal(root: &Path, copy: &Scan) -> Result<(), TrustError> {
     let mut dirs = Vec::new();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {
-        let entries =
-            fs::read_dir(&dir).map_err(|e| TrustError::io("read directory", &dir, e))?;
+        let entries = fs::read_dir(&dir).map_err(|e| TrustError::io("read directory", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| TrustError::io("read directory", &dir, e))?;
             let path = entry.path();
@@ -204,6 +216,29 @@ fn remove_tree(path: &Path) -> Result<(), TrustError> {
     result.map_err(|e| TrustError::io("remove", path, e))
 }
 
+/// `path` with symlinks resolved, for a path that may not exist yet: the deepest existing
+/// ancestor is canonicalized and the rest appended.
+fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let mut rest = Vec::new();
+    let mut existing = path;
+    loop {
+        match existing.canonicalize() {
+            Ok(base) => return Ok(rest.iter().rev().fold(base, |acc, name| acc.join(name))),
+            Err(e) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name);
+                    existing = if parent.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        parent
+                    };
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
 fn is_not_empty(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))
 }
@@ -213,7 +248,9 @@ struct TempTree(Option<PathBuf>);
 
 impl TempTree {
     fn path(&self) -> &Path {
-        self.0.as_deref().expect("a temp tree is only used while armed")
+        self.0
+            .as_deref()
+            .expect("a temp tree is only used while armed")
     }
 
     fn disarm(mut self) {

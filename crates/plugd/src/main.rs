@@ -94,6 +94,11 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body: usize,
+    /// Extra environment for every plugin process, `KEY=VALUE` (repeatable). Plugins otherwise
+    /// get a clean environment: `PATH`, `LANG`, the `PLUGD_*` variables and what their
+    /// manifest's `permissions.env` lists.
+    #[arg(long = "child-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    child_env: Vec<(String, String)>,
     /// Log filter (`info`, `debug`, `plugd=debug,...`); `RUST_LOG` also works.
     #[arg(long, env = "PLUGD_LOG", default_value = "info")]
     log: String,
@@ -104,6 +109,13 @@ struct ServeArgs {
 pub(crate) enum Lang {
     /// A process plugin using the plugd Python SDK.
     Python,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not `KEY=VALUE`")),
+    }
 }
 
 fn main() -> ExitCode {

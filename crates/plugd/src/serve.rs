@@ -32,7 +32,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let config = HostConfig::new(&args.plugins, &args.state_dir);
     let host = Host::builder(config)
-        .runtime(Arc::new(ProcessRuntime::new(ProcessConfig::default())))
+        .runtime(Arc::new(ProcessRuntime::new(process_config(&args))))
         .build();
     host.start().await?;
     for p in host.plugins() {
@@ -56,6 +56,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down: stopping plugins");
     host.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn process_config(args: &ServeArgs) -> ProcessConfig {
+    let mut config = ProcessConfig::default();
+    for (key, value) in &args.child_env {
+        config.base_env.retain(|(k, _)| k.as_os_str() != key.as_str());
+        config.base_env.push((key.into(), value.into()));
+    }
+    config
 }
 
 async fn shutdown_signal() {

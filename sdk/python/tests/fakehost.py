@@ -65,6 +65,7 @@ class FakeHost:
         self.proc, self.sock = spawn(argv, cwd=cwd, env=env, data_dir=data_dir, name=name)
         self.frames: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
         self.raw_lines: List[bytes] = []
+        self.errors: List[str] = []
         self.notifications: List[Dict[str, Any]] = []
         self.responses: Dict[int, Dict[str, Any]] = {}
         self.requests: List[Dict[str, Any]] = []
@@ -110,7 +111,12 @@ class FakeHost:
             *lines, buf = buf.split(b"\n")
             for line in lines:
                 self.raw_lines.append(line)
-                msg = json.loads(line)  # a frame that is not JSON fails the test loudly
+                try:
+                    msg = json.loads(line)
+                    assert isinstance(msg, dict) and msg.get("jsonrpc") == "2.0", msg
+                except (ValueError, AssertionError) as exc:
+                    self.errors.append(f"Bad frame {line[:200]!r}: {exc}")
+                    continue
                 self._route(msg)
 
     def _route(self, msg: Dict[str, Any]) -> None:

@@ -1,1 +1,7 @@
-//! Integration tests of `plugd-trust` against real package directories.
+//! Integration tests of `plugd-trust` against real package directories in temp dirs.
+
+mod keys;
+mod signing;
+mod staging;
+mod store;
+mod support;

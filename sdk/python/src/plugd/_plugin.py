@@ -61,7 +61,7 @@ _current_call: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar(
 )
 
 # Python 3.12+ starts a Task eagerly itself (and keeps `current_task()` right while doing so).
-_NATIVE_EAGER = sys.version_info >= (3, 12) and not os.environ.get("XP_MANUAL")
+_NATIVE_EAGER = sys.version_info >= (3, 12)
 
 _stderr_lock = threading.Lock()
 
@@ -142,6 +142,7 @@ class _Action:
     fn: Callable[..., Any]
     is_async: bool
     validate: Optional[Callable[[Any], Any]]
+    eager: bool
 
 
 @dataclasses.dataclass
@@ -177,7 +178,9 @@ class _HostLogHandler(logging.Handler):
             level = ("debug" if no < logging.INFO else "info" if no < logging.WARNING
                      else "warning" if no < logging.ERROR else "error")
             params: Dict[str, Any] = {"level": level, "message": msg, "logger": record.name}
-            call = _current_call.get()
+            call = getattr(record, "plugd_call", None)
+            if call is None:
+                call = _current_call.get()
             if call is not None:
                 params["call"] = call
             self._plugin._send_log(params)
@@ -194,7 +197,7 @@ class Plugin:
     call `plugin.run()`. The name, version, params and data dir come from the host at start.
     """
 
-    def __init__(self, *, max_workers: Optional[int] = None) -> None:
+    def __init__(self, *, max_workers: Optional[int] = None, eager: bool = True) -> None:
         self.name: str = os.environ.get("PLUGD_PLUGIN", "")
         self.version: str = ""
         self.params: Dict[str, Any] = {}
@@ -207,6 +210,7 @@ class Plugin:
         self._subscriptions: List[_Subscription] = []
         self._params_handler: Optional[Tuple[Callable[..., Any], bool]] = None
         self._max_workers = max_workers
+        self._eager = eager
 
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[int] = None
@@ -220,6 +224,7 @@ class Plugin:
         self._wbuf = bytearray()
         self._batch: Optional[List[str]] = None
         self._next_id = 0
+        self._hello_id = -1
         self._pending: Dict[int, asyncio.Future] = {}
         self._inflight: Dict[int, Any] = {}  # call id -> Task, or None for a thread
         self._expired: set = set()
@@ -235,14 +240,20 @@ class Plugin:
     # ------------------------------------------------------------------ registration
 
     def action(self, name: Any = None, description: Optional[str] = None,
-               input: Any = None) -> Any:
+               input: Any = None, eager: Optional[bool] = None) -> Any:
         """Registers an action handler (`async def` or plain `def`).
 
         ``input`` is a dataclass or a pydantic model class: the payload is validated into an
         instance of it (or rejected with error -32002) and the handler receives the instance;
         without it the handler receives the payload as decoded JSON.
+
+        ``eager`` (async handlers): start the coroutine inside the read callback and answer at
+        once when it does not suspend (the default). On Python < 3.12 the handler then runs
+        outside a Task until its first suspension, so `asyncio.current_task()` is None there;
+        handlers whose code names `current_task`, `timeout`, `timeout_at` or `TaskGroup` are
+        started in a Task automatically, and ``eager=False`` forces it for any other.
         """
-        if callable(name) and description is None and input is None:
+        if callable(name) and description is None and input is None and eager is None:
             return self.action()(name)  # used as `@plugin.action` without parentheses
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -264,7 +275,10 @@ class Plugin:
                 fn=fn,
                 is_async=inspect.iscoroutinefunction(fn),
                 validate=make_validator(input) if input is not None else None,
+                eager=self._eager if eager is None else bool(eager),
             )
+            if eager is None and _needs_task(fn):
+                self._actions[action_name].eager = self._eager and _NATIVE_EAGER
             return fn
 
         return register
@@ -413,6 +427,7 @@ class Plugin:
             "sdk": f"python/{__version__}",
             "actions": self.actions,
         })
+        self._hello_id = self._next_id
         try:
             init = await hello
         except HostError as exc:
@@ -423,14 +438,18 @@ class Plugin:
             _stderr("The host closed the connection during the handshake")
             self._close()
             return EXIT_OK
+        # `_on_response` already applied `init` (see there), before any later frame.
+        del init
+        code = await self._exit
+        self._close()
+        return code
+
+    def _on_initialized(self, init: Any) -> None:
         self._apply_initialize(init if isinstance(init, dict) else {})
         self._connected = True
         backlog, self._log_backlog = self._log_backlog, []
         for params in backlog:
             self._notify("log", params)
-        code = await self._exit
-        self._close()
-        return code
 
     def _apply_initialize(self, init: Dict[str, Any]) -> None:
         self.name = str(init.get("plugin") or self.name)
@@ -567,6 +586,10 @@ class Plugin:
         if fut is None or fut.done():
             return
         err = msg.get("error")
+        if err is None and not self._connected and msg.get("id") == self._hello_id:
+            # The answer to `hello`: apply it now, before the next frame of this same read
+            # (often a `call`) is dispatched, not when `_serve` next runs.
+            self._on_initialized(msg.get("result"))
         if err is not None:
             if not isinstance(err, dict):
                 err = {"code": -32603, "message": str(err)}
@@ -602,14 +625,14 @@ class Plugin:
         ctx = contextvars.copy_context()
         ctx.run(_current_call.set, id_)
         if action.is_async:
-            self._start_async(id_, action.fn, arg, ctx, params.get("deadline_ms"))
+            self._start_async(id_, action.fn, arg, ctx, params.get("deadline_ms"), action.eager)
         else:
             self._start_sync(id_, action.fn, arg, ctx)
 
     def _start_async(self, id_: int, fn: Callable[..., Any], arg: Any,
-                     ctx: contextvars.Context, deadline_ms: Any) -> None:
+                     ctx: contextvars.Context, deadline_ms: Any, eager: bool) -> None:
         loop = self._loop
-        if _NATIVE_EAGER:
+        if _NATIVE_EAGER and eager:
             try:
                 task = asyncio.Task(ctx.run(fn, arg), loop=loop, context=ctx,  # type: ignore[call-arg]
                                     eager_start=True)
@@ -619,8 +642,12 @@ class Plugin:
             if task.done():
                 self._on_task_done(id_, task)
                 return
-        elif os.environ.get("XP_TASK"):
-            task = ctx.run(loop.create_task, fn(arg))
+        elif not eager:
+            try:
+                task = ctx.run(loop.create_task, fn(arg))  # type: ignore[union-attr]
+            except Exception as exc:
+                self._reply_exception(id_, exc)
+                return
         else:
             try:
                 coro = ctx.run(fn, arg)
@@ -629,7 +656,12 @@ class Plugin:
                 self._reply_value(id_, stop.value)
                 return
             except (Exception, asyncio.CancelledError) as exc:
-                self._reply_exception(id_, exc)
+                message = None
+                if isinstance(exc, RuntimeError) and "task" in str(exc):
+                    message = (f"{exc}; hint: on Python < 3.12 an async action starts outside a "
+                               "Task until it first suspends: register it with "
+                               "`@plugin.action(eager=False)`")
+                self._reply_exception(id_, exc, message)
                 return
             # Created inside `ctx` so the Task runs in (a copy of) the call's context.
             task = ctx.run(loop.create_task, _Resumed(coro, yielded))  # type: ignore[union-attr]
@@ -719,7 +751,8 @@ class Plugin:
             data["code"] = code
         if not isinstance(exc, asyncio.CancelledError):
             self.log.error("Action failed: %s: %s", type(exc).__name__, exc,
-                           exc_info=(type(exc), exc, exc.__traceback__))
+                           exc_info=(type(exc), exc, exc.__traceback__),
+                           extra={"plugd_call": id_})
         return self._error_frame(id_, ACTION_FAILED, message or str(exc) or type(exc).__name__, data)
 
     def _error_frame(self, id_: int, code: int, message: str, data: Any = None) -> str:
@@ -735,8 +768,8 @@ class Plugin:
     def _reply_value(self, id_: int, value: Any) -> None:
         self._send(self._result_frame(id_, value))
 
-    def _reply_exception(self, id_: int, exc: BaseException) -> None:
-        self._send(self._exception_frame(id_, exc))
+    def _reply_exception(self, id_: int, exc: BaseException, message: Optional[str] = None) -> None:
+        self._send(self._exception_frame(id_, exc, message))
 
     def _send_error(self, id_: int, code: int, message: str, data: Any = None) -> None:
         self._send(self._error_frame(id_, code, message, data))
@@ -878,6 +911,21 @@ class Plugin:
             self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
             if self._shutting_down:
                 self._maybe_finish()
+
+
+_TASK_NAMES = frozenset({"current_task", "timeout", "timeout_at", "TaskGroup"})
+
+
+def _needs_task(fn: Callable[..., Any]) -> bool:
+    """Whether a handler's code names an asyncio API that needs to run inside a Task."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        if _TASK_NAMES.intersection(c.co_names):
+            return True
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))
+    return False
 
 
 def _manifest_concurrency() -> int:

@@ -153,6 +153,27 @@ async def current_task(payload):
 
 
 @plugin.action()
+async def taskgroup(payload):
+    async with asyncio.TaskGroup() as tg:
+        a = tg.create_task(asyncio.sleep(0.001, result=1))
+        b = tg.create_task(asyncio.sleep(0.002, result=2))
+    return a.result() + b.result()
+
+
+@plugin.action(eager=False)
+async def lazy(payload):
+    return asyncio.current_task() is not None
+
+
+@plugin.action()
+async def multi_progress(payload):
+    for i in range(3):
+        plugin.progress(i / 3, str(payload))
+        await asyncio.sleep(0.001 * (payload % 3))
+    return payload
+
+
+@plugin.action()
 async def yield_once(payload):
     await asyncio.sleep(0)
     return "yielded"

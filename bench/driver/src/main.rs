@@ -1,0 +1,153 @@
+//! `plugd-bench`: the benchmark driver behind `bench/run.sh` (a harness, not a test).
+//!
+//! Subcommands:
+//! - `latency`: call latency through `plugd-host` next to raw pipe round trips, in one run;
+//! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
+//! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
+//! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
+
+mod echo;
+mod fake_child;
+mod latency;
+mod plugins;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+/// The default payload: 105 bytes of JSON, about what a small API call carries.
+pub(crate) const DEFAULT_PAYLOAD: &str = r#"{"user":"Ada Lovelace","id":1815,"tags":["math","engine","notes"],"active":true,"score":98.6,"lang":"en"}"#;
+
+const USAGE: &str = "\
+Usage:
+  plugd-bench latency [--repo DIR] [-n CALLS] [--warmup CALLS] [--in-flight N] [--threads N]
+                      [--payload JSON] [--cases LIST]
+  plugd-bench axum-echo --listen ADDR
+  plugd-bench make-plugins DIR [--repo DIR]
+  plugd-bench fake-child [--no-hello]
+
+`--cases` is a comma-separated subset of: host-hello, raw-python, host-rawpy, host-rust, raw-rust
+(default: all). `--repo` defaults to the checkout this binary was built from.";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("plugd-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    }
+    let command = args.remove(0);
+    let mut args = Args(args);
+    match command.as_str() {
+        "latency" => {
+            let mut config = latency::Config {
+                repo: args.value("--repo")?.map(PathBuf::from).unwrap_or_else(default_repo),
+                calls: args.parsed("-n")?.unwrap_or(20_000),
+                warmup: args.parsed("--warmup")?.unwrap_or(2_000),
+                in_flight: args.parsed("--in-flight")?.unwrap_or(64),
+                threads: args.parsed("--threads")?,
+                payload: args.value("--payload")?.unwrap_or_else(|| DEFAULT_PAYLOAD.to_owned()),
+                cases: latency::Case::ALL.to_vec(),
+            };
+            if let Some(list) = args.value("--cases")? {
+                config.cases = list.split(',').map(latency::Case::parse).collect::<Result<_, _>>()?;
+            }
+            args.finish()?;
+            let mut builder = match config.threads {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+                // The same flavour as `plugd serve`: multi-threaded, one worker per core.
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
+            let runtime = builder.enable_all().build()?;
+            runtime.block_on(latency::run(config))?;
+        }
+        "axum-echo" => {
+            let listen: SocketAddr = args.parsed("--listen")?.context("`axum-echo` needs `--listen ADDR`")?;
+            args.finish()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(echo::serve(listen))?;
+        }
+        "make-plugins" => {
+            let repo = args.value("--repo")?.map(PathBuf::from).unwrap_or_else(default_repo);
+            let dir = args.positional().context("`make-plugins` needs a directory")?;
+            args.finish()?;
+            plugins::make(&repo, std::path::Path::new(&dir))?;
+        }
+        "fake-child" => {
+            let hello = !args.flag("--no-hello");
+            args.finish()?;
+            fake_child::run(hello)?;
+        }
+        "-h" | "--help" | "help" => println!("{USAGE}"),
+        other => bail!("Unknown subcommand `{other}`\n\n{USAGE}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The checkout this binary was built from (`bench/driver/../..`).
+fn default_repo() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// A tiny argument parser: the driver has a handful of options and no need for clap.
+struct Args(Vec<String>);
+
+impl Args {
+    fn value(&mut self, name: &str) -> anyhow::Result<Option<String>> {
+        let Some(i) = self.0.iter().position(|a| a == name) else { return Ok(None) };
+        if i + 1 >= self.0.len() {
+            bail!("Option `{name}` needs a value");
+        }
+        let value = self.0.remove(i + 1);
+        self.0.remove(i);
+        Ok(Some(value))
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> anyhow::Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.value(name)? {
+            Some(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("Invalid `{name}` value `{v}`: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        let found = self.0.iter().position(|a| a == name);
+        if let Some(i) = found {
+            self.0.remove(i);
+        }
+        found.is_some()
+    }
+
+    fn positional(&mut self) -> Option<String> {
+        let i = self.0.iter().position(|a| !a.starts_with('-'))?;
+        Some(self.0.remove(i))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self.0.first() {
+            Some(extra) => bail!("Unexpected argument `{extra}`\n\n{USAGE}"),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Test fixtures: plugins written into a temp plugins dir, and a host with fast timings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugd_host::{Host, HostConfig, HostError, PluginInfo, PluginState};
+use plugd_process::{ProcessConfig, ProcessRuntime};
+use serde_json::value::RawValue;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        Fixture { dir }
+    }
+
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// Writes a plugin package. `extra` is appended to `plugin.toml`; `deps` go to
+    /// `[dependencies]`.
+    pub fn plugin(&self, name: &str, version: &str, deps: &[(&str, &str)], extra: &str, main_py: &str) {
+        let dir = self.plugins().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut toml = format!(
+            "[plugin]\nname = \"{name}\"\nversion = \"{version}\"\nruntime = \"process\"\nentry = [\"python3\", \"main.py\"]\n"
+        );
+        if !deps.is_empty() {
+            toml.push_str("[dependencies]\n");
+            for (d, r) in deps {
+                toml.push_str(&format!("{d} = \"{r}\"\n"));
+            }
+        }
+        toml.push_str(extra);
+        std::fs::write(dir.join("plugin.toml"), toml).unwrap();
+        std::fs::write(dir.join("main.py"), main_py).unwrap();
+    }
+
+    /// A plugin built with the SDK from a few action definitions.
+    pub fn sdk_plugin(&self, name: &str, version: &str, deps: &[(&str, &str)], extra: &str, body: &str) {
+        let main = format!(
+            "import asyncio, os, sys, time\nfrom plugd import Plugin\nplugin = Plugin()\n{body}\nplugin.run()\n"
+        );
+        self.plugin(name, version, deps, extra, &main);
+    }
+
+    pub fn host(&self) -> Host {
+        self.host_with(|_| {})
+    }
+
+    pub fn host_with(&self, tweak: impl FnOnce(&mut ProcessConfig)) -> Host {
+        let mut config = ProcessConfig::default();
+        config.base_env.push(("PYTHONPATH".into(), sdk_path().into_os_string()));
+        config.start_timeout = Duration::from_secs(5);
+        // Generous: the suite runs many Python children in parallel on small CI machines.
+        config.ping_interval = Duration::from_secs(1);
+        config.ping_timeout = Duration::from_secs(5);
+        config.restart.initial_backoff = Duration::from_millis(20);
+        tweak(&mut config);
+        let mut host_config = HostConfig::new(self.plugins(), self.dir.path().join("state"));
+        host_config.stop_grace = Duration::from_secs(2);
+        host_config.log_lines = 200;
+        Host::builder(host_config).runtime(Arc::new(ProcessRuntime::new(config))).build()
+    }
+}
+
+pub fn sdk_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/src").canonicalize().unwrap()
+}
+
+pub fn raw(json: &str) -> Box<RawValue> {
+    RawValue::from_string(json.to_owned()).unwrap()
+}
+
+pub async fn call(host: &Host, plugin: &str, action: &str, payload: &str) -> Result<String, HostError> {
+    host.call(plugin, action, raw(payload)).await.map(|o| o.result.get().to_owned())
+}
+
+pub fn info(host: &Host, name: &str) -> PluginInfo {
+    host.plugin(name).unwrap()
+}
+
+/// `(state, reason)` of every plugin, as text, for compact assertions.
+pub fn states(host: &Host) -> Vec<String> {
+    host.plugins()
+        .into_iter()
+        .map(|p| format!("{} {}", p.name, p.state))
+        .collect()
+}
+
+/// Polls until `cond` holds (at most 30 s). Timing is not asserted: this only waits for an
+/// asynchronous state change (a restart) to happen.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub fn running(host: &Host, name: &str) -> bool {
+    host.plugin(name).map(|p| p.state == PluginState::Running && p.pid.is_some()).unwrap_or(false)
+}
+
+pub fn log_text(host: &Host, name: &str) -> String {
+    host.logs(name, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub const ECHO: &str = "@plugin.action()\nasync def echo(p):\n    return p\n";

@@ -1,0 +1,387 @@
+//! The HTTP API through `router(...)` and `oneshot`, without a socket, against a real host that
+//! runs small Python test plugins written to a temp dir.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use plugd_host::{Host, HostConfig};
+use plugd_process::{ProcessConfig, ProcessRuntime};
+use plugd_server::{ServerConfig, router};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+/// The plugin behind the call routes: one action per kind of answer.
+const CALLS_PY: &str = r#"
+import asyncio
+from dataclasses import dataclass
+
+from plugd import Plugin
+
+plugin = Plugin()
+
+
+@dataclass
+class GreetInput:
+    name: str
+
+
+@plugin.action(description="Greets someone by name", input=GreetInput)
+async def greet(req: GreetInput):
+    return {"message": f"Hello, {req.name}!"}
+
+
+@plugin.action(description="Returns the payload unchanged")
+async def echo(payload):
+    return payload
+
+
+@plugin.action(description="Always raises")
+async def boom(payload):
+    raise RuntimeError("kaboom: the disk is full")
+
+
+@plugin.action(description="Sleeps past the call timeout")
+async def slow(payload):
+    await asyncio.sleep(2)
+    return {"late": True}
+
+
+if __name__ == "__main__":
+    plugin.run()
+"#;
+
+const CALLS_ACTIONS: &str = r#"
+[limits]
+call_timeout = "300ms"
+
+[[actions]]
+name = "greet"
+description = "Greets someone by name"
+input = { type = "object", required = ["name"], properties = { name = { type = "string" } } }
+
+[[actions]]
+name = "echo"
+description = "Returns the payload unchanged"
+
+[[actions]]
+name = "boom"
+description = "Always raises"
+
+[[actions]]
+name = "slow"
+description = "Sleeps past the call timeout"
+"#;
+
+/// A plugin with one `ping` action, used for the dependency pair `base` ← `child`.
+const PING_PY: &str = r#"
+from plugd import Plugin
+
+plugin = Plugin()
+
+
+@plugin.action(description="Answers pong")
+async def ping(payload):
+    return "pong"
+
+
+if __name__ == "__main__":
+    plugin.run()
+"#;
+
+const PING_ACTIONS: &str = r#"
+[[actions]]
+name = "ping"
+description = "Answers pong"
+"#;
+
+const PYTHON: &str = r#"["python3", "main.py"]"#;
+
+/// A running host on a temp plugins dir, and its router.
+struct TestHost {
+    host: Host,
+    app: Router,
+    plugins: PathBuf,
+    _tmp: TempDir,
+}
+
+impl TestHost {
+    /// Writes the plugins, starts the host and builds the router with `max_body` = 1 KiB.
+    async fn start(plugins: &[TestPlugin<'_>]) -> TestHost {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins_dir = tmp.path().join("plugins");
+        for p in plugins {
+            p.write(&plugins_dir);
+        }
+        let mut process = ProcessConfig::default();
+        process.base_env.push(("PYTHONPATH".into(), sdk_dir().into_os_string()));
+        let host = Host::builder(HostConfig::new(&plugins_dir, tmp.path().join("state")))
+            .runtime(Arc::new(ProcessRuntime::new(process)))
+            .build();
+        host.start().await.unwrap();
+        let app = router(host.clone(), ServerConfig { max_body: 1024 });
+        TestHost { host, app, plugins: plugins_dir, _tmp: tmp }
+    }
+
+    /// Sends one request and returns its status and JSON body (`Null` when empty).
+    async fn send(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("{method} {uri}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        (status, value)
+    }
+
+    /// The one check: a request answers `expect`, written `"200"` for a success or
+    /// `"404 plugin_not_found"` for an error (status and `error.code`). Error bodies must carry
+    /// a non-empty message. Returns the body for further checks.
+    async fn check(&self, method: &str, uri: &str, body: &str, expect: &str) -> Value {
+        let (status, value) = self.send(method, uri, body).await;
+        let actual = match value.pointer("/error/code").and_then(Value::as_str) {
+            Some(code) => format!("{} {code}", status.as_u16()),
+            None => status.as_u16().to_string(),
+        };
+        assert_eq!(actual, expect, "{method} {uri} {body:?} answered {value}");
+        if !status.is_success() {
+            let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or_default();
+            assert!(!message.is_empty(), "{method} {uri}: error without a message: {value}");
+        }
+        value
+    }
+}
+
+/// A test plugin package: `plugin.toml` (with `extra` appended) and `main.py`.
+struct TestPlugin<'a> {
+    name: &'a str,
+    version: &'a str,
+    entry: &'a str,
+    extra: &'a str,
+    main_py: &'a str,
+}
+
+impl TestPlugin<'_> {
+    fn write(&self, plugins_dir: &Path) {
+        let dir = plugins_dir.join(self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.toml"), manifest(self.name, self.version, self.entry, self.extra)).unwrap();
+        std::fs::write(dir.join("main.py"), self.main_py).unwrap();
+    }
+}
+
+fn manifest(name: &str, version: &str, entry: &str, extra: &str) -> String {
+    format!(
+        r#"schema = 1
+
+[plugin]
+name = "{name}"
+version = "{version}"
+description = "Test plugin `{name}`"
+kind = "other"
+runtime = "process"
+entry = {entry}
+{extra}"#
+    )
+}
+
+/// `sdk/python/src` of this checkout, so the test plugins import `plugd` without pip.
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/src").canonicalize().unwrap()
+}
+
+fn calls_plugin() -> TestPlugin<'static> {
+    TestPlugin { name: "calls", version: "1.0.0", entry: PYTHON, extra: CALLS_ACTIONS, main_py: CALLS_PY }
+}
+
+/// `base 2.0.0`, and `child` which depends on `base ^2.0`.
+fn dependency_pair() -> [TestPlugin<'static>; 2] {
+    [
+        TestPlugin { name: "base", version: "2.0.0", entry: PYTHON, extra: PING_ACTIONS, main_py: PING_PY },
+        TestPlugin {
+            name: "child",
+            version: "1.0.0",
+            entry: PYTHON,
+            extra: "\n[dependencies]\nbase = \"^2.0\"\n[[actions]]\nname = \"ping\"\ndescription = \"Answers pong\"\n",
+            main_py: PING_PY,
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_routes_answer_with_the_right_status_and_code() {
+    let t = TestHost::start(&[calls_plugin()]).await;
+
+    // Both call routes reach the action.
+    for uri in ["/plugin/calls/greet", "/api/v1/plugins/calls/actions/greet"] {
+        let body = t.check("POST", uri, r#"{"name":"Ada"}"#, "200").await;
+        assert_eq!(body, json!({"value": {"message": "Hello, Ada!"}}), "{uri}");
+    }
+    // An empty body is the payload `{}`.
+    let body = t.check("POST", "/plugin/calls/echo", "", "200").await;
+    assert_eq!(body, json!({"value": {}}));
+
+    let oversized = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2048));
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("POST", "/plugin/nope/greet", "{}", "404 plugin_not_found"),
+        ("POST", "/api/v1/plugins/nope/actions/greet", "{}", "404 plugin_not_found"),
+        ("POST", "/plugin/calls/nope", "{}", "404 action_not_found"),
+        ("POST", "/api/v1/plugins/calls/actions/nope", "{}", "404 action_not_found"),
+        // Not even a valid action name.
+        ("POST", "/plugin/calls/NOT%20AN%20ACTION", "{}", "404 action_not_found"),
+        ("POST", "/plugin/calls/greet", "{not json", "400 bad_json"),
+        ("POST", "/plugin/calls/greet", r#"{"name":"Ada""#, "400 bad_json"),
+        ("POST", "/plugin/calls/greet", "{}", "400 bad_payload"),
+        ("POST", "/plugin/calls/greet", r#"{"name":42}"#, "400 bad_payload"),
+        ("POST", "/plugin/calls/boom", "{}", "502 plugin_failed"),
+        ("POST", "/plugin/calls/slow", "{}", "504 plugin_timeout"),
+        ("POST", "/plugin/calls/echo", &oversized, "413 payload_too_large"),
+        ("GET", "/nope", "", "404 not_found"),
+        ("GET", "/api/v1/nope", "", "404 not_found"),
+    ];
+    for &(method, uri, body, expect) in cases {
+        t.check(method, uri, body, expect).await;
+    }
+
+    // The plugin's exception message reaches the caller.
+    let body = t.check("POST", "/plugin/calls/boom", "{}", "502 plugin_failed").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("kaboom: the disk is full"), "{message}");
+    // A timed-out call says which plugin and action.
+    let body = t.check("POST", "/plugin/calls/slow", "{}", "504 plugin_timeout").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`calls`") && message.contains("`slow`"), "{message}");
+
+    // The plugin keeps serving after a failure and a timeout.
+    t.check("POST", "/plugin/calls/greet", r#"{"name":"Bo"}"#, "200").await;
+
+    let health = t.check("GET", "/healthz", "", "200").await;
+    assert_eq!(health, json!({"status": "ok", "plugins": {"total": 1, "running": 1, "failed": 0}}));
+
+    t.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_list_show_and_run_the_lifecycle() {
+    // Its entry program does not exist, so `broken` fails to start.
+    let broken = TestPlugin {
+        name: "broken",
+        version: "0.1.0",
+        entry: r#"["no-such-program-plugd"]"#,
+        extra: "",
+        main_py: PING_PY,
+    };
+    let [base, child] = dependency_pair();
+    let t = TestHost::start(&[base, child, broken]).await;
+
+    // The list and its admin alias agree.
+    let list = t.check("GET", "/api/v1/plugins", "", "200").await;
+    let alias = t.check("GET", "/api/admin/v1/plugins", "", "200").await;
+    assert_eq!(list, alias);
+    let names: Vec<&str> =
+        list["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base", "broken", "child"]);
+
+    let base = t.check("GET", "/api/v1/plugins/base", "", "200").await;
+    assert_eq!(
+        summary(&base),
+        json!({
+            "name": "base", "state": "running", "version": "2.0.0", "kind": "other",
+            "runtime": "process", "wave": 0, "actions": ["ping"], "reason": null,
+            "last_error": null, "dependencies": [],
+        })
+    );
+    assert!(base["pid"].as_u64().is_some(), "{base}");
+    let child = t.check("GET", "/api/v1/plugins/child", "", "200").await;
+    assert_eq!(summary(&child)["wave"], 1);
+    assert_eq!(summary(&child)["dependencies"], json!([{"name": "base", "requirement": "^2.0"}]));
+    let broken = t.check("GET", "/api/v1/plugins/broken", "", "200").await;
+    assert_eq!(broken["state"], "failed", "{broken}");
+    let reason = broken["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no-such-program-plugd"), "{broken}");
+    t.check("GET", "/api/v1/plugins/nope", "", "404 plugin_not_found").await;
+
+    let health = t.check("GET", "/healthz", "", "200").await;
+    assert_eq!(health["plugins"], json!({"total": 3, "running": 2, "failed": 1}));
+
+    // Unloading a dependency stops its dependant first; unload is idempotent.
+    for _ in 0..2 {
+        let base = t.check("POST", "/api/v1/plugins/base/unload", "", "200").await;
+        assert_eq!(base["state"], "stopped", "{base}");
+    }
+    let child = t.check("GET", "/api/v1/plugins/child", "", "200").await;
+    assert_eq!(child["state"], "stopped", "{child}");
+    let reason = child["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("`base`"), "{child}");
+    t.check("POST", "/plugin/base/ping", "{}", "503 plugin_not_running").await;
+    t.check("POST", "/plugin/child/ping", "{}", "503 plugin_not_running").await;
+
+    // Loading the dependant brings its dependency back; load is idempotent.
+    for _ in 0..2 {
+        let child = t.check("POST", "/api/v1/plugins/child/load", "", "200").await;
+        assert_eq!(child["state"], "running", "{child}");
+    }
+    let base = t.check("GET", "/api/v1/plugins/base", "", "200").await;
+    assert_eq!(base["state"], "running", "{base}");
+    assert_eq!(t.check("POST", "/plugin/child/ping", "{}", "200").await, json!({"value": "pong"}));
+
+    // Reload is idempotent, and the dependant is running again afterwards.
+    for _ in 0..2 {
+        let base = t.check("POST", "/api/v1/plugins/base/reload", "", "200").await;
+        assert_eq!(base["state"], "running", "{base}");
+    }
+    let child = t.check("GET", "/api/v1/plugins/child", "", "200").await;
+    assert_eq!(child["state"], "running", "{child}");
+
+    // Reload picks up a changed manifest.
+    std::fs::write(t.plugins.join("base/plugin.toml"), manifest("base", "2.1.0", PYTHON, PING_ACTIONS)).unwrap();
+    let base = t.check("POST", "/api/v1/plugins/base/reload", "", "200").await;
+    assert_eq!((&base["state"], &base["version"]), (&json!("running"), &json!("2.1.0")), "{base}");
+    assert_eq!(t.check("POST", "/plugin/base/ping", "{}", "200").await, json!({"value": "pong"}));
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("POST", "/api/v1/plugins/broken/load", "", "409 plugin_cannot_load"),
+        ("POST", "/plugin/broken/ping", "{}", "503 plugin_not_running"),
+        ("POST", "/api/v1/plugins/base/explode", "", "404 not_found"),
+        ("POST", "/api/v1/plugins/nope/load", "", "404 plugin_not_found"),
+        ("POST", "/api/v1/plugins/nope/unload", "", "404 plugin_not_found"),
+        ("POST", "/api/v1/plugins/nope/reload", "", "404 plugin_not_found"),
+        ("GET", "/api/v1/plugins/nope/logs", "", "404 plugin_not_found"),
+    ];
+    for &(method, uri, body, expect) in cases {
+        t.check(method, uri, body, expect).await;
+    }
+
+    // The log ring records the lifecycle.
+    let logs = t.check("GET", "/api/v1/plugins/base/logs?limit=100", "", "200").await;
+    let messages: Vec<&str> =
+        logs["lines"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert!(messages.contains(&"Started `base 2.1.0`"), "{messages:?}");
+    assert!(messages.contains(&"Stopped: unloaded"), "{messages:?}");
+
+    t.host.shutdown().await;
+}
+
+/// The fields of a plugin the admin API promises, actions reduced to their names.
+fn summary(p: &Value) -> Value {
+    let actions: Vec<&Value> = p["actions"].as_array().unwrap().iter().map(|a| &a["name"]).collect();
+    json!({
+        "name": p["name"], "state": p["state"], "version": p["version"], "kind": p["kind"],
+        "runtime": p["runtime"], "wave": p["wave"], "actions": actions, "reason": p["reason"],
+        "last_error": p["last_error"], "dependencies": p["dependencies"],
+    })
+}

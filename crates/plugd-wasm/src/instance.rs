@@ -1,0 +1,537 @@
+//! A running wasm plugin: its ready instances, calls with deadlines and limits, and fault mapping.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use plugd_manifest::{ActionName, PluginName};
+use plugd_runtime::{
+    ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel,
+    LogSource, Outcome, RuntimeError,
+};
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::{GuestError, Plugin, State};
+use crate::limits::Limiter;
+use crate::stdio::LogStream;
+use crate::{Code, Inner, InstanceReuse};
+
+/// A started wasm plugin. Implements [`Instance`]; [`WasmInstance::call_blocking`] is the same
+/// call for callers on their own (non-async) threads.
+pub struct WasmInstance {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Arc<Inner>,
+    code: Arc<Code>,
+    spec: InstanceSpec,
+    plugin: PluginName,
+    host: Arc<dyn HostCalls>,
+    handle: tokio::runtime::Handle,
+    idle: Mutex<Vec<Ready>>,
+    max_idle: usize,
+    concurrency: Arc<Semaphore>,
+    actions: Vec<ActionInfo>,
+    stopped: AtomicBool,
+    faults: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// One instantiated component in its own store.
+struct Ready {
+    store: Store<State>,
+    plugin: Plugin,
+}
+
+/// What a call is, for deadlines and messages.
+struct CallCtx<'a> {
+    action: &'a str,
+    timeout: Duration,
+    started: Instant,
+}
+
+impl WasmInstance {
+    /// Instantiates once, asks the plugin to describe itself, and keeps that instance ready.
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        code: Arc<Code>,
+        spec: InstanceSpec,
+        host: Arc<dyn HostCalls>,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Arc<WasmInstance>, RuntimeError> {
+        let plugin = spec.manifest.name.clone();
+        for dir in &spec.manifest.permissions.fs_read {
+            if !spec.package_dir.join(dir).is_dir() {
+                return Err(RuntimeError::Refused {
+                    plugin,
+                    reason: format!(
+                        "`permissions.fs_read` entry `{}` is not a directory of the package; hint: wasm plugins can be granted directories only",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        let max_idle = match inner.config.instance_reuse {
+            InstanceReuse::Pooled { max_idle } => max_idle.min(spec.manifest.limits.concurrency as usize),
+            InstanceReuse::Fresh => 0,
+        };
+        let concurrency = spec.manifest.limits.concurrency.max(1) as usize;
+        let mut shared = Shared {
+            inner,
+            code,
+            plugin: plugin.clone(),
+            host,
+            handle,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            concurrency: Arc::new(Semaphore::new(concurrency)),
+            actions: Vec::new(),
+            stopped: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            spec,
+        };
+        let timeout = shared.spec.manifest.limits.call_timeout;
+        let ctx = CallCtx {
+            action: "describe",
+            timeout,
+            started: Instant::now(),
+        };
+        let description = shared
+            .run(&ctx, |ready| {
+                ready
+                    .plugin
+                    .plugd_plugin_guest()
+                    .call_describe(&mut ready.store)
+            })
+            .map_err(|e| RuntimeError::StartFailed {
+                plugin: plugin.clone(),
+                reason: format!("`describe` failed: {e}"),
+            })?;
+        shared.actions = parse_actions(&description).map_err(|reason| RuntimeError::StartFailed {
+            plugin: plugin.clone(),
+            reason,
+        })?;
+        Ok(Arc::new(WasmInstance {
+            shared: Arc::new(shared),
+        }))
+    }
+
+    /// Calls an action on the current thread, which must not be an async worker (the guest
+    /// runs here, and host requests block on the host's futures).
+    ///
+    /// Returns `LimitExceeded { limit: "concurrency" }` at once when every slot is taken.
+    pub fn call_blocking(&self, invocation: &Invocation) -> Result<Outcome, RuntimeError> {
+        let shared = &self.shared;
+        shared.check_running()?;
+        let _permit = shared
+            .concurrency
+            .try_acquire()
+            .map_err(|_| shared.concurrency_error())?;
+        shared.call(invocation, Instant::now())
+    }
+
+    /// How many ready instances are kept for the next calls.
+    pub fn idle_instances(&self) -> usize {
+        self.shared.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[async_trait]
+impl Instance for WasmInstance {
+    async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError> {
+        let shared = self.shared.clone();
+        let started = Instant::now();
+        let timeout = shared.timeout(&invocation);
+        // Waiting for a concurrency slot counts against the call's deadline.
+        let permit = shared.acquire(timeout).await?;
+        let worker = shared.clone();
+        let action = invocation.action.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            worker.call(&invocation, started)
+        })
+        .await;
+        joined.unwrap_or_else(|e| {
+            Err(RuntimeError::Crashed {
+                plugin: shared.plugin.clone(),
+                reason: format!("the call of `{action}` panicked in the runtime: {e}"),
+            })
+        })
+    }
+
+    async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError> {
+        let shared = self.shared.clone();
+        let started = Instant::now();
+        let timeout = shared.spec.manifest.limits.call_timeout;
+        let permit = shared.acquire(timeout).await?;
+        let worker = shared.clone();
+        let topic = topic.to_owned();
+        let payload = payload.get().to_owned();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            worker.check_running()?;
+            let ctx = CallCtx {
+                action: "on-event",
+                timeout,
+                started,
+            };
+            worker.run(&ctx, |ready| {
+                ready
+                    .plugin
+                    .plugd_plugin_guest()
+                    .call_on_event(&mut ready.store, &topic, &payload)
+            })
+        })
+        .await;
+        joined.unwrap_or_else(|e| {
+            Err(RuntimeError::Crashed {
+                plugin: shared.plugin.clone(),
+                reason: format!("delivering an event panicked in the runtime: {e}"),
+            })
+        })
+    }
+
+    fn actions(&self) -> Vec<ActionInfo> {
+        self.shared.actions.clone()
+    }
+
+    fn status(&self) -> InstanceStatus {
+        let shared = &self.shared;
+        let stopped = shared.stopped.load(Ordering::Acquire);
+        let reuse = match shared.inner.config.instance_reuse {
+            InstanceReuse::Pooled { .. } => "pooled",
+            InstanceReuse::Fresh => "fresh",
+        };
+        InstanceStatus {
+            ready: !stopped,
+            dead: false,
+            restarts: 0,
+            last_error: shared
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            pid: None,
+            late_replies: 0,
+            details: vec![
+                ("instances".to_owned(), reuse.to_owned()),
+                ("idle_instances".to_owned(), self.idle_instances().to_string()),
+                (
+                    "faulted_instances".to_owned(),
+                    shared.faults.load(Ordering::Relaxed).to_string(),
+                ),
+            ],
+        }
+    }
+
+    async fn stop(&self, _grace: Duration) {
+        // A wasm instance holds no outside resources: dropping the stores is the whole stop.
+        // Calls already running finish (their deadline bounds them) and are then dropped.
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.concurrency.close();
+        self.shared
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl Shared {
+    /// Waits for a concurrency slot; the wait counts against the call's timeout.
+    async fn acquire(
+        &self,
+        timeout: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, RuntimeError> {
+        self.check_running()?;
+        match self.concurrency.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(self.not_running()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tokio::time::timeout(timeout, self.concurrency.clone().acquire_owned())
+                    .await
+                    .map_err(|_| self.concurrency_error())?
+                    .map_err(|_| self.not_running())
+            }
+        }
+    }
+
+    fn timeout(&self, invocation: &Invocation) -> Duration {
+        invocation
+            .timeout
+            .unwrap_or(self.spec.manifest.limits.call_timeout)
+    }
+
+    fn call(&self, invocation: &Invocation, started: Instant) -> Result<Outcome, RuntimeError> {
+        self.check_running()?;
+        let ctx = CallCtx {
+            action: invocation.action.as_str(),
+            timeout: self.timeout(invocation),
+            started,
+        };
+        let answer = self.run(&ctx, |ready| {
+            ready.plugin.plugd_plugin_guest().call_call(
+                &mut ready.store,
+                invocation.action.as_str(),
+                invocation.payload.get(),
+            )
+        })?;
+        match answer {
+            Ok(text) => match RawValue::from_string(text) {
+                Ok(result) => Ok(Outcome { result }),
+                Err(e) => Err(RuntimeError::ActionFailed {
+                    plugin: self.plugin.clone(),
+                    action: ctx.action.to_owned(),
+                    message: format!("the result is not JSON: {e}"),
+                    code: Some("bad_result".to_owned()),
+                }),
+            },
+            Err(error) => Err(self.guest_error(&invocation.action, error)),
+        }
+    }
+
+    /// Runs `f` on a ready instance under the call's deadline and limits. The instance goes back
+    /// to the pool only when `f` returned normally.
+    fn run<R>(
+        &self,
+        ctx: &CallCtx<'_>,
+        f: impl FnOnce(&mut Ready) -> wasmtime::Result<R>,
+    ) -> Result<R, RuntimeError> {
+        let remaining = ctx.timeout.saturating_sub(ctx.started.elapsed());
+        if remaining.is_zero() {
+            return Err(self.timeout_error(ctx));
+        }
+        let cpu = self.spec.manifest.limits.cpu;
+        let budget = remaining.min(cpu);
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut ready = match pooled {
+            Some(ready) => ready,
+            None => self.instantiate(ctx.started + remaining)?,
+        };
+        let state = ready.store.data_mut();
+        state.deadline = Instant::now() + remaining;
+        state.limiter.denied = false;
+        let tick = self.inner.config.epoch_tick.max(Duration::from_micros(100));
+        // One extra tick: the deadline may fire up to a tick late, never early.
+        let ticks = budget.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
+        ready.store.set_epoch_deadline(ticks);
+        match f(&mut ready) {
+            Ok(value) => {
+                if !self.stopped.load(Ordering::Acquire) {
+                    let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    if idle.len() < self.max_idle {
+                        idle.push(ready);
+                    }
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                let denied = ready.store.data().limiter.denied;
+                drop(ready);
+                Err(self.fault(ctx, &error, denied, budget < remaining))
+            }
+        }
+    }
+
+    fn instantiate(&self, deadline: Instant) -> Result<Ready, RuntimeError> {
+        let spec = &self.spec;
+        let wasi = self.wasi().map_err(|reason| RuntimeError::StartFailed {
+            plugin: self.plugin.clone(),
+            reason,
+        })?;
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(spec.manifest.limits.memory),
+            host: self.host.clone(),
+            handle: self.handle.clone(),
+            deadline,
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // Instantiation runs the component's start functions: give them the call's budget.
+        let tick = self.inner.config.epoch_tick.max(Duration::from_micros(100));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        store.set_epoch_deadline(remaining.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1);
+        match self.code.pre.instantiate(&mut store) {
+            Ok(plugin) => Ok(Ready { store, plugin }),
+            Err(e) => {
+                let denied = store.data().limiter.denied;
+                let message = e.root_cause().to_string();
+                if denied {
+                    return Err(self.memory_error());
+                }
+                if message.contains("concurrent") && message.contains("limit") {
+                    return Err(RuntimeError::LimitExceeded {
+                        plugin: self.plugin.clone(),
+                        limit: "instances".to_owned(),
+                        hint: Some(
+                            "too many wasm instances are alive in this host; raise `WasmConfig::max_instances`"
+                                .to_owned(),
+                        ),
+                    });
+                }
+                Err(RuntimeError::StartFailed {
+                    plugin: self.plugin.clone(),
+                    reason: format!("instantiating the component failed: {message}"),
+                })
+            }
+        }
+    }
+
+    fn wasi(&self) -> Result<wasmtime_wasi::WasiCtx, String> {
+        let spec = &self.spec;
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(LogStream::new(self.host.clone(), LogSource::Stdout))
+            .stderr(LogStream::new(self.host.clone(), LogSource::Stderr));
+        wasi.env("PLUGD_DATA_DIR", "/data")
+            .env("PLUGD_PARAMS", spec.params.to_string());
+        for name in &spec.manifest.permissions.env {
+            if let Ok(value) = std::env::var(name) {
+                wasi.env(name, value);
+            }
+        }
+        wasi.preopened_dir(&spec.data_dir, "/data", FsPerms::ReadWrite)
+            .map_err(|e| {
+                format!(
+                    "cannot open the data dir `{}`: {}",
+                    spec.data_dir.display(),
+                    e.root_cause()
+                )
+            })?;
+        for dir in &spec.manifest.permissions.fs_read {
+            let guest = format!("/package/{}", dir.display());
+            let guest = guest.trim_end_matches('/');
+            wasi.preopened_dir(spec.package_dir.join(dir), guest, FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open `{}`: {}", dir.display(), e.root_cause()))?;
+        }
+        Ok(wasi.build())
+    }
+
+    /// Turns a failed wasm call into the error its caller sees, and records it.
+    fn fault(
+        &self,
+        ctx: &CallCtx<'_>,
+        error: &wasmtime::Error,
+        memory_denied: bool,
+        cpu_bound: bool,
+    ) -> RuntimeError {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        let interrupted = error.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
+        let mapped = if interrupted && cpu_bound {
+            RuntimeError::LimitExceeded {
+                plugin: self.plugin.clone(),
+                limit: "cpu".to_owned(),
+                hint: Some("raise `limits.cpu` in `plugin.toml`".to_owned()),
+            }
+        } else if interrupted {
+            self.timeout_error(ctx)
+        } else if memory_denied {
+            self.memory_error()
+        } else {
+            let message = match error.downcast_ref::<Trap>() {
+                Some(trap) => format!("wasm trap: {trap}"),
+                None => error.root_cause().to_string(),
+            };
+            RuntimeError::ActionFailed {
+                plugin: self.plugin.clone(),
+                action: ctx.action.to_owned(),
+                message,
+                code: Some("trap".to_owned()),
+            }
+        };
+        self.host.log(
+            LogSource::Runtime,
+            LogLevel::Error,
+            &format!("{mapped}; the instance was discarded ({error:?})"),
+        );
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(mapped.to_string());
+        mapped
+    }
+
+    fn guest_error(&self, action: &ActionName, error: GuestError) -> RuntimeError {
+        let plugin = self.plugin.clone();
+        let action = action.as_str().to_owned();
+        match error.code.as_str() {
+            "unknown_action" => RuntimeError::UnknownAction { plugin, action },
+            "bad_payload" => RuntimeError::BadPayload {
+                plugin,
+                action,
+                message: error.message,
+            },
+            _ => RuntimeError::ActionFailed {
+                plugin,
+                action,
+                message: error.message,
+                code: Some(error.code),
+            },
+        }
+    }
+
+    fn timeout_error(&self, ctx: &CallCtx<'_>) -> RuntimeError {
+        RuntimeError::Timeout {
+            plugin: self.plugin.clone(),
+            action: ctx.action.to_owned(),
+            timeout: ctx.timeout,
+        }
+    }
+
+    fn memory_error(&self) -> RuntimeError {
+        RuntimeError::LimitExceeded {
+            plugin: self.plugin.clone(),
+            limit: "memory".to_owned(),
+            hint: Some("raise `limits.memory` in `plugin.toml`".to_owned()),
+        }
+    }
+
+    fn concurrency_error(&self) -> RuntimeError {
+        RuntimeError::LimitExceeded {
+            plugin: self.plugin.clone(),
+            limit: "concurrency".to_owned(),
+            hint: Some("raise `limits.concurrency` in `plugin.toml`".to_owned()),
+        }
+    }
+
+    fn not_running(&self) -> RuntimeError {
+        RuntimeError::NotRunning {
+            plugin: self.plugin.clone(),
+            reason: "it was stopped".to_owned(),
+        }
+    }
+
+    fn check_running(&self) -> Result<(), RuntimeError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(self.not_running());
+        }
+        Ok(())
+    }
+}
+
+/// Reads `describe`'s `{"actions": [{"name", "description"}]}`.
+fn parse_actions(text: &str) -> Result<Vec<ActionInfo>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("`describe` did not return JSON: {e}"))?;
+    let Some(list) = value.get("actions").and_then(|a| a.as_array()) else {
+        return Err("`describe` returned no `actions` list".to_owned());
+    };
+    list.iter()
+        .map(|item| {
+            let name = item.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            let name = ActionName::new(name)
+                .map_err(|e| format!("`describe` announced an invalid action: {e}"))?;
+            let description = item
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            Ok(ActionInfo { name, description })
+        })
+        .collect()
+}
