@@ -9,6 +9,7 @@
 mod error;
 mod events;
 mod lifecycle;
+mod policy;
 mod registry;
 mod services;
 
@@ -21,7 +22,7 @@ use plugd_manifest::RuntimeKind;
 use plugd_runtime::Runtime;
 
 pub use error::HostError;
-pub use registry::{LogLine, PluginInfo, PluginState, Problem};
+pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 
 /// How the host runs.
 #[derive(Clone, Debug)]
@@ -34,17 +35,29 @@ pub struct HostConfig {
     pub stop_grace: Duration,
     /// How many log lines are kept per plugin.
     pub log_lines: usize,
+    /// Refuse unsigned or untrusted packages.
+    pub strict: bool,
+    /// The trust store: a directory of trusted public keys (default `STATE/trust`).
+    pub trust_dir: PathBuf,
 }
 
 impl HostConfig {
     /// A configuration with default timings for the given directories.
     pub fn new(plugins_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
         HostConfig {
             plugins_dir: plugins_dir.into(),
-            state_dir: state_dir.into(),
+            trust_dir: state_dir.join("trust"),
+            state_dir,
             stop_grace: Duration::from_secs(3),
             log_lines: 1000,
+            strict: false,
         }
+    }
+
+    /// Where verified private copies of packages are kept (`STATE/packages`).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.state_dir.join("packages")
     }
 }
 

@@ -12,7 +12,9 @@ use plugd_resolve::{Candidate, Resolution};
 use plugd_runtime::{InstanceSpec, Invocation, LogLevel, LogSource, Outcome, Runtime};
 use serde_json::value::RawValue;
 
-use crate::registry::{PluginInfo, PluginState, Problem, Slot};
+use plugd_trust::{KeySource, Trust, TrustPolicy, TrustStore, stage_package};
+
+use crate::registry::{PluginInfo, PluginState, Problem, Slot, TrustLevel};
 use crate::services::PluginServices;
 use crate::{Host, HostConfig, HostError, LogLine};
 
@@ -195,6 +197,14 @@ impl Host {
         if !fresh.resolution.waves().iter().flatten().any(|n| n == &pname) {
             return Err(HostError::PluginNotFound { name: name.to_owned() });
         }
+        // Verify the new package before touching the running version.
+        if let Some(Found { dir, manifest: Ok(manifest) }) = fresh.found.get(&pname) {
+            if let Err(reason) = self.stage(&pname, dir, manifest).await {
+                return Err(HostError::CannotLoad(format!(
+                    "Plugin `{name}` was not reloaded, the running version keeps serving: {reason}"
+                )));
+            }
+        }
         let running_dependants: Vec<Arc<Slot>> = resolution
             .dependants(name)
             .into_iter()
@@ -305,6 +315,24 @@ impl Host {
                 slot.name, manifest.runtime
             ));
         };
+        // Verify the package and copy it to a private read-only directory; the plugin runs
+        // from that copy, so nothing changed after the check can run.
+        let (manifest, dir, trust) = match self.stage(&slot.name, &dir, &manifest).await {
+            Ok(staged) => staged,
+            Err(reason) => return fail(reason),
+        };
+        {
+            let mut inner = slot.inner.lock();
+            inner.manifest = Some(manifest.clone());
+            inner.trust = Some(trust.clone());
+        }
+        let (granted, denials) = crate::policy::effective(&manifest, &trust);
+        for denial in &denials {
+            slot.denials.fetch_add(1, Ordering::Relaxed);
+            slot.push_log(LogSource::Runtime, LogLevel::Warn, denial);
+            tracing::warn!(plugin = %slot.name, "{denial}");
+        }
+        let manifest = Arc::new(granted);
         let data_dir = self.inner.config.state_dir.join("data").join(slot.name.as_str());
         if let Err(e) = tokio::fs::create_dir_all(&data_dir).await {
             return fail(format!("Cannot create the data dir `{}`: {e}", data_dir.display()));
@@ -329,6 +357,40 @@ impl Host {
             }
             Err(e) => fail(e.to_string()),
         }
+    }
+
+    /// Verifies and stages a package; returns the manifest read from the staged copy, the
+    /// staged directory and the trust level.
+    async fn stage(
+        &self,
+        name: &PluginName,
+        dir: &Path,
+        resolved: &Manifest,
+    ) -> Result<(Arc<Manifest>, PathBuf, TrustLevel), String> {
+        let config = &self.inner.config;
+        let (src, staging, trust_dir, strict) =
+            (dir.to_owned(), config.staging_dir(), config.trust_dir.clone(), config.strict);
+        let staged = tokio::task::spawn_blocking(move || {
+            let store = TrustStore::open(&trust_dir)?;
+            stage_package(&src, &staging, &KeySource::Store(&store), &TrustPolicy { strict })
+        })
+        .await
+        .map_err(|e| format!("Staging `{name}` failed: {e}"))?
+        .map_err(|e| format!("Plugin `{name}` was refused: {e}"))?;
+        let manifest = Manifest::load(staged.dir()).map_err(|e| e.to_string())?;
+        if manifest.name != resolved.name
+            || manifest.version != resolved.version
+            || manifest.dependencies != resolved.dependencies
+        {
+            return Err(format!(
+                "Plugin `{name}` changed on disk while it was loading; hint: load it again"
+            ));
+        }
+        let trust = match &staged.verification().trust {
+            Trust::Trusted { key_id } => TrustLevel::Trusted { key_id: key_id.to_string() },
+            Trust::Unsigned => TrustLevel::Untrusted,
+        };
+        Ok((Arc::new(manifest), staged.dir().to_owned(), trust))
     }
 
     /// Stops one plugin if it has an instance. Idempotent.

@@ -105,8 +105,24 @@ pub struct PluginInfo {
     pub in_flight: u64,
     /// Replies that arrived after their call timed out.
     pub late_replies: u64,
+    /// Capability requests denied by policy.
+    pub denials: u64,
     /// Runtime-specific details.
     pub details: Vec<(String, String)>,
+    /// Trust of the running (or last started) package.
+    pub trust: Option<TrustLevel>,
+}
+
+/// Whether a package was signed by a key in the trust store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustLevel {
+    /// Signed by the key with this id, which is in the trust store.
+    Trusted {
+        /// Key id.
+        key_id: String,
+    },
+    /// Not signed; runs with the untrusted capability set (refused in strict mode).
+    Untrusted,
 }
 
 pub(crate) struct Slot {
@@ -117,6 +133,7 @@ pub(crate) struct Slot {
     pub calls: AtomicU64,
     pub errors: AtomicU64,
     pub in_flight: AtomicU64,
+    pub denials: AtomicU64,
 }
 
 pub(crate) struct SlotInner {
@@ -126,6 +143,7 @@ pub(crate) struct SlotInner {
     pub reason: Option<String>,
     pub wave: Option<usize>,
     pub instance: Option<Arc<dyn Instance>>,
+    pub trust: Option<TrustLevel>,
 }
 
 impl Slot {
@@ -139,12 +157,14 @@ impl Slot {
                 reason: None,
                 wave: None,
                 instance: None,
+                trust: None,
             }),
             logs: Mutex::new(VecDeque::new()),
             log_capacity,
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            denials: AtomicU64::new(0),
         })
     }
 
@@ -200,7 +220,9 @@ impl Slot {
             errors: self.errors.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             late_replies: status.late_replies,
+            denials: self.denials.load(Ordering::Relaxed),
             details: status.details,
+            trust: inner.trust.clone(),
         }
     }
 }

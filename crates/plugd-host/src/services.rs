@@ -25,6 +25,7 @@ impl PluginServices {
         if self.manifest.permissions.services.contains(&service) {
             Ok(())
         } else {
+            self.slot.denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(HostCallError::NotGranted {
                 plugin: self.slot.name.to_string(),
                 service: service.as_str().to_owned(),

@@ -11,7 +11,10 @@ use plugd_sandbox::{Layer, Sandbox, SandboxPolicy, probe};
 const PYTHON: &str = "/usr/bin/python3";
 
 fn main() {
-    let runs: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let runs: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
     println!("{}\n", probe());
     let dir = std::env::temp_dir().join(format!("plugd-layers-cost-{}", std::process::id()));
     let (package, data) = (dir.join("package"), dir.join("data"));
@@ -19,50 +22,90 @@ fn main() {
     std::fs::create_dir_all(&data).unwrap();
 
     let mut base = SandboxPolicy::new("layers-cost", &package, &data);
-    base.read_paths = ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache"].into_iter().map(PathBuf::from).collect();
+    base.read_paths = ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
 
-    let bare = time(runs, || {
-        let status = Command::new(PYTHON).args(["-c", "pass"]).stdin(Stdio::null()).status().unwrap();
-        assert!(status.success());
-        Duration::ZERO
-    });
-    println!("{:<28} run {:>8.2?}", "no sandbox", bare.1);
-
-    let mut configs: Vec<(String, Vec<Layer>)> = vec![("all layers disabled".into(), Layer::ALL.to_vec())];
+    let mut configs: Vec<(String, Option<Vec<Layer>>)> = vec![
+        ("no sandbox".into(), None),
+        ("all layers disabled".into(), Some(Layer::ALL.to_vec())),
+    ];
     for layer in Layer::ALL {
         let others = Layer::ALL.iter().copied().filter(|l| *l != layer).collect();
-        configs.push((format!("only {layer}"), others));
+        configs.push((format!("only {layer}"), Some(others)));
     }
-    configs.push(("all layers".into(), Vec::new()));
+    configs.push(("all layers".into(), Some(Vec::new())));
 
-    for (label, disabled) in configs {
-        let mut policy = base.clone();
-        policy.disabled = disabled;
-        let (prepare, run) = time(runs, || {
-            let start = Instant::now();
-            let prepared = Sandbox::prepare(&policy).unwrap();
-            let prepare = start.elapsed();
-            let mut cmd = Command::new(PYTHON);
-            cmd.args(["-c", "pass"]).stdin(Stdio::null()).current_dir(&data);
-            prepared.apply_to(&mut cmd);
-            let status = cmd.status().unwrap();
-            assert!(status.success(), "{label}: {status}");
-            prepare
-        });
-        println!("{label:<28} run {run:>8.2?}  (+{:>8.2?})  prepare {prepare:>8.2?}", run.saturating_sub(bare.1));
+    // Round-robin over the configurations so that load from elsewhere spreads evenly; report
+    // medians of wall time and the mean CPU time of the child (less sensitive to load).
+    let mut samples: Vec<Vec<(Duration, Duration, Duration)>> = vec![Vec::new(); configs.len()];
+    for round in 0..=runs {
+        for (i, (label, disabled)) in configs.iter().enumerate() {
+            let sample = once(&base, disabled.as_deref(), &data, label);
+            if round > 0 {
+                samples[i].push(sample); // round 0 warms caches and the shared netns
+            }
+        }
+    }
+    let bare = median(&samples[0], |s| s.1);
+    for ((label, _), s) in configs.iter().zip(&samples) {
+        let run = median(s, |s| s.1);
+        let cpu = s.iter().map(|s| s.2).sum::<Duration>() / runs;
+        println!(
+            "{label:<22} prepare {:>9.2?}  spawn+wait {run:>9.2?} ({:>+7.2}ms)  child cpu {cpu:>9.2?}",
+            median(s, |s| s.0),
+            (run.as_secs_f64() - bare.as_secs_f64()) * 1e3,
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Mean of the value `f` returns and mean wall time of a call (prepare and drop included in
-/// the second only through `f`'s own timing).
-fn time(runs: u32, mut f: impl FnMut() -> Duration) -> (Duration, Duration) {
-    f(); // warm up: page cache, the shared network namespace
-    let mut inner = Duration::ZERO;
+/// One run: `(prepare, spawn + wait + drop, child CPU time)`.
+fn once(
+    base: &SandboxPolicy,
+    disabled: Option<&[Layer]>,
+    data: &std::path::Path,
+    label: &str,
+) -> (Duration, Duration, Duration) {
+    let cpu_before = children_cpu();
     let start = Instant::now();
-    for _ in 0..runs {
-        inner += f();
+    let prepared = disabled.map(|disabled| {
+        let mut policy = base.clone();
+        policy.disabled = disabled.to_vec();
+        Sandbox::prepare(&policy).unwrap()
+    });
+    let prepare = start.elapsed();
+    let start = Instant::now();
+    let mut cmd = Command::new(PYTHON);
+    cmd.args(["-c", "pass"])
+        .stdin(Stdio::null())
+        .current_dir(data);
+    if let Some(prepared) = &prepared {
+        prepared.apply_to(&mut cmd);
     }
-    let total = start.elapsed();
-    (inner / runs, (total - inner) / runs)
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "{label}: {status}");
+    drop(prepared);
+    (prepare, start.elapsed(), children_cpu() - cpu_before)
+}
+
+fn children_cpu() -> Duration {
+    // SAFETY: `usage` is a valid out-pointer.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn median(
+    samples: &[(Duration, Duration, Duration)],
+    key: impl Fn(&(Duration, Duration, Duration)) -> Duration,
+) -> Duration {
+    let mut values: Vec<Duration> = samples.iter().map(key).collect();
+    values.sort_unstable();
+    values[values.len() / 2]
 }

@@ -67,7 +67,9 @@ fn unescape(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(byte as char);
@@ -90,20 +92,31 @@ fn memberships() -> Vec<(Vec<String>, String)> {
         .filter_map(|line| {
             let mut parts = line.splitn(3, ':');
             let _id = parts.next()?;
-            let controllers = parts.next()?.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
+            let controllers = parts
+                .next()?
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
             Some((controllers, parts.next()?.to_owned()))
         })
         .collect()
 }
 
 fn own_dir(mount: &Mount, path: &str) -> PathBuf {
-    let relative = if mount.root == "/" { path } else { path.strip_prefix(mount.root.as_str()).unwrap_or(path) };
+    let relative = if mount.root == "/" {
+        path
+    } else {
+        path.strip_prefix(mount.root.as_str()).unwrap_or(path)
+    };
     mount.point.join(relative.trim_start_matches('/'))
 }
 
 fn writable(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
@@ -113,7 +126,10 @@ pub(crate) fn probe() -> CgroupProbe {
     let members = memberships();
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         let mount = mounts.iter().find(|m| m.fstype == "cgroup2");
-        let path = members.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.as_str());
+        let path = members
+            .iter()
+            .find(|(c, _)| c.is_empty())
+            .map(|(_, p)| p.as_str());
         let (Some(mount), Some(path)) = (mount, path) else {
             return CgroupProbe {
                 version: Some(CgroupVersion::V2),
@@ -129,21 +145,40 @@ pub(crate) fn probe() -> CgroupProbe {
             .map(|c| ((*c).to_owned(), dir.clone()))
             .collect();
         let problem = if !writable(&dir) {
-            Some(format!("Cgroup `{}` is not writable; hint: run plugd in a delegated cgroup (systemd `Delegate=yes`)", dir.display()))
+            Some(format!(
+                "Cgroup `{}` is not writable; hint: run plugd in a delegated cgroup (systemd `Delegate=yes`)",
+                dir.display()
+            ))
         } else if controllers.len() < V2_CONTROLLERS.len() {
-            Some(format!("Cgroup `{}` lacks some of the `memory`, `cpu`, `pids` controllers; hint: enable them in the parent's `cgroup.subtree_control`", dir.display()))
+            Some(format!(
+                "Cgroup `{}` lacks some of the `memory`, `cpu`, `pids` controllers; hint: enable them in the parent's `cgroup.subtree_control`",
+                dir.display()
+            ))
         } else {
             None
         };
-        let controllers = if writable(&dir) { controllers } else { Vec::new() };
-        return CgroupProbe { version: Some(CgroupVersion::V2), controllers, problem };
+        let controllers = if writable(&dir) {
+            controllers
+        } else {
+            Vec::new()
+        };
+        return CgroupProbe {
+            version: Some(CgroupVersion::V2),
+            controllers,
+            problem,
+        };
     }
 
     let mut controllers = Vec::new();
     let mut missing = Vec::new();
     for controller in V1_CONTROLLERS {
-        let mount = mounts.iter().find(|m| m.fstype == "cgroup" && m.options.iter().any(|o| o == controller));
-        let path = members.iter().find(|(c, _)| c.iter().any(|c| c == controller)).map(|(_, p)| p.as_str());
+        let mount = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup" && m.options.iter().any(|o| o == controller));
+        let path = members
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == controller))
+            .map(|(_, p)| p.as_str());
         match (mount, path) {
             (Some(mount), Some(path)) => {
                 let dir = own_dir(mount, path);
@@ -156,11 +191,23 @@ pub(crate) fn probe() -> CgroupProbe {
             _ => missing.push(format!("`{controller}` (not mounted)")),
         }
     }
-    if controllers.is_empty() && missing.len() == V1_CONTROLLERS.len() && !mounts.iter().any(|m| m.fstype == "cgroup") {
-        return CgroupProbe { version: None, controllers, problem: Some("No cgroup file system is mounted".into()) };
+    if controllers.is_empty()
+        && missing.len() == V1_CONTROLLERS.len()
+        && !mounts.iter().any(|m| m.fstype == "cgroup")
+    {
+        return CgroupProbe {
+            version: None,
+            controllers,
+            problem: Some("No cgroup file system is mounted".into()),
+        };
     }
-    let problem = (!missing.is_empty()).then(|| format!("Unusable controllers: {}", missing.join(", ")));
-    CgroupProbe { version: Some(CgroupVersion::V1), controllers, problem }
+    let problem =
+        (!missing.is_empty()).then(|| format!("Unusable controllers: {}", missing.join(", ")));
+    CgroupProbe {
+        version: Some(CgroupVersion::V1),
+        controllers,
+        problem,
+    }
 }
 
 /// One directory of the child's cgroup and the controllers it serves.
@@ -180,7 +227,10 @@ pub(crate) struct Cgroup {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn cg_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
-    move |source| SandboxError::Cgroup { path: path.to_owned(), source }
+    move |source| SandboxError::Cgroup {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
@@ -192,31 +242,57 @@ impl Cgroup {
     ///
     /// The inner `Err` says why the layer is unavailable; the outer one is a failure of an
     /// available layer.
-    pub(crate) fn create(probe: &CgroupProbe, policy: &SandboxPolicy) -> Result<Result<Cgroup, String>, SandboxError> {
+    pub(crate) fn create(
+        probe: &CgroupProbe,
+        policy: &SandboxPolicy,
+    ) -> Result<Result<Cgroup, String>, SandboxError> {
         let Some(version) = probe.version else {
-            return Ok(Err(probe.problem.clone().unwrap_or_else(|| "No cgroup file system".into())));
+            return Ok(Err(probe
+                .problem
+                .clone()
+                .unwrap_or_else(|| "No cgroup file system".into())));
         };
         if probe.controllers.is_empty() {
-            return Ok(Err(probe.problem.clone().unwrap_or_else(|| "No usable cgroup controller".into())));
+            return Ok(Err(probe
+                .problem
+                .clone()
+                .unwrap_or_else(|| "No usable cgroup controller".into())));
         }
-        let leaf = format!("{}-{}-{}", sanitize(&policy.name), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let leaf = format!(
+            "{}-{}-{}",
+            sanitize(&policy.name),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let mut dirs: Vec<Dir> = Vec::new();
         for (controller, own) in &probe.controllers {
-            match dirs.iter_mut().find(|d| d.path.parent().and_then(Path::parent) == Some(own.as_path())) {
+            match dirs
+                .iter_mut()
+                .find(|d| d.path.parent().and_then(Path::parent) == Some(own.as_path()))
+            {
                 Some(dir) => dir.controllers.push(controller.clone()),
-                None => dirs.push(Dir { path: own.join("plugd").join(&leaf), controllers: vec![controller.clone()] }),
+                None => dirs.push(Dir {
+                    path: own.join("plugd").join(&leaf),
+                    controllers: vec![controller.clone()],
+                }),
             }
         }
-        let mut cgroup = Cgroup { version, dirs: Vec::new() };
+        let mut cgroup = Cgroup {
+            version,
+            dirs: Vec::new(),
+        };
         for dir in dirs {
             let base = dir.path.parent().expect("leaf has a parent");
-            if version == CgroupVersion::V2 {
-                if let Err(reason) = enable_v2_controllers(base, &dir.controllers) {
-                    return Ok(Err(reason));
-                }
+            if version == CgroupVersion::V2
+                && let Err(reason) = enable_v2_controllers(base, &dir.controllers)
+            {
+                return Ok(Err(reason));
             }
             if let Err(e) = fs::create_dir_all(&dir.path) {
-                return Ok(Err(format!("Cannot create cgroup `{}`: {e}", dir.path.display())));
+                return Ok(Err(format!(
+                    "Cannot create cgroup `{}`: {e}",
+                    dir.path.display()
+                )));
             }
             // Pushed before the limits are written so that a failure below removes it.
             cgroup.dirs.push(dir);
@@ -226,7 +302,10 @@ impl Cgroup {
     }
 
     fn dir(&self, controller: &str) -> Option<&Path> {
-        self.dirs.iter().find(|d| d.controllers.iter().any(|c| c == controller)).map(|d| d.path.as_path())
+        self.dirs
+            .iter()
+            .find(|d| d.controllers.iter().any(|c| c == controller))
+            .map(|d| d.path.as_path())
     }
 
     fn write_limits(&self, policy: &SandboxPolicy) -> Result<(), SandboxError> {
@@ -275,7 +354,10 @@ impl Cgroup {
         if let (Some(q), Some(_)) = (policy.cpu_quota, self.dir("cpu")) {
             parts.push(format!("cpu quota {q} cores"));
         }
-        let missing: Vec<&str> = ["memory", "cpu", "pids"].into_iter().filter(|c| self.dir(c).is_none()).collect();
+        let missing: Vec<&str> = ["memory", "cpu", "pids"]
+            .into_iter()
+            .filter(|c| self.dir(c).is_none())
+            .collect();
         if !missing.is_empty() {
             parts.push(format!("without {}", missing.join(", ")));
         }
@@ -288,7 +370,11 @@ impl Cgroup {
             .iter()
             .map(|d| {
                 let path = d.path.join("cgroup.procs");
-                OpenOptions::new().write(true).open(&path).map(OwnedFd::from).map_err(cg_err(&path))
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(cg_err(&path))
             })
             .collect()
     }
@@ -302,12 +388,22 @@ impl Cgroup {
     }
 
     pub(crate) fn oom_killed(&self) -> bool {
-        let file = if self.version == CgroupVersion::V2 { "memory.events" } else { "memory.oom_control" };
-        self.read("memory", file).and_then(|text| keyed(&text, "oom_kill")).is_some_and(|n| n > 0)
+        let file = if self.version == CgroupVersion::V2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        self.read("memory", file)
+            .and_then(|text| keyed(&text, "oom_kill"))
+            .is_some_and(|n| n > 0)
     }
 
     pub(crate) fn memory_peak(&self) -> Option<u64> {
-        let file = if self.version == CgroupVersion::V2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        let file = if self.version == CgroupVersion::V2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
         self.read("memory", file)?.trim().parse().ok()
     }
 
@@ -315,7 +411,11 @@ impl Cgroup {
         if self.version == CgroupVersion::V2 {
             keyed(&self.read("cpu", "cpu.stat")?, "usage_usec").map(Duration::from_micros)
         } else {
-            self.read("cpuacct", "cpuacct.usage")?.trim().parse().ok().map(Duration::from_nanos)
+            self.read("cpuacct", "cpuacct.usage")?
+                .trim()
+                .parse()
+                .ok()
+                .map(Duration::from_nanos)
         }
     }
 
@@ -324,7 +424,11 @@ impl Cgroup {
             .dirs
             .iter()
             .filter_map(|d| fs::read_to_string(d.path.join("cgroup.procs")).ok())
-            .flat_map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<_>>())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -332,7 +436,12 @@ impl Cgroup {
     }
 
     pub(crate) fn kill_all(&self) {
-        if self.version == CgroupVersion::V2 && self.dirs.iter().all(|d| fs::write(d.path.join("cgroup.kill"), "1").is_ok()) {
+        if self.version == CgroupVersion::V2
+            && self
+                .dirs
+                .iter()
+                .all(|d| fs::write(d.path.join("cgroup.kill"), "1").is_ok())
+        {
             return;
         }
         // A task may fork while we read the list; the pids limit bounds how often that helps it.
@@ -358,7 +467,9 @@ impl Drop for Cgroup {
             // Killed tasks leave the cgroup asynchronously: retry for a short while.
             for _ in 0..100 {
                 match fs::remove_dir(&dir.path) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
                     _ => break,
                 }
             }
@@ -391,10 +502,21 @@ fn enable_v2_controllers(base: &Path, controllers: &[String]) -> Result<(), Stri
 
 /// `key N` lines, as in `memory.events`, `memory.oom_control` and `cpu.stat`.
 fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let s: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if s.is_empty() { "child".into() } else { s }
 }

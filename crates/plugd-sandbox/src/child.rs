@@ -35,17 +35,31 @@ impl fmt::Debug for ChildPlan {
         f.debug_struct("ChildPlan")
             .field("cgroup_procs", &self.cgroup_procs)
             .field("netns", &self.netns)
-            .field("rlimits", &self.rlimits.iter().map(|(r, l)| (r, l.rlim_cur, l.rlim_max)).collect::<Vec<_>>())
+            .field(
+                "rlimits",
+                &self
+                    .rlimits
+                    .iter()
+                    .map(|(r, l)| (r, l.rlim_cur, l.rlim_max))
+                    .collect::<Vec<_>>(),
+            )
             .field("ids", &self.ids)
             .field("parent_death_signal", &self.parent_death_signal)
             .field("landlock", &self.landlock)
-            .field("seccomp_programs", &self.seccomp.iter().map(Vec::len).collect::<Vec<_>>())
+            .field(
+                "seccomp_programs",
+                &self.seccomp.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
 fn check(ret: libc::c_long) -> io::Result<()> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 impl ChildPlan {
@@ -73,7 +87,9 @@ impl ChildPlan {
                 check(libc::setresuid(uid, uid, uid).into())?;
             }
             if let Some(signal) = self.parent_death_signal {
-                check(libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0).into())?;
+                check(
+                    libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0).into(),
+                )?;
                 if libc::getppid() != self.parent_pid {
                     // The host died before the signal was armed: do not run orphaned.
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
@@ -81,11 +97,23 @@ impl ChildPlan {
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0).into())?;
             if let Some(fd) = &self.landlock {
-                check(libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0 as libc::c_uint))?;
+                check(libc::syscall(
+                    libc::SYS_landlock_restrict_self,
+                    fd.as_raw_fd(),
+                    0 as libc::c_uint,
+                ))?;
             }
             for program in &self.seccomp {
-                let prog = libc::sock_fprog { len: program.len() as libc::c_ushort, filter: program.as_ptr().cast_mut() };
-                check(libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0 as libc::c_uint, &prog))?;
+                let prog = libc::sock_fprog {
+                    len: program.len() as libc::c_ushort,
+                    filter: program.as_ptr().cast_mut(),
+                };
+                check(libc::syscall(
+                    libc::SYS_seccomp,
+                    SECCOMP_SET_MODE_FILTER,
+                    0 as libc::c_uint,
+                    &prog,
+                ))?;
             }
         }
         Ok(())
@@ -94,15 +122,28 @@ impl ChildPlan {
 
 /// The rlimits for `policy` and a description. `RLIMIT_NPROC` counts every process of the
 /// real uid on the machine, so it is only set when the child gets a uid of its own.
-pub(crate) fn rlimits(policy: &SandboxPolicy, dedicated_uid: bool) -> (Vec<(i32, libc::rlimit)>, String) {
+pub(crate) fn rlimits(
+    policy: &SandboxPolicy,
+    dedicated_uid: bool,
+) -> (Vec<(i32, libc::rlimit)>, String) {
     let mut limits: Vec<(i32, u64, u64, String)> = Vec::new();
     if let Some(bytes) = policy.memory_bytes {
-        limits.push((libc::RLIMIT_DATA as i32, bytes, bytes, format!("data {bytes}")));
+        limits.push((
+            libc::RLIMIT_DATA as i32,
+            bytes,
+            bytes,
+            format!("data {bytes}"),
+        ));
     }
     if let Some(cpu) = policy.cpu_time {
         let soft = cpu.as_secs() + u64::from(cpu.subsec_nanos() > 0);
         let soft = soft.max(1);
-        limits.push((libc::RLIMIT_CPU as i32, soft, soft + 1, format!("cpu {soft}s (SIGXCPU, SIGKILL at {}s)", soft + 1)));
+        limits.push((
+            libc::RLIMIT_CPU as i32,
+            soft,
+            soft + 1,
+            format!("cpu {soft}s (SIGXCPU, SIGKILL at {}s)", soft + 1),
+        ));
     }
     if let Some(n) = policy.nofile {
         limits.push((libc::RLIMIT_NOFILE as i32, n, n, format!("nofile {n}")));
@@ -112,24 +153,42 @@ pub(crate) fn rlimits(policy: &SandboxPolicy, dedicated_uid: bool) -> (Vec<(i32,
     }
     limits.push((libc::RLIMIT_CORE as i32, 0, 0, "core 0".into()));
     if let Some(bytes) = policy.fsize_bytes {
-        limits.push((libc::RLIMIT_FSIZE as i32, bytes, bytes, format!("fsize {bytes}")));
+        limits.push((
+            libc::RLIMIT_FSIZE as i32,
+            bytes,
+            bytes,
+            format!("fsize {bytes}"),
+        ));
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let detail = limits.iter().map(|l| l.3.as_str()).collect::<Vec<_>>().join(", ");
+    let detail = limits
+        .iter()
+        .map(|l| l.3.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let limits = limits
         .into_iter()
         .map(|(resource, soft, hard, _)| {
             let (mut soft, mut hard) = (soft as libc::rlim_t, hard as libc::rlim_t);
             if !root {
                 // Without CAP_SYS_RESOURCE a hard limit can only be lowered.
-                let mut current = libc::rlimit { rlim_cur: 0, rlim_max: libc::RLIM_INFINITY };
+                let mut current = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
                 // SAFETY: `current` is a valid out-pointer.
                 unsafe { libc::getrlimit(resource as _, &mut current) };
                 hard = hard.min(current.rlim_max);
                 soft = soft.min(hard);
             }
-            (resource, libc::rlimit { rlim_cur: soft, rlim_max: hard })
+            (
+                resource,
+                libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                },
+            )
         })
         .collect();
     (limits, detail)

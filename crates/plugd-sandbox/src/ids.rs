@@ -34,10 +34,18 @@ pub fn default_ids(name: &str) -> (u32, u32) {
 /// is relative to an already opened directory fd, so a link planted by the plugin cannot
 /// redirect the walk outside its data dir.
 pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
-    let err = |source: io::Error| SandboxError::Path { path: root.to_owned(), source };
+    let err = |source: io::Error| SandboxError::Path {
+        path: root.to_owned(),
+        source,
+    };
     let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-    let fd = rustix::fs::openat(CWD, root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| err(e.into()))?;
+    let fd = rustix::fs::openat(
+        CWD,
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
     rustix::fs::fchown(&fd, uid, gid).map_err(|e| err(e.into()))?;
     walk(fd, uid, gid, 0).map_err(err)
 }

@@ -170,7 +170,11 @@ pub struct SandboxPolicy {
 
 impl SandboxPolicy {
     /// A policy with no network, 256 MiB, 64 tasks, 256 files, 1 GiB files and no CPU limit.
-    pub fn new(name: impl Into<String>, package_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        package_dir: impl Into<PathBuf>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
         SandboxPolicy {
             name: name.into(),
             package_dir: package_dir.into(),
@@ -199,7 +203,7 @@ impl SandboxPolicy {
     }
 }
 
-pub use crate::ids::default_ids;
+pub use crate::ids::{DEFAULT_ID_BASE, DEFAULT_ID_SPAN, default_ids};
 
 /// Why a sandbox could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +257,10 @@ impl Sandbox {
         let mut plan = ChildPlan::default();
 
         for path in [&policy.package_dir, &policy.data_dir] {
-            std::fs::metadata(path).map_err(|source| SandboxError::Path { path: path.clone(), source })?;
+            std::fs::metadata(path).map_err(|source| SandboxError::Path {
+                path: path.clone(),
+                source,
+            })?;
         }
 
         // Cgroup.
@@ -276,14 +283,20 @@ impl Sandbox {
 
         // Network namespace.
         if policy.network_granted() {
-            layers.push(skipped(Layer::NetworkNamespace, "network granted: stays in the host network namespace"));
+            layers.push(skipped(
+                Layer::NetworkNamespace,
+                "network granted: stays in the host network namespace",
+            ));
         } else if policy.disabled(Layer::NetworkNamespace) {
             layers.push(skipped(Layer::NetworkNamespace, "disabled by policy"));
         } else {
             match netns::shared_empty() {
                 Ok(fd) => {
                     plan.netns = Some(fd);
-                    layers.push(applied(Layer::NetworkNamespace, "shared empty network namespace".into()));
+                    layers.push(applied(
+                        Layer::NetworkNamespace,
+                        "shared empty network namespace".into(),
+                    ));
                 }
                 Err(reason) => layers.push(unavailable(Layer::NetworkNamespace, reason)),
             }
@@ -296,13 +309,17 @@ impl Sandbox {
         } else if !probe.root {
             layers.push(unavailable(
                 Layer::Uid,
-                "the host is not root; hint: run plugd as root to give each plugin its own uid".into(),
+                "the host is not root; hint: run plugd as root to give each plugin its own uid"
+                    .into(),
             ));
             None
         } else {
             let (uid, gid) = policy.ids.unwrap_or_else(|| default_ids(&policy.name));
             ids::chown_tree(&policy.data_dir, uid, gid)?;
-            layers.push(applied(Layer::Uid, format!("uid {uid}, gid {gid}, no supplementary groups")));
+            layers.push(applied(
+                Layer::Uid,
+                format!("uid {uid}, gid {gid}, no supplementary groups"),
+            ));
             Some((uid, gid))
         };
         plan.ids = ids;
@@ -325,7 +342,8 @@ impl Sandbox {
         } else if probe.landlock_abi == 0 {
             layers.push(unavailable(
                 Layer::Landlock,
-                "this kernel has no Landlock; hint: boot Linux ≥ 5.13 with `lsm=...,landlock`".into(),
+                "this kernel has no Landlock; hint: boot Linux ≥ 5.13 with `lsm=...,landlock`"
+                    .into(),
             ));
         } else {
             let (fd, detail) = lsm::ruleset(policy, probe.landlock_abi)?;
@@ -337,7 +355,10 @@ impl Sandbox {
         if policy.disabled(Layer::Seccomp) {
             layers.push(skipped(Layer::Seccomp, "disabled by policy"));
         } else if !probe.seccomp {
-            layers.push(unavailable(Layer::Seccomp, "this kernel has no seccomp filter support".into()));
+            layers.push(unavailable(
+                Layer::Seccomp,
+                "this kernel has no seccomp filter support".into(),
+            ));
         } else {
             let (programs, detail) = seccomp::programs(policy.network_granted())?;
             plan.seccomp = programs;
@@ -352,24 +373,44 @@ impl Sandbox {
                 s.layer == *layer && (s.state == LayerState::Unavailable || policy.disabled(*layer))
             };
             if let Some(status) = layers.iter().find(missing) {
-                return Err(SandboxError::LayerUnavailable { layer: *layer, reason: status.detail.clone() });
+                return Err(SandboxError::LayerUnavailable {
+                    layer: *layer,
+                    reason: status.detail.clone(),
+                });
             }
         }
 
-        Ok(Prepared { plan: Arc::new(plan), cgroup, layers, ids })
+        Ok(Prepared {
+            plan: Arc::new(plan),
+            cgroup,
+            layers,
+            ids,
+        })
     }
 }
 
 fn applied(layer: Layer, detail: String) -> LayerStatus {
-    LayerStatus { layer, state: LayerState::Applied, detail }
+    LayerStatus {
+        layer,
+        state: LayerState::Applied,
+        detail,
+    }
 }
 
 fn unavailable(layer: Layer, detail: String) -> LayerStatus {
-    LayerStatus { layer, state: LayerState::Unavailable, detail }
+    LayerStatus {
+        layer,
+        state: LayerState::Unavailable,
+        detail,
+    }
 }
 
 fn skipped(layer: Layer, detail: &str) -> LayerStatus {
-    LayerStatus { layer, state: LayerState::Skipped, detail: detail.to_owned() }
+    LayerStatus {
+        layer,
+        state: LayerState::Skipped,
+        detail: detail.to_owned(),
+    }
 }
 
 /// A sandbox ready to be applied to one child; owns the child's cgroup.

@@ -4,8 +4,8 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope, make_bitflags,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
+    PathFd, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope, make_bitflags,
 };
 
 use crate::{SandboxError, SandboxPolicy};
@@ -16,14 +16,22 @@ use crate::{SandboxError, SandboxPolicy};
 const TARGET: ABI = ABI::V6;
 
 /// Device files every child may use: `(path, writable)`.
-const DEVICES: [(&str, bool); 4] = [("/dev/null", true), ("/dev/zero", false), ("/dev/urandom", false), ("/dev/random", false)];
+const DEVICES: [(&str, bool); 4] = [
+    ("/dev/null", true),
+    ("/dev/zero", false),
+    ("/dev/urandom", false),
+    ("/dev/random", false),
+];
 
 fn err(what: &Path) -> impl Fn(landlock::RulesetError) -> SandboxError + '_ {
     move |e| SandboxError::Landlock(format!("`{}`: {e}", what.display()))
 }
 
 /// Builds the ruleset in the parent; the child only calls `landlock_restrict_self` on the fd.
-pub(crate) fn ruleset(policy: &SandboxPolicy, kernel_abi: i32) -> Result<(Option<OwnedFd>, String), SandboxError> {
+pub(crate) fn ruleset(
+    policy: &SandboxPolicy,
+    kernel_abi: i32,
+) -> Result<(Option<OwnedFd>, String), SandboxError> {
     let read = AccessFs::from_read(TARGET);
     let all = AccessFs::from_all(TARGET);
     // The data dir is writable but not executable: a plugin cannot run what it downloaded.
@@ -42,10 +50,17 @@ pub(crate) fn ruleset(policy: &SandboxPolicy, kernel_abi: i32) -> Result<(Option
         .map_err(generic)?;
 
     let add = |ruleset: RulesetCreated, path: &Path, access: BitFlags<AccessFs>| {
-        let fd = PathFd::new(path).map_err(|e| SandboxError::Landlock(format!("`{}`: {e}", path.display())))?;
+        let fd = PathFd::new(path)
+            .map_err(|e| SandboxError::Landlock(format!("`{}`: {e}", path.display())))?;
         let is_dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
-        let access = if is_dir { access } else { access & AccessFs::from_file(TARGET) };
-        ruleset.add_rule(PathBeneath::new(fd, access)).map_err(err(path))
+        let access = if is_dir {
+            access
+        } else {
+            access & AccessFs::from_file(TARGET)
+        };
+        ruleset
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err(path))
     };
 
     ruleset = add(ruleset, &policy.package_dir, read)?;
@@ -90,7 +105,10 @@ pub(crate) fn ruleset(policy: &SandboxPolicy, kernel_abi: i32) -> Result<(Option
             detail.push_str(", no TCP connect or bind");
         } else {
             let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-            detail.push_str(&format!(", TCP connect to ports {} only, no TCP bind", list.join(", ")));
+            detail.push_str(&format!(
+                ", TCP connect to ports {} only, no TCP bind",
+                list.join(", ")
+            ));
         }
     } else {
         detail.push_str(", TCP ports not restricted (ABI < 4)");
@@ -101,7 +119,10 @@ pub(crate) fn ruleset(policy: &SandboxPolicy, kernel_abi: i32) -> Result<(Option
         detail.push_str(", signals and abstract sockets not scoped (ABI < 6)");
     }
     if !missing.is_empty() {
-        detail.push_str(&format!("; missing read paths left out: {}", missing.join(", ")));
+        detail.push_str(&format!(
+            "; missing read paths left out: {}",
+            missing.join(", ")
+        ));
     }
     Ok((ruleset.into(), detail))
 }

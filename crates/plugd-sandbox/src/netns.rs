@@ -13,19 +13,25 @@ static SHARED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
 /// loopback interface that is left down, so nothing, not even 127.0.0.1, is reachable, and
 /// the children in it cannot talk to each other over IP either.
 pub(crate) fn shared_empty() -> Result<RawFd, String> {
-    SHARED.get_or_init(create).as_ref().map(AsRawFd::as_raw_fd).map_err(Clone::clone)
+    SHARED
+        .get_or_init(create)
+        .as_ref()
+        .map(AsRawFd::as_raw_fd)
+        .map_err(Clone::clone)
 }
 
 fn create() -> Result<OwnedFd, String> {
     // `unshare(CLONE_NEWNET)` moves only the calling thread, so do it on a thread of its own
     // that exits right after: the namespace lives on through the returned fd.
-    let thread = std::thread::Builder::new().name("plugd-netns".into()).spawn(|| -> io::Result<OwnedFd> {
-        // SAFETY: unshare only changes the namespaces of this short-lived thread.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from)
-    });
+    let thread = std::thread::Builder::new()
+        .name("plugd-netns".into())
+        .spawn(|| -> io::Result<OwnedFd> {
+            // SAFETY: unshare only changes the namespaces of this short-lived thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from)
+        });
     let result = thread
         .map_err(|e| format!("Cannot start the network namespace thread: {e}"))?
         .join()

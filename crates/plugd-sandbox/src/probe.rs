@@ -62,7 +62,8 @@ pub fn probe() -> Probe {
     let root = unsafe { libc::geteuid() } == 0;
     let user_namespace = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
         .is_ok_and(|s| s.trim().parse::<u64>().is_ok_and(|n| n > 0))
-        && std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone").map_or(true, |s| s.trim() != "0");
+        && std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+            .map_or(true, |s| s.trim() != "0");
     Probe {
         cgroup: cgroup::probe(),
         network_namespace: root && std::path::Path::new("/proc/self/ns/net").exists(),
@@ -102,8 +103,17 @@ impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.cgroup.version {
             Some(v) => {
-                let names: Vec<&str> = self.cgroup.controllers.iter().map(|(c, _)| c.as_str()).collect();
-                let names = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+                let names: Vec<&str> = self
+                    .cgroup
+                    .controllers
+                    .iter()
+                    .map(|(c, _)| c.as_str())
+                    .collect();
+                let names = if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                };
                 writeln!(f, "cgroup:            {v}, usable controllers: {names}")?;
             }
             None => writeln!(f, "cgroup:            not mounted")?,
@@ -114,7 +124,15 @@ impl fmt::Display for Probe {
         writeln!(f, "network namespace: {}", yes(self.network_namespace))?;
         writeln!(f, "user namespace:    {}", yes(self.user_namespace))?;
         writeln!(f, "rlimits:           {}", yes(self.rlimits))?;
-        writeln!(f, "dedicated uid:     {}", if self.root { "yes (host is root)" } else { "no (host is not root)" })?;
+        writeln!(
+            f,
+            "dedicated uid:     {}",
+            if self.root {
+                "yes (host is root)"
+            } else {
+                "no (host is not root)"
+            }
+        )?;
         if self.landlock_abi == 0 {
             writeln!(f, "landlock:          no")?;
         } else {

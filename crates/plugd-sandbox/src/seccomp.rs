@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 use crate::SandboxError;
@@ -69,36 +69,69 @@ const NAMESPACE_FLAGS: [libc::c_int; 7] = [
 ];
 
 /// Socket families refused (`EACCES`) to a plugin granted no network. `AF_UNIX` stays.
-const NET_FAMILIES: [libc::c_int; 4] = [libc::AF_INET, libc::AF_INET6, libc::AF_PACKET, libc::AF_NETLINK];
+const NET_FAMILIES: [libc::c_int; 4] = [
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_PACKET,
+    libc::AF_NETLINK,
+];
 
 /// The programs to install, in order, and a description for the layer status.
-pub(crate) fn programs(network_granted: bool) -> Result<(Vec<Vec<libc::sock_filter>>, String), SandboxError> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+pub(crate) fn programs(
+    network_granted: bool,
+) -> Result<(Vec<Vec<libc::sock_filter>>, String), SandboxError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     let mut programs = vec![compile(eperm_rules()?, libc::EPERM, arch)?];
-    let families: &[libc::c_int] = if network_granted { &[libc::AF_PACKET] } else { &NET_FAMILIES };
+    let families: &[libc::c_int] = if network_granted {
+        &[libc::AF_PACKET]
+    } else {
+        &NET_FAMILIES
+    };
     let socket_rules = families
         .iter()
-        .map(|family| rule(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *family as u64)?]))
+        .map(|family| {
+            rule(vec![cond(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                *family as u64,
+            )?])
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    programs.push(compile(BTreeMap::from([(libc::SYS_socket, socket_rules)]), libc::EACCES, arch)?);
+    programs.push(compile(
+        BTreeMap::from([(libc::SYS_socket, socket_rules)]),
+        libc::EACCES,
+        arch,
+    )?);
     programs.push(enosys_program());
     let detail = format!(
         "deny-list of {} system calls and namespace `clone` flags (EPERM), {} (EACCES), `clone3` and x32 calls (ENOSYS)",
         DENIED.len(),
-        if network_granted { "`AF_PACKET` sockets" } else { "IP, packet and netlink sockets" }
+        if network_granted {
+            "`AF_PACKET` sockets"
+        } else {
+            "IP, packet and netlink sockets"
+        }
     );
     Ok((programs, detail))
 }
 
 fn eperm_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     rules.insert(
         libc::SYS_clone,
         NAMESPACE_FLAGS
             .iter()
             .map(|flag| {
                 let flag = *flag as u64;
-                rule(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)?])
+                rule(vec![cond(
+                    0,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(flag),
+                    flag,
+                )?])
             })
             .collect::<Result<_, _>>()?,
     );
@@ -107,13 +140,28 @@ fn eperm_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
         libc::SYS_ioctl,
         [libc::TIOCSTI, libc::TIOCLINUX]
             .iter()
-            .map(|req| rule(vec![cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req as u64)?]))
+            // The request's type is `c_ulong` on glibc and `c_int` on musl.
+            .map(|&req| {
+                #[allow(clippy::unnecessary_cast)]
+                let req = req as u64;
+                rule(vec![cond(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    req,
+                )?])
+            })
             .collect::<Result<_, _>>()?,
     );
     Ok(rules)
 }
 
-fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, SandboxError> {
     SeccompCondition::new(arg, len, op, value).map_err(|e| SandboxError::Seccomp(e.to_string()))
 }
 
@@ -126,10 +174,23 @@ fn compile(
     errno: i32,
     arch: TargetArch,
 ) -> Result<Vec<libc::sock_filter>, SandboxError> {
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), arch)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch,
+    )
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     let program = BpfProgram::try_from(filter).map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    Ok(program.into_iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect())
+    Ok(program
+        .into_iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect())
 }
 
 const BPF_LD_W_ABS: u16 = 0x20;

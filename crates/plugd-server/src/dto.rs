@@ -1,6 +1,6 @@
 //! HTTP data transfer objects: the JSON shapes of the API, built from host values.
 
-use plugd_host::{LogLine, PluginInfo, Problem};
+use plugd_host::{LogLine, PluginInfo, Problem, TrustLevel};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -38,6 +38,9 @@ pub(crate) struct PluginDto {
     pub subscriptions: Vec<String>,
     pub metrics: MetricsDto,
     pub pid: Option<u32>,
+    /// `trusted` or `untrusted` (absent before the first start).
+    pub trust: Option<&'static str>,
+    pub key_id: Option<String>,
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -60,6 +63,7 @@ pub(crate) struct MetricsDto {
     pub in_flight: u64,
     pub restarts: u32,
     pub late_replies: u64,
+    pub denials: u64,
 }
 
 impl From<PluginInfo> for PluginDto {
@@ -95,8 +99,17 @@ impl From<PluginInfo> for PluginDto {
                 in_flight: p.in_flight,
                 restarts: p.restarts,
                 late_replies: p.late_replies,
+                denials: p.denials,
             },
             pid: p.pid,
+            trust: p.trust.as_ref().map(|t| match t {
+                TrustLevel::Trusted { .. } => "trusted",
+                TrustLevel::Untrusted => "untrusted",
+            }),
+            key_id: match &p.trust {
+                Some(TrustLevel::Trusted { key_id }) => Some(key_id.clone()),
+                _ => None,
+            },
             details: p.details.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect(),
         }
     }

@@ -5,6 +5,7 @@ mod client;
 mod new;
 mod output;
 mod serve;
+mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +68,45 @@ enum Command {
         /// Plugin name.
         name: String,
     },
+    /// Generate an Ed25519 key pair for signing plugin packages.
+    Keygen {
+        /// Where to write the secret key (mode 0600); the public key goes to `PATH.pub`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a plugin package directory (writes `plugin.sig` beside the manifest).
+    Sign {
+        /// The package directory.
+        dir: PathBuf,
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify a package's signature; exits non-zero if verification fails.
+    Verify {
+        /// The package directory.
+        dir: PathBuf,
+        /// Verify against this public key instead of the trust store.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Also fail for unsigned packages.
+        #[arg(long)]
+        strict: bool,
+        /// The trust store directory.
+        #[arg(long, env = "PLUGD_TRUST_DIR", default_value = ".plugd/trust")]
+        trust_dir: PathBuf,
+    },
+    /// Manage the trust store (the public keys whose signatures are trusted).
+    Trust {
+        /// The trust store directory.
+        #[arg(long, env = "PLUGD_TRUST_DIR", default_value = ".plugd/trust", global = true)]
+        trust_dir: PathBuf,
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
     /// Create a new plugin from a template.
     New {
         /// Plugin name (lower-case letters, digits, `-`, `_`); also the directory created.
@@ -77,6 +117,22 @@ enum Command {
         /// Directory to create the plugin in (default: `./NAME`).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Trust a public key (`KEY.pub` from `plugd keygen`).
+    Add {
+        /// The public key file.
+        key: PathBuf,
+    },
+    /// List the trusted keys.
+    List,
+    /// Stop trusting a key.
+    Remove {
+        /// The key id, as `plugd trust list` shows it.
+        key_id: String,
     },
 }
 
@@ -91,6 +147,12 @@ struct ServeArgs {
     /// Directory for plugd's state (plugin data dirs).
     #[arg(long, env = "PLUGD_STATE_DIR", default_value = ".plugd")]
     state_dir: PathBuf,
+    /// Refuse unsigned packages and packages signed by keys not in the trust store.
+    #[arg(long, env = "PLUGD_STRICT")]
+    strict: bool,
+    /// The trust store directory (default: `STATE_DIR/trust`).
+    #[arg(long, env = "PLUGD_TRUST_DIR")]
+    trust_dir: Option<PathBuf>,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body: usize,
@@ -131,6 +193,16 @@ fn main() -> ExitCode {
         Command::Unload { name } => client::lifecycle(&cli.server, &name, "unload", cli.json),
         Command::Reload { name } => client::lifecycle(&cli.server, &name, "reload", cli.json),
         Command::New { name, lang, dir } => new::run(&name, lang, dir),
+        Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
+        Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
+        Command::Verify { dir, key, strict, trust_dir } => {
+            trust::verify(&dir, key.as_deref(), &trust_dir, strict, cli.json)
+        }
+        Command::Trust { trust_dir, command } => match command {
+            TrustCommand::Add { key } => trust::add(&trust_dir, &key, cli.json),
+            TrustCommand::List => trust::list(&trust_dir, cli.json),
+            TrustCommand::Remove { key_id } => trust::remove(&trust_dir, &key_id, cli.json),
+        },
     };
     match result {
         Ok(code) => code,

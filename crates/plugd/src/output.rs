@@ -16,7 +16,7 @@ pub(crate) fn plugin_table(value: &Value) {
     if plugins.is_empty() {
         println!("No plugins installed.");
     }
-    let rows: Vec<[String; 6]> = plugins
+    let rows: Vec<[String; 7]> = plugins
         .iter()
         .map(|p| {
             let actions: Vec<&str> =
@@ -26,22 +26,23 @@ pub(crate) fn plugin_table(value: &Value) {
                 s(&p["version"]).to_owned(),
                 s(&p["state"]).to_owned(),
                 s(&p["runtime"]).to_owned(),
+                s(&p["trust"]).to_owned(),
                 p["wave"].as_u64().map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
                 actions.join(", "),
             ]
         })
         .collect();
-    let header = ["NAME", "VERSION", "STATE", "RUNTIME", "WAVE", "ACTIONS"];
+    let header = ["NAME", "VERSION", "STATE", "RUNTIME", "TRUST", "WAVE", "ACTIONS"];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 6]| {
+    let line = |cells: [&str; 7]| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == 5 {
+            if i == 6 {
                 out.push_str(cell);
             } else {
                 out.push_str(&format!("{cell:<w$}  "));
@@ -53,7 +54,7 @@ pub(crate) fn plugin_table(value: &Value) {
         line(header);
     }
     for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6]]);
     }
     for p in &plugins {
         if let Some(reason) = p["reason"].as_str() {
@@ -73,7 +74,14 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     if let Some(d) = p["description"].as_str().filter(|d| !d.is_empty()) {
         println!("  {d}");
     }
-    println!("  runtime: {}   kind: {}   wave: {}", s(&p["runtime"]), s(&p["kind"]), p["wave"]);
+    println!(
+        "  runtime: {}   kind: {}   wave: {}   trust: {}{}",
+        s(&p["runtime"]),
+        s(&p["kind"]),
+        p["wave"],
+        s(&p["trust"]),
+        p["key_id"].as_str().map(|k| format!(" (key {k})")).unwrap_or_default()
+    );
     if let Some(reason) = p["reason"].as_str() {
         println!("  reason: {reason}");
     }

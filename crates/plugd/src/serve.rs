@@ -30,7 +30,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.plugins.display()
         );
     }
-    let config = HostConfig::new(&args.plugins, &args.state_dir);
+    let mut config = HostConfig::new(&args.plugins, &args.state_dir);
+    config.strict = args.strict;
+    if let Some(dir) = &args.trust_dir {
+        config.trust_dir = dir.clone();
+    }
     let host = Host::builder(config)
         .runtime(Arc::new(ProcessRuntime::new(process_config(&args))))
         .build();

@@ -159,14 +159,14 @@ def test_input_model_accepts_optional_fields(host):
 
 
 def test_fifty_concurrent_calls_answer_out_of_order(host):
-    ids = [host.start_call("sleep", {"s": (50 - i) * 0.004, "i": i}) for i in range(50)]
+    ids = [host.start_call("sleep", {"s": (50 - i) * 0.01, "i": i}) for i in range(50)]
     resps = [host.response(rid) for rid in ids]
     assert [ok(r)["value"] for r in resps] == list(range(50))
     order = [json.loads(line)["id"] for line in host.raw_lines
              if b'"result"' in line and json.loads(line).get("id") in ids]
     assert sorted(order) == sorted(ids)
     assert order != ids  # shorter sleeps (sent later) finished first
-    assert order[0] == ids[-1]
+    assert order[0] in ids[-3:]
 
 
 def test_pipelined_calls_in_one_write(host):
@@ -250,6 +250,17 @@ def test_cancel_notification_cancels_a_call(host):
     assert e["code"] == -32003
     assert e["data"] == {"type": "CancelledError"}
     host.wait_notification("emit", lambda p: p["payload"] == {"tag": "explicit"})
+
+
+def test_cancel_in_the_same_write_as_the_call(host):
+    frames = [
+        {"jsonrpc": "2.0", "id": 77, "method": "call",
+         "params": {"action": "slow", "payload": {"s": 10, "tag": "same"}, "deadline_ms": 5000}},
+        {"jsonrpc": "2.0", "method": "cancel", "params": {"id": 77}},
+    ]
+    host.sock.sendall("".join(json.dumps(f) + "\n" for f in frames).encode())
+    assert err(host.response(77))["data"] == {"type": "CancelledError"}
+    host.wait_notification("emit", lambda p: p["payload"] == {"tag": "same"})
 
 
 def test_handler_raising_cancelled_error(host):
@@ -360,6 +371,13 @@ def test_eof_exits_0(host):
     host.start_call("slow", {"s": 10})
     host.close()
     assert host.exit_code() == 0
+
+
+def test_eof_does_not_wait_for_a_busy_thread(host):
+    host.start_call("sync_sleep", 30)
+    time.sleep(0.1)
+    host.close()
+    assert host.exit_code(timeout=5) == 0
 
 
 def test_handshake_refusal_exits_3(make_host):

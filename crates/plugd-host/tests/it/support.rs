@@ -54,7 +54,15 @@ impl Fixture {
         self.host_with(|_| {})
     }
 
+    pub fn host_with_config(&self, tweak: impl FnOnce(&mut HostConfig)) -> Host {
+        self.build(|_| {}, tweak)
+    }
+
     pub fn host_with(&self, tweak: impl FnOnce(&mut ProcessConfig)) -> Host {
+        self.build(tweak, |_| {})
+    }
+
+    fn build(&self, tweak: impl FnOnce(&mut ProcessConfig), tweak_host: impl FnOnce(&mut HostConfig)) -> Host {
         let mut config = ProcessConfig::default();
         config.base_env.push(("PYTHONPATH".into(), sdk_path().into_os_string()));
         config.start_timeout = Duration::from_secs(5);
@@ -66,6 +74,7 @@ impl Fixture {
         let mut host_config = HostConfig::new(self.plugins(), self.dir.path().join("state"));
         host_config.stop_grace = Duration::from_secs(2);
         host_config.log_lines = 200;
+        tweak_host(&mut host_config);
         Host::builder(host_config).runtime(Arc::new(ProcessRuntime::new(config))).build()
     }
 }

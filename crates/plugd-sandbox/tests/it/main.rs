@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use plugd_sandbox::{Layer, LayerState, Prepared, Probe, Sandbox, SandboxError, SandboxPolicy, probe};
+use plugd_sandbox::{
+    Layer, LayerState, Prepared, Probe, Sandbox, SandboxError, SandboxPolicy, probe,
+};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -33,22 +35,36 @@ fn fixture() -> Fixture {
     std::fs::create_dir(&data).unwrap();
     std::fs::write(package.join("main.txt"), "package file\n").unwrap();
     std::fs::write(base.join("secret.txt"), "outside\n").unwrap();
-    Fixture { _tmp: tmp, base, package, data }
+    Fixture {
+        _tmp: tmp,
+        base,
+        package,
+        data,
+    }
 }
 
 fn policy(f: &Fixture, name: &str) -> SandboxPolicy {
     let mut p = SandboxPolicy::new(name, &f.package, &f.data);
-    p.read_paths = ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime"]
-        .into_iter()
-        .map(PathBuf::from)
-        .collect();
+    p.read_paths = [
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/bin",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect();
     p
 }
 
 fn run(policy: &SandboxPolicy, program: &str, args: &[&str]) -> (Prepared, Output) {
     let prepared = Sandbox::prepare(policy).unwrap();
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(&policy.data_dir).stdin(Stdio::null());
+    cmd.args(args)
+        .current_dir(&policy.data_dir)
+        .stdin(Stdio::null());
     prepared.apply_to(&mut cmd);
     let output = cmd.output().unwrap();
     (prepared, output)
@@ -81,7 +97,15 @@ fn kernel() -> Probe {
 #[test]
 fn probe_report_names_every_layer() {
     let report = kernel().to_string();
-    for line in ["cgroup:", "network namespace:", "user namespace:", "rlimits:", "dedicated uid:", "landlock:", "seccomp:"] {
+    for line in [
+        "cgroup:",
+        "network namespace:",
+        "user namespace:",
+        "rlimits:",
+        "dedicated uid:",
+        "landlock:",
+        "seccomp:",
+    ] {
         assert!(report.contains(line), "{line} missing from:\n{report}");
     }
 }
@@ -93,13 +117,28 @@ fn layers_are_reported_in_order_and_match_the_probe() {
     let prepared = Sandbox::prepare(&policy(&f, "order")).unwrap();
     let layers: Vec<Layer> = prepared.layers().iter().map(|s| s.layer).collect();
     assert_eq!(layers, Layer::ALL);
-    let expect = |available: bool| if available { LayerState::Applied } else { LayerState::Unavailable };
+    let expect = |available: bool| {
+        if available {
+            LayerState::Applied
+        } else {
+            LayerState::Unavailable
+        }
+    };
     assert_eq!(state(&prepared, Layer::Rlimits), LayerState::Applied);
     assert_eq!(state(&prepared, Layer::Uid), expect(k.root));
-    assert_eq!(state(&prepared, Layer::Landlock), expect(k.landlock_abi > 0));
+    assert_eq!(
+        state(&prepared, Layer::Landlock),
+        expect(k.landlock_abi > 0)
+    );
     assert_eq!(state(&prepared, Layer::Seccomp), expect(k.seccomp));
-    assert_eq!(state(&prepared, Layer::NetworkNamespace), expect(k.network_namespace));
-    assert_eq!(state(&prepared, Layer::Cgroup), expect(k.cgroup.has("memory") || k.cgroup.has("pids")));
+    assert_eq!(
+        state(&prepared, Layer::NetworkNamespace),
+        expect(k.network_namespace)
+    );
+    assert_eq!(
+        state(&prepared, Layer::Cgroup),
+        expect(k.cgroup.has("memory") || k.cgroup.has("pids"))
+    );
 }
 
 #[test]
@@ -113,16 +152,28 @@ fn reading_etc_shadow_is_denied() {
 #[test]
 fn reading_outside_package_and_read_paths_is_denied_inside_is_allowed() {
     let f = fixture();
-    let script = format!("cat {}/main.txt && cat {}/secret.txt", f.package.display(), f.base.display());
+    let script = format!(
+        "cat {}/main.txt && cat {}/secret.txt",
+        f.package.display(),
+        f.base.display()
+    );
     let (_p, o) = sh(&policy(&f, "read"), &script);
     assert_eq!(stdout(&o), "package file\n");
-    assert!(stderr(&o).contains("secret.txt: Permission denied"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("secret.txt: Permission denied"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn writing_outside_the_data_dir_is_denied() {
     let f = fixture();
-    let script = format!("echo x > {}/new.txt; echo x > {}/new.txt; echo x > /tmp/plugd-sandbox-escape", f.base.display(), f.package.display());
+    let script = format!(
+        "echo x > {}/new.txt; echo x > {}/new.txt; echo x > /tmp/plugd-sandbox-escape",
+        f.base.display(),
+        f.package.display()
+    );
     let (_p, o) = sh(&policy(&f, "write-out"), &script);
     let err = stderr(&o);
     assert_eq!(err.matches("Permission denied").count(), 3, "{err}");
@@ -132,7 +183,10 @@ fn writing_outside_the_data_dir_is_denied() {
 #[test]
 fn writing_inside_the_data_dir_works_and_belongs_to_the_dedicated_uid() {
     let f = fixture();
-    let (p, o) = sh(&policy(&f, "write-in"), "mkdir sub && echo hello > sub/f.txt && cat sub/f.txt && id -u");
+    let (p, o) = sh(
+        &policy(&f, "write-in"),
+        "mkdir sub && echo hello > sub/f.txt && cat sub/f.txt && id -u",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let uid_line = stdout(&o).lines().nth(1).unwrap().to_owned();
     let meta = std::fs::metadata(f.data.join("sub/f.txt")).unwrap();
@@ -151,9 +205,16 @@ fn a_symlink_from_the_data_dir_to_outside_is_not_followed() {
     let f = fixture();
     symlink(f.base.join("secret.txt"), f.data.join("link")).unwrap();
     let (_p, o) = sh(&policy(&f, "symlink"), "cat link");
-    assert!(stderr(&o).contains("link: Permission denied"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("link: Permission denied"),
+        "{}",
+        stderr(&o)
+    );
     // The ownership walk changed the link, not its target.
-    assert_eq!(std::fs::metadata(f.base.join("secret.txt")).unwrap().uid(), unsafe { libc::geteuid() });
+    assert_eq!(
+        std::fs::metadata(f.base.join("secret.txt")).unwrap().uid(),
+        unsafe { libc::geteuid() }
+    );
 }
 
 const CONNECT: &str = r#"
@@ -180,7 +241,11 @@ fn no_network_socket_is_refused_by_seccomp() {
     let f = fixture();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let expected = if kernel().seccomp { "socket 13" } else { "connect 13" };
+    let expected = if kernel().seccomp {
+        "socket 13"
+    } else {
+        "connect 13"
+    };
     assert_eq!(connect(&policy(&f, "net-seccomp"), port), expected);
 }
 
@@ -192,7 +257,11 @@ fn no_network_connect_is_refused_by_landlock_without_seccomp() {
     let mut p = policy(&f, "net-landlock");
     p.disabled = vec![Layer::Seccomp];
     // EACCES from Landlock (ABI ≥ 4) comes before routing; without it the empty netns answers.
-    let expected = if kernel().landlock_net() { "connect 13" } else { "connect 101" };
+    let expected = if kernel().landlock_net() {
+        "connect 13"
+    } else {
+        "connect 101"
+    };
     assert_eq!(connect(&p, port), expected);
 }
 
@@ -203,7 +272,11 @@ fn no_network_connect_is_unreachable_in_the_empty_netns() {
     let port = listener.local_addr().unwrap().port();
     let mut p = policy(&f, "net-netns");
     p.disabled = vec![Layer::Seccomp, Layer::Landlock];
-    let expected = if kernel().network_namespace { "connect 101" } else { "connected" };
+    let expected = if kernel().network_namespace {
+        "connect 101"
+    } else {
+        "connected"
+    };
     assert_eq!(connect(&p, port), expected); // ENETUNREACH: loopback is down
 }
 
@@ -214,8 +287,15 @@ fn granted_port_connects_and_other_ports_are_refused() {
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut p = policy(&f, "net-granted");
     p.net_connect = vec![("127.0.0.1".into(), allowed.local_addr().unwrap().port())];
-    assert_eq!(connect(&p, allowed.local_addr().unwrap().port()), "connected");
-    let expected = if kernel().landlock_net() { "connect 13" } else { "connected" };
+    assert_eq!(
+        connect(&p, allowed.local_addr().unwrap().port()),
+        "connected"
+    );
+    let expected = if kernel().landlock_net() {
+        "connect 13"
+    } else {
+        "connected"
+    };
     assert_eq!(connect(&p, other.local_addr().unwrap().port()), expected);
 }
 
@@ -279,8 +359,14 @@ fn cpu_spin_past_rlimit_cpu_is_killed() {
     p.cpu_time = Some(Duration::from_millis(500)); // rounds up to 1s
     let (prepared, o) = sh(&p, "while :; do :; done");
     let signal = o.status.signal();
-    assert!(signal == Some(libc::SIGXCPU) || signal == Some(libc::SIGKILL), "{:?}", o.status);
-    if kernel().cgroup.has("cpuacct") || kernel().cgroup.version == Some(plugd_sandbox::CgroupVersion::V2) {
+    assert!(
+        signal == Some(libc::SIGXCPU) || signal == Some(libc::SIGKILL),
+        "{:?}",
+        o.status
+    );
+    if kernel().cgroup.has("cpuacct")
+        || kernel().cgroup.version == Some(plugd_sandbox::CgroupVersion::V2)
+    {
         assert!(prepared.cpu_usage().unwrap() >= Duration::from_millis(900));
     }
 }
@@ -299,7 +385,11 @@ fn kill_sibling(policy: &SandboxPolicy) -> String {
 #[test]
 fn signalling_a_process_outside_is_denied_by_uid() {
     let f = fixture();
-    let expected = if kernel().root || kernel().landlock_scope() { "kill 1 alive=true" } else { "sent alive=false" };
+    let expected = if kernel().root || kernel().landlock_scope() {
+        "kill 1 alive=true"
+    } else {
+        "sent alive=false"
+    };
     assert_eq!(kill_sibling(&policy(&f, "kill-uid")), expected);
 }
 
@@ -308,7 +398,11 @@ fn signalling_a_process_outside_is_denied_by_landlock_scope() {
     let f = fixture();
     let mut p = policy(&f, "kill-scope");
     p.disabled = vec![Layer::Uid];
-    let expected = if kernel().landlock_scope() { "kill 1 alive=true" } else { "sent alive=false" };
+    let expected = if kernel().landlock_scope() {
+        "kill 1 alive=true"
+    } else {
+        "sent alive=false"
+    };
     assert_eq!(kill_sibling(&p), expected);
 }
 
@@ -335,10 +429,15 @@ fn the_child_environment_is_left_alone() {
     let f = fixture();
     let prepared = Sandbox::prepare(&policy(&f, "env")).unwrap();
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "echo \"$PLUGD_TEST_VAR|$PATH\""]).env("PLUGD_TEST_VAR", "kept").current_dir(&f.data);
+    cmd.args(["-c", "echo \"$PLUGD_TEST_VAR|$PATH\""])
+        .env("PLUGD_TEST_VAR", "kept")
+        .current_dir(&f.data);
     prepared.apply_to(&mut cmd);
     let o = cmd.output().unwrap();
-    assert_eq!(stdout(&o), format!("kept|{}\n", std::env::var("PATH").unwrap()));
+    assert_eq!(
+        stdout(&o),
+        format!("kept|{}\n", std::env::var("PATH").unwrap())
+    );
 }
 
 #[test]
@@ -347,7 +446,10 @@ fn dropping_kills_leftovers_and_removes_the_cgroup() {
     let (prepared, o) = sh(&policy(&f, "drop"), "sleep 30 >/dev/null 2>&1 & echo $!");
     let pid: i32 = stdout(&o).trim().parse().unwrap();
     let paths = prepared.cgroup_paths();
-    assert_eq!(paths.is_empty(), state(&prepared, Layer::Cgroup) != LayerState::Applied);
+    assert_eq!(
+        paths.is_empty(),
+        state(&prepared, Layer::Cgroup) != LayerState::Applied
+    );
     drop(prepared);
     for path in &paths {
         assert!(!path.exists(), "{} left behind", path.display());
@@ -355,7 +457,10 @@ fn dropping_kills_leftovers_and_removes_the_cgroup() {
     if !paths.is_empty() {
         // Killed and reaped by init (we are not its parent), so it is gone or a zombie.
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        assert!(status.is_empty() || status.contains("State:\tZ"), "{status}");
+        assert!(
+            status.is_empty() || status.contains("State:\tZ"),
+            "{status}"
+        );
     }
 }
 
@@ -366,8 +471,17 @@ fn a_required_layer_that_is_disabled_fails_prepare() {
     p.required = vec![Layer::Landlock];
     p.disabled = vec![Layer::Landlock];
     let err = Sandbox::prepare(&p).unwrap_err();
-    assert!(matches!(err, SandboxError::LayerUnavailable { layer: Layer::Landlock, .. }));
-    assert_eq!(err.to_string(), "Sandbox layer `landlock` is required but unavailable: disabled by policy");
+    assert!(matches!(
+        err,
+        SandboxError::LayerUnavailable {
+            layer: Layer::Landlock,
+            ..
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "Sandbox layer `landlock` is required but unavailable: disabled by policy"
+    );
 }
 
 #[test]
@@ -376,14 +490,26 @@ fn a_missing_package_dir_fails_prepare() {
     let mut p = policy(&f, "missing");
     p.package_dir = f.base.join("nope");
     let err = Sandbox::prepare(&p).unwrap_err().to_string();
-    assert_eq!(err, format!("Sandbox path `{}` is unusable: No such file or directory (os error 2)", p.package_dir.display()));
+    assert_eq!(
+        err,
+        format!(
+            "Sandbox path `{}` is unusable: No such file or directory (os error 2)",
+            p.package_dir.display()
+        )
+    );
 }
 
 #[test]
 fn default_ids_are_stable_and_spread() {
-    assert_eq!(plugd_sandbox::default_ids("thumbs"), plugd_sandbox::default_ids("thumbs"));
-    assert_ne!(plugd_sandbox::default_ids("thumbs"), plugd_sandbox::default_ids("thumbs2"));
+    assert_eq!(
+        plugd_sandbox::default_ids("thumbs"),
+        plugd_sandbox::default_ids("thumbs")
+    );
+    assert_ne!(
+        plugd_sandbox::default_ids("thumbs"),
+        plugd_sandbox::default_ids("thumbs2")
+    );
     let (uid, gid) = plugd_sandbox::default_ids("thumbs");
     assert_eq!(uid, gid);
-    assert!(uid >= 1_000_000_000 && uid < 1_000_000_000 + (1 << 24));
+    assert!((1_000_000_000..1_000_000_000 + (1 << 24)).contains(&uid));
 }

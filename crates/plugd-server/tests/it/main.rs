@@ -118,13 +118,20 @@ impl TestHost {
             p.write(&plugins_dir);
         }
         let mut process = ProcessConfig::default();
-        process.base_env.push(("PYTHONPATH".into(), sdk_dir().into_os_string()));
+        process
+            .base_env
+            .push(("PYTHONPATH".into(), sdk_dir().into_os_string()));
         let host = Host::builder(HostConfig::new(&plugins_dir, tmp.path().join("state")))
             .runtime(Arc::new(ProcessRuntime::new(process)))
             .build();
         host.start().await.unwrap();
         let app = router(host.clone(), ServerConfig { max_body: 1024 });
-        TestHost { host, app, plugins: plugins_dir, _tmp: tmp }
+        TestHost {
+            host,
+            app,
+            plugins: plugins_dir,
+            _tmp: tmp,
+        }
     }
 
     /// Sends one request and returns its status and JSON body (`Null` when empty).
@@ -142,7 +149,10 @@ impl TestHost {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!("{method} {uri}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+                panic!(
+                    "{method} {uri}: body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
             })
         };
         (status, value)
@@ -159,8 +169,14 @@ impl TestHost {
         };
         assert_eq!(actual, expect, "{method} {uri} {body:?} answered {value}");
         if !status.is_success() {
-            let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or_default();
-            assert!(!message.is_empty(), "{method} {uri}: error without a message: {value}");
+            let message = value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            assert!(
+                !message.is_empty(),
+                "{method} {uri}: error without a message: {value}"
+            );
         }
         value
     }
@@ -179,7 +195,11 @@ impl TestPlugin<'_> {
     fn write(&self, plugins_dir: &Path) {
         let dir = plugins_dir.join(self.name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("plugin.toml"), manifest(self.name, self.version, self.entry, self.extra)).unwrap();
+        std::fs::write(
+            dir.join("plugin.toml"),
+            manifest(self.name, self.version, self.entry, self.extra),
+        )
+        .unwrap();
         std::fs::write(dir.join("main.py"), self.main_py).unwrap();
     }
 }
@@ -201,17 +221,32 @@ entry = {entry}
 
 /// `sdk/python/src` of this checkout, so the test plugins import `plugd` without pip.
 fn sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/src").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk/python/src")
+        .canonicalize()
+        .unwrap()
 }
 
 fn calls_plugin() -> TestPlugin<'static> {
-    TestPlugin { name: "calls", version: "1.0.0", entry: PYTHON, extra: CALLS_ACTIONS, main_py: CALLS_PY }
+    TestPlugin {
+        name: "calls",
+        version: "1.0.0",
+        entry: PYTHON,
+        extra: CALLS_ACTIONS,
+        main_py: CALLS_PY,
+    }
 }
 
 /// `base 2.0.0`, and `child` which depends on `base ^2.0`.
 fn dependency_pair() -> [TestPlugin<'static>; 2] {
     [
-        TestPlugin { name: "base", version: "2.0.0", entry: PYTHON, extra: PING_ACTIONS, main_py: PING_PY },
+        TestPlugin {
+            name: "base",
+            version: "2.0.0",
+            entry: PYTHON,
+            extra: PING_ACTIONS,
+            main_py: PING_PY,
+        },
         TestPlugin {
             name: "child",
             version: "1.0.0",
@@ -238,18 +273,48 @@ async fn call_routes_answer_with_the_right_status_and_code() {
     let oversized = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2048));
     let cases: &[(&str, &str, &str, &str)] = &[
         ("POST", "/plugin/nope/greet", "{}", "404 plugin_not_found"),
-        ("POST", "/api/v1/plugins/nope/actions/greet", "{}", "404 plugin_not_found"),
+        (
+            "POST",
+            "/api/v1/plugins/nope/actions/greet",
+            "{}",
+            "404 plugin_not_found",
+        ),
         ("POST", "/plugin/calls/nope", "{}", "404 action_not_found"),
-        ("POST", "/api/v1/plugins/calls/actions/nope", "{}", "404 action_not_found"),
+        (
+            "POST",
+            "/api/v1/plugins/calls/actions/nope",
+            "{}",
+            "404 action_not_found",
+        ),
         // Not even a valid action name.
-        ("POST", "/plugin/calls/NOT%20AN%20ACTION", "{}", "404 action_not_found"),
+        (
+            "POST",
+            "/plugin/calls/NOT%20AN%20ACTION",
+            "{}",
+            "404 action_not_found",
+        ),
         ("POST", "/plugin/calls/greet", "{not json", "400 bad_json"),
-        ("POST", "/plugin/calls/greet", r#"{"name":"Ada""#, "400 bad_json"),
+        (
+            "POST",
+            "/plugin/calls/greet",
+            r#"{"name":"Ada""#,
+            "400 bad_json",
+        ),
         ("POST", "/plugin/calls/greet", "{}", "400 bad_payload"),
-        ("POST", "/plugin/calls/greet", r#"{"name":42}"#, "400 bad_payload"),
+        (
+            "POST",
+            "/plugin/calls/greet",
+            r#"{"name":42}"#,
+            "400 bad_payload",
+        ),
         ("POST", "/plugin/calls/boom", "{}", "502 plugin_failed"),
         ("POST", "/plugin/calls/slow", "{}", "504 plugin_timeout"),
-        ("POST", "/plugin/calls/echo", &oversized, "413 payload_too_large"),
+        (
+            "POST",
+            "/plugin/calls/echo",
+            &oversized,
+            "413 payload_too_large",
+        ),
         ("GET", "/nope", "", "404 not_found"),
         ("GET", "/api/v1/nope", "", "404 not_found"),
     ];
@@ -258,19 +323,30 @@ async fn call_routes_answer_with_the_right_status_and_code() {
     }
 
     // The plugin's exception message reaches the caller.
-    let body = t.check("POST", "/plugin/calls/boom", "{}", "502 plugin_failed").await;
+    let body = t
+        .check("POST", "/plugin/calls/boom", "{}", "502 plugin_failed")
+        .await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("kaboom: the disk is full"), "{message}");
     // A timed-out call says which plugin and action.
-    let body = t.check("POST", "/plugin/calls/slow", "{}", "504 plugin_timeout").await;
+    let body = t
+        .check("POST", "/plugin/calls/slow", "{}", "504 plugin_timeout")
+        .await;
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("`calls`") && message.contains("`slow`"), "{message}");
+    assert!(
+        message.contains("`calls`") && message.contains("`slow`"),
+        "{message}"
+    );
 
     // The plugin keeps serving after a failure and a timeout.
-    t.check("POST", "/plugin/calls/greet", r#"{"name":"Bo"}"#, "200").await;
+    t.check("POST", "/plugin/calls/greet", r#"{"name":"Bo"}"#, "200")
+        .await;
 
     let health = t.check("GET", "/healthz", "", "200").await;
-    assert_eq!(health, json!({"status": "ok", "plugins": {"total": 1, "running": 1, "failed": 0}}));
+    assert_eq!(
+        health,
+        json!({"status": "ok", "plugins": {"total": 1, "running": 1, "failed": 0}})
+    );
 
     t.host.shutdown().await;
 }
@@ -292,8 +368,12 @@ async fn admin_routes_list_show_and_run_the_lifecycle() {
     let list = t.check("GET", "/api/v1/plugins", "", "200").await;
     let alias = t.check("GET", "/api/admin/v1/plugins", "", "200").await;
     assert_eq!(list, alias);
-    let names: Vec<&str> =
-        list["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["base", "broken", "child"]);
 
     let base = t.check("GET", "/api/v1/plugins/base", "", "200").await;
@@ -308,68 +388,135 @@ async fn admin_routes_list_show_and_run_the_lifecycle() {
     assert!(base["pid"].as_u64().is_some(), "{base}");
     let child = t.check("GET", "/api/v1/plugins/child", "", "200").await;
     assert_eq!(summary(&child)["wave"], 1);
-    assert_eq!(summary(&child)["dependencies"], json!([{"name": "base", "requirement": "^2.0"}]));
+    assert_eq!(
+        summary(&child)["dependencies"],
+        json!([{"name": "base", "requirement": "^2.0"}])
+    );
     let broken = t.check("GET", "/api/v1/plugins/broken", "", "200").await;
     assert_eq!(broken["state"], "failed", "{broken}");
     let reason = broken["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("no-such-program-plugd"), "{broken}");
-    t.check("GET", "/api/v1/plugins/nope", "", "404 plugin_not_found").await;
+    t.check("GET", "/api/v1/plugins/nope", "", "404 plugin_not_found")
+        .await;
 
     let health = t.check("GET", "/healthz", "", "200").await;
-    assert_eq!(health["plugins"], json!({"total": 3, "running": 2, "failed": 1}));
+    assert_eq!(
+        health["plugins"],
+        json!({"total": 3, "running": 2, "failed": 1})
+    );
 
     // Unloading a dependency stops its dependant first; unload is idempotent.
     for _ in 0..2 {
-        let base = t.check("POST", "/api/v1/plugins/base/unload", "", "200").await;
+        let base = t
+            .check("POST", "/api/v1/plugins/base/unload", "", "200")
+            .await;
         assert_eq!(base["state"], "stopped", "{base}");
     }
     let child = t.check("GET", "/api/v1/plugins/child", "", "200").await;
     assert_eq!(child["state"], "stopped", "{child}");
     let reason = child["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("`base`"), "{child}");
-    t.check("POST", "/plugin/base/ping", "{}", "503 plugin_not_running").await;
-    t.check("POST", "/plugin/child/ping", "{}", "503 plugin_not_running").await;
+    t.check("POST", "/plugin/base/ping", "{}", "503 plugin_not_running")
+        .await;
+    t.check("POST", "/plugin/child/ping", "{}", "503 plugin_not_running")
+        .await;
 
     // Loading the dependant brings its dependency back; load is idempotent.
     for _ in 0..2 {
-        let child = t.check("POST", "/api/v1/plugins/child/load", "", "200").await;
+        let child = t
+            .check("POST", "/api/v1/plugins/child/load", "", "200")
+            .await;
         assert_eq!(child["state"], "running", "{child}");
     }
     let base = t.check("GET", "/api/v1/plugins/base", "", "200").await;
     assert_eq!(base["state"], "running", "{base}");
-    assert_eq!(t.check("POST", "/plugin/child/ping", "{}", "200").await, json!({"value": "pong"}));
+    assert_eq!(
+        t.check("POST", "/plugin/child/ping", "{}", "200").await,
+        json!({"value": "pong"})
+    );
 
     // Reload is idempotent, and the dependant is running again afterwards.
     for _ in 0..2 {
-        let base = t.check("POST", "/api/v1/plugins/base/reload", "", "200").await;
+        let base = t
+            .check("POST", "/api/v1/plugins/base/reload", "", "200")
+            .await;
         assert_eq!(base["state"], "running", "{base}");
     }
     let child = t.check("GET", "/api/v1/plugins/child", "", "200").await;
     assert_eq!(child["state"], "running", "{child}");
 
     // Reload picks up a changed manifest.
-    std::fs::write(t.plugins.join("base/plugin.toml"), manifest("base", "2.1.0", PYTHON, PING_ACTIONS)).unwrap();
-    let base = t.check("POST", "/api/v1/plugins/base/reload", "", "200").await;
-    assert_eq!((&base["state"], &base["version"]), (&json!("running"), &json!("2.1.0")), "{base}");
-    assert_eq!(t.check("POST", "/plugin/base/ping", "{}", "200").await, json!({"value": "pong"}));
+    std::fs::write(
+        t.plugins.join("base/plugin.toml"),
+        manifest("base", "2.1.0", PYTHON, PING_ACTIONS),
+    )
+    .unwrap();
+    let base = t
+        .check("POST", "/api/v1/plugins/base/reload", "", "200")
+        .await;
+    assert_eq!(
+        (&base["state"], &base["version"]),
+        (&json!("running"), &json!("2.1.0")),
+        "{base}"
+    );
+    assert_eq!(
+        t.check("POST", "/plugin/base/ping", "{}", "200").await,
+        json!({"value": "pong"})
+    );
 
     let cases: &[(&str, &str, &str, &str)] = &[
-        ("POST", "/api/v1/plugins/broken/load", "", "409 plugin_cannot_load"),
-        ("POST", "/plugin/broken/ping", "{}", "503 plugin_not_running"),
+        (
+            "POST",
+            "/api/v1/plugins/broken/load",
+            "",
+            "409 plugin_cannot_load",
+        ),
+        (
+            "POST",
+            "/plugin/broken/ping",
+            "{}",
+            "503 plugin_not_running",
+        ),
         ("POST", "/api/v1/plugins/base/explode", "", "404 not_found"),
-        ("POST", "/api/v1/plugins/nope/load", "", "404 plugin_not_found"),
-        ("POST", "/api/v1/plugins/nope/unload", "", "404 plugin_not_found"),
-        ("POST", "/api/v1/plugins/nope/reload", "", "404 plugin_not_found"),
-        ("GET", "/api/v1/plugins/nope/logs", "", "404 plugin_not_found"),
+        (
+            "POST",
+            "/api/v1/plugins/nope/load",
+            "",
+            "404 plugin_not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/plugins/nope/unload",
+            "",
+            "404 plugin_not_found",
+        ),
+        (
+            "POST",
+            "/api/v1/plugins/nope/reload",
+            "",
+            "404 plugin_not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/plugins/nope/logs",
+            "",
+            "404 plugin_not_found",
+        ),
     ];
     for &(method, uri, body, expect) in cases {
         t.check(method, uri, body, expect).await;
     }
 
     // The log ring records the lifecycle.
-    let logs = t.check("GET", "/api/v1/plugins/base/logs?limit=100", "", "200").await;
-    let messages: Vec<&str> =
-        logs["lines"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    let logs = t
+        .check("GET", "/api/v1/plugins/base/logs?limit=100", "", "200")
+        .await;
+    let messages: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
     assert!(messages.contains(&"Started `base 2.1.0`"), "{messages:?}");
     assert!(messages.contains(&"Stopped: unloaded"), "{messages:?}");
 
@@ -378,7 +525,12 @@ async fn admin_routes_list_show_and_run_the_lifecycle() {
 
 /// The fields of a plugin the admin API promises, actions reduced to their names.
 fn summary(p: &Value) -> Value {
-    let actions: Vec<&Value> = p["actions"].as_array().unwrap().iter().map(|a| &a["name"]).collect();
+    let actions: Vec<&Value> = p["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["name"])
+        .collect();
     json!({
         "name": p["name"], "state": p["state"], "version": p["version"], "kind": p["kind"],
         "runtime": p["runtime"], "wave": p["wave"], "actions": actions, "reason": p["reason"],

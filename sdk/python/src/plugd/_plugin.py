@@ -379,7 +379,8 @@ class Plugin:
                 stream.flush()
             except Exception:  # pragma: no cover
                 pass
-        if self._threads_busy:
+        threads = getattr(self._executor, "_threads", ()) if self._executor is not None else ()
+        if self._threads_busy or any(t.is_alive() for t in threads):
             # A sync handler is still running and the host is gone: do not wait for it.
             os._exit(code)
         sys.exit(code)
@@ -411,7 +412,7 @@ class Plugin:
                 asyncio.set_event_loop(None)
                 loop.close()
                 if self._executor is not None:
-                    self._executor.shutdown(wait=False)
+                    self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self, sock: socket.socket) -> int:
         loop = asyncio.get_running_loop()
@@ -442,6 +443,11 @@ class Plugin:
         del init
         code = await self._exit
         self._close()
+        # Let handlers cancelled by `_close` (EOF) unwind, so none is destroyed while pending.
+        tasks = [t for t in list(self._inflight.values()) + list(self._background)
+                 if isinstance(t, asyncio.Future) and not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
         return code
 
     def _on_initialized(self, init: Any) -> None:

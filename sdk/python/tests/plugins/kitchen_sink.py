@@ -70,6 +70,13 @@ def sync_thread(payload):
 
 
 @plugin.action()
+def sync_sleep(payload):
+    import time
+    time.sleep(payload)
+    return "slept"
+
+
+@plugin.action()
 def sync_fail(payload):
     raise RuntimeError("sync boom")
 

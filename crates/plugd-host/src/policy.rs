@@ -1,0 +1,80 @@
+//! What a plugin is actually granted: its manifest's requests, narrowed by its trust level.
+//! Trust never removes confinement; it only widens what may be granted.
+
+use plugd_manifest::{Manifest, Service};
+
+use crate::TrustLevel;
+
+/// Services an untrusted (unsigned) plugin may use.
+pub(crate) const UNTRUSTED_SERVICES: &[Service] = &[Service::Kv, Service::Events];
+
+/// Returns the manifest the runtime gets (permissions narrowed for untrusted packages) and one
+/// sentence per denied request.
+pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, Vec<String>) {
+    let mut granted = manifest.clone();
+    let mut denials = Vec::new();
+    if *trust == TrustLevel::Untrusted {
+        let name = &manifest.name;
+        let perms = &mut granted.permissions;
+        for target in perms.net_connect.drain(..) {
+            denials.push(format!(
+                "Denied `net.connect` to `{target}` for untrusted plugin `{name}`; hint: sign the package and add the key with `plugd trust add`"
+            ));
+        }
+        for var in perms.env.drain(..) {
+            denials.push(format!(
+                "Denied environment variable `{var}` for untrusted plugin `{name}`; hint: sign the package"
+            ));
+        }
+        perms.services.retain(|s| {
+            let ok = UNTRUSTED_SERVICES.contains(s);
+            if !ok {
+                denials.push(format!(
+                    "Denied service `{s}` for untrusted plugin `{name}`; hint: sign the package"
+                ));
+            }
+            ok
+        });
+    }
+    (granted, denials)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_plugins_lose_network_env_and_privileged_services() {
+        let manifest = Manifest::from_toml_str(
+            r#"
+[plugin]
+name = "net"
+version = "1.0.0"
+runtime = "process"
+entry = ["python3", "main.py"]
+[permissions]
+net.connect = ["api.example.org:443"]
+env = ["TOKEN"]
+services = ["kv", "events", "tasks", "plugins"]
+"#,
+        )
+        .unwrap();
+        let (trusted, denials) = effective(&manifest, &TrustLevel::Trusted { key_id: "k".into() });
+        assert_eq!(trusted, manifest);
+        assert!(denials.is_empty());
+
+        let (untrusted, denials) = effective(&manifest, &TrustLevel::Untrusted);
+        assert!(untrusted.permissions.net_connect.is_empty());
+        assert!(untrusted.permissions.env.is_empty());
+        assert_eq!(untrusted.permissions.services, [Service::Kv, Service::Events]);
+        assert_eq!(
+            denials,
+            [
+                "Denied `net.connect` to `api.example.org:443` for untrusted plugin `net`; hint: sign the package and add the key with `plugd trust add`",
+                "Denied environment variable `TOKEN` for untrusted plugin `net`; hint: sign the package",
+                "Denied service `tasks` for untrusted plugin `net`; hint: sign the package",
+                "Denied service `plugins` for untrusted plugin `net`; hint: sign the package",
+            ]
+        );
+    }
+}
