@@ -537,3 +537,32 @@ fn summary(p: &Value) -> Value {
         "last_error": p["last_error"], "dependencies": p["dependencies"],
     })
 }
+
+#[tokio::test]
+async fn zz_probe() {
+    let t = TestHost::start(&[calls_plugin()]).await;
+    for (m, u, b) in [
+        ("GET", "/plugin/calls/greet", ""),
+        ("DELETE", "/api/v1/plugins", ""),
+        ("POST", "/api/v1/plugins/x/logs", ""),
+        ("GET", "/api/v1/plugins/x/logs?limit=abc", ""),
+        ("POST", "/healthz", ""),
+    ] {
+        let r = t
+            .app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method(m)
+                    .uri(u)
+                    .body(Body::from(b))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let s = r.status();
+        let h = r.headers().get("content-type").cloned();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        println!("{m} {u} -> {s} {h:?} {:?}", String::from_utf8_lossy(&bytes));
+    }
+}
