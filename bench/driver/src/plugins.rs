@@ -15,9 +15,9 @@ pub(crate) fn raw_child(repo: &Path) -> PathBuf {
     repo.join("bench/raw_pipe_child.py")
 }
 
-/// Fills `dir` (created if missing) with the three benchmark plugins, as symlinks into `repo`
-/// and to this executable, so nothing is copied and the `hello` example still finds the SDK
-/// next to itself.
+/// Fills `dir` (created if missing) with the three benchmark plugins. Files are copied, not
+/// linked: the host refuses packages holding symlinks. The host stages its own copy of each
+/// package, so `hello` finds the SDK only through `PYTHONPATH` or an installed `plugd` module.
 pub(crate) fn make(repo: &Path, dir: &Path) -> anyhow::Result<()> {
     let hello = repo.join("examples/plugins/hello");
     anyhow::ensure!(
@@ -26,19 +26,23 @@ pub(crate) fn make(repo: &Path, dir: &Path) -> anyhow::Result<()> {
         repo.display()
     );
     std::fs::create_dir_all(dir).with_context(|| format!("Cannot create `{}`", dir.display()))?;
-    link(&hello, &dir.join(HELLO))?;
+    let hello_dir = dir.join(HELLO);
+    std::fs::create_dir_all(&hello_dir)?;
+    for file in ["plugin.toml", "main.py"] {
+        copy(&hello.join(file), &hello_dir.join(file))?;
+    }
 
     let raw = raw_child(repo);
     anyhow::ensure!(raw.is_file(), "`{}` is missing", raw.display());
     let rawpy = dir.join(RAWPY);
     std::fs::create_dir_all(&rawpy)?;
-    link(&raw, &rawpy.join("raw_pipe_child.py"))?;
+    copy(&raw, &rawpy.join("raw_pipe_child.py"))?;
     std::fs::write(rawpy.join("plugin.toml"), manifest(RAWPY, r#"["python3", "raw_pipe_child.py"]"#))?;
 
     let rustecho = dir.join(RUSTECHO);
     std::fs::create_dir_all(&rustecho)?;
     let exe = std::env::current_exe().context("Cannot find the `plugd-bench` executable")?;
-    link(&exe, &rustecho.join("fake-child"))?;
+    copy(&exe, &rustecho.join("fake-child"))?;
     std::fs::write(rustecho.join("plugin.toml"), manifest(RUSTECHO, r#"["./fake-child", "fake-child"]"#))?;
     Ok(())
 }
@@ -65,10 +69,8 @@ description = "Returns the payload as `{{\"value\": payload}}`"
     )
 }
 
-fn link(target: &Path, at: &Path) -> anyhow::Result<()> {
-    if at.symlink_metadata().is_ok() {
-        std::fs::remove_file(at).with_context(|| format!("Cannot replace `{}`", at.display()))?;
-    }
-    std::os::unix::fs::symlink(target, at)
-        .with_context(|| format!("Cannot link `{}` to `{}`", at.display(), target.display()))
+fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::copy(from, to)
+        .map(drop)
+        .with_context(|| format!("Cannot copy `{}` to `{}`", from.display(), to.display()))
 }

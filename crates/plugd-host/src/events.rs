@@ -25,26 +25,25 @@ impl Host {
             Ok(r) => r,
             Err(_) => return 0,
         };
-        let targets: Vec<_> = self
-            .inner
-            .slots
-            .read()
-            .values()
-            .filter(|slot| Some(&slot.name) != sender)
-            .filter_map(|slot| {
-                let inner = slot.inner.lock();
-                let subscribed = inner
-                    .manifest
-                    .as_ref()
-                    .is_some_and(|m| m.events.subscribe.iter().any(|p| topic_matches(p, topic)));
-                match (&inner.instance, inner.state) {
-                    (Some(instance), PluginState::Running) if subscribed => {
-                        Some((slot.clone(), instance.clone()))
+        let targets: Vec<_> =
+            self.inner
+                .slots
+                .read()
+                .values()
+                .filter(|slot| Some(&slot.name) != sender)
+                .filter_map(|slot| {
+                    let inner = slot.inner.lock();
+                    let subscribed = inner.manifest.as_ref().is_some_and(|m| {
+                        m.events.subscribe.iter().any(|p| topic_matches(p, topic))
+                    });
+                    match (&inner.instance, inner.state) {
+                        (Some(instance), PluginState::Running) if subscribed => {
+                            Some((slot.clone(), instance.clone()))
+                        }
+                        _ => None,
                     }
-                    _ => None,
-                }
-            })
-            .collect();
+                })
+                .collect();
         let count = targets.len();
         for (slot, instance) in targets {
             let topic = topic.to_owned();
@@ -66,7 +65,11 @@ impl Host {
 /// Whether a subscription pattern matches a topic.
 pub(crate) fn topic_matches(pattern: &str, topic: &str) -> bool {
     match pattern.strip_suffix(".*") {
-        Some(prefix) => topic.len() > prefix.len() + 1 && topic.starts_with(prefix) && topic.as_bytes()[prefix.len()] == b'.',
+        Some(prefix) => {
+            topic.len() > prefix.len() + 1
+                && topic.starts_with(prefix)
+                && topic.as_bytes()[prefix.len()] == b'.'
+        }
         None => pattern == topic || pattern == "*",
     }
 }
@@ -86,7 +89,11 @@ mod tests {
             ("*", "anything", true),
         ];
         for (pattern, topic, expect) in cases {
-            assert_eq!(topic_matches(pattern, topic), expect, "{pattern} vs {topic}");
+            assert_eq!(
+                topic_matches(pattern, topic),
+                expect,
+                "{pattern} vs {topic}"
+            );
         }
     }
 }

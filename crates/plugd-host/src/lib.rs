@@ -82,14 +82,19 @@ impl HostBuilder {
 
     /// Builds the host. Nothing is discovered or started yet: call [`Host::start`].
     pub fn build(self) -> Host {
-        Host { inner: lifecycle::HostInner::new(self.config, self.runtimes) }
+        Host {
+            inner: lifecycle::HostInner::new(self.config, self.runtimes),
+        }
     }
 }
 
 impl Host {
     /// Starts building a host.
     pub fn builder(config: HostConfig) -> HostBuilder {
-        HostBuilder { config, runtimes: HashMap::new() }
+        HostBuilder {
+            config,
+            runtimes: HashMap::new(),
+        }
     }
 
     /// The configuration.

@@ -61,12 +61,12 @@ impl Host {
                 .filter_map(|name| self.inner.slot(name.as_str()))
                 .filter(|slot| slot.inner.lock().state != PluginState::Failed)
                 .map(|slot| {
-                let host = self.clone();
-                async move {
-                    let result = host.start_slot(&slot).await;
-                    (slot, result)
-                }
-            });
+                    let host = self.clone();
+                    async move {
+                        let result = host.start_slot(&slot).await;
+                        (slot, result)
+                    }
+                });
             for (slot, result) in futures::future::join_all(starts).await {
                 if let Err(reason) = result {
                     self.fail_dependants(&mut resolution, &slot.name, &reason);
@@ -100,8 +100,12 @@ impl Host {
         action: &str,
         payload: Box<RawValue>,
     ) -> Result<Outcome, HostError> {
-        let slot =
-            self.inner.slot(plugin).ok_or_else(|| HostError::PluginNotFound { name: plugin.to_owned() })?;
+        let slot = self
+            .inner
+            .slot(plugin)
+            .ok_or_else(|| HostError::PluginNotFound {
+                name: plugin.to_owned(),
+            })?;
         let action = ActionName::new(action).map_err(|_| {
             HostError::Runtime(plugd_runtime::RuntimeError::UnknownAction {
                 plugin: slot.name.clone(),
@@ -122,7 +126,13 @@ impl Host {
             }
         };
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = instance.call(Invocation { action, payload, timeout: None }).await;
+        let result = instance
+            .call(Invocation {
+                action,
+                payload,
+                timeout: None,
+            })
+            .await;
         slot.in_flight.fetch_sub(1, Ordering::Relaxed);
         slot.calls.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
@@ -141,7 +151,9 @@ impl Host {
         self.inner
             .slot(name)
             .map(|s| s.info())
-            .ok_or_else(|| HostError::PluginNotFound { name: name.to_owned() })
+            .ok_or_else(|| HostError::PluginNotFound {
+                name: name.to_owned(),
+            })
     }
 
     /// Packages that could not be read well enough to become plugins.
@@ -151,10 +163,18 @@ impl Host {
 
     /// The last `limit` log lines of a plugin, oldest first.
     pub fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogLine>, HostError> {
-        let slot =
-            self.inner.slot(name).ok_or_else(|| HostError::PluginNotFound { name: name.to_owned() })?;
+        let slot = self
+            .inner
+            .slot(name)
+            .ok_or_else(|| HostError::PluginNotFound {
+                name: name.to_owned(),
+            })?;
         let logs = slot.logs.lock();
-        Ok(logs.iter().skip(logs.len().saturating_sub(limit)).cloned().collect())
+        Ok(logs
+            .iter()
+            .skip(logs.len().saturating_sub(limit))
+            .cloned()
+            .collect())
     }
 
     /// Loads (starts) a plugin and, first, any of its dependencies that are not running.
@@ -170,11 +190,16 @@ impl Host {
     /// Idempotent.
     pub async fn unload(&self, name: &str) -> Result<PluginInfo, HostError> {
         let resolution = self.inner.lifecycle.lock().await;
-        let slot =
-            self.inner.slot(name).ok_or_else(|| HostError::PluginNotFound { name: name.to_owned() })?;
+        let slot = self
+            .inner
+            .slot(name)
+            .ok_or_else(|| HostError::PluginNotFound {
+                name: name.to_owned(),
+            })?;
         for dependant in resolution.dependants(name) {
             if let Some(d) = self.inner.slot(dependant.as_str()) {
-                self.stop_slot(&d, &format!("its dependency `{name}` was unloaded")).await;
+                self.stop_slot(&d, &format!("its dependency `{name}` was unloaded"))
+                    .await;
             }
         }
         self.stop_slot(&slot, "unloaded").await;
@@ -187,23 +212,35 @@ impl Host {
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, HostError> {
         let mut resolution = self.inner.lifecycle.lock().await;
         let fresh = self.plan_from_disk().await?;
-        let pname =
-            PluginName::new(name).map_err(|_| HostError::PluginNotFound { name: name.to_owned() })?;
+        let pname = PluginName::new(name).map_err(|_| HostError::PluginNotFound {
+            name: name.to_owned(),
+        })?;
         if let Some(error) = fresh.resolution.failed().get(&pname) {
             return Err(HostError::CannotLoad(format!(
                 "Plugin `{name}` was not reloaded, the running version keeps serving: {error}"
             )));
         }
-        if !fresh.resolution.waves().iter().flatten().any(|n| n == &pname) {
-            return Err(HostError::PluginNotFound { name: name.to_owned() });
+        if !fresh
+            .resolution
+            .waves()
+            .iter()
+            .flatten()
+            .any(|n| n == &pname)
+        {
+            return Err(HostError::PluginNotFound {
+                name: name.to_owned(),
+            });
         }
         // Verify the new package before touching the running version.
-        if let Some(Found { dir, manifest: Ok(manifest) }) = fresh.found.get(&pname) {
-            if let Err(reason) = self.stage(&pname, dir, manifest).await {
-                return Err(HostError::CannotLoad(format!(
-                    "Plugin `{name}` was not reloaded, the running version keeps serving: {reason}"
-                )));
-            }
+        if let Some(Found {
+            dir,
+            manifest: Ok(manifest),
+        }) = fresh.found.get(&pname)
+            && let Err(reason) = self.stage(&pname, dir, manifest).await
+        {
+            return Err(HostError::CannotLoad(format!(
+                "Plugin `{name}` was not reloaded, the running version keeps serving: {reason}"
+            )));
         }
         let running_dependants: Vec<Arc<Slot>> = resolution
             .dependants(name)
@@ -212,7 +249,8 @@ impl Host {
             .filter(|s| s.inner.lock().state == PluginState::Running)
             .collect();
         for d in &running_dependants {
-            self.stop_slot(d, &format!("its dependency `{name}` is reloading")).await;
+            self.stop_slot(d, &format!("its dependency `{name}` is reloading"))
+                .await;
         }
         if let Some(slot) = self.inner.slot(name) {
             self.stop_slot(&slot, "reloading").await;
@@ -232,11 +270,20 @@ impl Host {
     }
 
     /// Starts `name` and its not-running dependencies, in dependency order.
-    async fn ensure_running(&self, resolution: &mut Resolution, name: &str) -> Result<(), HostError> {
-        let pname =
-            PluginName::new(name).map_err(|_| HostError::PluginNotFound { name: name.to_owned() })?;
-        let slot =
-            self.inner.slot(name).ok_or_else(|| HostError::PluginNotFound { name: name.to_owned() })?;
+    async fn ensure_running(
+        &self,
+        resolution: &mut Resolution,
+        name: &str,
+    ) -> Result<(), HostError> {
+        let pname = PluginName::new(name).map_err(|_| HostError::PluginNotFound {
+            name: name.to_owned(),
+        })?;
+        let slot = self
+            .inner
+            .slot(name)
+            .ok_or_else(|| HostError::PluginNotFound {
+                name: name.to_owned(),
+            })?;
         if let Some(error) = resolution.failed().get(&pname) {
             return Err(HostError::CannotLoad(error.to_string()));
         }
@@ -251,7 +298,9 @@ impl Host {
         }
         needed.sort_by_key(|n| resolution.wave_of(n.as_str()).unwrap_or(usize::MAX));
         for dep in needed {
-            let Some(dslot) = self.inner.slot(dep.as_str()) else { continue };
+            let Some(dslot) = self.inner.slot(dep.as_str()) else {
+                continue;
+            };
             if dslot.inner.lock().state == PluginState::Running {
                 continue;
             }
@@ -277,13 +326,13 @@ impl Host {
     /// Marks the dependants of a plugin that failed to start as failed.
     fn fail_dependants(&self, resolution: &mut Resolution, name: &PluginName, reason: &str) {
         for dependant in resolution.dependants(name.as_str()) {
-            if let Some(slot) = self.inner.slot(dependant.as_str()) {
-                if slot.inner.lock().state != PluginState::Running {
-                    slot.set_state(
+            if let Some(slot) = self.inner.slot(dependant.as_str())
+                && slot.inner.lock().state != PluginState::Running
+            {
+                slot.set_state(
                         PluginState::Failed,
                         Some(format!("Plugin `{dependant}` cannot load because `{name}`, which it depends on, failed to start: {reason}")),
                     );
-                }
             }
         }
     }
@@ -297,7 +346,10 @@ impl Host {
                 return Ok(());
             }
             let Some(manifest) = inner.manifest.clone() else {
-                return Err(inner.reason.clone().unwrap_or_else(|| "its manifest is unreadable".into()));
+                return Err(inner
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "its manifest is unreadable".into()));
             };
             inner.state = PluginState::Starting;
             inner.reason = None;
@@ -333,9 +385,17 @@ impl Host {
             tracing::warn!(plugin = %slot.name, "{denial}");
         }
         let manifest = Arc::new(granted);
-        let data_dir = self.inner.config.state_dir.join("data").join(slot.name.as_str());
+        let data_dir = self
+            .inner
+            .config
+            .state_dir
+            .join("data")
+            .join(slot.name.as_str());
         if let Err(e) = tokio::fs::create_dir_all(&data_dir).await {
-            return fail(format!("Cannot create the data dir `{}`: {e}", data_dir.display()));
+            return fail(format!(
+                "Cannot create the data dir `{}`: {e}",
+                data_dir.display()
+            ));
         }
         let spec = InstanceSpec {
             params: default_params(&manifest),
@@ -343,7 +403,11 @@ impl Host {
             package_dir: dir,
             data_dir,
         };
-        let services = Arc::new(PluginServices::new(self.clone(), slot.clone(), manifest.clone()));
+        let services = Arc::new(PluginServices::new(
+            self.clone(),
+            slot.clone(),
+            manifest.clone(),
+        ));
         match runtime.start(spec, services).await {
             Ok(instance) => {
                 let mut inner = slot.inner.lock();
@@ -351,7 +415,11 @@ impl Host {
                 inner.state = PluginState::Running;
                 inner.reason = None;
                 drop(inner);
-                slot.push_log(LogSource::Runtime, LogLevel::Info, &format!("Started `{} {}`", slot.name, manifest.version));
+                slot.push_log(
+                    LogSource::Runtime,
+                    LogLevel::Info,
+                    &format!("Started `{} {}`", slot.name, manifest.version),
+                );
                 tracing::info!(plugin = %slot.name, version = %manifest.version, "plugin started");
                 Ok(())
             }
@@ -368,11 +436,20 @@ impl Host {
         resolved: &Manifest,
     ) -> Result<(Arc<Manifest>, PathBuf, TrustLevel), String> {
         let config = &self.inner.config;
-        let (src, staging, trust_dir, strict) =
-            (dir.to_owned(), config.staging_dir(), config.trust_dir.clone(), config.strict);
+        let (src, staging, trust_dir, strict) = (
+            dir.to_owned(),
+            config.staging_dir(),
+            config.trust_dir.clone(),
+            config.strict,
+        );
         let staged = tokio::task::spawn_blocking(move || {
             let store = TrustStore::open(&trust_dir)?;
-            stage_package(&src, &staging, &KeySource::Store(&store), &TrustPolicy { strict })
+            stage_package(
+                &src,
+                &staging,
+                &KeySource::Store(&store),
+                &TrustPolicy { strict },
+            )
         })
         .await
         .map_err(|e| format!("Staging `{name}` failed: {e}"))?
@@ -387,7 +464,9 @@ impl Host {
             ));
         }
         let trust = match &staged.verification().trust {
-            Trust::Trusted { key_id } => TrustLevel::Trusted { key_id: key_id.to_string() },
+            Trust::Trusted { key_id } => TrustLevel::Trusted {
+                key_id: key_id.to_string(),
+            },
             Trust::Unsigned => TrustLevel::Untrusted,
         };
         Ok((Arc::new(manifest), staged.dir().to_owned(), trust))
@@ -403,7 +482,10 @@ impl Host {
                     i
                 }
                 None => {
-                    if matches!(inner.state, PluginState::Running | PluginState::Resolved | PluginState::Discovered) {
+                    if matches!(
+                        inner.state,
+                        PluginState::Running | PluginState::Resolved | PluginState::Discovered
+                    ) {
                         inner.state = PluginState::Stopped;
                         inner.reason = Some(reason.to_owned());
                     }
@@ -413,7 +495,11 @@ impl Host {
         };
         instance.stop(self.inner.config.stop_grace).await;
         slot.set_state(PluginState::Stopped, Some(reason.to_owned()));
-        slot.push_log(LogSource::Runtime, LogLevel::Info, &format!("Stopped: {reason}"));
+        slot.push_log(
+            LogSource::Runtime,
+            LogLevel::Info,
+            &format!("Stopped: {reason}"),
+        );
         tracing::info!(plugin = %slot.name, "plugin stopped: {reason}");
     }
 
@@ -436,10 +522,15 @@ impl Host {
         for (name, found) in plan.found {
             let slot = slots
                 .entry(name.clone())
-                .or_insert_with(|| Slot::new(name.clone(), found.dir.clone(), self.inner.config.log_lines))
+                .or_insert_with(|| {
+                    Slot::new(name.clone(), found.dir.clone(), self.inner.config.log_lines)
+                })
                 .clone();
             let mut inner = slot.inner.lock();
-            let busy = matches!(inner.state, PluginState::Running | PluginState::Starting | PluginState::Stopping);
+            let busy = matches!(
+                inner.state,
+                PluginState::Running | PluginState::Starting | PluginState::Stopping
+            );
             if busy {
                 continue;
             }
@@ -493,7 +584,9 @@ fn scan(dir: &Path) -> Result<DiskPlan, HostError> {
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && (p.join(TOML_MANIFEST).is_file() || p.join(JSON_MANIFEST).is_file()))
+        .filter(|p| {
+            p.is_dir() && (p.join(TOML_MANIFEST).is_file() || p.join(JSON_MANIFEST).is_file())
+        })
         .collect();
     dirs.sort();
     let mut found = BTreeMap::new();
@@ -509,27 +602,48 @@ fn scan(dir: &Path) -> Result<DiskPlan, HostError> {
                     source: pkg.clone(),
                 });
                 // A duplicate name keeps the first directory here; the resolver reports both.
-                found.entry(manifest.name.clone()).or_insert(Found { dir: pkg, manifest: Ok(manifest) });
+                found.entry(manifest.name.clone()).or_insert(Found {
+                    dir: pkg,
+                    manifest: Ok(manifest),
+                });
             }
             Err(e) => {
                 let dir_name = pkg.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 match PluginName::new(dir_name) {
                     Ok(name) if !found.contains_key(&name) => {
-                        found.insert(name, Found { dir: pkg.clone(), manifest: Err(e.to_string()) });
+                        found.insert(
+                            name,
+                            Found {
+                                dir: pkg.clone(),
+                                manifest: Err(e.to_string()),
+                            },
+                        );
                     }
-                    _ => problems.push(Problem { path: pkg.clone(), message: e.to_string() }),
+                    _ => problems.push(Problem {
+                        path: pkg.clone(),
+                        message: e.to_string(),
+                    }),
                 }
             }
         }
     }
     let resolution = plugd_resolve::resolve(candidates);
-    Ok(DiskPlan { found, problems, resolution })
+    Ok(DiskPlan {
+        found,
+        problems,
+        resolution,
+    })
 }
 
 /// The defaults declared in a params JSON Schema (`properties.*.default`).
 fn default_params(manifest: &Manifest) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    if let Some(props) = manifest.params.as_ref().and_then(|p| p.get("properties")).and_then(|p| p.as_object()) {
+    if let Some(props) = manifest
+        .params
+        .as_ref()
+        .and_then(|p| p.get("properties"))
+        .and_then(|p| p.as_object())
+    {
         for (key, schema) in props {
             if let Some(default) = schema.get("default") {
                 out.insert(key.clone(), default.clone());

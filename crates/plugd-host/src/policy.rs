@@ -66,7 +66,10 @@ services = ["kv", "events", "tasks", "plugins"]
         let (untrusted, denials) = effective(&manifest, &TrustLevel::Untrusted);
         assert!(untrusted.permissions.net_connect.is_empty());
         assert!(untrusted.permissions.env.is_empty());
-        assert_eq!(untrusted.permissions.services, [Service::Kv, Service::Events]);
+        assert_eq!(
+            untrusted.permissions.services,
+            [Service::Kv, Service::Events]
+        );
         assert_eq!(
             denials,
             [

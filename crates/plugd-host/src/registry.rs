@@ -189,16 +189,27 @@ impl Slot {
 
     pub(crate) fn info(&self) -> PluginInfo {
         let inner = self.inner.lock();
-        let status = inner.instance.as_ref().map(|i| i.status()).unwrap_or_default();
-        let mut actions = inner.instance.as_ref().map(|i| i.actions()).unwrap_or_default();
-        if actions.is_empty() {
-            if let Some(m) = &inner.manifest {
-                actions = m
-                    .actions
-                    .iter()
-                    .map(|a| ActionInfo { name: a.name.clone(), description: a.description.clone() })
-                    .collect();
-            }
+        let status = inner
+            .instance
+            .as_ref()
+            .map(|i| i.status())
+            .unwrap_or_default();
+        let mut actions = inner
+            .instance
+            .as_ref()
+            .map(|i| i.actions())
+            .unwrap_or_default();
+        if actions.is_empty()
+            && let Some(m) = &inner.manifest
+        {
+            actions = m
+                .actions
+                .iter()
+                .map(|a| ActionInfo {
+                    name: a.name.clone(),
+                    description: a.description.clone(),
+                })
+                .collect();
         }
         let (state, reason) = if inner.state == PluginState::Running && status.dead {
             (PluginState::Failed, status.last_error.clone())

@@ -18,14 +18,20 @@ pub(crate) struct PluginServices {
 
 impl PluginServices {
     pub(crate) fn new(host: Host, slot: Arc<Slot>, manifest: Arc<Manifest>) -> Self {
-        PluginServices { host, slot, manifest }
+        PluginServices {
+            host,
+            slot,
+            manifest,
+        }
     }
 
     fn grant(&self, service: Service) -> Result<(), HostCallError> {
         if self.manifest.permissions.services.contains(&service) {
             Ok(())
         } else {
-            self.slot.denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.slot
+                .denials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(HostCallError::NotGranted {
                 plugin: self.slot.name.to_string(),
                 service: service.as_str().to_owned(),
@@ -39,10 +45,14 @@ impl HostCalls for PluginServices {
     fn log(&self, source: LogSource, level: LogLevel, message: &str) {
         let plugin = self.slot.name.as_str();
         match level {
-            LogLevel::Error => tracing::error!(target: "plugd::plugin", plugin, ?source, "{message}"),
+            LogLevel::Error => {
+                tracing::error!(target: "plugd::plugin", plugin, ?source, "{message}")
+            }
             LogLevel::Warn => tracing::warn!(target: "plugd::plugin", plugin, ?source, "{message}"),
             LogLevel::Info => tracing::info!(target: "plugd::plugin", plugin, ?source, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "plugd::plugin", plugin, ?source, "{message}"),
+            LogLevel::Debug => {
+                tracing::debug!(target: "plugd::plugin", plugin, ?source, "{message}")
+            }
         }
         self.slot.push_log(source, level, message);
     }
@@ -66,7 +76,8 @@ impl HostCalls for PluginServices {
             );
             return;
         }
-        self.host.publish_from(Some(&self.slot.name), topic, payload);
+        self.host
+            .publish_from(Some(&self.slot.name), topic, payload);
     }
 
     async fn request(

@@ -120,7 +120,10 @@ impl Connection {
     }
 
     fn close_reason(&self) -> String {
-        self.closed.borrow().clone().unwrap_or_else(|| "the connection closed".to_owned())
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "the connection closed".to_owned())
     }
 
     /// Resolves when the connection is closed, with the reason.
@@ -191,7 +194,11 @@ fn notification(host: &dyn HostCalls, method: &str, params: &RawValue) {
                 let level = LogLevel::parse(p.level.as_deref().unwrap_or("info"));
                 match p.logger {
                     Some(logger) if !logger.is_empty() && logger != "root" => {
-                        host.log(LogSource::Plugin, level, &format!("{logger}: {}", p.message));
+                        host.log(
+                            LogSource::Plugin,
+                            level,
+                            &format!("{logger}: {}", p.message),
+                        );
                     }
                     _ => host.log(LogSource::Plugin, level, &p.message),
                 }
@@ -199,7 +206,10 @@ fn notification(host: &dyn HostCalls, method: &str, params: &RawValue) {
             Err(e) => bad_notification(host, method, &e),
         },
         "progress" => match serde_json::from_str::<ProgressParams>(params.get()) {
-            Ok(p) => host.progress(Progress { fraction: p.fraction, message: p.message }),
+            Ok(p) => host.progress(Progress {
+                fraction: p.fraction,
+                message: p.message,
+            }),
             Err(e) => bad_notification(host, method, &e),
         },
         "emit" => match serde_json::from_str::<EmitParams>(params.get()) {
@@ -227,7 +237,11 @@ async fn answer(conn: &Connection, host: &dyn HostCalls, id: u64, method: &str, 
     let params: serde_json::Value = match serde_json::from_str(params.get()) {
         Ok(p) => p,
         Err(e) => {
-            let error = RpcError { code: codes::INVALID_PARAMS, message: e.to_string(), data: None };
+            let error = RpcError {
+                code: codes::INVALID_PARAMS,
+                message: e.to_string(),
+                data: None,
+            };
             encode_error(&mut frame, id, &error);
             let _ = conn.write(&frame).await;
             return;
@@ -242,7 +256,15 @@ async fn answer(conn: &Connection, host: &dyn HostCalls, id: u64, method: &str, 
                 HostCallError::Invalid(_) => codes::INVALID_PARAMS,
                 _ => codes::ACTION_FAILED,
             };
-            encode_error(&mut frame, id, &RpcError { code, message: e.to_string(), data: None });
+            encode_error(
+                &mut frame,
+                id,
+                &RpcError {
+                    code,
+                    message: e.to_string(),
+                    data: None,
+                },
+            );
         }
     }
     // A write failure closes the connection; the supervisor handles it.

@@ -107,7 +107,13 @@ impl Shared {
         }
         if let Some(stderr) = child.stderr.take() {
             let (host, limits) = (self.host.clone(), self.config.logs.clone());
-            tokio::spawn(capture(stderr, LogSource::Stderr, host, limits, Some(tail.clone())));
+            tokio::spawn(capture(
+                stderr,
+                LogSource::Stderr,
+                host,
+                limits,
+                Some(tail.clone()),
+            ));
         }
         let (read_half, mut write_half) = spawned.socket.into_split();
         let mut reader = FrameReader::new(BufReader::new(read_half), self.config.max_frame);
@@ -152,7 +158,15 @@ impl Shared {
                 hello.protocol
             );
             let data = Some(serde_json::json!({ "supported": [PROTOCOL_VERSION] }));
-            encode_error(&mut frame, hello_id, &RpcError { code: codes::PROTOCOL_REFUSED, message, data });
+            encode_error(
+                &mut frame,
+                hello_id,
+                &RpcError {
+                    code: codes::PROTOCOL_REFUSED,
+                    message,
+                    data,
+                },
+            );
             let _ = write_half.write_all(&frame).await;
             kill_group(pid, libc::SIGKILL);
             let _ = child.wait().await;
@@ -170,13 +184,20 @@ impl Shared {
             version: manifest.version.to_string(),
             params: &self.spec.params,
             data_dir: &data_dir,
-            services: manifest.permissions.services.iter().map(|s| s.as_str()).collect(),
+            services: manifest
+                .permissions
+                .services
+                .iter()
+                .map(|s| s.as_str())
+                .collect(),
         };
         encode_result(&mut frame, hello_id, &init);
         if let Err(e) = write_half.write_all(&frame).await {
             kill_group(pid, libc::SIGKILL);
             let _ = child.wait().await;
-            return Err(format!("it closed its protocol socket during the handshake: {e}"));
+            return Err(format!(
+                "it closed its protocol socket during the handshake: {e}"
+            ));
         }
 
         let actions = match hello.actions {
@@ -184,7 +205,10 @@ impl Shared {
                 let mut actions = Vec::with_capacity(announced.len());
                 for a in announced {
                     match ActionName::new(a.name.clone()) {
-                        Ok(name) => actions.push(ActionInfo { name, description: a.description }),
+                        Ok(name) => actions.push(ActionInfo {
+                            name,
+                            description: a.description,
+                        }),
                         Err(e) => self.host.log(
                             LogSource::Runtime,
                             LogLevel::Warn,
@@ -197,12 +221,16 @@ impl Shared {
             None => manifest
                 .actions
                 .iter()
-                .map(|a| ActionInfo { name: a.name.clone(), description: a.description.clone() })
+                .map(|a| ActionInfo {
+                    name: a.name.clone(),
+                    description: a.description.clone(),
+                })
                 .collect(),
         };
         {
             let mut state = self.state.lock();
-            state.known_actions = Arc::new(actions.iter().map(|a| a.name.as_str().to_owned()).collect());
+            state.known_actions =
+                Arc::new(actions.iter().map(|a| a.name.as_str().to_owned()).collect());
             state.actions = actions;
             state.pid = Some(pid);
         }
@@ -240,7 +268,10 @@ impl Shared {
                 state.last_error.as_deref().unwrap_or("no reason recorded")
             )
         };
-        RuntimeError::NotRunning { plugin: self.plugin.clone(), reason }
+        RuntimeError::NotRunning {
+            plugin: self.plugin.clone(),
+            reason,
+        }
     }
 }
 
@@ -285,13 +316,20 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
         let reason = with_tail(reason, &running.tail);
         running.conn.close(format!("it crashed: {reason}"));
         shared.uninstall(&reason);
-        shared.host.log(LogSource::Runtime, LogLevel::Error, &format!("Plugin crashed: {reason}"));
+        shared.host.log(
+            LogSource::Runtime,
+            LogLevel::Error,
+            &format!("Plugin crashed: {reason}"),
+        );
 
         // Restart loop: back off, relaunch, give up after too many crashes.
         loop {
             let now = Instant::now();
             crashes.push_back(now);
-            while crashes.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            while crashes
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > policy.window)
+            {
                 crashes.pop_front();
             }
             if crashes.len() as u32 > policy.max_crashes {
@@ -320,7 +358,9 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
                     running = next;
                     shared.install(&running);
                     shared.state.lock().restarts += 1;
-                    shared.host.log(LogSource::Runtime, LogLevel::Info, "Plugin restarted");
+                    shared
+                        .host
+                        .log(LogSource::Runtime, LogLevel::Info, "Plugin restarted");
                     break;
                 }
                 Err(reason) => {
@@ -379,11 +419,12 @@ async fn watch_child(
             reason = running.conn.closed() => {
                 // A closed or broken stream usually means the child is exiting: prefer its exit
                 // status as the reason. A protocol violation kills it at once.
-                if reason.starts_with(STREAM_ENDED) {
-                    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(500), running.child.wait()).await {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        return Watch::Crashed(format!("it {}", describe_exit(status)));
-                    }
+                if reason.starts_with(STREAM_ENDED)
+                    && let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_millis(500), running.child.wait()).await
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Watch::Crashed(format!("it {}", describe_exit(status)));
                 }
                 kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
                 let _ = running.child.wait().await;
@@ -417,8 +458,14 @@ async fn shutdown(shared: &Shared, mut running: Running, grace: Duration) {
     *shared.current.write() = None;
     shared.state.lock().ready = false;
     let pid = running.child.id().unwrap_or(0);
-    let _ = running.conn.notify("shutdown", &serde_json::json!({})).await;
-    if tokio::time::timeout(grace, running.child.wait()).await.is_err() {
+    let _ = running
+        .conn
+        .notify("shutdown", &serde_json::json!({}))
+        .await;
+    if tokio::time::timeout(grace, running.child.wait())
+        .await
+        .is_err()
+    {
         kill_group(pid, libc::SIGKILL);
         let _ = running.child.wait().await;
     } else {
@@ -434,7 +481,11 @@ impl Instance for ProcessInstance {
     async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError> {
         let shared = &*self.shared;
         let action = invocation.action.as_str();
-        let conn = shared.current.read().clone().ok_or_else(|| shared.not_running())?;
+        let conn = shared
+            .current
+            .read()
+            .clone()
+            .ok_or_else(|| shared.not_running())?;
         let known = shared.state.lock().known_actions.clone();
         if !known.is_empty() && !known.contains(action) {
             return Err(RuntimeError::UnknownAction {
@@ -442,7 +493,9 @@ impl Instance for ProcessInstance {
                 action: action.to_owned(),
             });
         }
-        let timeout = invocation.timeout.unwrap_or(shared.spec.manifest.limits.call_timeout);
+        let timeout = invocation
+            .timeout
+            .unwrap_or(shared.spec.manifest.limits.call_timeout);
         let started = Instant::now();
         let timed_out = || RuntimeError::Timeout {
             plugin: shared.plugin.clone(),
@@ -467,18 +520,26 @@ impl Instance for ProcessInstance {
             Ok(Ok(result)) => Ok(Outcome { result }),
             Ok(Err(error)) => Err(map_rpc_error(&shared.plugin, action, error)),
             Err(RequestError::Timeout) => Err(timed_out()),
-            Err(RequestError::Closed(reason)) => {
-                Err(RuntimeError::Crashed { plugin: shared.plugin.clone(), reason })
-            }
+            Err(RequestError::Closed(reason)) => Err(RuntimeError::Crashed {
+                plugin: shared.plugin.clone(),
+                reason,
+            }),
         }
     }
 
     async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError> {
         let shared = &*self.shared;
-        let conn = shared.current.read().clone().ok_or_else(|| shared.not_running())?;
+        let conn = shared
+            .current
+            .read()
+            .clone()
+            .ok_or_else(|| shared.not_running())?;
         conn.notify("event", &EventParams { topic, payload })
             .await
-            .map_err(|reason| RuntimeError::Crashed { plugin: shared.plugin.clone(), reason })
+            .map_err(|reason| RuntimeError::Crashed {
+                plugin: shared.plugin.clone(),
+                reason,
+            })
     }
 
     fn actions(&self) -> Vec<ActionInfo> {
@@ -520,16 +581,24 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
         codes::UNKNOWN_ACTION => RuntimeError::UnknownAction { plugin, action },
         // The SDKs put the validation details into the message already (`data.errors` holds
         // them in machine-readable form).
-        codes::BAD_PAYLOAD => RuntimeError::BadPayload { plugin, action, message: error.message },
+        codes::BAD_PAYLOAD => RuntimeError::BadPayload {
+            plugin,
+            action,
+            message: error.message,
+        },
         code => {
             let data_code = error.data.as_ref().and_then(|d| {
-                d.get("code").or_else(|| d.get("type")).and_then(|c| c.as_str()).map(str::to_owned)
+                d.get("code")
+                    .or_else(|| d.get("type"))
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned)
             });
             RuntimeError::ActionFailed {
                 plugin,
                 action,
                 message: error.message,
-                code: data_code.or_else(|| (code != codes::ACTION_FAILED).then(|| code.to_string())),
+                code: data_code
+                    .or_else(|| (code != codes::ACTION_FAILED).then(|| code.to_string())),
             }
         }
     }

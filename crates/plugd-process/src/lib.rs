@@ -85,7 +85,11 @@ impl Default for ProcessConfig {
                 max_crashes: 5,
                 window: Duration::from_secs(60),
             },
-            logs: LogLimits { max_line: 8 * 1024, lines_per_second: 200, burst: 1000 },
+            logs: LogLimits {
+                max_line: 8 * 1024,
+                lines_per_second: 200,
+                burst: 1000,
+            },
         }
     }
 }
@@ -99,7 +103,9 @@ pub struct ProcessRuntime {
 impl ProcessRuntime {
     /// A runtime with the given configuration.
     pub fn new(config: ProcessConfig) -> Self {
-        ProcessRuntime { config: Arc::new(config) }
+        ProcessRuntime {
+            config: Arc::new(config),
+        }
     }
 }
 

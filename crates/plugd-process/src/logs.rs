@@ -34,7 +34,13 @@ impl Tail {
         if lines.is_empty() {
             None
         } else {
-            Some(lines.iter().map(String::as_str).collect::<Vec<_>>().join(" | "))
+            Some(
+                lines
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            )
         }
     }
 }
@@ -50,7 +56,11 @@ pub(crate) async fn capture<R: AsyncRead + Unpin>(
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut line = Vec::with_capacity(256);
     let mut bucket = TokenBucket::new(limits.lines_per_second, limits.burst);
-    let level = if source == LogSource::Stderr { LogLevel::Warn } else { LogLevel::Info };
+    let level = if source == LogSource::Stderr {
+        LogLevel::Warn
+    } else {
+        LogLevel::Info
+    };
     loop {
         line.clear();
         let truncated = match read_capped_line(&mut reader, &mut line, limits.max_line).await {
@@ -64,7 +74,10 @@ pub(crate) async fn capture<R: AsyncRead + Unpin>(
             host.log(
                 LogSource::Runtime,
                 LogLevel::Warn,
-                &format!("Suppressed {dropped} log lines: the plugin writes faster than {} lines/s", limits.lines_per_second),
+                &format!(
+                    "Suppressed {dropped} log lines: the plugin writes faster than {} lines/s",
+                    limits.lines_per_second
+                ),
             );
         }
         let mut text = String::from_utf8_lossy(&line).into_owned();
@@ -77,7 +90,11 @@ pub(crate) async fn capture<R: AsyncRead + Unpin>(
         host.log(source, level, &text);
     }
     if let Some(dropped) = bucket.report_dropped() {
-        host.log(LogSource::Runtime, LogLevel::Warn, &format!("Suppressed {dropped} log lines"));
+        host.log(
+            LogSource::Runtime,
+            LogLevel::Warn,
+            &format!("Suppressed {dropped} log lines"),
+        );
     }
 }
 

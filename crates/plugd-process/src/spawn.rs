@@ -56,7 +56,9 @@ pub(crate) fn resolve_program(
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Spawns the child with the protocol socket as fd 3.
@@ -72,7 +74,10 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .envs(config.base_env.iter().map(|(k, v)| (k, v)))
         .env("HOME", &spec.data_dir)
         .env("PLUGD_FD", plugd_protocol::CHILD_FD.to_string())
-        .env("PLUGD_PROTOCOL", plugd_protocol::PROTOCOL_VERSION.to_string())
+        .env(
+            "PLUGD_PROTOCOL",
+            plugd_protocol::PROTOCOL_VERSION.to_string(),
+        )
         .env("PLUGD_PLUGIN", spec.manifest.name.as_str())
         .env("PLUGD_DATA_DIR", &spec.data_dir)
         .stdin(Stdio::null())
@@ -112,10 +117,15 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         });
     }
 
-    let child = cmd.spawn().map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
     drop(child_end);
-    parent_end.set_nonblocking(true).map_err(|e| format!("socket setup failed: {e}"))?;
-    let socket = UnixStream::from_std(parent_end).map_err(|e| format!("socket setup failed: {e}"))?;
+    parent_end
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket setup failed: {e}"))?;
+    let socket =
+        UnixStream::from_std(parent_end).map_err(|e| format!("socket setup failed: {e}"))?;
     Ok(Spawned { child, socket })
 }
 

@@ -31,7 +31,11 @@ pub struct FrameReader<R> {
 impl<R: AsyncBufRead + Unpin> FrameReader<R> {
     /// Wraps `inner`; frames longer than `max` bytes are refused.
     pub fn new(inner: R, max: usize) -> Self {
-        FrameReader { inner, max, buf: Vec::with_capacity(4096) }
+        FrameReader {
+            inner,
+            max,
+            buf: Vec::with_capacity(4096),
+        }
     }
 
     /// Reads the next frame (without its newline). `Ok(None)` at a clean end of stream.
@@ -41,7 +45,11 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
         loop {
             let available = self.inner.fill_buf().await?;
             if available.is_empty() {
-                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
             }
             match memchr(available) {
                 Some(pos) => {
@@ -95,12 +103,21 @@ mod tests {
 
     #[tokio::test]
     async fn splits_lines_across_buffer_boundaries() {
-        assert_eq!(frames(b"{\"a\":1}\n\n{\"bb\":22}\n", 64).await, ["{\"a\":1}", "{\"bb\":22}"]);
+        assert_eq!(
+            frames(b"{\"a\":1}\n\n{\"bb\":22}\n", 64).await,
+            ["{\"a\":1}", "{\"bb\":22}"]
+        );
     }
 
     #[tokio::test]
     async fn refuses_oversized_and_truncated_frames() {
-        assert_eq!(frames(b"0123456789\n", 8).await, ["error: Frame exceeds the 8-byte limit"]);
-        assert_eq!(frames(b"ok\nunfinished", 64).await, ["ok", "error: Connection closed in the middle of a frame"]);
+        assert_eq!(
+            frames(b"0123456789\n", 8).await,
+            ["error: Frame exceeds the 8-byte limit"]
+        );
+        assert_eq!(
+            frames(b"ok\nunfinished", 64).await,
+            ["ok", "error: Connection closed in the middle of a frame"]
+        );
     }
 }

@@ -79,9 +79,10 @@ impl Message {
         let raw: RawFrame = serde_json::from_slice(frame)?;
         let id = match raw.id {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n)) => {
-                Some(n.as_u64().ok_or(DecodeError::Shape("`id` must be a non-negative integer"))?)
-            }
+            Some(serde_json::Value::Number(n)) => Some(
+                n.as_u64()
+                    .ok_or(DecodeError::Shape("`id` must be a non-negative integer"))?,
+            ),
             Some(_) => return Err(DecodeError::Shape("`id` must be a non-negative integer")),
         };
         match (raw.method, id) {
@@ -116,7 +117,15 @@ pub fn encode_request<P: Serialize + ?Sized>(buf: &mut Vec<u8>, id: u64, method:
         method: &'a str,
         params: &'a P,
     }
-    write_frame(buf, &Frame { jsonrpc: "2.0", id, method, params });
+    write_frame(
+        buf,
+        &Frame {
+            jsonrpc: "2.0",
+            id,
+            method,
+            params,
+        },
+    );
 }
 
 /// Appends a notification frame to `buf`.
@@ -127,7 +136,14 @@ pub fn encode_notification<P: Serialize + ?Sized>(buf: &mut Vec<u8>, method: &st
         method: &'a str,
         params: &'a P,
     }
-    write_frame(buf, &Frame { jsonrpc: "2.0", method, params });
+    write_frame(
+        buf,
+        &Frame {
+            jsonrpc: "2.0",
+            method,
+            params,
+        },
+    );
 }
 
 /// Appends a success response frame to `buf`.
@@ -138,7 +154,14 @@ pub fn encode_result<R: Serialize + ?Sized>(buf: &mut Vec<u8>, id: u64, result: 
         id: u64,
         result: &'a R,
     }
-    write_frame(buf, &Frame { jsonrpc: "2.0", id, result });
+    write_frame(
+        buf,
+        &Frame {
+            jsonrpc: "2.0",
+            id,
+            result,
+        },
+    );
 }
 
 /// Appends an error response frame to `buf`.
@@ -149,7 +172,14 @@ pub fn encode_error(buf: &mut Vec<u8>, id: u64, error: &RpcError) {
         id: u64,
         error: &'a RpcError,
     }
-    write_frame(buf, &Frame { jsonrpc: "2.0", id, error });
+    write_frame(
+        buf,
+        &Frame {
+            jsonrpc: "2.0",
+            id,
+            error,
+        },
+    );
 }
 
 fn write_frame<T: Serialize>(buf: &mut Vec<u8>, frame: &T) {
@@ -285,18 +315,30 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32001,"message":"no"}}"#,
             r#"Response { id: 7, result: Err(RpcError { code: -32001, message: "no", data: None }) }"#,
         );
-        check(r#"{"method":"ping"}"#, r#"Notification { method: "ping", params: RawValue(null) }"#);
+        check(
+            r#"{"method":"ping"}"#,
+            r#"Notification { method: "ping", params: RawValue(null) }"#,
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        check("hello", "error: Frame is not valid JSON: expected value at line 1 column 1");
-        check("{}", "error: Frame is not a JSON-RPC message: a frame needs a `method` or an `id`");
+        check(
+            "hello",
+            "error: Frame is not valid JSON: expected value at line 1 column 1",
+        );
+        check(
+            "{}",
+            "error: Frame is not a JSON-RPC message: a frame needs a `method` or an `id`",
+        );
         check(
             r#"{"id":"x","result":1}"#,
             "error: Frame is not a JSON-RPC message: `id` must be a non-negative integer",
         );
-        check("[1,2]", "error: Frame is not valid JSON: invalid type: sequence, expected struct RawFrame at line 1 column 0");
+        check(
+            "[1,2]",
+            "error: Frame is not valid JSON: invalid type: sequence, expected struct RawFrame at line 1 column 0",
+        );
     }
 
     #[test]
@@ -307,11 +349,23 @@ mod tests {
             &mut buf,
             3,
             "call",
-            &CallParams { action: "greet", payload: &payload, deadline_ms: 5000 },
+            &CallParams {
+                action: "greet",
+                payload: &payload,
+                deadline_ms: 5000,
+            },
         );
         encode_notification(&mut buf, "shutdown", &serde_json::json!({}));
         encode_result(&mut buf, 4, "pong");
-        encode_error(&mut buf, 5, &RpcError { code: -32601, message: "nope".into(), data: None });
+        encode_error(
+            &mut buf,
+            5,
+            &RpcError {
+                code: -32601,
+                message: "nope".into(),
+                data: None,
+            },
+        );
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             concat!(

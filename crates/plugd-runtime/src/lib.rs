@@ -139,7 +139,9 @@ pub struct Progress {
 #[non_exhaustive]
 pub enum HostCallError {
     /// The plugin's manifest did not ask for this service, or its trust level forbids it.
-    #[error("Service `{service}` is not granted to plugin `{plugin}`; hint: add it to `permissions.services` in `plugin.toml`")]
+    #[error(
+        "Service `{service}` is not granted to plugin `{plugin}`; hint: add it to `permissions.services` in `plugin.toml`"
+    )]
     NotGranted {
         /// The plugin.
         plugin: String,

@@ -40,25 +40,33 @@ fn main() {
     // Round-robin over the configurations so that load from elsewhere spreads evenly; report
     // medians of wall time and the mean CPU time of the child (less sensitive to load).
     let mut samples: Vec<Vec<(Duration, Duration, Duration)>> = vec![Vec::new(); configs.len()];
+    let mut drops: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
     for round in 0..=runs {
         for (i, (label, disabled)) in configs.iter().enumerate() {
             let sample = once(&base, disabled.as_deref(), &data, label);
             if round > 0 {
+                drops[i].push(DROP.with(std::cell::Cell::get));
                 samples[i].push(sample); // round 0 warms caches and the shared netns
             }
         }
     }
     let bare = median(&samples[0], |s| s.1);
-    for ((label, _), s) in configs.iter().zip(&samples) {
+    for (((label, _), s), d) in configs.iter().zip(&samples).zip(&mut drops) {
+        d.sort_unstable();
         let run = median(s, |s| s.1);
         let cpu = s.iter().map(|s| s.2).sum::<Duration>() / runs;
         println!(
-            "{label:<22} prepare {:>9.2?}  spawn+wait {run:>9.2?} ({:>+7.2}ms)  child cpu {cpu:>9.2?}",
+            "{label:<22} prepare {:>9.2?}  spawn+wait {run:>9.2?} ({:>+7.2}ms)  drop {:>9.2?}  child cpu {cpu:>9.2?}",
             median(s, |s| s.0),
             (run.as_secs_f64() - bare.as_secs_f64()) * 1e3,
+            d[d.len() / 2],
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+thread_local! {
+    static DROP: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
 /// One run: `(prepare, spawn + wait + drop, child CPU time)`.
@@ -86,8 +94,11 @@ fn once(
     }
     let status = cmd.status().unwrap();
     assert!(status.success(), "{label}: {status}");
+    let run = start.elapsed();
+    let start = Instant::now();
     drop(prepared);
-    (prepare, start.elapsed(), children_cpu() - cpu_before)
+    DROP.with(|d| d.set(start.elapsed()));
+    (prepare, run, children_cpu() - cpu_before)
 }
 
 fn children_cpu() -> Duration {

@@ -11,6 +11,20 @@
 //!    namespace, set rlimits, drop to the dedicated uid/gid, set the parent-death signal,
 //!    `PR_SET_NO_NEW_PRIVS`, Landlock `restrict_self`, seccomp filters last.
 //!
+//! # Use from a process runtime
+//! ```no_run
+//! # use plugd_sandbox::{Sandbox, SandboxPolicy};
+//! # fn demo(mut cmd: std::process::Command) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut policy = SandboxPolicy::new("thumbs", "/srv/plugd/packages/thumbs", "/srv/plugd/data/thumbs");
+//! policy.read_paths = vec!["/usr".into(), "/lib".into(), "/etc/ld.so.cache".into()];
+//! policy.parent_death_signal = Some(libc::SIGKILL);
+//! let prepared = Sandbox::prepare(&policy)?; // keep it as long as the child runs
+//! prepared.apply_to(&mut cmd); // tokio: `prepared.apply_to(cmd.as_std_mut())`
+//! let child = cmd.spawn()?;
+//! // … later: `prepared.oom_killed()` classifies a SIGKILL; dropping `prepared` cleans up.
+//! # drop(child); Ok(()) }
+//! ```
+//!
 //! # Network
 //! Landlock restricts TCP by port only, so `net.connect = ["api.example.org:443"]` becomes
 //! "TCP connect to port 443 on any host" at the kernel layer. A plugin that is granted any
@@ -425,12 +439,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Installs the confinement as a `pre_exec` hook of `cmd`.
+    /// Installs the confinement as a `pre_exec` hook of `cmd` (for a
+    /// `tokio::process::Command`, pass `cmd.as_std_mut()`).
     ///
-    /// Hooks run in the order they were added: add hooks that need privileges (or that a uid
-    /// change would undo, like `PR_SET_PDEATHSIG`) *before* calling this, or use
-    /// [`SandboxPolicy::parent_death_signal`]. Apply one `Prepared` to one child: a second child
-    /// would share the cgroup and its limits.
+    /// Hooks run in the order they were added. Hooks added before this one run as the host's
+    /// user, outside the sandbox; hooks added after it run confined (dedicated uid, Landlock,
+    /// seccomp). The uid change clears `PR_SET_PDEATHSIG`, so set it through
+    /// [`SandboxPolicy::parent_death_signal`] (or in a hook added after this one), never in a
+    /// hook added before. Apply one `Prepared` to one child: a second child would share the
+    /// cgroup and its limits, and the cgroup is removed when the `Prepared` is dropped.
     pub fn apply_to(&self, cmd: &mut std::process::Command) {
         use std::os::unix::process::CommandExt;
         let plan = Arc::clone(&self.plan);

@@ -18,7 +18,10 @@ pub(crate) struct ProblemDto {
 
 impl From<Problem> for ProblemDto {
     fn from(p: Problem) -> Self {
-        ProblemDto { path: p.path.display().to_string(), message: p.message }
+        ProblemDto {
+            path: p.path.display().to_string(),
+            message: p.message,
+        }
     }
 }
 
@@ -83,14 +86,20 @@ impl From<PluginInfo> for PluginDto {
                 .map(|m| {
                     m.dependencies
                         .iter()
-                        .map(|(n, r)| DependencyDto { name: n.to_string(), requirement: r.to_string() })
+                        .map(|(n, r)| DependencyDto {
+                            name: n.to_string(),
+                            requirement: r.to_string(),
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
             actions: p
                 .actions
                 .into_iter()
-                .map(|a| ActionDto { name: a.name.to_string(), description: a.description })
+                .map(|a| ActionDto {
+                    name: a.name.to_string(),
+                    description: a.description,
+                })
                 .collect(),
             subscriptions: m.map(|m| m.events.subscribe.clone()).unwrap_or_default(),
             metrics: MetricsDto {
@@ -110,7 +119,11 @@ impl From<PluginInfo> for PluginDto {
                 Some(TrustLevel::Trusted { key_id }) => Some(key_id.clone()),
                 _ => None,
             },
-            details: p.details.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect(),
+            details: p
+                .details
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
         }
     }
 }

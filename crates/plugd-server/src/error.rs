@@ -22,7 +22,11 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -39,12 +43,19 @@ struct Inner<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.status != StatusCode::BAD_GATEWAY
-            && self.status != StatusCode::GATEWAY_TIMEOUT && self.status != StatusCode::SERVICE_UNAVAILABLE
+        if self.status.is_server_error()
+            && self.status != StatusCode::BAD_GATEWAY
+            && self.status != StatusCode::GATEWAY_TIMEOUT
+            && self.status != StatusCode::SERVICE_UNAVAILABLE
         {
             tracing::error!(code = self.code, "{}", self.message);
         }
-        let body = Body { error: Inner { code: self.code, message: &self.message } };
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -67,7 +78,11 @@ impl From<HostError> for ApiError {
         if let HostError::Io(detail) = &e {
             tracing::error!("{detail}");
         }
-        ApiError { status, code: e.code(), message }
+        ApiError {
+            status,
+            code: e.code(),
+            message,
+        }
     }
 }
 

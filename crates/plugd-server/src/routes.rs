@@ -23,7 +23,9 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_body: 1024 * 1024 }
+        ServerConfig {
+            max_body: 1024 * 1024,
+        }
     }
 }
 
@@ -49,8 +51,14 @@ async fn health(State(host): State<Host>) -> Json<Health> {
         status: "ok",
         plugins: HealthCounts {
             total: plugins.len(),
-            running: plugins.iter().filter(|p| p.state == PluginState::Running).count(),
-            failed: plugins.iter().filter(|p| p.state == PluginState::Failed).count(),
+            running: plugins
+                .iter()
+                .filter(|p| p.state == PluginState::Running)
+                .count(),
+            failed: plugins
+                .iter()
+                .filter(|p| p.state == PluginState::Failed)
+                .count(),
         },
     })
 }
@@ -62,7 +70,11 @@ async fn call(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
         ApiError::new(status, code, rejection.body_text())
     })?;
     let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
@@ -79,9 +91,10 @@ async fn call(
     let outcome = host.call(&name, &action, payload).await?;
     let raw: Box<str> = outcome.result.into();
     let mut response = String::from(raw).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 
@@ -92,7 +105,10 @@ async fn list(State(host): State<Host>) -> Json<PluginList> {
     })
 }
 
-async fn show(State(host): State<Host>, Path(name): Path<String>) -> Result<Json<PluginDto>, ApiError> {
+async fn show(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDto>, ApiError> {
     Ok(Json(host.plugin(&name)?.into()))
 }
 
@@ -107,7 +123,10 @@ async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<LogsDto>, ApiError> {
     let lines = host.logs(&name, q.limit.unwrap_or(100))?;
-    Ok(Json(LogsDto { plugin: name, lines: lines.into_iter().map(LogLineDto::from).collect() }))
+    Ok(Json(LogsDto {
+        plugin: name,
+        lines: lines.into_iter().map(LogLineDto::from).collect(),
+    }))
 }
 
 async fn lifecycle(
@@ -122,7 +141,9 @@ async fn lifecycle(
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("Unknown plugin operation `{other}`; hint: use `load`, `unload` or `reload`"),
+                format!(
+                    "Unknown plugin operation `{other}`; hint: use `load`, `unload` or `reload`"
+                ),
             ));
         }
     };
@@ -130,5 +151,9 @@ async fn lifecycle(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route; hint: see `/api/v1/plugins`")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "No such route; hint: see `/api/v1/plugins`",
+    )
 }

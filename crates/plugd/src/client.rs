@@ -29,7 +29,12 @@ fn split_url(base: &str) -> anyhow::Result<(String, String)> {
     Ok((authority.to_owned(), prefix.to_owned()))
 }
 
-fn request(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Response> {
+fn request(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<Response> {
     let (authority, prefix) = split_url(server)?;
     let mut stream = TcpStream::connect(&authority).with_context(|| {
         format!("Cannot reach plugd at `{server}`; hint: start it with `plugd serve` or pass `--server URL`")
@@ -43,7 +48,9 @@ fn request(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyho
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).context("Reading the server's response failed")?;
+    stream
+        .read_to_end(&mut raw)
+        .context("Reading the server's response failed")?;
     parse_response(&raw)
 }
 
@@ -72,8 +79,15 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<Response> {
 fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").context("Malformed chunked body")?;
-        let size_text = std::str::from_utf8(&data[..line_end])?.split(';').next().unwrap_or("").trim();
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("Malformed chunked body")?;
+        let size_text = std::str::from_utf8(&data[..line_end])?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
         let size = usize::from_str_radix(size_text, 16).context("Malformed chunk size")?;
         data = &data[line_end + 2..];
         if size == 0 {
@@ -91,13 +105,22 @@ fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
 fn json(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Value> {
     let response = request(server, method, path, body)?;
     let value: Value = serde_json::from_slice(&response.body).with_context(|| {
-        format!("The server answered {} with a non-JSON body", response.status)
+        format!(
+            "The server answered {} with a non-JSON body",
+            response.status
+        )
     })?;
     if (200..300).contains(&response.status) {
         return Ok(value);
     }
-    let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or("error");
-    let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("no message");
+    let code = value
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let message = value
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no message");
     bail!("{message} ({code}, HTTP {})", response.status)
 }
 
@@ -111,7 +134,12 @@ pub(crate) fn list(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn status(server: &str, name: Option<&str>, logs: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn status(
+    server: &str,
+    name: Option<&str>,
+    logs: usize,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let Some(name) = name else {
         let value = json(server, "GET", "/api/v1/plugins", None)?;
         if as_json {
@@ -125,7 +153,12 @@ pub(crate) fn status(server: &str, name: Option<&str>, logs: usize, as_json: boo
         return Ok(ExitCode::SUCCESS);
     };
     let plugin = json(server, "GET", &format!("/api/v1/plugins/{name}"), None)?;
-    let log_lines = json(server, "GET", &format!("/api/v1/plugins/{name}/logs?limit={logs}"), None)?;
+    let log_lines = json(
+        server,
+        "GET",
+        &format!("/api/v1/plugins/{name}/logs?limit={logs}"),
+        None,
+    )?;
     if as_json {
         output::print_json(&serde_json::json!({ "plugin": plugin, "logs": log_lines["lines"] }));
     } else {
@@ -144,16 +177,25 @@ pub(crate) fn call(
     let payload = match payload {
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("Reading the payload from stdin failed")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("Reading the payload from stdin failed")?;
             s
         }
         Some(p) => p.to_owned(),
         None => "{}".to_owned(),
     };
     if let Err(e) = serde_json::from_str::<Value>(&payload) {
-        bail!("The payload is not valid JSON: {e}; hint: quote it for the shell, e.g. '{{\"name\":\"Ada\"}}'");
+        bail!(
+            "The payload is not valid JSON: {e}; hint: quote it for the shell, e.g. '{{\"name\":\"Ada\"}}'"
+        );
     }
-    let result = json(server, "POST", &format!("/plugin/{plugin}/{action}"), Some(payload.as_bytes()))?;
+    let result = json(
+        server,
+        "POST",
+        &format!("/plugin/{plugin}/{action}"),
+        Some(payload.as_bytes()),
+    )?;
     if as_json {
         output::print_json(&result);
     } else {
@@ -162,8 +204,18 @@ pub(crate) fn call(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn lifecycle(server: &str, name: &str, op: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let plugin = json(server, "POST", &format!("/api/v1/plugins/{name}/{op}"), Some(b""))?;
+pub(crate) fn lifecycle(
+    server: &str,
+    name: &str,
+    op: &str,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let plugin = json(
+        server,
+        "POST",
+        &format!("/api/v1/plugins/{name}/{op}"),
+        Some(b""),
+    )?;
     if as_json {
         output::print_json(&plugin);
     } else {
@@ -178,8 +230,12 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked_responses() {
-        let plain = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((plain.status, plain.body.as_slice()), (404, b"{}".as_slice()));
+        let plain =
+            parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!(
+            (plain.status, plain.body.as_slice()),
+            (404, b"{}".as_slice())
+        );
         let chunked = parse_response(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
         )
@@ -189,8 +245,19 @@ mod tests {
 
     #[test]
     fn splits_server_urls() {
-        assert_eq!(split_url("http://127.0.0.1:8080").unwrap(), ("127.0.0.1:8080".into(), "".into()));
-        assert_eq!(split_url("http://h:1/base/").unwrap(), ("h:1".into(), "/base".into()));
-        assert!(split_url("https://h").unwrap_err().to_string().contains("must start with `http://`"));
+        assert_eq!(
+            split_url("http://127.0.0.1:8080").unwrap(),
+            ("127.0.0.1:8080".into(), "".into())
+        );
+        assert_eq!(
+            split_url("http://h:1/base/").unwrap(),
+            ("h:1".into(), "/base".into())
+        );
+        assert!(
+            split_url("https://h")
+                .unwrap_err()
+                .to_string()
+                .contains("must start with `http://`")
+        );
     }
 }

@@ -22,7 +22,12 @@ struct Cli {
     json: bool,
 
     /// URL of a running `plugd serve`, for `list`, `status` and `call`.
-    #[arg(long, global = true, env = "PLUGD_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGD_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
 
     #[command(subcommand)]
@@ -102,7 +107,12 @@ enum Command {
     /// Manage the trust store (the public keys whose signatures are trusted).
     Trust {
         /// The trust store directory.
-        #[arg(long, env = "PLUGD_TRUST_DIR", default_value = ".plugd/trust", global = true)]
+        #[arg(
+            long,
+            env = "PLUGD_TRUST_DIR",
+            default_value = ".plugd/trust",
+            global = true
+        )]
         trust_dir: PathBuf,
         #[command(subcommand)]
         command: TrustCommand,
@@ -185,19 +195,26 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::List => client::list(&cli.server, cli.json),
-        Command::Status { name, logs } => client::status(&cli.server, name.as_deref(), logs, cli.json),
-        Command::Call { plugin, action, payload } => {
-            client::call(&cli.server, &plugin, &action, payload.as_deref(), cli.json)
+        Command::Status { name, logs } => {
+            client::status(&cli.server, name.as_deref(), logs, cli.json)
         }
+        Command::Call {
+            plugin,
+            action,
+            payload,
+        } => client::call(&cli.server, &plugin, &action, payload.as_deref(), cli.json),
         Command::Load { name } => client::lifecycle(&cli.server, &name, "load", cli.json),
         Command::Unload { name } => client::lifecycle(&cli.server, &name, "unload", cli.json),
         Command::Reload { name } => client::lifecycle(&cli.server, &name, "reload", cli.json),
         Command::New { name, lang, dir } => new::run(&name, lang, dir),
         Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
-        Command::Verify { dir, key, strict, trust_dir } => {
-            trust::verify(&dir, key.as_deref(), &trust_dir, strict, cli.json)
-        }
+        Command::Verify {
+            dir,
+            key,
+            strict,
+            trust_dir,
+        } => trust::verify(&dir, key.as_deref(), &trust_dir, strict, cli.json),
         Command::Trust { trust_dir, command } => match command {
             TrustCommand::Add { key } => trust::add(&trust_dir, &key, cli.json),
             TrustCommand::List => trust::list(&trust_dir, cli.json),

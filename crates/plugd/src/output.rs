@@ -3,7 +3,10 @@
 use serde_json::Value;
 
 pub(crate) fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn s(v: &Value) -> &str {
@@ -19,20 +22,29 @@ pub(crate) fn plugin_table(value: &Value) {
     let rows: Vec<[String; 7]> = plugins
         .iter()
         .map(|p| {
-            let actions: Vec<&str> =
-                p["actions"].as_array().into_iter().flatten().map(|a| s(&a["name"])).collect();
+            let actions: Vec<&str> = p["actions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| s(&a["name"]))
+                .collect();
             [
                 s(&p["name"]).to_owned(),
                 s(&p["version"]).to_owned(),
                 s(&p["state"]).to_owned(),
                 s(&p["runtime"]).to_owned(),
                 s(&p["trust"]).to_owned(),
-                p["wave"].as_u64().map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
+                p["wave"]
+                    .as_u64()
+                    .map(|w| w.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 actions.join(", "),
             ]
         })
         .collect();
-    let header = ["NAME", "VERSION", "STATE", "RUNTIME", "TRUST", "WAVE", "ACTIONS"];
+    let header = [
+        "NAME", "VERSION", "STATE", "RUNTIME", "TRUST", "WAVE", "ACTIONS",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -54,13 +66,15 @@ pub(crate) fn plugin_table(value: &Value) {
         line(header);
     }
     for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6]]);
+        line([
+            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6],
+        ]);
     }
     for p in &plugins {
-        if let Some(reason) = p["reason"].as_str() {
-            if p["state"] == "failed" {
-                println!("\n{}: {reason}", s(&p["name"]));
-            }
+        if let Some(reason) = p["reason"].as_str()
+            && p["state"] == "failed"
+        {
+            println!("\n{}: {reason}", s(&p["name"]));
         }
     }
     for problem in value["problems"].as_array().into_iter().flatten() {
@@ -70,7 +84,12 @@ pub(crate) fn plugin_table(value: &Value) {
 
 /// `plugd status NAME`: everything about one plugin.
 pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
-    println!("{} {} — {}", s(&p["name"]), s(&p["version"]), s(&p["state"]));
+    println!(
+        "{} {} — {}",
+        s(&p["name"]),
+        s(&p["version"]),
+        s(&p["state"])
+    );
     if let Some(d) = p["description"].as_str().filter(|d| !d.is_empty()) {
         println!("  {d}");
     }
@@ -80,7 +99,10 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
         s(&p["kind"]),
         p["wave"],
         s(&p["trust"]),
-        p["key_id"].as_str().map(|k| format!(" (key {k})")).unwrap_or_default()
+        p["key_id"]
+            .as_str()
+            .map(|k| format!(" (key {k})"))
+            .unwrap_or_default()
     );
     if let Some(reason) = p["reason"].as_str() {
         println!("  reason: {reason}");
@@ -108,7 +130,12 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     if let Some(lines) = logs.and_then(Value::as_array).filter(|l| !l.is_empty()) {
         println!("  recent logs:");
         for l in lines {
-            println!("    [{}/{}] {}", s(&l["source"]), s(&l["level"]), s(&l["message"]));
+            println!(
+                "    [{}/{}] {}",
+                s(&l["source"]),
+                s(&l["level"]),
+                s(&l["message"])
+            );
         }
     }
 }
@@ -121,7 +148,12 @@ pub(crate) fn call_result(result: &Value) {
         other => print_json(other),
     }
     for n in result["notifications"].as_array().into_iter().flatten() {
-        eprintln!("[{}] {}: {}", s(&n["type"]), s(&n["name"]), s(&n["message"]));
+        eprintln!(
+            "[{}] {}: {}",
+            s(&n["type"]),
+            s(&n["name"]),
+            s(&n["message"])
+        );
     }
     if let Some(groups) = result["groups"].as_array().filter(|g| !g.is_empty()) {
         eprintln!("{} group(s); use --json to see them", groups.len());

@@ -15,8 +15,13 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
         .context("Invalid `--log` filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(args))
 }
 
@@ -42,7 +47,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for p in host.plugins() {
         match p.state {
             PluginState::Running => tracing::info!(plugin = %p.name, "running"),
-            state => tracing::warn!(plugin = %p.name, %state, "{}", p.reason.as_deref().unwrap_or("")),
+            state => {
+                tracing::warn!(plugin = %p.name, %state, "{}", p.reason.as_deref().unwrap_or(""))
+            }
         }
     }
     for problem in host.problems() {
@@ -51,12 +58,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("Cannot listen on `{}`; hint: pick another `--listen` address", args.listen))?;
+        .with_context(|| {
+            format!(
+                "Cannot listen on `{}`; hint: pick another `--listen` address",
+                args.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     // The first line on stdout is the contract with scripts and tests that start plugd on port 0.
     println!("plugd listening on http://{addr}");
-    let app = plugd_server::router(host.clone(), ServerConfig { max_body: args.max_body });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let app = plugd_server::router(
+        host.clone(),
+        ServerConfig {
+            max_body: args.max_body,
+        },
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("shutting down: stopping plugins");
     host.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -65,7 +84,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn process_config(args: &ServeArgs) -> ProcessConfig {
     let mut config = ProcessConfig::default();
     for (key, value) in &args.child_env {
-        config.base_env.retain(|(k, _)| k.as_os_str() != key.as_str());
+        config
+            .base_env
+            .retain(|(k, _)| k.as_os_str() != key.as_str());
         config.base_env.push((key.into(), value.into()));
     }
     config

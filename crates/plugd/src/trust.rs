@@ -11,7 +11,11 @@ use plugd_trust::{
 
 pub(crate) fn keygen(out: &Path, force: bool, as_json: bool) -> anyhow::Result<ExitCode> {
     let key = SecretKey::generate();
-    let overwrite = if force { Overwrite::Replace } else { Overwrite::Refuse };
+    let overwrite = if force {
+        Overwrite::Replace
+    } else {
+        Overwrite::Refuse
+    };
     let public = key.write(out, overwrite)?;
     if as_json {
         println!(
@@ -19,9 +23,17 @@ pub(crate) fn keygen(out: &Path, force: bool, as_json: bool) -> anyhow::Result<E
             serde_json::json!({ "key_id": key.key_id().to_string(), "secret": out, "public": public })
         );
     } else {
-        println!("Wrote secret key `{}` (mode 0600) and public key `{}`", out.display(), public.display());
+        println!(
+            "Wrote secret key `{}` (mode 0600) and public key `{}`",
+            out.display(),
+            public.display()
+        );
         println!("Key id: {}", key.key_id());
-        println!("Next: `plugd sign DIR --key {}` and, where plugins load, `plugd trust add {}`", out.display(), public.display());
+        println!(
+            "Next: `plugd sign DIR --key {}` and, where plugins load, `plugd trust add {}`",
+            out.display(),
+            public.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -82,7 +94,10 @@ pub(crate) fn verify(
             })
         );
     } else if let Some(key_id) = key_id {
-        println!("OK: `{}` is signed by trusted key {key_id}", verification.package());
+        println!(
+            "OK: `{}` is signed by trusted key {key_id}",
+            verification.package()
+        );
     } else {
         println!(
             "Unsigned: `{}` would load as untrusted (refused with `--strict`); hint: `plugd sign`",
@@ -98,7 +113,11 @@ pub(crate) fn add(trust_dir: &Path, key: &Path, as_json: bool) -> anyhow::Result
     if as_json {
         println!("{}", serde_json::json!({ "key_id": id.to_string() }));
     } else {
-        println!("Trusted key {id} (from `{}`) in `{}`", key.display(), trust_dir.display());
+        println!(
+            "Trusted key {id} (from `{}`) in `{}`",
+            key.display(),
+            trust_dir.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -113,7 +132,10 @@ pub(crate) fn list(trust_dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> 
             .collect();
         println!("{}", serde_json::json!({ "keys": keys }));
     } else if keys.is_empty() {
-        println!("No trusted keys in `{}`; hint: `plugd trust add KEY.pub`", trust_dir.display());
+        println!(
+            "No trusted keys in `{}`; hint: `plugd trust add KEY.pub`",
+            trust_dir.display()
+        );
     } else {
         for (id, path) in keys {
             println!("{id}  {}", path.display());
@@ -125,7 +147,9 @@ pub(crate) fn list(trust_dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> 
 pub(crate) fn remove(trust_dir: &Path, key_id: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let store = TrustStore::open(trust_dir)?;
     let id = KeyId::parse(key_id)?;
-    let path: PathBuf = store.remove(&id).with_context(|| format!("Cannot remove key `{key_id}`"))?;
+    let path: PathBuf = store
+        .remove(&id)
+        .with_context(|| format!("Cannot remove key `{key_id}`"))?;
     if as_json {
         println!("{}", serde_json::json!({ "removed": id.to_string() }));
     } else {

@@ -24,8 +24,20 @@ init = reader.readline()
 async fn handshake_failures_have_clear_reasons() {
     let f = Fixture::new();
     f.plugin("silent", "1.0.0", &[], "", "import time\ntime.sleep(60)\n");
-    f.plugin("garbage", "1.0.0", &[], "", "import os\nos.write(3, b'this is not json\\n')\nimport time\ntime.sleep(60)\n");
-    f.plugin("closer", "1.0.0", &[], "", "import os, time\nos.close(3)\ntime.sleep(60)\n");
+    f.plugin(
+        "garbage",
+        "1.0.0",
+        &[],
+        "",
+        "import os\nos.write(3, b'this is not json\\n')\nimport time\ntime.sleep(60)\n",
+    );
+    f.plugin(
+        "closer",
+        "1.0.0",
+        &[],
+        "",
+        "import os, time\nos.close(3)\ntime.sleep(60)\n",
+    );
     f.plugin(
         "future",
         "1.0.0",
@@ -50,12 +62,27 @@ async fn handshake_failures_have_clear_reasons() {
         p.reason.unwrap()
     };
     let cases = [
-        ("silent", "could not start: it did not say `hello` within 3s"),
-        ("garbage", "could not start: it sent garbage instead of `hello`: Frame is not valid JSON"),
-        ("closer", "could not start: it closed its protocol socket before saying `hello`"),
-        ("future", "could not start: it speaks protocol 2 but this host speaks 1"),
+        (
+            "silent",
+            "could not start: it did not say `hello` within 3s",
+        ),
+        (
+            "garbage",
+            "could not start: it sent garbage instead of `hello`: Frame is not valid JSON",
+        ),
+        (
+            "closer",
+            "could not start: it closed its protocol socket before saying `hello`",
+        ),
+        (
+            "future",
+            "could not start: it speaks protocol 2 but this host speaks 1",
+        ),
         ("chatty", "could not start: it sent `log` before `hello`"),
-        ("no-program", "could not start: program `definitely-not-a-program-xyz` is not on the `PATH`"),
+        (
+            "no-program",
+            "could not start: program `definitely-not-a-program-xyz` is not on the `PATH`",
+        ),
     ];
     for (name, expect) in cases {
         let got = reason(name);
@@ -68,7 +95,9 @@ async fn handshake_failures_have_clear_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_restarts_with_backoff_and_the_reason_stays_visible() {
     let f = Fixture::new();
-    let body = format!("{ECHO}@plugin.action()\nasync def crash(p):\n    print('about to die', file=sys.stderr, flush=True)\n    os._exit(3)\n");
+    let body = format!(
+        "{ECHO}@plugin.action()\nasync def crash(p):\n    print('about to die', file=sys.stderr, flush=True)\n    os._exit(3)\n"
+    );
     f.sdk_plugin("fragile", "1.0.0", &[], "", &body);
     f.sdk_plugin("bystander", "1.0.0", &[], "", ECHO);
     let host = f.host();
@@ -77,14 +106,23 @@ async fn crash_restarts_with_backoff_and_the_reason_stays_visible() {
 
     let err = call(&host, "fragile", "crash", "{}").await.unwrap_err();
     assert_eq!(err.code(), "plugin_crashed", "{err}");
-    eventually("fragile restarts", || running(&host, "fragile") && info(&host, "fragile").pid != Some(pid)).await;
+    eventually("fragile restarts", || {
+        running(&host, "fragile") && info(&host, "fragile").pid != Some(pid)
+    })
+    .await;
     let p = info(&host, "fragile");
     assert_eq!(p.restarts, 1);
     let last = p.last_error.unwrap();
     assert!(last.contains("exited with status 3"), "{last}");
     assert!(last.contains("about to die"), "{last}");
-    assert_eq!(call(&host, "fragile", "echo", "1").await.unwrap(), r#"{"value":1}"#);
-    assert_eq!(call(&host, "bystander", "echo", "2").await.unwrap(), r#"{"value":2}"#);
+    assert_eq!(
+        call(&host, "fragile", "echo", "1").await.unwrap(),
+        r#"{"value":1}"#
+    );
+    assert_eq!(
+        call(&host, "bystander", "echo", "2").await.unwrap(),
+        r#"{"value":2}"#
+    );
     host.shutdown().await;
 }
 
@@ -92,15 +130,27 @@ async fn crash_restarts_with_backoff_and_the_reason_stays_visible() {
 async fn a_plugin_that_keeps_crashing_is_given_up() {
     let f = Fixture::new();
     // Says hello, then dies a moment later, every time.
-    f.plugin("doomed", "1.0.0", &[], "", &raw_plugin("time.sleep(0.05)\nsys.exit(9)"));
+    f.plugin(
+        "doomed",
+        "1.0.0",
+        &[],
+        "",
+        &raw_plugin("time.sleep(0.05)\nsys.exit(9)"),
+    );
     let host = f.host_with(|c| {
         c.restart.max_crashes = 2;
         c.restart.initial_backoff = Duration::from_millis(10);
     });
     host.start().await.unwrap();
-    eventually("doomed is given up", || info(&host, "doomed").state == PluginState::Failed).await;
+    eventually("doomed is given up", || {
+        info(&host, "doomed").state == PluginState::Failed
+    })
+    .await;
     let reason = info(&host, "doomed").reason.unwrap();
-    assert!(reason.contains("crashed 3 times within 60s, gave up"), "{reason}");
+    assert!(
+        reason.contains("crashed 3 times within 60s, gave up"),
+        "{reason}"
+    );
     assert!(reason.contains("exited with status 9"), "{reason}");
     let err = call(&host, "doomed", "x", "{}").await.unwrap_err();
     assert!(err.to_string().contains("crashed too often"), "{err}");
@@ -119,14 +169,30 @@ async fn timeouts_drop_late_replies_and_count_them() {
         p = msg["params"]["payload"]
         time.sleep(p["s"])
         sock.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"value": p["tag"]}}, separators=(",", ":")).encode() + b"\n")"#;
-    f.plugin("slow", "1.0.0", &[], "[limits]\ncall_timeout = \"300ms\"\n", &raw_plugin(serve));
+    f.plugin(
+        "slow",
+        "1.0.0",
+        &[],
+        "[limits]\ncall_timeout = \"300ms\"\n",
+        &raw_plugin(serve),
+    );
     let host = f.host();
     host.start().await.unwrap();
-    let err = call(&host, "slow", "slow", r#"{"s": 0.6, "tag": "late"}"#).await.unwrap_err();
-    assert_eq!(err.to_string(), "Plugin `slow` did not answer `slow` within 300ms");
+    let err = call(&host, "slow", "slow", r#"{"s": 0.6, "tag": "late"}"#)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Plugin `slow` did not answer `slow` within 300ms"
+    );
     assert_eq!(err.code(), "plugin_timeout");
     // The late reply must not be delivered to the next call, which is answered after it.
-    assert_eq!(call(&host, "slow", "slow", r#"{"s": 0.0, "tag": "next"}"#).await.unwrap(), r#"{"value":"next"}"#);
+    assert_eq!(
+        call(&host, "slow", "slow", r#"{"s": 0.0, "tag": "next"}"#)
+            .await
+            .unwrap(),
+        r#"{"value":"next"}"#
+    );
     assert_eq!(info(&host, "slow").late_replies, 1);
     assert_eq!(info(&host, "slow").restarts, 0);
     host.shutdown().await;
@@ -143,7 +209,9 @@ async fn many_calls_in_flight_get_their_own_answers_despite_print() {
         let host = host.clone();
         async move {
             let action = if i % 4 == 0 { "blocking" } else { "work" };
-            let got = call(&host, "busy", action, &format!(r#"{{"i": {i}}}"#)).await.unwrap();
+            let got = call(&host, "busy", action, &format!(r#"{{"i": {i}}}"#))
+                .await
+                .unwrap();
             let want = if i % 4 == 0 { i } else { i * 2 };
             assert_eq!(got, format!(r#"{{"value":{want}}}"#));
         }
@@ -151,7 +219,10 @@ async fn many_calls_in_flight_get_their_own_answers_despite_print() {
     futures::future::join_all(calls).await;
     let p = info(&host, "busy");
     assert_eq!((p.calls, p.errors, p.restarts), (64, 0, 0));
-    eventually("stdout lines reach the log", || log_text(&host, "busy").contains("done 1")).await;
+    eventually("stdout lines reach the log", || {
+        log_text(&host, "busy").contains("done 1")
+    })
+    .await;
     host.shutdown().await;
 }
 
@@ -163,7 +234,13 @@ async fn protocol_garbage_oversized_frames_and_hangs_restart_the_plugin() {
 @plugin.action()\ndef huge(p):\n    data = b'[' + b'1,' * (3 << 20)\n    while data:\n        try:\n            data = data[os.write(3, data):]\n        except BlockingIOError:\n            time.sleep(0.001)\n\
 @plugin.action()\nasync def freeze(p):\n    time.sleep(30)\n"
     );
-    f.sdk_plugin("rogue", "1.0.0", &[], "[limits]\ncall_timeout = \"10s\"\n", &body);
+    f.sdk_plugin(
+        "rogue",
+        "1.0.0",
+        &[],
+        "[limits]\ncall_timeout = \"10s\"\n",
+        &body,
+    );
     f.sdk_plugin("bystander", "1.0.0", &[], "", ECHO);
     let host = f.host_with(|c| {
         c.max_frame = 1 << 20;
@@ -173,27 +250,47 @@ async fn protocol_garbage_oversized_frames_and_hangs_restart_the_plugin() {
     host.start().await.unwrap();
 
     let cases = [
-        ("garble", "it sent a malformed protocol frame: Frame is not valid JSON"),
-        ("huge", "its protocol stream broke: Frame exceeds the 1048576-byte limit"),
+        (
+            "garble",
+            "it sent a malformed protocol frame: Frame is not valid JSON",
+        ),
+        (
+            "huge",
+            "its protocol stream broke: Frame exceeds the 1048576-byte limit",
+        ),
         // `freeze` blocks the SDK's event loop, so the health ping goes unanswered.
-        ("freeze", "it did not answer the health ping within 2s and was killed"),
+        (
+            "freeze",
+            "it did not answer the health ping within 2s and was killed",
+        ),
     ];
     for (restarts, (action, expect)) in cases.into_iter().enumerate() {
         let err = call(&host, "rogue", action, "{}").await.unwrap_err();
         assert_eq!(err.code(), "plugin_crashed", "{action}: {err}");
         assert!(err.to_string().contains(expect), "{action}: {err}");
-        eventually("rogue restarts", || running(&host, "rogue") && info(&host, "rogue").restarts as usize == restarts + 1).await;
+        eventually("rogue restarts", || {
+            running(&host, "rogue") && info(&host, "rogue").restarts as usize == restarts + 1
+        })
+        .await;
         assert!(info(&host, "rogue").last_error.unwrap().contains(expect));
-        assert_eq!(call(&host, "bystander", "echo", "0").await.unwrap(), r#"{"value":0}"#);
+        assert_eq!(
+            call(&host, "bystander", "echo", "0").await.unwrap(),
+            r#"{"value":0}"#
+        );
     }
-    assert_eq!(call(&host, "rogue", "echo", "1").await.unwrap(), r#"{"value":1}"#);
+    assert_eq!(
+        call(&host, "rogue", "echo", "1").await.unwrap(),
+        r#"{"value":1}"#
+    );
     host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_floods_are_capped_and_rate_limited() {
     let f = Fixture::new();
-    let body = format!("{ECHO}@plugin.action()\ndef flood(p):\n    for i in range(50000):\n        print('line', i)\n    sys.stdout.write('y' * 100000 + '\\n')\n    sys.stdout.flush()\n    return 'flooded'\n");
+    let body = format!(
+        "{ECHO}@plugin.action()\ndef flood(p):\n    for i in range(50000):\n        print('line', i)\n    sys.stdout.write('y' * 100000 + '\\n')\n    sys.stdout.flush()\n    return 'flooded'\n"
+    );
     f.sdk_plugin("noisy", "1.0.0", &[], "", &body);
     let host = f.host_with(|c| {
         c.logs.lines_per_second = 100;
@@ -201,11 +298,23 @@ async fn output_floods_are_capped_and_rate_limited() {
         c.logs.max_line = 1000;
     });
     host.start().await.unwrap();
-    assert_eq!(call(&host, "noisy", "flood", "{}").await.unwrap(), r#"{"value":"flooded"}"#);
-    eventually("the suppression is reported", || log_text(&host, "noisy").contains("Suppressed")).await;
+    assert_eq!(
+        call(&host, "noisy", "flood", "{}").await.unwrap(),
+        r#"{"value":"flooded"}"#
+    );
+    eventually("the suppression is reported", || {
+        log_text(&host, "noisy").contains("Suppressed")
+    })
+    .await;
     let logs = host.logs("noisy", 10_000).unwrap();
     assert!(logs.len() <= 200, "the ring is capped: {}", logs.len());
-    assert!(logs.iter().all(|l| l.message.len() <= 1000 + " …[truncated]".len()));
-    assert_eq!(call(&host, "noisy", "echo", "3").await.unwrap(), r#"{"value":3}"#);
+    assert!(
+        logs.iter()
+            .all(|l| l.message.len() <= 1000 + " …[truncated]".len())
+    );
+    assert_eq!(
+        call(&host, "noisy", "echo", "3").await.unwrap(),
+        r#"{"value":3}"#
+    );
     host.shutdown().await;
 }

@@ -25,7 +25,14 @@ impl Fixture {
 
     /// Writes a plugin package. `extra` is appended to `plugin.toml`; `deps` go to
     /// `[dependencies]`.
-    pub fn plugin(&self, name: &str, version: &str, deps: &[(&str, &str)], extra: &str, main_py: &str) {
+    pub fn plugin(
+        &self,
+        name: &str,
+        version: &str,
+        deps: &[(&str, &str)],
+        extra: &str,
+        main_py: &str,
+    ) {
         let dir = self.plugins().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut toml = format!(
@@ -43,7 +50,14 @@ impl Fixture {
     }
 
     /// A plugin built with the SDK from a few action definitions.
-    pub fn sdk_plugin(&self, name: &str, version: &str, deps: &[(&str, &str)], extra: &str, body: &str) {
+    pub fn sdk_plugin(
+        &self,
+        name: &str,
+        version: &str,
+        deps: &[(&str, &str)],
+        extra: &str,
+        body: &str,
+    ) {
         let main = format!(
             "import asyncio, os, sys, time\nfrom plugd import Plugin\nplugin = Plugin()\n{body}\nplugin.run()\n"
         );
@@ -62,9 +76,15 @@ impl Fixture {
         self.build(tweak, |_| {})
     }
 
-    fn build(&self, tweak: impl FnOnce(&mut ProcessConfig), tweak_host: impl FnOnce(&mut HostConfig)) -> Host {
+    fn build(
+        &self,
+        tweak: impl FnOnce(&mut ProcessConfig),
+        tweak_host: impl FnOnce(&mut HostConfig),
+    ) -> Host {
         let mut config = ProcessConfig::default();
-        config.base_env.push(("PYTHONPATH".into(), sdk_path().into_os_string()));
+        config
+            .base_env
+            .push(("PYTHONPATH".into(), sdk_path().into_os_string()));
         config.start_timeout = Duration::from_secs(5);
         // Generous: the suite runs many Python children in parallel on small CI machines.
         config.ping_interval = Duration::from_secs(1);
@@ -75,20 +95,32 @@ impl Fixture {
         host_config.stop_grace = Duration::from_secs(2);
         host_config.log_lines = 200;
         tweak_host(&mut host_config);
-        Host::builder(host_config).runtime(Arc::new(ProcessRuntime::new(config))).build()
+        Host::builder(host_config)
+            .runtime(Arc::new(ProcessRuntime::new(config)))
+            .build()
     }
 }
 
 pub fn sdk_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/src").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk/python/src")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn raw(json: &str) -> Box<RawValue> {
     RawValue::from_string(json.to_owned()).unwrap()
 }
 
-pub async fn call(host: &Host, plugin: &str, action: &str, payload: &str) -> Result<String, HostError> {
-    host.call(plugin, action, raw(payload)).await.map(|o| o.result.get().to_owned())
+pub async fn call(
+    host: &Host,
+    plugin: &str,
+    action: &str,
+    payload: &str,
+) -> Result<String, HostError> {
+    host.call(plugin, action, raw(payload))
+        .await
+        .map(|o| o.result.get().to_owned())
 }
 
 pub fn info(host: &Host, name: &str) -> PluginInfo {
@@ -116,7 +148,9 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn running(host: &Host, name: &str) -> bool {
-    host.plugin(name).map(|p| p.state == PluginState::Running && p.pid.is_some()).unwrap_or(false)
+    host.plugin(name)
+        .map(|p| p.state == PluginState::Running && p.pid.is_some())
+        .unwrap_or(false)
 }
 
 pub fn log_text(host: &Host, name: &str) -> String {

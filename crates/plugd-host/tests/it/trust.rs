@@ -9,7 +9,10 @@ fn trusted_key(f: &Fixture) -> SecretKey {
     let key = SecretKey::generate();
     let path = f.dir.path().join("signing.key");
     let public = key.write(&path, Overwrite::Refuse).unwrap();
-    TrustStore::open(&f.dir.path().join("state/trust")).unwrap().add(&public).unwrap();
+    TrustStore::open(&f.dir.path().join("state/trust"))
+        .unwrap()
+        .add(&public)
+        .unwrap();
     key
 }
 
@@ -32,13 +35,33 @@ async fn strict_mode_refuses_unsigned_untrusted_and_tampered_packages() {
     host.start().await.unwrap();
     assert_eq!(
         states(&host),
-        ["signed running", "stranger failed", "tampered failed", "unsigned failed"]
+        [
+            "signed running",
+            "stranger failed",
+            "tampered failed",
+            "unsigned failed"
+        ]
     );
-    assert!(matches!(info(&host, "signed").trust, Some(TrustLevel::Trusted { .. })));
+    assert!(matches!(
+        info(&host, "signed").trust,
+        Some(TrustLevel::Trusted { .. })
+    ));
     let reason = |n: &str| info(&host, n).reason.unwrap();
-    assert!(reason("unsigned").contains("is not signed and strict mode is on"), "{}", reason("unsigned"));
-    assert!(reason("tampered").contains("`extra.py` was added after signing"), "{}", reason("tampered"));
-    assert!(reason("stranger").contains("which is not in the trust store"), "{}", reason("stranger"));
+    assert!(
+        reason("unsigned").contains("is not signed and strict mode is on"),
+        "{}",
+        reason("unsigned")
+    );
+    assert!(
+        reason("tampered").contains("`extra.py` was added after signing"),
+        "{}",
+        reason("tampered")
+    );
+    assert!(
+        reason("stranger").contains("which is not in the trust store"),
+        "{}",
+        reason("stranger")
+    );
     host.shutdown().await;
 }
 
@@ -46,27 +69,47 @@ async fn strict_mode_refuses_unsigned_untrusted_and_tampered_packages() {
 async fn a_file_swapped_after_verification_never_runs() {
     let f = Fixture::new();
     let key = trusted_key(&f);
-    f.sdk_plugin("victim", "1.0.0", &[], "", &format!("{ANSWER}@plugin.action()\nasync def crash(p):\n    os._exit(1)\n"));
+    f.sdk_plugin(
+        "victim",
+        "1.0.0",
+        &[],
+        "",
+        &format!("{ANSWER}@plugin.action()\nasync def crash(p):\n    os._exit(1)\n"),
+    );
     sign_package(&f.plugins().join("victim"), &key).unwrap();
     let host = f.host();
     host.start().await.unwrap();
-    assert_eq!(call(&host, "victim", "answer", "{}").await.unwrap(), r#"{"value":"original"}"#);
+    assert_eq!(
+        call(&host, "victim", "answer", "{}").await.unwrap(),
+        r#"{"value":"original"}"#
+    );
 
     // Swap the code on disk after the check, then make the plugin restart.
     let main = f.plugins().join("victim/main.py");
-    let evil = std::fs::read_to_string(&main).unwrap().replace("'original'", "'evil'");
+    let evil = std::fs::read_to_string(&main)
+        .unwrap()
+        .replace("'original'", "'evil'");
     std::fs::write(&main, evil).unwrap();
     let pid = info(&host, "victim").pid;
     let _ = call(&host, "victim", "crash", "{}").await;
-    eventually("victim restarts", || running(&host, "victim") && info(&host, "victim").pid != pid).await;
-    assert_eq!(call(&host, "victim", "answer", "{}").await.unwrap(), r#"{"value":"original"}"#);
+    eventually("victim restarts", || {
+        running(&host, "victim") && info(&host, "victim").pid != pid
+    })
+    .await;
+    assert_eq!(
+        call(&host, "victim", "answer", "{}").await.unwrap(),
+        r#"{"value":"original"}"#
+    );
 
     // A reload verifies again: the swapped file is refused and the verified version keeps serving.
     let err = host.reload("victim").await.unwrap_err().to_string();
     assert!(err.contains("the running version keeps serving"), "{err}");
     assert!(err.contains("`main.py` was changed after signing"), "{err}");
     assert_eq!(info(&host, "victim").state, PluginState::Running);
-    assert_eq!(call(&host, "victim", "answer", "{}").await.unwrap(), r#"{"value":"original"}"#);
+    assert_eq!(
+        call(&host, "victim", "answer", "{}").await.unwrap(),
+        r#"{"value":"original"}"#
+    );
     host.shutdown().await;
 }
 
@@ -79,17 +122,34 @@ async fn unsigned_plugins_load_untrusted_with_the_narrow_capability_set() {
     host.start().await.unwrap();
     let p = info(&host, "loose");
     assert_eq!(p.trust, Some(TrustLevel::Untrusted));
-    assert_eq!(p.denials, 3, "net.connect, env and the tasks service are denied");
+    assert_eq!(
+        p.denials, 3,
+        "net.connect, env and the tasks service are denied"
+    );
     let log = log_text(&host, "loose");
-    assert!(log.contains("Denied `net.connect` to `127.0.0.1:9` for untrusted plugin `loose`"), "{log}");
+    assert!(
+        log.contains("Denied `net.connect` to `127.0.0.1:9` for untrusted plugin `loose`"),
+        "{log}"
+    );
     // The child sees a clean environment: the runtime's base, not the host's variables (cargo
     // runs this test with `CARGO_*` set). A `python3` shim (pyenv) may add its own.
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
-    let env: serde_json::Value = serde_json::from_str(&call(&host, "loose", "env", "{}").await.unwrap()).unwrap();
-    let names: Vec<&str> = env["value"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let env: serde_json::Value =
+        serde_json::from_str(&call(&host, "loose", "env", "{}").await.unwrap()).unwrap();
+    let names: Vec<&str> = env["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     for base in ["HOME", "LANG", "PATH", "PYTHONPATH"] {
         assert!(names.contains(&base), "{names:?}");
     }
-    assert!(!names.iter().any(|n| n.starts_with("CARGO") || *n == "RUST_BACKTRACE"), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("CARGO") || *n == "RUST_BACKTRACE"),
+        "{names:?}"
+    );
     host.shutdown().await;
 }

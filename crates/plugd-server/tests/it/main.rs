@@ -134,8 +134,8 @@ impl TestHost {
         }
     }
 
-    /// Sends one request and returns its status and JSON body (`Null` when empty).
-    async fn send(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+    /// Sends one request and returns its status, `Content-Type` and body.
+    async fn raw(&self, method: &str, uri: &str, body: &str) -> (StatusCode, String, String) {
         let request = Request::builder()
             .method(method)
             .uri(uri)
@@ -144,25 +144,30 @@ impl TestHost {
             .unwrap();
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!(
-                    "{method} {uri}: body is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        (status, value)
+        (
+            status,
+            content_type,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
     }
 
     /// The one check: a request answers `expect`, written `"200"` for a success or
     /// `"404 plugin_not_found"` for an error (status and `error.code`). Error bodies must carry
     /// a non-empty message. Returns the body for further checks.
     async fn check(&self, method: &str, uri: &str, body: &str, expect: &str) -> Value {
-        let (status, value) = self.send(method, uri, body).await;
+        let (status, content_type, text) = self.raw(method, uri, body).await;
+        assert_eq!(
+            content_type, "application/json",
+            "{method} {uri}: {status} {text}"
+        );
+        let value: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {uri}: body is not JSON ({e}): {text}"));
         let actual = match value.pointer("/error/code").and_then(Value::as_str) {
             Some(code) => format!("{} {code}", status.as_u16()),
             None => status.as_u16().to_string(),
@@ -341,6 +346,29 @@ async fn call_routes_answer_with_the_right_status_and_code() {
     // The plugin keeps serving after a failure and a timeout.
     t.check("POST", "/plugin/calls/greet", r#"{"name":"Bo"}"#, "200")
         .await;
+
+    // FIXME(lead): errors produced by axum itself are not JSON yet: a wrong method answers 405
+    // with an empty body, a bad query string 400 in `text/plain`. Expected: `{"error": ...}`
+    // bodies (`method_not_allowed`, `bad_request`).
+    let not_json: &[(&str, &str, u16, &str)] = &[
+        ("GET", "/plugin/calls/greet", 405, ""),
+        ("DELETE", "/api/v1/plugins", 405, ""),
+        ("POST", "/healthz", 405, ""),
+        (
+            "GET",
+            "/api/v1/plugins/calls/logs?limit=abc",
+            400,
+            "text/plain; charset=utf-8",
+        ),
+    ];
+    for &(method, uri, status, content_type) in not_json {
+        let (actual_status, actual_type, text) = t.raw(method, uri, "").await;
+        assert_eq!(
+            (actual_status.as_u16(), actual_type.as_str()),
+            (status, content_type),
+            "{method} {uri}: {text}"
+        );
+    }
 
     let health = t.check("GET", "/healthz", "", "200").await;
     assert_eq!(
@@ -536,33 +564,4 @@ fn summary(p: &Value) -> Value {
         "runtime": p["runtime"], "wave": p["wave"], "actions": actions, "reason": p["reason"],
         "last_error": p["last_error"], "dependencies": p["dependencies"],
     })
-}
-
-#[tokio::test]
-async fn zz_probe() {
-    let t = TestHost::start(&[calls_plugin()]).await;
-    for (m, u, b) in [
-        ("GET", "/plugin/calls/greet", ""),
-        ("DELETE", "/api/v1/plugins", ""),
-        ("POST", "/api/v1/plugins/x/logs", ""),
-        ("GET", "/api/v1/plugins/x/logs?limit=abc", ""),
-        ("POST", "/healthz", ""),
-    ] {
-        let r = t
-            .app
-            .clone()
-            .oneshot(
-                Request::builder()
-                    .method(m)
-                    .uri(u)
-                    .body(Body::from(b))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let s = r.status();
-        let h = r.headers().get("content-type").cloned();
-        let bytes = r.into_body().collect().await.unwrap().to_bytes();
-        println!("{m} {u} -> {s} {h:?} {:?}", String::from_utf8_lossy(&bytes));
-    }
 }
