@@ -76,7 +76,9 @@ fn run() -> anyhow::Result<ExitCode> {
                 None => tokio::runtime::Builder::new_multi_thread(),
             };
             let runtime = builder.enable_all().build()?;
-            runtime.block_on(latency::run(config))?;
+            // On a worker, like an axum handler: `block_on`'s own thread does not drive I/O, so
+            // every wake-up would cost a cross-thread hand-off that real callers do not pay.
+            runtime.block_on(async { tokio::spawn(latency::run(config)).await? })?;
         }
         "axum-echo" => {
             let listen: SocketAddr = args.parsed("--listen")?.context("`axum-echo` needs `--listen ADDR`")?;

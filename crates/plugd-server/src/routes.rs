@@ -1,6 +1,6 @@
 //! `router(host, config) -> Router`: every route of the API.
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/plugins/{name}/actions/{action}", post(call))
         .route("/api/v1/plugins/{name}/{op}", post(lifecycle))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
         .with_state(host)
 }
@@ -120,8 +121,9 @@ struct LogsQuery {
 async fn logs(
     State(host): State<Host>,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<LogsDto>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let lines = host.logs(&name, q.limit.unwrap_or(100))?;
     Ok(Json(LogsDto {
         plugin: name,
@@ -148,6 +150,14 @@ async fn lifecycle(
         }
     };
     Ok(Json(info.into()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not accept that method; hint: calls are `POST`, listings are `GET`",
+    )
 }
 
 async fn not_found() -> ApiError {

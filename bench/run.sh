@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# plugd benchmarks for the process runtime and the HTTP server (see bench/README.md).
+#
+#   bench/run.sh                 # everything: latency through the host, then HTTP with wrk
+#   CALLS=50000 DURATION=30s bench/run.sh
+#   SKIP_BUILD=1 SKIP_HTTP=1 bench/run.sh
+#
+# Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
+# make the Python SDK importable by plugins (a throw-away venv with a `.pth` to `sdk/python/src`,
+# nothing installed system-wide), run `plugd-bench latency` and `sdk/python/bench_sdk.py`, then
+# `wrk` against `plugd serve` (`/plugin/hello/echo` and `/plugin/rustecho/echo`) and against the
+# bare axum echo (`plugd-bench axum-echo`). Servers are stopped on exit, even on failure.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+CALLS=${CALLS:-20000}          # calls per latency case (1 in flight, and again with IN_FLIGHT)
+IN_FLIGHT=${IN_FLIGHT:-64}
+DURATION=${DURATION:-10s}      # wrk -d
+CONNECTIONS=${CONNECTIONS:-16} # wrk -c
+THREADS=${THREADS:-1}          # wrk -t
+PAYLOAD=${PLUGD_BENCH_PAYLOAD:-'{"user":"Ada Lovelace","id":1815,"tags":["math","engine","notes"],"active":true,"score":98.6,"lang":"en"}'}
+export PLUGD_BENCH_PAYLOAD=$PAYLOAD
+
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/plugd-bench.XXXXXX")
+SERVER_PIDS=()
+
+stop_server() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    echo "Server $pid did not stop within 5 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        stop_server "$pid"
+    done
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+section() { printf '\n=== %s\n' "$*"; }
+
+# --- tools -------------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+    section "Installing wrk"
+    if [ "$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else
+        echo "wrk is missing and we are not root; hint: install it with your package manager" >&2
+        exit 1
+    fi
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+command -v python3 >/dev/null || { echo "python3 is missing; hint: apt-get install python3" >&2; exit 1; }
+
+# --- build -------------------------------------------------------------------------------------
+if [ -z "${SKIP_BUILD:-}" ]; then
+    section "Building (release)"
+    cargo build --release -p plugd -p plugd-bench
+fi
+PLUGD=$ROOT/target/release/plugd
+BENCH=$ROOT/target/release/plugd-bench
+
+# --- Python SDK for the plugins ----------------------------------------------------------------
+# `plugd serve` gives children a clean environment (no PYTHONPATH) and runs a staged copy of each
+# package, so `hello` needs the SDK installed: a venv whose site-packages points at the checkout.
+python3 -m venv --without-pip "$SCRATCH/venv"
+SITE=$("$SCRATCH/venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+echo "$ROOT/sdk/python/src" >"$SITE/plugd-sdk.pth"
+export PATH="$SCRATCH/venv/bin:$PATH"
+python3 -c 'import plugd' || { echo "The plugd SDK is not importable from the venv" >&2; exit 1; }
+
+# --- machine -----------------------------------------------------------------------------------
+section "Machine"
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "cpu:     $CPU, nproc $(nproc)"
+echo "kernel:  $(uname -r)"
+echo "rustc:   $(rustc --version)"
+echo "python:  $(python3 --version 2>&1)"
+echo "wrk:     $(wrk -v 2>&1 | head -1)"
+echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work skews every number below)"
+
+# --- in-process latency ------------------------------------------------------------------------
+section "Latency through plugd-host vs raw pipe ($CALLS calls, 1 and $IN_FLIGHT in flight)"
+"$BENCH" latency --repo "$ROOT" -n "$CALLS" --in-flight "$IN_FLIGHT" --payload "$PAYLOAD" \
+    | tee "$SCRATCH/latency.txt"
+
+section "Python SDK vs raw Python child, driven from Python (sdk/python/bench_sdk.py)"
+if [ -f sdk/python/bench_sdk.py ]; then
+    python3 sdk/python/bench_sdk.py -n 10000 --payload "$PAYLOAD" | tee "$SCRATCH/sdk.txt"
+else
+    echo "(sdk/python/bench_sdk.py is missing: skipped)"
+fi
+
+[ -n "${SKIP_HTTP:-}" ] && exit 0
+
+# --- HTTP --------------------------------------------------------------------------------------
+# Starts a server in the background, waits for its `... listening on http://ADDR` line and sets
+# URL to the base URL. (Not called in `$(...)`: the server must be a child of this shell.)
+start_server() {
+    local name=$1
+    shift
+    "$@" >"$SCRATCH/$name.out" 2>"$SCRATCH/$name.err" &
+    local pid=$!
+    SERVER_PIDS+=("$pid")
+    for _ in $(seq 300); do
+        local url
+        url=$(grep -m1 -o 'http://[0-9.:]*' "$SCRATCH/$name.out" 2>/dev/null || true)
+        if [ -n "$url" ]; then
+            URL=$url
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited before listening:" >&2
+            cat "$SCRATCH/$name.err" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "$name did not start listening within 30 s" >&2
+    return 1
+}
+
+# Runs wrk against a URL and keeps its output in $SCRATCH/wrk-<name>.txt.
+run_wrk() {
+    local name=$1 url=$2
+    local reply
+    reply=$(curl -fsS -X POST -H 'Content-Type: application/json' --data "$PAYLOAD" "$url")
+    echo "--- $name: POST $url"
+    echo "    sample reply: $reply"
+    wrk "-t$THREADS" "-c$CONNECTIONS" "-d$DURATION" --latency -s "$ROOT/bench/post.lua" "$url" \
+        | tee "$SCRATCH/wrk-$name.txt"
+}
+
+section "HTTP: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, POST ${#PAYLOAD}-byte JSON"
+"$BENCH" make-plugins --repo "$ROOT" "$SCRATCH/plugins"
+start_server plugd "$PLUGD" serve --plugins "$SCRATCH/plugins" \
+    --listen 127.0.0.1:0 --state-dir "$SCRATCH/state"
+PLUGD_URL=$URL
+start_server axum-echo "$BENCH" axum-echo --listen 127.0.0.1:0
+AXUM_URL=$URL
+
+run_wrk plugd-hello "$PLUGD_URL/plugin/hello/echo"
+run_wrk plugd-rustecho "$PLUGD_URL/plugin/rustecho/echo"
+run_wrk axum-echo "$AXUM_URL/echo"
+
+# --- summary -----------------------------------------------------------------------------------
+rps() { awk '/^Requests\/sec:/ {print $2}' "$SCRATCH/wrk-$1.txt"; }
+pct() { awk -v p="$2" '$1 == p {print $2}' "$SCRATCH/wrk-$1.txt"; }
+errors() {
+    awk '/Non-2xx or 3xx responses:/ {n += $NF}
+         /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10}
+         END {print n + 0}' \
+        "$SCRATCH/wrk-$1.txt"
+}
+
+section "Summary"
+grep -E '^(target|host overhead|Python SDK overhead)' "$SCRATCH/latency.txt" || true
+printf '\n%-34s %12s %10s %10s %8s\n' "HTTP (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)" "req/s" "p50" "p99" "errors"
+for name in plugd-hello plugd-rustecho axum-echo; do
+    printf '%-34s %12s %10s %10s %8s\n' "$name" "$(rps "$name")" "$(pct "$name" 50%)" "$(pct "$name" 99%)" "$(errors "$name")"
+done
+HELLO_RPS=$(rps plugd-hello)
+AXUM_RPS=$(rps axum-echo)
+RUST_RPS=$(rps plugd-rustecho)
+awk -v h="$HELLO_RPS" -v a="$AXUM_RPS" -v r="$RUST_RPS" 'BEGIN {
+    printf "\nplugd hello / bare axum: %.2fx;  plugd rustecho / bare axum: %.2fx\n", h / a, r / a
+    printf "target: plugd hello >= 10000 req/s: %s (%.0f req/s)\n", (h >= 10000 ? "met" : "MISSED"), h
+}'
+printf 'JSON {"bench":"plugd-http","wrk":"-t%s -c%s -d%s","payload_bytes":%s,"plugd_hello_rps":%s,"plugd_rustecho_rps":%s,"axum_echo_rps":%s}\n' \
+    "$THREADS" "$CONNECTIONS" "$DURATION" "${#PAYLOAD}" "$HELLO_RPS" "$RUST_RPS" "$AXUM_RPS"
