@@ -19,12 +19,21 @@ use plugd_runtime::{
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::Child;
+use plugd_sandbox::Prepared;
 use tokio::sync::{Semaphore, watch};
 
 use crate::ProcessConfig;
 use crate::conn::{Connection, RequestError, read_loop};
 use crate::logs::{Tail, capture};
-use crate::spawn::{describe_exit, kill_group, spawn};
+use crate::spawn::{Spawned, describe_exit, kill_group, spawn};
+
+fn layer_text(status: &plugd_sandbox::LayerStatus) -> String {
+    if status.detail.is_empty() {
+        status.state.to_string()
+    } else {
+        format!("{}: {}", status.state, status.detail)
+    }
+}
 
 /// A running process plugin; restarts its child after crashes.
 pub(crate) struct ProcessInstance {
@@ -55,6 +64,7 @@ struct State {
     pid: Option<u32>,
     actions: Vec<ActionInfo>,
     known_actions: Arc<HashSet<String>>,
+    details: Vec<(String, String)>,
 }
 
 /// A child that completed the handshake.
@@ -62,6 +72,22 @@ struct Running {
     child: Child,
     conn: Arc<Connection>,
     tail: Arc<Tail>,
+    /// Dropped after the child is reaped: kills leftovers and removes its cgroup.
+    sandbox: Option<Prepared>,
+}
+
+impl Running {
+    /// Why the child died, refined by what its cgroup saw (an OOM kill looks like a SIGKILL).
+    fn explain(&self, how: String, limits: &plugd_manifest::Limits) -> String {
+        let Some(sandbox) = &self.sandbox else { return how };
+        if sandbox.oom_killed() {
+            return format!("{how}: it ran out of memory (limit {} MiB); hint: raise `limits.memory`", limits.memory >> 20);
+        }
+        if how.contains("SIGXCPU") || (how.contains("SIGKILL") && sandbox.cpu_usage().is_some_and(|u| u >= limits.cpu)) {
+            return format!("{how}: it used up its CPU budget ({:?}); hint: raise `limits.cpu`", limits.cpu);
+        }
+        how
+    }
 }
 
 impl ProcessInstance {
@@ -97,8 +123,12 @@ impl ProcessInstance {
 impl Shared {
     /// Spawns a child and completes the handshake.
     async fn launch(self: &Arc<Self>) -> Result<Running, String> {
-        let spawned = spawn(&self.spec, &self.config)?;
-        let mut child = spawned.child;
+        let Spawned { mut child, socket, sandbox } = spawn(&self.spec, &self.config)?;
+        let layers: Vec<(String, String)> = sandbox
+            .iter()
+            .flat_map(|s| s.layers())
+            .map(|l| (format!("sandbox.{}", l.layer), layer_text(l)))
+            .collect();
         let pid = child.id().unwrap_or(0);
         let tail = Arc::new(Tail::default());
         if let Some(stdout) = child.stdout.take() {
@@ -115,7 +145,7 @@ impl Shared {
                 Some(tail.clone()),
             ));
         }
-        let (read_half, mut write_half) = spawned.socket.into_split();
+        let (read_half, mut write_half) = socket.into_split();
         let mut reader = FrameReader::new(BufReader::new(read_half), self.config.max_frame);
 
         let timeout = self.config.start_timeout;
@@ -237,7 +267,8 @@ impl Shared {
 
         let conn = Connection::new(write_half, self.late_replies.clone());
         tokio::spawn(read_loop(conn.clone(), reader, self.host.clone()));
-        Ok(Running { child, conn, tail })
+        self.state.lock().details = layers;
+        Ok(Running { child, conn, tail, sandbox })
     }
 
     fn install(&self, running: &Running) {
@@ -412,7 +443,7 @@ async fn watch_child(
                 // Let the stderr reader collect the last lines before we read the tail.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return Watch::Crashed(match status {
-                    Ok(s) => format!("it {}", describe_exit(s)),
+                    Ok(s) => running.explain(format!("it {}", describe_exit(s)), &shared.spec.manifest.limits),
                     Err(e) => format!("it could not be waited for: {e}"),
                 });
             }
@@ -424,7 +455,7 @@ async fn watch_child(
                         tokio::time::timeout(Duration::from_millis(500), running.child.wait()).await
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    return Watch::Crashed(format!("it {}", describe_exit(status)));
+                    return Watch::Crashed(running.explain(format!("it {}", describe_exit(status)), &shared.spec.manifest.limits));
                 }
                 kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
                 let _ = running.child.wait().await;
@@ -555,7 +586,7 @@ impl Instance for ProcessInstance {
             last_error: state.last_error.clone(),
             pid: state.pid,
             late_replies: self.shared.late_replies.load(Ordering::Relaxed),
-            details: Vec::new(),
+            details: state.details.clone(),
         }
     }
 

@@ -11,6 +11,7 @@ mod logs;
 mod spawn;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use plugd_runtime::{HostCalls, Instance, InstanceSpec, Runtime, RuntimeError};
 #[derive(Clone, Debug)]
 pub struct ProcessConfig {
     /// Environment every child gets (besides the `PLUGD_*` variables and the manifest's
-    /// `permissions.env`). Defaults to the host's `PATH`, `LANG=C.UTF-8`,
+    /// `permissions.env`). Defaults to [`CHILD_PATH`], `LANG=C.UTF-8`,
     /// `PYTHONUNBUFFERED=1` and `PYTHONDONTWRITEBYTECODE=1`.
     pub base_env: Vec<(OsString, OsString)>,
     /// How long a child may take to say `hello`.
@@ -37,7 +38,37 @@ pub struct ProcessConfig {
     pub restart: RestartPolicy,
     /// Log capture limits.
     pub logs: LogLimits,
+    /// Kernel confinement of children; `None` runs them unconfined (development only).
+    pub sandbox: Option<SandboxConfig>,
 }
+
+/// How children are confined (see `plugd-sandbox`).
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Refuse to start a plugin when any layer is unavailable on this kernel.
+    pub strict: bool,
+    /// Read-only paths every child needs besides its package (interpreters, libraries, the SDK).
+    pub read_paths: Vec<PathBuf>,
+    /// Largest number of processes and threads per child.
+    pub pids_max: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            strict: false,
+            read_paths: ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/etc/ssl"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            pids_max: 64,
+        }
+    }
+}
+
+/// The `PATH` children get: system directories only. The host's own `PATH` may name directories
+/// a sandboxed child cannot enter (e.g. a version manager's shims under `/root`).
+pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// When and how fast crashed children are restarted.
 #[derive(Clone, Debug)]
@@ -70,9 +101,7 @@ impl Default for ProcessConfig {
             ("PYTHONUNBUFFERED".into(), "1".into()),
             ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
         ];
-        if let Some(path) = std::env::var_os("PATH") {
-            base_env.push(("PATH".into(), path));
-        }
+        base_env.push(("PATH".into(), CHILD_PATH.into()));
         ProcessConfig {
             base_env,
             start_timeout: Duration::from_secs(10),
@@ -90,6 +119,7 @@ impl Default for ProcessConfig {
                 lines_per_second: 200,
                 burst: 1000,
             },
+            sandbox: None,
         }
     }
 }

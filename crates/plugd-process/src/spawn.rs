@@ -10,12 +10,16 @@ use plugd_runtime::InstanceSpec;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use crate::ProcessConfig;
+use plugd_sandbox::{Layer, Prepared, Sandbox, SandboxPolicy};
+
+use crate::{ProcessConfig, SandboxConfig};
 
 /// A freshly spawned child and the host's end of its protocol socket.
 pub(crate) struct Spawned {
     pub child: Child,
     pub socket: UnixStream,
+    /// The child's confinement; kept alive until the child is reaped (drop removes its cgroup).
+    pub sandbox: Option<Prepared>,
 }
 
 /// Resolves the manifest's entry into a program path and its arguments.
@@ -117,6 +121,19 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         });
     }
 
+    // Hooks run in the order they were added: the fd-3 hook above runs first (as the host's
+    // user); the sandbox's hook confines the child last, just before exec.
+    let sandbox = match &config.sandbox {
+        Some(sandbox_config) => {
+            let policy = sandbox_policy(spec, config, sandbox_config);
+            let prepared = Sandbox::prepare(&policy)
+                .map_err(|e| format!("its sandbox could not be prepared: {e}"))?;
+            prepared.apply_to(cmd.as_std_mut());
+            Some(prepared)
+        }
+        None => None,
+    };
+
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
@@ -126,7 +143,38 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .map_err(|e| format!("socket setup failed: {e}"))?;
     let socket =
         UnixStream::from_std(parent_end).map_err(|e| format!("socket setup failed: {e}"))?;
-    Ok(Spawned { child, socket })
+    Ok(Spawned { child, socket, sandbox })
+}
+
+/// The sandbox policy for one child, from its manifest's permissions and limits.
+fn sandbox_policy(spec: &InstanceSpec, config: &ProcessConfig, sandbox: &SandboxConfig) -> SandboxPolicy {
+    let manifest = &spec.manifest;
+    let mut policy = SandboxPolicy::new(manifest.name.as_str(), &spec.package_dir, &spec.data_dir);
+    policy.read_paths = sandbox.read_paths.clone();
+    // Whatever the base environment puts on `PYTHONPATH` (e.g. the host-provided SDK) must be
+    // readable too.
+    for (key, value) in &config.base_env {
+        if key == "PYTHONPATH" {
+            policy.read_paths.extend(std::env::split_paths(value));
+        }
+    }
+    policy.net_connect = manifest
+        .permissions
+        .net_connect
+        .iter()
+        .filter_map(|target| {
+            let (host, port) = target.rsplit_once(':')?;
+            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    policy.memory_bytes = Some(manifest.limits.memory);
+    policy.cpu_time = Some(manifest.limits.cpu);
+    policy.pids_max = Some(sandbox.pids_max);
+    policy.parent_death_signal = Some(libc::SIGKILL);
+    if sandbox.strict {
+        policy.required = Layer::ALL.to_vec();
+    }
+    policy
 }
 
 /// Sends `signal` to the child's whole process group.

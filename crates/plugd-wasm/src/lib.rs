@@ -254,8 +254,8 @@ impl WasmRuntime {
         let handle = tokio::runtime::Handle::current();
         let path = spec.package_dir.join(&entry);
         let code = {
-            let plugin = plugin.clone();
-            tokio::task::spawn_blocking(move || inner.code_for(&plugin, &path, &entry))
+            let name = plugin.clone();
+            tokio::task::spawn_blocking(move || inner.code_for(&name, &path, &entry))
                 .await
                 .map_err(|e| RuntimeError::StartFailed {
                     plugin: plugin.clone(),
@@ -376,9 +376,8 @@ fn check_world(
     let ty = component.component_type();
     let names = ty
         .imports(engine)
-        .map(|(name, item)| (name, item))
         .chain(ty.exports(engine))
-        .filter(|(_, item)| matches!(item, ComponentItem::ComponentInstance(_)))
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
         .map(|(name, _)| name);
     let mut exports_guest = false;
     for name in names {

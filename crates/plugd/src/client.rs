@@ -124,6 +124,11 @@ fn json(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::
     bail!("{message} ({code}, HTTP {})", response.status)
 }
 
+/// `GET path` on the server, as JSON.
+pub(crate) fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
+    json(server, "GET", path, None)
+}
+
 pub(crate) fn list(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let value = json(server, "GET", "/api/v1/plugins", None)?;
     if as_json {

@@ -2,7 +2,9 @@
 //! talks to a running server for `list`, `status` and `call`.
 
 mod client;
+mod doctor;
 mod new;
+mod sdk;
 mod output;
 mod serve;
 mod trust;
@@ -117,6 +119,8 @@ enum Command {
         #[command(subcommand)]
         command: TrustCommand,
     },
+    /// Report which confinement layers this kernel provides and what each running plugin got.
+    Doctor,
     /// Create a new plugin from a template.
     New {
         /// Plugin name (lower-case letters, digits, `-`, `_`); also the directory created.
@@ -157,9 +161,13 @@ struct ServeArgs {
     /// Directory for plugd's state (plugin data dirs).
     #[arg(long, env = "PLUGD_STATE_DIR", default_value = ".plugd")]
     state_dir: PathBuf,
-    /// Refuse unsigned packages and packages signed by keys not in the trust store.
+    /// Refuse unsigned packages and packages signed by keys not in the trust store, and plugins
+    /// whose sandbox layers are not all available on this kernel.
     #[arg(long, env = "PLUGD_STRICT")]
     strict: bool,
+    /// Run plugin processes without the kernel sandbox (development only).
+    #[arg(long, conflicts_with = "strict")]
+    no_sandbox: bool,
     /// The trust store directory (default: `STATE_DIR/trust`).
     #[arg(long, env = "PLUGD_TRUST_DIR")]
     trust_dir: Option<PathBuf>,
@@ -207,6 +215,7 @@ fn main() -> ExitCode {
         Command::Unload { name } => client::lifecycle(&cli.server, &name, "unload", cli.json),
         Command::Reload { name } => client::lifecycle(&cli.server, &name, "reload", cli.json),
         Command::New { name, lang, dir } => new::run(&name, lang, dir),
+        Command::Doctor => doctor::run(&cli.server, cli.json),
         Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
         Command::Verify {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use plugd_host::{Host, HostConfig, PluginState};
-use plugd_process::{ProcessConfig, ProcessRuntime};
+use plugd_process::{ProcessConfig, ProcessRuntime, SandboxConfig};
 use plugd_server::ServerConfig;
 
 use crate::ServeArgs;
@@ -35,13 +35,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.plugins.display()
         );
     }
+    let sdk = crate::sdk::install(&args.state_dir)?;
     let mut config = HostConfig::new(&args.plugins, &args.state_dir);
     config.strict = args.strict;
     if let Some(dir) = &args.trust_dir {
         config.trust_dir = dir.clone();
     }
     let host = Host::builder(config)
-        .runtime(Arc::new(ProcessRuntime::new(process_config(&args))))
+        .runtime(Arc::new(ProcessRuntime::new(process_config(&args, &sdk))))
         .build();
     host.start().await?;
     for p in host.plugins() {
@@ -81,8 +82,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn process_config(args: &ServeArgs) -> ProcessConfig {
+fn process_config(args: &ServeArgs, sdk: &std::path::Path) -> ProcessConfig {
     let mut config = ProcessConfig::default();
+    config.base_env.push(("PYTHONPATH".into(), sdk.as_os_str().to_owned()));
+    if !args.no_sandbox {
+        config.sandbox = Some(SandboxConfig { strict: args.strict, ..SandboxConfig::default() });
+    }
     for (key, value) in &args.child_env {
         config
             .base_env
