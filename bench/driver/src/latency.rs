@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
 use crate::plugins;
-use crate::stats::{CpuClock, Summary};
+use crate::stats::{CpuClock, CpuDelta, Summary};
 
 /// What `latency` runs.
 pub(crate) struct Config {
@@ -31,6 +31,7 @@ pub(crate) struct Config {
     pub warmup: usize,
     pub in_flight: usize,
     pub threads: Option<usize>,
+    pub rounds: usize,
     pub payload: String,
     pub cases: Vec<Case>,
 }
@@ -51,8 +52,13 @@ pub(crate) enum Case {
 }
 
 impl Case {
-    pub(crate) const ALL: [Case; 5] =
-        [Case::RawPython, Case::HostHello, Case::HostRawpy, Case::RawRust, Case::HostRust];
+    pub(crate) const ALL: [Case; 5] = [
+        Case::RawPython,
+        Case::HostHello,
+        Case::HostRawpy,
+        Case::RawRust,
+        Case::HostRust,
+    ];
 
     pub(crate) fn parse(s: &str) -> anyhow::Result<Case> {
         Ok(match s {
@@ -93,29 +99,44 @@ impl Case {
 }
 
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let payload = RawValue::from_string(config.payload.clone()).context("`--payload` is not valid JSON")?;
+    let payload =
+        RawValue::from_string(config.payload.clone()).context("`--payload` is not valid JSON")?;
     let scratch = std::env::temp_dir().join(format!("plugd-bench-{}", std::process::id()));
     let result = run_in(&config, &payload, &scratch).await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-async fn run_in(config: &Config, payload: &RawValue, scratch: &std::path::Path) -> anyhow::Result<()> {
-    let threads = config.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+async fn run_in(
+    config: &Config,
+    payload: &RawValue,
+    scratch: &std::path::Path,
+) -> anyhow::Result<()> {
+    let threads = config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
-        "plugd-bench latency: {} calls after {} warm-up, {} in flight, payload {} bytes, tokio {}",
+        "plugd-bench latency: {} calls per case in {} interleaved rounds after {} warm-up, {} in flight, payload {} bytes, tokio {}",
         config.calls,
+        config.rounds,
         config.warmup,
         config.in_flight,
         payload.get().len(),
-        if config.threads == Some(1) { "current_thread".to_owned() } else { format!("multi_thread ({threads} workers)") }
+        if config.threads == Some(1) {
+            "current_thread".to_owned()
+        } else {
+            format!("multi_thread ({threads} workers)")
+        }
     );
 
     let host = if config.cases.iter().any(|c| c.is_host()) {
         let plugins_dir = scratch.join("plugins");
         plugins::make(&config.repo, &plugins_dir)?;
         let mut process = ProcessConfig::default();
-        process.base_env.push(("PYTHONPATH".into(), config.repo.join("sdk/python/src").into_os_string()));
+        process.base_env.push((
+            "PYTHONPATH".into(),
+            config.repo.join("sdk/python/src").into_os_string(),
+        ));
         let host = Host::builder(HostConfig::new(&plugins_dir, scratch.join("state")))
             .runtime(Arc::new(ProcessRuntime::new(process)))
             .build();
@@ -134,33 +155,11 @@ async fn run_in(config: &Config, payload: &RawValue, scratch: &std::path::Path) 
         None
     };
 
-    let mut results = Vec::new();
-    let outcome = async {
-        for &case in &config.cases {
-            let (seq, conc) = match case {
-                Case::HostHello => host_case(host.as_ref(), case, plugins::HELLO, config, payload).await?,
-                Case::HostRawpy => host_case(host.as_ref(), case, plugins::RAWPY, config, payload).await?,
-                Case::HostRust => host_case(host.as_ref(), case, plugins::RUSTECHO, config, payload).await?,
-                Case::RawPython => {
-                    let raw = plugins::raw_child(&config.repo);
-                    let pipe = Pipe::spawn("python3", &[raw.as_os_str(), "--no-hello".as_ref()], config).await?;
-                    raw_case(pipe, case, config, payload).await?
-                }
-                Case::RawRust => {
-                    let exe = std::env::current_exe()?;
-                    let pipe = Pipe::spawn(exe.as_os_str(), &["fake-child".as_ref(), "--no-hello".as_ref()], config).await?;
-                    raw_case(pipe, case, config, payload).await?
-                }
-            };
-            results.push((case, seq, conc));
-        }
-        anyhow::Ok(())
-    }
-    .await;
+    let outcome = measure(config, host.as_ref(), payload).await;
     if let Some(host) = &host {
         host.shutdown().await;
     }
-    outcome?;
+    let results = outcome?;
 
     println!();
     println!("{}", Summary::header());
@@ -168,12 +167,16 @@ async fn run_in(config: &Config, payload: &RawValue, scratch: &std::path::Path) 
         println!("{}", seq.row());
         println!("{}", conc.row());
     }
-    println!("(self cpu = this process, i.e. the host side; child cpu = the plugin process; both per call)");
+    println!(
+        "(self cpu = this process, i.e. the host side; child cpu = the plugin process; both per call)"
+    );
 
     let find = |case: Case| results.iter().find(|(c, _, _)| *c == case);
     let mut ratios = serde_json::Map::new();
     println!();
-    if let (Some((_, hello, hello_c)), Some((_, raw, raw_c))) = (find(Case::HostHello), find(Case::RawPython)) {
+    if let (Some((_, hello, hello_c)), Some((_, raw, raw_c))) =
+        (find(Case::HostHello), find(Case::RawPython))
+    {
         let r1 = hello.p50_us / raw.p50_us;
         let rc = hello_c.p50_us / raw_c.p50_us;
         println!(
@@ -196,7 +199,10 @@ async fn run_in(config: &Config, payload: &RawValue, scratch: &std::path::Path) 
             h.self_cpu_us,
             r.self_cpu_us
         );
-        ratios.insert("host_rawpy_over_raw_python_p50".into(), round2(h.p50_us / r.p50_us));
+        ratios.insert(
+            "host_rawpy_over_raw_python_p50".into(),
+            round2(h.p50_us / r.p50_us),
+        );
     }
     if let (Some((_, h, _)), Some((_, r, _))) = (find(Case::HostRust), find(Case::RawRust)) {
         println!(
@@ -205,7 +211,10 @@ async fn run_in(config: &Config, payload: &RawValue, scratch: &std::path::Path) 
             h.p50_us,
             r.p50_us
         );
-        ratios.insert("host_rust_minus_raw_rust_p50_us".into(), round2(h.p50_us - r.p50_us));
+        ratios.insert(
+            "host_rust_minus_raw_rust_p50_us".into(),
+            round2(h.p50_us - r.p50_us),
+        );
     }
     if let (Some((_, h, _)), Some((_, r, _))) = (find(Case::HostHello), find(Case::HostRawpy)) {
         println!(
@@ -220,6 +229,7 @@ async fn run_in(config: &Config, payload: &RawValue, scratch: &std::path::Path) 
         "bench": "plugd-latency",
         "calls": config.calls,
         "warmup": config.warmup,
+        "rounds": config.rounds,
         "in_flight": config.in_flight,
         "payload_bytes": payload.get().len(),
         "tokio_workers": if config.threads == Some(1) { 0 } else { threads },
@@ -244,74 +254,216 @@ fn check_echo(result: &str, payload: &RawValue) -> anyhow::Result<()> {
     let got: serde_json::Value = serde_json::from_str(result)?;
     let want: serde_json::Value = serde_json::from_str(payload.get())?;
     let value = got.get("value").unwrap_or(&got);
-    ensure!(*value == want, "The echo answered `{result}`, not the payload");
+    ensure!(
+        *value == want,
+        "The echo answered `{result}`, not the payload"
+    );
     Ok(())
 }
 
-async fn host_case(
-    host: Option<&Host>,
-    case: Case,
-    plugin: &str,
+/// Runs every case in `rounds` interleaved rounds, so that background load (other builds, a
+/// noisy neighbour) spreads over all cases alike instead of skewing whichever ran at the time.
+async fn measure(
     config: &Config,
+    host: Option<&Host>,
     payload: &RawValue,
-) -> anyhow::Result<(Summary, Summary)> {
-    let host = host.context("The host did not start")?;
-    let pid = host.plugin(plugin)?.pid;
-    let first = host.call(plugin, "echo", payload.to_owned()).await?;
-    check_echo(first.result.get(), payload)?;
-    for _ in 0..config.warmup {
-        host.call(plugin, "echo", payload.to_owned()).await?;
+) -> anyhow::Result<Vec<(Case, Summary, Summary)>> {
+    let mut targets = Vec::new();
+    for &case in &config.cases {
+        let mut target = Target::open(case, config, host).await?;
+        let first = target.call_once(payload).await?;
+        check_echo(first.get(), payload)?;
+        for _ in 0..config.warmup {
+            target.call_once(payload).await?;
+        }
+        targets.push((case, target, Acc::default(), Acc::default()));
+    }
+    let rounds = config.rounds.max(1);
+    let per_round = (config.calls / rounds).max(1);
+    // Whole batches per caller with N in flight.
+    let per_round_conc = (per_round / config.in_flight).max(1) * config.in_flight;
+    for round in 0..rounds {
+        for (_, target, seq, conc) in &mut targets {
+            seq.add(target.sequential(per_round, payload).await?);
+            conc.add(
+                target
+                    .concurrent(per_round_conc, config.in_flight, payload)
+                    .await?,
+            );
+        }
+        eprintln!("  round {}/{rounds} done", round + 1);
+    }
+    let mut results = Vec::new();
+    for (case, target, seq, conc) in targets {
+        target.close().await;
+        results.push((
+            case,
+            seq.summary(case, 1),
+            conc.summary(case, config.in_flight),
+        ));
+    }
+    Ok(results)
+}
+
+/// Samples, wall time and CPU time summed over rounds.
+#[derive(Default)]
+struct Acc {
+    samples: Vec<u64>,
+    wall: Duration,
+    cpu: CpuDelta,
+}
+
+impl Acc {
+    fn add(&mut self, (samples, wall, cpu): Run) {
+        self.samples.extend(samples);
+        self.wall += wall;
+        self.cpu.self_cpu += cpu.self_cpu;
+        self.cpu.child_cpu += cpu.child_cpu;
     }
 
-    let mut samples = Vec::with_capacity(config.calls);
-    let cpu = CpuClock::start(pid);
-    let started = Instant::now();
-    for _ in 0..config.calls {
-        let p = payload.to_owned();
-        let t = Instant::now();
-        host.call(plugin, "echo", p).await?;
-        samples.push(t.elapsed().as_nanos() as u64);
+    fn summary(self, case: Case, in_flight: usize) -> Summary {
+        Summary::new(
+            (case.key(), case.label()),
+            in_flight,
+            self.samples,
+            self.wall,
+            self.cpu,
+        )
     }
-    let seq = Summary::new(case.label(), 1, samples, started.elapsed(), cpu.stop());
+}
 
-    let per_caller = (config.calls / config.in_flight).max(1);
-    let cpu = CpuClock::start(pid);
-    let started = Instant::now();
-    let callers: Vec<_> = (0..config.in_flight)
-        .map(|_| {
-            let host = host.clone();
-            let plugin = plugin.to_owned();
-            let payload = payload.to_owned();
-            tokio::spawn(async move {
-                let mut samples = Vec::with_capacity(per_caller);
-                for _ in 0..per_caller {
-                    let p = payload.clone();
-                    let t = Instant::now();
-                    host.call(&plugin, "echo", p).await?;
-                    samples.push(t.elapsed().as_nanos() as u64);
+/// Latency samples in ns, the wall time of the run and the CPU it took.
+type Run = (Vec<u64>, Duration, CpuDelta);
+
+/// Where calls go: a plugin through the host, or a child on a raw pipe.
+enum Target {
+    Host {
+        host: Host,
+        plugin: &'static str,
+        pid: Option<u32>,
+    },
+    Pipe(Box<Pipe>),
+}
+
+impl Target {
+    async fn open(case: Case, config: &Config, host: Option<&Host>) -> anyhow::Result<Target> {
+        let plugin = match case {
+            Case::HostHello => plugins::HELLO,
+            Case::HostRawpy => plugins::RAWPY,
+            Case::HostRust => plugins::RUSTECHO,
+            Case::RawPython => {
+                let raw = plugins::raw_child(&config.repo);
+                let args = [raw.as_os_str(), "--no-hello".as_ref()];
+                return Ok(Target::Pipe(Box::new(Pipe::spawn(
+                    "python3", &args, config,
+                )?)));
+            }
+            Case::RawRust => {
+                let exe = std::env::current_exe()?;
+                let args = ["fake-child".as_ref(), "--no-hello".as_ref()];
+                return Ok(Target::Pipe(Box::new(Pipe::spawn(
+                    exe.as_os_str(),
+                    &args,
+                    config,
+                )?)));
+            }
+        };
+        let host = host.context("The host did not start")?.clone();
+        let pid = host.plugin(plugin)?.pid;
+        Ok(Target::Host { host, plugin, pid })
+    }
+
+    async fn call_once(&mut self, payload: &RawValue) -> anyhow::Result<Box<RawValue>> {
+        match self {
+            Target::Host { host, plugin, .. } => {
+                Ok(host.call(plugin, "echo", payload.to_owned()).await?.result)
+            }
+            Target::Pipe(pipe) => pipe.round_trip(payload).await,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Target::Host { pid, .. } => *pid,
+            Target::Pipe(pipe) => pipe.child.id(),
+        }
+    }
+
+    /// `n` calls one after the other.
+    async fn sequential(&mut self, n: usize, payload: &RawValue) -> anyhow::Result<Run> {
+        let mut samples = Vec::with_capacity(n);
+        let cpu = CpuClock::start(self.pid());
+        let started = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            match self {
+                // The payload copy is part of a call: the HTTP route makes one too.
+                Target::Host { host, plugin, .. } => {
+                    drop(host.call(plugin, "echo", payload.to_owned()).await?)
                 }
-                anyhow::Ok(samples)
-            })
-        })
-        .collect();
-    let mut samples = Vec::with_capacity(per_caller * config.in_flight);
-    for caller in callers {
-        samples.extend(caller.await??);
+                Target::Pipe(pipe) => drop(pipe.round_trip(payload).await?),
+            }
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        Ok((samples, started.elapsed(), cpu.stop()))
     }
-    let conc = Summary::new(case.label(), config.in_flight, samples, started.elapsed(), cpu.stop());
-    eprintln!("  {}: done", case.key());
-    Ok((seq, conc))
+
+    /// `n` calls with `in_flight` outstanding at any time.
+    async fn concurrent(
+        &mut self,
+        n: usize,
+        in_flight: usize,
+        payload: &RawValue,
+    ) -> anyhow::Result<Run> {
+        match self {
+            Target::Host { host, plugin, pid } => {
+                let per_caller = n / in_flight;
+                let cpu = CpuClock::start(*pid);
+                let started = Instant::now();
+                let callers: Vec<_> = (0..in_flight)
+                    .map(|_| {
+                        let (host, plugin, payload) = (host.clone(), *plugin, payload.to_owned());
+                        tokio::spawn(async move {
+                            let mut samples = Vec::with_capacity(per_caller);
+                            for _ in 0..per_caller {
+                                let t = Instant::now();
+                                host.call(plugin, "echo", payload.clone()).await?;
+                                samples.push(t.elapsed().as_nanos() as u64);
+                            }
+                            anyhow::Ok(samples)
+                        })
+                    })
+                    .collect();
+                let mut samples = Vec::with_capacity(n);
+                for caller in callers {
+                    samples.extend(caller.await??);
+                }
+                Ok((samples, started.elapsed(), cpu.stop()))
+            }
+            Target::Pipe(pipe) => pipe.concurrent(n, in_flight, payload).await,
+        }
+    }
+
+    async fn close(self) {
+        if let Target::Pipe(pipe) = self {
+            pipe.shutdown().await;
+        }
+    }
 }
 
 /// A child on the other end of a socket pair on its fd 3, spawned as the process runtime does.
 struct Pipe {
     child: Child,
     reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    /// `None` only while [`Pipe::concurrent`] has lent it to its writer task.
+    writer: Option<OwnedWriteHalf>,
+    next_id: u64,
+    frame: Vec<u8>,
+    line: Vec<u8>,
 }
 
 impl Pipe {
-    async fn spawn(
+    fn spawn(
         program: impl AsRef<std::ffi::OsStr>,
         args: &[&std::ffi::OsStr],
         config: &Config,
@@ -347,16 +499,104 @@ impl Pipe {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("Cannot run `{}`", program.as_ref().display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("Cannot run `{}`", program.as_ref().display()))?;
         drop(child_end);
         parent_end.set_nonblocking(true)?;
         let (read, writer) = UnixStream::from_std(parent_end)?.into_split();
-        Ok(Pipe { child, reader: BufReader::new(read), writer })
+        Ok(Pipe {
+            child,
+            reader: BufReader::new(read),
+            writer: Some(writer),
+            next_id: 10,
+            frame: Vec::with_capacity(256),
+            line: Vec::with_capacity(256),
+        })
+    }
+
+    /// One call: encode, write, read the reply line, decode and check its id.
+    async fn round_trip(&mut self, payload: &RawValue) -> anyhow::Result<Box<RawValue>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        call_frame(&mut self.frame, id, payload);
+        self.writer
+            .as_mut()
+            .context("The pipe has no writer")?
+            .write_all(&self.frame)
+            .await?;
+        self.line.clear();
+        if self.reader.read_until(b'\n', &mut self.line).await? == 0 {
+            bail!("The raw child closed its socket");
+        }
+        let reply: Reply = serde_json::from_slice(&self.line)?;
+        ensure!(
+            reply.id == id,
+            "The raw child answered id {} to call {id}",
+            reply.id
+        );
+        Ok(reply.result)
+    }
+
+    /// One task writes while at most `in_flight` calls are outstanding; this one reads the
+    /// replies and times each against its send time.
+    async fn concurrent(
+        &mut self,
+        n: usize,
+        in_flight: usize,
+        payload: &RawValue,
+    ) -> anyhow::Result<Run> {
+        let first_id = self.next_id;
+        self.next_id += n as u64;
+        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let window = Arc::new(Semaphore::new(in_flight));
+        let mut writer = self.writer.take().context("The pipe has no writer")?;
+        let cpu = CpuClock::start(self.child.id());
+        let base = Instant::now();
+        let writer_task = {
+            let (sent, window, payload) = (sent.clone(), window.clone(), payload.to_owned());
+            tokio::spawn(async move {
+                let mut frame = Vec::with_capacity(256);
+                for (i, sent) in sent.iter().enumerate() {
+                    window.acquire().await?.forget();
+                    call_frame(&mut frame, first_id + i as u64, &payload);
+                    sent.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    writer.write_all(&frame).await?;
+                }
+                anyhow::Ok(writer)
+            })
+        };
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            self.line.clear();
+            if self.reader.read_until(b'\n', &mut self.line).await? == 0 {
+                bail!("The raw child closed its socket");
+            }
+            let now = base.elapsed().as_nanos() as u64;
+            let reply: Reply = serde_json::from_slice(&self.line)?;
+            let i = reply
+                .id
+                .checked_sub(first_id)
+                .filter(|&i| (i as usize) < n)
+                .context("Unexpected reply id")?;
+            samples.push(now.saturating_sub(sent[i as usize].load(Ordering::Relaxed)));
+            window.add_permits(1);
+        }
+        let wall = base.elapsed();
+        self.writer = Some(writer_task.await??);
+        Ok((samples, wall, cpu.stop()))
     }
 
     async fn shutdown(mut self) {
-        let _ = self.writer.write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"shutdown\",\"params\":{}}\n").await;
-        if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
+        if let Some(writer) = self.writer.as_mut() {
+            let _ = writer
+                .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"shutdown\",\"params\":{}}\n")
+                .await;
+        }
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -376,85 +616,4 @@ fn call_frame(frame: &mut Vec<u8>, id: u64, payload: &RawValue) {
         r#"{{"jsonrpc":"2.0","id":{id},"method":"call","params":{{"action":"echo","payload":{},"deadline_ms":5000}}}}"#,
         payload.get()
     );
-}
-
-async fn raw_case(
-    mut pipe: Pipe,
-    case: Case,
-    config: &Config,
-    payload: &RawValue,
-) -> anyhow::Result<(Summary, Summary)> {
-    let pid = pipe.child.id();
-    let mut frame = Vec::with_capacity(256);
-    let mut line = Vec::with_capacity(256);
-    let mut next_id = 10u64;
-    let mut round_trip = async |pipe: &mut Pipe, frame: &mut Vec<u8>, line: &mut Vec<u8>| {
-        let id = next_id;
-        next_id += 1;
-        call_frame(frame, id, payload);
-        pipe.writer.write_all(frame).await?;
-        line.clear();
-        if pipe.reader.read_until(b'\n', line).await? == 0 {
-            bail!("The raw child closed its socket");
-        }
-        let reply: Reply = serde_json::from_slice(line)?;
-        ensure!(reply.id == id, "The raw child answered id {} to call {id}", reply.id);
-        anyhow::Ok(reply.result)
-    };
-
-    let first = round_trip(&mut pipe, &mut frame, &mut line).await?;
-    check_echo(first.get(), payload)?;
-    for _ in 0..config.warmup {
-        round_trip(&mut pipe, &mut frame, &mut line).await?;
-    }
-    let mut samples = Vec::with_capacity(config.calls);
-    let cpu = CpuClock::start(pid);
-    let started = Instant::now();
-    for _ in 0..config.calls {
-        let t = Instant::now();
-        round_trip(&mut pipe, &mut frame, &mut line).await?;
-        samples.push(t.elapsed().as_nanos() as u64);
-    }
-    let seq = Summary::new(case.label(), 1, samples, started.elapsed(), cpu.stop());
-
-    // N in flight: one task writes while at most N calls are outstanding, this one reads the
-    // replies and times each against its send time.
-    let n = (config.calls / config.in_flight).max(1) * config.in_flight;
-    let first_id = next_id;
-    let base = Instant::now();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let window = Arc::new(Semaphore::new(config.in_flight));
-    let Pipe { child, mut reader, mut writer } = pipe;
-    let cpu = CpuClock::start(pid);
-    let writer_task = {
-        let (sent, window, payload) = (sent.clone(), window.clone(), payload.to_owned());
-        tokio::spawn(async move {
-            let mut frame = Vec::with_capacity(256);
-            for i in 0..n {
-                window.acquire().await?.forget();
-                call_frame(&mut frame, first_id + i as u64, &payload);
-                sent[i].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                writer.write_all(&frame).await?;
-            }
-            anyhow::Ok(writer)
-        })
-    };
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).await? == 0 {
-            bail!("The raw child closed its socket");
-        }
-        let now = base.elapsed().as_nanos() as u64;
-        let reply: Reply = serde_json::from_slice(&line)?;
-        let i = reply.id.checked_sub(first_id).filter(|&i| (i as usize) < n).context("Unexpected reply id")?;
-        samples.push(now.saturating_sub(sent[i as usize].load(Ordering::Relaxed)));
-        window.add_permits(1);
-    }
-    let wall = base.elapsed();
-    let writer = writer_task.await??;
-    let conc = Summary::new(case.label(), config.in_flight, samples, wall, cpu.stop());
-    Pipe { child, reader, writer }.shutdown().await;
-    eprintln!("  {}: done", case.key());
-    Ok((seq, conc))
 }

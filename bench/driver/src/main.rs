@@ -24,7 +24,7 @@ pub(crate) const DEFAULT_PAYLOAD: &str = r#"{"user":"Ada Lovelace","id":1815,"ta
 const USAGE: &str = "\
 Usage:
   plugd-bench latency [--repo DIR] [-n CALLS] [--warmup CALLS] [--in-flight N] [--threads N]
-                      [--payload JSON] [--cases LIST]
+                      [--rounds N] [--payload JSON] [--cases LIST]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
@@ -53,16 +53,25 @@ fn run() -> anyhow::Result<ExitCode> {
     match command.as_str() {
         "latency" => {
             let mut config = latency::Config {
-                repo: args.value("--repo")?.map(PathBuf::from).unwrap_or_else(default_repo),
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
                 calls: args.parsed("-n")?.unwrap_or(20_000),
                 warmup: args.parsed("--warmup")?.unwrap_or(2_000),
                 in_flight: args.parsed("--in-flight")?.unwrap_or(64),
                 threads: args.parsed("--threads")?,
-                payload: args.value("--payload")?.unwrap_or_else(|| DEFAULT_PAYLOAD.to_owned()),
+                rounds: args.parsed("--rounds")?.unwrap_or(5),
+                payload: args
+                    .value("--payload")?
+                    .unwrap_or_else(|| DEFAULT_PAYLOAD.to_owned()),
                 cases: latency::Case::ALL.to_vec(),
             };
             if let Some(list) = args.value("--cases")? {
-                config.cases = list.split(',').map(latency::Case::parse).collect::<Result<_, _>>()?;
+                config.cases = list
+                    .split(',')
+                    .map(latency::Case::parse)
+                    .collect::<Result<_, _>>()?;
             }
             args.finish()?;
             let mut builder = match config.threads {
@@ -81,14 +90,23 @@ fn run() -> anyhow::Result<ExitCode> {
             runtime.block_on(async { tokio::spawn(latency::run(config)).await? })?;
         }
         "axum-echo" => {
-            let listen: SocketAddr = args.parsed("--listen")?.context("`axum-echo` needs `--listen ADDR`")?;
+            let listen: SocketAddr = args
+                .parsed("--listen")?
+                .context("`axum-echo` needs `--listen ADDR`")?;
             args.finish()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(echo::serve(listen))?;
         }
         "make-plugins" => {
-            let repo = args.value("--repo")?.map(PathBuf::from).unwrap_or_else(default_repo);
-            let dir = args.positional().context("`make-plugins` needs a directory")?;
+            let repo = args
+                .value("--repo")?
+                .map(PathBuf::from)
+                .unwrap_or_else(default_repo);
+            let dir = args
+                .positional()
+                .context("`make-plugins` needs a directory")?;
             args.finish()?;
             plugins::make(&repo, std::path::Path::new(&dir))?;
         }
@@ -114,7 +132,9 @@ struct Args(Vec<String>);
 
 impl Args {
     fn value(&mut self, name: &str) -> anyhow::Result<Option<String>> {
-        let Some(i) = self.0.iter().position(|a| a == name) else { return Ok(None) };
+        let Some(i) = self.0.iter().position(|a| a == name) else {
+            return Ok(None);
+        };
         if i + 1 >= self.0.len() {
             bail!("Option `{name}` needs a value");
         }
@@ -128,7 +148,10 @@ impl Args {
         T::Err: std::fmt::Display,
     {
         match self.value(name)? {
-            Some(v) => v.parse().map(Some).map_err(|e| anyhow::anyhow!("Invalid `{name}` value `{v}`: {e}")),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("Invalid `{name}` value `{v}`: {e}")),
             None => Ok(None),
         }
     }

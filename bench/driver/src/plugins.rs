@@ -37,13 +37,19 @@ pub(crate) fn make(repo: &Path, dir: &Path) -> anyhow::Result<()> {
     let rawpy = dir.join(RAWPY);
     std::fs::create_dir_all(&rawpy)?;
     copy(&raw, &rawpy.join("raw_pipe_child.py"))?;
-    std::fs::write(rawpy.join("plugin.toml"), manifest(RAWPY, r#"["python3", "raw_pipe_child.py"]"#))?;
+    std::fs::write(
+        rawpy.join("plugin.toml"),
+        manifest(RAWPY, r#"["python3", "raw_pipe_child.py"]"#),
+    )?;
 
     let rustecho = dir.join(RUSTECHO);
     std::fs::create_dir_all(&rustecho)?;
     let exe = std::env::current_exe().context("Cannot find the `plugd-bench` executable")?;
     copy(&exe, &rustecho.join("fake-child"))?;
-    std::fs::write(rustecho.join("plugin.toml"), manifest(RUSTECHO, r#"["./fake-child", "fake-child"]"#))?;
+    std::fs::write(
+        rustecho.join("plugin.toml"),
+        manifest(RUSTECHO, r#"["./fake-child", "fake-child"]"#),
+    )?;
     Ok(())
 }
 

@@ -5,6 +5,9 @@ use std::time::Duration;
 /// What one benchmark case measured.
 #[derive(Clone, Debug)]
 pub(crate) struct Summary {
+    /// Stable name for the JSON line.
+    pub key: &'static str,
+    /// Human label for the table.
     pub name: &'static str,
     pub in_flight: usize,
     pub calls: usize,
@@ -23,7 +26,7 @@ pub(crate) struct Summary {
 impl Summary {
     /// Sorts `samples_ns` and summarises them; `wall` is the whole measured run.
     pub(crate) fn new(
-        name: &'static str,
+        (key, name): (&'static str, &'static str),
         in_flight: usize,
         mut samples_ns: Vec<u64>,
         wall: Duration,
@@ -31,9 +34,16 @@ impl Summary {
     ) -> Summary {
         samples_ns.sort_unstable();
         let n = samples_ns.len().max(1);
-        let at = |q: f64| samples_ns.get(((n as f64 * q) as usize).min(n - 1)).copied().unwrap_or(0) as f64 / 1e3;
+        let at = |q: f64| {
+            samples_ns
+                .get(((n as f64 * q) as usize).min(n - 1))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1e3
+        };
         let calls = samples_ns.len();
         Summary {
+            key,
             name,
             in_flight,
             calls,
@@ -51,7 +61,16 @@ impl Summary {
     pub(crate) fn header() -> String {
         format!(
             "{:<34} {:>4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
-            "case", "infl", "calls", "p50 µs", "p90 µs", "p99 µs", "mean µs", "calls/s", "self cpu", "child cpu"
+            "case",
+            "infl",
+            "calls",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "mean µs",
+            "calls/s",
+            "self cpu",
+            "child cpu"
         )
     }
 
@@ -74,7 +93,7 @@ impl Summary {
     pub(crate) fn json(&self) -> serde_json::Value {
         let r = |x: f64| (x * 10.0).round() / 10.0;
         serde_json::json!({
-            "case": self.name,
+            "case": self.key,
             "in_flight": self.in_flight,
             "calls": self.calls,
             "p50_us": r(self.p50_us),
@@ -104,13 +123,20 @@ pub(crate) struct CpuClock {
 
 impl CpuClock {
     pub(crate) fn start(child: Option<u32>) -> CpuClock {
-        CpuClock { child, start: (self_cpu(), child.map(proc_cpu).unwrap_or_default()) }
+        CpuClock {
+            child,
+            start: (self_cpu(), child.map(proc_cpu).unwrap_or_default()),
+        }
     }
 
     pub(crate) fn stop(&self) -> CpuDelta {
         CpuDelta {
             self_cpu: self_cpu().saturating_sub(self.start.0),
-            child_cpu: self.child.map(proc_cpu).unwrap_or_default().saturating_sub(self.start.1),
+            child_cpu: self
+                .child
+                .map(proc_cpu)
+                .unwrap_or_default()
+                .saturating_sub(self.start.1),
         }
     }
 }
@@ -128,12 +154,19 @@ fn self_cpu() -> Duration {
 
 /// User + system time of `pid` from `/proc/PID/stat` (clock-tick resolution, usually 10 ms).
 fn proc_cpu(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Duration::ZERO };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
     // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let Some((_, rest)) = stat.rsplit_once(')') else { return Duration::ZERO };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_nanos(ticks * 1_000_000_000 / hz)

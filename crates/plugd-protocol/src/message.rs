@@ -76,6 +76,13 @@ fn null() -> Box<RawValue> {
 impl Message {
     /// Decodes one frame (without its trailing newline).
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        // serde would accept a JSON array as a struct (fields by position): refuse it first.
+        if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+                Err(e) => Err(DecodeError::Json(e)),
+                Ok(_) => Err(DecodeError::Shape("a frame must be a JSON object")),
+            };
+        }
         let raw: RawFrame = serde_json::from_slice(frame)?;
         let id = match raw.id {
             None | Some(serde_json::Value::Null) => None,
@@ -337,7 +344,11 @@ mod tests {
         );
         check(
             "[1,2]",
-            "error: Frame is not valid JSON: invalid type: sequence, expected struct RawFrame at line 1 column 0",
+            "error: Frame is not a JSON-RPC message: a frame must be a JSON object",
+        );
+        check(
+            r#"[1,"call"]"#,
+            "error: Frame is not a JSON-RPC message: a frame must be a JSON object",
         );
     }
 

@@ -321,7 +321,7 @@ async fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     let env = Env::new();
     let host = Arc::new(RecordingHost::default());
     let first = env.runtime();
-    first.start(env.package("a", guest_v01(), ""), host.clone()).await.unwrap();
+    let _a = first.start(env.package("a", guest_v01(), ""), host.clone()).await.unwrap();
     // The same bytes in another package share the compiled code in memory.
     let _b = first.start(env.package("b", guest_v01(), ""), host.clone()).await.unwrap();
     let stats = first.cache_stats();
