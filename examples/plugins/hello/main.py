@@ -1,14 +1,9 @@
 """`hello`: greets people, echoes payloads and logs `hello.*` events."""
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-try:
-    from plugd import Plugin
-except ImportError:  # running from a plugd checkout without `pip install ./sdk/python`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sdk" / "python" / "src"))
-    from plugd import Plugin
+# `plugd serve` puts its own copy of the SDK on `PYTHONPATH`.
+from plugd import Plugin
 
 plugin = Plugin()
 

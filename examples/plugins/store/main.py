@@ -6,17 +6,13 @@ consistent, and each write replaces the file atomically.
 
 import json
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    from plugd import Plugin
-except ImportError:  # running from a plugd checkout without `pip install ./sdk/python`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sdk" / "python" / "src"))
-    from plugd import Plugin
+# `plugd serve` puts its own copy of the SDK on `PYTHONPATH`.
+from plugd import Plugin
 
 plugin = Plugin()
 _lock = threading.Lock()

@@ -1,14 +1,9 @@
 """`thumbs`: plans thumbnail sizes (pure computation; it depends on `store` to show a load wave)."""
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-try:
-    from plugd import Plugin
-except ImportError:  # running from a plugd checkout without `pip install ./sdk/python`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "sdk" / "python" / "src"))
-    from plugd import Plugin
+# `plugd serve` puts its own copy of the SDK on `PYTHONPATH`.
+from plugd import Plugin
 
 plugin = Plugin()
 
