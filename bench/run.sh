@@ -71,8 +71,9 @@ PLUGD=$ROOT/target/release/plugd
 BENCH=$ROOT/target/release/plugd-bench
 
 # --- Python SDK for the plugins ----------------------------------------------------------------
-# `plugd serve` gives children a clean environment (no PYTHONPATH) and runs a staged copy of each
-# package, so `hello` needs the SDK installed: a venv whose site-packages points at the checkout.
+# Plugins run from a staged copy of their package in a clean environment, so `import plugd` must
+# work without the checkout's layout: a venv whose site-packages points at the checkout's SDK.
+# (Current `plugd serve` also puts its own SDK copy on children's PYTHONPATH, which wins.)
 python3 -m venv --without-pip "$SCRATCH/venv"
 SITE=$("$SCRATCH/venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 echo "$ROOT/sdk/python/src" >"$SITE/plugd-sdk.pth"
