@@ -88,7 +88,8 @@ fn main() {
 
     // A new plugin per call: extism's equivalent of a fresh instance (it compiles per `new`
     // unless a compiled plugin is reused, so use `CompiledPlugin` when available).
-    let compiled = extism::CompiledPlugin::new(extism::PluginBuilder::new(&manifest)).expect("compiles");
+    let compiled =
+        extism::CompiledPlugin::new(extism::PluginBuilder::new(&manifest)).expect("compiles");
     let samples = (0..5_000)
         .map(|_| {
             let t = Instant::now();

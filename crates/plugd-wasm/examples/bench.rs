@@ -24,7 +24,11 @@ impl HostCalls for NullHost {
     fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
     fn progress(&self, _: Progress) {}
     fn emit(&self, _: &str, _: serde_json::Value) {}
-    async fn request(&self, m: &str, _: serde_json::Value) -> Result<serde_json::Value, HostCallError> {
+    async fn request(
+        &self,
+        m: &str,
+        _: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
         Err(HostCallError::Unknown(m.to_owned()))
     }
 }
@@ -94,7 +98,11 @@ async fn start(runtime: &WasmRuntime, spec: InstanceSpec) -> Arc<WasmInstance> {
 async fn main() {
     let root = tempfile::tempdir().unwrap();
     let wasm = guest::component("0.1.0");
-    println!("guest component: {} bytes; payload {} bytes", wasm.len(), PAYLOAD.len());
+    println!(
+        "guest component: {} bytes; payload {} bytes",
+        wasm.len(),
+        PAYLOAD.len()
+    );
 
     // Call latency.
     let pooled_rt = WasmRuntime::new(WasmConfig::new(root.path().join("cache"))).unwrap();
@@ -105,9 +113,14 @@ async fn main() {
     let fresh = start(&fresh_rt, spec(root.path(), "fresh", &wasm)).await;
     let (p, f) = {
         let (pooled, fresh) = (pooled.clone(), fresh.clone());
-        tokio::task::spawn_blocking(move || (time_blocking(&pooled, 200_000), time_blocking(&fresh, 50_000)))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            (
+                time_blocking(&pooled, 200_000),
+                time_blocking(&fresh, 50_000),
+            )
+        })
+        .await
+        .unwrap()
     };
     report("call_blocking, pooled instance", p);
     report("call_blocking, fresh instance", f);
@@ -125,7 +138,11 @@ async fn main() {
 
     // Start-up of 1,000 copies with a warm cache.
     for distinct in [false, true] {
-        let dir = root.path().join(if distinct { "many-distinct" } else { "many-same" });
+        let dir = root.path().join(if distinct {
+            "many-distinct"
+        } else {
+            "many-same"
+        });
         let cache = dir.join("cache");
         let specs: Vec<InstanceSpec> = (0..1_000)
             .map(|i| {
@@ -152,7 +169,15 @@ async fn main() {
                     break;
                 }
             }
-            println!("  warming the cache ({}): {:.2?}", if distinct { "1,000 compiles" } else { "1 compile" }, t.elapsed());
+            println!(
+                "  warming the cache ({}): {:.2?}",
+                if distinct {
+                    "1,000 compiles"
+                } else {
+                    "1 compile"
+                },
+                t.elapsed()
+            );
         }
         let t = Instant::now();
         let runtime = WasmRuntime::new(WasmConfig::new(&cache)).unwrap();
@@ -164,7 +189,11 @@ async fn main() {
         let stats = runtime.cache_stats();
         println!(
             "start 1,000 plugins, warm cache, {:<22} {took:>9.2?}  (compiled {}, loaded {}, shared {})",
-            if distinct { "distinct components:" } else { "identical components:" },
+            if distinct {
+                "distinct components:"
+            } else {
+                "identical components:"
+            },
             stats.compiled,
             stats.loaded,
             stats.shared

@@ -86,7 +86,9 @@ impl host::Host for State {
             }),
             Err(_) => Err(types::Error {
                 code: "timeout".to_owned(),
-                message: format!("Host request `{method}` did not finish before the call's deadline"),
+                message: format!(
+                    "Host request `{method}` did not finish before the call's deadline"
+                ),
             }),
         }
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use plugd_manifest::{ActionName, PluginName};
 use plugd_runtime::{
-    ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel,
-    LogSource, Outcome, RuntimeError,
+    ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel, LogSource,
+    Outcome, RuntimeError,
 };
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
@@ -78,7 +78,9 @@ impl WasmInstance {
             }
         }
         let max_idle = match inner.config.instance_reuse {
-            InstanceReuse::Pooled { max_idle } => max_idle.min(spec.manifest.limits.concurrency as usize),
+            InstanceReuse::Pooled { max_idle } => {
+                max_idle.min(spec.manifest.limits.concurrency as usize)
+            }
             InstanceReuse::Fresh => 0,
         };
         let concurrency = spec.manifest.limits.concurrency.max(1) as usize;
@@ -114,10 +116,11 @@ impl WasmInstance {
                 plugin: plugin.clone(),
                 reason: format!("`describe` failed: {e}"),
             })?;
-        shared.actions = parse_actions(&description).map_err(|reason| RuntimeError::StartFailed {
-            plugin: plugin.clone(),
-            reason,
-        })?;
+        shared.actions =
+            parse_actions(&description).map_err(|reason| RuntimeError::StartFailed {
+                plugin: plugin.clone(),
+                reason,
+            })?;
         Ok(Arc::new(WasmInstance {
             shared: Arc::new(shared),
         }))
@@ -139,7 +142,11 @@ impl WasmInstance {
 
     /// How many ready instances are kept for the next calls.
     pub fn idle_instances(&self) -> usize {
-        self.shared.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.shared
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
@@ -222,7 +229,10 @@ impl Instance for WasmInstance {
             late_replies: 0,
             details: vec![
                 ("instances".to_owned(), reuse.to_owned()),
-                ("idle_instances".to_owned(), self.idle_instances().to_string()),
+                (
+                    "idle_instances".to_owned(),
+                    self.idle_instances().to_string(),
+                ),
                 (
                     "faulted_instances".to_owned(),
                     shared.faults.load(Ordering::Relaxed).to_string(),
@@ -437,7 +447,7 @@ impl Shared {
             self.memory_error()
         } else {
             let message = match error.downcast_ref::<Trap>() {
-                Some(trap) => format!("wasm trap: {trap}"),
+                Some(trap) => trap.to_string(),
                 None => error.root_cause().to_string(),
             };
             RuntimeError::ActionFailed {
@@ -523,7 +533,10 @@ fn parse_actions(text: &str) -> Result<Vec<ActionInfo>, String> {
     };
     list.iter()
         .map(|item| {
-            let name = item.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            let name = item
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
             let name = ActionName::new(name)
                 .map_err(|e| format!("`describe` announced an invalid action: {e}"))?;
             let description = item

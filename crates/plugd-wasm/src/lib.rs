@@ -247,7 +247,8 @@ impl WasmRuntime {
         let Some(entry) = spec.manifest.entry.first().cloned() else {
             return Err(RuntimeError::StartFailed {
                 plugin,
-                reason: "its manifest has no `entry`; hint: set `entry = \"plugin.wasm\"`".to_owned(),
+                reason: "its manifest has no `entry`; hint: set `entry = \"plugin.wasm\"`"
+                    .to_owned(),
             });
         };
         let inner = self.inner.clone();
@@ -381,12 +382,19 @@ fn check_world(
         .map(|(name, _)| name);
     let mut exports_guest = false;
     for name in names {
-        let Some(rest) = name.strip_prefix(WIT_PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+        let Some(rest) = name
+            .strip_prefix(WIT_PACKAGE)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             continue;
         };
         let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
         if !compatible(version) {
-            let shown = if version.is_empty() { "an unversioned" } else { version };
+            let shown = if version.is_empty() {
+                "an unversioned"
+            } else {
+                version
+            };
             return Err(RuntimeError::Refused {
                 plugin: plugin.clone(),
                 reason: format!(

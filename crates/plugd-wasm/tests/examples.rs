@@ -21,10 +21,17 @@ struct QuietHost;
 
 #[async_trait]
 impl HostCalls for QuietHost {
-    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
+    fn log(&self, source: LogSource, level: LogLevel, message: &str) {
+        // Shown when the test fails: a guest's own error report is the best clue.
+        eprintln!("[{source:?} {}] {message}", level.as_str());
+    }
     fn progress(&self, _: Progress) {}
     fn emit(&self, _: &str, _: serde_json::Value) {}
-    async fn request(&self, m: &str, _: serde_json::Value) -> Result<serde_json::Value, HostCallError> {
+    async fn request(
+        &self,
+        m: &str,
+        _: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
         Err(HostCallError::Unknown(m.to_owned()))
     }
 }
@@ -51,7 +58,11 @@ async fn start(runtime: &WasmRuntime, name: &str, data: &Path) -> Arc<dyn Instan
     runtime.start(spec, Arc::new(QuietHost)).await.unwrap()
 }
 
-async fn call(instance: &Arc<dyn Instance>, action: &str, payload: &str) -> Result<serde_json::Value, RuntimeError> {
+async fn call(
+    instance: &Arc<dyn Instance>,
+    action: &str,
+    payload: &str,
+) -> Result<serde_json::Value, RuntimeError> {
     let outcome = instance
         .call(Invocation {
             action: ActionName::new(action).unwrap(),
@@ -67,20 +78,48 @@ async fn every_example_echoes_and_runs_its_own_action() {
     let tmp = tempfile::tempdir().unwrap();
     let runtime = WasmRuntime::new(WasmConfig::new(tmp.path().join("cache"))).unwrap();
     let payload = r#"{"text":"Hello, Wörld! hello again","n":[1,2]}"#;
-    let echoed = serde_json::json!({"value": serde_json::from_str::<serde_json::Value>(payload).unwrap()});
+    let echoed =
+        serde_json::json!({"value": serde_json::from_str::<serde_json::Value>(payload).unwrap()});
     let cases = [
-        ("echo-py-wasm", "wordcount", serde_json::json!({"value": {"lines": 1, "words": 4, "chars": 25}})),
-        ("hello-js-wasm", "slugify", serde_json::json!({"value": "hello-world-hello-again"})),
-        ("hello-c-wasm", "checksum", serde_json::json!({"value": {"fnv1a32": fnv1a32(payload), "bytes": payload.len()}})),
+        (
+            "echo-py-wasm",
+            "wordcount",
+            serde_json::json!({"value": {"lines": 1, "words": 4, "chars": 25}}),
+        ),
+        (
+            "hello-js-wasm",
+            "slugify",
+            serde_json::json!({"value": "hello-world-hello-again"}),
+        ),
+        (
+            "hello-c-wasm",
+            "checksum",
+            serde_json::json!({"value": {"fnv1a32": fnv1a32(payload), "bytes": payload.len()}}),
+        ),
     ];
     for (name, action, expected) in cases {
         let instance = start(&runtime, name, tmp.path()).await;
-        let names: Vec<String> = instance.actions().iter().map(|a| a.name.to_string()).collect();
+        let names: Vec<String> = instance
+            .actions()
+            .iter()
+            .map(|a| a.name.to_string())
+            .collect();
         assert_eq!(names, ["echo", action], "{name}");
-        assert_eq!(call(&instance, "echo", payload).await.unwrap(), echoed, "{name}");
-        assert_eq!(call(&instance, action, payload).await.unwrap(), expected, "{name}");
+        assert_eq!(
+            call(&instance, "echo", payload).await.unwrap(),
+            echoed,
+            "{name}"
+        );
+        assert_eq!(
+            call(&instance, action, payload).await.unwrap(),
+            expected,
+            "{name}"
+        );
         let err = call(&instance, "nope", "{}").await.unwrap_err();
-        assert!(matches!(err, RuntimeError::UnknownAction { .. }), "{name}: {err:?}");
+        assert!(
+            matches!(err, RuntimeError::UnknownAction { .. }),
+            "{name}: {err:?}"
+        );
     }
 }
 

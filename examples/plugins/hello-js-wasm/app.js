@@ -11,11 +11,16 @@ function fail(code, message) {
   return { payload: { code, message } };
 }
 
+// Latin-1 letters folded to ASCII (the engine is built without Unicode normalization data).
+const FOLD = {
+  à: "a", á: "a", â: "a", ã: "a", ä: "a", å: "a", æ: "ae", ç: "c", è: "e", é: "e", ê: "e",
+  ë: "e", ì: "i", í: "i", î: "i", ï: "i", ñ: "n", ò: "o", ó: "o", ô: "o", õ: "o", ö: "o",
+  ø: "o", ù: "u", ú: "u", û: "u", ü: "u", ý: "y", ÿ: "y", ß: "ss",
+};
+
 function slugify(text) {
-  return text
-    .normalize("NFKD")
-    .replace(/[\u0300-\u036f]/g, "")
-    .toLowerCase()
+  return Array.from(text.toLowerCase(), (c) => FOLD[c] ?? c)
+    .join("")
     .replace(/[^a-z0-9]+/g, "-")
     .replace(/^-+|-+$/g, "");
 }

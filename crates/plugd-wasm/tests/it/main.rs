@@ -40,7 +40,9 @@ impl HostCalls for RecordingHost {
         params: serde_json::Value,
     ) -> Result<serde_json::Value, HostCallError> {
         match &self.answer {
-            Some(answer) => Ok(serde_json::json!({"method": method, "params": params, "answer": answer})),
+            Some(answer) => {
+                Ok(serde_json::json!({"method": method, "params": params, "answer": answer}))
+            }
             None => Err(HostCallError::NotGranted {
                 plugin: "guest".to_owned(),
                 service: "kv".to_owned(),
@@ -120,7 +122,11 @@ fn invocation(action: &str, payload: &str) -> Invocation {
     }
 }
 
-async fn call(instance: &Arc<dyn Instance>, action: &str, payload: &str) -> Result<String, RuntimeError> {
+async fn call(
+    instance: &Arc<dyn Instance>,
+    action: &str,
+    payload: &str,
+) -> Result<String, RuntimeError> {
     instance
         .call(invocation(action, payload))
         .await
@@ -144,7 +150,10 @@ async fn describe_announces_the_guest_actions() {
             ("trap".to_owned(), "Traps".to_owned()),
         ]
     );
-    assert_eq!(Runtime::kind(&env.runtime()), plugd_manifest::RuntimeKind::Wasm);
+    assert_eq!(
+        Runtime::kind(&env.runtime()),
+        plugd_manifest::RuntimeKind::Wasm
+    );
 }
 
 #[tokio::test]
@@ -163,10 +172,16 @@ async fn unknown_action_and_guest_errors_map_to_their_kinds() {
     let env = Env::new();
     let (instance, _) = start(&env, "").await;
     let err = call(&instance, "nope", "{}").await.unwrap_err();
-    assert!(matches!(err, RuntimeError::UnknownAction { ref action, .. } if action == "nope"), "{err:?}");
+    assert!(
+        matches!(err, RuntimeError::UnknownAction { ref action, .. } if action == "nope"),
+        "{err:?}"
+    );
 
     let err = call(&instance, "fail", "{}").await.unwrap_err();
-    assert_eq!(err.to_string(), "Plugin `guest` failed in `fail`: it failed on purpose");
+    assert_eq!(
+        err.to_string(),
+        "Plugin `guest` failed in `fail`: it failed on purpose"
+    );
     assert!(matches!(err, RuntimeError::ActionFailed { code: Some(ref c), .. } if c == "boom"));
 
     let err = call(&instance, "reject", "{}").await.unwrap_err();
@@ -188,11 +203,18 @@ async fn a_trap_fails_the_call_and_the_next_call_succeeds() {
         }
         other => panic!("expected a trap, got {other:?}"),
     }
-    assert_eq!(call(&instance, "echo", "1").await.unwrap(), r#"{"value":1}"#);
+    assert_eq!(
+        call(&instance, "echo", "1").await.unwrap(),
+        r#"{"value":1}"#
+    );
     let status = instance.status();
     assert!(status.ready);
     assert_eq!(status.last_error.as_deref(), Some(err.to_string().as_str()));
-    assert!(status.details.contains(&("faulted_instances".to_owned(), "1".to_owned())));
+    assert!(
+        status
+            .details
+            .contains(&("faulted_instances".to_owned(), "1".to_owned()))
+    );
     assert_eq!(host.lines(LogSource::Runtime).len(), 1);
 }
 
@@ -207,7 +229,10 @@ async fn an_endless_loop_times_out_and_the_plugin_keeps_serving() {
         matches!(err, RuntimeError::Timeout { timeout, .. } if timeout == Duration::from_millis(100)),
         "{err:?}"
     );
-    assert_eq!(call(&instance, "echo", "2").await.unwrap(), r#"{"value":2}"#);
+    assert_eq!(
+        call(&instance, "echo", "2").await.unwrap(),
+        r#"{"value":2}"#
+    );
 }
 
 #[tokio::test]
@@ -230,7 +255,10 @@ async fn growing_memory_past_the_limit_is_a_memory_limit() {
         err.to_string(),
         "Plugin `guest` exceeded its memory limit; hint: raise `limits.memory` in `plugin.toml`"
     );
-    assert_eq!(call(&instance, "echo", "3").await.unwrap(), r#"{"value":3}"#);
+    assert_eq!(
+        call(&instance, "echo", "3").await.unwrap(),
+        r#"{"value":3}"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,10 +299,16 @@ async fn logs_events_and_host_requests_reach_the_host() {
     let (instance, host) = start(&env, "").await;
     assert_eq!(call(&instance, "log", "4").await.unwrap(), r#"{"value":4}"#);
     instance
-        .event("image.imported", &RawValue::from_string("{}".to_owned()).unwrap())
+        .event(
+            "image.imported",
+            &RawValue::from_string("{}".to_owned()).unwrap(),
+        )
         .await
         .unwrap();
-    assert_eq!(host.lines(LogSource::Plugin), ["hello from wasm", "image.imported"]);
+    assert_eq!(
+        host.lines(LogSource::Plugin),
+        ["hello from wasm", "image.imported"]
+    );
 
     let err = call(&instance, "ask", r#"{"key":"k"}"#).await.unwrap_err();
     assert!(
@@ -309,11 +343,17 @@ async fn fresh_instances_serve_calls_too() {
     let echoed = tokio::task::spawn_blocking(move || {
         let first = instance.call_blocking(&invocation("echo", "5")).unwrap();
         let second = instance.call_blocking(&invocation("echo", "6")).unwrap();
-        (first.result.get().to_owned(), second.result.get().to_owned())
+        (
+            first.result.get().to_owned(),
+            second.result.get().to_owned(),
+        )
     })
     .await
     .unwrap();
-    assert_eq!(echoed, (r#"{"value":5}"#.to_owned(), r#"{"value":6}"#.to_owned()));
+    assert_eq!(
+        echoed,
+        (r#"{"value":5}"#.to_owned(), r#"{"value":6}"#.to_owned())
+    );
 }
 
 #[tokio::test]
@@ -321,19 +361,31 @@ async fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     let env = Env::new();
     let host = Arc::new(RecordingHost::default());
     let first = env.runtime();
-    let _a = first.start(env.package("a", guest_v01(), ""), host.clone()).await.unwrap();
+    let _a = first
+        .start(env.package("a", guest_v01(), ""), host.clone())
+        .await
+        .unwrap();
     // The same bytes in another package share the compiled code in memory.
-    let _b = first.start(env.package("b", guest_v01(), ""), host.clone()).await.unwrap();
+    let _b = first
+        .start(env.package("b", guest_v01(), ""), host.clone())
+        .await
+        .unwrap();
     let stats = first.cache_stats();
     assert_eq!((stats.compiled, stats.loaded, stats.shared), (1, 0, 1));
     let files = cwasm_files(&env.cache());
     assert_eq!(files.len(), 1, "{files:?}");
 
     let second = env.runtime();
-    let instance = second.start(env.package("a", guest_v01(), ""), host).await.unwrap();
+    let instance = second
+        .start(env.package("a", guest_v01(), ""), host)
+        .await
+        .unwrap();
     let stats = second.cache_stats();
     assert_eq!((stats.compiled, stats.loaded, stats.shared), (0, 1, 0));
-    assert_eq!(call(&instance, "echo", "7").await.unwrap(), r#"{"value":7}"#);
+    assert_eq!(
+        call(&instance, "echo", "7").await.unwrap(),
+        r#"{"value":7}"#
+    );
     assert_eq!(cwasm_files(&env.cache()), files);
 }
 
@@ -372,8 +424,16 @@ async fn network_permissions_and_non_components_are_refused_at_start() {
     let env = Env::new();
     let runtime = env.runtime();
     let host = Arc::new(RecordingHost::default());
-    let spec = env.package("net", guest_v01(), "[permissions]\nnet.connect = [\"example.org:443\"]\n");
-    let err = runtime.start(spec, host.clone()).await.err().expect("refused");
+    let spec = env.package(
+        "net",
+        guest_v01(),
+        "[permissions]\nnet.connect = [\"example.org:443\"]\n",
+    );
+    let err = runtime
+        .start(spec, host.clone())
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(
         err.to_string(),
         "Plugin `net` was refused: network for wasm plugins is not supported yet (`permissions.net_connect`); hint: use `runtime = \"process\"` or remove `net.connect`"
@@ -383,7 +443,9 @@ async fn network_permissions_and_non_components_are_refused_at_start() {
     let spec = env.package("core", &core, "");
     let err = runtime.start(spec, host).await.err().expect("refused");
     assert!(
-        err.to_string().starts_with("Plugin `core` could not start: `plugin.wasm` is not a valid WebAssembly component: "),
+        err.to_string().starts_with(
+            "Plugin `core` could not start: `plugin.wasm` is not a valid WebAssembly component: "
+        ),
         "{err}"
     );
 }
