@@ -66,9 +66,10 @@ build_python() {
     # componentize-py writes bindings next to the app when asked; build in a scratch dir.
     local work
     work=$(mktemp -d)
-    (cd "$work" && "$VENV/bin/componentize-py" -d "$WIT" -w plugin componentize \
-        -p "$dir" app -o "$out" >/dev/null)
-    rm -rf "$work"
+    # It imports the app to build it: keep bytecode out of the package (signing refuses it).
+    (cd "$work" && PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/componentize-py" -d "$WIT" -w plugin \
+        componentize -p "$dir" app -o "$out" >/dev/null)
+    rm -rf "$work" "$dir/__pycache__"
 }
 
 build_js() {

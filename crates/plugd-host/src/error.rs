@@ -13,7 +13,7 @@ pub enum HostError {
         name: String,
     },
     /// The plugin exists but is not running.
-    #[error("Plugin `{plugin}` is {state}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    #[error("{}", not_running(plugin, *state, reason.as_deref()))]
     NotRunning {
         /// The plugin.
         plugin: String,
@@ -43,5 +43,14 @@ impl HostError {
             HostError::Runtime(e) => e.code(),
             HostError::Io(_) => "internal",
         }
+    }
+}
+
+fn not_running(plugin: &str, state: crate::PluginState, reason: Option<&str>) -> String {
+    // Failure reasons are whole sentences that usually name the plugin already.
+    match reason {
+        Some(r) if r.starts_with(&format!("Plugin `{plugin}` ")) => r.to_owned(),
+        Some(r) => format!("Plugin `{plugin}` is {state}: {r}"),
+        None => format!("Plugin `{plugin}` is {state}"),
     }
 }

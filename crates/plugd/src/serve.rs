@@ -8,6 +8,7 @@ use anyhow::Context;
 use plugd_host::{Host, HostConfig, PluginState};
 use plugd_process::{ProcessConfig, ProcessRuntime, SandboxConfig};
 use plugd_server::ServerConfig;
+use plugd_wasm::{WasmConfig, WasmRuntime};
 
 use crate::ServeArgs;
 
@@ -41,8 +42,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.trust_dir {
         config.trust_dir = dir.clone();
     }
+    let wasm = WasmRuntime::new(WasmConfig::new(args.state_dir.join("wasm-cache")))
+        .context("Cannot start the wasm runtime")?;
     let host = Host::builder(config)
         .runtime(Arc::new(ProcessRuntime::new(process_config(&args, &sdk))))
+        .runtime(Arc::new(wasm))
         .build();
     host.start().await?;
     for p in host.plugins() {

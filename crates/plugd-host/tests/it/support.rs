@@ -163,3 +163,68 @@ pub fn log_text(host: &Host, name: &str) -> String {
 }
 
 pub const ECHO: &str = "@plugin.action()\nasync def echo(p):\n    return p\n";
+
+/// Sandboxed children run as their own uid: the fixture's directories must be traversable by
+/// others, and the SDK must sit where that uid can read it (the checkout may not be).
+impl Fixture {
+    /// A fixture (0755) with a copy of the SDK in `sdk/` and a host with the sandbox on.
+    pub fn sandboxed() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let f = Fixture::new();
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(f.dir.path(), open.clone()).unwrap();
+        std::fs::set_permissions(f.plugins(), open).unwrap();
+        copy_tree(&sdk_path().join("plugd"), &f.dir.path().join("sdk/plugd"));
+        f
+    }
+
+    /// A host whose process runtime confines every child with `sandbox`.
+    pub fn sandboxed_host(
+        &self,
+        sandbox: plugd_process::SandboxConfig,
+        tweak: impl FnOnce(&mut ProcessConfig),
+    ) -> Host {
+        let sdk = self.dir.path().join("sdk");
+        self.build(
+            |c| {
+                c.base_env.retain(|(k, _)| k != "PYTHONPATH");
+                c.base_env.push(("PYTHONPATH".into(), sdk.into_os_string()));
+                c.sandbox = Some(sandbox);
+                tweak(c);
+            },
+            |_| {},
+        )
+    }
+}
+
+/// Copies a source tree world-readable (0755 directories, 0644 files), without byte code.
+fn copy_tree(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "__pycache__" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+}
+
+/// A fresh signing key whose public half is in the fixture's trust store.
+pub fn trusted_signing_key(f: &Fixture) -> plugd_trust::SecretKey {
+    let key = plugd_trust::SecretKey::generate();
+    let public = key
+        .write(&f.dir.path().join("signing.key"), plugd_trust::Overwrite::Refuse)
+        .unwrap();
+    plugd_trust::TrustStore::open(&f.dir.path().join("state/trust"))
+        .unwrap()
+        .add(&public)
+        .unwrap();
+    key
+}
