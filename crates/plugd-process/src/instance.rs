@@ -16,10 +16,10 @@ use plugd_runtime::{
     ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel, LogSource,
     Outcome, RuntimeError,
 };
+use plugd_sandbox::Prepared;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::Child;
-use plugd_sandbox::Prepared;
 use tokio::sync::{Semaphore, watch};
 
 use crate::ProcessConfig;
@@ -79,12 +79,22 @@ struct Running {
 impl Running {
     /// Why the child died, refined by what its cgroup saw (an OOM kill looks like a SIGKILL).
     fn explain(&self, how: String, limits: &plugd_manifest::Limits) -> String {
-        let Some(sandbox) = &self.sandbox else { return how };
+        let Some(sandbox) = &self.sandbox else {
+            return how;
+        };
         if sandbox.oom_killed() {
-            return format!("{how}: it ran out of memory (limit {} MiB); hint: raise `limits.memory`", limits.memory >> 20);
+            return format!(
+                "{how}: it ran out of memory (limit {} MiB); hint: raise `limits.memory`",
+                limits.memory >> 20
+            );
         }
-        if how.contains("SIGXCPU") || (how.contains("SIGKILL") && sandbox.cpu_usage().is_some_and(|u| u >= limits.cpu)) {
-            return format!("{how}: it used up its CPU budget ({:?}); hint: raise `limits.cpu`", limits.cpu);
+        if how.contains("SIGXCPU")
+            || (how.contains("SIGKILL") && sandbox.cpu_usage().is_some_and(|u| u >= limits.cpu))
+        {
+            return format!(
+                "{how}: it used up its CPU budget ({:?}); hint: raise `limits.cpu`",
+                limits.cpu
+            );
         }
         how
     }
@@ -114,7 +124,7 @@ impl ProcessInstance {
             .launch()
             .await
             .map_err(|reason| RuntimeError::StartFailed { plugin, reason })?;
-        shared.install(&running);
+        shared.install(&running, false);
         tokio::spawn(supervise(shared.clone(), running));
         Ok(Arc::new(ProcessInstance { shared }))
     }
@@ -123,7 +133,11 @@ impl ProcessInstance {
 impl Shared {
     /// Spawns a child and completes the handshake.
     async fn launch(self: &Arc<Self>) -> Result<Running, String> {
-        let Spawned { mut child, socket, sandbox } = spawn(&self.spec, &self.config)?;
+        let Spawned {
+            mut child,
+            socket,
+            sandbox,
+        } = spawn(&self.spec, &self.config)?;
         let layers: Vec<(String, String)> = sandbox
             .iter()
             .flat_map(|s| s.layers())
@@ -262,18 +276,29 @@ impl Shared {
             state.known_actions =
                 Arc::new(actions.iter().map(|a| a.name.as_str().to_owned()).collect());
             state.actions = actions;
-            state.pid = Some(pid);
         }
 
         let conn = Connection::new(write_half, self.late_replies.clone());
         tokio::spawn(read_loop(conn.clone(), reader, self.host.clone()));
         self.state.lock().details = layers;
-        Ok(Running { child, conn, tail, sandbox })
+        Ok(Running {
+            child,
+            conn,
+            tail,
+            sandbox,
+        })
     }
 
-    fn install(&self, running: &Running) {
+    /// Publishes a child that completed its handshake. `restarted` counts it as a restart, in
+    /// the same critical section, so no reader sees the new pid with the old restart count.
+    fn install(&self, running: &Running, restarted: bool) {
         *self.current.write() = Some(running.conn.clone());
-        self.state.lock().ready = true;
+        let mut state = self.state.lock();
+        state.ready = true;
+        state.pid = running.child.id();
+        if restarted {
+            state.restarts += 1;
+        }
     }
 
     fn uninstall(&self, reason: &str) {
@@ -387,8 +412,7 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
             match shared.launch().await {
                 Ok(next) => {
                     running = next;
-                    shared.install(&running);
-                    shared.state.lock().restarts += 1;
+                    shared.install(&running, true);
                     shared
                         .host
                         .log(LogSource::Runtime, LogLevel::Info, "Plugin restarted");

@@ -57,10 +57,18 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             strict: false,
-            read_paths: ["/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/etc/ssl"]
-                .into_iter()
-                .map(PathBuf::from)
-                .collect(),
+            read_paths: [
+                "/usr",
+                "/lib",
+                "/lib64",
+                "/bin",
+                "/etc/ld.so.cache",
+                "/etc/localtime",
+                "/etc/ssl",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
             pids_max: 64,
         }
     }

@@ -143,11 +143,19 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .map_err(|e| format!("socket setup failed: {e}"))?;
     let socket =
         UnixStream::from_std(parent_end).map_err(|e| format!("socket setup failed: {e}"))?;
-    Ok(Spawned { child, socket, sandbox })
+    Ok(Spawned {
+        child,
+        socket,
+        sandbox,
+    })
 }
 
 /// The sandbox policy for one child, from its manifest's permissions and limits.
-fn sandbox_policy(spec: &InstanceSpec, config: &ProcessConfig, sandbox: &SandboxConfig) -> SandboxPolicy {
+fn sandbox_policy(
+    spec: &InstanceSpec,
+    config: &ProcessConfig,
+    sandbox: &SandboxConfig,
+) -> SandboxPolicy {
     let manifest = &spec.manifest;
     let mut policy = SandboxPolicy::new(manifest.name.as_str(), &spec.package_dir, &spec.data_dir);
     policy.read_paths = sandbox.read_paths.clone();

@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use plugd_host::{Host, PluginState, TrustLevel};
-use plugd_runtime::LogSource;
 use plugd_process::SandboxConfig;
+use plugd_runtime::LogSource;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -21,7 +21,7 @@ const SIGKILL: i32 = 9;
 
 /// Prepended to every hostile plugin: `attempt` turns an `OSError` into `{errno, error}`, so the
 /// test can assert the exact errno the kernel gave.
-const PRELUDE: &str = r#"import errno, mmap, signal, socket
+const PRELUDE: &str = r#"import mmap, socket
 def attempt(fn):
     try:
         return {"ok": repr(fn())}
@@ -157,12 +157,7 @@ async fn writing_outside_the_data_dir_is_denied() {
     let tmp = PathBuf::from(format!("/tmp/plugd-hostile-{}", std::process::id()));
     // `main.py` is the plugin's own staged code (its working directory).
     let data = f.dir.path().join("state/data/hostile/ok.txt");
-    let paths = [
-        text(&tmp),
-        text(&secret),
-        "main.py".to_owned(),
-        text(&data),
-    ];
+    let paths = [text(&tmp), text(&secret), "main.py".to_owned(), text(&data)];
     let got = attack(&host, "write_all", json!({ "paths": paths })).await;
     for path in &paths[..3] {
         assert_errno(&got[path], EACCES);
@@ -279,6 +274,24 @@ async fn a_trusted_plugin_connects_only_to_its_granted_port() {
     let p = info(&host, "hostile");
     assert!(matches!(p.trust, Some(TrustLevel::Trusted { .. })));
     assert_eq!(p.denials, 0);
+    let detail = |layer: &str| {
+        p.details
+            .iter()
+            .find(|(k, _)| k == &format!("sandbox.{layer}"))
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        detail("netns"),
+        "skipped: network granted: stays in the host network namespace"
+    );
+    let landlock = detail("landlock");
+    assert!(
+        landlock.contains(&format!(
+            "TCP connect to ports {allowed_port} only, no TCP bind"
+        )),
+        "{landlock}"
+    );
     let bystander = info(&host, "bystander").pid;
 
     // Landlock allows TCP connect by port only: the other port is refused with EACCES.
@@ -625,6 +638,16 @@ async fn strict_mode_starts_with_every_layer_applied() {
         uid_detail,
         &format!("applied: uid {uid}, gid {gid}, no supplementary groups")
     );
+    // Each plugin has a uid of its own.
+    let uid_of = |name: &str| {
+        info(&host, name)
+            .details
+            .into_iter()
+            .find(|(k, _)| k == "sandbox.uid")
+            .unwrap()
+            .1
+    };
+    assert_ne!(uid_of("bystander"), uid_of("hostile"));
     assert_bystander_serves(&host, info(&host, "bystander").pid).await;
     host.shutdown().await;
 }

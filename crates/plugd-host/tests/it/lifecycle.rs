@@ -207,13 +207,7 @@ async fn events_reach_subscribers_and_plugins_can_emit() {
         "[permissions]\nservices = [\"events\"]\n",
         emitter,
     );
-    f.sdk_plugin(
-        "muted",
-        "1.0.0",
-        &[],
-        "",
-        emitter,
-    );
+    f.sdk_plugin("muted", "1.0.0", &[], "", emitter);
     let host = f.host();
     host.start().await.unwrap();
     assert_eq!(

@@ -220,7 +220,10 @@ fn copy_tree(from: &Path, to: &Path) {
 pub fn trusted_signing_key(f: &Fixture) -> plugd_trust::SecretKey {
     let key = plugd_trust::SecretKey::generate();
     let public = key
-        .write(&f.dir.path().join("signing.key"), plugd_trust::Overwrite::Refuse)
+        .write(
+            &f.dir.path().join("signing.key"),
+            plugd_trust::Overwrite::Refuse,
+        )
         .unwrap();
     plugd_trust::TrustStore::open(&f.dir.path().join("state/trust"))
         .unwrap()
