@@ -123,7 +123,8 @@ async fn logs(
     Path(name): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<LogsDto>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let lines = host.logs(&name, q.limit.unwrap_or(100))?;
     Ok(Json(LogsDto {
         plugin: name,

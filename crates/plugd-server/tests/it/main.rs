@@ -348,10 +348,19 @@ async fn call_routes_answer_with_the_right_status_and_code() {
         .await;
 
     // Errors produced by axum's own routing and extractors are JSON too.
-    t.check("GET", "/plugin/calls/greet", "", "405 method_not_allowed").await;
-    t.check("DELETE", "/api/v1/plugins", "", "405 method_not_allowed").await;
-    t.check("POST", "/healthz", "", "405 method_not_allowed").await;
-    t.check("GET", "/api/v1/plugins/calls/logs?limit=abc", "", "400 bad_request").await;
+    t.check("GET", "/plugin/calls/greet", "", "405 method_not_allowed")
+        .await;
+    t.check("DELETE", "/api/v1/plugins", "", "405 method_not_allowed")
+        .await;
+    t.check("POST", "/healthz", "", "405 method_not_allowed")
+        .await;
+    t.check(
+        "GET",
+        "/api/v1/plugins/calls/logs?limit=abc",
+        "",
+        "400 bad_request",
+    )
+    .await;
 
     let health = t.check("GET", "/healthz", "", "200").await;
     assert_eq!(
