@@ -27,10 +27,16 @@ pub(crate) fn run(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("{probe}");
     match plugins {
-        None => println!("\n(no server at `{server}`: start `plugd serve` to see what each plugin got)"),
+        None => {
+            println!("\n(no server at `{server}`: start `plugd serve` to see what each plugin got)")
+        }
         Some(list) => {
             for p in list["plugins"].as_array().into_iter().flatten() {
-                println!("\n{} ({})", p["name"].as_str().unwrap_or("?"), p["state"].as_str().unwrap_or("?"));
+                println!(
+                    "\n{} ({})",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["state"].as_str().unwrap_or("?")
+                );
                 let details = p["details"].as_object();
                 let mut any = false;
                 for (key, value) in details.into_iter().flatten() {

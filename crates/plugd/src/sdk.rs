@@ -7,13 +7,34 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 const FILES: &[(&str, &str)] = &[
-    ("__init__.py", include_str!("../../../sdk/python/src/plugd/__init__.py")),
-    ("_plugin.py", include_str!("../../../sdk/python/src/plugd/_plugin.py")),
-    ("_types.py", include_str!("../../../sdk/python/src/plugd/_types.py")),
-    ("_validate.py", include_str!("../../../sdk/python/src/plugd/_validate.py")),
-    ("_version.py", include_str!("../../../sdk/python/src/plugd/_version.py")),
-    ("client.py", include_str!("../../../sdk/python/src/plugd/client.py")),
-    ("py.typed", include_str!("../../../sdk/python/src/plugd/py.typed")),
+    (
+        "__init__.py",
+        include_str!("../../../sdk/python/src/plugd/__init__.py"),
+    ),
+    (
+        "_plugin.py",
+        include_str!("../../../sdk/python/src/plugd/_plugin.py"),
+    ),
+    (
+        "_types.py",
+        include_str!("../../../sdk/python/src/plugd/_types.py"),
+    ),
+    (
+        "_validate.py",
+        include_str!("../../../sdk/python/src/plugd/_validate.py"),
+    ),
+    (
+        "_version.py",
+        include_str!("../../../sdk/python/src/plugd/_version.py"),
+    ),
+    (
+        "client.py",
+        include_str!("../../../sdk/python/src/plugd/client.py"),
+    ),
+    (
+        "py.typed",
+        include_str!("../../../sdk/python/src/plugd/py.typed"),
+    ),
 ];
 
 /// Writes the SDK to `STATE/sdk/python/plugd` (world-readable, so sandboxed plugins running as
@@ -26,7 +47,8 @@ pub(crate) fn install(state_dir: &Path) -> anyhow::Result<PathBuf> {
     for (name, text) in FILES {
         let path = pkg.join(name);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(*text) {
-            std::fs::write(&path, text).with_context(|| format!("Cannot write `{}`", path.display()))?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("Cannot write `{}`", path.display()))?;
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
     }

@@ -88,9 +88,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn process_config(args: &ServeArgs, sdk: &std::path::Path) -> ProcessConfig {
     let mut config = ProcessConfig::default();
-    config.base_env.push(("PYTHONPATH".into(), sdk.as_os_str().to_owned()));
+    config
+        .base_env
+        .push(("PYTHONPATH".into(), sdk.as_os_str().to_owned()));
     if !args.no_sandbox {
-        config.sandbox = Some(SandboxConfig { strict: args.strict, ..SandboxConfig::default() });
+        config.sandbox = Some(SandboxConfig {
+            strict: args.strict,
+            ..SandboxConfig::default()
+        });
     }
     for (key, value) in &args.child_env {
         config
