@@ -1,0 +1,75 @@
+"""The conformance suite's process plugin: the twin of `guest.rs`, action for action."""
+
+import asyncio
+import dataclasses
+import logging
+import os
+
+from plugd import HostError, Plugin
+
+plugin = Plugin()
+
+
+class Boom(Exception):
+    code = "boom"
+
+
+@dataclasses.dataclass
+class Never:
+    # No test sends this field, so every payload of the suite is rejected.
+    never_sent: int
+
+
+@plugin.action(description="Returns the payload")
+async def echo(payload):
+    return payload
+
+
+@plugin.action(description="Always fails")
+async def fail(payload):
+    raise Boom("it failed on purpose")
+
+
+@plugin.action(description="Rejects its payload", input=Never)
+async def reject(payload):
+    return None
+
+
+@plugin.action(description="Dies in the middle of the call")
+async def crash(payload):
+    os._exit(70)
+
+
+@plugin.action(description="Never finishes")
+async def spin(payload):
+    await asyncio.sleep(3600)
+
+
+@plugin.action(description="Allocates past the memory limit")
+async def grow(payload):
+    hoard = bytearray(1 << 30)
+    return len(hoard)
+
+
+@plugin.action(name="log", description="Logs a line, then echoes")
+async def log_action(payload):
+    # The root logger: the host prefixes lines of a named logger (`plugin.log`) with its name,
+    # and a wasm plugin's lines have no logger.
+    logging.info("hello from the plugin")
+    return payload
+
+
+@plugin.action(description="Asks the host for `kv.get` and returns the error text")
+async def ask(payload):
+    try:
+        return await plugin.request("kv.get", payload)
+    except HostError as e:
+        return e.message
+
+
+@plugin.on_event("conformance.*")
+async def on_event(topic, payload):
+    logging.info(topic)
+
+
+plugin.run()
