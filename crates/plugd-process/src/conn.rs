@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use plugd_manifest::PluginName;
 use plugd_protocol::{
     EmitParams, FrameReader, LogParams, Message, ProgressParams, RpcError, codes, encode_error,
     encode_notification, encode_request, encode_result,
@@ -162,6 +163,7 @@ pub(crate) async fn read_loop(
     conn: Arc<Connection>,
     mut reader: FrameReader<BufReader<OwnedReadHalf>>,
     host: Arc<dyn HostCalls>,
+    plugin: PluginName,
 ) {
     let reason = loop {
         let frame = match reader.next_frame().await {
@@ -176,7 +178,9 @@ pub(crate) async fn read_loop(
         };
         match message {
             Message::Response { id, result } => conn.deliver(id, result),
-            Message::Notification { method, params } => notification(&*host, &method, &params),
+            Message::Notification { method, params } => {
+                notification(&*host, plugin.as_str(), &method, &params)
+            }
             Message::Request { id, method, params } => {
                 let conn = conn.clone();
                 let host = host.clone();
@@ -187,13 +191,14 @@ pub(crate) async fn read_loop(
     conn.close(reason);
 }
 
-fn notification(host: &dyn HostCalls, method: &str, params: &RawValue) {
+fn notification(host: &dyn HostCalls, plugin: &str, method: &str, params: &RawValue) {
     match method {
         "log" => match serde_json::from_str::<LogParams>(params.get()) {
             Ok(p) => {
                 let level = LogLevel::parse(p.level.as_deref().unwrap_or("info"));
+                // The plugin's own logger (named after it) needs no prefix.
                 match p.logger {
-                    Some(logger) if !logger.is_empty() && logger != "root" => {
+                    Some(logger) if !logger.is_empty() && logger != "root" && logger != plugin => {
                         host.log(
                             LogSource::Plugin,
                             level,

@@ -279,7 +279,12 @@ impl Shared {
         }
 
         let conn = Connection::new(write_half, self.late_replies.clone());
-        tokio::spawn(read_loop(conn.clone(), reader, self.host.clone()));
+        tokio::spawn(read_loop(
+            conn.clone(),
+            reader,
+            self.host.clone(),
+            self.plugin.clone(),
+        ));
         self.state.lock().details = layers;
         Ok(Running {
             child,
@@ -642,12 +647,26 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
             message: error.message,
         },
         code => {
-            let data_code = error.data.as_ref().and_then(|d| {
-                d.get("code")
-                    .or_else(|| d.get("type"))
-                    .and_then(|c| c.as_str())
-                    .map(str::to_owned)
-            });
+            let data = error.data.as_ref();
+            let exception = data.and_then(|d| d.get("type")).and_then(|t| t.as_str());
+            // The sandbox refuses the allocation (RLIMIT_DATA) and the SDK reports it as the
+            // handler's `MemoryError`: that is the memory limit, as in the wasm runtime.
+            if code == codes::ACTION_FAILED && exception == Some("MemoryError") {
+                return RuntimeError::LimitExceeded {
+                    plugin,
+                    limit: "memory".to_owned(),
+                    hint: Some("raise `limits.memory` in `plugin.toml`".to_owned()),
+                };
+            }
+            // `data.code` may be a string or a number (e.g. a host error passed through).
+            let data_code = data
+                .and_then(|d| d.get("code"))
+                .and_then(|c| match c {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .or_else(|| exception.map(str::to_owned));
             RuntimeError::ActionFailed {
                 plugin,
                 action,

@@ -96,10 +96,15 @@ async fn a_file_swapped_after_verification_never_runs() {
         running(&host, "victim") && info(&host, "victim").pid != pid
     })
     .await;
-    assert_eq!(
-        call(&host, "victim", "answer", "{}").await.unwrap(),
-        r#"{"value":"original"}"#
-    );
+    let answer = call(&host, "victim", "answer", "{}").await;
+    let answer = answer.unwrap_or_else(|e| {
+        panic!(
+            "{e}; {:?}; log:\n{}",
+            info(&host, "victim"),
+            log_text(&host, "victim")
+        )
+    });
+    assert_eq!(answer, r#"{"value":"original"}"#);
 
     // A reload verifies again: the swapped file is refused and the verified version keeps serving.
     let err = host.reload("victim").await.unwrap_err().to_string();
