@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
-# plugd benchmarks for the process runtime and the HTTP server (see bench/README.md).
+# plugd benchmarks: process runtime, wasm runtime and the HTTP server (see bench/README.md).
 #
-#   bench/run.sh                 # everything: latency through the host, then HTTP with wrk
+#   bench/run.sh                 # everything: latency through the host, wasm, then HTTP with wrk
+#   bench/run.sh --with-extism   # also the Extism peer (bench/extism; its first build is slow)
 #   CALLS=50000 DURATION=30s bench/run.sh
 #   SKIP_BUILD=1 SKIP_HTTP=1 bench/run.sh
 #
 # Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
 # make the Python SDK importable by plugins (a throw-away venv with a `.pth` to `sdk/python/src`,
-# nothing installed system-wide), run `plugd-bench latency` and `sdk/python/bench_sdk.py`, then
-# `wrk` against `plugd serve` (`/plugin/hello/echo` and `/plugin/rustecho/echo`) and against the
-# bare axum echo (`plugd-bench axum-echo`). Servers are stopped on exit, even on failure.
+# nothing installed system-wide), run `plugd-bench latency`, `sdk/python/bench_sdk.py` and
+# `plugd-bench wasm` (in-process wasm calls, start-up of 1,000 wasm plugins), optionally the
+# Extism peer, then `wrk` against `plugd serve` (`/plugin/hello/echo`, `/plugin/rustecho/echo`,
+# `/plugin/hello-c-wasm/echo`) and against the bare axum echo (`plugd-bench axum-echo`). Servers
+# are stopped on exit, even on failure.
 set -euo pipefail
+
+WITH_EXTISM=
+for arg in "$@"; do
+    case $arg in
+        --with-extism) WITH_EXTISM=1 ;;
+        *) echo "Unknown argument \`$arg\`; hint: bench/run.sh [--with-extism]" >&2; exit 2 ;;
+    esac
+done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 CALLS=${CALLS:-20000}          # calls per latency case (1 in flight, and again with IN_FLIGHT)
 IN_FLIGHT=${IN_FLIGHT:-64}
+WASM_CALLS=${WASM_CALLS:-50000}  # calls per wasm latency case
+COPIES=${COPIES:-1000}         # wasm plugins started at once (0: skip)
+# Extism's own target dir (it is not a workspace member and pulls its own wasmtime): kept
+# between runs, so only the first `--with-extism` run pays its release build.
+EXTISM_TARGET_DIR=${EXTISM_TARGET_DIR:-$ROOT/target/extism}
 DURATION=${DURATION:-10s}      # wrk -d
 CONNECTIONS=${CONNECTIONS:-16} # wrk -c
 THREADS=${THREADS:-1}          # wrk -t
@@ -24,6 +40,9 @@ PAYLOAD=${PLUGD_BENCH_PAYLOAD:-'{"user":"Ada Lovelace","id":1815,"tags":["math",
 export PLUGD_BENCH_PAYLOAD=$PAYLOAD
 
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/plugd-bench.XXXXXX")
+# `mktemp -d` makes the directory private (0700); sandboxed plugin children, which may run as
+# another user, must be able to reach their staged packages under it.
+chmod 755 "$SCRATCH"
 SERVER_PIDS=()
 
 stop_server() {
@@ -66,6 +85,15 @@ command -v python3 >/dev/null || { echo "python3 is missing; hint: apt-get insta
 if [ -z "${SKIP_BUILD:-}" ]; then
     section "Building (release)"
     cargo build --release -p plugd -p plugd-bench
+    if [ -n "$WITH_EXTISM" ]; then
+        cargo build --release --manifest-path bench/extism/Cargo.toml --target-dir "$EXTISM_TARGET_DIR"
+    fi
+fi
+HAVE_WASM=
+if [ -f examples/plugins/hello-c-wasm/plugin.wasm ]; then
+    HAVE_WASM=1
+else
+    echo "examples/plugins/hello-c-wasm/plugin.wasm is missing: wasm cases skipped; hint: run examples/plugins/build.sh" >&2
 fi
 PLUGD=$ROOT/target/release/plugd
 BENCH=$ROOT/target/release/plugd-bench
@@ -103,6 +131,17 @@ else
     echo "(sdk/python/bench_sdk.py is missing: skipped)"
 fi
 
+# --- wasm runtime in-process ------------------------------------------------------------------
+if [ -n "$HAVE_WASM" ]; then
+    section "Wasm runtime in-process: hello-c-wasm echo ($WASM_CALLS calls per case), start-up of $COPIES wasm plugins"
+    "$BENCH" wasm --repo "$ROOT" -n "$WASM_CALLS" --copies "$COPIES" --payload "$PAYLOAD" \
+        | tee "$SCRATCH/wasm.txt"
+fi
+if [ -n "$WITH_EXTISM" ]; then
+    section "Extism peer (bench/extism: the same echo through Extism's Plugin::call, 99-byte payload)"
+    "$EXTISM_TARGET_DIR/release/plugd-bench-extism" | tee "$SCRATCH/extism.txt"
+fi
+
 [ -n "${SKIP_HTTP:-}" ] && exit 0
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -136,7 +175,13 @@ start_server() {
 run_wrk() {
     local name=$1 url=$2
     local reply
-    reply=$(curl -fsS -X POST -H 'Content-Type: application/json' --data "$PAYLOAD" "$url")
+    reply=$(curl -sS -X POST -H 'Content-Type: application/json' --data "$PAYLOAD" "$url" -w '\n%{http_code}')
+    if [ "${reply##*$'\n'}" != 200 ]; then
+        echo "POST $url answered ${reply##*$'\n'}: ${reply%$'\n'*}" >&2
+        tail -n 20 "$SCRATCH"/*.err >&2 || true
+        return 1
+    fi
+    reply=${reply%$'\n'*}
     echo "--- $name: POST $url"
     echo "    sample reply: $reply"
     wrk "-t$THREADS" "-c$CONNECTIONS" "-d$DURATION" --latency -s "$ROOT/bench/post.lua" "$url" \
@@ -153,6 +198,11 @@ AXUM_URL=$URL
 
 run_wrk plugd-hello "$PLUGD_URL/plugin/hello/echo"
 run_wrk plugd-rustecho "$PLUGD_URL/plugin/rustecho/echo"
+HTTP_CASES="plugd-hello plugd-rustecho"
+if [ -n "$HAVE_WASM" ]; then
+    run_wrk plugd-hello-c-wasm "$PLUGD_URL/plugin/hello-c-wasm/echo"
+    HTTP_CASES="$HTTP_CASES plugd-hello-c-wasm"
+fi
 run_wrk axum-echo "$AXUM_URL/echo"
 
 # --- summary -----------------------------------------------------------------------------------
@@ -167,16 +217,21 @@ errors() {
 
 section "Summary"
 grep -E '^(target|host overhead|Python SDK overhead)' "$SCRATCH/latency.txt" || true
+if [ -f "$SCRATCH/wasm.txt" ]; then grep -E '^(target|host start)' "$SCRATCH/wasm.txt" || true; fi
+if [ -f "$SCRATCH/extism.txt" ]; then grep -E '^extism' "$SCRATCH/extism.txt" || true; fi
 printf '\n%-34s %12s %10s %10s %8s\n' "HTTP (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)" "req/s" "p50" "p99" "errors"
-for name in plugd-hello plugd-rustecho axum-echo; do
+for name in $HTTP_CASES axum-echo; do
     printf '%-34s %12s %10s %10s %8s\n' "$name" "$(rps "$name")" "$(pct "$name" 50%)" "$(pct "$name" 99%)" "$(errors "$name")"
 done
 HELLO_RPS=$(rps plugd-hello)
+WASM_RPS=0
+[ -n "$HAVE_WASM" ] && WASM_RPS=$(rps plugd-hello-c-wasm)
 AXUM_RPS=$(rps axum-echo)
 RUST_RPS=$(rps plugd-rustecho)
-awk -v h="$HELLO_RPS" -v a="$AXUM_RPS" -v r="$RUST_RPS" 'BEGIN {
-    printf "\nplugd hello / bare axum: %.2fx;  plugd rustecho / bare axum: %.2fx\n", h / a, r / a
+awk -v h="$HELLO_RPS" -v a="$AXUM_RPS" -v r="$RUST_RPS" -v w="$WASM_RPS" 'BEGIN {
+    printf "\nplugd hello / bare axum: %.2fx;  plugd rustecho / bare axum: %.2fx;  plugd hello-c-wasm / bare axum: %.2fx\n", h / a, r / a, w / a
     printf "target: plugd hello >= 10000 req/s: %s (%.0f req/s)\n", (h >= 10000 ? "met" : "MISSED"), h
+    if (w > 0) printf "target: plugd hello-c-wasm >= 40000 req/s: %s (%.0f req/s, %.2fx the bare axum echo)\n", (w >= 40000 ? "met" : "MISSED"), w, w / a
 }'
-printf 'JSON {"bench":"plugd-http","wrk":"-t%s -c%s -d%s","payload_bytes":%s,"plugd_hello_rps":%s,"plugd_rustecho_rps":%s,"axum_echo_rps":%s}\n' \
-    "$THREADS" "$CONNECTIONS" "$DURATION" "${#PAYLOAD}" "$HELLO_RPS" "$RUST_RPS" "$AXUM_RPS"
+printf 'JSON {"bench":"plugd-http","wrk":"-t%s -c%s -d%s","payload_bytes":%s,"plugd_hello_rps":%s,"plugd_rustecho_rps":%s,"plugd_hello_c_wasm_rps":%s,"axum_echo_rps":%s}\n' \
+    "$THREADS" "$CONNECTIONS" "$DURATION" "${#PAYLOAD}" "$HELLO_RPS" "$RUST_RPS" "$WASM_RPS" "$AXUM_RPS"

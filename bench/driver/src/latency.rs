@@ -131,7 +131,7 @@ async fn run_in(
 
     let host = if config.cases.iter().any(|c| c.is_host()) {
         let plugins_dir = scratch.join("plugins");
-        plugins::make(&config.repo, &plugins_dir)?;
+        plugins::make(&config.repo, &plugins_dir, false)?;
         let mut process = ProcessConfig::default();
         process.base_env.push((
             "PYTHONPATH".into(),

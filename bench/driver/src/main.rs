@@ -2,6 +2,8 @@
 //!
 //! Subcommands:
 //! - `latency`: call latency through `plugd-host` next to raw pipe round trips, in one run;
+//! - `wasm`: the wasm runtime in-process (call latency, async and blocking, pooled and fresh)
+//!   and host start-up with 1,000 wasm plugins;
 //! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
 //! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
@@ -11,6 +13,7 @@ mod fake_child;
 mod latency;
 mod plugins;
 mod stats;
+mod wasm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +28,8 @@ const USAGE: &str = "\
 Usage:
   plugd-bench latency [--repo DIR] [-n CALLS] [--warmup CALLS] [--in-flight N] [--threads N]
                       [--rounds N] [--payload JSON] [--cases LIST]
+  plugd-bench wasm [--repo DIR] [-n CALLS] [--warmup CALLS] [--rounds N] [--copies N]
+                   [--payload JSON]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
@@ -89,6 +94,27 @@ fn run() -> anyhow::Result<ExitCode> {
             // every wake-up would cost a cross-thread hand-off that real callers do not pay.
             runtime.block_on(async { tokio::spawn(latency::run(config)).await? })?;
         }
+        "wasm" => {
+            let config = wasm::Config {
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
+                calls: args.parsed("-n")?.unwrap_or(50_000),
+                warmup: args.parsed("--warmup")?.unwrap_or(2_000),
+                rounds: args.parsed("--rounds")?.unwrap_or(5),
+                copies: args.parsed("--copies")?.unwrap_or(1_000),
+                payload: args
+                    .value("--payload")?
+                    .unwrap_or_else(|| DEFAULT_PAYLOAD.to_owned()),
+            };
+            args.finish()?;
+            // The same flavour as `plugd serve`; the calls run on a worker, like a handler's.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { tokio::spawn(wasm::run(config)).await? })?;
+        }
         "axum-echo" => {
             let listen: SocketAddr = args
                 .parsed("--listen")?
@@ -108,7 +134,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 .positional()
                 .context("`make-plugins` needs a directory")?;
             args.finish()?;
-            plugins::make(&repo, std::path::Path::new(&dir))?;
+            plugins::make(&repo, std::path::Path::new(&dir), true)?;
         }
         "fake-child" => {
             let hello = !args.flag("--no-hello");

@@ -1,5 +1,6 @@
 //! The plugins directory the benchmarks run: `hello` (the Python SDK example), `rawpy`
-//! (`bench/raw_pipe_child.py` as a plugin) and `rustecho` (this binary's `fake-child`).
+//! (`bench/raw_pipe_child.py` as a plugin), `rustecho` (this binary's `fake-child`) and, when
+//! built, `hello-c-wasm` (the C WebAssembly example).
 
 use std::path::{Path, PathBuf};
 
@@ -9,16 +10,19 @@ use anyhow::Context;
 pub(crate) const HELLO: &str = "hello";
 pub(crate) const RAWPY: &str = "rawpy";
 pub(crate) const RUSTECHO: &str = "rustecho";
+/// `examples/plugins/hello-c-wasm`, copied when built.
+pub(crate) const HELLO_C_WASM: &str = "hello-c-wasm";
 
 /// The raw Python child the baselines use.
 pub(crate) fn raw_child(repo: &Path) -> PathBuf {
     repo.join("bench/raw_pipe_child.py")
 }
 
-/// Fills `dir` (created if missing) with the three benchmark plugins. Files are copied, not
+/// Fills `dir` (created if missing) with the benchmark plugins. Files are copied, not
 /// linked: the host refuses packages holding symlinks. The host stages its own copy of each
 /// package, so `hello` finds the SDK only through `PYTHONPATH` or an installed `plugd` module.
-pub(crate) fn make(repo: &Path, dir: &Path) -> anyhow::Result<()> {
+/// `with_wasm` adds `hello-c-wasm` (for `plugd serve`; the latency host has no wasm runtime).
+pub(crate) fn make(repo: &Path, dir: &Path, with_wasm: bool) -> anyhow::Result<()> {
     let hello = repo.join("examples/plugins/hello");
     anyhow::ensure!(
         hello.join("plugin.toml").is_file(),
@@ -50,6 +54,16 @@ pub(crate) fn make(repo: &Path, dir: &Path) -> anyhow::Result<()> {
         rustecho.join("plugin.toml"),
         manifest(RUSTECHO, r#"["./fake-child", "fake-child"]"#),
     )?;
+    // The C wasm example, when `examples/plugins/build.sh` has built it (run by `plugd`'s
+    // wasm runtime in-process).
+    let wasm = repo.join("examples/plugins").join(HELLO_C_WASM);
+    if with_wasm && wasm.join("plugin.wasm").is_file() {
+        let to = dir.join(HELLO_C_WASM);
+        std::fs::create_dir_all(&to)?;
+        for file in ["plugin.toml", "plugin.wasm"] {
+            copy(&wasm.join(file), &to.join(file))?;
+        }
+    }
     Ok(())
 }
 

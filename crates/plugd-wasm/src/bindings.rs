@@ -12,6 +12,10 @@ use crate::limits::Limiter;
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../../wit/plugd.wit",
+    // Calls run as futures on the caller's task (see `instance.rs`), so a host request awaits
+    // the host's future instead of blocking a thread.
+    imports: { "plugd:plugin/host.request": async },
+    exports: { default: async },
 });
 
 pub(crate) use self::exports::plugd::plugin::guest::Error as GuestError;
@@ -24,9 +28,11 @@ pub(crate) struct State {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) host: Arc<dyn HostCalls>,
-    pub(crate) handle: tokio::runtime::Handle,
     /// When the running call must be finished; host requests never wait past it.
     pub(crate) deadline: Instant,
+    /// When the running call is interrupted: the deadline, or earlier when `limits.cpu` is the
+    /// smaller budget. Checked at every epoch tick (see `instance.rs`).
+    pub(crate) stop: Instant,
 }
 
 impl WasiView for State {
@@ -66,18 +72,14 @@ impl host::Host for State {
         }
     }
 
-    fn request(&mut self, method: String, params: String) -> Result<String, types::Error> {
+    async fn request(&mut self, method: String, params: String) -> Result<String, types::Error> {
         let params = serde_json::from_str(&params).map_err(|e| types::Error {
             code: "invalid".to_owned(),
             message: format!("The params of `{method}` are not JSON: {e}"),
         })?;
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        // Calls run on a blocking thread (never on an async worker), so blocking on the
-        // host's future here is allowed; the deadline bounds the wait.
-        let answer = self.handle.block_on(tokio::time::timeout(
-            remaining,
-            self.host.request(&method, params),
-        ));
+        // The wait is bounded by the call's deadline; the guest is suspended meanwhile.
+        let answer = tokio::time::timeout(remaining, self.host.request(&method, params)).await;
         match answer {
             Ok(Ok(value)) => Ok(value.to_string()),
             Ok(Err(e)) => Err(types::Error {

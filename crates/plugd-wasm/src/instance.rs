@@ -1,10 +1,12 @@
 //! A running wasm plugin: its ready instances, calls with deadlines and limits, and fault mapping.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use plugd_manifest::{ActionName, PluginName};
 use plugd_runtime::{
     ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel, LogSource,
@@ -13,7 +15,7 @@ use plugd_runtime::{
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{GuestError, Plugin, State};
@@ -23,6 +25,10 @@ use crate::{Code, Inner, InstanceReuse};
 
 /// A started wasm plugin. Implements [`Instance`]; [`WasmInstance::call_blocking`] is the same
 /// call for callers on their own (non-async) threads.
+///
+/// Calls run on the caller's task as wasmtime async calls; a guest that runs longer than an
+/// epoch tick yields to the executor at every tick, so it never holds a worker thread for more
+/// than a tick at a time.
 pub struct WasmInstance {
     shared: Arc<Shared>,
 }
@@ -49,6 +55,13 @@ struct Ready {
     plugin: Plugin,
 }
 
+/// A ready instance taken for one call, with how its budget was set.
+struct Lease {
+    ready: Ready,
+    /// Whether `limits.cpu`, not the call's timeout, set the stop time.
+    cpu_bound: bool,
+}
+
 /// What a call is, for deadlines and messages.
 struct CallCtx<'a> {
     action: &'a str,
@@ -58,7 +71,7 @@ struct CallCtx<'a> {
 
 impl WasmInstance {
     /// Instantiates once, asks the plugin to describe itself, and keeps that instance ready.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         inner: Arc<Inner>,
         code: Arc<Code>,
         spec: InstanceSpec,
@@ -105,17 +118,22 @@ impl WasmInstance {
             timeout,
             started: Instant::now(),
         };
-        let description = shared
-            .run(&ctx, |ready| {
-                ready
+        let described = match shared.lease(&ctx).await {
+            Ok(mut lease) => {
+                let ready = &mut lease.ready;
+                let answer = ready
                     .plugin
                     .plugd_plugin_guest()
                     .call_describe(&mut ready.store)
-            })
-            .map_err(|e| RuntimeError::StartFailed {
-                plugin: plugin.clone(),
-                reason: format!("`describe` failed: {e}"),
-            })?;
+                    .await;
+                shared.give_back(&ctx, lease, answer)
+            }
+            Err(e) => Err(e),
+        };
+        let description = described.map_err(|e| RuntimeError::StartFailed {
+            plugin: plugin.clone(),
+            reason: format!("`describe` failed: {e}"),
+        })?;
         shared.actions =
             parse_actions(&description).map_err(|reason| RuntimeError::StartFailed {
                 plugin: plugin.clone(),
@@ -126,8 +144,9 @@ impl WasmInstance {
         }))
     }
 
-    /// Calls an action on the current thread, which must not be an async worker (the guest
-    /// runs here, and host requests block on the host's futures).
+    /// Calls an action on the current thread, which must not be an async worker: the call's
+    /// future is driven here with [`tokio::runtime::Handle::block_on`] on the runtime the plugin
+    /// was started on (host requests need it).
     ///
     /// Returns `LimitExceeded { limit: "concurrency" }` at once when every slot is taken.
     pub fn call_blocking(&self, invocation: &Invocation) -> Result<Outcome, RuntimeError> {
@@ -137,7 +156,9 @@ impl WasmInstance {
             .concurrency
             .try_acquire()
             .map_err(|_| shared.concurrency_error())?;
-        shared.call(invocation, Instant::now())
+        shared
+            .handle
+            .block_on(shared.call(invocation, Instant::now()))
     }
 
     /// How many ready instances are kept for the next calls.
@@ -153,56 +174,60 @@ impl WasmInstance {
 #[async_trait]
 impl Instance for WasmInstance {
     async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError> {
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         let started = Instant::now();
         let timeout = shared.timeout(&invocation);
         // Waiting for a concurrency slot counts against the call's deadline.
-        let permit = shared.acquire(timeout).await?;
-        let worker = shared.clone();
-        let action = invocation.action.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            worker.call(&invocation, started)
-        })
-        .await;
-        joined.unwrap_or_else(|e| {
-            Err(RuntimeError::Crashed {
-                plugin: shared.plugin.clone(),
-                reason: format!("the call of `{action}` panicked in the runtime: {e}"),
+        let _permit = shared.acquire(timeout).await?;
+        let action = &invocation.action;
+        // A panic in the runtime (never a guest fault: those are traps) fails this call only.
+        AssertUnwindSafe(shared.call(&invocation, started))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(RuntimeError::Crashed {
+                    plugin: shared.plugin.clone(),
+                    reason: format!(
+                        "the call of `{action}` panicked in the runtime: {}",
+                        panic_message(&panic)
+                    ),
+                })
             })
-        })
     }
 
     async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError> {
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         let started = Instant::now();
         let timeout = shared.spec.manifest.limits.call_timeout;
-        let permit = shared.acquire(timeout).await?;
-        let worker = shared.clone();
-        let topic = topic.to_owned();
-        let payload = payload.get().to_owned();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            worker.check_running()?;
-            let ctx = CallCtx {
-                action: "on-event",
-                timeout,
-                started,
-            };
-            worker.run(&ctx, |ready| {
-                ready
-                    .plugin
-                    .plugd_plugin_guest()
-                    .call_on_event(&mut ready.store, &topic, &payload)
+        let _permit = shared.acquire(timeout).await?;
+        shared.check_running()?;
+        let ctx = CallCtx {
+            action: "on-event",
+            timeout,
+            started,
+        };
+        let deliver = async {
+            let mut lease = shared.lease(&ctx).await?;
+            let ready = &mut lease.ready;
+            let answer = ready
+                .plugin
+                .plugd_plugin_guest()
+                .call_on_event(&mut ready.store, topic, payload.get())
+                .await;
+            shared.give_back(&ctx, lease, answer)
+        };
+        AssertUnwindSafe(deliver)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(RuntimeError::Crashed {
+                    plugin: shared.plugin.clone(),
+                    reason: format!(
+                        "delivering an event panicked in the runtime: {}",
+                        panic_message(&panic)
+                    ),
+                })
             })
-        })
-        .await;
-        joined.unwrap_or_else(|e| {
-            Err(RuntimeError::Crashed {
-                plugin: shared.plugin.clone(),
-                reason: format!("delivering an event panicked in the runtime: {e}"),
-            })
-        })
     }
 
     fn actions(&self) -> Vec<ActionInfo> {
@@ -279,20 +304,29 @@ impl Shared {
             .unwrap_or(self.spec.manifest.limits.call_timeout)
     }
 
-    fn call(&self, invocation: &Invocation, started: Instant) -> Result<Outcome, RuntimeError> {
+    async fn call(
+        &self,
+        invocation: &Invocation,
+        started: Instant,
+    ) -> Result<Outcome, RuntimeError> {
         self.check_running()?;
         let ctx = CallCtx {
             action: invocation.action.as_str(),
             timeout: self.timeout(invocation),
             started,
         };
-        let answer = self.run(&ctx, |ready| {
-            ready.plugin.plugd_plugin_guest().call_call(
+        let mut lease = self.lease(&ctx).await?;
+        let ready = &mut lease.ready;
+        let answer = ready
+            .plugin
+            .plugd_plugin_guest()
+            .call_call(
                 &mut ready.store,
                 invocation.action.as_str(),
                 invocation.payload.get(),
             )
-        })?;
+            .await;
+        let answer = self.give_back(&ctx, lease, answer)?;
         match answer {
             Ok(text) => match RawValue::from_string(text) {
                 Ok(result) => Ok(Outcome { result }),
@@ -307,13 +341,9 @@ impl Shared {
         }
     }
 
-    /// Runs `f` on a ready instance under the call's deadline and limits. The instance goes back
-    /// to the pool only when `f` returned normally.
-    fn run<R>(
-        &self,
-        ctx: &CallCtx<'_>,
-        f: impl FnOnce(&mut Ready) -> wasmtime::Result<R>,
-    ) -> Result<R, RuntimeError> {
+    /// Takes a ready instance (or instantiates one) and sets its deadline and limits for the
+    /// call. The caller runs the guest on it and hands it to [`Shared::give_back`].
+    async fn lease(&self, ctx: &CallCtx<'_>) -> Result<Lease, RuntimeError> {
         let remaining = ctx.timeout.saturating_sub(ctx.started.elapsed());
         if remaining.is_zero() {
             return Err(self.timeout_error(ctx));
@@ -323,16 +353,32 @@ impl Shared {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut ready = match pooled {
             Some(ready) => ready,
-            None => self.instantiate(ctx.started + remaining)?,
+            None => self.instantiate(ctx.started + remaining).await?,
         };
+        let now = Instant::now();
         let state = ready.store.data_mut();
-        state.deadline = Instant::now() + remaining;
+        state.deadline = now + remaining;
+        // The epoch callback interrupts the guest at the first tick at or after `stop`: never
+        // early, at most a tick late.
+        state.stop = now + budget;
         state.limiter.denied = false;
-        let tick = self.inner.config.epoch_tick.max(Duration::from_micros(100));
-        // One extra tick: the deadline may fire up to a tick late, never early.
-        let ticks = budget.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
-        ready.store.set_epoch_deadline(ticks);
-        match f(&mut ready) {
+        ready.store.set_epoch_deadline(1);
+        Ok(Lease {
+            ready,
+            cpu_bound: budget < remaining,
+        })
+    }
+
+    /// Ends a call: the instance goes back to the pool only when the guest returned normally;
+    /// otherwise it is dropped and the fault mapped to the caller's error.
+    fn give_back<R>(
+        &self,
+        ctx: &CallCtx<'_>,
+        lease: Lease,
+        answer: wasmtime::Result<R>,
+    ) -> Result<R, RuntimeError> {
+        let Lease { ready, cpu_bound } = lease;
+        match answer {
             Ok(value) => {
                 if !self.stopped.load(Ordering::Acquire) {
                     let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -345,12 +391,12 @@ impl Shared {
             Err(error) => {
                 let denied = ready.store.data().limiter.denied;
                 drop(ready);
-                Err(self.fault(ctx, &error, denied, budget < remaining))
+                Err(self.fault(ctx, &error, denied, cpu_bound))
             }
         }
     }
 
-    fn instantiate(&self, deadline: Instant) -> Result<Ready, RuntimeError> {
+    async fn instantiate(&self, deadline: Instant) -> Result<Ready, RuntimeError> {
         let spec = &self.spec;
         let wasi = self.wasi().map_err(|reason| RuntimeError::StartFailed {
             plugin: self.plugin.clone(),
@@ -361,16 +407,26 @@ impl Shared {
             table: ResourceTable::new(),
             limiter: Limiter::new(spec.manifest.limits.memory),
             host: self.host.clone(),
-            handle: self.handle.clone(),
             deadline,
+            // Instantiation runs the component's start functions: give them the call's budget.
+            stop: deadline,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
-        // Instantiation runs the component's start functions: give them the call's budget.
-        let tick = self.inner.config.epoch_tick.max(Duration::from_micros(100));
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        store.set_epoch_deadline(remaining.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1);
-        match self.code.pre.instantiate(&mut store) {
+        // Every tick, a running guest either stops (its time is up) or yields to the executor
+        // and goes on. `yield_now` puts the task at the back of the queue, so other tasks run.
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().stop {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        store.set_epoch_deadline(1);
+        match self.code.pre.instantiate_async(&mut store).await {
             Ok(plugin) => Ok(Ready { store, plugin }),
             Err(e) => {
                 let denied = store.data().limiter.denied;
@@ -522,6 +578,14 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// Reads `describe`'s `{"actions": [{"name", "description"}]}`.

@@ -1,0 +1,119 @@
+//! Unit tests of how calls share the executor: a guest that never returns must not hold up the
+//! host's other work.
+
+#[path = "../tests/it/guest.rs"]
+mod guest;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use plugd_manifest::{ActionName, Manifest};
+use plugd_runtime::{
+    HostCallError, HostCalls, Instance, InstanceSpec, Invocation, LogLevel, LogSource, Progress,
+    RuntimeError,
+};
+use serde_json::value::RawValue;
+
+use crate::{WasmConfig, WasmRuntime};
+
+struct NullHost;
+
+#[async_trait]
+impl HostCalls for NullHost {
+    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
+    fn progress(&self, _: Progress) {}
+    fn emit(&self, _: &str, _: serde_json::Value) {}
+    async fn request(
+        &self,
+        method: &str,
+        _: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
+        Err(HostCallError::Unknown(method.to_owned()))
+    }
+}
+
+fn spec(root: &std::path::Path, name: &str, wasm: &[u8]) -> InstanceSpec {
+    let package_dir = root.join("packages").join(name);
+    std::fs::create_dir_all(&package_dir).unwrap();
+    std::fs::write(package_dir.join("plugin.wasm"), wasm).unwrap();
+    let toml = format!(
+        "[plugin]\nname = \"{name}\"\nversion = \"0.1.0\"\nruntime = \"wasm\"\nentry = \"plugin.wasm\"\n"
+    );
+    let data_dir = root.join("data").join(name);
+    std::fs::create_dir_all(&data_dir).unwrap();
+    InstanceSpec {
+        manifest: Arc::new(Manifest::from_toml_str(&toml).unwrap()),
+        package_dir,
+        data_dir,
+        params: serde_json::json!({}),
+    }
+}
+
+fn invocation(action: &str, payload: &str, timeout: Option<Duration>) -> Invocation {
+    Invocation {
+        action: ActionName::new(action).unwrap(),
+        payload: RawValue::from_string(payload.to_owned()).unwrap(),
+        timeout,
+    }
+}
+
+/// On a single-threaded runtime (the strictest case: one thread for everything), a call
+/// spinning until its timeout yields at every epoch tick, so calls to another plugin are served
+/// meanwhile; the spinning call still ends with its timeout.
+#[tokio::test(flavor = "current_thread")]
+async fn an_endless_loop_does_not_hold_up_other_calls() {
+    let root = tempfile::tempdir().unwrap();
+    let wasm = guest::component("0.1.0");
+    let runtime = WasmRuntime::new(WasmConfig::new(root.path().join("cache"))).unwrap();
+    let looper: Arc<dyn Instance> = runtime
+        .start_wasm(spec(root.path(), "looper", &wasm), Arc::new(NullHost))
+        .await
+        .unwrap();
+    let other: Arc<dyn Instance> = runtime
+        .start_wasm(spec(root.path(), "other", &wasm), Arc::new(NullHost))
+        .await
+        .unwrap();
+
+    let timeout = Duration::from_secs(3);
+    let spinning = tokio::spawn({
+        let looper = looper.clone();
+        async move { looper.call(invocation("spin", "{}", Some(timeout))).await }
+    });
+    // Let the spinning call start: it runs until the next tick, then yields back here.
+    tokio::task::yield_now().await;
+    for i in 0..20 {
+        let answer = other
+            .call(invocation("echo", &i.to_string(), None))
+            .await
+            .unwrap();
+        assert_eq!(answer.result.get(), format!(r#"{{"value":{i}}}"#));
+    }
+    assert!(
+        !spinning.is_finished(),
+        "the other calls waited for the spinning call"
+    );
+    let err = spinning.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::Timeout { timeout: t, .. } if t == timeout),
+        "{err:?}"
+    );
+}
+
+/// A caller that gives up on a call (drops its future) cancels the guest; the plugin keeps
+/// serving with a fresh instance.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_call_cancels_the_guest() {
+    let root = tempfile::tempdir().unwrap();
+    let wasm = guest::component("0.1.0");
+    let runtime = WasmRuntime::new(WasmConfig::new(root.path().join("cache"))).unwrap();
+    let instance: Arc<dyn Instance> = runtime
+        .start_wasm(spec(root.path(), "guest", &wasm), Arc::new(NullHost))
+        .await
+        .unwrap();
+    let spin = instance.call(invocation("spin", "{}", Some(Duration::from_secs(30))));
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), spin).await;
+    assert!(gave_up.is_err());
+    let answer = instance.call(invocation("echo", "7", None)).await.unwrap();
+    assert_eq!(answer.result.get(), r#"{"value":7}"#);
+}
