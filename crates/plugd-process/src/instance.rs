@@ -513,8 +513,12 @@ async fn watch_child(
     }
 }
 
-/// Asks the child to shut down, waits at most `grace`, then kills its process group.
+/// Asks the child to shut down (protocol `shutdown`), waits at most `grace`, then sends SIGTERM
+/// to its process group and, a moment later, SIGKILL; the sandbox's cgroup catches anything that
+/// left the group when `running` is dropped.
 async fn shutdown(shared: &Shared, mut running: Running, grace: Duration) {
+    /// How long SIGTERM gets before SIGKILL.
+    const TERM_GRACE: Duration = Duration::from_millis(500);
     *shared.current.write() = None;
     shared.state.lock().ready = false;
     let pid = running.child.id().unwrap_or(0);
@@ -526,11 +530,19 @@ async fn shutdown(shared: &Shared, mut running: Running, grace: Duration) {
         .await
         .is_err()
     {
-        kill_group(pid, libc::SIGKILL);
-        let _ = running.child.wait().await;
-    } else {
-        // Reap anything the child left behind in its group.
-        kill_group(pid, libc::SIGKILL);
+        kill_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(TERM_GRACE, running.child.wait())
+            .await
+            .is_err()
+        {
+            kill_group(pid, libc::SIGKILL);
+            let _ = running.child.wait().await;
+        }
+    }
+    // Reap anything the child left behind in its group.
+    kill_group(pid, libc::SIGKILL);
+    if let Some(sandbox) = &running.sandbox {
+        sandbox.kill_all();
     }
     running.conn.close("it was stopped".to_owned());
     shared.state.lock().pid = None;

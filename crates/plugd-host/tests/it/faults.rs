@@ -318,3 +318,28 @@ async fn output_floods_are_capped_and_rate_limited() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_ignores_shutdown_and_sigterm_is_killed_on_unload() {
+    let f = Fixture::new();
+    // Ignores the `shutdown` notification and SIGTERM; only SIGKILL ends it.
+    let serve = r#"import signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+for line in reader:
+    msg = json.loads(line)
+    if msg.get("method") == "ping":
+        sock.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": "pong"}).encode() + b"\n")"#;
+    f.plugin("stubborn", "1.0.0", &[], "", &raw_plugin(serve));
+    let host = f.host_with_config(|c| c.stop_grace = Duration::from_millis(300));
+    host.start().await.unwrap();
+    let pid = info(&host, "stubborn").pid.unwrap() as libc::pid_t;
+    host.unload("stubborn").await.unwrap();
+    assert_eq!(info(&host, "stubborn").state, PluginState::Stopped);
+    // SAFETY: signal 0 only checks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the stubborn child must be gone after unload");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ESRCH)
+    );
+}
