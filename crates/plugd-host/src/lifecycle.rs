@@ -44,6 +44,13 @@ impl HostInner {
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         self.slots.read().get(name).cloned()
     }
+
+    /// The slot of an installed plugin, or `plugin_not_found`.
+    fn existing(&self, name: &str) -> Result<Arc<Slot>, HostError> {
+        self.slot(name).ok_or_else(|| HostError::PluginNotFound {
+            name: name.to_owned(),
+        })
+    }
 }
 
 impl Host {
@@ -100,12 +107,7 @@ impl Host {
         action: &str,
         payload: Box<RawValue>,
     ) -> Result<Outcome, HostError> {
-        let slot = self
-            .inner
-            .slot(plugin)
-            .ok_or_else(|| HostError::PluginNotFound {
-                name: plugin.to_owned(),
-            })?;
+        let slot = self.inner.existing(plugin)?;
         let action = ActionName::new(action).map_err(|_| {
             HostError::Runtime(plugd_runtime::RuntimeError::UnknownAction {
                 plugin: slot.name.clone(),
@@ -148,12 +150,7 @@ impl Host {
 
     /// One plugin.
     pub fn plugin(&self, name: &str) -> Result<PluginInfo, HostError> {
-        self.inner
-            .slot(name)
-            .map(|s| s.info())
-            .ok_or_else(|| HostError::PluginNotFound {
-                name: name.to_owned(),
-            })
+        self.inner.existing(name).map(|s| s.info())
     }
 
     /// Packages that could not be read well enough to become plugins.
@@ -163,12 +160,7 @@ impl Host {
 
     /// The last `limit` log lines of a plugin, oldest first.
     pub fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogLine>, HostError> {
-        let slot = self
-            .inner
-            .slot(name)
-            .ok_or_else(|| HostError::PluginNotFound {
-                name: name.to_owned(),
-            })?;
+        let slot = self.inner.existing(name)?;
         let logs = slot.logs.lock();
         Ok(logs
             .iter()
@@ -190,12 +182,7 @@ impl Host {
     /// Idempotent.
     pub async fn unload(&self, name: &str) -> Result<PluginInfo, HostError> {
         let resolution = self.inner.lifecycle.lock().await;
-        let slot = self
-            .inner
-            .slot(name)
-            .ok_or_else(|| HostError::PluginNotFound {
-                name: name.to_owned(),
-            })?;
+        let slot = self.inner.existing(name)?;
         for dependant in resolution.dependants(name) {
             if let Some(d) = self.inner.slot(dependant.as_str()) {
                 self.stop_slot(&d, &format!("its dependency `{name}` was unloaded"))
@@ -278,12 +265,7 @@ impl Host {
         let pname = PluginName::new(name).map_err(|_| HostError::PluginNotFound {
             name: name.to_owned(),
         })?;
-        let slot = self
-            .inner
-            .slot(name)
-            .ok_or_else(|| HostError::PluginNotFound {
-                name: name.to_owned(),
-            })?;
+        let slot = self.inner.existing(name)?;
         if let Some(error) = resolution.failed().get(&pname) {
             return Err(HostError::CannotLoad(error.to_string()));
         }

@@ -481,7 +481,7 @@ async fn watch_child(
                 // status as the reason. A protocol violation kills it at once.
                 if reason.starts_with(STREAM_ENDED)
                     && let Ok(Ok(status)) =
-                        tokio::time::timeout(Duration::from_millis(500), running.child.wait()).await
+                        tokio::time::timeout(Duration::from_secs(2), running.child.wait()).await
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     return Watch::Crashed(running.explain(format!("it {}", describe_exit(status)), &shared.spec.manifest.limits));

@@ -151,9 +151,9 @@ fn host(f: &Fixture) -> Host {
         "PYTHONPATH".into(),
         f.dir.path().join("sdk").into_os_string(),
     ));
-    process.start_timeout = Duration::from_secs(5);
+    process.start_timeout = Duration::from_secs(30);
     process.ping_interval = Duration::from_secs(1);
-    process.ping_timeout = Duration::from_secs(5);
+    process.ping_timeout = Duration::from_secs(20);
     process.restart.initial_backoff = Duration::from_millis(20);
     process.sandbox = Some(SandboxConfig {
         strict: false,

@@ -107,11 +107,11 @@ async fn crash_restarts_with_backoff_and_the_reason_stays_visible() {
     let err = call(&host, "fragile", "crash", "{}").await.unwrap_err();
     assert_eq!(err.code(), "plugin_crashed", "{err}");
     eventually("fragile restarts", || {
-        running(&host, "fragile") && info(&host, "fragile").pid != Some(pid)
+        restarted(&host, "fragile", Some(pid))
     })
     .await;
     let p = info(&host, "fragile");
-    assert_eq!(p.restarts, 1);
+    assert_eq!(p.restarts, 1, "{p:?}\nlog:\n{}", log_text(&host, "fragile"));
     let last = p.last_error.unwrap();
     assert!(last.contains("exited with status 3"), "{last}");
     assert!(last.contains("about to die"), "{last}");
@@ -161,14 +161,20 @@ async fn a_plugin_that_keeps_crashing_is_given_up() {
 async fn timeouts_drop_late_replies_and_count_them() {
     let f = Fixture::new();
     // The SDK stops work at the deadline; this raw child answers late on purpose.
-    let serve = r#"for line in reader:
+    let serve = r#"import threading
+lock = threading.Lock()
+for line in reader:
     msg = json.loads(line)
     if msg.get("method") == "ping":
-        sock.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": "pong"}, separators=(",", ":")).encode() + b"\n")
+        with lock:
+            sock.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": "pong"}, separators=(",", ":")).encode() + b"\n")
     elif msg.get("method") == "call":
-        p = msg["params"]["payload"]
-        time.sleep(p["s"])
-        sock.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"value": p["tag"]}}, separators=(",", ":")).encode() + b"\n")"#;
+        def answer(msg=msg):
+            p = msg["params"]["payload"]
+            time.sleep(p["s"])
+            with lock:
+                sock.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"value": p["tag"]}}, separators=(",", ":")).encode() + b"\n")
+        threading.Thread(target=answer).start()"#;
     f.plugin(
         "slow",
         "1.0.0",
@@ -193,7 +199,10 @@ async fn timeouts_drop_late_replies_and_count_them() {
             .unwrap(),
         r#"{"value":"next"}"#
     );
-    assert_eq!(info(&host, "slow").late_replies, 1);
+    eventually("the late reply arrives and is counted", || {
+        info(&host, "slow").late_replies == 1
+    })
+    .await;
     assert_eq!(info(&host, "slow").restarts, 0);
     host.shutdown().await;
 }

@@ -37,11 +37,20 @@ def write(path):
 
 /// Writes the hostile plugin (its actions after [`PRELUDE`] and `echo`) and the bystander.
 fn plugins(f: &Fixture, extra: &str, actions: &str) {
+    // Attacks that end in a kill (100 MB frame, OOM) can take seconds on a loaded 2-core
+    // machine: give calls room unless the test sets its own `call_timeout`.
+    let limits = if extra.contains("call_timeout") {
+        extra.to_owned()
+    } else if extra.contains("[limits]") {
+        extra.replace("[limits]\n", "[limits]\ncall_timeout = \"60s\"\n")
+    } else {
+        format!("{extra}[limits]\ncall_timeout = \"60s\"\n")
+    };
     f.sdk_plugin(
         "hostile",
         "1.0.0",
         &[],
-        extra,
+        &limits,
         &format!("{PRELUDE}{ECHO}{actions}"),
     );
     f.sdk_plugin("bystander", "1.0.0", &[], "", ECHO);

@@ -85,10 +85,10 @@ impl Fixture {
         config
             .base_env
             .push(("PYTHONPATH".into(), sdk_path().into_os_string()));
-        config.start_timeout = Duration::from_secs(5);
+        config.start_timeout = Duration::from_secs(30);
         // Generous: the suite runs many Python children in parallel on small CI machines.
         config.ping_interval = Duration::from_secs(1);
-        config.ping_timeout = Duration::from_secs(5);
+        config.ping_timeout = Duration::from_secs(20);
         config.restart.initial_backoff = Duration::from_millis(20);
         tweak(&mut config);
         let mut host_config = HostConfig::new(self.plugins(), self.dir.path().join("state"));
@@ -145,6 +145,13 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Whether the plugin runs a child other than `old` (one snapshot: state and pid read together).
+pub fn restarted(host: &Host, name: &str, old: Option<u32>) -> bool {
+    host.plugin(name)
+        .map(|p| p.state == PluginState::Running && p.pid.is_some() && p.pid != old)
+        .unwrap_or(false)
 }
 
 pub fn running(host: &Host, name: &str) -> bool {

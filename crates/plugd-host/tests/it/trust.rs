@@ -92,10 +92,7 @@ async fn a_file_swapped_after_verification_never_runs() {
     std::fs::write(&main, evil).unwrap();
     let pid = info(&host, "victim").pid;
     let _ = call(&host, "victim", "crash", "{}").await;
-    eventually("victim restarts", || {
-        running(&host, "victim") && info(&host, "victim").pid != pid
-    })
-    .await;
+    eventually("victim restarts", || restarted(&host, "victim", pid)).await;
     let answer = call(&host, "victim", "answer", "{}").await;
     let answer = answer.unwrap_or_else(|e| {
         panic!(
