@@ -1,5 +1,7 @@
-//! Host + process runtime end to end with real Python plugins: load order, dependency failures,
-//! and plugins that crash, hang, garble the protocol, flood their output or never say hello.
+//! The host end to end with real plugins: load order and dependency failures (`lifecycle`),
+//! plugins that crash, hang, garble the protocol or flood their output (`faults`), signed
+//! packages (`trust`), sandbox escapes (`hostile`), and one conformance suite run against both
+//! the process and the wasm runtime (`conformance`).
 
 mod support;
 
