@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use async_trait::async_trait;
 use plugd_host::{Host, HostConfig, PluginState};
 use plugd_manifest::{ActionName, Manifest};
-use plugd_runtime::{
-    HostCallError, HostCalls, Instance, InstanceSpec, Invocation, LogLevel, LogSource, Progress,
-};
+use plugd_runtime::{Instance, InstanceSpec, Invocation, NullHost};
 use plugd_wasm::{InstanceReuse, WasmConfig, WasmInstance, WasmRuntime};
 use serde_json::value::RawValue;
 
@@ -361,23 +358,6 @@ fn spec(source: &Path, scratch: &Path, name: &str) -> anyhow::Result<InstanceSpe
 
 async fn start(runtime: &WasmRuntime, spec: InstanceSpec) -> anyhow::Result<Arc<WasmInstance>> {
     Ok(runtime.start_wasm(spec, Arc::new(NullHost)).await?)
-}
-
-/// Host services for the latency cases: none (the echo asks for nothing).
-struct NullHost;
-
-#[async_trait]
-impl HostCalls for NullHost {
-    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
-    fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: serde_json::Value) {}
-    async fn request(
-        &self,
-        method: &str,
-        _: serde_json::Value,
-    ) -> Result<serde_json::Value, HostCallError> {
-        Err(HostCallError::Unknown(method.to_owned()))
-    }
 }
 
 /// The `p`-quantile of sorted samples, in microseconds.

@@ -177,6 +177,25 @@ pub trait HostCalls: Send + Sync {
     ) -> Result<serde_json::Value, HostCallError>;
 }
 
+/// A [`HostCalls`] that offers nothing: it drops logs, progress and events and refuses every
+/// request. For running a runtime on its own (benchmarks, tests, tools).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NullHost;
+
+#[async_trait]
+impl HostCalls for NullHost {
+    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
+    fn progress(&self, _: Progress) {}
+    fn emit(&self, _: &str, _: serde_json::Value) {}
+    async fn request(
+        &self,
+        method: &str,
+        _: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
+        Err(HostCallError::Unknown(method.to_owned()))
+    }
+}
+
 /// A runtime: knows how to start instances of plugins of one [`RuntimeKind`].
 #[async_trait]
 pub trait Runtime: Send + Sync {

@@ -9,29 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use plugd_manifest::{ActionName, Manifest};
-use plugd_runtime::{
-    HostCallError, HostCalls, Instance, InstanceSpec, Invocation, LogLevel, LogSource, Progress,
-};
+use plugd_runtime::{Instance, InstanceSpec, Invocation, NullHost};
 use plugd_wasm::{InstanceReuse, WasmConfig, WasmInstance, WasmRuntime};
 use serde_json::value::RawValue;
-
-struct NullHost;
-
-#[async_trait]
-impl HostCalls for NullHost {
-    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
-    fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: serde_json::Value) {}
-    async fn request(
-        &self,
-        m: &str,
-        _: serde_json::Value,
-    ) -> Result<serde_json::Value, HostCallError> {
-        Err(HostCallError::Unknown(m.to_owned()))
-    }
-}
 
 /// A 100-byte JSON payload.
 const PAYLOAD: &str = r#"{"id":12345,"name":"benchmark","tags":["a","b","c"],"nested":{"x":1.5,"y":-2},"ok":true,"pad":"xx"}"#;

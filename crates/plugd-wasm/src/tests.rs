@@ -7,31 +7,11 @@ mod guest;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use plugd_manifest::{ActionName, Manifest};
-use plugd_runtime::{
-    HostCallError, HostCalls, Instance, InstanceSpec, Invocation, LogLevel, LogSource, Progress,
-    RuntimeError,
-};
+use plugd_runtime::{Instance, InstanceSpec, Invocation, NullHost, RuntimeError};
 use serde_json::value::RawValue;
 
 use crate::{WasmConfig, WasmRuntime};
-
-struct NullHost;
-
-#[async_trait]
-impl HostCalls for NullHost {
-    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
-    fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: serde_json::Value) {}
-    async fn request(
-        &self,
-        method: &str,
-        _: serde_json::Value,
-    ) -> Result<serde_json::Value, HostCallError> {
-        Err(HostCallError::Unknown(method.to_owned()))
-    }
-}
 
 fn spec(root: &std::path::Path, name: &str, wasm: &[u8]) -> InstanceSpec {
     let package_dir = root.join("packages").join(name);
