@@ -34,8 +34,9 @@ pub enum HostError {
 }
 
 impl HostError {
-    /// A stable machine-readable code for API error bodies.
-    pub fn code(&self) -> &'static str {
+    /// A stable machine-readable code for API error bodies (a plugin's own code for its client
+    /// errors).
+    pub fn code(&self) -> &str {
         match self {
             HostError::PluginNotFound { .. } => "plugin_not_found",
             HostError::NotRunning { .. } => "plugin_not_running",

@@ -67,17 +67,18 @@ impl HostCalls for PluginServices {
         );
     }
 
-    fn emit(&self, topic: &str, payload: serde_json::Value) {
-        if self.grant(Service::Events).is_err() {
+    fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
+        if let Err(e) = self.grant(Service::Events) {
             self.log(
                 LogSource::Runtime,
                 LogLevel::Warn,
-                &format!("Denied `emit` of `{topic}`: service `events` is not granted; hint: add it to `permissions.services`"),
+                &format!("Denied `emit` of `{topic}`: {e}"),
             );
-            return;
+            return Err(e);
         }
         self.host
             .publish_from(Some(&self.slot.name), topic, payload);
+        Ok(())
     }
 
     async fn request(

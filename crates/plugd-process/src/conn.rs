@@ -218,7 +218,13 @@ fn notification(host: &dyn HostCalls, plugin: &str, method: &str, params: &RawVa
             Err(e) => bad_notification(host, method, &e),
         },
         "emit" => match serde_json::from_str::<EmitParams>(params.get()) {
-            Ok(p) => host.emit(&p.topic, p.payload),
+            Ok(p) => {
+                // A notification has no reply: the refusal goes to the plugin's log. SDK calls
+                // that need the answer send `emit` as a request (see `docs/protocol.md`).
+                if let Err(e) = host.emit(&p.topic, p.payload) {
+                    host.log(LogSource::Runtime, LogLevel::Warn, &format!("Refused `emit` of `{}`: {e}", p.topic));
+                }
+            }
             Err(e) => bad_notification(host, method, &e),
         },
         other => host.log(

@@ -6,6 +6,8 @@
 //! [`RuntimeError`] value, never as a panic or a hang.
 #![warn(missing_docs)]
 
+mod slots;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use plugd_manifest::{ActionName, Manifest, PluginName, RuntimeKind};
 use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+pub use slots::{CallPermit, CallSlots};
+
+/// The longest log line (in bytes) the host keeps; longer lines are cut with a marker. Runtimes
+/// that read lines from a stream stop reading a line at this size, so no source of plugin output
+/// can make the host buffer more than this per line.
+pub const MAX_LOG_LINE: usize = 4096;
 
 /// Everything a runtime needs to start one plugin instance.
 #[derive(Clone, Debug)]
@@ -75,6 +85,25 @@ pub struct InstanceStatus {
     pub late_replies: u64,
     /// Free-form runtime details shown in status (e.g. sandbox layers achieved).
     pub details: Vec<(String, String)>,
+}
+
+/// Whether an instance serves, is recovering, or has been given up. Runtimes push every change
+/// through the receiver returned by [`Instance::health`]; the host stores it as the plugin's state
+/// (a `Dead` instance makes the plugin `failed` and stops its dependants at once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Accepts calls.
+    Ready,
+    /// Temporarily not serving (e.g. restarting after a crash); calls fail with `NotRunning`.
+    Recovering {
+        /// Why, as a user-facing sentence.
+        reason: String,
+    },
+    /// Given up for good (e.g. crashed too often). Only a new start brings the plugin back.
+    Dead {
+        /// Why, as a user-facing sentence.
+        reason: String,
+    },
 }
 
 /// Severity of a plugin log line.
@@ -167,8 +196,9 @@ pub trait HostCalls: Send + Sync {
     fn log(&self, source: LogSource, level: LogLevel, message: &str);
     /// Progress reported by the plugin while handling `call_id` (runtime-local call id).
     fn progress(&self, progress: Progress);
-    /// The plugin publishes an event.
-    fn emit(&self, topic: &str, payload: serde_json::Value);
+    /// The plugin publishes an event. A refusal (service not granted, rate limit, hop limit) is
+    /// returned so the runtime can report it to the plugin as an error.
+    fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError>;
     /// Any other request (`kv.get`, `plugin.call`, `task.submit`, ...): JSON params in, JSON out.
     async fn request(
         &self,
@@ -186,7 +216,9 @@ pub struct NullHost;
 impl HostCalls for NullHost {
     fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
     fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: serde_json::Value) {}
+    fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), HostCallError> {
+        Err(HostCallError::Unknown("emit".to_owned()))
+    }
     async fn request(
         &self,
         method: &str,
@@ -222,6 +254,11 @@ pub trait Instance: Send + Sync {
     fn actions(&self) -> Vec<ActionInfo>;
     /// Current status.
     fn status(&self) -> InstanceStatus;
+    /// Health changes, pushed by the runtime. The default is an instance that is always ready
+    /// (for runtimes that cannot fail between calls).
+    fn health(&self) -> watch::Receiver<Health> {
+        watch::channel(Health::Ready).1
+    }
     /// Stops the instance: asks politely, waits at most `grace`, then forces. Idempotent.
     async fn stop(&self, grace: Duration);
 }
@@ -270,7 +307,31 @@ pub enum RuntimeError {
         /// The limit.
         timeout: Duration,
     },
-    /// A resource limit was hit (memory, CPU, concurrency).
+    /// The plugin answered with a client error it chose (a status in the 4xx range and a code),
+    /// e.g. `raise plugd.ClientError("not_found", "no such image", status=404)`.
+    #[error("{message}")]
+    ClientError {
+        /// Plugin.
+        plugin: PluginName,
+        /// Action.
+        action: String,
+        /// The plugin's machine-readable code.
+        code: String,
+        /// The plugin's message.
+        message: String,
+        /// The status it asked for (400..=499; 401 and 403 are reserved for auth and become 400).
+        status: u16,
+    },
+    /// No concurrency slot became free before the call's deadline (`limits.concurrency`
+    /// calls were already running), or the host shed the call. Maps to 429.
+    #[error("Plugin `{plugin}` is overloaded: {reason}")]
+    Overloaded {
+        /// Plugin.
+        plugin: PluginName,
+        /// Why, with a hint.
+        reason: String,
+    },
+    /// A resource limit was hit (memory, CPU).
     #[error("Plugin `{plugin}` exceeded its {limit} limit{}", hint_suffix(.hint))]
     LimitExceeded {
         /// Plugin.
@@ -315,9 +376,12 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    /// A stable machine-readable code for API error bodies.
-    pub fn code(&self) -> &'static str {
+    /// A stable machine-readable code for API error bodies (for [`RuntimeError::ClientError`], the
+    /// plugin's own code).
+    pub fn code(&self) -> &str {
         match self {
+            RuntimeError::ClientError { code, .. } => code,
+            RuntimeError::Overloaded { .. } => "overloaded",
             RuntimeError::UnknownAction { .. } => "action_not_found",
             RuntimeError::BadPayload { .. } => "bad_payload",
             RuntimeError::ActionFailed { .. } => "plugin_failed",

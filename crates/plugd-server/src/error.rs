@@ -13,8 +13,8 @@ use serde::Serialize;
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
-    /// Stable code, e.g. `plugin_not_found`.
-    pub code: &'static str,
+    /// Stable code, e.g. `plugin_not_found` (or a plugin's own code for its client errors).
+    pub code: std::borrow::Cow<'static, str>,
     /// Human message.
     pub message: String,
 }
@@ -24,7 +24,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
         }
     }
@@ -48,11 +48,11 @@ impl IntoResponse for ApiError {
             && self.status != StatusCode::GATEWAY_TIMEOUT
             && self.status != StatusCode::SERVICE_UNAVAILABLE
         {
-            tracing::error!(code = self.code, "{}", self.message);
+            tracing::error!(code = %self.code, "{}", self.message);
         }
         let body = Body {
             error: Inner {
-                code: self.code,
+                code: &self.code,
                 message: &self.message,
             },
         };
@@ -80,7 +80,7 @@ impl From<HostError> for ApiError {
         }
         ApiError {
             status,
-            code: e.code(),
+            code: e.code().to_owned().into(),
             message,
         }
     }
@@ -95,6 +95,15 @@ fn runtime_status(e: &RuntimeError) -> StatusCode {
         RuntimeError::LimitExceeded { limit, .. } if limit == "concurrency" => {
             StatusCode::TOO_MANY_REQUESTS
         }
+        RuntimeError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        // A plugin may choose a client error; 401 and 403 mean auth and are not its to answer.
+        RuntimeError::ClientError { status, .. } => match *status {
+            401 | 403 => StatusCode::BAD_REQUEST,
+            s => StatusCode::from_u16(s)
+                .ok()
+                .filter(|s| s.is_client_error())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+        },
         _ => StatusCode::BAD_GATEWAY,
     }
 }

@@ -63,7 +63,15 @@ impl host::Host for State {
 
     fn emit(&mut self, topic: String, payload: String) {
         match serde_json::from_str(&payload) {
-            Ok(payload) => self.host.emit(&topic, payload),
+            Ok(payload) => {
+                if let Err(e) = self.host.emit(&topic, payload) {
+                    self.host.log(
+                        LogSource::Runtime,
+                        LogLevel::Warn,
+                        &format!("Refused `emit` of `{topic}`: {e}"),
+                    );
+                }
+            }
             Err(e) => self.host.log(
                 LogSource::Runtime,
                 LogLevel::Warn,

@@ -26,7 +26,9 @@ impl HostCalls for QuietHost {
         eprintln!("[{source:?} {}] {message}", level.as_str());
     }
     fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: serde_json::Value) {}
+    fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), plugd_runtime::HostCallError> {
+        Ok(())
+    }
     async fn request(
         &self,
         m: &str,

@@ -33,7 +33,9 @@ impl HostCalls for RecordingHost {
             .push((source, level, message.to_owned()));
     }
     fn progress(&self, _progress: Progress) {}
-    fn emit(&self, _topic: &str, _payload: serde_json::Value) {}
+    fn emit(&self, _topic: &str, _payload: serde_json::Value) -> Result<(), HostCallError> {
+        Ok(())
+    }
     async fn request(
         &self,
         method: &str,
