@@ -4,9 +4,15 @@
 //! The digest is the SHA-256 of a canonical text: `plugd-package-v1\n`, then one
 //! `path\tsize\tsha256\n` line per regular file, sorted by path (bytes of the UTF-8 path, `/`
 //! separators). Every regular file except the top-level `plugin.sig` is listed, the manifest
-//! included. Symlinks, device files, fifos, sockets, `__pycache__` directories, `*.pyc`/`*.pyo`
-//! files and names that are not UTF-8 or contain control characters (newline, tab, ...) are
-//! refused, so the listing is unambiguous and covers everything that can run.
+//! included. Symlinks, device files, fifos, sockets and names that are not UTF-8 or contain
+//! control characters (newline, tab, ...) are refused, so the listing is unambiguous and covers
+//! everything that can run.
+//!
+//! Byte-code caches are never part of a package: every entry named `__pycache__` and every file
+//! ending in `.pyc` or `.pyo` is skipped, whatever its type, by signing, verification and staging
+//! alike. They are not hashed and not copied, so a stray compiled file can never run unsigned (a
+//! sourceless `helper.pyc` would otherwise be importable), and running a plugin's tests locally
+//! never makes its package unloadable.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -213,6 +219,9 @@ impl Walker<'_> {
                     reason: "is not valid UTF-8",
                 });
             };
+            if is_bytecode_cache(name) {
+                continue;
+            }
             let child = join(rel, name);
             if name.chars().any(char::is_control) {
                 return Err(TrustError::BadFileName {
@@ -229,9 +238,6 @@ impl Walker<'_> {
             if file_type.is_symlink() {
                 return Err(self.symlink(child));
             } else if file_type.is_dir() {
-                if name == "__pycache__" {
-                    return Err(self.bytecode(child));
-                }
                 if top && name == SIGNATURE_FILE {
                     return Err(not_a_regular_signature(&entry.path()));
                 }
@@ -244,9 +250,6 @@ impl Walker<'_> {
                 }
                 pending.push(child);
             } else if file_type.is_file() {
-                if name.ends_with(".pyc") || name.ends_with(".pyo") {
-                    return Err(self.bytecode(child));
-                }
                 let kept = match (top, name) {
                     (true, TOML_MANIFEST) => Kept::Toml,
                     (true, JSON_MANIFEST) => Kept::Json,
@@ -346,13 +349,6 @@ impl Walker<'_> {
         }
     }
 
-    fn bytecode(&self, path: String) -> TrustError {
-        TrustError::Bytecode {
-            dir: self.root.to_owned(),
-            path,
-        }
-    }
-
     fn special(&self, path: String, file_type: &FileType) -> TrustError {
         let kind = if file_type.is_fifo() {
             SpecialKind::Fifo
@@ -371,6 +367,11 @@ impl Walker<'_> {
             kind,
         }
     }
+}
+
+/// Whether a directory entry is a Python byte-code cache, which is never part of a package.
+pub(crate) fn is_bytecode_cache(name: &str) -> bool {
+    name == "__pycache__" || name.ends_with(".pyc") || name.ends_with(".pyo")
 }
 
 fn join(rel: &str, name: &str) -> String {

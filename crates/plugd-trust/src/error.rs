@@ -155,17 +155,6 @@ pub enum TrustError {
         /// What it is.
         kind: SpecialKind,
     },
-    /// The package contains Python bytecode (`__pycache__`, `*.pyc`, `*.pyo`).
-    #[error(
-        "Path `{path}` in package `{}` is Python bytecode; hint: delete it, a package ships reviewable sources only (set `PYTHONDONTWRITEBYTECODE=1` while developing)",
-        dir.display()
-    )]
-    Bytecode {
-        /// The package directory.
-        dir: PathBuf,
-        /// The package-relative path.
-        path: String,
-    },
     /// A file name cannot be represented in the canonical listing.
     #[error("File `{path}` in package `{}` has a name that {reason}; hint: rename it", dir.display())]
     BadFileName {
@@ -190,13 +179,16 @@ pub enum TrustError {
     },
     /// The package is signed by a key that is not in the trust store.
     #[error(
-        "Package `{package}` is signed by key `{key_id}`, which is not in the trust store; hint: if you trust that key, add its public key with `plugd trust add KEY.pub`"
+        "Package `{package}` is signed by key `{key_id}`, which is not in the trust store `{}`; hint: if you trust that key, add its public key with `plugd trust add KEY.pub` using the same `--state-dir` as `plugd serve`",
+        store.display()
     )]
     UnknownKey {
         /// `name version` from the signature.
         package: String,
         /// The signing key.
         key_id: KeyId,
+        /// The trust store directory that was searched.
+        store: PathBuf,
     },
     /// The package is signed by another key than the one given explicitly.
     #[error(

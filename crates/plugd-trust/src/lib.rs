@@ -5,7 +5,9 @@
 //!
 //! - [`SecretKey::generate`] / [`SecretKey::write`] make a key pair (`plugd keygen`).
 //! - [`package_digest`] walks a package and hashes every regular file into one canonical digest;
-//!   symlinks, special files, Python bytecode and odd file names are refused.
+//!   symlinks, special files and odd file names are refused; Python byte-code caches
+//!   (`__pycache__`, `*.pyc`, `*.pyo`) are skipped everywhere, so they are never signed, verified,
+//!   copied or run.
 //! - [`sign_package`] writes `plugin.sig` beside the manifest (`plugd sign`).
 //! - [`TrustStore`] is a directory of trusted public keys (`plugd trust add|list|remove`).
 //! - [`verify_package`] checks a package in place (`plugd verify`), and

@@ -184,6 +184,7 @@ pub(crate) fn evaluate(scan: &Scan, keys: &KeySource<'_>) -> Result<Verification
                 .ok_or_else(|| TrustError::UnknownKey {
                     package: signed_package.clone(),
                     key_id: signed.key_id.clone(),
+                    store: store.dir().to_owned(),
                 })?
         }
         KeySource::Key(key) if key.key_id() == signed.key_id => (*key).clone(),
