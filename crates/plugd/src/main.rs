@@ -5,6 +5,7 @@ mod client;
 mod doctor;
 mod new;
 mod output;
+mod paths;
 mod sdk;
 mod serve;
 mod trust;
@@ -31,6 +32,17 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+
+    /// Directory for plugd's state: plugin data, staged packages, the shipped SDK and the trust
+    /// store (`STATE_DIR/trust`). Relative paths are resolved once, against the current
+    /// directory.
+    #[arg(long, global = true, env = "PLUGD_STATE_DIR", default_value = ".plugd")]
+    state_dir: PathBuf,
+
+    /// The trust store directory, for `serve`, `verify` and `trust` alike (default:
+    /// `STATE_DIR/trust`).
+    #[arg(long, global = true, env = "PLUGD_TRUST_DIR")]
+    trust_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -102,20 +114,9 @@ enum Command {
         /// Also fail for unsigned packages.
         #[arg(long)]
         strict: bool,
-        /// The trust store directory.
-        #[arg(long, env = "PLUGD_TRUST_DIR", default_value = ".plugd/trust")]
-        trust_dir: PathBuf,
     },
     /// Manage the trust store (the public keys whose signatures are trusted).
     Trust {
-        /// The trust store directory.
-        #[arg(
-            long,
-            env = "PLUGD_TRUST_DIR",
-            default_value = ".plugd/trust",
-            global = true
-        )]
-        trust_dir: PathBuf,
         #[command(subcommand)]
         command: TrustCommand,
     },
@@ -159,9 +160,6 @@ struct ServeArgs {
     /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
     #[arg(long, env = "PLUGD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for plugd's state (plugin data dirs).
-    #[arg(long, env = "PLUGD_STATE_DIR", default_value = ".plugd")]
-    state_dir: PathBuf,
     /// Refuse unsigned packages and packages signed by keys not in the trust store, and plugins
     /// whose sandbox layers are not all available on this kernel.
     #[arg(long, env = "PLUGD_STRICT")]
@@ -169,9 +167,6 @@ struct ServeArgs {
     /// Run plugin processes without the kernel sandbox (development only).
     #[arg(long, conflicts_with = "strict")]
     no_sandbox: bool,
-    /// The trust store directory (default: `STATE_DIR/trust`).
-    #[arg(long, env = "PLUGD_TRUST_DIR")]
-    trust_dir: Option<PathBuf>,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body: usize,
@@ -207,8 +202,21 @@ fn parse_env_pair(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+    let result = paths::Paths::resolve(&cli.state_dir, cli.trust_dir.as_deref())
+        .and_then(|paths| run(cli, paths));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
+    let trust_dir = &paths.trust_dir;
+    match cli.command {
+        Command::Serve(args) => serve::run(args, paths.clone()),
         Command::List => client::list(&cli.server, cli.json),
         Command::Status { name, logs } => {
             client::status(&cli.server, name.as_deref(), logs, cli.json)
@@ -225,23 +233,13 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(&cli.server, cli.json),
         Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
-        Command::Verify {
-            dir,
-            key,
-            strict,
-            trust_dir,
-        } => trust::verify(&dir, key.as_deref(), &trust_dir, strict, cli.json),
-        Command::Trust { trust_dir, command } => match command {
-            TrustCommand::Add { key } => trust::add(&trust_dir, &key, cli.json),
-            TrustCommand::List => trust::list(&trust_dir, cli.json),
-            TrustCommand::Remove { key_id } => trust::remove(&trust_dir, &key_id, cli.json),
-        },
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Command::Verify { dir, key, strict } => {
+            trust::verify(&dir, key.as_deref(), trust_dir, strict, cli.json)
         }
+        Command::Trust { command } => match command {
+            TrustCommand::Add { key } => trust::add(trust_dir, &key, cli.json),
+            TrustCommand::List => trust::list(trust_dir, cli.json),
+            TrustCommand::Remove { key_id } => trust::remove(trust_dir, &key_id, cli.json),
+        },
     }
 }

@@ -11,8 +11,9 @@ use plugd_server::ServerConfig;
 use plugd_wasm::{WasmConfig, WasmRuntime};
 
 use crate::ServeArgs;
+use crate::paths::{Paths, absolute, untraversable_ancestor};
 
-pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
         .context("Invalid `--log` filter")?;
@@ -23,26 +24,33 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, paths))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("Cannot create the state dir `{}`", args.state_dir.display()))?;
-    if !args.plugins.is_dir() {
+async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
+    let state_dir = &paths.state_dir;
+    let plugins = absolute(&args.plugins)?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("Cannot create the state dir `{}`", state_dir.display()))?;
+    if !plugins.is_dir() {
         anyhow::bail!(
             "The plugins directory `{}` does not exist; hint: pass `--plugins DIR` or create it with `plugd new NAME --dir {}/NAME`",
-            args.plugins.display(),
+            plugins.display(),
             args.plugins.display()
         );
     }
-    let sdk = crate::sdk::install(&args.state_dir)?;
-    let mut config = HostConfig::new(&args.plugins, &args.state_dir);
+    check_reachable(&args, state_dir)?;
+    let sdk = crate::sdk::install(state_dir)?;
+    let mut config = HostConfig::new(&plugins, state_dir);
     config.strict = args.strict;
-    if let Some(dir) = &args.trust_dir {
-        config.trust_dir = dir.clone();
-    }
-    let wasm = WasmRuntime::new(WasmConfig::new(args.state_dir.join("wasm-cache")))
+    config.trust_dir = paths.trust_dir.clone();
+    tracing::info!(
+        plugins = %plugins.display(),
+        state = %state_dir.display(),
+        trust = %config.trust_dir.display(),
+        "starting"
+    );
+    let wasm = WasmRuntime::new(WasmConfig::new(state_dir.join("wasm-cache")))
         .context("Cannot start the wasm runtime")?;
     let host = Host::builder(config)
         .runtime(Arc::new(ProcessRuntime::new(process_config(&args, &sdk))))
@@ -70,8 +78,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let addr = listener.local_addr()?;
-    // The first line on stdout is the contract with scripts and tests that start plugd on port 0.
+    // The first line on stdout is the contract with scripts and tests that start plugd on port 0;
+    // the second says the first start wave is done.
     println!("plugd listening on http://{addr}");
+    print_ready(&host);
     let app = plugd_server::router(
         host.clone(),
         ServerConfig {
@@ -84,6 +94,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down: stopping plugins");
     host.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sandboxed plugins run as their own uid (when plugd runs as root) and read their staged
+/// packages, the shipped SDK and their data dirs under the state dir: a parent directory they
+/// cannot traverse (a home directory of mode 0700) makes every one of them fail with `Permission
+/// denied`. Say so at start, naming the directory and the fix; `--strict` refuses to start.
+///
+/// The plugins directory is not checked: only plugd reads it, plugins run from the staged copies.
+fn check_reachable(args: &ServeArgs, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    if args.no_sandbox || !plugd_sandbox::probe().root {
+        return Ok(());
+    }
+    let Some((dir, mode)) = untraversable_ancestor(state_dir) else {
+        return Ok(());
+    };
+    let message = format!(
+        "Sandboxed plugins run as their own uid and cannot enter `{dir}` (mode {mode:04o}), which holds the state dir `{state}`, so they cannot read their packages; hint: run `chmod o+x {dir}` or pass a `--state-dir` outside `{dir}` (`--no-sandbox` for development)",
+        dir = dir.display(),
+        state = state_dir.display(),
+    );
+    if args.strict {
+        anyhow::bail!("{message}");
+    }
+    tracing::warn!("{message}");
+    Ok(())
 }
 
 fn process_config(args: &ServeArgs, sdk: &std::path::Path) -> ProcessConfig {
@@ -104,6 +139,20 @@ fn process_config(args: &ServeArgs, sdk: &std::path::Path) -> ProcessConfig {
         config.base_env.push((key.into(), value.into()));
     }
     config
+}
+
+/// `plugd ready: 3 running, 0 not running`: every plugin of the first start wave has started or
+/// failed.
+fn print_ready(host: &Host) {
+    let plugins = host.plugins();
+    let running = plugins
+        .iter()
+        .filter(|p| p.state == PluginState::Running)
+        .count();
+    println!(
+        "plugd ready: {running} running, {} not running",
+        plugins.len() - running
+    );
 }
 
 async fn shutdown_signal() {

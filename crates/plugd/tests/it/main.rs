@@ -6,45 +6,91 @@
 //! relative to their `main.py`; the tests therefore copy them into a temp dir laid out like a
 //! checkout (`examples/plugins/*`) beside a `sdk` link to this checkout's SDK.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 mod new;
+mod state;
+
+/// How long `serve` may take to print a line it owes (the URL, then readiness).
+const LINE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running `plugd serve`, stopped with SIGTERM when dropped.
 struct Server {
     child: Child,
     url: String,
     stderr: PathBuf,
-    /// Held open: `serve` must not write to a closed stdout.
-    _stdout: BufReader<ChildStdout>,
+    /// The lines of `serve`'s stdout, read by a thread that keeps it open to the end (`serve`
+    /// must not write to a closed stdout).
+    stdout: Receiver<String>,
 }
 
 impl Server {
     /// Starts `plugd serve --plugins DIR --listen 127.0.0.1:0` and reads the URL from its first
     /// line of output. The state dir and the server's log live in `tmp`.
     fn start(plugins: &Path, tmp: &Path) -> Server {
-        let stderr = tmp.join("serve.log");
+        let state = tmp.join("state");
+        Server::spawn(
+            tmp,
+            &[
+                "--plugins".as_ref(),
+                plugins.as_os_str(),
+                "--state-dir".as_ref(),
+                state.as_os_str(),
+            ],
+            &tmp.join("serve.log"),
+        )
+    }
+
+    /// Starts `plugd serve --listen 127.0.0.1:0 ARGS...` in `cwd`, its log in `log`, and waits
+    /// until its first start wave is done.
+    fn spawn(cwd: &Path, args: &[&OsStr], log: &Path) -> Server {
+        let mut server = Server::spawn_unready(cwd, args, log);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts `plugd serve` like [`Server::spawn`] but returns as soon as it listens (the URL is
+    /// its first line of output), while plugins may still be starting.
+    fn spawn_unready(cwd: &Path, args: &[&OsStr], log: &Path) -> Server {
+        let stderr = log.to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
-            .arg(plugins)
-            .arg("--state-dir")
-            .arg(tmp.join("state"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("PLUGD_STATE_DIR")
+            .env_remove("PLUGD_TRUST_DIR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(url) = line.trim_end().strip_prefix("plugd listening on ") else {
+        let reader = BufReader::new(child.stdout.take().unwrap());
+        // Bounded by the lines `serve` prints (two); the thread ends when `serve` exits.
+        let (lines, stdout) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = stdout.recv_timeout(LINE_DEADLINE);
+        let Some(url) = line
+            .as_deref()
+            .ok()
+            .and_then(|l| l.strip_prefix("plugd listening on "))
+        else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("unexpected first line {line:?}; log:\n{}", read(&stderr));
@@ -53,7 +99,19 @@ impl Server {
             url: url.to_owned(),
             child,
             stderr,
-            _stdout: stdout,
+            stdout,
+        }
+    }
+
+    /// Waits for `serve`'s `plugd ready` line: every plugin of the first start wave has started
+    /// or failed.
+    fn wait_ready(&mut self) {
+        match self.stdout.recv_timeout(LINE_DEADLINE) {
+            Ok(line) if line.starts_with("plugd ready") => {}
+            other => panic!(
+                "expected `plugd ready`, got {other:?}; log:\n{}",
+                self.log()
+            ),
         }
     }
 
@@ -157,13 +215,21 @@ fn check(run: &Run, expect: &Expect<'_>) {
 }
 
 fn plugd(args: &[&str]) -> Run {
+    plugd_in(&std::env::current_dir().unwrap(), args)
+}
+
+/// Runs `plugd ARGS...` in `cwd`, with none of the `PLUGD_*` variables of the test's environment.
+fn plugd_in(cwd: &Path, args: &[&str]) -> Run {
     let Output {
         status,
         stdout,
         stderr,
     } = Command::new(env!("CARGO_BIN_EXE_plugd"))
         .args(args)
+        .current_dir(cwd)
         .env_remove("PLUGD_SERVER")
+        .env_remove("PLUGD_STATE_DIR")
+        .env_remove("PLUGD_TRUST_DIR")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -189,10 +255,18 @@ fn repo() -> PathBuf {
 /// The example plugins these tests use (the others need runtimes or builds of their own).
 const EXAMPLES: &[&str] = &["hello", "store", "thumbs"];
 
+/// A temp dir that sandboxed plugins (their own uids) can traverse: `tempdir` makes it 0700.
+fn open_tempdir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
 /// A temp dir laid out like a checkout: the [`EXAMPLES`] copied to `examples/plugins/`, `sdk`
 /// linked to ours. Returns the dir and its plugins dir.
 fn checkout_copy() -> (TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = open_tempdir();
     let plugins = tmp.path().join("examples/plugins");
     for name in EXAMPLES {
         copy_dir(
@@ -383,7 +457,7 @@ fn cli_drives_a_running_server() {
 
 #[test]
 fn new_plugin_is_served() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = open_tempdir();
     let plugins = tmp.path().join("plugins");
     let dir = plugins.join("my-plugin");
     check(
