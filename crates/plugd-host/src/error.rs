@@ -28,6 +28,12 @@ pub enum HostError {
     /// The runtime reported an error.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The request was malformed (e.g. an invalid event topic).
+    #[error("{0}")]
+    Invalid(String),
+    /// A rate or queue limit refused the request; retry later.
+    #[error("{0}")]
+    Overloaded(String),
     /// The host could not read or write its directories.
     #[error("{0}")]
     Io(String),
@@ -42,6 +48,8 @@ impl HostError {
             HostError::NotRunning { .. } => "plugin_not_running",
             HostError::CannotLoad(_) => "plugin_cannot_load",
             HostError::Runtime(e) => e.code(),
+            HostError::Invalid(_) => "bad_request",
+            HostError::Overloaded(_) => "overloaded",
             HostError::Io(_) => "internal",
         }
     }

@@ -9,6 +9,7 @@
 mod error;
 mod events;
 mod lifecycle;
+mod logs;
 mod policy;
 mod registry;
 mod services;
@@ -22,6 +23,7 @@ use plugd_manifest::RuntimeKind;
 use plugd_runtime::Runtime;
 
 pub use error::HostError;
+pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 
 /// How the host runs.

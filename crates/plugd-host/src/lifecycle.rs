@@ -1,5 +1,9 @@
 //! Discovery, resolution and the lifecycle of plugins: start in waves, stop in reverse, load,
-//! unload and reload one plugin, and the call path.
+//! unload and reload (blue/green) one plugin, health changes pushed by runtimes, and the call
+//! path.
+//!
+//! Every lifecycle operation runs under one async lock that also holds the current resolution;
+//! calls never take it. State changes are the named transitions of `registry::SlotInner`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,12 +13,14 @@ use std::sync::atomic::Ordering;
 use parking_lot::RwLock;
 use plugd_manifest::{ActionName, JSON_MANIFEST, Manifest, PluginName, RuntimeKind, TOML_MANIFEST};
 use plugd_resolve::{Candidate, Resolution};
-use plugd_runtime::{InstanceSpec, Invocation, LogLevel, LogSource, Outcome, Runtime};
+use plugd_runtime::{
+    Health, InstanceSpec, Invocation, LogLevel, LogSource, Outcome, Runtime, RuntimeError,
+};
+use plugd_trust::{KeySource, Trust, TrustPolicy, TrustStore, stage_package};
 use serde_json::value::RawValue;
 
-use plugd_trust::{KeySource, Trust, TrustPolicy, TrustStore, stage_package};
-
-use crate::registry::{PluginInfo, PluginState, Problem, Slot, TrustLevel};
+use crate::events::EventQueue;
+use crate::registry::{Generation, InFlight, PluginInfo, PluginState, Problem, Slot, TrustLevel};
 use crate::services::PluginServices;
 use crate::{Host, HostConfig, HostError, LogLine};
 
@@ -53,6 +59,13 @@ impl HostInner {
     }
 }
 
+/// A package that was verified and staged, ready to start: staged once, started from that copy.
+pub(crate) struct Staged {
+    manifest: Arc<Manifest>,
+    dir: PathBuf,
+    trust: TrustLevel,
+}
+
 impl Host {
     /// Discovers every package in the plugins directory, resolves dependencies and starts the
     /// plugins wave by wave (plugins of one wave start concurrently). A plugin that cannot load
@@ -66,17 +79,17 @@ impl Host {
             let starts = wave
                 .iter()
                 .filter_map(|name| self.inner.slot(name.as_str()))
-                .filter(|slot| slot.inner.lock().state != PluginState::Failed)
+                .filter(|slot| slot.inner.lock().state() != PluginState::Failed)
                 .map(|slot| {
                     let host = self.clone();
                     async move {
-                        let result = host.start_slot(&slot).await;
+                        let result = host.start_slot(&slot, None).await;
                         (slot, result)
                     }
                 });
             for (slot, result) in futures::future::join_all(starts).await {
                 if let Err(reason) = result {
-                    self.fail_dependants(&mut resolution, &slot.name, &reason);
+                    self.fail_dependants(&resolution, &slot.name, &reason).await;
                 }
             }
         }
@@ -101,6 +114,9 @@ impl Host {
     }
 
     /// Calls `action` of plugin `plugin` with a raw JSON payload.
+    ///
+    /// Cancel-safe: dropping the returned future undoes every counter it touched and tells the
+    /// runtime (which cancels the plugin's handler where it can).
     pub async fn call(
         &self,
         plugin: &str,
@@ -109,33 +125,34 @@ impl Host {
     ) -> Result<Outcome, HostError> {
         let slot = self.inner.existing(plugin)?;
         let action = ActionName::new(action).map_err(|_| {
-            HostError::Runtime(plugd_runtime::RuntimeError::UnknownAction {
+            HostError::Runtime(RuntimeError::UnknownAction {
                 plugin: slot.name.clone(),
                 action: action.to_owned(),
             })
         })?;
-        let instance = {
+        let generation = {
             let inner = slot.inner.lock();
-            match (&inner.instance, inner.state) {
-                (Some(instance), PluginState::Running) => instance.clone(),
-                (_, state) => {
+            match inner.running() {
+                Some(generation) => generation.clone(),
+                None => {
                     return Err(HostError::NotRunning {
                         plugin: plugin.to_owned(),
-                        state,
-                        reason: inner.reason.clone(),
+                        state: inner.state(),
+                        reason: inner.phase().reason().map(str::to_owned),
                     });
                 }
             }
         };
-        slot.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = instance
+        let guard = InFlight::enter(slot.clone(), generation.clone());
+        let result = generation
+            .instance
             .call(Invocation {
                 action,
                 payload,
                 timeout: None,
             })
             .await;
-        slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
         slot.calls.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
             slot.errors.fetch_add(1, Ordering::Relaxed);
@@ -170,11 +187,12 @@ impl Host {
     }
 
     /// Loads (starts) a plugin and, first, any of its dependencies that are not running.
-    /// Re-reads the plugins directory, so a newly added package can be loaded. Idempotent.
+    /// Re-reads the plugins directory, so a newly added package can be loaded, and a plugin
+    /// that failed (even one its runtime gave up on) can be loaded again. Idempotent.
     pub async fn load(&self, name: &str) -> Result<PluginInfo, HostError> {
         let mut resolution = self.inner.lifecycle.lock().await;
         *resolution = self.refresh().await?;
-        self.ensure_running(&mut resolution, name).await?;
+        self.ensure_running(&resolution, name).await?;
         self.plugin(name)
     }
 
@@ -183,85 +201,125 @@ impl Host {
     pub async fn unload(&self, name: &str) -> Result<PluginInfo, HostError> {
         let resolution = self.inner.lifecycle.lock().await;
         let slot = self.inner.existing(name)?;
-        for dependant in resolution.dependants(name) {
-            if let Some(d) = self.inner.slot(dependant.as_str()) {
-                self.stop_slot(&d, &format!("its dependency `{name}` was unloaded"))
-                    .await;
-            }
-        }
+        self.stop_dependants(
+            &resolution,
+            name,
+            &format!("its dependency `{name}` was unloaded"),
+        )
+        .await;
         self.stop_slot(&slot, "unloaded").await;
         Ok(slot.info())
     }
 
-    /// Reloads a plugin from disk: re-reads its package, stops its running dependants and the
-    /// old version, starts the new version, then restarts the dependants that were running.
-    /// If the new version cannot be resolved, the running version is left untouched.
+    /// Reloads a plugin from disk, blue/green: the new version is read, resolved, verified and
+    /// started *beside* the running one; calls switch to it at once and the old version is
+    /// drained (calls in flight finish within their deadlines) and stopped. If the new version
+    /// cannot start, the running version keeps serving and nothing else changes. Dependants keep
+    /// running when their requirement still holds, and are stopped with the reason when it
+    /// breaks. A plugin that is not running is simply loaded.
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, HostError> {
         let mut resolution = self.inner.lifecycle.lock().await;
         let fresh = self.plan_from_disk().await?;
+        let keeps_serving = |reason: &dyn std::fmt::Display| {
+            HostError::CannotLoad(format!(
+                "Plugin `{name}` was not reloaded, the running version keeps serving: {reason}"
+            ))
+        };
         let pname = PluginName::new(name).map_err(|_| HostError::PluginNotFound {
             name: name.to_owned(),
         })?;
-        if let Some(error) = fresh.resolution.failed().get(&pname) {
-            return Err(HostError::CannotLoad(format!(
-                "Plugin `{name}` was not reloaded, the running version keeps serving: {error}"
-            )));
-        }
-        if !fresh
-            .resolution
-            .waves()
-            .iter()
-            .flatten()
-            .any(|n| n == &pname)
-        {
-            return Err(HostError::PluginNotFound {
-                name: name.to_owned(),
-            });
-        }
-        // Verify the new package before touching the running version.
-        if let Some(Found {
-            dir,
-            manifest: Ok(manifest),
-        }) = fresh.found.get(&pname)
-            && let Err(reason) = self.stage(&pname, dir, manifest).await
-        {
-            return Err(HostError::CannotLoad(format!(
-                "Plugin `{name}` was not reloaded, the running version keeps serving: {reason}"
-            )));
-        }
-        let running_dependants: Vec<Arc<Slot>> = resolution
-            .dependants(name)
-            .into_iter()
-            .filter_map(|d| self.inner.slot(d.as_str()))
-            .filter(|s| s.inner.lock().state == PluginState::Running)
-            .collect();
-        for d in &running_dependants {
-            self.stop_slot(d, &format!("its dependency `{name}` is reloading"))
-                .await;
-        }
-        if let Some(slot) = self.inner.slot(name) {
-            self.stop_slot(&slot, "reloading").await;
-        }
-        *resolution = self.apply_plan(fresh);
-        self.ensure_running(&mut resolution, name).await?;
-        // Restart dependants in load order.
-        let mut ordered = running_dependants;
-        ordered.sort_by_key(|s| resolution.wave_of(s.name.as_str()).unwrap_or(usize::MAX));
-        for d in ordered {
-            let dname = d.name.to_string();
-            if let Err(e) = self.ensure_running(&mut resolution, &dname).await {
-                tracing::warn!(plugin = %dname, "dependant did not restart after reload: {e}");
+        let Some(slot) = self.inner.slot(name) else {
+            // Not known yet: a reload of a new package is a load.
+            *resolution = self.apply_plan(fresh);
+            self.ensure_running(&resolution, name).await?;
+            return self.plugin(name);
+        };
+        let new_manifest = match fresh.found.get(&pname) {
+            None => {
+                return Err(keeps_serving(&format_args!(
+                    "its package is no longer in the plugins directory `{}`; hint: `plugd unload {name}` stops it",
+                    self.inner.config.plugins_dir.display()
+                )));
             }
+            Some(Found {
+                manifest: Err(reason),
+                ..
+            }) => {
+                return Err(keeps_serving(&format_args!(
+                    "its new manifest is invalid: {reason}"
+                )));
+            }
+            Some(Found {
+                dir,
+                manifest: Ok(manifest),
+            }) => (dir.clone(), manifest.clone()),
+        };
+        if let Some(error) = fresh.resolution.failed().get(&pname) {
+            return Err(keeps_serving(error));
+        }
+        if slot.running().is_none() {
+            *resolution = self.apply_plan(fresh);
+            self.ensure_running(&resolution, name).await?;
+            return self.plugin(name);
+        }
+        // The new version's dependencies must be running before it starts.
+        for dep in fresh.resolution.dependencies(name) {
+            let running = self
+                .inner
+                .slot(dep.as_str())
+                .is_some_and(|d| d.running().is_some());
+            if !running {
+                return Err(keeps_serving(&format_args!(
+                    "its new version depends on `{dep}`, which is not running; hint: `plugd load {dep}` first"
+                )));
+            }
+        }
+        let (dir, manifest) = new_manifest;
+        let staged = self
+            .stage(&pname, &dir, &manifest)
+            .await
+            .map_err(|reason| keeps_serving(&reason))?;
+        let generation = self
+            .launch(&slot, staged)
+            .await
+            .map_err(|reason| keeps_serving(&reason))?;
+        // Switch: from here on every call goes to the new version.
+        let old = {
+            let mut inner = slot.inner.lock();
+            inner.dir = dir;
+            inner.manifest = Some(Arc::new(manifest));
+            inner.swap(generation.clone())
+        };
+        self.watch_health(&slot, &generation);
+        self.log_started(&slot, &generation, "Reloaded");
+        *resolution = self.apply_plan(fresh);
+        // Running plugins the new plan cannot hold (a dependant whose requirement the new version
+        // breaks) stop, with the reason; every other plugin keeps running untouched.
+        for (other, error) in resolution.failed() {
+            let Some(oslot) = self.inner.slot(other.as_str()) else {
+                continue;
+            };
+            let reason = error.to_string();
+            let running = {
+                let mut inner = oslot.inner.lock();
+                match inner.running() {
+                    Some(_) => inner.fail(reason.clone()),
+                    None => None,
+                }
+            };
+            if let Some(running) = running {
+                oslot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
+                self.stop_generation(&oslot, running, &reason).await;
+            }
+        }
+        if let Some(old) = old {
+            self.drain_and_stop(&slot, old).await;
         }
         self.plugin(name)
     }
 
     /// Starts `name` and its not-running dependencies, in dependency order.
-    async fn ensure_running(
-        &self,
-        resolution: &mut Resolution,
-        name: &str,
-    ) -> Result<(), HostError> {
+    async fn ensure_running(&self, resolution: &Resolution, name: &str) -> Result<(), HostError> {
         let pname = PluginName::new(name).map_err(|_| HostError::PluginNotFound {
             name: name.to_owned(),
         })?;
@@ -283,90 +341,118 @@ impl Host {
             let Some(dslot) = self.inner.slot(dep.as_str()) else {
                 continue;
             };
-            if dslot.inner.lock().state == PluginState::Running {
+            if dslot.running().is_some() {
                 continue;
             }
-            if let Err(reason) = self.start_slot(&dslot).await {
-                self.fail_dependants(resolution, &dep, &reason);
+            if let Err(reason) = self.start_slot(&dslot, None).await {
+                self.fail_dependants(resolution, &dep, &reason).await;
                 return Err(HostError::CannotLoad(format!(
                     "Plugin `{name}` cannot load because its dependency `{dep}` failed to start: {reason}"
                 )));
             }
         }
-        if slot.inner.lock().state == PluginState::Running {
-            return Ok(());
-        }
-        match self.start_slot(&slot).await {
+        match self.start_slot(&slot, None).await {
             Ok(()) => Ok(()),
             Err(reason) => {
-                self.fail_dependants(resolution, &pname, &reason);
+                self.fail_dependants(resolution, &pname, &reason).await;
                 Err(HostError::CannotLoad(reason))
             }
         }
     }
 
-    /// Marks the dependants of a plugin that failed to start as failed.
-    fn fail_dependants(&self, resolution: &mut Resolution, name: &PluginName, reason: &str) {
+    /// Marks the dependants of a plugin that failed (to start, or for good while running) as
+    /// failed with the reason, stopping those that run.
+    async fn fail_dependants(&self, resolution: &Resolution, name: &PluginName, reason: &str) {
         for dependant in resolution.dependants(name.as_str()) {
-            if let Some(slot) = self.inner.slot(dependant.as_str())
-                && slot.inner.lock().state != PluginState::Running
-            {
-                slot.set_state(
-                        PluginState::Failed,
-                        Some(format!("Plugin `{dependant}` cannot load because `{name}`, which it depends on, failed to start: {reason}")),
-                    );
+            let Some(slot) = self.inner.slot(dependant.as_str()) else {
+                continue;
+            };
+            let why = format!(
+                "Plugin `{dependant}` cannot run because `{name}`, which it depends on, failed: {reason}"
+            );
+            let running = slot.inner.lock().fail(why.clone());
+            slot.push_log(LogSource::Runtime, LogLevel::Error, &why);
+            if let Some(generation) = running {
+                self.stop_generation(&slot, generation, &why).await;
             }
         }
     }
 
-    /// Starts one plugin whose dependencies are running. On failure the slot is marked failed
-    /// and the reason returned.
-    async fn start_slot(&self, slot: &Arc<Slot>) -> Result<(), String> {
+    /// Stops the running dependants of `name` (dependants first), with the reason.
+    async fn stop_dependants(&self, resolution: &Resolution, name: &str, reason: &str) {
+        let mut dependants = resolution.dependants(name);
+        dependants.sort_by_key(|d| std::cmp::Reverse(resolution.wave_of(d.as_str())));
+        for dependant in dependants {
+            if let Some(d) = self.inner.slot(dependant.as_str()) {
+                self.stop_slot(&d, reason).await;
+            }
+        }
+    }
+
+    /// Starts one plugin whose dependencies are running (no-op if it runs). On failure the slot
+    /// is marked failed and the reason returned. `staged` is a package already verified.
+    async fn start_slot(&self, slot: &Arc<Slot>, staged: Option<Staged>) -> Result<(), String> {
         let (manifest, dir) = {
             let mut inner = slot.inner.lock();
-            if inner.state == PluginState::Running {
+            if inner.running().is_some() {
                 return Ok(());
             }
             let Some(manifest) = inner.manifest.clone() else {
                 return Err(inner
-                    .reason
-                    .clone()
+                    .phase()
+                    .reason()
+                    .map(str::to_owned)
                     .unwrap_or_else(|| "its manifest is unreadable".into()));
             };
-            inner.state = PluginState::Starting;
-            inner.reason = None;
+            inner.begin_start();
             (manifest, inner.dir.clone())
         };
         let fail = |reason: String| {
-            slot.set_state(PluginState::Failed, Some(reason.clone()));
+            slot.inner.lock().fail(reason.clone());
             slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
             tracing::error!(plugin = %slot.name, "{reason}");
             Err(reason)
         };
+        let staged = match staged {
+            Some(staged) => staged,
+            None => match self.stage(&slot.name, &dir, &manifest).await {
+                Ok(staged) => staged,
+                Err(reason) => return fail(reason),
+            },
+        };
+        slot.inner.lock().manifest = Some(staged.manifest.clone());
+        match self.launch(slot, staged).await {
+            Ok(generation) => {
+                slot.inner.lock().started(generation.clone());
+                self.watch_health(slot, &generation);
+                self.log_started(slot, &generation, "Started");
+                Ok(())
+            }
+            Err(reason) => fail(reason),
+        }
+    }
+
+    /// Starts a new generation of a plugin from a staged package, without touching its state:
+    /// the caller decides whether it becomes the running one (start) or replaces it (reload).
+    async fn launch(&self, slot: &Arc<Slot>, staged: Staged) -> Result<Arc<Generation>, String> {
+        let Staged {
+            manifest,
+            dir,
+            trust,
+        } = staged;
         let Some(runtime) = self.inner.runtimes.get(&manifest.runtime).cloned() else {
-            return fail(format!(
+            return Err(format!(
                 "Plugin `{}` needs the `{}` runtime, which this host does not have",
                 slot.name, manifest.runtime
             ));
         };
-        // Verify the package and copy it to a private read-only directory; the plugin runs
-        // from that copy, so nothing changed after the check can run.
-        let (manifest, dir, trust) = match self.stage(&slot.name, &dir, &manifest).await {
-            Ok(staged) => staged,
-            Err(reason) => return fail(reason),
-        };
-        {
-            let mut inner = slot.inner.lock();
-            inner.manifest = Some(manifest.clone());
-            inner.trust = Some(trust.clone());
-        }
         let (granted, denials) = crate::policy::effective(&manifest, &trust);
         for denial in &denials {
             slot.denials.fetch_add(1, Ordering::Relaxed);
             slot.push_log(LogSource::Runtime, LogLevel::Warn, denial);
             tracing::warn!(plugin = %slot.name, "{denial}");
         }
-        let manifest = Arc::new(granted);
+        let granted = Arc::new(granted);
         let data_dir = self
             .inner
             .config
@@ -374,39 +460,80 @@ impl Host {
             .join("data")
             .join(slot.name.as_str());
         if let Err(e) = tokio::fs::create_dir_all(&data_dir).await {
-            return fail(format!(
+            return Err(format!(
                 "Cannot create the data dir `{}`: {e}",
                 data_dir.display()
             ));
         }
         let spec = InstanceSpec {
-            params: default_params(&manifest),
-            manifest: manifest.clone(),
+            params: default_params(&granted),
+            manifest: granted.clone(),
             package_dir: dir,
             data_dir,
         };
-        let services = Arc::new(PluginServices::new(
-            self.clone(),
-            slot.clone(),
-            manifest.clone(),
-        ));
-        match runtime.start(spec, services).await {
-            Ok(instance) => {
-                let mut inner = slot.inner.lock();
-                inner.instance = Some(instance);
-                inner.state = PluginState::Running;
-                inner.reason = None;
-                drop(inner);
-                slot.push_log(
-                    LogSource::Runtime,
-                    LogLevel::Info,
-                    &format!("Started `{} {}`", slot.name, manifest.version),
-                );
-                tracing::info!(plugin = %slot.name, version = %manifest.version, "plugin started");
-                Ok(())
+        let services = Arc::new(PluginServices::new(self, slot, granted.clone()));
+        let instance = runtime
+            .start(spec, services)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = slot.inner.lock().next_generation();
+        Ok(Arc::new(Generation {
+            id,
+            events: EventQueue::start(slot, instance.clone()),
+            instance,
+            manifest: granted,
+            trust,
+            in_flight: Default::default(),
+            idle: Default::default(),
+        }))
+    }
+
+    fn log_started(&self, slot: &Slot, generation: &Generation, verb: &str) {
+        let version = &generation.manifest.version;
+        slot.push_log(
+            LogSource::Runtime,
+            LogLevel::Info,
+            &format!("{verb} `{} {version}`", slot.name),
+        );
+        tracing::info!(plugin = %slot.name, %version, "plugin {}", verb.to_lowercase());
+    }
+
+    /// Follows the health a runtime pushes for one generation: `Dead` makes the plugin failed
+    /// (if that generation still serves) and fails its dependants at once.
+    fn watch_health(&self, slot: &Arc<Slot>, generation: &Arc<Generation>) {
+        let mut health = generation.instance.health();
+        // Weak references only: this task must not keep a dropped host or slot alive.
+        let host = Arc::downgrade(&self.inner);
+        let slot = Arc::downgrade(slot);
+        let id = generation.id;
+        tokio::spawn(async move {
+            loop {
+                let current = health.borrow_and_update().clone();
+                if let Health::Dead { reason } = current {
+                    let (Some(inner), Some(slot)) = (host.upgrade(), slot.upgrade()) else {
+                        return;
+                    };
+                    let host = Host { inner };
+                    host.on_dead(&slot, id, reason).await;
+                    return;
+                }
+                if health.changed().await.is_err() {
+                    return;
+                }
             }
-            Err(e) => fail(e.to_string()),
-        }
+        });
+    }
+
+    async fn on_dead(&self, slot: &Arc<Slot>, id: u64, reason: String) {
+        let resolution = self.inner.lifecycle.lock().await;
+        let running = slot.inner.lock().fail_generation(id, reason.clone());
+        let Some(generation) = running else {
+            return;
+        };
+        slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
+        tracing::error!(plugin = %slot.name, "plugin failed: {reason}");
+        self.stop_generation(slot, generation, &reason).await;
+        self.fail_dependants(&resolution, &slot.name, &reason).await;
     }
 
     /// Verifies and stages a package; returns the manifest read from the staged copy, the
@@ -416,7 +543,7 @@ impl Host {
         name: &PluginName,
         dir: &Path,
         resolved: &Manifest,
-    ) -> Result<(Arc<Manifest>, PathBuf, TrustLevel), String> {
+    ) -> Result<Staged, String> {
         let config = &self.inner.config;
         let (src, staging, trust_dir, strict) = (
             dir.to_owned(),
@@ -451,38 +578,53 @@ impl Host {
             },
             Trust::Unsigned => TrustLevel::Untrusted,
         };
-        Ok((Arc::new(manifest), staged.dir().to_owned(), trust))
+        Ok(Staged {
+            manifest: Arc::new(manifest),
+            dir: staged.dir().to_owned(),
+            trust,
+        })
     }
 
-    /// Stops one plugin if it has an instance. Idempotent.
+    /// Stops one plugin if it runs. Idempotent.
     async fn stop_slot(&self, slot: &Arc<Slot>, reason: &str) {
-        let instance = {
-            let mut inner = slot.inner.lock();
-            match inner.instance.take() {
-                Some(i) => {
-                    inner.state = PluginState::Stopping;
-                    i
-                }
-                None => {
-                    if matches!(
-                        inner.state,
-                        PluginState::Running | PluginState::Resolved | PluginState::Discovered
-                    ) {
-                        inner.state = PluginState::Stopped;
-                        inner.reason = Some(reason.to_owned());
-                    }
-                    return;
-                }
-            }
+        let running = slot.inner.lock().begin_stop(reason);
+        let Some(generation) = running else {
+            return;
         };
-        instance.stop(self.inner.config.stop_grace).await;
-        slot.set_state(PluginState::Stopped, Some(reason.to_owned()));
+        self.stop_generation(slot, generation, reason).await;
+        slot.inner.lock().stopped(reason);
+    }
+
+    /// Stops one generation (already detached from the slot's phase) and logs it.
+    async fn stop_generation(&self, slot: &Slot, generation: Arc<Generation>, reason: &str) {
+        generation.instance.stop(self.inner.config.stop_grace).await;
         slot.push_log(
             LogSource::Runtime,
             LogLevel::Info,
-            &format!("Stopped: {reason}"),
+            &format!(
+                "Stopped `{} {}`: {reason}",
+                slot.name, generation.manifest.version
+            ),
         );
-        tracing::info!(plugin = %slot.name, "plugin stopped: {reason}");
+        tracing::info!(plugin = %slot.name, version = %generation.manifest.version, "plugin stopped: {reason}");
+    }
+
+    /// Lets the calls running on a replaced generation finish (at most its call deadline plus
+    /// the stop grace), then stops it.
+    async fn drain_and_stop(&self, slot: &Slot, old: Arc<Generation>) {
+        let deadline = old.manifest.limits.call_timeout + self.inner.config.stop_grace;
+        if tokio::time::timeout(deadline, old.drained()).await.is_err() {
+            slot.push_log(
+                LogSource::Runtime,
+                LogLevel::Warn,
+                &format!(
+                    "{} calls of the replaced version were still running after {deadline:?}; stopping it anyway",
+                    old.in_flight.load(Ordering::Acquire)
+                ),
+            );
+        }
+        self.stop_generation(slot, old, "replaced by a reload")
+            .await;
     }
 
     /// Re-reads the plugins directory and applies it to the registry (running plugins keep
@@ -509,11 +651,8 @@ impl Host {
                 })
                 .clone();
             let mut inner = slot.inner.lock();
-            let busy = matches!(
-                inner.state,
-                PluginState::Running | PluginState::Starting | PluginState::Stopping
-            );
-            if busy {
+            inner.wave = plan.resolution.wave_of(name.as_str());
+            if inner.busy() {
                 continue;
             }
             inner.dir = found.dir;
@@ -524,20 +663,16 @@ impl Host {
                     }
                     inner.manifest = Some(Arc::new(manifest));
                     if let Some(error) = plan.resolution.failed().get(&name) {
-                        inner.state = PluginState::Failed;
-                        inner.reason = Some(error.to_string());
-                    } else if inner.state != PluginState::Stopped {
-                        inner.state = PluginState::Resolved;
-                        inner.reason = None;
+                        inner.fail(error.to_string());
+                    } else {
+                        inner.resolved();
                     }
                 }
                 Err(reason) => {
                     inner.manifest = None;
-                    inner.state = PluginState::Failed;
-                    inner.reason = Some(reason);
+                    inner.fail(reason);
                 }
             }
-            inner.wave = plan.resolution.wave_of(name.as_str());
         }
         *self.inner.problems.write() = plan.problems;
         plan.resolution

@@ -1,4 +1,9 @@
-//! Per-plugin records: state, the running instance, counters and the log ring.
+//! Per-plugin records: the lifecycle state machine (one `Phase` that owns the running
+//! generation), counters, the in-flight guard and the log ring.
+//!
+//! Every change of a plugin's state goes through a named transition on [`SlotInner`]; nothing
+//! else assigns the phase. The running instance lives *inside* `Phase::Running`, so "running
+//! without an instance" or "failed but still holding one" cannot be written down.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -9,7 +14,11 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use plugd_manifest::{Manifest, PluginName};
-use plugd_runtime::{ActionInfo, Instance, LogLevel, LogSource};
+use plugd_runtime::{ActionInfo, Health, Instance, LogLevel, LogSource};
+use tokio::sync::Notify;
+
+use crate::events::EventQueue;
+use crate::logs::LogGate;
 
 /// Where a plugin is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,25 +134,234 @@ pub enum TrustLevel {
     Untrusted,
 }
 
+/// One started version of a plugin: its instance and everything that was decided when it was
+/// started. A reload starts a new generation beside the old one, switches, then drains the old.
+pub(crate) struct Generation {
+    /// Increases with every start of this plugin (reloads and restarts after `failed`).
+    pub id: u64,
+    pub instance: Arc<dyn Instance>,
+    /// The manifest as granted (permissions narrowed by trust).
+    pub manifest: Arc<Manifest>,
+    pub trust: TrustLevel,
+    /// Calls running on this generation; the old generation of a reload is stopped when it
+    /// reaches zero (or its drain deadline passes).
+    pub in_flight: AtomicU64,
+    pub idle: Notify,
+    /// Ordered, bounded delivery of events to this generation.
+    pub events: EventQueue,
+}
+
+impl Generation {
+    /// Waits until no call runs on this generation. Cancel-safe.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Where a plugin is in its lifecycle, with the data that belongs to that state.
+pub(crate) enum Phase {
+    Discovered,
+    Resolved,
+    Starting,
+    Running(Arc<Generation>),
+    Stopping,
+    Stopped { reason: String },
+    Failed { reason: String },
+}
+
+impl Phase {
+    pub(crate) fn state(&self) -> PluginState {
+        match self {
+            Phase::Discovered => PluginState::Discovered,
+            Phase::Resolved => PluginState::Resolved,
+            Phase::Starting => PluginState::Starting,
+            Phase::Running(_) => PluginState::Running,
+            Phase::Stopping => PluginState::Stopping,
+            Phase::Stopped { .. } => PluginState::Stopped,
+            Phase::Failed { .. } => PluginState::Failed,
+        }
+    }
+
+    pub(crate) fn reason(&self) -> Option<&str> {
+        match self {
+            Phase::Stopped { reason } | Phase::Failed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) struct Slot {
     pub name: PluginName,
     pub inner: Mutex<SlotInner>,
     pub logs: Mutex<VecDeque<LogLine>>,
+    pub gate: Mutex<LogGate>,
     pub log_capacity: usize,
     pub calls: AtomicU64,
     pub errors: AtomicU64,
     pub in_flight: AtomicU64,
     pub denials: AtomicU64,
+    /// Events this plugin published (accepted by the host).
+    pub emitted: AtomicU64,
+    /// Events dropped on the way to this plugin (full queue).
+    pub events_dropped: AtomicU64,
+    /// Hop count of the event being delivered to this plugin now (see `events`).
+    pub delivering_hops: crate::events::DeliveringHops,
+    /// The plugin's `emit` rate limit.
+    pub emit_bucket: Mutex<crate::logs::Bucket>,
 }
 
 pub(crate) struct SlotInner {
+    /// The package directory on disk (the source, not the staged copy).
     pub dir: PathBuf,
+    /// The manifest as read from disk (what resolution used).
     pub manifest: Option<Arc<Manifest>>,
-    pub state: PluginState,
-    pub reason: Option<String>,
     pub wave: Option<usize>,
-    pub instance: Option<Arc<dyn Instance>>,
+    phase: Phase,
+    /// Trust of the last started package (kept after it stops, for listings).
     pub trust: Option<TrustLevel>,
+    next_generation: u64,
+}
+
+impl SlotInner {
+    pub(crate) fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub(crate) fn state(&self) -> PluginState {
+        self.phase.state()
+    }
+
+    /// The running generation, if the plugin is running.
+    pub(crate) fn running(&self) -> Option<&Arc<Generation>> {
+        match &self.phase {
+            Phase::Running(generation) => Some(generation),
+            _ => None,
+        }
+    }
+
+    /// Whether a lifecycle operation is under way or the plugin serves (the registry must not
+    /// overwrite it from a fresh scan).
+    pub(crate) fn busy(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Running(_) | Phase::Starting | Phase::Stopping
+        )
+    }
+
+    /// Discovered → Resolved (or back to Resolved after a stop/failure that a new scan clears).
+    pub(crate) fn resolved(&mut self) {
+        if !self.busy() && !matches!(self.phase, Phase::Stopped { .. }) {
+            self.phase = Phase::Resolved;
+        }
+    }
+
+    /// Any non-running state → Starting. Returns the generation id to use.
+    pub(crate) fn begin_start(&mut self) -> u64 {
+        debug_assert!(!matches!(self.phase, Phase::Running(_)));
+        self.phase = Phase::Starting;
+        self.next_generation()
+    }
+
+    /// An id for a generation started beside the running one (reload).
+    pub(crate) fn next_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    /// Starting → Running.
+    pub(crate) fn started(&mut self, generation: Arc<Generation>) {
+        self.trust = Some(generation.trust.clone());
+        self.phase = Phase::Running(generation);
+    }
+
+    /// Running(old) → Running(new): the switch of a reload. Returns the old generation to drain.
+    pub(crate) fn swap(&mut self, generation: Arc<Generation>) -> Option<Arc<Generation>> {
+        self.trust = Some(generation.trust.clone());
+        match std::mem::replace(&mut self.phase, Phase::Running(generation)) {
+            Phase::Running(old) => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Any state → Failed. Returns the generation that was running, which the caller stops.
+    pub(crate) fn fail(&mut self, reason: String) -> Option<Arc<Generation>> {
+        match std::mem::replace(&mut self.phase, Phase::Failed { reason }) {
+            Phase::Running(generation) => Some(generation),
+            _ => None,
+        }
+    }
+
+    /// Running(generation `id`) → Failed, only if that generation is still the running one (a
+    /// health report from an old generation must not fail its successor).
+    pub(crate) fn fail_generation(&mut self, id: u64, reason: String) -> Option<Arc<Generation>> {
+        match &self.phase {
+            Phase::Running(generation) if generation.id == id => self.fail(reason),
+            _ => None,
+        }
+    }
+
+    /// Running → Stopping; returns the generation to stop. A plugin that is not running becomes
+    /// Stopped with the reason (unless it failed: the failure stays visible).
+    pub(crate) fn begin_stop(&mut self, reason: &str) -> Option<Arc<Generation>> {
+        match std::mem::replace(&mut self.phase, Phase::Stopping) {
+            Phase::Running(generation) => Some(generation),
+            failed @ Phase::Failed { .. } => {
+                self.phase = failed;
+                None
+            }
+            Phase::Starting => {
+                // A start in progress finishes under the lifecycle lock, so this is not reached
+                // from lifecycle operations; keep the state honest anyway.
+                self.phase = Phase::Starting;
+                None
+            }
+            _ => {
+                self.phase = Phase::Stopped {
+                    reason: reason.to_owned(),
+                };
+                None
+            }
+        }
+    }
+
+    /// Stopping → Stopped.
+    pub(crate) fn stopped(&mut self, reason: &str) {
+        if matches!(self.phase, Phase::Stopping) {
+            self.phase = Phase::Stopped {
+                reason: reason.to_owned(),
+            };
+        }
+    }
+}
+
+/// Counts one call in flight on a slot and on a generation; undone on drop, so a caller that
+/// drops the call future (a disconnected HTTP client, a `select!`) leaks nothing.
+pub(crate) struct InFlight {
+    slot: Arc<Slot>,
+    generation: Arc<Generation>,
+}
+
+impl InFlight {
+    pub(crate) fn enter(slot: Arc<Slot>, generation: Arc<Generation>) -> Self {
+        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        generation.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { slot, generation }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.generation.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.generation.idle.notify_waiters();
+        }
+    }
 }
 
 impl Slot {
@@ -153,54 +371,87 @@ impl Slot {
             inner: Mutex::new(SlotInner {
                 dir,
                 manifest: None,
-                state: PluginState::Discovered,
-                reason: None,
                 wave: None,
-                instance: None,
+                phase: Phase::Discovered,
                 trust: None,
+                next_generation: 0,
             }),
             logs: Mutex::new(VecDeque::new()),
+            gate: Mutex::new(LogGate::default()),
             log_capacity,
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             denials: AtomicU64::new(0),
+            emitted: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            delivering_hops: Default::default(),
+            emit_bucket: Mutex::new(crate::logs::Bucket::new(
+                crate::events::EMIT_RATE,
+                crate::events::EMIT_BURST,
+            )),
         })
     }
 
-    pub(crate) fn set_state(&self, state: PluginState, reason: Option<String>) {
-        let mut inner = self.inner.lock();
-        inner.state = state;
-        inner.reason = reason;
+    /// The running generation, if any (a short lock; the generation is shared).
+    pub(crate) fn running(&self) -> Option<Arc<Generation>> {
+        self.inner.lock().running().cloned()
     }
 
+    /// Logs a line from the host itself (never rate limited: the host bounds its own output).
     pub(crate) fn push_log(&self, source: LogSource, level: LogLevel, message: &str) {
+        let line = crate::logs::sanitize(message);
+        self.push_line(source, level, line);
+    }
+
+    /// Logs a line from the plugin through the one gate every source passes (cap, rate limit,
+    /// escaping). Returns the text kept, if any, so the caller can forward it to `tracing`.
+    pub(crate) fn plugin_log(
+        &self,
+        source: LogSource,
+        level: LogLevel,
+        message: &str,
+    ) -> Option<String> {
+        let (admitted, note) = self.gate.lock().admit(std::time::Instant::now());
+        if let Some(dropped) = note {
+            self.push_line(
+                LogSource::Runtime,
+                LogLevel::Warn,
+                format!(
+                    "Dropped {dropped} log lines of this plugin (more than {} lines/s)",
+                    crate::logs::LINES_PER_SECOND
+                ),
+            );
+        }
+        if !admitted {
+            return None;
+        }
+        let line = crate::logs::sanitize(message);
+        self.push_line(source, level, line.clone());
+        Some(line)
+    }
+
+    fn push_line(&self, source: LogSource, level: LogLevel, message: String) {
         let mut logs = self.logs.lock();
-        if logs.len() == self.log_capacity {
+        if logs.len() >= self.log_capacity {
             logs.pop_front();
         }
         logs.push_back(LogLine {
             at: SystemTime::now(),
             source,
             level,
-            message: message.to_owned(),
+            message,
         });
     }
 
     pub(crate) fn info(&self) -> PluginInfo {
         let inner = self.inner.lock();
-        let status = inner
-            .instance
-            .as_ref()
-            .map(|i| i.status())
-            .unwrap_or_default();
-        let mut actions = inner
-            .instance
-            .as_ref()
-            .map(|i| i.actions())
-            .unwrap_or_default();
+        let generation = inner.running();
+        let status = generation.map(|g| g.instance.status()).unwrap_or_default();
+        let mut actions = generation.map(|g| g.instance.actions()).unwrap_or_default();
+        let manifest = inner.manifest.clone();
         if actions.is_empty()
-            && let Some(m) = &inner.manifest
+            && let Some(m) = &manifest
         {
             actions = m
                 .actions
@@ -211,16 +462,16 @@ impl Slot {
                 })
                 .collect();
         }
-        let (state, reason) = if inner.state == PluginState::Running && status.dead {
-            (PluginState::Failed, status.last_error.clone())
-        } else {
-            (inner.state, inner.reason.clone())
+        let health = generation.map(|g| g.instance.health().borrow().clone());
+        let reason = match (&health, inner.phase()) {
+            (Some(Health::Recovering { reason }), _) => Some(reason.clone()),
+            (_, phase) => phase.reason().map(str::to_owned),
         };
         PluginInfo {
             name: self.name.clone(),
-            manifest: inner.manifest.clone(),
+            manifest,
             dir: inner.dir.clone(),
-            state,
+            state: inner.state(),
             reason,
             wave: inner.wave,
             actions,

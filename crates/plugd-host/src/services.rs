@@ -1,39 +1,57 @@
 //! What the host offers one plugin: its log, progress, events, and (later) kv, tasks and calls
 //! to its dependencies. A plugin gets only the services its manifest asks for.
+//!
+//! The services hold the host weakly: a plugin's instance holds its services, and the host holds
+//! the instance, so a strong reference would be a cycle that keeps children alive after an
+//! embedding app drops `Host` without `shutdown`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use plugd_manifest::{Manifest, Service};
 use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, Progress};
 
-use crate::Host;
 use crate::registry::Slot;
+use crate::{Host, HostError, lifecycle::HostInner};
 
 pub(crate) struct PluginServices {
-    host: Host,
-    slot: Arc<Slot>,
+    host: Weak<HostInner>,
+    /// Weak too: the slot holds the instance, which holds these services.
+    slot: Weak<Slot>,
     manifest: Arc<Manifest>,
 }
 
 impl PluginServices {
-    pub(crate) fn new(host: Host, slot: Arc<Slot>, manifest: Arc<Manifest>) -> Self {
+    pub(crate) fn new(host: &Host, slot: &Arc<Slot>, manifest: Arc<Manifest>) -> Self {
         PluginServices {
-            host,
-            slot,
+            host: Arc::downgrade(&host.inner),
+            slot: Arc::downgrade(slot),
             manifest,
         }
     }
 
+    fn host(&self) -> Result<Host, HostCallError> {
+        self.host
+            .upgrade()
+            .map(|inner| Host { inner })
+            .ok_or_else(|| HostCallError::Failed("The host is shutting down".to_owned()))
+    }
+
+    fn slot(&self) -> Result<Arc<Slot>, HostCallError> {
+        self.slot
+            .upgrade()
+            .ok_or_else(|| HostCallError::Failed("The plugin is being removed".to_owned()))
+    }
+
     fn grant(&self, service: Service) -> Result<(), HostCallError> {
+        let slot = self.slot()?;
         if self.manifest.permissions.services.contains(&service) {
             Ok(())
         } else {
-            self.slot
-                .denials
+            slot.denials
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(HostCallError::NotGranted {
-                plugin: self.slot.name.to_string(),
+                plugin: slot.name.to_string(),
                 service: service.as_str().to_owned(),
             })
         }
@@ -43,24 +61,24 @@ impl PluginServices {
 #[async_trait]
 impl HostCalls for PluginServices {
     fn log(&self, source: LogSource, level: LogLevel, message: &str) {
-        let plugin = self.slot.name.as_str();
+        let Ok(slot) = self.slot() else { return };
+        let Some(line) = slot.plugin_log(source, level, message) else {
+            return;
+        };
+        let plugin = slot.name.as_str();
         match level {
-            LogLevel::Error => {
-                tracing::error!(target: "plugd::plugin", plugin, ?source, "{message}")
-            }
-            LogLevel::Warn => tracing::warn!(target: "plugd::plugin", plugin, ?source, "{message}"),
-            LogLevel::Info => tracing::info!(target: "plugd::plugin", plugin, ?source, "{message}"),
-            LogLevel::Debug => {
-                tracing::debug!(target: "plugd::plugin", plugin, ?source, "{message}")
-            }
+            LogLevel::Error => tracing::error!(target: "plugd::plugin", plugin, ?source, "{line}"),
+            LogLevel::Warn => tracing::warn!(target: "plugd::plugin", plugin, ?source, "{line}"),
+            LogLevel::Info => tracing::info!(target: "plugd::plugin", plugin, ?source, "{line}"),
+            LogLevel::Debug => tracing::debug!(target: "plugd::plugin", plugin, ?source, "{line}"),
         }
-        self.slot.push_log(source, level, message);
     }
 
     fn progress(&self, progress: Progress) {
+        let Ok(slot) = self.slot() else { return };
         tracing::debug!(
             target: "plugd::plugin",
-            plugin = self.slot.name.as_str(),
+            plugin = slot.name.as_str(),
             fraction = progress.fraction,
             message = progress.message.as_deref(),
             "progress"
@@ -68,17 +86,22 @@ impl HostCalls for PluginServices {
     }
 
     fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
+        let slot = self.slot()?;
         if let Err(e) = self.grant(Service::Events) {
-            self.log(
+            slot.push_log(
                 LogSource::Runtime,
                 LogLevel::Warn,
                 &format!("Denied `emit` of `{topic}`: {e}"),
             );
             return Err(e);
         }
-        self.host
-            .publish_from(Some(&self.slot.name), topic, payload);
-        Ok(())
+        match self.host()?.publish_from(Some(&slot), topic, payload) {
+            Ok(_) => Ok(()),
+            Err(e @ (HostError::Invalid(_) | HostError::Overloaded(_))) => {
+                Err(HostCallError::Invalid(e.to_string()))
+            }
+            Err(e) => Err(HostCallError::Failed(e.to_string())),
+        }
     }
 
     async fn request(

@@ -68,6 +68,8 @@ impl From<HostError> for ApiError {
             HostError::CannotLoad(_) => StatusCode::CONFLICT,
             HostError::Runtime(r) => runtime_status(r),
             HostError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HostError::Invalid(_) => StatusCode::BAD_REQUEST,
+            HostError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &e {

@@ -301,25 +301,22 @@ async fn output_floods_are_capped_and_rate_limited() {
         "{ECHO}@plugin.action()\ndef flood(p):\n    for i in range(50000):\n        print('line', i)\n    sys.stdout.write('y' * 100000 + '\\n')\n    sys.stdout.flush()\n    return 'flooded'\n"
     );
     f.sdk_plugin("noisy", "1.0.0", &[], "", &body);
-    let host = f.host_with(|c| {
-        c.logs.lines_per_second = 100;
-        c.logs.burst = 50;
-        c.logs.max_line = 1000;
-    });
+    // The host's one log gate (cap, rate, escaping) applies to captured output too.
+    let host = f.host();
     host.start().await.unwrap();
     assert_eq!(
         call(&host, "noisy", "flood", "{}").await.unwrap(),
         r#"{"value":"flooded"}"#
     );
     eventually("the suppression is reported", || {
-        log_text(&host, "noisy").contains("Suppressed")
+        log_text(&host, "noisy").contains("log lines of this plugin (more than 200 lines/s)")
     })
     .await;
     let logs = host.logs("noisy", 10_000).unwrap();
     assert!(logs.len() <= 200, "the ring is capped: {}", logs.len());
     assert!(
         logs.iter()
-            .all(|l| l.message.len() <= 1000 + " …[truncated]".len())
+            .all(|l| l.message.len() <= plugd_runtime::MAX_LOG_LINE + " …[cut]".len())
     );
     assert_eq!(
         call(&host, "noisy", "echo", "3").await.unwrap(),

@@ -211,11 +211,13 @@ async fn events_reach_subscribers_and_plugins_can_emit() {
     let host = f.host();
     host.start().await.unwrap();
     assert_eq!(
-        host.publish("image.imported", serde_json::json!({"n": 1})),
+        host.publish("image.imported", serde_json::json!({"n": 1}))
+            .unwrap(),
         1
     );
     assert_eq!(
-        host.publish("video.imported", serde_json::json!({"n": 2})),
+        host.publish("video.imported", serde_json::json!({"n": 2}))
+            .unwrap(),
         0
     );
     call(&host, "emitter", "fire", r#"{"n": 7}"#).await.unwrap();

@@ -3,9 +3,11 @@
 //! packages (`trust`), sandbox escapes (`hostile`), and one conformance suite run against both
 //! the process and the wasm runtime (`conformance`).
 
+mod fake;
 mod support;
 
 mod conformance;
+mod core;
 mod faults;
 mod hostile;
 mod lifecycle;

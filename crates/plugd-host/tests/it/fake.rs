@@ -1,0 +1,239 @@
+//! A scriptable fake runtime: deterministic host tests without child processes or wasm.
+//!
+//! Plugins are real packages on disk (the host still scans, resolves, verifies and stages them)
+//! whose manifests say `runtime = "process"`; the fake runtime registered for that kind answers
+//! instead of a child. A test steers it through [`Script`]: which versions fail to start, gates
+//! that hold calls and events, health changes, and records of what each instance saw.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use plugd_host::{Host, HostConfig};
+use plugd_manifest::RuntimeKind;
+use plugd_runtime::{
+    ActionInfo, Health, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel,
+    LogSource, Outcome, Runtime, RuntimeError,
+};
+use serde_json::value::RawValue;
+use tokio::sync::{Semaphore, watch};
+
+use crate::support::Fixture;
+
+/// What the fake runtime does, shared between the test and every instance.
+pub struct Script {
+    /// `name@version` that fail to start.
+    pub fail_start: Mutex<HashSet<String>>,
+    /// Calls of action `wait` and deliveries of topics starting with `slow.` hold a permit of
+    /// this gate (closed by default: add permits to release them).
+    pub gate: Arc<Semaphore>,
+    /// Calls currently inside an instance (dropped calls must leave this at zero).
+    pub live_calls: AtomicUsize,
+    /// Health senders of every started instance, by `name@version#n`.
+    pub health: Mutex<HashMap<String, watch::Sender<Health>>>,
+    /// Events received, per plugin: `(version, topic, payload)`.
+    pub events: Mutex<HashMap<String, Vec<(String, String, String)>>>,
+    /// Instances stopped, as `name@version#n`.
+    pub stopped: Mutex<Vec<String>>,
+    /// Instances dropped (freed by the host).
+    pub dropped: AtomicUsize,
+    /// Emit errors plugins saw, per plugin.
+    pub emit_errors: Mutex<HashMap<String, Vec<String>>>,
+    starts: AtomicUsize,
+}
+
+impl Script {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Script {
+            fail_start: Default::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            live_calls: Default::default(),
+            health: Default::default(),
+            events: Default::default(),
+            stopped: Default::default(),
+            dropped: Default::default(),
+            emit_errors: Default::default(),
+            starts: Default::default(),
+        })
+    }
+
+    /// Pushes a health change to the most recent instance of `name`.
+    pub fn set_health(&self, name: &str, health: Health) {
+        let senders = self.health.lock();
+        let (_, tx) = senders
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}@")))
+            .max_by_key(|(k, _)| k.rsplit('#').next().unwrap().parse::<usize>().unwrap())
+            .expect("no instance of that plugin started");
+        tx.send_replace(health);
+    }
+
+    pub fn events_of(&self, name: &str) -> Vec<(String, String, String)> {
+        self.events.lock().get(name).cloned().unwrap_or_default()
+    }
+}
+
+pub struct FakeRuntime {
+    pub script: Arc<Script>,
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    async fn start(
+        &self,
+        spec: InstanceSpec,
+        host: Arc<dyn HostCalls>,
+    ) -> Result<Arc<dyn Instance>, RuntimeError> {
+        let m = &spec.manifest;
+        let key = format!("{}@{}", m.name, m.version);
+        if self.script.fail_start.lock().contains(&key) {
+            return Err(RuntimeError::StartFailed {
+                plugin: m.name.clone(),
+                reason: "the fake was told to fail".into(),
+            });
+        }
+        let n = self.script.starts.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(Health::Ready);
+        let id = format!("{key}#{n}");
+        self.script.health.lock().insert(id.clone(), tx);
+        Ok(Arc::new(FakeInstance {
+            id,
+            name: m.name.to_string(),
+            version: m.version.to_string(),
+            script: self.script.clone(),
+            health: rx,
+            host,
+        }))
+    }
+}
+
+struct FakeInstance {
+    id: String,
+    name: String,
+    version: String,
+    script: Arc<Script>,
+    health: watch::Receiver<Health>,
+    host: Arc<dyn HostCalls>,
+}
+
+impl Drop for FakeInstance {
+    fn drop(&mut self) {
+        self.script.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a call as live for as long as the instance holds it (also when it is dropped).
+struct Live<'a>(&'a AtomicUsize);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Instance for FakeInstance {
+    async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError> {
+        self.script.live_calls.fetch_add(1, Ordering::SeqCst);
+        let _live = Live(&self.script.live_calls);
+        match invocation.action.as_str() {
+            "wait" => self.script.gate.acquire().await.unwrap().forget(),
+            // `{"lines": n, "text": "..."}`: logs the text n times through the host.
+            "log" => {
+                let p: serde_json::Value = serde_json::from_str(invocation.payload.get()).unwrap();
+                let text = p["text"].as_str().unwrap();
+                for _ in 0..p["lines"].as_u64().unwrap() {
+                    self.host.log(LogSource::Plugin, LogLevel::Info, text);
+                }
+            }
+            _ => {}
+        }
+        let result = format!(
+            r#"{{"value":{},"version":"{}"}}"#,
+            invocation.payload.get(),
+            self.version
+        );
+        Ok(Outcome {
+            result: RawValue::from_string(result).unwrap(),
+        })
+    }
+
+    async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError> {
+        if topic.starts_with("slow.") {
+            self.script.gate.acquire().await.unwrap().forget();
+        }
+        self.script
+            .events
+            .lock()
+            .entry(self.name.clone())
+            .or_default()
+            .push((
+                self.version.clone(),
+                topic.to_owned(),
+                payload.get().to_owned(),
+            ));
+        // `bounce.NAME` makes this plugin emit `bounce.OTHER` back: a loop the host must cut.
+        if let Some(target) = topic.strip_prefix("bounce.")
+            && target == self.name
+        {
+            let other = if self.name == "ping" { "pong" } else { "ping" };
+            if let Err(e) = self
+                .host
+                .emit(&format!("bounce.{other}"), serde_json::json!({}))
+            {
+                self.script
+                    .emit_errors
+                    .lock()
+                    .entry(self.name.clone())
+                    .or_default()
+                    .push(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn actions(&self) -> Vec<ActionInfo> {
+        Vec::new()
+    }
+
+    fn status(&self) -> InstanceStatus {
+        InstanceStatus {
+            ready: true,
+            ..Default::default()
+        }
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    async fn stop(&self, _grace: Duration) {
+        self.script.stopped.lock().push(self.id.clone());
+    }
+}
+
+impl Fixture {
+    /// A plugin package for the fake runtime.
+    pub fn fake_plugin(&self, name: &str, version: &str, deps: &[(&str, &str)], extra: &str) {
+        self.plugin(name, version, deps, extra, "# run by the fake runtime\n");
+    }
+
+    /// A host whose only runtime is the fake one.
+    pub fn fake_host(&self, script: &Arc<Script>) -> Host {
+        let mut config = HostConfig::new(self.plugins(), self.dir.path().join("state"));
+        config.stop_grace = Duration::from_millis(100);
+        config.log_lines = 2000;
+        Host::builder(config)
+            .runtime(Arc::new(FakeRuntime {
+                script: script.clone(),
+            }))
+            .build()
+    }
+}
