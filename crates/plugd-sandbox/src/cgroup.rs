@@ -222,6 +222,8 @@ struct Dir {
 pub(crate) struct Cgroup {
     version: CgroupVersion,
     dirs: Vec<Dir>,
+    /// The record of this cgroup for [`crate::reap_leftovers`], removed after the cgroup.
+    record: Option<PathBuf>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -280,6 +282,7 @@ impl Cgroup {
         let mut cgroup = Cgroup {
             version,
             dirs: Vec::new(),
+            record: None,
         };
         for dir in dirs {
             let base = dir.path.parent().expect("leaf has a parent");
@@ -298,7 +301,21 @@ impl Cgroup {
             cgroup.dirs.push(dir);
         }
         cgroup.write_limits(policy)?;
+        if let Some(dir) = &policy.record_dir {
+            let record = crate::reap::record(dir, &leaf, &cgroup.paths()).map_err(|source| {
+                SandboxError::Path {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
+            cgroup.record = Some(record);
+        }
         Ok(Ok(cgroup))
+    }
+
+    /// Whether the cgroup has `controller` (`memory`, `cpu`, `cpuacct`, `pids`).
+    pub(crate) fn has(&self, controller: &str) -> bool {
+        self.dir(controller).is_some()
     }
 
     fn dir(&self, controller: &str) -> Option<&Path> {
@@ -419,60 +436,82 @@ impl Cgroup {
         }
     }
 
-    fn pids(&self) -> Vec<libc::pid_t> {
-        let mut pids: Vec<libc::pid_t> = self
-            .dirs
-            .iter()
-            .filter_map(|d| fs::read_to_string(d.path.join("cgroup.procs")).ok())
-            .flat_map(|text| {
-                text.lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        pids.sort_unstable();
-        pids.dedup();
-        pids
-    }
-
     pub(crate) fn kill_all(&self) {
-        if self.version == CgroupVersion::V2
-            && self
-                .dirs
-                .iter()
-                .all(|d| fs::write(d.path.join("cgroup.kill"), "1").is_ok())
-        {
-            return;
+        kill_all(&self.paths());
+    }
+}
+
+/// The tasks of the cgroup directories `dirs`, deduplicated.
+pub(crate) fn pids(dirs: &[PathBuf]) -> Vec<libc::pid_t> {
+    let mut pids: Vec<libc::pid_t> = dirs
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Sends SIGKILL to every task in `dirs` (`cgroup.kill` on v2) and returns how many were sent.
+pub(crate) fn kill_all(dirs: &[PathBuf]) -> usize {
+    let v2 = dirs.iter().all(|d| d.join("cgroup.kill").exists());
+    if v2
+        && dirs
+            .iter()
+            .all(|d| fs::write(d.join("cgroup.kill"), "1").is_ok())
+    {
+        return 0;
+    }
+    let mut sent = 0;
+    // A task may fork while we read the list; the pids limit bounds how often that helps it.
+    for _ in 0..50 {
+        let pids = pids(dirs);
+        if pids.is_empty() {
+            break;
         }
-        // A task may fork while we read the list; the pids limit bounds how often that helps it.
-        for _ in 0..50 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                return;
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions. The pid was in our cgroup a moment
+            // ago; reuse of a pid within that window is the accepted race of `kill`.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent
+}
+
+/// Removes the (killed) cgroup directories; killed tasks leave asynchronously, so retry a while.
+pub(crate) fn remove_dirs(dirs: &[PathBuf]) -> usize {
+    let mut removed = 0;
+    for dir in dirs {
+        for _ in 0..100 {
+            match fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(()) => {
+                    removed += 1;
+                    break;
+                }
+                Err(_) => break,
             }
-            for pid in pids {
-                // SAFETY: kill has no memory preconditions. The pid was in our cgroup a moment
-                // ago; reuse of a pid within that window is the accepted race of `kill`.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
+    removed
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        self.kill_all();
-        for dir in &self.dirs {
-            // Killed tasks leave the cgroup asynchronously: retry for a short while.
-            for _ in 0..100 {
-                match fs::remove_dir(&dir.path) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(Duration::from_millis(2))
-                    }
-                    _ => break,
-                }
-            }
+        let paths = self.paths();
+        kill_all(&paths);
+        remove_dirs(&paths);
+        if let Some(record) = &self.record {
+            let _ = fs::remove_file(record);
         }
     }
 }

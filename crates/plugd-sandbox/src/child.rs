@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::SandboxPolicy;
+use crate::mounts::MountPlan;
 
 const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 
@@ -16,16 +17,24 @@ pub(crate) struct ChildPlan {
     pub(crate) cgroup_procs: Vec<OwnedFd>,
     /// The shared empty network namespace (owned by a process-wide static).
     pub(crate) netns: Option<RawFd>,
+    /// `CLONE_NEWIPC`, `CLONE_NEWNS`, `CLONE_NEWPID`: namespaces unshared in the direct child.
+    pub(crate) unshare: libc::c_int,
+    /// The minimal root, when the child gets a mount namespace.
+    pub(crate) mounts: Option<MountPlan>,
     /// `(resource, limit)` pairs for `setrlimit`.
     pub(crate) rlimits: Vec<(i32, libc::rlimit)>,
     /// The dedicated `(uid, gid)`.
     pub(crate) ids: Option<(u32, u32)>,
-    /// `PR_SET_PDEATHSIG`, set after the uid change (which clears it).
+    /// `PR_SET_PDEATHSIG`: set in the direct child with a PID namespace, else after the uid
+    /// change (which clears it).
     pub(crate) parent_death_signal: Option<i32>,
     /// The host's pid, to notice a parent that died before the signal was armed.
     pub(crate) parent_pid: libc::pid_t,
     /// The Landlock ruleset.
     pub(crate) landlock: Option<OwnedFd>,
+    /// Landlock rights for the child's own tmpfs mounts, added in the child (the parent cannot
+    /// open them).
+    pub(crate) landlock_writable: u64,
     /// Seccomp programs, installed in order.
     pub(crate) seccomp: Vec<Vec<libc::sock_filter>>,
 }
@@ -35,6 +44,8 @@ impl fmt::Debug for ChildPlan {
         f.debug_struct("ChildPlan")
             .field("cgroup_procs", &self.cgroup_procs)
             .field("netns", &self.netns)
+            .field("unshare", &self.unshare)
+            .field("mounts", &self.mounts)
             .field(
                 "rlimits",
                 &self
@@ -62,21 +73,67 @@ fn check(ret: libc::c_long) -> io::Result<()> {
     }
 }
 
+/// `struct landlock_path_beneath_attr` (packed in the kernel's header).
+#[repr(C, packed)]
+struct PathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+
+/// Signals the inits pass on to the plugin.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 impl ChildPlan {
+    fn pid_namespace(&self) -> bool {
+        self.unshare & libc::CLONE_NEWPID != 0
+    }
+
     /// Runs in the child. Only async-signal-safe system calls; `io::Error::last_os_error`
-    /// does not allocate. The order matters: cgroup and namespace need root, the uid change
+    /// does not allocate. The order matters: cgroup and namespaces need root, the uid change
     /// drops it, Landlock needs `no_new_privs`, and seccomp comes last so that it does not
     /// have to allow the calls before it.
+    ///
+    /// With a PID namespace this returns only in the plugin's process: the direct child (X)
+    /// and the namespace's init (Y) stay in [`supervise`] and [`init`] until the plugin exits.
     pub(crate) fn apply(&self) -> io::Result<()> {
         // SAFETY (for every block below): plain system calls on integers and on memory owned
         // by `self`, which outlives the calls.
         unsafe {
+            if self.pid_namespace()
+                && let Some(signal) = self.parent_death_signal
+            {
+                // X keeps the host's credentials, so its parent-death signal stays armed.
+                check(
+                    libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0).into(),
+                )?;
+                if libc::getppid() != self.parent_pid {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
             for fd in &self.cgroup_procs {
                 // "0" means the writing process.
                 check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_long)?;
             }
             if let Some(fd) = self.netns {
                 check(libc::setns(fd, libc::CLONE_NEWNET).into())?;
+            }
+            if self.unshare != 0 {
+                check(libc::unshare(self.unshare).into())?;
+            }
+            if self.pid_namespace() {
+                fork_init()?;
+            }
+            if let Some(mounts) = &self.mounts {
+                mounts.run()?;
             }
             for (resource, limit) in &self.rlimits {
                 check(libc::setrlimit(*resource as _, limit).into())?;
@@ -86,7 +143,9 @@ impl ChildPlan {
                 check(libc::setresgid(gid, gid, gid).into())?;
                 check(libc::setresuid(uid, uid, uid).into())?;
             }
-            if let Some(signal) = self.parent_death_signal {
+            if !self.pid_namespace()
+                && let Some(signal) = self.parent_death_signal
+            {
                 check(
                     libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0).into(),
                 )?;
@@ -97,6 +156,29 @@ impl ChildPlan {
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0).into())?;
             if let Some(fd) = &self.landlock {
+                if let Some(mounts) = &self.mounts
+                    && self.landlock_writable != 0
+                {
+                    for path in &mounts.writable {
+                        let dir = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                        if dir < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        let rule = PathBeneath {
+                            allowed_access: self.landlock_writable,
+                            parent_fd: dir,
+                        };
+                        let ret = libc::syscall(
+                            libc::SYS_landlock_add_rule,
+                            fd.as_raw_fd(),
+                            LANDLOCK_RULE_PATH_BENEATH,
+                            &rule as *const PathBeneath,
+                            0 as libc::c_uint,
+                        );
+                        libc::close(dir);
+                        check(ret)?;
+                    }
+                }
                 check(libc::syscall(
                     libc::SYS_landlock_restrict_self,
                     fd.as_raw_fd(),
@@ -120,12 +202,227 @@ impl ChildPlan {
     }
 }
 
+/// A raw `fork`: no `pthread_atfork` handlers of the host run (they may take locks that a
+/// thread which does not exist in the child holds).
+unsafe fn raw_fork() -> libc::pid_t {
+    // SAFETY: clone with only SIGCHLD and no new stack behaves like fork.
+    unsafe {
+        libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) as libc::pid_t
+    }
+}
+
+/// Closes every fd from 3 up except `keep`. `std`'s `Command` reads its error pipe until EOF,
+/// so X and Y must not keep it open, or `spawn()` would wait for the plugin to exit.
+unsafe fn close_from_3_except(keep: libc::c_int) {
+    // SAFETY: closing fds this process owns; nothing in X or Y uses them afterwards.
+    unsafe {
+        let max = libc::c_uint::MAX;
+        let keep = keep as libc::c_uint;
+        if keep > 3 {
+            close_range(3, keep - 1);
+        }
+        close_range(keep + 1, max);
+    }
+}
+
+unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: as above.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) != 0 {
+            // Before Linux 5.9: close one by one up to the fd limit.
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            let top = (limit.rlim_cur.min(65536) as libc::c_uint).min(last.saturating_add(1));
+            for fd in first..top {
+                libc::close(fd as libc::c_int);
+            }
+        }
+    }
+}
+
+/// Splits the direct child X into X (outside the PID namespace), Y (its pid 1, the init) and
+/// Z (the plugin), and returns only in Z.
+///
+/// X waits for Y, forwards signals to it and ends as the plugin ended (same exit code, or
+/// killed by the same signal), so the host sees the plugin's status. Y reaps every process of
+/// the namespace and forwards signals to Z; when Z exits, Y exits and the kernel kills what
+/// is left in the namespace. Y dies with X (`PR_SET_PDEATHSIG`), so killing X or the host
+/// kills every process of the plugin.
+unsafe fn fork_init() -> io::Result<()> {
+    // SAFETY: system calls on stack values; see the function docs for the process structure.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        // Children must be reapable by `waitpid` even if the host ignores SIGCHLD.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        // Blocked signals are queued for `sigtimedwait`, even for a namespace's init.
+        check(libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old).into())?;
+        // X keeps one end: Y sees it hang up if X died before Y armed its death signal, and
+        // Y writes Z's wait status through it.
+        let mut pair = [0 as libc::c_int; 2];
+        check(
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+            .into(),
+        )?;
+        let [x_end, y_end] = pair;
+        let y = raw_fork();
+        if y < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if y > 0 {
+            libc::close(y_end);
+            close_from_3_except(x_end);
+            supervise(y, x_end);
+        }
+        // Y: pid 1 of the new namespace.
+        libc::close(x_end);
+        check(
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+            .into(),
+        )?;
+        let mut poll = libc::pollfd {
+            fd: y_end,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut poll, 1, 0) != 0 && poll.revents & libc::POLLHUP != 0 {
+            libc::_exit(1); // X is gone already.
+        }
+        // Its own process group: a `killpg` of X's group then reaches X only, which forwards
+        // once (instead of the plugin getting the signal from X, Y and the host).
+        libc::setpgid(0, 0);
+        let z = raw_fork();
+        if z < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if z > 0 {
+            close_from_3_except(y_end);
+            init(z, y_end);
+        }
+        // Z: the plugin. Its signal mask is the host thread's again.
+        libc::close(y_end);
+        check(libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()).into())?;
+        Ok(())
+    }
+}
+
+fn forwarded(signal: libc::c_int) -> bool {
+    FORWARDED.contains(&signal)
+}
+
+/// Waits (with a deadline, in a loop) for the next signal; all are blocked.
+unsafe fn next_signal() -> libc::c_int {
+    // SAFETY: system calls on stack values.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let timeout = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        libc::sigtimedwait(&all, &mut info, &timeout)
+    }
+}
+
+/// X: forwards signals to Y and ends like the plugin did.
+unsafe fn supervise(y: libc::pid_t, x_end: libc::c_int) -> ! {
+    // SAFETY: system calls on stack values.
+    unsafe {
+        loop {
+            let signal = next_signal();
+            if forwarded(signal) {
+                libc::kill(y, signal);
+            }
+            let mut status = 0;
+            if libc::waitpid(y, &mut status, libc::WNOHANG) == y {
+                let mut plugin = 0 as libc::c_int;
+                let n = libc::read(
+                    x_end,
+                    (&mut plugin as *mut libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>(),
+                );
+                if n == std::mem::size_of::<libc::c_int>() as isize {
+                    status = plugin;
+                }
+                end_like(status);
+            }
+        }
+    }
+}
+
+/// Ends this process the way `status` says: the same exit code, or the same signal.
+unsafe fn end_like(status: libc::c_int) -> ! {
+    // SAFETY: system calls on stack values.
+    unsafe {
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
+            // X is a copy of the host: never dump its core.
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::kill(libc::getpid(), signal);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::_exit(128 + signal);
+        }
+        libc::_exit(libc::WEXITSTATUS(status));
+    }
+}
+
+/// Y: reaps every process of the namespace, forwards signals to Z, exits when Z does.
+unsafe fn init(z: libc::pid_t, y_end: libc::c_int) -> ! {
+    // SAFETY: system calls on stack values.
+    unsafe {
+        loop {
+            let signal = next_signal();
+            if forwarded(signal) {
+                libc::kill(z, signal);
+            }
+            loop {
+                let mut status = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid <= 0 {
+                    break;
+                }
+                if pid == z {
+                    // Pid 1 cannot kill itself with a signal: X re-enacts the status.
+                    libc::write(
+                        y_end,
+                        (&status as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>(),
+                    );
+                    libc::_exit(0);
+                }
+            }
+        }
+    }
+}
+
 /// The rlimits for `policy` and a description. `RLIMIT_NPROC` counts every process of the
-/// real uid on the machine, so it is only set when the child gets a uid of its own.
-pub(crate) fn rlimits(
-    policy: &SandboxPolicy,
-    dedicated_uid: bool,
-) -> (Vec<(i32, libc::rlimit)>, String) {
+/// real uid on the machine, so it is only set (`nproc`) when the child gets a uid of its own
+/// and there is no pids cgroup to do the job.
+pub(crate) fn rlimits(policy: &SandboxPolicy, nproc: bool) -> (Vec<(i32, libc::rlimit)>, String) {
     let mut limits: Vec<(i32, u64, u64, String)> = Vec::new();
     if let Some(bytes) = policy.memory_bytes {
         limits.push((
@@ -148,11 +445,15 @@ pub(crate) fn rlimits(
     if let Some(n) = policy.nofile {
         limits.push((libc::RLIMIT_NOFILE as i32, n, n, format!("nofile {n}")));
     }
-    if let (Some(n), true) = (policy.pids_max, dedicated_uid) {
+    if let (Some(n), true) = (policy.pids_max, nproc) {
         limits.push((libc::RLIMIT_NPROC as i32, n, n, format!("nproc {n}")));
     }
     limits.push((libc::RLIMIT_CORE as i32, 0, 0, "core 0".into()));
-    if let Some(bytes) = policy.fsize_bytes {
+    let fsize = match (policy.fsize_bytes, policy.disk_bytes) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(bytes) = fsize {
         limits.push((
             libc::RLIMIT_FSIZE as i32,
             bytes,

@@ -1,8 +1,13 @@
-//! Dedicated uid/gid for a child: the default derivation and the data dir's ownership.
+//! Dedicated uid/gid for a child: the machine-wide allocation table and the data dir's
+//! ownership.
 
-use std::io;
-use std::os::fd::OwnedFd;
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, Uid};
 
@@ -14,12 +19,12 @@ pub const DEFAULT_ID_BASE: u32 = 1_000_000_000;
 /// (61184–65519) and the usual `/etc/subuid` ranges (100000 and up, 65536 per user).
 pub const DEFAULT_ID_SPAN: u32 = 1 << 24;
 
-/// The default `(uid, gid)` for a child named `name` when the host is root and the policy
-/// names none: `DEFAULT_ID_BASE + fnv1a(name) % DEFAULT_ID_SPAN`, for both ids.
-///
-/// The value is stable across restarts and plugd versions (the data dir is owned by it), and
-/// two names collide with probability 2^-24. A host that wants certainty allocates and stores
-/// ids itself and passes them in [`crate::SandboxPolicy::ids`].
+/// The machine-wide allocation table every plugd process on the machine shares.
+pub const DEFAULT_UID_TABLE: &str = "/var/lib/plugd/uids";
+
+/// Where the search for a free id starts for `name`: `DEFAULT_ID_BASE + fnv1a(name) %
+/// DEFAULT_ID_SPAN`. Only a starting point: names collide (one is found in under a second), so
+/// ids are handed out by [`allocate_ids`], never by this hash alone.
 pub fn default_ids(name: &str) -> (u32, u32) {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in name.bytes() {
@@ -77,4 +82,151 @@ fn walk(dir: OwnedFd, uid: Option<Uid>, gid: Option<Gid>, depth: u32) -> io::Res
         }
     }
     Ok(())
+}
+
+/// How long [`allocate_ids`] waits for another plugd process holding the table lock.
+const LOCK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The `(uid, gid)` (equal) allocated to `owner` (a plugin's data dir: one per plugin name and
+/// state dir) in the machine-wide table `table`, allocating a fresh one on first use.
+///
+/// The table is a text file of `uid<TAB>owner` lines, locked with `flock` while it is read and
+/// appended to, so plugd processes running at once never hand out one id twice. A fresh id
+/// is the first id from [`default_ids`]`(owner)` upwards (wrapping in the range) that is in no
+/// table line, has no `/etc/passwd` (or NSS) user or group, and is no running process's uid.
+/// An owner keeps its id for good (its data dir belongs to it).
+pub fn allocate_ids(table: &Path, owner: &Path) -> io::Result<(u32, u32)> {
+    let owner = escape(&owner.to_string_lossy());
+    if let Some(dir) = table.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(table)?;
+    lock(&file)?;
+    let mut text = String::new();
+    file.seek(io::SeekFrom::Start(0))?;
+    file.read_to_string(&mut text)?;
+    let mut taken = HashSet::new();
+    for line in text.lines() {
+        let Some((id, who)) = line.split_once('\t') else {
+            continue;
+        };
+        let Ok(id) = id.parse::<u32>() else {
+            continue;
+        };
+        if who == owner {
+            return Ok((id, id));
+        }
+        taken.insert(id);
+    }
+    let running = process_uids();
+    let (start, _) = default_ids(&owner);
+    let offset = start - DEFAULT_ID_BASE;
+    for step in 0..DEFAULT_ID_SPAN {
+        let id = DEFAULT_ID_BASE + (offset + step) % DEFAULT_ID_SPAN;
+        if taken.contains(&id) || running.contains(&id) || user_exists(id) || group_exists(id) {
+            continue;
+        }
+        // One write of a whole line, appended under the lock.
+        file.write_all(format!("{id}\t{owner}\n").as_bytes())?;
+        file.sync_data()?;
+        return Ok((id, id));
+    }
+    Err(io::Error::other(format!(
+        "No free id left in {DEFAULT_ID_BASE}..{}",
+        DEFAULT_ID_BASE + DEFAULT_ID_SPAN
+    )))
+}
+
+fn lock(file: &fs::File) -> io::Result<()> {
+    let deadline = Instant::now() + LOCK_DEADLINE;
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(()); // Released when `file` is closed.
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "The uid table stayed locked for 10 s; hint: another plugd process holds it",
+            ));
+        }
+        // flock has no timed wait; the lock is held for a few milliseconds at most.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Tabs, newlines and backslashes in a path would break the line format.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+}
+
+/// Every real, effective, saved and fs uid of the running processes.
+fn process_uids() -> HashSet<u32> {
+    let mut uids = HashSet::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return uids;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            uids.extend(
+                line[4..]
+                    .split_whitespace()
+                    .filter_map(|u| u.parse::<u32>().ok()),
+            );
+        }
+    }
+    uids
+}
+
+fn user_exists(id: u32) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: zeroed passwd is a valid out-parameter; buffers outlive the call.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result = std::ptr::null_mut();
+        libc::getpwuid_r(
+            id,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        !result.is_null()
+    }
+}
+
+fn group_exists(id: u32) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: as in `user_exists`.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut result = std::ptr::null_mut();
+        libc::getgrgid_r(
+            id,
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        !result.is_null()
+    }
 }

@@ -40,9 +40,12 @@ mod cgroup;
 mod child;
 mod ids;
 mod lsm;
+mod mounts;
 mod netns;
 mod probe;
+mod reap;
 mod seccomp;
+mod usage;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -63,9 +66,18 @@ pub enum Layer {
     Cgroup,
     /// The shared empty network namespace (only for plugins granted no network).
     NetworkNamespace,
+    /// A SysV IPC namespace of the child's own: no host segments, nothing survives the child.
+    IpcNamespace,
+    /// A PID namespace of the child's own with a tiny init (the plugin is not pid 1): every
+    /// process of the plugin dies with it and with the host.
+    PidNamespace,
+    /// A mount namespace whose root is a minimal tmpfs: read-only system paths, package and
+    /// SDK at their own paths, the data dir `nosuid,nodev,noexec`, a fresh `/tmp` and `HOME`.
+    MountNamespace,
     /// Resource limits (`setrlimit`): data size, CPU seconds, files, processes, core, file size.
     Rlimits,
-    /// A dedicated unprivileged uid/gid (needs a root host).
+    /// A dedicated unprivileged uid/gid from the machine-wide allocation table (needs a root
+    /// host).
     Uid,
     /// Landlock: file system, TCP port and scope restrictions.
     Landlock,
@@ -75,20 +87,27 @@ pub enum Layer {
 
 impl Layer {
     /// Every layer, in the order they are applied in the child.
-    pub const ALL: [Layer; 6] = [
+    pub const ALL: [Layer; 9] = [
         Layer::Cgroup,
         Layer::NetworkNamespace,
+        Layer::IpcNamespace,
+        Layer::PidNamespace,
+        Layer::MountNamespace,
         Layer::Rlimits,
         Layer::Uid,
         Layer::Landlock,
         Layer::Seccomp,
     ];
 
-    /// A stable lowercase name (`cgroup`, `netns`, `rlimits`, `uid`, `landlock`, `seccomp`).
+    /// A stable lowercase name (`cgroup`, `netns`, `ipcns`, `pidns`, `mountns`, `rlimits`,
+    /// `uid`, `landlock`, `seccomp`).
     pub fn as_str(self) -> &'static str {
         match self {
             Layer::Cgroup => "cgroup",
             Layer::NetworkNamespace => "netns",
+            Layer::IpcNamespace => "ipcns",
+            Layer::PidNamespace => "pidns",
+            Layer::MountNamespace => "mountns",
             Layer::Rlimits => "rlimits",
             Layer::Uid => "uid",
             Layer::Landlock => "landlock",
@@ -164,15 +183,34 @@ pub struct SandboxPolicy {
     pub cpu_time: Option<Duration>,
     /// CPU bandwidth as a fraction of one core (e.g. `0.5`), through the cgroup CPU quota.
     pub cpu_quota: Option<f64>,
-    /// Maximum number of tasks: cgroup `pids.max`, and `RLIMIT_NPROC` when a dedicated uid is used.
+    /// Maximum number of tasks: cgroup `pids.max`. `RLIMIT_NPROC` (which counts per uid, machine
+    /// wide) is only the fallback when the cgroup has no `pids` controller and the child has a
+    /// dedicated uid.
     pub pids_max: Option<u64>,
     /// Maximum number of open files (`RLIMIT_NOFILE`).
     pub nofile: Option<u64>,
     /// Largest file the child may write (`RLIMIT_FSIZE`, SIGXFSZ past it).
     pub fsize_bytes: Option<u64>,
-    /// Dedicated `(uid, gid)`. When the host is root and this is `None`, a stable id is derived
-    /// from [`SandboxPolicy::name`] (see [`default_ids`]). Ignored when the host is not root.
+    /// The data-dir quota: no single file may grow past it (`RLIMIT_FSIZE` is the smaller of
+    /// this and [`SandboxPolicy::fsize_bytes`]); the host also measures the whole dir with
+    /// [`dir_usage`] and stops a plugin that is over.
+    pub disk_bytes: Option<u64>,
+    /// Dedicated `(uid, gid)`. When the host is root and this is `None`, an id is allocated in
+    /// [`SandboxPolicy::uid_table`] for the data dir (see [`allocate_ids`]). Ignored when the host
+    /// is not root.
     pub ids: Option<(u32, u32)>,
+    /// The machine-wide uid allocation table shared by every plugd process on the machine.
+    pub uid_table: PathBuf,
+    /// An empty directory the child mounts its minimal root on (in its own mount namespace only).
+    pub mount_root: PathBuf,
+    /// `HOME` inside the mount namespace: a fresh tmpfs owned by the child's uid.
+    pub home: PathBuf,
+    /// Size of each fresh tmpfs (`/tmp`, `HOME`, `/dev/shm`); their pages are charged to the
+    /// child's memory cgroup.
+    pub tmpfs_bytes: u64,
+    /// Where the child's cgroup is recorded while it exists, so that a later incarnation of the
+    /// host can reap what a killed one left (see [`reap_leftovers`]). Usually `STATE/sandbox`.
+    pub record_dir: Option<PathBuf>,
     /// Signal sent to the child when the thread that spawned it dies (`PR_SET_PDEATHSIG`).
     /// Set here rather than in the caller's own hook because the uid change clears it.
     pub parent_death_signal: Option<i32>,
@@ -201,7 +239,13 @@ impl SandboxPolicy {
             pids_max: Some(64),
             nofile: Some(256),
             fsize_bytes: Some(1 << 30),
+            disk_bytes: None,
             ids: None,
+            uid_table: PathBuf::from(DEFAULT_UID_TABLE),
+            mount_root: PathBuf::from(DEFAULT_MOUNT_ROOT),
+            home: PathBuf::from(DEFAULT_HOME),
+            tmpfs_bytes: 64 << 20,
+            record_dir: None,
             parent_death_signal: None,
             required: Vec::new(),
             disabled: Vec::new(),
@@ -217,7 +261,16 @@ impl SandboxPolicy {
     }
 }
 
-pub use crate::ids::{DEFAULT_ID_BASE, DEFAULT_ID_SPAN, default_ids};
+pub use crate::ids::{
+    DEFAULT_ID_BASE, DEFAULT_ID_SPAN, DEFAULT_UID_TABLE, allocate_ids, default_ids,
+};
+pub use crate::reap::{ReapReport, reap_leftovers};
+pub use crate::usage::dir_usage;
+
+/// Default [`SandboxPolicy::mount_root`].
+pub const DEFAULT_MOUNT_ROOT: &str = "/var/lib/plugd/root";
+/// Default [`SandboxPolicy::home`].
+pub const DEFAULT_HOME: &str = "/home/plugd";
 
 /// Why a sandbox could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -316,7 +369,37 @@ impl Sandbox {
             }
         }
 
-        // Dedicated ids (decided before rlimits: RLIMIT_NPROC counts per uid).
+        // Namespaces of the child's own: unshared in the direct child, which needs root.
+        let namespaces_possible = probe.root;
+        let mut namespace = |layer: Layer, flag: libc::c_int, detail: &str| {
+            if policy.disabled(layer) {
+                layers.push(skipped(layer, "disabled by policy"));
+                false
+            } else if !namespaces_possible {
+                layers.push(unavailable(
+                    layer,
+                    "the host is not root; hint: run plugd as root (or with `CAP_SYS_ADMIN`)"
+                        .into(),
+                ));
+                false
+            } else {
+                plan.unshare |= flag;
+                layers.push(applied(layer, detail.into()));
+                true
+            }
+        };
+        namespace(
+            Layer::IpcNamespace,
+            libc::CLONE_NEWIPC,
+            "own SysV IPC namespace: no host segments or queues, none outlive the child",
+        );
+        let pid_namespace = namespace(
+            Layer::PidNamespace,
+            libc::CLONE_NEWPID,
+            "own PID namespace under a plugd init (the plugin is pid 2): signals forwarded, orphans reaped, every process dies with the plugin and with the host",
+        );
+
+        // Dedicated ids (decided before the mounts: `HOME` belongs to them).
         let ids = if policy.disabled(Layer::Uid) {
             layers.push(skipped(Layer::Uid, "disabled by policy"));
             None
@@ -328,21 +411,72 @@ impl Sandbox {
             ));
             None
         } else {
-            let (uid, gid) = policy.ids.unwrap_or_else(|| default_ids(&policy.name));
+            let (uid, gid, how) = match policy.ids {
+                Some((uid, gid)) => (uid, gid, "given by the host".to_owned()),
+                None => {
+                    let owner = std::fs::canonicalize(&policy.data_dir).map_err(|source| {
+                        SandboxError::Path {
+                            path: policy.data_dir.clone(),
+                            source,
+                        }
+                    })?;
+                    let (uid, gid) = allocate_ids(&policy.uid_table, &owner).map_err(|source| {
+                        SandboxError::Path {
+                            path: policy.uid_table.clone(),
+                            source,
+                        }
+                    })?;
+                    (
+                        uid,
+                        gid,
+                        format!("allocated in `{}`", policy.uid_table.display()),
+                    )
+                }
+            };
             ids::chown_tree(&policy.data_dir, uid, gid)?;
             layers.push(applied(
                 Layer::Uid,
-                format!("uid {uid}, gid {gid}, no supplementary groups"),
+                format!("uid {uid}, gid {gid}, no supplementary groups, {how}"),
             ));
             Some((uid, gid))
         };
         plan.ids = ids;
 
+        // The existing read paths (missing ones are named in the Landlock detail).
+        let read_paths: Vec<PathBuf> = policy
+            .read_paths
+            .iter()
+            .filter(|p| p.exists() || std::fs::symlink_metadata(p).is_ok())
+            .cloned()
+            .collect();
+
+        // Mount namespace.
+        let mount_namespace = if policy.disabled(Layer::MountNamespace) {
+            layers.push(skipped(Layer::MountNamespace, "disabled by policy"));
+            false
+        } else if !namespaces_possible {
+            layers.push(unavailable(
+                Layer::MountNamespace,
+                "the host is not root; hint: run plugd as root (or with `CAP_SYS_ADMIN`)".into(),
+            ));
+            false
+        } else {
+            // SAFETY: geteuid/getegid have no preconditions.
+            let own = unsafe { (libc::geteuid(), libc::getegid()) };
+            let (mounts, detail) =
+                mounts::plan(policy, &read_paths, ids.unwrap_or(own), pid_namespace)?;
+            plan.mounts = Some(mounts);
+            plan.unshare |= libc::CLONE_NEWNS;
+            layers.push(applied(Layer::MountNamespace, detail));
+            true
+        };
+
         // Rlimits.
         if policy.disabled(Layer::Rlimits) {
             layers.push(skipped(Layer::Rlimits, "disabled by policy"));
         } else {
-            let (limits, detail) = child::rlimits(policy, ids.is_some());
+            let pids_cgroup = cgroup.as_ref().is_some_and(|c| c.has("pids"));
+            let (limits, detail) = child::rlimits(policy, ids.is_some() && !pids_cgroup);
             plan.rlimits = limits;
             layers.push(applied(Layer::Rlimits, detail));
         }
@@ -360,8 +494,15 @@ impl Sandbox {
                     .into(),
             ));
         } else {
-            let (fd, detail) = lsm::ruleset(policy, probe.landlock_abi)?;
+            let (fd, writable, mut detail) = lsm::ruleset(policy, probe.landlock_abi)?;
             plan.landlock = fd;
+            if mount_namespace {
+                plan.landlock_writable = writable;
+                detail.push_str(&format!(
+                    "; read-write (no exec) fresh `/tmp`, `{}` and `/dev/shm`",
+                    policy.home.display()
+                ));
+            }
             layers.push(applied(Layer::Landlock, detail));
         }
 

@@ -16,8 +16,9 @@ use crate::{SandboxError, SandboxPolicy};
 const TARGET: ABI = ABI::V6;
 
 /// Device files every child may use: `(path, writable)`.
-const DEVICES: [(&str, bool); 4] = [
+const DEVICES: [(&str, bool); 5] = [
     ("/dev/null", true),
+    ("/dev/full", true),
     ("/dev/zero", false),
     ("/dev/urandom", false),
     ("/dev/random", false),
@@ -27,11 +28,13 @@ fn err(what: &Path) -> impl Fn(landlock::RulesetError) -> SandboxError + '_ {
     move |e| SandboxError::Landlock(format!("`{}`: {e}", what.display()))
 }
 
-/// Builds the ruleset in the parent; the child only calls `landlock_restrict_self` on the fd.
+/// Builds the ruleset in the parent; the child only adds its own tmpfs mounts (with the
+/// returned rights: everything but execute, at the ABI in force) and calls
+/// `landlock_restrict_self` on the fd.
 pub(crate) fn ruleset(
     policy: &SandboxPolicy,
     kernel_abi: i32,
-) -> Result<(Option<OwnedFd>, String), SandboxError> {
+) -> Result<(Option<OwnedFd>, u64, String), SandboxError> {
     let read = AccessFs::from_read(TARGET);
     let all = AccessFs::from_all(TARGET);
     // The data dir is writable but not executable: a plugin cannot run what it downloaded.
@@ -97,6 +100,8 @@ pub(crate) fn ruleset(
     }
 
     let in_force = kernel_abi.min(TARGET as i32);
+    let writable =
+        (AccessFs::from_all(ABI::from(in_force)) & !BitFlags::from(AccessFs::Execute)).bits();
     let mut detail = format!(
         "ABI {in_force}: read-only package dir and {read_only} paths, read-write data dir (no exec)"
     );
@@ -124,5 +129,5 @@ pub(crate) fn ruleset(
             missing.join(", ")
         ));
     }
-    Ok((ruleset.into(), detail))
+    Ok((ruleset.into(), writable, detail))
 }

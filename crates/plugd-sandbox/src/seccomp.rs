@@ -68,12 +68,34 @@ const NAMESPACE_FLAGS: [libc::c_int; 7] = [
     libc::CLONE_NEWCGROUP,
 ];
 
-/// Socket families refused (`EACCES`) to a plugin granted no network. `AF_UNIX` stays.
+/// The only socket family a plugin granted no network may create (governed by the mount
+/// namespace: host socket paths do not exist in its root).
+const LOCAL_FAMILIES: [libc::c_int; 1] = [libc::AF_UNIX];
+/// What a plugin granted network may create besides `AF_UNIX`: IP, and netlink (glibc's
+/// `getaddrinfo` asks the routing table which address families are configured).
 const NET_FAMILIES: [libc::c_int; 4] = [
+    libc::AF_UNIX,
     libc::AF_INET,
     libc::AF_INET6,
-    libc::AF_PACKET,
     libc::AF_NETLINK,
+];
+
+/// `chmod`-like calls and the argument that holds the mode.
+const CHMODS: &[(libc::c_long, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_chmod, 1),
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (libc::SYS_fchmodat2, 2),
+];
+/// File-creating calls, the argument that holds the flags (`None`: always creates) and the one
+/// that holds the mode.
+const CREATES: &[(libc::c_long, Option<u8>, u8)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, Some(1), 2),
+    (libc::SYS_openat, Some(2), 3),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, None, 1),
 ];
 
 /// The programs to install, in order, and a description for the layer status.
@@ -84,37 +106,64 @@ pub(crate) fn programs(
         .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
     let mut programs = vec![compile(eperm_rules()?, libc::EPERM, arch)?];
     let families: &[libc::c_int] = if network_granted {
-        &[libc::AF_PACKET]
-    } else {
         &NET_FAMILIES
+    } else {
+        &LOCAL_FAMILIES
     };
-    let socket_rules = families
-        .iter()
-        .map(|family| {
-            rule(vec![cond(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                *family as u64,
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // An allow-list: one rule whose conditions (all must hold) say "none of these families",
+    // so a family added to a later kernel (as `AF_VSOCK` once was) is refused too.
+    let not_allowed = rule(
+        families
+            .iter()
+            .map(|f| cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *f as u64))
+            .collect::<Result<Vec<_>, _>>()?,
+    )?;
     programs.push(compile(
-        BTreeMap::from([(libc::SYS_socket, socket_rules)]),
+        BTreeMap::from([
+            (libc::SYS_socket, vec![not_allowed.clone()]),
+            (libc::SYS_socketpair, vec![not_allowed]),
+        ]),
         libc::EACCES,
         arch,
     )?);
     programs.push(enosys_program());
     let detail = format!(
-        "deny-list of {} system calls and namespace `clone` flags (EPERM), {} (EACCES), `clone3` and x32 calls (ENOSYS)",
+        "deny-list of {} system calls and namespace `clone` flags (EPERM), setuid/setgid mode bits (EPERM), sockets other than {} (EACCES), `clone3`, `openat2` and x32 calls (ENOSYS)",
         DENIED.len(),
         if network_granted {
-            "`AF_PACKET` sockets"
+            "Unix, IP and netlink"
         } else {
-            "IP, packet and netlink sockets"
+            "Unix"
         }
     );
     Ok((programs, detail))
+}
+
+/// Rules matching a mode argument with the setuid or the setgid bit.
+fn setid_rules(mode_arg: u8, flags: Option<u8>) -> Result<Vec<SeccompRule>, SandboxError> {
+    [libc::S_ISUID, libc::S_ISGID]
+        .into_iter()
+        .map(|bit| {
+            let bit = u64::from(bit);
+            let mut conditions = vec![cond(
+                mode_arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(bit),
+                bit,
+            )?];
+            if let Some(flags) = flags {
+                // The mode only matters when the call may create the file.
+                let create = libc::O_CREAT as u64;
+                conditions.push(cond(
+                    flags,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(create),
+                    create,
+                )?);
+            }
+            rule(conditions)
+        })
+        .collect()
 }
 
 fn eperm_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
@@ -135,6 +184,14 @@ fn eperm_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
             })
             .collect::<Result<_, _>>()?,
     );
+    // A setuid/setgid file made by the plugin would run as its uid for anyone (the data dir is
+    // also mounted `nosuid,noexec`).
+    for &(nr, mode) in CHMODS {
+        rules.insert(nr, setid_rules(mode, None)?);
+    }
+    for &(nr, flags, mode) in CREATES {
+        rules.insert(nr, setid_rules(mode, flags)?);
+    }
     // Faking terminal input into the host's terminal.
     rules.insert(
         libc::SYS_ioctl,
@@ -212,7 +269,8 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// `clone3` gets `ENOSYS` so libc falls back to `clone`, whose flags the deny-list can see;
+/// `clone3` (and `openat2`) get `ENOSYS` so libc falls back to `clone` (`openat`), whose
+/// arguments the deny-list can see;
 /// on x86_64, x32 system calls (same audit arch, numbers offset by 2^30) would bypass a
 /// deny-list keyed by number, so they get `ENOSYS` too. Written by hand because it needs a
 /// range check. Other architectures fall through (the main program kills them).
@@ -226,9 +284,12 @@ fn enosys_program() -> Vec<libc::sock_filter> {
         insn(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
     ];
     if x32 {
-        p.push(insn(BPF_JGE_K, 2, 0, X32_SYSCALL_BIT));
+        p.push(insn(BPF_JGE_K, 3, 0, X32_SYSCALL_BIT));
     }
-    p.push(insn(BPF_JEQ_K, 1, 0, libc::SYS_clone3 as u32));
+    // `openat2` passes its mode in a struct that seccomp cannot read: libc falls back to
+    // `openat`, whose mode the deny-list checks.
+    p.push(insn(BPF_JEQ_K, 2, 0, libc::SYS_clone3 as u32));
+    p.push(insn(BPF_JEQ_K, 1, 0, libc::SYS_openat2 as u32));
     p.push(insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW));
     p.push(insn(BPF_RET_K, 0, 0, enosys));
     p

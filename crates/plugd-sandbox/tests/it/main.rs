@@ -59,6 +59,14 @@ fn policy(f: &Fixture, name: &str) -> SandboxPolicy {
     p
 }
 
+/// The policy without the mount namespace, to see what Landlock alone refuses (inside the
+/// mount namespace most of those paths do not even exist).
+fn landlock_only(f: &Fixture, name: &str) -> SandboxPolicy {
+    let mut p = policy(f, name);
+    p.disabled = vec![Layer::MountNamespace];
+    p
+}
+
 fn run(policy: &SandboxPolicy, program: &str, args: &[&str]) -> (Prepared, Output) {
     let prepared = Sandbox::prepare(policy).unwrap();
     let mut cmd = Command::new(program);
@@ -126,6 +134,13 @@ fn layers_are_reported_in_order_and_match_the_probe() {
     };
     assert_eq!(state(&prepared, Layer::Rlimits), LayerState::Applied);
     assert_eq!(state(&prepared, Layer::Uid), expect(k.root));
+    for layer in [
+        Layer::IpcNamespace,
+        Layer::PidNamespace,
+        Layer::MountNamespace,
+    ] {
+        assert_eq!(state(&prepared, layer), expect(k.root), "{layer}");
+    }
     assert_eq!(
         state(&prepared, Layer::Landlock),
         expect(k.landlock_abi > 0)
@@ -144,7 +159,7 @@ fn layers_are_reported_in_order_and_match_the_probe() {
 #[test]
 fn reading_etc_shadow_is_denied() {
     let f = fixture();
-    let (_p, o) = sh(&policy(&f, "shadow"), "cat /etc/shadow");
+    let (_p, o) = sh(&landlock_only(&f, "shadow"), "cat /etc/shadow");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
 }
@@ -157,7 +172,7 @@ fn reading_outside_package_and_read_paths_is_denied_inside_is_allowed() {
         f.package.display(),
         f.base.display()
     );
-    let (_p, o) = sh(&policy(&f, "read"), &script);
+    let (_p, o) = sh(&landlock_only(&f, "read"), &script);
     assert_eq!(stdout(&o), "package file\n");
     assert!(
         stderr(&o).contains("secret.txt: Permission denied"),
@@ -174,7 +189,7 @@ fn writing_outside_the_data_dir_is_denied() {
         f.base.display(),
         f.package.display()
     );
-    let (_p, o) = sh(&policy(&f, "write-out"), &script);
+    let (_p, o) = sh(&landlock_only(&f, "write-out"), &script);
     let err = stderr(&o);
     assert_eq!(err.matches("Permission denied").count(), 3, "{err}");
     assert!(!f.base.join("new.txt").exists() && !f.package.join("new.txt").exists());
@@ -204,7 +219,7 @@ fn writing_inside_the_data_dir_works_and_belongs_to_the_dedicated_uid() {
 fn a_symlink_from_the_data_dir_to_outside_is_not_followed() {
     let f = fixture();
     symlink(f.base.join("secret.txt"), f.data.join("link")).unwrap();
-    let (_p, o) = sh(&policy(&f, "symlink"), "cat link");
+    let (_p, o) = sh(&landlock_only(&f, "symlink"), "cat link");
     assert!(
         stderr(&o).contains("link: Permission denied"),
         "{}",
@@ -390,14 +405,16 @@ fn signalling_a_process_outside_is_denied_by_uid() {
     } else {
         "sent alive=false"
     };
-    assert_eq!(kill_sibling(&policy(&f, "kill-uid")), expected);
+    let mut p = policy(&f, "kill-uid");
+    p.disabled = vec![Layer::PidNamespace];
+    assert_eq!(kill_sibling(&p), expected);
 }
 
 #[test]
 fn signalling_a_process_outside_is_denied_by_landlock_scope() {
     let f = fixture();
     let mut p = policy(&f, "kill-scope");
-    p.disabled = vec![Layer::Uid];
+    p.disabled = vec![Layer::Uid, Layer::PidNamespace];
     let expected = if kernel().landlock_scope() {
         "kill 1 alive=true"
     } else {
@@ -443,7 +460,10 @@ fn the_child_environment_is_left_alone() {
 #[test]
 fn dropping_kills_leftovers_and_removes_the_cgroup() {
     let f = fixture();
-    let (prepared, o) = sh(&policy(&f, "drop"), "sleep 30 >/dev/null 2>&1 & echo $!");
+    // Without the PID namespace the orphan outlives the child: only the cgroup can end it.
+    let mut p = policy(&f, "drop");
+    p.disabled = vec![Layer::PidNamespace];
+    let (prepared, o) = sh(&p, "sleep 30 >/dev/null 2>&1 & echo $!");
     let pid: i32 = stdout(&o).trim().parse().unwrap();
     let paths = prepared.cgroup_paths();
     assert_eq!(
@@ -456,12 +476,14 @@ fn dropping_kills_leftovers_and_removes_the_cgroup() {
     }
     if !paths.is_empty() {
         // Killed and reaped by init (we are not its parent), so it is gone or a zombie.
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        assert!(
-            status.is_empty() || status.contains("State:\tZ"),
-            "{status}"
-        );
+        assert!(gone(pid), "{pid} survived");
     }
+}
+
+/// The host pid is gone (or a zombie waiting for its reaper).
+fn gone(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.is_empty() || status.contains("State:\tZ")
 }
 
 #[test]
@@ -513,3 +535,5 @@ fn default_ids_are_stable_and_spread() {
     assert_eq!(uid, gid);
     assert!((1_000_000_000..1_000_000_000 + (1 << 24)).contains(&uid));
 }
+
+mod hostile;

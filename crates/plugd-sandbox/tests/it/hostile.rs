@@ -1,0 +1,551 @@
+//! Hostile children against the namespace layers, the uid allocation and the seccomp
+//! allow-list (issue 7): each attack fails with its specific errno or outcome.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const ENOENT: &str = "2";
+const EACCES: &str = "13";
+const EPERM: &str = "1";
+
+/// Every namespace layer needs a root host; these tests assert the layer is reported
+/// unavailable otherwise (and skip the attack, which would then succeed by design).
+fn namespaces() -> bool {
+    let root = kernel().root;
+    if !root {
+        let f = fixture();
+        let p = Sandbox::prepare(&policy(&f, "no-root")).unwrap();
+        assert_eq!(state(&p, Layer::MountNamespace), LayerState::Unavailable);
+    }
+    root
+}
+
+/// Runs python `code` (with `attempt(fn)` printing the errno or `ok`) and returns stdout lines.
+fn attempts(p: &SandboxPolicy, code: &str, args: &[&str]) -> Vec<String> {
+    let prelude = "import os, sys, socket, ctypes\ndef attempt(fn):\n    try:\n        fn(); print('ok')\n    except OSError as e:\n        print(e.errno)\n";
+    let script = format!("{prelude}{code}");
+    let mut all = vec!["-c", script.as_str()];
+    all.extend(args);
+    let (_p, o) = run(p, PYTHON, &all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).lines().map(str::to_owned).collect()
+}
+
+/// A world-writable listening socket at `path`, as a root-owned D-Bus or X11 socket would be.
+fn host_socket(path: &Path) -> UnixListener {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    listener
+}
+
+const CONNECT_UNIX: &str = "for path in sys.argv[1:]:\n    s = socket.socket(socket.AF_UNIX)\n    attempt(lambda: s.connect(path))\n";
+
+#[test]
+fn host_unix_sockets_by_path_do_not_exist_inside() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let tag = format!("plugd-sbx-{}", std::process::id());
+    let paths = [
+        PathBuf::from(format!("/tmp/{tag}.sock")),
+        PathBuf::from(format!("/run/{tag}.sock")),
+        f.base.join("beside-the-package.sock"),
+    ];
+    let listeners: Vec<UnixListener> = paths.iter().map(|p| host_socket(p)).collect();
+    let mut args: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    // `/var/run` is the usual alias of `/run`.
+    args.push(format!("/var/run/{tag}.sock"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = attempts(&policy(&f, "unix-path"), CONNECT_UNIX, &args);
+    assert_eq!(got, [ENOENT, ENOENT, ENOENT, ENOENT]);
+    for listener in &listeners {
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+    }
+    for path in &paths {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn the_host_tmp_and_run_are_not_the_childs() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let marker = format!("/tmp/plugd-sbx-marker-{}", std::process::id());
+    std::fs::write(&marker, "host").unwrap();
+    let code = "print(sorted(os.listdir('/tmp')), os.path.exists('/run'), os.path.exists(sys.argv[1]))\nopen('/tmp/mine', 'w').write('x')\nprint(open('/tmp/mine').read())\n";
+    let got = attempts(&policy(&f, "tmp"), code, &[&marker]);
+    // The fresh `/tmp` holds only the directories leading to the fixture (itself in `/tmp`).
+    let first = f
+        .base
+        .strip_prefix("/tmp")
+        .unwrap()
+        .components()
+        .next()
+        .unwrap();
+    let first = first.as_os_str().to_str().unwrap();
+    assert_eq!(got, [format!("['{first}'] False False"), "x".into()]);
+    assert!(
+        !Path::new("/tmp/mine").exists() || std::fs::read_to_string("/tmp/mine").unwrap() != "x"
+    );
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn abstract_sockets_of_the_host_are_out_of_scope_and_own_sockets_work() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let name = format!("plugd-sbx-abstract-{}", std::process::id());
+    let code = r#"
+s = socket.socket(socket.AF_UNIX)
+attempt(lambda: s.connect("\0" + sys.argv[1]))
+path = os.path.join(sys.argv[2], "own.sock")
+if os.path.exists(path): os.unlink(path)
+server = socket.socket(socket.AF_UNIX)
+server.bind(path); server.listen(1)
+c = socket.socket(socket.AF_UNIX)
+attempt(lambda: c.connect(path))
+a, b = socket.socketpair()
+a.send(b"y"); print(b.recv(1).decode())
+"#;
+    let data = f.data.display().to_string();
+    // A host service listening on an abstract name (they are scoped by network namespace).
+    let fd = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        UnixListener::bind_addr(&addr).unwrap()
+    };
+    // In the empty network namespace the name does not exist: ECONNREFUSED.
+    let got = attempts(&policy(&f, "unix-own"), code, &[&name, &data]);
+    assert_eq!(got, ["111", "ok", "y"]);
+    // Granted network (host namespace): Landlock's scope (ABI ≥ 6) refuses it with EPERM.
+    let mut p = policy(&f, "unix-own-net");
+    p.net_connect = vec![("127.0.0.1".into(), 9)];
+    let expected = if kernel().landlock_scope() {
+        EPERM
+    } else {
+        "ok"
+    };
+    let got = attempts(&p, code, &[&name, &data]);
+    assert_eq!(got, [expected, "ok", "y"]);
+    drop(fd);
+}
+
+/// `shmget(key, 0, 0)` from the host side: the id, or the errno.
+fn host_shmget(key: i32) -> Result<i32, i32> {
+    // SAFETY: shmget has no memory arguments.
+    let id = unsafe { libc::shmget(key, 0, 0) };
+    if id < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(id)
+    }
+}
+
+const SYSV: &str = r#"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def errno_of(r):
+    return str(ctypes.get_errno()) if r == -1 else "ok"
+host_shm, host_msg, own = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+print(errno_of(libc.shmget(host_shm, 0, 0)))
+print(errno_of(libc.msgget(host_msg, 0)))
+shmid = int(sys.argv[4])
+r = libc.shmat(shmid, None, 0)
+print(str(ctypes.get_errno()) if r in (None, ctypes.c_void_p(-1).value) else "attached")
+print(errno_of(libc.shmget(own, 4096, 0o1600)))
+print(errno_of(libc.msgget(own, 0o1600)))
+"#;
+
+#[test]
+fn host_sysv_ipc_is_invisible_and_the_childs_own_is_gone_after_it() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let base = 0x5000_0000 | (std::process::id() as i32 & 0xffff) << 8;
+    let (host_shm, host_msg, own) = (base + 1, base + 2, base + 3);
+    // SAFETY: SysV calls with integer arguments; the segment is removed below.
+    let (shmid, msqid) = unsafe {
+        let shmid = libc::shmget(host_shm, 4096, libc::IPC_CREAT | 0o666);
+        let msqid = libc::msgget(host_msg, libc::IPC_CREAT | 0o666);
+        (shmid, msqid)
+    };
+    assert!(shmid >= 0 && msqid >= 0);
+    let args = [
+        host_shm.to_string(),
+        host_msg.to_string(),
+        own.to_string(),
+        shmid.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = policy(&f, "sysv");
+    let got = attempts(&p, SYSV, &args);
+    // ENOENT for the host's keys, EINVAL for the host's segment id, and the child makes its own.
+    assert_eq!(got, [ENOENT, ENOENT, "22", "ok", "ok"]);
+    // The child's segment never reached the host and died with the child's namespace: a second
+    // child does not find it either.
+    assert_eq!(host_shmget(own), Err(libc::ENOENT));
+    let again = attempts(
+        &p,
+        "libc = ctypes.CDLL(None, use_errno=True)\nr = libc.shmget(int(sys.argv[1]), 0, 0)\nprint(ctypes.get_errno() if r == -1 else 'found')\n",
+        &[&own.to_string()],
+    );
+    assert_eq!(again, [ENOENT]);
+    // SAFETY: removing what this test created.
+    unsafe {
+        libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+        libc::msgctl(msqid, libc::IPC_RMID, std::ptr::null_mut());
+    }
+}
+
+/// Every pid of the PID namespace `child` made for its children, as the host sees them.
+fn namespace_members(child: u32) -> Vec<i32> {
+    let ns = std::fs::read_link(format!("/proc/{child}/ns/pid_for_children")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                .ok()
+                .as_ref()
+                == Some(&ns)
+        })
+        .collect()
+}
+
+fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids.iter().all(|p| gone(*p)) {
+        assert!(Instant::now() < deadline, "survivors: {pids:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `script` confined and returns once it printed its first line.
+fn start(p: &SandboxPolicy, script: &str) -> (Prepared, std::process::Child, String) {
+    let prepared = Sandbox::prepare(p).unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", script])
+        .current_dir(&p.data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    prepared.apply_to(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (prepared, child, line.trim().to_owned())
+}
+
+const ORPHAN: &str = "setsid sh -c 'sleep 300 & sleep 300 & echo $$' >/dev/null; sh -c '(sleep 300 &) ; exit 0'; echo ready $$; exec sleep 300";
+
+#[test]
+fn a_double_forked_setsid_grandchild_dies_with_the_killed_child() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    // Without the cgroup layer nothing but the PID namespace can end the orphans.
+    let mut p = policy(&f, "orphan-kill");
+    p.disabled = vec![Layer::Cgroup];
+    let (prepared, mut child, line) = start(&p, ORPHAN);
+    // The plugin is pid 2: a plugd init is pid 1.
+    assert_eq!(line, "ready 2");
+    let members = namespace_members(child.id());
+    assert!(members.len() >= 5, "init, plugin and orphans: {members:?}");
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    wait_gone(&members);
+    drop(prepared);
+}
+
+#[test]
+fn orphans_die_when_the_plugin_exits_and_its_status_passes_through() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let mut p = policy(&f, "orphan-exit");
+    p.disabled = vec![Layer::Cgroup];
+    let (_prepared, mut child, line) = start(
+        &p,
+        "setsid sh -c 'sleep 300 &' >/dev/null; echo up; read x < /dev/zero; exit 7",
+    );
+    assert_eq!(line, "up");
+    let members = namespace_members(child.id());
+    // The plugin (reading /dev/zero forever) is sent SIGTERM through both inits.
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    wait_gone(&members);
+
+    let (_p, o) = sh(&p, "sh -c 'sleep 300 &'; exit 7");
+    assert_eq!(o.status.code(), Some(7));
+    let (_p, o) = sh(&p, "kill -SEGV $$");
+    assert_eq!(o.status.signal(), Some(libc::SIGSEGV));
+}
+
+#[test]
+fn the_host_and_its_processes_are_not_in_the_childs_pid_namespace() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let code = "for pid in map(int, sys.argv[1:]):\n    attempt(lambda: os.kill(pid, 0))\nprint(os.getpid())\n";
+    let host = std::process::id().to_string();
+    let got = attempts(&policy(&f, "pidns"), code, &[&host, "1"]);
+    // ESRCH for the host's pid; pid 1 is the plugd init, another uid: EPERM.
+    assert_eq!(got, ["3", EPERM, "2"]);
+}
+
+const USERCUSTOMIZE: &str = "import os, site, sys\nsp = site.getusersitepackages()\nos.makedirs(sp, exist_ok=True)\nopen(os.path.join(sp, 'usercustomize.py'), 'w').write('print(\"PLANTED\")')\nprint(os.environ['HOME'], sp.startswith(os.environ['HOME']))";
+
+#[test]
+fn code_planted_in_home_or_the_data_dir_is_never_run_by_python() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let p = policy(&f, "usercustomize");
+    let home = p.home.display().to_string();
+    let python = |code: &str, home: &str, nousersite: bool| {
+        let prepared = Sandbox::prepare(&p).unwrap();
+        let mut cmd = Command::new(PYTHON);
+        cmd.args(["-c", code])
+            .env_clear()
+            .env("HOME", home)
+            .current_dir(&p.data_dir);
+        if nousersite {
+            cmd.env("PYTHONNOUSERSITE", "1");
+        }
+        prepared.apply_to(&mut cmd);
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    // One run plants a user site hook in its HOME; the next run starts with a fresh HOME.
+    assert_eq!(
+        python(USERCUSTOMIZE, &home, false),
+        format!("{home} True\n")
+    );
+    assert_eq!(python("print('clean')", &home, false), "clean\n");
+    // Even within one run, PYTHONNOUSERSITE keeps the planted hook out.
+    let both = format!(
+        "{USERCUSTOMIZE}\nimport subprocess\nsys.stdout.flush()\nsubprocess.run([sys.executable, '-c', 'print(1)'])"
+    );
+    assert_eq!(python(&both, &home, true), format!("{home} True\n1\n"));
+    // A hook planted in the data dir (the old HOME) by the host side of an earlier version.
+    let site = f.data.join(".local/lib/python3.11/site-packages");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("usercustomize.py"), "print('PLANTED')").unwrap();
+    assert_eq!(python("print('clean')", &home, true), "clean\n");
+}
+
+#[test]
+fn setuid_files_in_the_data_dir_cannot_be_made_or_run() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let p = policy(&f, "setuid");
+    // Left by an earlier, less confined run: a setuid copy of `id` owned by the plugin's uid.
+    let planted = f.data.join("planted");
+    std::fs::copy("/usr/bin/id", &planted).unwrap();
+    let code = r#"
+import shutil, subprocess
+d = sys.argv[1]
+shutil.copy("/usr/bin/id", os.path.join(d, "mine"))
+for mode in (0o4755, 0o2755, 0o6755):
+    attempt(lambda: os.chmod(os.path.join(d, "mine"), mode))
+attempt(lambda: os.chmod(os.path.join(d, "mine"), 0o755))
+attempt(lambda: os.close(os.open(os.path.join(d, "new"), os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt(lambda: subprocess.run([os.path.join(d, "planted")]))
+attempt(lambda: subprocess.run([os.path.join(d, "mine")]))
+r = subprocess.run(["/lib64/ld-linux-x86-64.so.2", os.path.join(d, "mine")], capture_output=True, text=True)
+print(r.returncode != 0, "failed to map segment" in r.stderr or "Permission denied" in r.stderr)
+"#;
+    let (prepared, _) = py(&p, "pass");
+    let (uid, _) = prepared.ids().unwrap();
+    drop(prepared);
+    std::os::unix::fs::chown(&planted, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let data = f.data.display().to_string();
+    let got = attempts(&p, code, &[&data]);
+    assert_eq!(
+        got,
+        [
+            EPERM,
+            EPERM,
+            EPERM,
+            "ok",
+            EPERM,
+            EACCES,
+            EACCES,
+            "True True"
+        ]
+    );
+    // The mode bits were refused, not just ignored.
+    let mode = std::fs::metadata(f.data.join("mine"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
+}
+
+#[test]
+fn only_unix_sockets_without_network_and_no_vsock_with_it() {
+    let f = fixture();
+    let code = "for family in map(int, sys.argv[1:]):\n    attempt(lambda: socket.socket(family, socket.SOCK_STREAM if family in (1, 2, 10, 40) else socket.SOCK_RAW).close())\nattempt(lambda: socket.socketpair(socket.AF_UNIX))\n";
+    // AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_VSOCK, AF_BLUETOOTH, AF_ALG.
+    let families = ["1", "2", "10", "16", "17", "40", "31", "38"];
+    let got = attempts(&policy(&f, "families"), code, &families);
+    if !kernel().seccomp {
+        return;
+    }
+    assert_eq!(got[0], "ok");
+    for (family, errno) in families.iter().zip(&got).skip(1) {
+        assert_eq!(errno, EACCES, "family {family}");
+    }
+    assert_eq!(got[8], "ok");
+    // Granted network: IP stays open, VSOCK and the rest are still refused.
+    let mut p = policy(&f, "families-net");
+    p.net_connect = vec![("127.0.0.1".into(), 9)];
+    let got = attempts(&p, code, &["2", "10", "40", "17", "31"]);
+    assert_eq!(got, ["ok", "ok", EACCES, EACCES, EACCES, "ok"]);
+}
+
+#[test]
+fn a_package_below_a_0700_directory_is_reachable_inside() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let closed = f.base.join("closed");
+    let package = closed.join("deep/package");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join("main.txt"), "deep package\n").unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut p = policy(&f, "closed");
+    p.package_dir = package.clone();
+    let (_p, o) = sh(&p, &format!("cat {}/main.txt", package.display()));
+    assert_eq!(stdout(&o), "deep package\n", "{}", stderr(&o));
+    // Control: the same package without the mount namespace is behind the 0700 directory.
+    p.disabled = vec![Layer::MountNamespace];
+    let (_p, o) = sh(&p, &format!("cat {}/main.txt", package.display()));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+}
+
+#[test]
+fn system_paths_package_and_root_are_read_only_inside() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let script = format!(
+        "touch /usr/x; touch {}/x; mkdir /new; touch /dev/x; cat /etc/shadow; echo ok > x; cat x",
+        f.package.display()
+    );
+    let (_p, o) = sh(&policy(&f, "ro"), &script);
+    let err = stderr(&o);
+    for expect in [
+        "touch: cannot touch '/usr/x': Read-only file system",
+        "/package/x': Read-only file system",
+        "/new’: Read-only file system",
+        "touch: cannot touch '/dev/x': Permission denied",
+        "/etc/shadow: No such file or directory",
+    ] {
+        assert!(err.contains(expect), "{expect} missing from {err}");
+    }
+    assert_eq!(stdout(&o), "ok\n");
+}
+
+#[test]
+fn the_disk_limit_caps_each_file_with_sigxfsz() {
+    let f = fixture();
+    let mut p = policy(&f, "disk");
+    p.disk_bytes = Some(1 << 20);
+    let (prepared, o) = sh(&p, "exec head -c 2097152 /dev/zero > big");
+    assert_eq!(o.status.signal(), Some(libc::SIGXFSZ), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(f.data.join("big")).unwrap().len(),
+        1 << 20
+    );
+    let rlimits = &prepared
+        .layers()
+        .iter()
+        .find(|s| s.layer == Layer::Rlimits)
+        .unwrap()
+        .detail;
+    assert!(rlimits.contains("fsize 1048576"), "{rlimits}");
+}
+
+#[test]
+fn dir_usage_counts_allocated_bytes_once_and_follows_no_link() {
+    let f = fixture();
+    let usage = || plugd_sandbox::dir_usage(&f.data).unwrap();
+    let empty = usage();
+    std::fs::write(f.data.join("a"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::hard_link(f.data.join("a"), f.data.join("a-again")).unwrap();
+    // Sparse: 100 MiB long, nothing allocated.
+    let sparse = std::fs::File::create(f.data.join("sparse")).unwrap();
+    sparse.set_len(100 << 20).unwrap();
+    std::fs::write(f.base.join("outside"), vec![1u8; 4 << 20]).unwrap();
+    symlink(f.base.join("outside"), f.data.join("link")).unwrap();
+    symlink(&f.base, f.data.join("dir-link")).unwrap();
+    std::fs::create_dir(f.data.join("sub")).unwrap();
+    std::fs::write(f.data.join("sub/b"), vec![1u8; 1 << 20]).unwrap();
+    let used = usage() - empty;
+    assert!((2 << 20..(2 << 20) + (64 << 10)).contains(&used), "{used}");
+    assert_eq!(
+        plugd_sandbox::dir_usage(&f.base.join("nope"))
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn cgroup_cpu_quota_is_written() {
+    let f = fixture();
+    let mut p = policy(&f, "quota");
+    p.cpu_quota = Some(0.5);
+    let prepared = Sandbox::prepare(&p).unwrap();
+    if !kernel().cgroup.has("cpu") {
+        return;
+    }
+    let paths = prepared.cgroup_paths();
+    let cpu = paths
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(d.join("cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(d.join("cpu.max")))
+                .ok()
+        })
+        .unwrap();
+    assert!(
+        cpu.trim() == "50000" || cpu.trim() == "50000 100000",
+        "{cpu}"
+    );
+    let detail = &prepared.layers()[0].detail;
+    assert!(detail.contains("cpu quota 0.5 cores"), "{detail}");
+}
