@@ -6,7 +6,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -228,14 +227,6 @@ fn namespace_members(child: u32) -> Vec<i32> {
                 == Some(&ns)
         })
         .collect()
-}
-
-fn wait_gone(pids: &[i32]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pids.iter().all(|p| gone(*p)) {
-        assert!(Instant::now() < deadline, "survivors: {pids:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Starts `script` confined and returns once it printed its first line.

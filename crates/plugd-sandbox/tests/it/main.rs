@@ -536,4 +536,14 @@ fn default_ids_are_stable_and_spread() {
     assert!((1_000_000_000..1_000_000_000 + (1 << 24)).contains(&uid));
 }
 
+/// Waits (deadline 10 s) until every pid is gone from the host's `/proc`.
+fn wait_gone(pids: &[i32]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !pids.iter().all(|p| gone(*p)) {
+        assert!(std::time::Instant::now() < deadline, "survivors: {pids:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 mod hostile;
+mod uids;
