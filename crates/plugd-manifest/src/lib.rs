@@ -27,14 +27,22 @@
 //! - `[limits]` defaults: `memory = "256MiB"`, `cpu = "10s"`, `call_timeout = "5s"`,
 //!   `concurrency = 64`. Sizes and durations must be more than zero; `memory` may also be a
 //!   plain integer of bytes.
-//! - `[params]` and each action's `input` are kept as JSON values; `[params]` must be a schema
-//!   with `type = "object"`. Their contents are not validated further here.
+//! - `[params]` and each action's `input` are JSON Schemas (draft 2020-12 by default), compiled
+//!   when the manifest is read ([`Manifest::params_schema`], [`ActionSpec::input_schema`]) and
+//!   kept as written ([`Manifest::params`], [`ActionSpec::input`]). A schema that does not
+//!   compile, names an unknown `type` or `format`, or has a `$ref` to a file or URL (only local
+//!   `#...` references) is refused. `[params]` must have `type = "object"`.
+//! - **The manifest is the contract**: its `[[actions]]` are the actions the plugin offers. A
+//!   runtime compares what the code announces with [`Manifest::check_announced`].
+//!
+//! The reference for plugin authors is `docs/manifest.md`, tested against this parser.
 #![warn(missing_docs)]
 
 mod error;
 mod kinds;
 mod name;
 mod parse;
+mod schema;
 mod suggest;
 mod units;
 
@@ -49,6 +57,7 @@ pub use semver::{Version, VersionReq};
 pub use crate::error::ManifestError;
 pub use crate::kinds::UnknownValueError;
 pub use crate::name::{MAX_NAME_LEN, NameError};
+pub use crate::schema::{MAX_VIOLATIONS, Schema, SchemaError, Violation};
 pub use crate::units::{parse_duration, parse_size};
 
 /// File name of the native manifest.
@@ -127,9 +136,10 @@ pub struct Manifest {
     pub permissions: Permissions,
     /// Resource limits.
     pub limits: Limits,
-    /// JSON Schema of the plugin's settings, if any.
+    /// JSON Schema of the plugin's settings, if any, as written (see [`Manifest::params_schema`]).
     pub params: Option<serde_json::Value>,
-    /// Declared actions (a process plugin may also announce actions at handshake).
+    /// Declared actions: the contract the plugin's code must implement (see
+    /// [`Manifest::check_announced`]).
     pub actions: Vec<ActionSpec>,
     /// Event subscriptions.
     pub events: Events,
@@ -137,6 +147,8 @@ pub struct Manifest {
     pub format: ManifestFormat,
     /// Non-fatal findings (e.g. ignored seed keys), each a user-facing sentence.
     pub warnings: Vec<String>,
+    /// `params`, compiled.
+    params_schema: Option<Schema>,
 }
 
 /// Capabilities a plugin asks for. Parsed now, enforced by the sandbox / wasm runtime.
@@ -189,10 +201,12 @@ pub struct ActionSpec {
     pub name: ActionName,
     /// Human description.
     pub description: String,
-    /// JSON Schema of the input payload, if given.
+    /// JSON Schema of the input payload, if given, as written (see [`ActionSpec::input_schema`]).
     pub input: Option<serde_json::Value>,
     /// UI hooks (seed: `execute`, `group`, `vector`, ...).
     pub hooks: Vec<String>,
+    /// `input`, compiled.
+    input_schema: Option<Schema>,
 }
 
 /// Event subscriptions.
@@ -213,6 +227,30 @@ impl Default for Limits {
     }
 }
 
+/// How the actions a plugin's code announces differ from those its manifest declares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionMismatch {
+    /// Declared in the manifest but not announced: the code breaks the contract.
+    pub missing: Vec<ActionName>,
+    /// Announced but not declared: outside the contract.
+    pub extra: Vec<ActionName>,
+}
+
+impl ActionMismatch {
+    /// Whether the code offers exactly the declared actions.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+impl ActionSpec {
+    /// The compiled `input` schema, to validate each call's payload against; `None` when the
+    /// action declares no schema (any JSON payload is accepted).
+    pub fn input_schema(&self) -> Option<&Schema> {
+        self.input_schema.as_ref()
+    }
+}
+
 impl Manifest {
     /// Parses and validates `plugin.toml` text.
     pub fn from_toml_str(src: &str) -> Result<Manifest, ManifestError> {
@@ -223,6 +261,59 @@ impl Manifest {
     /// `plugin.toml` fields flattened into the top-level object).
     pub fn from_json_str(src: &str) -> Result<Manifest, ManifestError> {
         parse::parse_json(src)
+    }
+
+    /// The compiled `[params]` schema, if the manifest has one.
+    pub fn params_schema(&self) -> Option<&Schema> {
+        self.params_schema.as_ref()
+    }
+
+    /// The defaults declared in `[params]` (`properties.NAME.default`), as one JSON object; an
+    /// empty object when there are none.
+    pub fn default_params(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        if let Some(properties) = self
+            .params
+            .as_ref()
+            .and_then(|p| p.get("properties"))
+            .and_then(serde_json::Value::as_object)
+        {
+            for (key, schema) in properties {
+                if let Some(default) = schema.get("default") {
+                    out.insert(key.clone(), default.clone());
+                }
+            }
+        }
+        serde_json::Value::Object(out)
+    }
+
+    /// The declared action called `name`.
+    pub fn action(&self, name: &str) -> Option<&ActionSpec> {
+        self.actions.iter().find(|a| a.name.as_str() == name)
+    }
+
+    /// Compares the actions the plugin's code announces (at the process handshake, or in a wasm
+    /// component's `describe`) with the declared ones. The manifest is the contract: a
+    /// `missing` action means the code does not implement it; an `extra` one is not part of it.
+    /// Both lists are in the order given (declared order for `missing`).
+    pub fn check_announced<'a>(
+        &self,
+        announced: impl IntoIterator<Item = &'a ActionName>,
+    ) -> ActionMismatch {
+        let announced: Vec<&ActionName> = announced.into_iter().collect();
+        let missing = self
+            .actions
+            .iter()
+            .filter(|a| !announced.contains(&&a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        let mut extra: Vec<ActionName> = Vec::new();
+        for name in announced {
+            if self.action(name.as_str()).is_none() && !extra.contains(name) {
+                extra.push(name.clone());
+            }
+        }
+        ActionMismatch { missing, extra }
     }
 
     /// Reads the manifest of the package in `dir`: `plugin.toml`, else `plugin.json`.

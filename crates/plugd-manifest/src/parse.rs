@@ -14,7 +14,7 @@ use crate::suggest::did_you_mean;
 use crate::units::{DURATION_HINT, SIZE_HINT};
 use crate::{
     ActionName, ActionSpec, Events, Limits, Manifest, ManifestError, ManifestFormat, Permissions,
-    PluginKind, PluginName, RuntimeKind, SCHEMA_VERSION, Service, Version, VersionReq,
+    PluginKind, PluginName, RuntimeKind, SCHEMA_VERSION, Schema, Service, Version, VersionReq,
 };
 
 /// The seed's implicit entry, used when `plugin.json` has none.
@@ -340,6 +340,7 @@ impl Reader {
             Some(t) => limits(&t)?,
             None => Limits::default(),
         };
+        let params_label = top.child_label("params");
         let params = match top.get("params") {
             None => None,
             Some(schema @ Value::Object(map)) if map.get("type") == Some(&"object".into()) => {
@@ -353,6 +354,10 @@ impl Reader {
                 .hint("give it `type = \"object\"` and describe each setting under `properties`"));
             }
         };
+        let params_schema = params
+            .as_ref()
+            .map(|raw| compile(raw, &format!("The {params_label} schema")))
+            .transpose()?;
         let actions = self.actions(&top)?;
         let events = match top.table("events", top.child_label("events"))? {
             Some(t) => events(&t)?,
@@ -384,6 +389,7 @@ impl Reader {
             events,
             format: self.format,
             warnings: self.warnings,
+            params_schema,
         })
     }
 
@@ -605,6 +611,10 @@ impl Reader {
                         .hint("describe the payload, like `{ type = \"object\" }`"));
                 }
             };
+            let input_schema = input
+                .as_ref()
+                .map(|raw| compile(raw, &format!("The `input` schema of {}", t.label)))
+                .transpose()?;
             let hooks = t.strings("hooks")?;
             if let Some(empty) = hooks.iter().find(|h| h.trim().is_empty()) {
                 return Err(Invalid::new(format!("Empty hook `{empty}` in {}", t.label)));
@@ -614,10 +624,24 @@ impl Reader {
                 description: t.string("description")?.unwrap_or_default().to_owned(),
                 input,
                 hooks,
+                input_schema,
             });
         }
         Ok(actions)
     }
+}
+
+/// Compiles a JSON Schema of the manifest; `what` names it at the start of an error.
+fn compile(raw: &Value, what: &str) -> R<Schema> {
+    Schema::new(raw).map_err(|e| {
+        let text = e.to_string();
+        match text.split_once("; hint: ") {
+            Some((message, hint)) => {
+                Invalid::new(format!("{what} is invalid: {message}")).hint(hint)
+            }
+            None => Invalid::new(format!("{what} is invalid: {text}")),
+        }
+    })
 }
 
 fn schema(top: &Table<'_>) -> R<u32> {

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use expect_test::expect_file;
-use plugd_manifest::{ActionSpec, Events, Limits, Manifest, ManifestError, Permissions};
+use plugd_manifest::{ActionSpec, Events, Limits, Manifest, ManifestError, Permissions, Schema};
 
 fn ui_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui")
@@ -95,9 +95,20 @@ fn messages_follow_the_style() {
     }
 }
 
-/// A stable, readable dump of every field. The exhaustive destructuring makes a new field a
-/// compile error here until it is dumped too.
+/// A stable, readable dump of every field. The exhaustive destructuring makes a new public field
+/// a compile error here until it is dumped too (`..` covers only the private compiled schemas,
+/// which must be the raw ones compiled).
 fn dump(manifest: &Manifest) -> String {
+    assert_eq!(
+        manifest.params_schema().map(Schema::as_json),
+        manifest.params.as_ref()
+    );
+    for action in &manifest.actions {
+        assert_eq!(
+            action.input_schema().map(Schema::as_json),
+            action.input.as_ref()
+        );
+    }
     let Manifest {
         schema,
         name,
@@ -115,6 +126,7 @@ fn dump(manifest: &Manifest) -> String {
         events,
         format,
         warnings,
+        ..
     } = manifest;
     let Permissions {
         fs_read,
@@ -166,12 +178,14 @@ fn dump(manifest: &Manifest) -> String {
             let _ = writeln!(w, "params: none");
         }
     }
+    let _ = writeln!(w, "default params: {}", manifest.default_params());
     let _ = writeln!(w, "actions:");
     for ActionSpec {
         name,
         description,
         input,
         hooks,
+        ..
     } in actions
     {
         let _ = writeln!(w, "  - name: {name}");
