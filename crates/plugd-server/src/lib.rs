@@ -1,5 +1,5 @@
-//! The plugd HTTP API: plugin calls, the admin resources, health. The only crate that knows
-//! HTTP; its DTOs live in `dto`, its error bodies in `error`.
+//! The plugd HTTP API: plugin calls, the admin resources, health and readiness. The only crate
+//! that knows HTTP; its DTOs live in `dto`, its error bodies in `error`.
 #![warn(missing_docs)]
 
 mod dto;
@@ -7,4 +7,4 @@ mod error;
 mod routes;
 
 pub use error::ApiError;
-pub use routes::{ServerConfig, router};
+pub use routes::{Readiness, ServerConfig, router};

@@ -1,7 +1,10 @@
 //! `router(host, config) -> Router`: every route of the API.
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,20 +22,69 @@ use crate::error::ApiError;
 pub struct ServerConfig {
     /// Largest accepted request body in bytes.
     pub max_body: usize,
+    /// What `/readyz` reports.
+    pub readiness: Readiness,
 }
 
 impl Default for ServerConfig {
+    /// 1 MiB bodies; ready from the start (for a host started before the router is built).
     fn default() -> Self {
         ServerConfig {
             max_body: 1024 * 1024,
+            readiness: Readiness::ready(),
         }
+    }
+}
+
+/// Whether the host's first start wave is done: `/readyz` answers 503 until
+/// [`Readiness::set_ready`] is called, then 200. Clones share one flag.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Not ready yet: the plugins are being started in the background.
+    pub fn pending() -> Readiness {
+        Readiness(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Already ready.
+    pub fn ready() -> Readiness {
+        Readiness(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Marks the start wave done.
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the start wave is done.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the handlers share; handlers that need only the host extract `State<Host>`.
+#[derive(Clone)]
+struct AppState {
+    host: Host,
+    readiness: Readiness,
+}
+
+impl FromRef<AppState> for Host {
+    fn from_ref(state: &AppState) -> Host {
+        state.host.clone()
     }
 }
 
 /// The whole API as an axum router.
 pub fn router(host: Host, config: ServerConfig) -> Router {
+    let state = AppState {
+        host,
+        readiness: config.readiness.clone(),
+    };
     Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/plugin/{name}/{action}", post(call))
         .route("/api/v1/plugins", get(list))
         .route("/api/admin/v1/plugins", get(list))
@@ -43,25 +95,47 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
-        .with_state(host)
+        .with_state(state)
 }
 
-async fn health(State(host): State<Host>) -> Json<Health> {
+fn counts(host: &Host) -> HealthCounts {
     let plugins = host.plugins();
+    let count = |state| plugins.iter().filter(|p| p.state == state).count();
+    HealthCounts {
+        total: plugins.len(),
+        running: count(PluginState::Running),
+        failed: count(PluginState::Failed),
+    }
+}
+
+/// Liveness: answers as soon as the port is bound, while plugins may still be starting.
+async fn health(State(host): State<Host>) -> Json<Health> {
     Json(Health {
         status: "ok",
-        plugins: HealthCounts {
-            total: plugins.len(),
-            running: plugins
-                .iter()
-                .filter(|p| p.state == PluginState::Running)
-                .count(),
-            failed: plugins
-                .iter()
-                .filter(|p| p.state == PluginState::Failed)
-                .count(),
-        },
+        plugins: counts(&host),
     })
+}
+
+/// Readiness: 503 `starting` until the first start wave is done, then 200 `ready`.
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let plugins = counts(&state.host);
+    if state.readiness.is_ready() {
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready",
+                plugins,
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "starting",
+                plugins,
+            }),
+        )
+    }
 }
 
 async fn call(

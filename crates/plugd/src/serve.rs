@@ -1,14 +1,16 @@
 //! `plugd serve`: build the host with its runtimes, start the plugins, serve HTTP until a signal,
 //! then stop the plugins in reverse order.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use plugd_host::{Host, HostConfig, PluginState};
 use plugd_process::{ProcessConfig, ProcessRuntime, SandboxConfig};
-use plugd_server::ServerConfig;
+use plugd_server::{Readiness, ServerConfig};
 use plugd_wasm::{WasmConfig, WasmRuntime};
+use tokio::sync::Notify;
 
 use crate::ServeArgs;
 use crate::paths::{Paths, absolute, untraversable_ancestor};
@@ -40,6 +42,10 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         );
     }
     check_reachable(&args, state_dir)?;
+    // Bind before anything slow, so a busy port is reported at once and the API (health,
+    // readiness, plugin states) answers while the plugins start.
+    let listener = bind(args.listen).await?;
+    let addr = listener.local_addr()?;
     let sdk = crate::sdk::install(state_dir)?;
     let mut config = HostConfig::new(&plugins, state_dir);
     config.strict = args.strict;
@@ -56,7 +62,71 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         .runtime(Arc::new(ProcessRuntime::new(process_config(&args, &sdk))))
         .runtime(Arc::new(wasm))
         .build();
-    host.start().await?;
+    let readiness = Readiness::pending();
+    let app = plugd_server::router(
+        host.clone(),
+        ServerConfig {
+            max_body: args.max_body,
+            readiness: readiness.clone(),
+        },
+    );
+    // The first line on stdout is the contract with scripts and tests that start plugd on port 0;
+    // the second (`plugd ready`) says the first start wave is done.
+    println!("plugd listening on http://{addr}");
+
+    // A start that fails as a whole (e.g. the plugins dir cannot be read) stops the server.
+    let start_failed = Arc::new(Notify::new());
+    let start_error = Arc::new(Mutex::new(None));
+    tokio::spawn({
+        let (host, start_failed, start_error) =
+            (host.clone(), start_failed.clone(), start_error.clone());
+        async move {
+            match host.start().await {
+                Ok(()) => {
+                    report(&host);
+                    readiness.set_ready();
+                    print_ready(&host);
+                }
+                Err(e) => {
+                    *start_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    start_failed.notify_one();
+                }
+            }
+        }
+    });
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = start_failed.notified() => {}
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await?;
+    // `shutdown` waits for a start still in progress (each plugin start has its own deadline),
+    // so no plugin is left running.
+    tracing::info!("shutting down: stopping plugins");
+    host.shutdown().await;
+    if let Some(e) = start_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(anyhow::Error::new(e).context("Cannot start the plugins"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "Cannot listen on `{addr}`: the address is already in use (another `plugd serve`?); hint: stop the other server or pass another address, e.g. `--listen 127.0.0.1:0` for any free port"
+        ),
+        Err(e) => anyhow::bail!(
+            "Cannot listen on `{addr}`: {e}; hint: pass another address with `--listen HOST:PORT`"
+        ),
+    }
+}
+
+/// Logs how the start wave went: each plugin's state, and packages that could not be read.
+fn report(host: &Host) {
     for p in host.plugins() {
         match p.state {
             PluginState::Running => tracing::info!(plugin = %p.name, "running"),
@@ -68,32 +138,6 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     for problem in host.problems() {
         tracing::warn!(path = %problem.path.display(), "{}", problem.message);
     }
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "Cannot listen on `{}`; hint: pick another `--listen` address",
-                args.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    // The first line on stdout is the contract with scripts and tests that start plugd on port 0;
-    // the second says the first start wave is done.
-    println!("plugd listening on http://{addr}");
-    print_ready(&host);
-    let app = plugd_server::router(
-        host.clone(),
-        ServerConfig {
-            max_body: args.max_body,
-        },
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down: stopping plugins");
-    host.shutdown().await;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Sandboxed plugins run as their own uid (when plugd runs as root) and read their staged

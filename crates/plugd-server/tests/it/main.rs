@@ -10,7 +10,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use plugd_host::{Host, HostConfig};
 use plugd_process::{ProcessConfig, ProcessRuntime};
-use plugd_server::{ServerConfig, router};
+use plugd_server::{Readiness, ServerConfig, router};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -125,7 +125,13 @@ impl TestHost {
             .runtime(Arc::new(ProcessRuntime::new(process)))
             .build();
         host.start().await.unwrap();
-        let app = router(host.clone(), ServerConfig { max_body: 1024 });
+        let app = router(
+            host.clone(),
+            ServerConfig {
+                max_body: 1024,
+                ..ServerConfig::default()
+            },
+        );
         TestHost {
             host,
             app,
@@ -537,8 +543,11 @@ async fn admin_routes_list_show_and_run_the_lifecycle() {
         .iter()
         .map(|l| l["message"].as_str().unwrap())
         .collect();
-    assert!(messages.contains(&"Started `base 2.1.0`"), "{messages:?}");
-    assert!(messages.contains(&"Stopped: unloaded"), "{messages:?}");
+    assert!(messages.contains(&"Reloaded `base 2.1.0`"), "{messages:?}");
+    assert!(
+        messages.contains(&"Stopped `base 2.0.0`: unloaded"),
+        "{messages:?}"
+    );
 
     t.host.shutdown().await;
 }
@@ -556,4 +565,42 @@ fn summary(p: &Value) -> Value {
         "runtime": p["runtime"], "wave": p["wave"], "actions": actions, "reason": p["reason"],
         "last_error": p["last_error"], "dependencies": p["dependencies"],
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_until_the_start_wave_is_done() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let host = Host::builder(HostConfig::new(&plugins, tmp.path().join("state"))).build();
+    let readiness = Readiness::pending();
+    let app = router(
+        host.clone(),
+        ServerConfig {
+            readiness: readiness.clone(),
+            ..ServerConfig::default()
+        },
+    );
+    let t = TestHost {
+        host,
+        app,
+        plugins,
+        _tmp: tmp,
+    };
+    let health = t.check("GET", "/healthz", "", "200").await;
+    assert_eq!(health["status"], "ok");
+    let (status, _, body) = t.raw("GET", "/readyz", "").await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "starting", "plugins": {"total": 0, "running": 0, "failed": 0}})
+        )
+    );
+    t.host.start().await.unwrap();
+    readiness.set_ready();
+    let ready = t.check("GET", "/readyz", "", "200").await;
+    assert_eq!(ready["status"], "ready");
+    // A router built with the default config is ready at once.
+    assert!(ServerConfig::default().readiness.is_ready());
 }

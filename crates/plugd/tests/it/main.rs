@@ -19,6 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod new;
+mod startup;
 mod state;
 
 /// How long `serve` may take to print a line it owes (the URL, then readiness).
