@@ -143,6 +143,7 @@ impl Host {
                 }
             }
         };
+        check_payload(&slot.name, &generation.manifest, &action, &payload)?;
         let guard = InFlight::enter(slot.clone(), generation.clone());
         let result = generation
             .instance
@@ -368,7 +369,7 @@ impl Host {
                 continue;
             };
             let why = format!(
-                "Plugin `{dependant}` cannot run because `{name}`, which it depends on, failed: {reason}"
+                "Plugin `{dependant}` cannot load because `{name}`, which it depends on, failed: {reason}"
             );
             let running = slot.inner.lock().fail(why.clone());
             slot.push_log(LogSource::Runtime, LogLevel::Error, &why);
@@ -466,7 +467,7 @@ impl Host {
             ));
         }
         let spec = InstanceSpec {
-            params: default_params(&granted),
+            params: granted.default_params(),
             manifest: granted.clone(),
             package_dir: dir,
             data_dir,
@@ -476,6 +477,34 @@ impl Host {
             .start(spec, services)
             .await
             .map_err(|e| e.to_string())?;
+        // The manifest is the contract: code must implement every declared action. A runtime
+        // that announces nothing (an empty list) is taken at its manifest's word.
+        let announced: Vec<ActionName> = instance.actions().into_iter().map(|a| a.name).collect();
+        if !granted.actions.is_empty() && !announced.is_empty() {
+            let mismatch = granted.check_announced(&announced);
+            if !mismatch.missing.is_empty() {
+                instance.stop(self.inner.config.stop_grace).await;
+                return Err(format!(
+                    "Plugin `{}` declares {} in `plugin.toml`, but its code does not implement {}; hint: add a handler for each declared action or remove it from `[[actions]]`",
+                    slot.name,
+                    backticked(&mismatch.missing),
+                    if mismatch.missing.len() == 1 {
+                        "it"
+                    } else {
+                        "them"
+                    },
+                ));
+            }
+            if !mismatch.extra.is_empty() {
+                let warning = format!(
+                    "Plugin `{}` implements {}, which `plugin.toml` does not declare: it cannot be called; hint: add an `[[actions]]` entry for each",
+                    slot.name,
+                    backticked(&mismatch.extra)
+                );
+                slot.push_log(LogSource::Runtime, LogLevel::Warn, &warning);
+                tracing::warn!(plugin = %slot.name, "{warning}");
+            }
+        }
         let id = slot.inner.lock().next_generation();
         Ok(Arc::new(Generation {
             id,
@@ -752,20 +781,60 @@ fn scan(dir: &Path) -> Result<DiskPlan, HostError> {
     })
 }
 
-/// The defaults declared in a params JSON Schema (`properties.*.default`).
-fn default_params(manifest: &Manifest) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    if let Some(props) = manifest
-        .params
-        .as_ref()
-        .and_then(|p| p.get("properties"))
-        .and_then(|p| p.as_object())
-    {
-        for (key, schema) in props {
-            if let Some(default) = schema.get("default") {
-                out.insert(key.clone(), default.clone());
-            }
-        }
+/// `a`, `b` and `c` (each in backticks).
+fn backticked(names: &[ActionName]) -> String {
+    let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
-    serde_json::Value::Object(out)
+}
+
+/// The host's check of a call before it reaches any runtime: a manifest that declares actions
+/// is the contract (undeclared actions do not exist), and a declared input schema is enforced,
+/// every violation listed with its JSON pointer.
+fn check_payload(
+    plugin: &PluginName,
+    manifest: &Manifest,
+    action: &ActionName,
+    payload: &RawValue,
+) -> Result<(), HostError> {
+    if manifest.actions.is_empty() {
+        return Ok(());
+    }
+    let Some(spec) = manifest.action(action.as_str()) else {
+        return Err(HostError::Runtime(RuntimeError::UnknownAction {
+            plugin: plugin.clone(),
+            action: action.to_string(),
+        }));
+    };
+    let Some(schema) = spec.input_schema() else {
+        return Ok(());
+    };
+    let value: serde_json::Value = serde_json::from_str(payload.get()).map_err(|e| {
+        HostError::Runtime(RuntimeError::BadPayload {
+            plugin: plugin.clone(),
+            action: action.to_string(),
+            message: format!("the payload is not JSON: {e}"),
+        })
+    })?;
+    schema.validate(&value).map_err(|violations| {
+        let list: Vec<String> = violations
+            .iter()
+            .map(|v| {
+                let at = if v.pointer.is_empty() {
+                    "/"
+                } else {
+                    &v.pointer
+                };
+                format!("`{at}`: {}", v.message)
+            })
+            .collect();
+        HostError::Runtime(RuntimeError::BadPayload {
+            plugin: plugin.clone(),
+            action: action.to_string(),
+            message: list.join("; "),
+        })
+    })
 }
