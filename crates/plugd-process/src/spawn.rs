@@ -1,10 +1,12 @@
 //! Building and spawning a child: the socket pair on fd 3, a clean environment, its own process
 //! group, and death with the host.
 
+use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 
 use plugd_runtime::InstanceSpec;
 use tokio::net::UnixStream;
@@ -76,7 +78,9 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .current_dir(&spec.package_dir)
         .env_clear()
         .envs(config.base_env.iter().map(|(k, v)| (k, v)))
-        .env("HOME", &spec.data_dir)
+        // Nothing the plugin can write may be on a start-up path (issue 7): no user site, and
+        // `HOME` is a fresh tmpfs (set below), never the data dir.
+        .env("PYTHONNOUSERSITE", "1")
         .env("PLUGD_FD", plugd_protocol::CHILD_FD.to_string())
         .env(
             "PLUGD_PROTOCOL",
@@ -126,6 +130,9 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     let sandbox = match &config.sandbox {
         Some(sandbox_config) => {
             let policy = sandbox_policy(spec, config, sandbox_config);
+            if let Some(records) = &policy.record_dir {
+                reap_once(records);
+            }
             let prepared = Sandbox::prepare(&policy)
                 .map_err(|e| format!("its sandbox could not be prepared: {e}"))?;
             prepared.apply_to(cmd.as_std_mut());
@@ -133,6 +140,27 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         }
         None => None,
     };
+    // A fresh tmpfs inside the mount namespace; without one there is no private place, so the
+    // plugin gets a `HOME` that does not exist (as system users do).
+    let home = match (&config.sandbox, &sandbox) {
+        (Some(c), Some(p))
+            if p.layers().iter().any(|s| {
+                s.layer == Layer::MountNamespace && s.state == plugd_sandbox::LayerState::Applied
+            }) =>
+        {
+            c.home.clone()
+        }
+        _ => PathBuf::from("/nonexistent"),
+    };
+    if !spec
+        .manifest
+        .permissions
+        .env
+        .iter()
+        .any(|name| name == "HOME")
+    {
+        cmd.env("HOME", home);
+    }
 
     let child = cmd
         .spawn()
@@ -148,6 +176,29 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         socket,
         sandbox,
     })
+}
+
+/// Reaps, once per record dir and host process, the cgroups a killed earlier incarnation of the
+/// host left (`reap_leftovers` never touches those of a running host).
+fn reap_once(records: &Path) {
+    static DONE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done
+        .get_or_insert_with(HashSet::new)
+        .insert(records.to_owned())
+    {
+        // Best effort: a failure here must not keep the plugin from starting.
+        match plugd_sandbox::reap_leftovers(records) {
+            Ok(r) if r.cgroups_removed > 0 => tracing::warn!(
+                "Reaped {} cgroups ({} processes) left by a killed earlier host in `{}`",
+                r.cgroups_removed,
+                r.processes_killed,
+                records.display()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("Cannot reap leftovers in `{}`: {e}", records.display()),
+        }
+    }
 }
 
 /// The sandbox policy for one child, from its manifest's permissions and limits.
@@ -178,6 +229,16 @@ fn sandbox_policy(
     policy.memory_bytes = Some(manifest.limits.memory);
     policy.cpu_time = Some(manifest.limits.cpu);
     policy.pids_max = Some(sandbox.pids_max);
+    policy.cpu_quota = sandbox.cpu_quota;
+    policy.disk_bytes = sandbox.disk_bytes;
+    policy.home = sandbox.home.clone();
+    policy.uid_table = sandbox.uid_table.clone();
+    // The host keeps data dirs in `STATE/data/<name>`; records go to `STATE/sandbox`.
+    policy.record_dir = spec
+        .data_dir
+        .parent()
+        .and_then(Path::parent)
+        .map(|state| state.join("sandbox"));
     policy.parent_death_signal = Some(libc::SIGKILL);
     if sandbox.strict {
         policy.required = Layer::ALL.to_vec();
