@@ -370,3 +370,78 @@ async fn dropping_the_host_without_shutdown_frees_it() {
     })
     .await;
 }
+
+const RESIZE: &str = r#"
+[[actions]]
+name = "resize"
+[actions.input]
+type = "object"
+required = ["width"]
+properties = { width = { type = "integer", minimum = 1 }, mode = { enum = ["fit", "fill"] } }
+[[actions]]
+name = "wait"
+"#;
+
+#[tokio::test]
+async fn the_host_enforces_input_schemas_and_the_declared_actions() {
+    let f = Fixture::new();
+    f.fake_plugin("img", "1.0.0", &[], RESIZE);
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let ok = call(&host, "img", "resize", r#"{"width": 3, "mode": "fit"}"#).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let err = call(&host, "img", "resize", r#"{"width": 0, "mode": "zoom"}"#)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_payload");
+    assert_eq!(
+        err.to_string(),
+        "Plugin `img` rejected the payload for `resize`: `/mode`: \"zoom\" is not one of \"fit\" or \"fill\"; `/width`: 0 is less than the minimum of 1"
+    );
+    let err = call(&host, "img", "resize", "{}").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`/`: \"width\" is a required property"),
+        "{err}"
+    );
+    // Not declared: does not exist, whatever the code has.
+    let err = call(&host, "img", "echo", "{}").await.unwrap_err();
+    assert_eq!(err.code(), "action_not_found");
+}
+
+#[tokio::test]
+async fn code_that_lacks_a_declared_action_does_not_start() {
+    let f = Fixture::new();
+    f.fake_plugin("img", "1.0.0", &[], RESIZE);
+    f.fake_plugin("extra", "1.0.0", &[], RESIZE);
+    let script = Script::new();
+    script
+        .announce
+        .lock()
+        .insert("img".into(), vec!["wait".into()]);
+    script.announce.lock().insert(
+        "extra".into(),
+        vec!["wait".into(), "resize".into(), "secret".into()],
+    );
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let img = info(&host, "img");
+    assert_eq!(img.state, PluginState::Failed);
+    assert_eq!(
+        img.reason.unwrap(),
+        "Plugin `img` declares `resize` in `plugin.toml`, but its code does not implement it; hint: add a handler for each declared action or remove it from `[[actions]]`"
+    );
+    assert_eq!(info(&host, "extra").state, PluginState::Running);
+    assert!(
+        log_text(&host, "extra")
+            .contains("implements `secret`, which `plugin.toml` does not declare")
+    );
+    assert_eq!(
+        call(&host, "extra", "secret", "{}")
+            .await
+            .unwrap_err()
+            .code(),
+        "action_not_found"
+    );
+}

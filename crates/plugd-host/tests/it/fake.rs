@@ -38,6 +38,8 @@ pub struct Script {
     pub events: Mutex<HashMap<String, Vec<(String, String, String)>>>,
     /// Instances stopped, as `name@version#n`.
     pub stopped: Mutex<Vec<String>>,
+    /// Actions an instance of `name` announces (none: it announces nothing).
+    pub announce: Mutex<HashMap<String, Vec<String>>>,
     /// Instances dropped (freed by the host).
     pub dropped: AtomicUsize,
     /// Emit errors plugins saw, per plugin.
@@ -55,6 +57,7 @@ impl Script {
             events: Default::default(),
             stopped: Default::default(),
             dropped: Default::default(),
+            announce: Default::default(),
             emit_errors: Default::default(),
             starts: Default::default(),
         })
@@ -200,7 +203,16 @@ impl Instance for FakeInstance {
     }
 
     fn actions(&self) -> Vec<ActionInfo> {
-        Vec::new()
+        let announce = self.script.announce.lock();
+        announce
+            .get(&self.name)
+            .into_iter()
+            .flatten()
+            .map(|a| ActionInfo {
+                name: plugd_manifest::ActionName::new(a).unwrap(),
+                description: String::new(),
+            })
+            .collect()
     }
 
     fn status(&self) -> InstanceStatus {
