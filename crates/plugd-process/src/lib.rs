@@ -49,8 +49,17 @@ pub struct SandboxConfig {
     pub strict: bool,
     /// Read-only paths every child needs besides its package (interpreters, libraries, the SDK).
     pub read_paths: Vec<PathBuf>,
-    /// Largest number of processes and threads per child.
+    /// Largest number of processes and threads per child (the pids cgroup).
     pub pids_max: u64,
+    /// CPU bandwidth of each child as a fraction of one core (cgroup CPU quota).
+    pub cpu_quota: Option<f64>,
+    /// Data-dir quota per plugin: no file may grow past it (`RLIMIT_FSIZE`); the host measures
+    /// the whole dir with `plugd_sandbox::dir_usage`.
+    pub disk_bytes: Option<u64>,
+    /// `HOME` of every child: a fresh tmpfs inside its mount namespace, never the data dir.
+    pub home: PathBuf,
+    /// The machine-wide uid allocation table (shared by every plugd process on the machine).
+    pub uid_table: PathBuf,
 }
 
 impl Default for SandboxConfig {
@@ -70,6 +79,10 @@ impl Default for SandboxConfig {
             .map(PathBuf::from)
             .collect(),
             pids_max: 64,
+            cpu_quota: Some(1.0),
+            disk_bytes: Some(1 << 30),
+            home: PathBuf::from(plugd_sandbox::DEFAULT_HOME),
+            uid_table: PathBuf::from(plugd_sandbox::DEFAULT_UID_TABLE),
         }
     }
 }
