@@ -2,15 +2,13 @@
 //!
 //! Run: `cargo run --release -p plugd-wasm --example bench` (numbers in `bench/wasm/README.md`).
 
-#[path = "../tests/it/guest.rs"]
-mod guest;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugd_manifest::{ActionName, Manifest};
 use plugd_runtime::{Instance, InstanceSpec, Invocation, NullHost};
+use plugd_wasm::test_guest::TestGuest;
 use plugd_wasm::{InstanceReuse, WasmConfig, WasmInstance, WasmRuntime};
 use serde_json::value::RawValue;
 
@@ -78,7 +76,7 @@ async fn start(runtime: &WasmRuntime, spec: InstanceSpec) -> Arc<WasmInstance> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let root = tempfile::tempdir().unwrap();
-    let wasm = guest::component("0.1.0");
+    let wasm = TestGuest::new("0.1.0").component();
     println!(
         "guest component: {} bytes; payload {} bytes",
         wasm.len(),

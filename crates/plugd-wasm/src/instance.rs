@@ -9,16 +9,15 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use plugd_manifest::{ActionName, PluginName};
 use plugd_runtime::{
-    ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel, LogSource,
-    Outcome, RuntimeError,
+    ActionInfo, CallPermit, CallSlots, HostCalls, Instance, InstanceSpec, InstanceStatus,
+    Invocation, LogLevel, LogSource, Outcome, RuntimeError,
 };
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use crate::bindings::{GuestError, Plugin, State};
+use crate::bindings::{Exports, GuestError, State};
 use crate::limits::Limiter;
 use crate::stdio::LogStream;
 use crate::{Code, Inner, InstanceReuse};
@@ -42,7 +41,7 @@ struct Shared {
     handle: tokio::runtime::Handle,
     idle: Mutex<Vec<Ready>>,
     max_idle: usize,
-    concurrency: Arc<Semaphore>,
+    slots: CallSlots,
     actions: Vec<ActionInfo>,
     stopped: AtomicBool,
     faults: AtomicU64,
@@ -52,7 +51,7 @@ struct Shared {
 /// One instantiated component in its own store.
 struct Ready {
     store: Store<State>,
-    plugin: Plugin,
+    exports: Exports,
 }
 
 /// A ready instance taken for one call, with how its budget was set.
@@ -96,7 +95,7 @@ impl WasmInstance {
             }
             InstanceReuse::Fresh => 0,
         };
-        let concurrency = spec.manifest.limits.concurrency.max(1) as usize;
+        let slots = CallSlots::new(plugin.clone(), spec.manifest.limits.concurrency as usize);
         let mut shared = Shared {
             inner,
             code,
@@ -105,7 +104,7 @@ impl WasmInstance {
             handle,
             idle: Mutex::new(Vec::new()),
             max_idle,
-            concurrency: Arc::new(Semaphore::new(concurrency)),
+            slots,
             actions: Vec::new(),
             stopped: AtomicBool::new(false),
             faults: AtomicU64::new(0),
@@ -113,6 +112,30 @@ impl WasmInstance {
             spec,
         };
         let timeout = shared.spec.manifest.limits.call_timeout;
+        // `on-start` (when exported) runs on the first instance, before anything else.
+        let ctx = CallCtx {
+            action: "on-start",
+            timeout,
+            started: Instant::now(),
+        };
+        if shared.code.indices.has_lifecycle() {
+            let started = match shared.lease(&ctx).await {
+                Ok(mut lease) => {
+                    let ready = &mut lease.ready;
+                    let answer = ready.exports.on_start(&mut ready.store).await;
+                    match shared.give_back(&ctx, lease, answer) {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(format!("`on-start` failed: {} ({})", e.message, e.code)),
+                        Err(e) => Err(format!("`on-start` failed: {e}")),
+                    }
+                }
+                Err(e) => Err(format!("`on-start` failed: {e}")),
+            };
+            started.map_err(|reason| RuntimeError::StartFailed {
+                plugin: plugin.clone(),
+                reason,
+            })?;
+        }
         let ctx = CallCtx {
             action: "describe",
             timeout,
@@ -121,11 +144,7 @@ impl WasmInstance {
         let described = match shared.lease(&ctx).await {
             Ok(mut lease) => {
                 let ready = &mut lease.ready;
-                let answer = ready
-                    .plugin
-                    .plugd_plugin_guest()
-                    .call_describe(&mut ready.store)
-                    .await;
+                let answer = ready.exports.describe(&mut ready.store).await;
                 shared.give_back(&ctx, lease, answer)
             }
             Err(e) => Err(e),
@@ -148,17 +167,15 @@ impl WasmInstance {
     /// future is driven here with [`tokio::runtime::Handle::block_on`] on the runtime the plugin
     /// was started on (host requests need it).
     ///
-    /// Returns `LimitExceeded { limit: "concurrency" }` at once when every slot is taken.
+    /// Waits for a concurrency slot like [`Instance::call`] (the wait counts against the
+    /// call's timeout; none in time is [`RuntimeError::Overloaded`]).
     pub fn call_blocking(&self, invocation: &Invocation) -> Result<Outcome, RuntimeError> {
         let shared = &self.shared;
-        shared.check_running()?;
-        let _permit = shared
-            .concurrency
-            .try_acquire()
-            .map_err(|_| shared.concurrency_error())?;
-        shared
-            .handle
-            .block_on(shared.call(invocation, Instant::now()))
+        let started = Instant::now();
+        shared.handle.block_on(async {
+            let _permit = shared.acquire(shared.timeout(invocation)).await?;
+            shared.call(invocation, started).await
+        })
     }
 
     /// How many ready instances are kept for the next calls.
@@ -210,9 +227,8 @@ impl Instance for WasmInstance {
             let mut lease = shared.lease(&ctx).await?;
             let ready = &mut lease.ready;
             let answer = ready
-                .plugin
-                .plugd_plugin_guest()
-                .call_on_event(&mut ready.store, topic, payload.get())
+                .exports
+                .on_event(&mut ready.store, topic, payload.get())
                 .await;
             shared.give_back(&ctx, lease, answer)
         };
@@ -266,12 +282,44 @@ impl Instance for WasmInstance {
         }
     }
 
-    async fn stop(&self, _grace: Duration) {
+    async fn stop(&self, grace: Duration) {
+        let shared = &self.shared;
         // A wasm instance holds no outside resources: dropping the stores is the whole stop.
         // Calls already running finish (their deadline bounds them) and are then dropped.
-        self.shared.stopped.store(true, Ordering::Release);
-        self.shared.concurrency.close();
-        self.shared
+        if shared.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if shared.code.indices.has_lifecycle() {
+            let ctx = CallCtx {
+                action: "on-stop",
+                timeout: grace,
+                started: Instant::now(),
+            };
+            let hook = async {
+                let mut lease = shared.lease(&ctx).await?;
+                let ready = &mut lease.ready;
+                let answer = ready.exports.on_stop(&mut ready.store).await;
+                shared.give_back(&ctx, lease, answer)
+            };
+            let done = AssertUnwindSafe(hook).catch_unwind().await;
+            // The plugin stops either way; a failed hook is worth a line in its log.
+            let failed = match done {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!(
+                    "it panicked in the runtime: {}",
+                    panic_message(&panic)
+                )),
+            };
+            if let Some(reason) = failed {
+                shared.host.log(
+                    LogSource::Runtime,
+                    LogLevel::Warn,
+                    &format!("`on-stop` of plugin `{}` failed: {reason}", shared.plugin),
+                );
+            }
+        }
+        shared
             .idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -279,23 +327,94 @@ impl Instance for WasmInstance {
     }
 }
 
-impl Shared {
-    /// Waits for a concurrency slot; the wait counts against the call's timeout.
-    async fn acquire(
+impl WasmInstance {
+    /// Runs the task `task` with `payload` on a component that exports
+    /// `plugd:plugin/tasks@0.2.0`, like a call: a concurrency slot, the call's deadline and
+    /// limits (`timeout`, else `limits.call_timeout`), the same fault mapping. A component
+    /// without `tasks` is refused.
+    pub async fn run_task(
         &self,
-        timeout: Duration,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, RuntimeError> {
-        self.check_running()?;
-        match self.concurrency.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
-            Err(tokio::sync::TryAcquireError::Closed) => Err(self.not_running()),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                tokio::time::timeout(timeout, self.concurrency.clone().acquire_owned())
-                    .await
-                    .map_err(|_| self.concurrency_error())?
-                    .map_err(|_| self.not_running())
-            }
+        task: &str,
+        payload: &RawValue,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome, RuntimeError> {
+        let shared = &self.shared;
+        if !shared.code.indices.has_tasks() {
+            return Err(RuntimeError::Refused {
+                plugin: shared.plugin.clone(),
+                reason: format!(
+                    "it cannot run task `{task}`: its component does not export `plugd:plugin/tasks@0.2.0`; hint: build it for the world `plugin-full` of `wit/plugd-0.2.wit`"
+                ),
+            });
         }
+        let started = Instant::now();
+        let timeout = timeout.unwrap_or(shared.spec.manifest.limits.call_timeout);
+        let _permit = shared.acquire(timeout).await?;
+        let ctx = CallCtx {
+            action: task,
+            timeout,
+            started,
+        };
+        let run = async {
+            let mut lease = shared.lease(&ctx).await?;
+            let ready = &mut lease.ready;
+            let answer = ready
+                .exports
+                .run_task(&mut ready.store, task, payload.get())
+                .await;
+            let answer = shared.give_back(&ctx, lease, answer)?;
+            shared.outcome(task, answer)
+        };
+        AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(shared.panicked(task, &panic)))
+    }
+
+    /// Tells a component that exports `plugd:plugin/lifecycle@0.2.0` that its settings
+    /// changed (`on-params-changed`); its error is the caller's (e.g. settings it rejects).
+    /// Nothing to do for other components. Instances made afterwards still see the settings
+    /// they were started with in `PLUGD_PARAMS`.
+    pub async fn params_changed(&self, params: &serde_json::Value) -> Result<(), RuntimeError> {
+        let shared = &self.shared;
+        if !shared.code.indices.has_lifecycle() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let timeout = shared.spec.manifest.limits.call_timeout;
+        let _permit = shared.acquire(timeout).await?;
+        let ctx = CallCtx {
+            action: "on-params-changed",
+            timeout,
+            started,
+        };
+        let params = params.to_string();
+        let run = async {
+            let mut lease = shared.lease(&ctx).await?;
+            let ready = &mut lease.ready;
+            let answer = ready
+                .exports
+                .on_params_changed(&mut ready.store, &params)
+                .await;
+            let answer = shared.give_back(&ctx, lease, answer)?;
+            answer.map_err(|e| shared.guest_error(ctx.action, e))
+        };
+        AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(shared.panicked(ctx.action, &panic)))
+    }
+}
+
+impl Shared {
+    /// Waits for a concurrency slot (the shared policy of every runtime: the wait counts against
+    /// the call's timeout; no slot in time is `Overloaded`). A call that got its slot after a
+    /// stop is refused by [`Shared::call`]'s own check.
+    async fn acquire(&self, timeout: Duration) -> Result<CallPermit, RuntimeError> {
+        self.check_running()?;
+        let permit = self.slots.acquire(timeout).await?;
+        self.check_running()?;
+        Ok(permit)
     }
 
     fn timeout(&self, invocation: &Invocation) -> Duration {
@@ -318,26 +437,34 @@ impl Shared {
         let mut lease = self.lease(&ctx).await?;
         let ready = &mut lease.ready;
         let answer = ready
-            .plugin
-            .plugd_plugin_guest()
-            .call_call(
+            .exports
+            .call(
                 &mut ready.store,
                 invocation.action.as_str(),
                 invocation.payload.get(),
             )
             .await;
         let answer = self.give_back(&ctx, lease, answer)?;
+        self.outcome(ctx.action, answer)
+    }
+
+    /// A guest's `result<string, error>` as the caller's outcome.
+    fn outcome(
+        &self,
+        action: &str,
+        answer: Result<String, GuestError>,
+    ) -> Result<Outcome, RuntimeError> {
         match answer {
             Ok(text) => match RawValue::from_string(text) {
                 Ok(result) => Ok(Outcome { result }),
                 Err(e) => Err(RuntimeError::ActionFailed {
                     plugin: self.plugin.clone(),
-                    action: ctx.action.to_owned(),
+                    action: action.to_owned(),
                     message: format!("the result is not JSON: {e}"),
                     code: Some("bad_result".to_owned()),
                 }),
             },
-            Err(error) => Err(self.guest_error(&invocation.action, error)),
+            Err(error) => Err(self.guest_error(action, error)),
         }
     }
 
@@ -362,6 +489,7 @@ impl Shared {
         // early, at most a tick late.
         state.stop = now + budget;
         state.limiter.denied = false;
+        state.stderr.clear_tail();
         ready.store.set_epoch_deadline(1);
         Ok(Lease {
             ready,
@@ -390,23 +518,28 @@ impl Shared {
             }
             Err(error) => {
                 let denied = ready.store.data().limiter.denied;
+                let stderr = ready.store.data().stderr.tail();
                 drop(ready);
-                Err(self.fault(ctx, &error, denied, cpu_bound))
+                Err(self.fault(ctx, &error, denied, cpu_bound, &stderr))
             }
         }
     }
 
     async fn instantiate(&self, deadline: Instant) -> Result<Ready, RuntimeError> {
         let spec = &self.spec;
-        let wasi = self.wasi().map_err(|reason| RuntimeError::StartFailed {
-            plugin: self.plugin.clone(),
-            reason,
-        })?;
+        let stderr = LogStream::new(self.host.clone(), LogSource::Stderr);
+        let wasi = self
+            .wasi(stderr.clone())
+            .map_err(|reason| RuntimeError::StartFailed {
+                plugin: self.plugin.clone(),
+                reason,
+            })?;
         let state = State {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter::new(spec.manifest.limits.memory),
             host: self.host.clone(),
+            stderr,
             deadline,
             // Instantiation runs the component's start functions: give them the call's budget.
             stop: deadline,
@@ -427,14 +560,20 @@ impl Shared {
         });
         store.set_epoch_deadline(1);
         match self.code.pre.instantiate_async(&mut store).await {
-            Ok(plugin) => Ok(Ready { store, plugin }),
+            Ok(instance) => {
+                let exports = self.code.indices.load(&mut store, &instance).map_err(|e| {
+                    RuntimeError::StartFailed {
+                        plugin: self.plugin.clone(),
+                        reason: format!("the component's exports do not match: {}", e.root_cause()),
+                    }
+                })?;
+                Ok(Ready { store, exports })
+            }
             Err(e) => {
-                let denied = store.data().limiter.denied;
-                let message = e.root_cause().to_string();
-                if denied {
+                if store.data().limiter.denied {
                     return Err(self.memory_error());
                 }
-                if message.contains("concurrent") && message.contains("limit") {
+                if e.is::<wasmtime::PoolConcurrencyLimitError>() {
                     return Err(RuntimeError::LimitExceeded {
                         plugin: self.plugin.clone(),
                         limit: "instances".to_owned(),
@@ -446,17 +585,17 @@ impl Shared {
                 }
                 Err(RuntimeError::StartFailed {
                     plugin: self.plugin.clone(),
-                    reason: format!("instantiating the component failed: {message}"),
+                    reason: format!("instantiating the component failed: {}", e.root_cause()),
                 })
             }
         }
     }
 
-    fn wasi(&self) -> Result<wasmtime_wasi::WasiCtx, String> {
+    fn wasi(&self, stderr: LogStream) -> Result<wasmtime_wasi::WasiCtx, String> {
         let spec = &self.spec;
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(LogStream::new(self.host.clone(), LogSource::Stdout))
-            .stderr(LogStream::new(self.host.clone(), LogSource::Stderr));
+            .stderr(stderr);
         wasi.env("PLUGD_DATA_DIR", "/data")
             .env("PLUGD_PARAMS", spec.params.to_string());
         for name in &spec.manifest.permissions.env {
@@ -488,6 +627,7 @@ impl Shared {
         error: &wasmtime::Error,
         memory_denied: bool,
         cpu_bound: bool,
+        stderr: &[String],
     ) -> RuntimeError {
         self.faults.fetch_add(1, Ordering::Relaxed);
         let interrupted = error.downcast_ref::<Trap>() == Some(&Trap::Interrupt);
@@ -502,10 +642,16 @@ impl Shared {
         } else if memory_denied {
             self.memory_error()
         } else {
-            let message = match error.downcast_ref::<Trap>() {
+            let mut message = match error.downcast_ref::<Trap>() {
                 Some(trap) => trap.to_string(),
                 None => error.root_cause().to_string(),
             };
+            // A guest language runtime (Python, JS) prints the uncaught exception to stderr
+            // and then traps: its last lines say what the trap alone cannot.
+            if !stderr.is_empty() {
+                message.push_str("; the guest's stderr ended with: ");
+                message.push_str(&stderr.join(" | "));
+            }
             RuntimeError::ActionFailed {
                 plugin: self.plugin.clone(),
                 action: ctx.action.to_owned(),
@@ -522,9 +668,23 @@ impl Shared {
         mapped
     }
 
-    fn guest_error(&self, action: &ActionName, error: GuestError) -> RuntimeError {
+    fn guest_error(&self, action: &str, error: GuestError) -> RuntimeError {
         let plugin = self.plugin.clone();
-        let action = action.as_str().to_owned();
+        let action = action.to_owned();
+        if let Some(status @ 400..=499) = error.status {
+            return RuntimeError::ClientError {
+                plugin,
+                action,
+                code: error.code,
+                message: error.message,
+                // 401 and 403 will mean authentication; a plugin may not answer them.
+                status: if matches!(status, 401 | 403) {
+                    400
+                } else {
+                    status
+                },
+            };
+        }
         match error.code.as_str() {
             "unknown_action" => RuntimeError::UnknownAction { plugin, action },
             "bad_payload" => RuntimeError::BadPayload {
@@ -541,6 +701,16 @@ impl Shared {
         }
     }
 
+    fn panicked(&self, action: &str, panic: &Box<dyn std::any::Any + Send>) -> RuntimeError {
+        RuntimeError::Crashed {
+            plugin: self.plugin.clone(),
+            reason: format!(
+                "`{action}` panicked in the runtime: {}",
+                panic_message(panic)
+            ),
+        }
+    }
+
     fn timeout_error(&self, ctx: &CallCtx<'_>) -> RuntimeError {
         RuntimeError::Timeout {
             plugin: self.plugin.clone(),
@@ -554,14 +724,6 @@ impl Shared {
             plugin: self.plugin.clone(),
             limit: "memory".to_owned(),
             hint: Some("raise `limits.memory` in `plugin.toml`".to_owned()),
-        }
-    }
-
-    fn concurrency_error(&self) -> RuntimeError {
-        RuntimeError::LimitExceeded {
-            plugin: self.plugin.clone(),
-            limit: "concurrency".to_owned(),
-            hint: Some("raise `limits.concurrency` in `plugin.toml`".to_owned()),
         }
     }
 

@@ -1,10 +1,19 @@
 //! The plugd WebAssembly runtime: wasmtime components behind the [`plugd_runtime`] boundary.
 //!
-//! A wasm plugin is a component targeting the world `plugin` of `wit/plugd.wit`
+//! A wasm plugin is a component targeting the world `plugin` (or `plugin-full`) of
+//! `wit/plugd-0.2.wit` (`plugd:plugin@0.2.0`), or the world `plugin` of `wit/plugd.wit`
 //! (`plugd:plugin@0.1.0`). [`WasmRuntime`] implements [`Runtime`] for
 //! [`RuntimeKind::Wasm`] manifests.
 //!
 //! # Decisions
+//! - **Two worlds, one linker**: the imports of 0.1 and 0.2 are both linked (their names carry
+//!   the version); the version a component targets is read from its import and export names
+//!   before linking, and any other version is refused naming both. A 0.2 error may carry a
+//!   status: 400..=499 is the caller's fault ([`RuntimeError::ClientError`], 401/403 become
+//!   400). `lifecycle` and `tasks` are optional exports of 0.2, looked up on their own:
+//!   `on-start` runs once on the first instance (its error fails the start), `on-stop` once at
+//!   stop (within the grace period), `on-params-changed` through
+//!   [`WasmInstance::params_changed`], `run-task` through [`WasmInstance::run_task`].
 //! - **One engine per runtime**, with the pooling allocator (instantiation is a few
 //!   microseconds) and epoch interruption: a background thread ticks the epoch every
 //!   [`WasmConfig::epoch_tick`]; at each tick a running call checks its stop time,
@@ -14,7 +23,9 @@
 //!   smaller of the two).
 //! - **Compiled code is cached on disk** under [`WasmConfig::cache_dir`] (see `cache.rs`), and
 //!   shared in memory between plugins whose component bytes are identical: one `InstancePre`
-//!   per distinct component.
+//!   per distinct component. Compilation runs on blocking threads, one cell per digest: starts
+//!   of the same bytes wait for one compilation, starts of different components compile in
+//!   parallel (at most one per core at a time; the rest wait for a turn).
 //! - **Instances are pooled by default** ([`InstanceReuse::Pooled`]): a call takes a ready
 //!   instance or instantiates one, and gives it back when it returns normally. An instance
 //!   whose call trapped, timed out or hit a limit is dropped, never reused; the next call gets
@@ -25,12 +36,16 @@
 //!   every call (measured in `bench/wasm`).
 //! - **Limits**: `limits.memory` bounds the linear memories of each instance (a refused growth
 //!   that ends the call in a trap is reported as `LimitExceeded { limit: "memory" }`);
-//!   `limits.concurrency` bounds calls in flight: a call waits for a slot, and the wait counts
-//!   against its timeout (the same policy as the process runtime).
+//!   `limits.concurrency` bounds calls in flight through [`plugd_runtime::CallSlots`], the
+//!   policy shared with the process runtime: a call waits for a slot, the wait counts against
+//!   its timeout, and a call that gets no slot in time is `Overloaded` (429).
 //! - **Capabilities** (WASI 0.2): the data dir is preopened read-write as `/data`, each
 //!   `permissions.fs_read` directory read-only as `/package/<path>`; the environment holds only
 //!   the listed variables plus `PLUGD_DATA_DIR=/data` and `PLUGD_PARAMS` (the settings as JSON);
-//!   stdout and stderr go line by line to [`HostCalls::log`]. There is no network: a manifest
+//!   stdout and stderr go line by line to [`HostCalls::log`] (a line is kept up to
+//!   [`plugd_runtime::MAX_LOG_LINE`] bytes, the rest dropped; the host caps, rate-limits and
+//!   escapes every log source), and the last stderr lines of an instance are added to the
+//!   message of a trap in it (a Python or JS runtime prints the uncaught exception there). There is no network: a manifest
 //!   with `permissions.net_connect` is refused at start, and sockets deny every address.
 //! - **Calls run inline on the caller's task, as wasmtime async calls** (`call_async`: the guest
 //!   runs on a fiber stack from the pool, polled by the caller's future). There is no thread
@@ -49,6 +64,9 @@ mod cache;
 mod instance;
 mod limits;
 mod stdio;
+#[cfg(feature = "test-guest")]
+#[doc(hidden)]
+pub mod test_guest;
 #[cfg(test)]
 mod tests;
 
@@ -62,15 +80,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use plugd_manifest::{PluginName, RuntimeKind};
 use plugd_runtime::{HostCalls, Instance, InstanceSpec, Runtime, RuntimeError};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, InstancePre, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::{PluginPre, State};
+use crate::bindings::{Indices, State, VERSIONS};
 use crate::cache::ContentDigest;
 pub use crate::instance::WasmInstance;
 
-/// The `plugd:plugin` package version this host speaks.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The newest `plugd:plugin` package version this host speaks (`wit/plugd-0.2.wit`); it also
+/// runs components built for `0.1.0` (`wit/plugd.wit`).
+pub const WIT_VERSION: &str = "0.2.0";
 const WIT_PACKAGE: &str = "plugd:plugin";
 
 /// How the runtime is set up.
@@ -142,6 +161,9 @@ pub enum WasmError {
     /// wasmtime refused the configuration.
     #[error("Could not set up the wasm engine: {0}")]
     Engine(String),
+    /// The thread that advances the epoch could not be started (without it no deadline fires).
+    #[error("Could not start the wasm epoch thread: {0}")]
+    EpochThread(io::Error),
     /// The cache directory could not be created.
     #[error("Could not create the compiled-code cache `{path}`: {source}")]
     CacheDir {
@@ -163,21 +185,38 @@ pub(crate) struct Inner {
     linker: Linker<State>,
     pub(crate) config: WasmConfig,
     engine_key: String,
-    /// Compiled code by content digest, shared while some instance uses it.
-    codes: Mutex<HashMap<ContentDigest, Weak<Code>>>,
+    /// Compiled code by content digest, shared while some instance uses it. One cell per
+    /// digest: the first start of a component compiles it, concurrent starts of the same bytes
+    /// wait for that one, and starts of other components compile meanwhile.
+    codes: Mutex<HashMap<ContentDigest, CodeCell>>,
+    /// Compilations running at once (one per core: a compilation is single-threaded).
+    /// Starts beyond it wait here for a turn.
+    compile_slots: tokio::sync::Semaphore,
     compiled: AtomicU64,
     loaded: AtomicU64,
     shared: AtomicU64,
 }
 
+type CodeCell = Arc<tokio::sync::OnceCell<Weak<Code>>>;
+
 /// One compiled component, linked and ready to instantiate.
 pub(crate) struct Code {
-    pub(crate) pre: PluginPre<State>,
+    pub(crate) pre: InstancePre<State>,
+    /// Its exports, in the world it targets.
+    pub(crate) indices: Indices,
 }
 
 impl WasmRuntime {
     /// Sets up the engine, the linker and the cache directory, and starts the epoch ticker.
     pub fn new(config: WasmConfig) -> Result<WasmRuntime, WasmError> {
+        WasmRuntime::with_ticker(config, std::thread::Builder::new())
+    }
+
+    /// [`WasmRuntime::new`] with the epoch thread built by `ticker` (tests make it fail).
+    fn with_ticker(
+        config: WasmConfig,
+        ticker: std::thread::Builder,
+    ) -> Result<WasmRuntime, WasmError> {
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances.max(1);
         let max_memory = usize::try_from(config.max_memory_size).unwrap_or(usize::MAX);
@@ -204,7 +243,13 @@ impl WasmRuntime {
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        bindings::Plugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+        // Both worlds' imports: their names carry the version, so they do not collide.
+        bindings::v01::Plugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        bindings::v02::PluginFull::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
             &mut linker,
             |state| state,
         )
@@ -221,11 +266,14 @@ impl WasmRuntime {
             config,
             engine_key,
             codes: Mutex::new(HashMap::new()),
+            compile_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             shared: AtomicU64::new(0),
         });
-        spawn_ticker(&inner);
+        spawn_ticker(&inner, ticker).map_err(WasmError::EpochThread)?;
         Ok(WasmRuntime { inner })
     }
 
@@ -264,18 +312,9 @@ impl WasmRuntime {
                     .to_owned(),
             });
         };
-        let inner = self.inner.clone();
         let handle = tokio::runtime::Handle::current();
         let path = spec.package_dir.join(&entry);
-        let code = {
-            let name = plugin.clone();
-            tokio::task::spawn_blocking(move || inner.code_for(&name, &path, &entry))
-                .await
-                .map_err(|e| RuntimeError::StartFailed {
-                    plugin: plugin.clone(),
-                    reason: format!("compiling panicked: {e}"),
-                })??
-        };
+        let code = self.inner.code_for(&plugin, path, entry).await?;
         WasmInstance::start(self.inner.clone(), code, spec, host, handle).await
     }
 }
@@ -297,48 +336,126 @@ impl Runtime for WasmRuntime {
 }
 
 impl Inner {
-    /// Reads, checks, compiles (or loads) and links the component at `path`.
-    fn code_for(
-        &self,
+    /// Reads the component at `path` and returns its linked code: shared with a running plugin
+    /// of the same bytes, or compiled (or loaded from the cache) on a blocking thread.
+    async fn code_for(
+        self: &Arc<Self>,
         plugin: &PluginName,
-        path: &std::path::Path,
+        path: PathBuf,
+        entry: String,
+    ) -> Result<Arc<Code>, RuntimeError> {
+        let panicked = |e: tokio::task::JoinError| RuntimeError::StartFailed {
+            plugin: plugin.clone(),
+            reason: format!("compiling `{entry}` panicked: {e}"),
+        };
+        // Read once: the digest, the cache key and the compiled code all come from these bytes.
+        let read = {
+            let (plugin, entry) = (plugin.clone(), entry.clone());
+            tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path).map_err(|e| RuntimeError::StartFailed {
+                    plugin,
+                    reason: format!("cannot read `{entry}`: {e}; hint: build the component first"),
+                })?;
+                let digest = cache::digest(&bytes);
+                Ok::<_, RuntimeError>((bytes, digest))
+            })
+        };
+        let (bytes, digest) = read.await.map_err(panicked)??;
+        let bytes = Arc::new(bytes);
+        // A cell whose code was dropped between our lookup and our upgrade is replaced; one more
+        // round then compiles. Bounded: each round either returns or replaces a dead cell.
+        for _ in 0..3 {
+            let cell = self.cell(&digest);
+            let mut made = None;
+            let weak = cell
+                .get_or_try_init(|| async {
+                    let code = self.compile(plugin, &bytes, digest, &entry).await?;
+                    let weak = Arc::downgrade(&code);
+                    made = Some(code);
+                    Ok::<_, RuntimeError>(weak)
+                })
+                .await?;
+            if let Some(code) = made {
+                return Ok(code);
+            }
+            if let Some(code) = weak.upgrade() {
+                self.shared.fetch_add(1, Ordering::Relaxed);
+                return Ok(code);
+            }
+            let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
+            if codes.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                codes.remove(&digest);
+            }
+        }
+        self.compile(plugin, &bytes, digest, &entry).await
+    }
+
+    /// The cell of `digest`: the live one, or a new one in place of a missing or dead one.
+    fn cell(&self, digest: &ContentDigest) -> CodeCell {
+        let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
+        let live = |cell: &CodeCell| match cell.get() {
+            // Still compiling: wait for it.
+            None => true,
+            Some(weak) => weak.strong_count() > 0,
+        };
+        if let Some(cell) = codes.get(digest).filter(|c| live(c)) {
+            return cell.clone();
+        }
+        codes.retain(|_, cell| live(cell));
+        let cell = CodeCell::default();
+        codes.insert(*digest, cell.clone());
+        cell
+    }
+
+    /// Compiles (or loads), checks and links one component on a blocking thread, waiting for
+    /// a compile slot first.
+    async fn compile(
+        self: &Arc<Self>,
+        plugin: &PluginName,
+        bytes: &Arc<Vec<u8>>,
+        digest: ContentDigest,
         entry: &str,
     ) -> Result<Arc<Code>, RuntimeError> {
-        // Read once: the digest, the cache key and the compiled code all come from these bytes.
-        let bytes = std::fs::read(path).map_err(|e| RuntimeError::StartFailed {
-            plugin: plugin.clone(),
-            reason: format!("cannot read `{entry}`: {e}; hint: build the component first"),
-        })?;
-        let digest = cache::digest(&bytes);
-        let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(code) = codes.get(&digest).and_then(Weak::upgrade) {
-            self.shared.fetch_add(1, Ordering::Relaxed);
-            return Ok(code);
-        }
-        // Compiling under the lock means two starts of one component compile it once.
-        let component = self.component(plugin, &bytes, &digest, entry)?;
-        check_world(plugin, entry, &component, &self.engine)?;
+        // The semaphore is never closed.
+        let _slot = self.compile_slots.acquire().await.ok();
+        let (inner, bytes) = (self.clone(), bytes.clone());
+        let (name, entry_owned) = (plugin.clone(), entry.to_owned());
+        tokio::task::spawn_blocking(move || inner.link(&name, &bytes, &digest, &entry_owned))
+            .await
+            .map_err(|e| RuntimeError::StartFailed {
+                plugin: plugin.clone(),
+                reason: format!("compiling `{entry}` panicked: {e}"),
+            })?
+    }
+
+    /// Compiles (or loads), checks and links the component `bytes`.
+    fn link(
+        &self,
+        plugin: &PluginName,
+        bytes: &[u8],
+        digest: &ContentDigest,
+        entry: &str,
+    ) -> Result<Arc<Code>, RuntimeError> {
+        let component = self.component(plugin, bytes, digest, entry)?;
+        let version = check_world(plugin, entry, &component, &self.engine)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::Refused {
                 plugin: plugin.clone(),
                 reason: format!(
-                    "component `{entry}` cannot be linked: {}; hint: plugd provides WASI 0.2 (without network) and `{WIT_PACKAGE}/host@{WIT_VERSION}`",
+                    "component `{entry}` cannot be linked: {}; hint: plugd provides WASI 0.2 (without network) and `{WIT_PACKAGE}/host@{version}`",
                     e.root_cause()
                 ),
             })?;
-        let pre = PluginPre::new(pre).map_err(|e| RuntimeError::Refused {
+        let indices = Indices::new(&pre, version).map_err(|e| RuntimeError::Refused {
             plugin: plugin.clone(),
             reason: format!(
-                "component `{entry}` does not export `{WIT_PACKAGE}/guest@{WIT_VERSION}`: {}",
+                "component `{entry}` does not export `{WIT_PACKAGE}/guest@{version}`: {}",
                 e.root_cause()
             ),
         })?;
-        let code = Arc::new(Code { pre });
-        codes.retain(|_, weak| weak.strong_count() > 0);
-        codes.insert(digest, Arc::downgrade(&code));
-        Ok(code)
+        Ok(Arc::new(Code { pre, indices }))
     }
 
     fn component(
@@ -373,20 +490,21 @@ impl Inner {
     }
 }
 
-/// Refuses a component built against another version of `plugd:plugin` before linking, so the
-/// author gets a version message instead of a type mismatch.
+/// Finds the version of `plugd:plugin` the component targets (one of [`VERSIONS`]) and refuses
+/// any other before linking, so the author gets a version message instead of a type mismatch.
 fn check_world(
     plugin: &PluginName,
     entry: &str,
     component: &Component,
     engine: &Engine,
-) -> Result<(), RuntimeError> {
+) -> Result<&'static str, RuntimeError> {
     let ty = component.component_type();
     let names = ty
         .imports(engine)
         .chain(ty.exports(engine))
         .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
         .map(|(name, _)| name);
+    let mut targeted: Option<&'static str> = None;
     let mut exports_guest = false;
     for name in names {
         let Some(rest) = name
@@ -396,41 +514,53 @@ fn check_world(
             continue;
         };
         let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("");
-        if !compatible(version) {
+        let ours = VERSIONS.iter().copied().find(|v| compatible(version, v));
+        let Some(ours) = ours.filter(|v| targeted.is_none_or(|t| t == *v)) else {
             let shown = if version.is_empty() {
                 "an unversioned"
             } else {
                 version
             };
+            let speaks = VERSIONS
+                .iter()
+                .rev()
+                .map(|v| format!("`{WIT_PACKAGE}@{v}`"))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let mixed = match targeted {
+                Some(t) if ours.is_some() => format!(" mixed with `{WIT_PACKAGE}@{t}`"),
+                _ => String::new(),
+            };
             return Err(RuntimeError::Refused {
                 plugin: plugin.clone(),
                 reason: format!(
-                    "component `{entry}` targets `{WIT_PACKAGE}@{shown}`, this host speaks `{WIT_PACKAGE}@{WIT_VERSION}`; hint: rebuild the plugin against this host's `wit/plugd.wit`"
+                    "component `{entry}` targets `{WIT_PACKAGE}@{shown}`{mixed}, this host speaks {speaks}; hint: rebuild the plugin against this host's `wit/plugd-0.2.wit`"
                 ),
             });
-        }
+        };
+        targeted = Some(ours);
         if rest.starts_with("guest@") {
             exports_guest = true;
         }
     }
-    if !exports_guest {
-        return Err(RuntimeError::Refused {
+    match targeted {
+        Some(version) if exports_guest => Ok(version),
+        _ => Err(RuntimeError::Refused {
             plugin: plugin.clone(),
             reason: format!(
-                "component `{entry}` does not export `{WIT_PACKAGE}/guest@{WIT_VERSION}`; hint: build it for the world `plugin` of `wit/plugd.wit`"
+                "component `{entry}` does not export `{WIT_PACKAGE}/guest`; hint: build it for the world `plugin` of `wit/plugd-0.2.wit`"
             ),
-        });
+        }),
     }
-    Ok(())
 }
 
-/// Semver compatibility with [`WIT_VERSION`]: same major, and for `0.x` the same minor.
-fn compatible(version: &str) -> bool {
+/// Semver compatibility of `version` with `ours`: same major, and for `0.x` the same minor.
+fn compatible(version: &str, ours: &str) -> bool {
     let parse = |v: &str| -> Option<(u64, u64)> {
         let mut parts = v.split('.');
         Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     };
-    match (parse(version), parse(WIT_VERSION)) {
+    match (parse(version), parse(ours)) {
         (Some((0, minor)), Some((0, ours))) => minor == ours,
         (Some((major, _)), Some((ours, _))) => major == ours,
         _ => false,
@@ -438,20 +568,17 @@ fn compatible(version: &str) -> bool {
 }
 
 /// Advances the engine's epoch until the runtime is dropped.
-fn spawn_ticker(inner: &Arc<Inner>) {
+fn spawn_ticker(inner: &Arc<Inner>, ticker: std::thread::Builder) -> io::Result<()> {
     let weak = Arc::downgrade(inner);
     let engine = inner.engine.clone();
     let tick = inner.config.epoch_tick.max(Duration::from_micros(100));
-    let spawned = std::thread::Builder::new()
+    ticker
         .name("plugd-wasm-epoch".to_owned())
         .spawn(move || {
             while weak.strong_count() > 0 {
                 std::thread::sleep(tick);
                 engine.increment_epoch();
             }
-        });
-    if let Err(e) = spawned {
-        // Without the ticker no deadline fires; refuse nothing now, but say so loudly.
-        tracing::error!(error = %e, "Could not start the wasm epoch thread; call deadlines will not fire");
-    }
+        })
+        .map(drop)
 }

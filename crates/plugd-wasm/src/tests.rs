@@ -1,9 +1,6 @@
 //! Unit tests of how calls share the executor: a guest that never returns must not hold up the
 //! host's other work.
 
-#[path = "../tests/it/guest.rs"]
-mod guest;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +8,8 @@ use plugd_manifest::{ActionName, Manifest};
 use plugd_runtime::{Instance, InstanceSpec, Invocation, NullHost, RuntimeError};
 use serde_json::value::RawValue;
 
-use crate::{WasmConfig, WasmRuntime};
+use crate::test_guest::TestGuest;
+use crate::{WasmConfig, WasmError, WasmRuntime};
 
 fn spec(root: &std::path::Path, name: &str, wasm: &[u8]) -> InstanceSpec {
     let package_dir = root.join("packages").join(name);
@@ -44,7 +42,7 @@ fn invocation(action: &str, payload: &str, timeout: Option<Duration>) -> Invocat
 #[tokio::test(flavor = "current_thread")]
 async fn an_endless_loop_does_not_hold_up_other_calls() {
     let root = tempfile::tempdir().unwrap();
-    let wasm = guest::component("0.1.0");
+    let wasm = TestGuest::new("0.1.0").component();
     let runtime = WasmRuntime::new(WasmConfig::new(root.path().join("cache"))).unwrap();
     let looper: Arc<dyn Instance> = runtime
         .start_wasm(spec(root.path(), "looper", &wasm), Arc::new(NullHost))
@@ -85,7 +83,7 @@ async fn an_endless_loop_does_not_hold_up_other_calls() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_dropped_call_cancels_the_guest() {
     let root = tempfile::tempdir().unwrap();
-    let wasm = guest::component("0.1.0");
+    let wasm = TestGuest::new("0.1.0").component();
     let runtime = WasmRuntime::new(WasmConfig::new(root.path().join("cache"))).unwrap();
     let instance: Arc<dyn Instance> = runtime
         .start_wasm(spec(root.path(), "guest", &wasm), Arc::new(NullHost))
@@ -96,4 +94,21 @@ async fn a_dropped_call_cancels_the_guest() {
     assert!(gave_up.is_err());
     let answer = instance.call(invocation("echo", "7", None)).await.unwrap();
     assert_eq!(answer.result.get(), r#"{"value":7}"#);
+}
+
+/// Without the epoch thread no deadline would fire: the runtime refuses to exist.
+#[test]
+fn a_failed_epoch_thread_fails_the_runtime() {
+    let root = tempfile::tempdir().unwrap();
+    // A stack no machine can map makes the thread spawn fail.
+    let ticker = std::thread::Builder::new().stack_size(1 << 60);
+    let err = WasmRuntime::with_ticker(WasmConfig::new(root.path().join("cache")), ticker)
+        .err()
+        .expect("the runtime is refused");
+    assert!(matches!(err, WasmError::EpochThread(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("Could not start the wasm epoch thread: "),
+        "{err}"
+    );
 }

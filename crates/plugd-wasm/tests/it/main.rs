@@ -1,6 +1,5 @@
-//! Integration tests of the wasm runtime against a WAT guest built offline by `guest.rs`.
-
-mod guest;
+//! Integration tests of the wasm runtime against the WAT guest of `plugd_wasm::test_guest`,
+//! built offline for `plugd:plugin@0.1.0` and `@0.2.0`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,9 +11,12 @@ use plugd_runtime::{
     HostCallError, HostCalls, Instance, InstanceSpec, Invocation, LogLevel, LogSource, Progress,
     Runtime, RuntimeError,
 };
+use plugd_wasm::test_guest::TestGuest;
 use plugd_wasm::{InstanceReuse, WasmConfig, WasmRuntime};
 use serde_json::value::RawValue;
 use tempfile::TempDir;
+
+mod v02;
 
 /// Records everything the plugin asks of the host.
 #[derive(Default)]
@@ -22,6 +24,9 @@ struct RecordingHost {
     logs: Mutex<Vec<(LogSource, LogLevel, String)>>,
     /// What `request` answers; `None` refuses as "not granted".
     answer: Option<serde_json::Value>,
+    /// Events published; `emit` refuses as "not granted" when `refuse_emit`.
+    events: Mutex<Vec<(String, serde_json::Value)>>,
+    refuse_emit: bool,
 }
 
 #[async_trait]
@@ -33,7 +38,17 @@ impl HostCalls for RecordingHost {
             .push((source, level, message.to_owned()));
     }
     fn progress(&self, _progress: Progress) {}
-    fn emit(&self, _topic: &str, _payload: serde_json::Value) -> Result<(), HostCallError> {
+    fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
+        if self.refuse_emit {
+            return Err(HostCallError::NotGranted {
+                plugin: "guest".to_owned(),
+                service: "events".to_owned(),
+            });
+        }
+        self.events
+            .lock()
+            .unwrap()
+            .push((topic.to_owned(), payload));
         Ok(())
     }
     async fn request(
@@ -65,7 +80,7 @@ impl RecordingHost {
 
 fn guest_v01() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BYTES.get_or_init(|| guest::component("0.1.0"))
+    BYTES.get_or_init(|| TestGuest::new("0.1.0").component())
 }
 
 /// A temp dir holding a cache dir, packages and data dirs.
@@ -278,7 +293,7 @@ async fn concurrent_calls_each_get_their_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_waiting_for_a_slot_past_its_timeout_hits_the_concurrency_limit() {
+async fn a_call_waiting_for_a_slot_past_its_timeout_is_overloaded() {
     let env = Env::new();
     let (instance, _) = start(&env, "[limits]\nconcurrency = 1\ncall_timeout = \"30s\"\n").await;
     let mut spin = invocation("spin", "{}");
@@ -289,9 +304,15 @@ async fn a_call_waiting_for_a_slot_past_its_timeout_hits_the_concurrency_limit()
     let (spun, echoed) = tokio::join!(instance.call(spin), instance.call(echo));
     assert!(matches!(spun.unwrap_err(), RuntimeError::Timeout { .. }));
     let err = echoed.unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::LimitExceeded { ref limit, .. } if limit == "concurrency"),
-        "{err:?}"
+    assert_eq!(err.code(), "overloaded");
+    assert_eq!(
+        err.to_string(),
+        "Plugin `guest` is overloaded: all 1 concurrency slots stayed busy for 50ms; hint: raise `limits.concurrency` in `plugin.toml` or send fewer calls at once"
+    );
+    // The slot is free again once the spinning call ended.
+    assert_eq!(
+        call(&instance, "echo", "8").await.unwrap(),
+        r#"{"value":8}"#
     );
 }
 
@@ -312,10 +333,19 @@ async fn logs_events_and_host_requests_reach_the_host() {
         ["hello from wasm", "image.imported"]
     );
 
-    let err = call(&instance, "ask", r#"{"key":"k"}"#).await.unwrap_err();
-    assert!(
-        matches!(err, RuntimeError::ActionFailed { code: Some(ref c), .. } if c == "not_granted"),
-        "{err:?}"
+    // The guest answers a refused request with the host's message.
+    assert_eq!(
+        call(&instance, "ask", r#"{"key":"k"}"#).await.unwrap(),
+        r#"{"value":"Service `kv` is not granted to plugin `guest`; hint: add it to `permissions.services` in `plugin.toml`"}"#
+    );
+    // 0.1 cannot tell the guest that `emit` was refused; the host got the event here.
+    assert_eq!(
+        call(&instance, "emit", "[1]").await.unwrap(),
+        r#"{"value":[1]}"#
+    );
+    assert_eq!(
+        *host.events.lock().unwrap(),
+        [("test.emitted".to_owned(), serde_json::json!([1]))]
     );
 
     let granted = Arc::new(RecordingHost {
@@ -405,8 +435,8 @@ fn cwasm_files(dir: &Path) -> Vec<String> {
 async fn a_component_for_another_major_version_is_refused() {
     let env = Env::new();
     let runtime = env.runtime();
-    for (version, shown) in [("1.0.0", "1.0.0"), ("0.2.0", "0.2.0")] {
-        let spec = env.package("future", &guest::component(version), "");
+    for (version, shown) in [("1.0.0", "1.0.0"), ("0.3.0", "0.3.0")] {
+        let spec = env.package("future", &TestGuest::new(version).component(), "");
         let err = runtime
             .start(spec, Arc::new(RecordingHost::default()))
             .await
@@ -415,7 +445,7 @@ async fn a_component_for_another_major_version_is_refused() {
         assert_eq!(
             err.to_string(),
             format!(
-                "Plugin `future` was refused: component `plugin.wasm` targets `plugd:plugin@{shown}`, this host speaks `plugd:plugin@0.1.0`; hint: rebuild the plugin against this host's `wit/plugd.wit`"
+                "Plugin `future` was refused: component `plugin.wasm` targets `plugd:plugin@{shown}`, this host speaks `plugd:plugin@0.1.0` and `plugd:plugin@0.2.0`; hint: rebuild the plugin against this host's `wit/plugd-0.2.wit`"
             )
         );
     }
@@ -461,4 +491,49 @@ async fn a_stopped_plugin_refuses_calls() {
     let err = call(&instance, "echo", "{}").await.unwrap_err();
     assert!(matches!(err, RuntimeError::NotRunning { .. }), "{err:?}");
     assert!(!instance.status().ready);
+}
+
+#[tokio::test]
+async fn too_many_live_instances_is_the_instances_limit() {
+    let env = Env::new();
+    let mut config = WasmConfig::new(env.cache());
+    config.max_instances = 1;
+    let runtime = WasmRuntime::new(config).unwrap();
+    let host = Arc::new(RecordingHost::default());
+    // The first plugin keeps its one instance ready in its pool.
+    let _first = runtime
+        .start(env.package("first", guest_v01(), ""), host.clone())
+        .await
+        .unwrap();
+    let err = runtime
+        .start(env.package("second", guest_v01(), ""), host)
+        .await
+        .err()
+        .expect("no instance left");
+    assert_eq!(
+        err.to_string(),
+        "Plugin `second` could not start: `describe` failed: Plugin `second` exceeded its instances limit; hint: too many wasm instances are alive in this host; raise `WasmConfig::max_instances`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_compile_each_distinct_component_once() {
+    let env = Env::new();
+    let runtime = env.runtime();
+    let host = Arc::new(RecordingHost::default());
+    let other = TestGuest::new("0.2.0").component();
+    let starts = [
+        ("a", guest_v01()),
+        ("b", guest_v01()),
+        ("c", other.as_slice()),
+        ("d", other.as_slice()),
+    ]
+    .map(|(name, wasm)| runtime.start(env.package(name, wasm, ""), host.clone()));
+    let instances = futures::future::join_all(starts).await;
+    for instance in &instances {
+        let instance = instance.as_ref().unwrap();
+        assert_eq!(call(instance, "echo", "1").await.unwrap(), r#"{"value":1}"#);
+    }
+    let stats = runtime.cache_stats();
+    assert_eq!((stats.compiled, stats.loaded, stats.shared), (2, 0, 2));
 }
