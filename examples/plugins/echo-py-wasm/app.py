@@ -10,6 +10,7 @@ from wit_world.imports.types import Error
 ACTIONS = [
     {"name": "echo", "description": "Returns the payload unchanged"},
     {"name": "wordcount", "description": "Counts lines, words and characters of `text`"},
+    {"name": "kaboom", "description": "Raises a ValueError, whose message reaches the caller"},
 ]
 
 
@@ -39,6 +40,10 @@ class Guest(exports.Guest):
             }
             host.log(host.Level.DEBUG, f"counted {counts['words']} words")
             return json.dumps({"value": counts})
+        if action == "kaboom":
+            # An uncaught exception: componentize-py prints the traceback to stderr and traps;
+            # plugd adds the last stderr lines to the trap's message.
+            raise ValueError("py kaboom")
         raise _fail("unknown_action", f"no action `{action}`")
 
     def on_event(self, topic: str, payload: str) -> None:
