@@ -24,6 +24,7 @@ use plugd_runtime::Runtime;
 
 pub use error::HostError;
 pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
+pub use lifecycle::CallOptions;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 
 /// How the host runs.

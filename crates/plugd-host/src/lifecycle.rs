@@ -59,6 +59,24 @@ impl HostInner {
     }
 }
 
+/// How one call runs.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// The caller's deadline, when shorter than the plugin's `limits.call_timeout` (a longer one
+    /// is cut to it). Waiting for a concurrency slot counts against it.
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl CallOptions {
+    /// Options with a deadline.
+    pub fn timeout(timeout: std::time::Duration) -> Self {
+        CallOptions {
+            timeout: Some(timeout),
+        }
+    }
+}
+
 /// A package that was verified and staged, ready to start: staged once, started from that copy.
 pub(crate) struct Staged {
     manifest: Arc<Manifest>,
@@ -123,6 +141,18 @@ impl Host {
         action: &str,
         payload: Box<RawValue>,
     ) -> Result<Outcome, HostError> {
+        self.call_with(plugin, action, payload, CallOptions::default())
+            .await
+    }
+
+    /// [`Host::call`] with options (a deadline shorter than the manifest's `call_timeout`).
+    pub async fn call_with(
+        &self,
+        plugin: &str,
+        action: &str,
+        payload: Box<RawValue>,
+        options: CallOptions,
+    ) -> Result<Outcome, HostError> {
         let slot = self.inner.existing(plugin)?;
         let action = ActionName::new(action).map_err(|_| {
             HostError::Runtime(RuntimeError::UnknownAction {
@@ -150,7 +180,10 @@ impl Host {
             .call(Invocation {
                 action,
                 payload,
-                timeout: None,
+                // Never longer than the plugin's own `call_timeout`.
+                timeout: options
+                    .timeout
+                    .map(|t| t.min(generation.manifest.limits.call_timeout)),
             })
             .await;
         drop(guard);

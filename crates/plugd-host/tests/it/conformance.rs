@@ -70,6 +70,7 @@ conformance! {
     published_events_reach_the_subscriber,
     plugin_logs_reach_the_host,
     concurrent_calls_get_their_own_answers,
+    saturation_is_overloaded,
     ungranted_service_is_refused_to_the_guest,
 }
 
@@ -366,6 +367,44 @@ async fn concurrent_calls_get_their_own_answers(flavor: Flavor) {
     futures::future::join_all(calls).await;
     let plugin = info(&env.host, PLUGIN);
     assert_eq!((plugin.calls, plugin.errors), (32, 0));
+}
+
+async fn saturation_is_overloaded(flavor: Flavor) {
+    // One slot, held by a call that spins for 2 s; a call whose own deadline (300 ms) passes
+    // while it waits for the slot is refused as overloaded (429), in both runtimes alike.
+    let env = Env::start(flavor, "concurrency = 1\ncall_timeout = \"2s\"").await;
+    let host = env.host.clone();
+    let holder = tokio::spawn(async move { call(&host, PLUGIN, "spin", "{}").await });
+    crate::support::eventually("the slot is taken", || {
+        info(&env.host, PLUGIN).in_flight == 1
+    })
+    .await;
+    let e = env
+        .host
+        .call_with(
+            PLUGIN,
+            "echo",
+            crate::support::raw("1"),
+            plugd_host::CallOptions::timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "overloaded", "{e}");
+    let message = e.to_string();
+    assert!(
+        message.starts_with(
+            "Plugin `conformance` is overloaded: all 1 concurrency slots stayed busy for "
+        ),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(
+            "; hint: raise `limits.concurrency` in `plugin.toml` or send fewer calls at once"
+        ),
+        "{message}"
+    );
+    assert_eq!(holder.await.unwrap().unwrap_err().code(), "plugin_timeout");
+    env.serves_the_next_call().await;
 }
 
 async fn ungranted_service_is_refused_to_the_guest(flavor: Flavor) {
