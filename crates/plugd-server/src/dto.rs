@@ -45,6 +45,8 @@ pub(crate) struct PluginDto {
     pub trust: Option<&'static str>,
     pub key_id: Option<String>,
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Non-fatal manifest findings (ignored seed keys, defaulted `entry`, ...).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +121,7 @@ impl From<PluginInfo> for PluginDto {
                 Some(TrustLevel::Trusted { key_id }) => Some(key_id.clone()),
                 _ => None,
             },
+            warnings: m.map(|m| m.warnings.clone()).unwrap_or_default(),
             details: p
                 .details
                 .into_iter()

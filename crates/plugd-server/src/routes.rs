@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -68,6 +68,7 @@ impl Readiness {
 struct AppState {
     host: Host,
     readiness: Readiness,
+    max_body: usize,
 }
 
 impl FromRef<AppState> for Host {
@@ -81,6 +82,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
     let state = AppState {
         host,
         readiness: config.readiness.clone(),
+        max_body: config.max_body,
     };
     Router::new()
         .route("/healthz", get(health))
@@ -91,7 +93,11 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/plugins/{name}", get(show))
         .route("/api/v1/plugins/{name}/logs", get(logs))
         .route("/api/v1/plugins/{name}/actions/{action}", post(call))
-        .route("/api/v1/plugins/{name}/{op}", post(lifecycle))
+        // One route per operation (not `{op}`), so `GET /api/v1/plugins/NAME/anything` is a 404,
+        // not a 405 for a route that does not exist.
+        .route("/api/v1/plugins/{name}/load", post(load))
+        .route("/api/v1/plugins/{name}/unload", post(unload))
+        .route("/api/v1/plugins/{name}/reload", post(reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
@@ -139,18 +145,25 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
 }
 
 async fn call(
-    State(host): State<Host>,
+    State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let host = state.host;
     let body = body.map_err(|rejection| {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "payload_too_large",
+                format!(
+                    "Request body is larger than the limit of {} bytes; hint: send a smaller payload, or raise the limit with `plugd serve --max-body BYTES`",
+                    state.max_body
+                ),
+            )
         } else {
-            "bad_request"
-        };
-        ApiError::new(status, code, rejection.body_text())
+            ApiError::new(status, "bad_request", rejection.body_text())
+        }
     })?;
     let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
         RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON")
@@ -206,39 +219,51 @@ async fn logs(
     }))
 }
 
-async fn lifecycle(
+async fn load(
     State(host): State<Host>,
-    Path((name, op)): Path<(String, String)>,
+    Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
-    let info = match op.as_str() {
-        "load" => host.load(&name).await?,
-        "unload" => host.unload(&name).await?,
-        "reload" => host.reload(&name).await?,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "Unknown plugin operation `{other}`; hint: use `load`, `unload` or `reload`"
-                ),
-            ));
-        }
-    };
-    Ok(Json(info.into()))
+    Ok(Json(host.load(&name).await?.into()))
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn unload(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDto>, ApiError> {
+    Ok(Json(host.unload(&name).await?.into()))
+}
+
+async fn reload(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDto>, ApiError> {
+    Ok(Json(host.reload(&name).await?.into()))
+}
+
+/// A route that exists, asked with another method.
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let hint = if method == Method::GET {
+        "actions and lifecycle operations are `POST`"
+    } else {
+        "listings, status and logs are `GET`; actions and lifecycle operations are `POST`"
+    };
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "This route does not accept that method; hint: calls are `POST`, listings are `GET`",
+        format!(
+            "Route `{}` does not accept `{method}`; hint: {hint}",
+            uri.path()
+        ),
     )
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "No such route; hint: see `/api/v1/plugins`",
+        format!(
+            "No route `{}`; hint: calls are `POST /plugin/NAME/ACTION`, the plugins are listed at `GET /api/v1/plugins`",
+            uri.path()
+        ),
     )
 }

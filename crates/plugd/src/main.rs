@@ -71,18 +71,21 @@ enum Command {
         /// JSON payload; `-` reads it from stdin. Defaults to `{}`.
         payload: Option<String>,
     },
-    /// Load, unload or reload a plugin on a running server.
-    #[command(name = "load")]
+    /// Load a plugin on a running server: re-scan the plugins directory (so a new package can
+    /// be loaded by name), start its missing dependencies, then start it. Does nothing if it
+    /// already runs.
     Load {
         /// Plugin name.
         name: String,
     },
-    /// Unload a plugin (and stop its dependants) on a running server.
+    /// Unload a plugin on a running server: stop its running dependants first, then the plugin.
+    /// Does nothing if it is not running.
     Unload {
         /// Plugin name.
         name: String,
     },
-    /// Reload a plugin from disk on a running server.
+    /// Reload a plugin from disk on a running server: verify and resolve the package as it is
+    /// now and start that version; if it cannot load, the running version keeps serving.
     Reload {
         /// Plugin name.
         name: String,

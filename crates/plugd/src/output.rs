@@ -77,6 +77,11 @@ pub(crate) fn plugin_table(value: &Value) {
             println!("\n{}: {reason}", s(&p["name"]));
         }
     }
+    for p in &plugins {
+        for warning in p["warnings"].as_array().into_iter().flatten() {
+            println!("\n{}: warning: {}", s(&p["name"]), s(warning));
+        }
+    }
     for problem in value["problems"].as_array().into_iter().flatten() {
         println!("\n{}: {}", s(&problem["path"]), s(&problem["message"]));
     }
@@ -109,6 +114,9 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     }
     if let Some(err) = p["last_error"].as_str() {
         println!("  last error: {err}");
+    }
+    for warning in p["warnings"].as_array().into_iter().flatten() {
+        println!("  warning: {}", s(warning));
     }
     let m = &p["metrics"];
     println!(

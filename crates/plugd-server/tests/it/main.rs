@@ -328,10 +328,42 @@ async fn call_routes_answer_with_the_right_status_and_code() {
         ),
         ("GET", "/nope", "", "404 not_found"),
         ("GET", "/api/v1/nope", "", "404 not_found"),
+        // Below a plugin, only the named operations exist.
+        ("GET", "/api/v1/plugins/calls/nope", "", "404 not_found"),
+        ("POST", "/api/v1/plugins/calls/explode", "", "404 not_found"),
     ];
     for &(method, uri, body, expect) in cases {
         t.check(method, uri, body, expect).await;
     }
+
+    // Routing errors say what was asked and where to look.
+    let body = t
+        .check("GET", "/api/v1/plugins/calls/nope", "", "404 not_found")
+        .await;
+    assert_eq!(
+        body["error"]["message"],
+        "No route `/api/v1/plugins/calls/nope`; hint: calls are `POST /plugin/NAME/ACTION`, the plugins are listed at `GET /api/v1/plugins`"
+    );
+    let body = t
+        .check("GET", "/plugin/calls/greet", "", "405 method_not_allowed")
+        .await;
+    assert_eq!(
+        body["error"]["message"],
+        "Route `/plugin/calls/greet` does not accept `GET`; hint: actions and lifecycle operations are `POST`"
+    );
+    // A body over the limit says the limit and how to raise it.
+    let body = t
+        .check(
+            "POST",
+            "/plugin/calls/echo",
+            &oversized,
+            "413 payload_too_large",
+        )
+        .await;
+    assert_eq!(
+        body["error"]["message"],
+        "Request body is larger than the limit of 1024 bytes; hint: send a smaller payload, or raise the limit with `plugd serve --max-body BYTES`"
+    );
 
     // The plugin's exception message reaches the caller.
     let body = t
@@ -603,4 +635,42 @@ async fn readyz_answers_503_until_the_start_wave_is_done() {
     assert_eq!(ready["status"], "ready");
     // A router built with the default config is ready at once.
     assert!(ServerConfig::default().readiness.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_warnings_are_in_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    let dir = plugins.join("legacy");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A seed-style `plugin.json`: `class_path` is ignored and the entry defaulted, with warnings.
+    std::fs::write(
+        dir.join("plugin.json"),
+        r#"{"name": "legacy", "version": "1.0.0", "class_path": "plugins.legacy.Plugin"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("main.py"), PING_PY).unwrap();
+    let mut process = ProcessConfig::default();
+    process
+        .base_env
+        .push(("PYTHONPATH".into(), sdk_dir().into_os_string()));
+    let host = Host::builder(HostConfig::new(&plugins, tmp.path().join("state")))
+        .runtime(Arc::new(ProcessRuntime::new(process)))
+        .build();
+    host.start().await.unwrap();
+    let t = TestHost {
+        app: router(host.clone(), ServerConfig::default()),
+        host,
+        plugins,
+        _tmp: tmp,
+    };
+    let expected = json!([
+        "`class_path` is ignored: plugd runs plugins as processes or wasm; hint: set `entry`",
+        "No `entry` given; running `python3 main.py` as the seed did; hint: set `entry`",
+    ]);
+    let legacy = t.check("GET", "/api/v1/plugins/legacy", "", "200").await;
+    assert_eq!(legacy["warnings"], expected, "{legacy}");
+    let list = t.check("GET", "/api/v1/plugins", "", "200").await;
+    assert_eq!(list["plugins"][0]["warnings"], expected, "{list}");
+    t.host.shutdown().await;
 }

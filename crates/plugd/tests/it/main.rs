@@ -19,6 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod new;
+mod output;
 mod startup;
 mod state;
 
@@ -550,6 +551,28 @@ fn client_errors_without_a_server() {
             &["serve", "--help"],
             Expect::Ok {
                 stdout: &["--plugins", "--listen", "--state-dir"],
+            },
+        ),
+        // Each lifecycle command says what it does.
+        (
+            &["load", "--help"],
+            Expect::Ok {
+                stdout: &["Load a plugin on a running server", "missing dependencies"],
+            },
+        ),
+        (
+            &["unload", "--help"],
+            Expect::Ok {
+                stdout: &["Unload a plugin on a running server", "dependants first"],
+            },
+        ),
+        (
+            &["reload", "--help"],
+            Expect::Ok {
+                stdout: &[
+                    "Reload a plugin from disk on a running server",
+                    "the running version keeps serving",
+                ],
             },
         ),
     ];
