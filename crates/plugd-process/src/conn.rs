@@ -1,116 +1,225 @@
-//! One protocol connection to one child: requests with ids and many in flight, the reader loop
-//! that routes replies and the child's own requests and notifications.
+//! One protocol connection to one child: a writer task fed by a bounded queue of whole frames,
+//! requests with ids and many in flight (cleaned up by drop guards), and the reader loop that
+//! routes replies and serves the child's own requests and notifications, with a bound on how many
+//! of its requests are in flight.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use plugd_manifest::PluginName;
 use plugd_protocol::{
-    EmitParams, FrameReader, LogParams, Message, ProgressParams, RpcError, codes, encode_error,
-    encode_notification, encode_request, encode_result,
+    CancelParams, EmitParams, FrameReader, LogParams, Message, ProgressParams, RpcError, codes,
+    encode_error, encode_notification, encode_request, encode_result,
 };
 use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, Progress};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{oneshot, watch};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Prefix of close reasons meaning the child's end of the stream went away.
 pub(crate) const STREAM_ENDED: &str = "its protocol stream ended";
 
+/// Frames queued for the writer task. When the child stops reading, the queue fills and every
+/// sender waits at most its own deadline (a call times out, a ping fails the child).
+pub(crate) const WRITE_QUEUE: usize = 64;
+
+/// Requests from the child to the host served at once. Beyond it a request is answered at once
+/// with [`codes::TOO_MANY_REQUESTS`] and its params are dropped, so a flooding child costs the
+/// host at most this many requests' memory (and no task).
+pub(crate) const MAX_HOST_REQUESTS: usize = 64;
+
+/// Ids of abandoned calls remembered for `cancel` frames; beyond it cancels are skipped (the SDK
+/// also cancels a handler at its deadline on its own).
+const MAX_CANCELS: usize = 4096;
+
+/// How long the host serves one request of the child (a service that hangs answers an error).
+const HOST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an answer to the child's request may wait for room in the write queue.
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Reply = Result<Box<RawValue>, RpcError>;
+
+/// Why a connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Closed {
+    /// A user-facing sentence.
+    pub reason: String,
+    /// The limit whose breach closed it (`cpu`), if that was the cause.
+    pub limit: Option<&'static str>,
+}
+
+impl Closed {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
+        Closed {
+            reason: reason.into(),
+            limit: None,
+        }
+    }
+}
 
 /// Why a request got no reply.
 #[derive(Debug)]
 pub(crate) enum RequestError {
-    /// No reply within the timeout.
+    /// No reply (or no room in the write queue) within the timeout.
     Timeout,
-    /// The connection closed (with the reason).
-    Closed(String),
+    /// The connection closed.
+    Closed(Closed),
+}
+
+/// What the connection shares with its writer task.
+struct Outbox {
+    /// Ids of calls whose callers gave up; the writer sends `cancel` for each.
+    cancels: Mutex<Vec<u64>>,
+    wake: Notify,
 }
 
 /// The host's side of one child's protocol socket.
 pub(crate) struct Connection {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    out: mpsc::Sender<Vec<u8>>,
+    outbox: Arc<Outbox>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: AtomicU64,
     late_replies: Arc<AtomicU64>,
-    closed: watch::Sender<Option<String>>,
+    closed: watch::Sender<Option<Closed>>,
+    host_requests: Arc<Semaphore>,
 }
 
 impl Connection {
-    pub(crate) fn new(writer: OwnedWriteHalf, late_replies: Arc<AtomicU64>) -> Arc<Self> {
-        Arc::new(Connection {
-            writer: tokio::sync::Mutex::new(writer),
+    /// A connection writing to `writer` through its own writer task.
+    pub(crate) fn new<W>(writer: W, late_replies: Arc<AtomicU64>) -> Arc<Self>
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (out, rx) = mpsc::channel(WRITE_QUEUE);
+        let outbox = Arc::new(Outbox {
+            cancels: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+        });
+        let conn = Arc::new(Connection {
+            out,
+            outbox: outbox.clone(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             late_replies,
             closed: watch::channel(None).0,
-        })
+            host_requests: Arc::new(Semaphore::new(MAX_HOST_REQUESTS)),
+        });
+        let closed = conn.closed.subscribe();
+        tokio::spawn(write_loop(
+            writer,
+            rx,
+            outbox,
+            closed,
+            Arc::downgrade(&conn),
+        ));
+        conn
     }
 
-    /// Sends a request and waits for its reply at most `timeout`. A reply arriving later is
-    /// dropped by the reader loop and counted in `late_replies`.
+    /// Sends a request and waits for its reply at most `timeout` (queueing included). A reply
+    /// arriving later is dropped by the reader loop and counted in `late_replies`.
     pub(crate) async fn request<P: Serialize + ?Sized>(
         &self,
         method: &str,
         params: &P,
         timeout: Duration,
     ) -> Result<Reply, RequestError> {
+        self.send_request(method, params, timeout, false).await
+    }
+
+    /// Sends a `call`: like [`Connection::request`], and when the caller gives up (timeout, or
+    /// the future is dropped) the child is sent `cancel {id}`.
+    pub(crate) async fn call<P: Serialize + ?Sized>(
+        &self,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
+        self.send_request("call", params, timeout, true).await
+    }
+
+    async fn send_request<P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+        cancel: bool,
+    ) -> Result<Reply, RequestError> {
+        let deadline = Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
         let mut frame = Vec::with_capacity(256);
         encode_request(&mut frame, id, method, params);
-        if let Err(reason) = self.write(&frame).await {
-            self.pending.lock().remove(&id);
-            return Err(RequestError::Closed(reason));
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        // From here on the guard removes the id however this future ends (reply, timeout,
+        // close, or the caller dropping it).
+        let mut guard = PendingGuard {
+            conn: self,
+            id,
+            cancel: false,
+        };
+        // `close` marks the connection before it clears the map: an id inserted after the clear
+        // sees the mark here.
+        if let Some(closed) = self.closed.borrow().clone() {
+            return Err(RequestError::Closed(closed));
         }
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, self.out.send(frame)).await {
+            Ok(Ok(())) => guard.cancel = cancel,
+            Ok(Err(_)) => return Err(RequestError::Closed(self.close_info())),
+            Err(_) => return Err(RequestError::Timeout),
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(RequestError::Closed(self.close_reason())),
-            Err(_) => {
-                self.pending.lock().remove(&id);
-                Err(RequestError::Timeout)
-            }
+            Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+            Err(_) => Err(RequestError::Timeout),
         }
     }
 
-    /// Sends a notification.
+    /// Sends a notification, waiting at most `timeout` for room in the write queue.
     pub(crate) async fn notify<P: Serialize + ?Sized>(
         &self,
         method: &str,
         params: &P,
-    ) -> Result<(), String> {
+        timeout: Duration,
+    ) -> Result<(), RequestError> {
         let mut frame = Vec::with_capacity(128);
         encode_notification(&mut frame, method, params);
-        self.write(&frame).await
+        self.send_frame(frame, timeout).await
     }
 
-    async fn write(&self, frame: &[u8]) -> Result<(), String> {
-        if let Some(reason) = self.closed.borrow().clone() {
-            return Err(reason);
+    /// Queues one whole frame, waiting at most `timeout` for room in the write queue.
+    pub(crate) async fn send_frame(
+        &self,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), RequestError> {
+        if let Some(closed) = self.closed.borrow().clone() {
+            return Err(RequestError::Closed(closed));
         }
-        let mut writer = self.writer.lock().await;
-        match writer.write_all(frame).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let reason = format!("its protocol socket failed: {e}");
-                self.close(reason.clone());
-                Err(reason)
-            }
+        match tokio::time::timeout(timeout, self.out.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+            Err(_) => Err(RequestError::Timeout),
         }
     }
 
-    /// Marks the connection closed and fails every pending request.
-    pub(crate) fn close(&self, reason: String) {
+    /// Queues a notification if there is room now; `false` when the queue is full or closed.
+    pub(crate) fn try_notify<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> bool {
+        let mut frame = Vec::with_capacity(128);
+        encode_notification(&mut frame, method, params);
+        self.out.try_send(frame).is_ok()
+    }
+
+    /// Marks the connection closed and fails every pending request. The first reason wins.
+    pub(crate) fn close(&self, closed: Closed) {
         self.closed.send_if_modified(|current| {
             if current.is_none() {
-                *current = Some(reason);
+                *current = Some(closed);
                 true
             } else {
                 false
@@ -120,24 +229,30 @@ impl Connection {
         self.pending.lock().clear();
     }
 
-    fn close_reason(&self) -> String {
+    fn close_info(&self) -> Closed {
         self.closed
             .borrow()
             .clone()
-            .unwrap_or_else(|| "the connection closed".to_owned())
+            .unwrap_or_else(|| Closed::new("the connection closed"))
     }
 
     /// Resolves when the connection is closed, with the reason.
-    pub(crate) async fn closed(&self) -> String {
+    pub(crate) async fn closed(&self) -> Closed {
         let mut rx = self.closed.subscribe();
-        loop {
-            if let Some(reason) = rx.borrow_and_update().clone() {
-                return reason;
-            }
-            if rx.changed().await.is_err() {
-                return "the connection closed".to_owned();
-            }
+        match rx.wait_for(Option::is_some).await {
+            Ok(closed) => closed.clone().unwrap_or_else(|| Closed::new("")),
+            Err(_) => Closed::new("the connection closed"),
         }
+    }
+
+    /// Requests of ours still waiting for a reply.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Requests of the child being served by the host now.
+    pub(crate) fn host_requests_in_flight(&self) -> usize {
+        MAX_HOST_REQUESTS - self.host_requests.available_permits()
     }
 
     fn deliver(&self, id: u64, reply: Reply) {
@@ -154,27 +269,109 @@ impl Connection {
             }
         }
     }
+
+    /// Queues an answer to the child's request `id`, waiting at most `wait` for room.
+    async fn reply(&self, frame: Vec<u8>, wait: Duration) {
+        // A child that does not read its socket for this long is failed by its health ping.
+        let _ = tokio::time::timeout(wait, self.out.send(frame)).await;
+    }
+}
+
+/// Removes a request's id from the pending map when the request ends in any way; sends `cancel`
+/// for a call whose frame went out and that got no reply.
+struct PendingGuard<'a> {
+    conn: &'a Connection,
+    id: u64,
+    cancel: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let abandoned = self.conn.pending.lock().remove(&self.id).is_some();
+        if abandoned && self.cancel {
+            let mut cancels = self.conn.outbox.cancels.lock();
+            if cancels.len() < MAX_CANCELS {
+                cancels.push(self.id);
+                drop(cancels);
+                self.conn.outbox.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// The only writer of the socket: takes whole frames from the queue (and `cancel`s from the
+/// outbox) and writes them one after another. No caller ever holds the socket, so a caller that
+/// gives up can never leave half a frame behind. Ends when the connection closes or breaks.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    outbox: Arc<Outbox>,
+    mut closed: watch::Receiver<Option<Closed>>,
+    conn: Weak<Connection>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        for id in std::mem::take(&mut *outbox.cancels.lock()) {
+            encode_notification(&mut buf, "cancel", &CancelParams { id });
+        }
+        if buf.is_empty() {
+            tokio::select! {
+                biased;
+                _ = closed.wait_for(Option::is_some) => break,
+                _ = outbox.wake.notified() => continue,
+                frame = rx.recv() => match frame {
+                    Some(frame) => buf = frame,
+                    None => break,
+                },
+            }
+        }
+        let result = tokio::select! {
+            biased;
+            _ = closed.wait_for(Option::is_some) => break,
+            r = writer.write_all(&buf) => r,
+        };
+        if let Err(e) = result {
+            if let Some(conn) = conn.upgrade() {
+                conn.close(Closed::new(format!("its protocol socket failed: {e}")));
+            }
+            break;
+        }
+    }
+    // Dropping the writer closes our half; dropping `rx` fails every queued and later send.
 }
 
 /// Serves the rest of the connection after the handshake: routes replies, forwards the child's
-/// notifications and requests to the host. Returns when the socket closes or breaks the protocol;
-/// the connection is closed with the reason.
-pub(crate) async fn read_loop(
+/// notifications and serves its requests (at most [`MAX_HOST_REQUESTS`] at once, each in a task
+/// owned by this loop and aborted with it). Returns when the socket closes or breaks the
+/// protocol; the connection is closed with the reason.
+pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     conn: Arc<Connection>,
-    mut reader: FrameReader<BufReader<OwnedReadHalf>>,
+    mut reader: FrameReader<BufReader<R>>,
     host: Arc<dyn HostCalls>,
     plugin: PluginName,
 ) {
+    let mut tasks = JoinSet::new();
     let reason = loop {
-        let frame = match reader.next_frame().await {
+        while tasks.try_join_next().is_some() {}
+        let frame = tokio::select! {
+            frame = reader.next_frame() => frame,
+            // The loop stops reading once the connection is closed for any other reason.
+            closed = conn.closed() => break closed,
+        };
+        let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) => break format!("{STREAM_ENDED}: it closed its protocol socket"),
-            Err(plugd_protocol::FrameError::Io(e)) => break format!("{STREAM_ENDED}: {e}"),
-            Err(e) => break format!("its protocol stream broke: {e}"),
+            Ok(None) => {
+                break Closed::new(format!("{STREAM_ENDED}: it closed its protocol socket"));
+            }
+            Err(plugd_protocol::FrameError::Io(e)) => {
+                break Closed::new(format!("{STREAM_ENDED}: {e}"));
+            }
+            Err(e) => break Closed::new(format!("its protocol stream broke: {e}")),
         };
         let message = match Message::decode(frame) {
             Ok(m) => m,
-            Err(e) => break format!("it sent a malformed protocol frame: {e}"),
+            Err(e) => break Closed::new(format!("it sent a malformed protocol frame: {e}")),
         };
         match message {
             Message::Response { id, result } => conn.deliver(id, result),
@@ -182,17 +379,49 @@ pub(crate) async fn read_loop(
                 notification(&*host, plugin.as_str(), &method, &params)
             }
             Message::Request { id, method, params } => {
-                let conn = conn.clone();
-                let host = host.clone();
-                tokio::spawn(async move { answer(&conn, &*host, id, &method, &params).await });
+                match conn.host_requests.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let conn = conn.clone();
+                        let host = host.clone();
+                        tasks.spawn(async move {
+                            let frame = answer(&*host, id, &method, &params).await;
+                            drop(params);
+                            conn.reply(frame, REPLY_SEND_TIMEOUT).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        let mut frame = Vec::with_capacity(256);
+                        encode_error(
+                            &mut frame,
+                            id,
+                            &RpcError {
+                                code: codes::TOO_MANY_REQUESTS,
+                                message: format!(
+                                    "Too many requests to the host in flight (at most {MAX_HOST_REQUESTS}); hint: wait for answers before sending more"
+                                ),
+                                data: None,
+                            },
+                        );
+                        // A child that floods requests and does not read its answers is paused
+                        // here (no more reading) and failed when it stays so.
+                        if conn.send_frame(frame, REPLY_SEND_TIMEOUT).await.is_err() {
+                            break Closed::new(format!(
+                                "it did not read its protocol socket for {REPLY_SEND_TIMEOUT:?} while sending requests"
+                            ));
+                        }
+                    }
+                }
             }
         }
     };
     conn.close(reason);
+    tasks.abort_all();
 }
 
 fn notification(host: &dyn HostCalls, plugin: &str, method: &str, params: &RawValue) {
     match method {
+        // Every record goes to the host, which applies the one cap, rate limit and escaping.
         "log" => match serde_json::from_str::<LogParams>(params.get()) {
             Ok(p) => {
                 let level = LogLevel::parse(p.level.as_deref().unwrap_or("info"));
@@ -217,12 +446,16 @@ fn notification(host: &dyn HostCalls, plugin: &str, method: &str, params: &RawVa
             }),
             Err(e) => bad_notification(host, method, &e),
         },
+        // The old fire-and-forget form: a refusal can only go to the plugin's log. The SDK sends
+        // `emit` as a request, which is answered with the refusal.
         "emit" => match serde_json::from_str::<EmitParams>(params.get()) {
             Ok(p) => {
-                // A notification has no reply: the refusal goes to the plugin's log. SDK calls
-                // that need the answer send `emit` as a request (see `docs/protocol.md`).
                 if let Err(e) = host.emit(&p.topic, p.payload) {
-                    host.log(LogSource::Runtime, LogLevel::Warn, &format!("Refused `emit` of `{}`: {e}", p.topic));
+                    host.log(
+                        LogSource::Runtime,
+                        LogLevel::Warn,
+                        &format!("Refused `emit` of `{}`: {e}", p.topic),
+                    );
                 }
             }
             Err(e) => bad_notification(host, method, &e),
@@ -243,22 +476,31 @@ fn bad_notification(host: &dyn HostCalls, method: &str, error: &serde_json::Erro
     );
 }
 
-async fn answer(conn: &Connection, host: &dyn HostCalls, id: u64, method: &str, params: &RawValue) {
+/// Serves one request of the child; returns the answer frame.
+async fn answer(host: &dyn HostCalls, id: u64, method: &str, params: &RawValue) -> Vec<u8> {
     let mut frame = Vec::with_capacity(128);
-    let params: serde_json::Value = match serde_json::from_str(params.get()) {
-        Ok(p) => p,
-        Err(e) => {
-            let error = RpcError {
-                code: codes::INVALID_PARAMS,
-                message: e.to_string(),
-                data: None,
-            };
-            encode_error(&mut frame, id, &error);
-            let _ = conn.write(&frame).await;
-            return;
+    let outcome = if method == "emit" {
+        match serde_json::from_str::<EmitParams>(params.get()) {
+            Ok(p) => host
+                .emit(&p.topic, p.payload)
+                .map(|()| serde_json::Value::Null),
+            Err(e) => Err(HostCallError::Invalid(format!("`emit` params: {e}"))),
+        }
+    } else {
+        match serde_json::from_str::<serde_json::Value>(params.get()) {
+            Ok(params) => {
+                match tokio::time::timeout(HOST_REQUEST_TIMEOUT, host.request(method, params)).await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(HostCallError::Failed(format!(
+                        "The host did not answer `{method}` within {HOST_REQUEST_TIMEOUT:?}"
+                    ))),
+                }
+            }
+            Err(e) => Err(HostCallError::Invalid(e.to_string())),
         }
     };
-    match host.request(method, params).await {
+    match outcome {
         Ok(result) => encode_result(&mut frame, id, &result),
         Err(e) => {
             let code = match &e {
@@ -278,6 +520,8 @@ async fn answer(conn: &Connection, host: &dyn HostCalls, id: u64, method: &str, 
             );
         }
     }
-    // A write failure closes the connection; the supervisor handles it.
-    let _ = conn.write(&frame).await;
+    frame
 }
+
+#[cfg(test)]
+mod tests;

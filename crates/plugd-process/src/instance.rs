@@ -1,6 +1,8 @@
 //! One supervised process plugin: handshake, calls, health pings, crash restarts with backoff.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,23 +11,44 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use plugd_manifest::{ActionName, PluginName};
 use plugd_protocol::{
-    CallParams, EventParams, FrameReader, Hello, Initialize, Message, PROTOCOL_VERSION, RpcError,
-    codes, encode_error, encode_result,
+    CallParams, EventParams, FrameReader, Hello, InitLimits, Initialize, Message, PROTOCOL_VERSION,
+    RpcError, codes, encode_error, encode_result,
 };
 use plugd_runtime::{
-    ActionInfo, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel, LogSource,
-    Outcome, RuntimeError,
+    ActionInfo, CallSlots, Health, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation,
+    LogLevel, LogSource, Outcome, RuntimeError,
 };
 use plugd_sandbox::Prepared;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::process::Child;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::ProcessConfig;
-use crate::conn::{Connection, RequestError, read_loop};
+use crate::conn::{Closed, Connection, RequestError, STREAM_ENDED, read_loop};
 use crate::logs::{Tail, capture};
 use crate::spawn::{Spawned, describe_exit, kill_group, spawn};
+
+/// How often the CPU time of a child is sampled while calls are in flight.
+const CPU_SAMPLE: Duration = Duration::from_millis(100);
+
+/// How long SIGKILL may take to reap a child before we stop waiting (it is in the kernel's hands
+/// then; `kill_on_drop` and the cgroup clean up what is left).
+const REAP_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends `signal` to the process group led by `pid`. Never signals group 0 (our own group):
+/// a child that was already reaped has no pid, and nothing is sent then.
+fn signal_group(pid: Option<u32>, signal: libc::c_int) {
+    if let Some(pid) = pid.filter(|&p| p > 0) {
+        kill_group(pid, signal);
+    }
+}
+
+/// Kills the child's group and reaps it, waiting at most [`REAP_WAIT`].
+async fn kill_and_reap(child: &mut Child) {
+    signal_group(child.id(), libc::SIGKILL);
+    let _ = tokio::time::timeout(REAP_WAIT, child.wait()).await;
+}
 
 fn layer_text(status: &plugd_sandbox::LayerStatus) -> String {
     if status.detail.is_empty() {
@@ -48,7 +71,9 @@ struct Shared {
     current: RwLock<Option<Arc<Connection>>>,
     state: Mutex<State>,
     late_replies: Arc<AtomicU64>,
-    concurrency: Semaphore,
+    slots: CallSlots,
+    cpu: CpuCalls,
+    health: watch::Sender<Health>,
     /// `Some(grace)` once a stop was requested.
     stop: watch::Sender<Option<Duration>>,
     /// `true` once the supervisor has finished.
@@ -88,14 +113,6 @@ impl Running {
                 limits.memory >> 20
             );
         }
-        if how.contains("SIGXCPU")
-            || (how.contains("SIGKILL") && sandbox.cpu_usage().is_some_and(|u| u >= limits.cpu))
-        {
-            return format!(
-                "{how}: it used up its CPU budget ({:?}); hint: raise `limits.cpu`",
-                limits.cpu
-            );
-        }
         how
     }
 }
@@ -107,7 +124,7 @@ impl ProcessInstance {
         config: Arc<ProcessConfig>,
     ) -> Result<Arc<Self>, RuntimeError> {
         let plugin = spec.manifest.name.clone();
-        let concurrency = spec.manifest.limits.concurrency.max(1) as usize;
+        let slots = CallSlots::new(plugin.clone(), spec.manifest.limits.concurrency as usize);
         let shared = Arc::new(Shared {
             plugin: plugin.clone(),
             spec,
@@ -116,7 +133,9 @@ impl ProcessInstance {
             current: RwLock::new(None),
             state: Mutex::new(State::default()),
             late_replies: Arc::new(AtomicU64::new(0)),
-            concurrency: Semaphore::new(concurrency),
+            slots,
+            cpu: CpuCalls::default(),
+            health: watch::channel(Health::Ready).0,
             stop: watch::channel(None).0,
             stopped: watch::channel(false).0,
         });
@@ -143,23 +162,19 @@ impl Shared {
             .flat_map(|s| s.layers())
             .map(|l| (format!("sandbox.{}", l.layer), layer_text(l)))
             .collect();
-        let pid = child.id().unwrap_or(0);
         let tail = Arc::new(Tail::default());
         if let Some(stdout) = child.stdout.take() {
-            let (host, limits) = (self.host.clone(), self.config.logs.clone());
-            tokio::spawn(capture(stdout, LogSource::Stdout, host, limits, None));
+            tokio::spawn(capture(stdout, LogSource::Stdout, self.host.clone(), None));
         }
         if let Some(stderr) = child.stderr.take() {
-            let (host, limits) = (self.host.clone(), self.config.logs.clone());
             tokio::spawn(capture(
                 stderr,
                 LogSource::Stderr,
-                host,
-                limits,
+                self.host.clone(),
                 Some(tail.clone()),
             ));
         }
-        let (read_half, mut write_half) = socket.into_split();
+        let (read_half, write_half) = socket.into_split();
         let mut reader = FrameReader::new(BufReader::new(read_half), self.config.max_frame);
 
         let timeout = self.config.start_timeout;
@@ -189,12 +204,14 @@ impl Shared {
         let (hello_id, hello) = match hello {
             Ok(h) => h,
             Err(reason) => {
-                kill_group(pid, libc::SIGKILL);
-                let _ = child.wait().await;
+                kill_and_reap(&mut child).await;
                 return Err(reason);
             }
         };
 
+        // From here on the connection's writer task owns the socket; every frame is queued
+        // whole and every wait for room is bounded by the start timeout.
+        let conn = Connection::new(write_half, self.late_replies.clone());
         let mut frame = Vec::with_capacity(512);
         if hello.protocol != PROTOCOL_VERSION {
             let message = format!(
@@ -211,9 +228,11 @@ impl Shared {
                     data,
                 },
             );
-            let _ = write_half.write_all(&frame).await;
-            kill_group(pid, libc::SIGKILL);
-            let _ = child.wait().await;
+            let _ = conn.send_frame(frame, timeout).await;
+            // Let the refusal reach the child before it is killed (it exits 3 on its own).
+            let _ = tokio::time::timeout(Duration::from_millis(200), child.wait()).await;
+            kill_and_reap(&mut child).await;
+            conn.close(Closed::new("its protocol was refused"));
             return Err(format!(
                 "it speaks protocol {} but this host speaks {PROTOCOL_VERSION}; hint: use an SDK that speaks protocol {PROTOCOL_VERSION}",
                 hello.protocol
@@ -234,14 +253,23 @@ impl Shared {
                 .iter()
                 .map(|s| s.as_str())
                 .collect(),
+            limits: init_limits(&manifest.limits),
         };
         encode_result(&mut frame, hello_id, &init);
-        if let Err(e) = write_half.write_all(&frame).await {
-            kill_group(pid, libc::SIGKILL);
-            let _ = child.wait().await;
-            return Err(format!(
-                "it closed its protocol socket during the handshake: {e}"
-            ));
+        if let Err(e) = conn.send_frame(frame, timeout).await {
+            kill_and_reap(&mut child).await;
+            conn.close(Closed::new("its handshake failed"));
+            return Err(match e {
+                RequestError::Timeout => {
+                    format!("it did not read the `initialize` answer within {timeout:?}")
+                }
+                RequestError::Closed(c) => {
+                    format!(
+                        "it closed its protocol socket during the handshake: {}",
+                        c.reason
+                    )
+                }
+            });
         }
 
         let actions = match hello.actions {
@@ -278,7 +306,6 @@ impl Shared {
             state.actions = actions;
         }
 
-        let conn = Connection::new(write_half, self.late_replies.clone());
         tokio::spawn(read_loop(
             conn.clone(),
             reader,
@@ -304,6 +331,8 @@ impl Shared {
         if restarted {
             state.restarts += 1;
         }
+        drop(state);
+        self.health.send_replace(Health::Ready);
     }
 
     fn uninstall(&self, reason: &str) {
@@ -312,6 +341,10 @@ impl Shared {
         state.ready = false;
         state.pid = None;
         state.last_error = Some(reason.to_owned());
+        drop(state);
+        self.health.send_replace(Health::Recovering {
+            reason: format!("it is restarting after a crash: {reason}"),
+        });
     }
 
     fn not_running(&self) -> RuntimeError {
@@ -358,8 +391,100 @@ fn with_tail(reason: String, tail: &Tail) -> String {
     }
 }
 
+/// `initialize.limits` from the manifest.
+fn init_limits(limits: &plugd_manifest::Limits) -> InitLimits {
+    InitLimits {
+        call_timeout_ms: limits.call_timeout.as_millis() as u64,
+        concurrency: limits.concurrency,
+        memory: limits.memory,
+        cpu_ms: limits.cpu.as_millis() as u64,
+    }
+}
+
+/// The calls in flight, for the CPU budget: each remembers the child's CPU time when it started
+/// (filled in by the first sample after it started, so it is read only while calls run).
+#[derive(Default)]
+struct CpuCalls {
+    calls: parking_lot::Mutex<BTreeMap<u64, Option<Duration>>>,
+    next: AtomicU64,
+    /// Woken when the first call of a busy period starts, so sampling runs only while busy.
+    busy: Notify,
+}
+
+/// One call counted by [`CpuCalls`]; dropping it (however the call ends) forgets the call.
+struct CpuCall<'a> {
+    calls: &'a CpuCalls,
+    seq: u64,
+}
+
+impl CpuCalls {
+    fn enter(&self) -> CpuCall<'_> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut calls = self.calls.lock();
+        calls.insert(seq, None);
+        if calls.len() == 1 {
+            self.busy.notify_one();
+        }
+        CpuCall { calls: self, seq }
+    }
+
+    fn is_busy(&self) -> bool {
+        !self.calls.lock().is_empty()
+    }
+
+    /// With the child's CPU time `now`: how much CPU time was used since the oldest call in
+    /// flight started, and how many calls are in flight.
+    fn used_since_oldest(&self, now: Duration) -> (Duration, usize) {
+        let mut calls = self.calls.lock();
+        for baseline in calls.values_mut() {
+            baseline.get_or_insert(now);
+        }
+        // Sequence numbers grow, so the first entry is the oldest call.
+        let oldest = calls.values().next().copied().flatten().unwrap_or(now);
+        (now.saturating_sub(oldest), calls.len())
+    }
+
+    fn clear(&self) {
+        self.calls.lock().clear();
+    }
+}
+
+impl Drop for CpuCall<'_> {
+    fn drop(&mut self) {
+        self.calls.calls.lock().remove(&self.seq);
+    }
+}
+
+/// CPU time (user + system) the child has used: its cgroup's when the sandbox has one (it counts
+/// the child's own children too), else `/proc/PID/stat` of the child.
+fn cpu_time(running: &Running) -> Option<Duration> {
+    if let Some(usage) = running.sandbox.as_ref().and_then(|s| s.cpu_usage()) {
+        return Some(usage);
+    }
+    let pid = running.child.id().filter(|&p| p > 0)?;
+    proc_cpu_time(pid)
+}
+
+fn proc_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: fields after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    // After `)`: state is field 3, so utime (14) and stime (15) are the 12th and 13th here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+    let total = utime + stime;
+    Some(
+        Duration::from_secs(total / ticks)
+            + Duration::from_nanos((total % ticks) * 1_000_000_000 / ticks),
+    )
+}
+
 /// Watches one child after another: waits for a crash, a failed ping or a stop; restarts with
-/// backoff; gives up after too many crashes in the window.
+/// backoff; gives up after too many crashes in the window. Pushes every health change.
 async fn supervise(shared: Arc<Shared>, mut running: Running) {
     let policy = shared.config.restart.clone();
     let mut crashes: VecDeque<Instant> = VecDeque::new();
@@ -375,7 +500,10 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
             Watch::Crashed(reason) => reason,
         };
         let reason = with_tail(reason, &running.tail);
-        running.conn.close(format!("it crashed: {reason}"));
+        running
+            .conn
+            .close(Closed::new(format!("it crashed: {reason}")));
+        shared.cpu.clear();
         shared.uninstall(&reason);
         shared.host.log(
             LogSource::Runtime,
@@ -397,12 +525,14 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
                 let mut state = shared.state.lock();
                 state.dead = true;
                 let last = state.last_error.clone().unwrap_or_default();
-                state.last_error = Some(format!(
+                let reason = format!(
                     "crashed {} times within {:?}, gave up; last crash: {last}",
                     crashes.len(),
                     policy.window
-                ));
+                );
+                state.last_error = Some(reason.clone());
                 drop(state);
+                shared.health.send_replace(Health::Dead { reason });
                 shared.stopped.send_replace(true);
                 return;
             }
@@ -414,7 +544,16 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
                 }
             }
             backoff = (backoff * 2).min(policy.max_backoff);
-            match shared.launch().await {
+            // A stop during the handshake drops the launch: the child is killed on drop
+            // (`kill_on_drop`), its cgroup with its sandbox.
+            let launched = tokio::select! {
+                launched = shared.launch() => launched,
+                _ = stop_requested(&mut stop_rx) => {
+                    shared.stopped.send_replace(true);
+                    return;
+                }
+            };
+            match launched {
                 Ok(next) => {
                     running = next;
                     shared.install(&running, true);
@@ -425,6 +564,9 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
                 }
                 Err(reason) => {
                     shared.state.lock().last_error = Some(format!("restart failed: {reason}"));
+                    shared.health.send_replace(Health::Recovering {
+                        reason: format!("its restart failed: {reason}"),
+                    });
                     shared.host.log(
                         LogSource::Runtime,
                         LogLevel::Error,
@@ -449,12 +591,12 @@ async fn stop_requested(stop_rx: &mut watch::Receiver<Option<Duration>>) -> Dura
     }
 }
 
-use crate::conn::STREAM_ENDED;
-
 enum Watch {
     Stop(Duration),
     Crashed(String),
 }
+
+type PingFuture = Pin<Box<dyn Future<Output = Result<(), RequestError>> + Send>>;
 
 async fn watch_child(
     shared: &Shared,
@@ -463,9 +605,15 @@ async fn watch_child(
 ) -> Watch {
     let ping_every = shared.config.ping_interval;
     let ping_timeout = shared.config.ping_timeout;
+    let cpu_limit = shared.spec.manifest.limits.cpu;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cpu_ticker = tokio::time::interval(CPU_SAMPLE);
+    cpu_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The ping runs beside the other branches, so a stop or an exit is seen while it waits.
+    let mut ping: Option<PingFuture> = None;
     loop {
+        let busy = shared.cpu.is_busy();
         tokio::select! {
             grace = stop_requested(stop_rx) => return Watch::Stop(grace),
             status = running.child.wait() => {
@@ -476,75 +624,94 @@ async fn watch_child(
                     Err(e) => format!("it could not be waited for: {e}"),
                 });
             }
-            reason = running.conn.closed() => {
+            closed = running.conn.closed() => {
                 // A closed or broken stream usually means the child is exiting: prefer its exit
                 // status as the reason. A protocol violation kills it at once.
-                if reason.starts_with(STREAM_ENDED)
+                if closed.reason.starts_with(STREAM_ENDED)
                     && let Ok(Ok(status)) =
                         tokio::time::timeout(Duration::from_secs(2), running.child.wait()).await
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     return Watch::Crashed(running.explain(format!("it {}", describe_exit(status)), &shared.spec.manifest.limits));
                 }
-                kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
-                let _ = running.child.wait().await;
-                return Watch::Crashed(reason);
+                kill_and_reap(&mut running.child).await;
+                return Watch::Crashed(closed.reason);
             }
-            _ = ticker.tick() => {
-                match running.conn.request("ping", &serde_json::json!({}), ping_timeout).await {
-                    Ok(_) => {}
+            _ = ticker.tick(), if ping.is_none() => {
+                let conn = running.conn.clone();
+                ping = Some(Box::pin(async move {
+                    conn.request("ping", &serde_json::json!({}), ping_timeout).await.map(|_| ())
+                }));
+            }
+            result = async { ping.as_mut().expect("guarded by the branch condition").await }, if ping.is_some() => {
+                ping = None;
+                match result {
+                    Ok(()) => {}
                     Err(RequestError::Timeout) => {
                         let reason = format!("it did not answer the health ping within {ping_timeout:?} and was killed");
                         // Name the reason before the kill, so callers in flight see it rather
                         // than the broken stream the kill causes.
-                        running.conn.close(reason.clone());
-                        kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
-                        let _ = running.child.wait().await;
+                        running.conn.close(Closed::new(reason.clone()));
+                        kill_and_reap(&mut running.child).await;
                         return Watch::Crashed(reason);
                     }
-                    Err(RequestError::Closed(reason)) => {
-                        kill_group(running.child.id().unwrap_or(0), libc::SIGKILL);
-                        let _ = running.child.wait().await;
-                        return Watch::Crashed(reason);
+                    Err(RequestError::Closed(closed)) => {
+                        kill_and_reap(&mut running.child).await;
+                        return Watch::Crashed(closed.reason);
                     }
+                }
+            }
+            // Sampling runs only while calls are in flight; the first call of a busy period
+            // wakes this loop.
+            _ = shared.cpu.busy.notified(), if !busy => {}
+            _ = cpu_ticker.tick(), if busy => {
+                let Some(now) = cpu_time(running) else { continue };
+                let (used, calls) = shared.cpu.used_since_oldest(now);
+                let budget = cpu_limit.saturating_mul(calls.max(1) as u32);
+                if calls > 0 && used > budget {
+                    let reason = format!(
+                        "its calls used {used:?} of CPU time, more than `limits.cpu` ({cpu_limit:?}) per call for {calls} call(s) in flight, and it was restarted"
+                    );
+                    running.conn.close(Closed { reason: reason.clone(), limit: Some("cpu") });
+                    kill_and_reap(&mut running.child).await;
+                    return Watch::Crashed(reason);
                 }
             }
         }
     }
 }
 
-/// Asks the child to shut down (protocol `shutdown`), waits at most `grace`, then sends SIGTERM
-/// to its process group and, a moment later, SIGKILL; the sandbox's cgroup catches anything that
-/// left the group when `running` is dropped.
+/// Asks the child to shut down (protocol `shutdown`, if it can be queued now), waits for most of
+/// `grace`, then sends SIGTERM to its process group and, when `grace` is over, SIGKILL; the
+/// sandbox's cgroup catches anything that left the group when `running` is dropped. Returns
+/// within `grace` plus at most [`REAP_WAIT`], whatever the child does.
 async fn shutdown(shared: &Shared, mut running: Running, grace: Duration) {
-    /// How long SIGTERM gets before SIGKILL.
-    const TERM_GRACE: Duration = Duration::from_millis(500);
     *shared.current.write() = None;
     shared.state.lock().ready = false;
-    let pid = running.child.id().unwrap_or(0);
-    let _ = running
-        .conn
-        .notify("shutdown", &serde_json::json!({}))
-        .await;
-    if tokio::time::timeout(grace, running.child.wait())
+    let pid = running.child.id();
+    // Never wait for room: a child that stopped reading must not delay its own stop.
+    running.conn.try_notify("shutdown", &serde_json::json!({}));
+    let term_share = (grace / 4).min(Duration::from_millis(500));
+    let polite = grace.saturating_sub(term_share);
+    if tokio::time::timeout(polite, running.child.wait())
         .await
         .is_err()
     {
-        kill_group(pid, libc::SIGTERM);
-        if tokio::time::timeout(TERM_GRACE, running.child.wait())
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(term_share, running.child.wait())
             .await
             .is_err()
         {
-            kill_group(pid, libc::SIGKILL);
-            let _ = running.child.wait().await;
+            kill_and_reap(&mut running.child).await;
         }
     }
     // Reap anything the child left behind in its group.
-    kill_group(pid, libc::SIGKILL);
+    signal_group(pid, libc::SIGKILL);
     if let Some(sandbox) = &running.sandbox {
         sandbox.kill_all();
     }
-    running.conn.close("it was stopped".to_owned());
+    running.conn.close(Closed::new("it was stopped"));
+    shared.cpu.clear();
     shared.state.lock().pid = None;
 }
 
@@ -569,33 +736,27 @@ impl Instance for ProcessInstance {
             .timeout
             .unwrap_or(shared.spec.manifest.limits.call_timeout);
         let started = Instant::now();
-        let timed_out = || RuntimeError::Timeout {
-            plugin: shared.plugin.clone(),
-            action: action.to_owned(),
-            timeout,
+        // Waiting for a slot counts against the call's deadline; saturation is `Overloaded`.
+        let _permit = tokio::select! {
+            permit = shared.slots.acquire(timeout) => permit?,
+            closed = conn.closed() => return Err(closed_error(shared, closed)),
         };
-        // Waiting for a concurrency slot counts against the call's deadline.
-        let _permit = match shared.concurrency.try_acquire() {
-            Ok(p) => p,
-            Err(_) => tokio::time::timeout(timeout, shared.concurrency.acquire())
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|_| shared.not_running())?,
-        };
+        let _cpu = shared.cpu.enter();
         let remaining = timeout.saturating_sub(started.elapsed());
         let params = CallParams {
             action,
             payload: &invocation.payload,
             deadline_ms: remaining.as_millis() as u64,
         };
-        match conn.request("call", &params, remaining).await {
+        match conn.call(&params, remaining).await {
             Ok(Ok(result)) => Ok(Outcome { result }),
             Ok(Err(error)) => Err(map_rpc_error(&shared.plugin, action, error)),
-            Err(RequestError::Timeout) => Err(timed_out()),
-            Err(RequestError::Closed(reason)) => Err(RuntimeError::Crashed {
+            Err(RequestError::Timeout) => Err(RuntimeError::Timeout {
                 plugin: shared.plugin.clone(),
-                reason,
+                action: action.to_owned(),
+                timeout,
             }),
+            Err(RequestError::Closed(closed)) => Err(closed_error(shared, closed)),
         }
     }
 
@@ -606,11 +767,18 @@ impl Instance for ProcessInstance {
             .read()
             .clone()
             .ok_or_else(|| shared.not_running())?;
-        conn.notify("event", &EventParams { topic, payload })
+        // An event waits for room in the write queue at most one call timeout.
+        let wait = shared.spec.manifest.limits.call_timeout;
+        conn.notify("event", &EventParams { topic, payload }, wait)
             .await
-            .map_err(|reason| RuntimeError::Crashed {
-                plugin: shared.plugin.clone(),
-                reason,
+            .map_err(|e| match e {
+                RequestError::Closed(closed) => closed_error(shared, closed),
+                RequestError::Timeout => RuntimeError::Overloaded {
+                    plugin: shared.plugin.clone(),
+                    reason: format!(
+                        "it did not read its protocol socket for {wait:?}, so the event `{topic}` was dropped"
+                    ),
+                },
             })
     }
 
@@ -619,7 +787,17 @@ impl Instance for ProcessInstance {
     }
 
     fn status(&self) -> InstanceStatus {
+        let conn = self.shared.current.read().clone();
         let state = self.shared.state.lock();
+        let mut details = state.details.clone();
+        // The connection's bounded queues, so an operator (and the hostile tests) can see them.
+        if let Some(conn) = conn {
+            details.push(("protocol.pending".into(), conn.pending_len().to_string()));
+            details.push((
+                "protocol.host_requests".into(),
+                conn.host_requests_in_flight().to_string(),
+            ));
+        }
         InstanceStatus {
             ready: state.ready,
             dead: state.dead,
@@ -627,8 +805,12 @@ impl Instance for ProcessInstance {
             last_error: state.last_error.clone(),
             pid: state.pid,
             late_replies: self.shared.late_replies.load(Ordering::Relaxed),
-            details: state.details.clone(),
+            details,
         }
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.shared.health.subscribe()
     }
 
     async fn stop(&self, grace: Duration) {
@@ -640,15 +822,39 @@ impl Instance for ProcessInstance {
                 false
             }
         });
-        self.shared.concurrency.close();
+        // The supervisor returns within `grace` plus the reap wait; the margin only guards
+        // against a bug there turning into a hang of the host.
         let mut stopped = self.shared.stopped.subscribe();
-        let _ = stopped.wait_for(|s| *s).await;
+        let _ = tokio::time::timeout(
+            grace + REAP_WAIT + Duration::from_secs(2),
+            stopped.wait_for(|s| *s),
+        )
+        .await;
+    }
+}
+
+/// The error for a call whose connection closed under it.
+fn closed_error(shared: &Shared, closed: Closed) -> RuntimeError {
+    match closed.limit {
+        Some(limit) => RuntimeError::LimitExceeded {
+            plugin: shared.plugin.clone(),
+            limit: limit.to_owned(),
+            hint: Some(format!(
+                "{}; raise `limits.{limit}` in `plugin.toml`",
+                closed.reason
+            )),
+        },
+        None => RuntimeError::Crashed {
+            plugin: shared.plugin.clone(),
+            reason: closed.reason,
+        },
     }
 }
 
 fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeError {
     let plugin = plugin.clone();
     let action = action.to_owned();
+    let data = error.data.as_ref();
     match error.code {
         codes::UNKNOWN_ACTION => RuntimeError::UnknownAction { plugin, action },
         // The SDKs put the validation details into the message already (`data.errors` holds
@@ -658,8 +864,29 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
             action,
             message: error.message,
         },
+        codes::CLIENT_ERROR => {
+            let code = data
+                .and_then(|d| d.get("code"))
+                .and_then(|c| c.as_str())
+                .filter(|c| !c.is_empty())
+                .unwrap_or("client_error")
+                .to_owned();
+            // Only client statuses; 401 and 403 are reserved for the host's own auth.
+            let status = data
+                .and_then(|d| d.get("status"))
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .filter(|s| (400..=499).contains(s) && *s != 401 && *s != 403)
+                .unwrap_or(400);
+            RuntimeError::ClientError {
+                plugin,
+                action,
+                code,
+                message: error.message,
+                status,
+            }
+        }
         code => {
-            let data = error.data.as_ref();
             let exception = data.and_then(|d| d.get("type")).and_then(|t| t.as_str());
             // The sandbox refuses the allocation (RLIMIT_DATA) and the SDK reports it as the
             // handler's `MemoryError`: that is the memory limit, as in the wasm runtime.
@@ -687,5 +914,84 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
                     .or_else(|| (code != codes::ACTION_FAILED).then(|| code.to_string())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin() -> PluginName {
+        PluginName::new("p").unwrap()
+    }
+
+    fn client_error(data: serde_json::Value) -> RuntimeError {
+        map_rpc_error(
+            &plugin(),
+            "a",
+            RpcError {
+                code: codes::CLIENT_ERROR,
+                message: "no such image".into(),
+                data: Some(data),
+            },
+        )
+    }
+
+    #[test]
+    fn client_errors_keep_code_and_a_client_status() {
+        let check =
+            |data: serde_json::Value, want_code: &str, want_status: u16| match client_error(data) {
+                RuntimeError::ClientError {
+                    code,
+                    status,
+                    message,
+                    ..
+                } => {
+                    assert_eq!((code.as_str(), status), (want_code, want_status));
+                    assert_eq!(message, "no such image");
+                }
+                other => panic!("expected a client error, got {other:?}"),
+            };
+        check(
+            serde_json::json!({"code": "not_found", "status": 404}),
+            "not_found",
+            404,
+        );
+        check(
+            serde_json::json!({"code": "nope", "status": 401}),
+            "nope",
+            400,
+        );
+        check(
+            serde_json::json!({"code": "nope", "status": 403}),
+            "nope",
+            400,
+        );
+        check(
+            serde_json::json!({"code": "nope", "status": 500}),
+            "nope",
+            400,
+        );
+        check(serde_json::json!({"status": 409}), "client_error", 409);
+    }
+
+    #[test]
+    fn cpu_budget_counts_from_the_oldest_call_in_flight() {
+        let cpu = CpuCalls::default();
+        let s = Duration::from_secs;
+        let first = cpu.enter();
+        assert_eq!(cpu.used_since_oldest(s(10)), (s(0), 1));
+        let second = cpu.enter();
+        assert_eq!(cpu.used_since_oldest(s(12)), (s(2), 2));
+        drop(first);
+        // The second call started at the sample of 12 s.
+        assert_eq!(cpu.used_since_oldest(s(15)), (s(3), 1));
+        drop(second);
+        assert!(!cpu.is_busy());
+    }
+
+    #[test]
+    fn reads_its_own_cpu_time() {
+        assert!(proc_cpu_time(std::process::id()).is_some());
     }
 }

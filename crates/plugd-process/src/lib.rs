@@ -36,8 +36,6 @@ pub struct ProcessConfig {
     pub max_frame: usize,
     /// Crash handling.
     pub restart: RestartPolicy,
-    /// Log capture limits.
-    pub logs: LogLimits,
     /// Kernel confinement of children; `None` runs them unconfined (development only).
     pub sandbox: Option<SandboxConfig>,
 }
@@ -104,17 +102,6 @@ pub struct RestartPolicy {
     pub window: Duration,
 }
 
-/// Bounds on captured stdout/stderr, so a flooding child cannot grow the host's memory.
-#[derive(Clone, Debug)]
-pub struct LogLimits {
-    /// Longest kept line in bytes; longer lines are truncated.
-    pub max_line: usize,
-    /// Sustained lines per second per stream; the excess is dropped and counted.
-    pub lines_per_second: u32,
-    /// Burst allowance above the sustained rate.
-    pub burst: u32,
-}
-
 impl Default for ProcessConfig {
     fn default() -> Self {
         let mut base_env = vec![
@@ -134,11 +121,6 @@ impl Default for ProcessConfig {
                 max_backoff: Duration::from_secs(5),
                 max_crashes: 5,
                 window: Duration::from_secs(60),
-            },
-            logs: LogLimits {
-                max_line: 8 * 1024,
-                lines_per_second: 200,
-                burst: 1000,
             },
             sandbox: None,
         }

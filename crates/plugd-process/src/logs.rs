@@ -1,15 +1,16 @@
-//! Captures a child's stdout/stderr line by line into the plugin's log, with a line-length cap
-//! and a rate limit so a flooding child costs the host bounded memory and time.
+//! Captures a child's stdout/stderr line by line into the plugin's log. Reading stops a line at
+//! [`MAX_LOG_LINE`] bytes, so a child costs the host bounded memory per line; every line goes to
+//! the host, which applies the one rate limit, cap and escaping shared by every log source.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
-use plugd_runtime::{HostCalls, LogLevel, LogSource};
+use plugd_runtime::{HostCalls, LogLevel, LogSource, MAX_LOG_LINE};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use crate::LogLimits;
+/// Appended to a line that was cut at [`MAX_LOG_LINE`] bytes.
+pub(crate) const CUT_MARK: &str = " …[truncated]";
 
 /// The last few stderr lines, kept for crash reasons.
 #[derive(Default)]
@@ -45,17 +46,15 @@ impl Tail {
     }
 }
 
-/// Reads `stream` until EOF, forwarding lines to `host`.
+/// Reads `stream` until EOF, forwarding every line to `host`.
 pub(crate) async fn capture<R: AsyncRead + Unpin>(
     stream: R,
     source: LogSource,
     host: Arc<dyn HostCalls>,
-    limits: LogLimits,
     tail: Option<Arc<Tail>>,
 ) {
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut line = Vec::with_capacity(256);
-    let mut bucket = TokenBucket::new(limits.lines_per_second, limits.burst);
     let level = if source == LogSource::Stderr {
         LogLevel::Warn
     } else {
@@ -63,38 +62,18 @@ pub(crate) async fn capture<R: AsyncRead + Unpin>(
     };
     loop {
         line.clear();
-        let truncated = match read_capped_line(&mut reader, &mut line, limits.max_line).await {
+        let truncated = match read_capped_line(&mut reader, &mut line, MAX_LOG_LINE).await {
             Ok(Some(truncated)) => truncated,
             Ok(None) | Err(_) => break,
         };
-        if !bucket.take() {
-            continue;
-        }
-        if let Some(dropped) = bucket.report_dropped() {
-            host.log(
-                LogSource::Runtime,
-                LogLevel::Warn,
-                &format!(
-                    "Suppressed {dropped} log lines: the plugin writes faster than {} lines/s",
-                    limits.lines_per_second
-                ),
-            );
-        }
         let mut text = String::from_utf8_lossy(&line).into_owned();
         if truncated {
-            text.push_str(" …[truncated]");
+            text.push_str(CUT_MARK);
         }
         if let Some(tail) = &tail {
             tail.push(&text);
         }
         host.log(source, level, &text);
-    }
-    if let Some(dropped) = bucket.report_dropped() {
-        host.log(
-            LogSource::Runtime,
-            LogLevel::Warn,
-            &format!("Suppressed {dropped} log lines"),
-        );
     }
 }
 
@@ -132,44 +111,6 @@ async fn read_capped_line<R: AsyncRead + Unpin>(
     }
 }
 
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-    dropped: u64,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        TokenBucket {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            last: Instant::now(),
-            dropped: 0,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.dropped += 1;
-            false
-        }
-    }
-
-    fn report_dropped(&mut self) -> Option<u64> {
-        (self.dropped > 0).then(|| std::mem::take(&mut self.dropped))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,12 +135,49 @@ mod tests {
         );
     }
 
-    #[test]
-    fn bucket_drops_beyond_burst_and_reports_once() {
-        let mut bucket = TokenBucket::new(1, 3);
-        let taken = (0..10).filter(|_| bucket.take()).count();
-        assert_eq!(taken, 3);
-        assert_eq!(bucket.report_dropped(), Some(7));
-        assert_eq!(bucket.report_dropped(), None);
+    struct Lines(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl HostCalls for Lines {
+        fn log(&self, _: LogSource, _: LogLevel, message: &str) {
+            self.0.lock().push(message.to_owned());
+        }
+        fn progress(&self, _: plugd_runtime::Progress) {}
+        fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), plugd_runtime::HostCallError> {
+            Ok(())
+        }
+        async fn request(
+            &self,
+            method: &str,
+            _: serde_json::Value,
+        ) -> Result<serde_json::Value, plugd_runtime::HostCallError> {
+            Err(plugd_runtime::HostCallError::Unknown(method.to_owned()))
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_every_line_and_cuts_long_ones_at_the_shared_cap() {
+        let mut input = Vec::new();
+        for i in 0..5000 {
+            input.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+        input.extend(std::iter::repeat_n(b'x', 3 * MAX_LOG_LINE));
+        input.extend_from_slice(b"\nend\n");
+        let lines = Arc::new(Lines(Mutex::new(Vec::new())));
+        let tail = Arc::new(Tail::default());
+        capture(
+            &input[..],
+            LogSource::Stderr,
+            lines.clone(),
+            Some(tail.clone()),
+        )
+        .await;
+        let got = lines.0.lock();
+        // No rate limit here any more: the host applies the one limit for every source.
+        assert_eq!(got.len(), 5002);
+        assert_eq!(got[4999], "line 4999");
+        assert_eq!(got[5000], format!("{}{CUT_MARK}", "x".repeat(MAX_LOG_LINE)));
+        assert_eq!(got[5001], "end");
+        assert!(tail.summary().unwrap().ends_with(" | end"));
     }
 }

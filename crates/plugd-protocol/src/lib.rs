@@ -9,9 +9,9 @@ mod message;
 
 pub use framing::{FrameError, FrameReader};
 pub use message::{
-    CallParams, DecodeError, EmitParams, EventParams, Hello, HelloAction, Initialize, LogParams,
-    Message, ProgressParams, RpcError, encode_error, encode_notification, encode_request,
-    encode_result,
+    CallParams, CancelParams, DecodeError, EmitParams, EventParams, Hello, HelloAction, InitLimits,
+    Initialize, LogParams, Message, ProgressParams, RpcError, encode_error, encode_notification,
+    encode_request, encode_result,
 };
 
 /// The protocol version this crate speaks.
@@ -39,8 +39,13 @@ pub mod codes {
     pub const BAD_PAYLOAD: i64 = -32002;
     /// The action raised.
     pub const ACTION_FAILED: i64 = -32003;
+    /// The action answered a client error it chose: `data.code` (string) and `data.status`
+    /// (400..=499) say which.
+    pub const CLIENT_ERROR: i64 = -32004;
     /// The protocol version was refused.
     pub const PROTOCOL_REFUSED: i64 = -32010;
     /// The service is not granted or not available.
     pub const NOT_GRANTED: i64 = -32020;
+    /// The plugin has too many requests to the host in flight; it may retry after an answer.
+    pub const TOO_MANY_REQUESTS: i64 = -32021;
 }

@@ -196,20 +196,20 @@ fn write_frame<T: Serialize>(buf: &mut Vec<u8>, frame: &T) {
 }
 
 /// `hello` params (child → host, first frame).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
     /// Protocol version the child speaks.
     pub protocol: u32,
     /// SDK name and version, e.g. `python/0.1.0`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdk: Option<String>,
     /// Actions the child offers; overrides the manifest list when present.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actions: Option<Vec<HelloAction>>,
 }
 
 /// One action announced in `hello`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct HelloAction {
     /// Action name.
     pub name: String,
@@ -233,6 +233,28 @@ pub struct Initialize<'a> {
     pub data_dir: &'a str,
     /// Granted services.
     pub services: Vec<&'a str>,
+    /// The plugin's limits, so the SDK can size its workers and budgets.
+    pub limits: InitLimits,
+}
+
+/// `initialize.limits`: the manifest's `[limits]` as the host enforces them.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InitLimits {
+    /// Default deadline of one call, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Calls the host sends at once.
+    pub concurrency: u32,
+    /// Memory limit in bytes (enforced by the sandbox when it is on).
+    pub memory: u64,
+    /// CPU time one call may use, in milliseconds.
+    pub cpu_ms: u64,
+}
+
+/// `cancel` params (host → child): the host gave up on the `call` with this id.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CancelParams {
+    /// The id of the `call` request.
+    pub id: u64,
 }
 
 /// `call` params (host → child).
@@ -256,34 +278,37 @@ pub struct EventParams<'a> {
 }
 
 /// `log` params (child → host).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LogParams {
     /// Level name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
     /// The message.
     pub message: String,
     /// Logger name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<String>,
+    /// Id of the `call` being served when the record was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<u64>,
 }
 
 /// `progress` params (child → host).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ProgressParams {
     /// Id of the `call` this progress belongs to.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call: Option<u64>,
     /// Fraction done.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,
     /// Human message.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 /// `emit` params (child → host).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct EmitParams {
     /// Topic.
     pub topic: String,

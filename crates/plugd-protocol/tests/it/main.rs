@@ -1,0 +1,256 @@
+//! Golden frames: every frame kind of protocol v1 as `plugd-protocol` encodes it, one file each
+//! under `tests/golden/`. The Python SDK's tests replay the same files (`test_golden.py`), so the
+//! host and the SDK cannot drift apart. Run with `PLUGD_BLESS=1` to rewrite the files after a
+//! deliberate protocol change (and update `docs/protocol.md`).
+
+use std::path::PathBuf;
+
+use plugd_protocol::{
+    CallParams, CancelParams, EmitParams, EventParams, Hello, HelloAction, InitLimits, Initialize,
+    LogParams, Message, ProgressParams, RpcError, codes, encode_error, encode_notification,
+    encode_request, encode_result,
+};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Every golden frame, by file stem, as encoded by this crate.
+fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut add = |name: &'static str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        out.push((name, buf));
+    };
+    let payload = RawValue::from_string(r#"{"name":"Ada"}"#.to_owned()).unwrap();
+
+    // Plugin → host.
+    add("hello", &|b| {
+        encode_request(
+            b,
+            1,
+            "hello",
+            &Hello {
+                protocol: 1,
+                sdk: Some("python/0.1.0".into()),
+                actions: Some(vec![HelloAction {
+                    name: "greet".into(),
+                    description: "Greets someone".into(),
+                }]),
+            },
+        )
+    });
+    add("result", &|b| {
+        encode_result(b, 2, &json!({"value": {"message": "Hello, Ada!"}}))
+    });
+    add("error", &|b| {
+        encode_error(
+            b,
+            2,
+            &RpcError {
+                code: codes::ACTION_FAILED,
+                message: "boom".into(),
+                data: Some(json!({"type": "ValueError"})),
+            },
+        )
+    });
+    add("client_error", &|b| {
+        encode_error(
+            b,
+            2,
+            &RpcError {
+                code: codes::CLIENT_ERROR,
+                message: "no such image".into(),
+                data: Some(json!({"type": "ClientError", "code": "not_found", "status": 404})),
+            },
+        )
+    });
+    add("log", &|b| {
+        encode_notification(
+            b,
+            "log",
+            &LogParams {
+                level: Some("warning".into()),
+                message: "careful".into(),
+                logger: Some("hello".into()),
+                call: Some(2),
+            },
+        )
+    });
+    add("progress", &|b| {
+        encode_notification(
+            b,
+            "progress",
+            &ProgressParams {
+                call: Some(2),
+                fraction: Some(0.5),
+                message: Some("half".into()),
+            },
+        )
+    });
+    add("emit", &|b| {
+        encode_request(
+            b,
+            3,
+            "emit",
+            &EmitParams {
+                topic: "image.imported".into(),
+                payload: json!({"id": 7}),
+            },
+        )
+    });
+
+    // Host → plugin.
+    add("initialize", &|b| {
+        encode_result(
+            b,
+            1,
+            &Initialize {
+                protocol: 1,
+                plugin: "hello",
+                version: "0.1.0".into(),
+                params: &json!({"quality": 80}),
+                data_dir: "/var/lib/plugd/data/hello",
+                services: vec!["kv"],
+                limits: InitLimits {
+                    call_timeout_ms: 5000,
+                    concurrency: 4,
+                    memory: 268_435_456,
+                    cpu_ms: 10_000,
+                },
+            },
+        )
+    });
+    add("call", &|b| {
+        encode_request(
+            b,
+            2,
+            "call",
+            &CallParams {
+                action: "greet",
+                payload: &payload,
+                deadline_ms: 5000,
+            },
+        )
+    });
+    add("cancel", &|b| {
+        encode_notification(b, "cancel", &CancelParams { id: 2 })
+    });
+    add("event", &|b| {
+        encode_notification(
+            b,
+            "event",
+            &EventParams {
+                topic: "image.imported",
+                payload: &payload,
+            },
+        )
+    });
+    add("ping", &|b| encode_request(b, 4, "ping", &json!({})));
+    add("pong", &|b| encode_result(b, 4, "pong"));
+    add("shutdown", &|b| {
+        encode_notification(b, "shutdown", &json!({}))
+    });
+    add("emit_result", &|b| {
+        encode_result(b, 3, &serde_json::Value::Null)
+    });
+    add("emit_refused", &|b| {
+        encode_error(
+            b,
+            3,
+            &RpcError {
+                code: codes::NOT_GRANTED,
+                message: "Service `events` is not granted to plugin `hello`; hint: add it to `permissions.services` in `plugin.toml`".into(),
+                data: None,
+            },
+        )
+    });
+    out
+}
+
+#[test]
+fn golden_frames_match_the_files() {
+    let bless = std::env::var_os("PLUGD_BLESS").is_some();
+    let dir = golden_dir();
+    let mut stale = Vec::new();
+    for (name, frame) in frames() {
+        let path = dir.join(format!("{name}.json"));
+        if bless {
+            std::fs::write(&path, &frame).unwrap();
+            continue;
+        }
+        let want = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "Cannot read `{}`: {e}; hint: run with `PLUGD_BLESS=1`",
+                path.display()
+            )
+        });
+        if want != frame {
+            stale.push(format!(
+                "{name}: file {:?}\n   encoded {:?}",
+                String::from_utf8_lossy(&want),
+                String::from_utf8_lossy(&frame)
+            ));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "Golden frames differ (bless with `PLUGD_BLESS=1` if deliberate):\n{}",
+        stale.join("\n")
+    );
+    // No file without a frame: the SDK replays every file in the directory.
+    let names: Vec<String> = frames().iter().map(|(n, _)| format!("{n}.json")).collect();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            names.contains(&file),
+            "`{file}` is not produced by this test"
+        );
+    }
+}
+
+#[test]
+fn golden_frames_decode_as_what_they_are() {
+    for (name, frame) in frames() {
+        assert_eq!(frame.last(), Some(&b'\n'), "{name} ends with a newline");
+        assert_eq!(
+            frame.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "{name} is one line"
+        );
+        let message = Message::decode(&frame[..frame.len() - 1]).unwrap();
+        let kind = match &message {
+            Message::Request { method, .. } => format!("request {method}"),
+            Message::Notification { method, .. } => format!("notification {method}"),
+            Message::Response { result: Ok(_), .. } => "result".to_owned(),
+            Message::Response { result: Err(e), .. } => format!("error {}", e.code),
+        };
+        let want = match name {
+            "hello" | "call" | "ping" | "emit" => format!("request {name}"),
+            "log" | "progress" | "cancel" | "event" | "shutdown" => format!("notification {name}"),
+            "result" | "initialize" | "pong" | "emit_result" => "result".to_owned(),
+            "error" => format!("error {}", codes::ACTION_FAILED),
+            "client_error" => format!("error {}", codes::CLIENT_ERROR),
+            "emit_refused" => format!("error {}", codes::NOT_GRANTED),
+            other => panic!("no expectation for `{other}`"),
+        };
+        assert_eq!(kind, want, "{name}");
+        // The plugin's frames parse into the host's typed params.
+        if let Message::Request { method, params, .. } | Message::Notification { method, params } =
+            message
+        {
+            let parsed = match method.as_str() {
+                "hello" => serde_json::from_str::<Hello>(params.get()).map(|_| ()),
+                "log" => serde_json::from_str::<LogParams>(params.get()).map(|_| ()),
+                "progress" => serde_json::from_str::<ProgressParams>(params.get()).map(|_| ()),
+                "emit" => serde_json::from_str::<EmitParams>(params.get()).map(|_| ()),
+                "cancel" => serde_json::from_str::<CancelParams>(params.get()).map(|_| ()),
+                _ => Ok(()),
+            };
+            parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
