@@ -316,6 +316,13 @@ impl Manifest {
         ActionMismatch { missing, extra }
     }
 
+    /// Every key the reader accepts in `format`, as dotted paths (`plugin.name`,
+    /// `limits.memory`, `actions.input`, `permissions.fs.read`); `dependencies` and `params`
+    /// hold free-form content and are one key each. `docs/manifest.md` documents exactly these.
+    pub fn known_keys(format: ManifestFormat) -> Vec<String> {
+        parse::known_keys(format)
+    }
+
     /// Reads the manifest of the package in `dir`: `plugin.toml`, else `plugin.json`.
     ///
     /// When both exist, `plugin.toml` is read and a warning says `plugin.json` was ignored.

@@ -61,6 +61,32 @@ const LIMIT_KEYS: &[&str] = &["memory", "cpu", "call_timeout", "concurrency"];
 const ACTION_KEYS: &[&str] = &["name", "description", "input", "hooks"];
 const EVENT_KEYS: &[&str] = &["subscribe"];
 
+/// Every key the reader accepts, as dotted paths (`limits.memory`, `actions.input`): the top-level
+/// keys of the format, then the keys of each sub-table. `dependencies` and `params` are free-form
+/// (plugin names; a JSON Schema) and listed as one key each.
+pub(crate) fn known_keys(format: ManifestFormat) -> Vec<String> {
+    let mut keys = Vec::new();
+    let tops = match format {
+        ManifestFormat::Toml => TOML_TOP_KEYS,
+        ManifestFormat::Json => JSON_TOP_KEYS,
+    };
+    for top in tops {
+        let sub = match *top {
+            "plugin" => PLUGIN_KEYS,
+            "permissions" => PERMISSION_KEYS,
+            "limits" => LIMIT_KEYS,
+            "actions" => ACTION_KEYS,
+            "events" => EVENT_KEYS,
+            _ => {
+                keys.push((*top).to_owned());
+                continue;
+            }
+        };
+        keys.extend(sub.iter().map(|k| format!("{top}.{k}")));
+    }
+    keys
+}
+
 const INSIDE_HINT: &str = "use a path inside the package, relative to its root";
 
 /// Parses and validates `plugin.toml` text.
