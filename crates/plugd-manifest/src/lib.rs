@@ -31,7 +31,8 @@
 //!   when the manifest is read ([`Manifest::params_schema`], [`ActionSpec::input_schema`]) and
 //!   kept as written ([`Manifest::params`], [`ActionSpec::input`]). A schema that does not
 //!   compile, names an unknown `type` or `format`, or has a `$ref` to a file or URL (only local
-//!   `#...` references) is refused. `[params]` must have `type = "object"`.
+//!   `#...` references) is refused. `[params]` must have `type = "object"`, and each
+//!   property's `default` must satisfy it.
 //! - **The manifest is the contract**: its `[[actions]]` are the actions the plugin offers. A
 //!   runtime compares what the code announces with [`Manifest::check_announced`].
 //!

@@ -384,6 +384,9 @@ impl Reader {
             .as_ref()
             .map(|raw| compile(raw, &format!("The {params_label} schema")))
             .transpose()?;
+        if let (Some(raw), Some(schema)) = (&params, &params_schema) {
+            check_defaults(raw, schema, &params_label)?;
+        }
         let actions = self.actions(&top)?;
         let events = match top.table("events", top.child_label("events"))? {
             Some(t) => events(&t)?,
@@ -668,6 +671,36 @@ fn compile(raw: &Value, what: &str) -> R<Schema> {
             None => Invalid::new(format!("{what} is invalid: {text}")),
         }
     })
+}
+
+/// Refuses a `[params]` property whose `default` breaks its own schema: the plugin would start
+/// with settings its manifest says are invalid.
+///
+/// Each default is checked alone, against the whole schema (so `$ref`s resolve), keeping only
+/// the violations inside that property: a `required` setting without a default is not an error.
+fn check_defaults(raw: &Value, schema: &Schema, label: &str) -> R<()> {
+    let Some(properties) = raw.get("properties").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    for (name, property) in properties {
+        let Some(default) = property.get("default") else {
+            continue;
+        };
+        let instance = Value::Object(Map::from_iter([(name.clone(), default.clone())]));
+        let Err(violations) = schema.validate(&instance) else {
+            continue;
+        };
+        let pointer = format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+        let inside = |p: &str| p == pointer || p.starts_with(&format!("{pointer}/"));
+        if let Some(v) = violations.iter().find(|v| inside(&v.pointer)) {
+            return Err(Invalid::new(format!(
+                "The default of `{name}` in {label} breaks its schema: {}",
+                v.message
+            ))
+            .hint("change the `default` or the schema so that they agree"));
+        }
+    }
+    Ok(())
 }
 
 fn schema(top: &Table<'_>) -> R<u32> {
