@@ -531,6 +531,9 @@ mod tests {
 
     #[test]
     fn clones_share_the_compiled_validator() {
+        // The host keeps schemas in shared state and validates on any task.
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Schema>();
         let schema = Schema::new(&json!({"type": "object"})).expect("compiles");
         let copy = schema.clone();
         assert!(Arc::ptr_eq(&schema.inner, &copy.inner));
