@@ -35,6 +35,11 @@ fn main() {
         let others = Layer::ALL.iter().copied().filter(|l| *l != layer).collect();
         configs.push((format!("only {layer}"), Some(others)));
     }
+    // The namespaces together cost more than each alone (the fresh `/proc` of the PID
+    // namespace is torn down with the mount namespace): show the pairs.
+    for layer in [Layer::PidNamespace, Layer::MountNamespace] {
+        configs.push((format!("all but {layer}"), Some(vec![layer])));
+    }
     configs.push(("all layers".into(), Some(Vec::new())));
 
     // Round-robin over the configurations so that load from elsewhere spreads evenly; report
@@ -62,6 +67,21 @@ fn main() {
             d[d.len() / 2],
         );
     }
+    // The first cgroup move after an idle period pays an RCU grace period (rcu_sync) that back
+    // to back runs do not: measure it separately, after a few idle seconds each time.
+    let idle = Duration::from_secs(3);
+    let mut first: Vec<(Duration, Duration, Duration)> = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(idle);
+        first.push(once(&base, Some(&[]), &data, "after idle"));
+    }
+    let run = median(&first, |s| s.1);
+    println!(
+        "{:<22} prepare {:>9.2?}  spawn+wait {run:>9.2?} ({:>+7.2}ms)  (median of 5, each after {idle:?} idle)",
+        "all, first after idle",
+        median(&first, |s| s.0),
+        (run.as_secs_f64() - bare.as_secs_f64()) * 1e3,
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
