@@ -1,6 +1,8 @@
 //! Benchmarks of the wasm runtime: call latency (pooled, fresh, async) and start-up of many plugins.
 //!
 //! Run: `cargo run --release -p plugd-wasm --example bench` (numbers in `bench/wasm/README.md`).
+//! `... --example bench -- cold` measures only starts on a cold compiled-code cache: distinct
+//! components started one after another, then all at once (compiled in parallel).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,6 +77,10 @@ async fn start(runtime: &WasmRuntime, spec: InstanceSpec) -> Arc<WasmInstance> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("cold") {
+        cold_starts().await;
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     let wasm = TestGuest::new("0.1.0").component();
     println!(
@@ -125,15 +131,11 @@ async fn main() {
         let cache = dir.join("cache");
         let specs: Vec<InstanceSpec> = (0..1_000)
             .map(|i| {
-                let mut bytes = wasm.clone();
-                if distinct {
-                    // A custom section makes each copy's digest, and so its cache entry, distinct.
-                    let name = format!("copy{i:04}");
-                    bytes.push(0);
-                    bytes.push((name.len() + 1) as u8);
-                    bytes.push(name.len() as u8);
-                    bytes.extend_from_slice(name.as_bytes());
-                }
+                let bytes = if distinct {
+                    distinct_copy(&wasm, i)
+                } else {
+                    wasm.clone()
+                };
                 spec(&dir, &format!("p{i:04}"), &bytes)
             })
             .collect();
@@ -176,6 +178,64 @@ async fn main() {
             stats.compiled,
             stats.loaded,
             stats.shared
+        );
+    }
+}
+
+/// `wasm` with a custom section that makes its digest, and so its cache entry, distinct.
+fn distinct_copy(wasm: &[u8], i: usize) -> Vec<u8> {
+    let mut bytes = wasm.to_vec();
+    let name = format!("copy{i:04}");
+    bytes.push(0);
+    bytes.push((name.len() + 1) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name.as_bytes());
+    bytes
+}
+
+/// Starts on a cold cache: `n` distinct copies of a component, one after another and then all
+/// at once, each time in a fresh runtime with an empty cache.
+async fn cold_starts() {
+    let root = tempfile::tempdir().unwrap();
+    let js = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/plugins/hello-js-wasm/plugin.wasm");
+    let mut cases = vec![("WAT test guest", TestGuest::new("0.1.0").component(), 64)];
+    match std::fs::read(&js) {
+        Ok(bytes) => cases.push(("hello-js-wasm (12 MB)", bytes, 4)),
+        Err(_) => println!(
+            "(no `hello-js-wasm/plugin.wasm`; run `examples/plugins/build.sh` to include it)"
+        ),
+    }
+    for (label, wasm, n) in cases {
+        let mut took = Vec::new();
+        for concurrent in [false, true] {
+            let dir = root
+                .path()
+                .join(format!("{label}-{concurrent}").replace(' ', "_"));
+            let specs: Vec<InstanceSpec> = (0..n)
+                .map(|i| spec(&dir, &format!("p{i:04}"), &distinct_copy(&wasm, i)))
+                .collect();
+            let runtime = WasmRuntime::new(WasmConfig::new(dir.join("cache"))).unwrap();
+            let t = Instant::now();
+            let instances = if concurrent {
+                futures::future::join_all(specs.into_iter().map(|s| start(&runtime, s))).await
+            } else {
+                let mut held = Vec::new();
+                for s in specs {
+                    held.push(start(&runtime, s).await);
+                }
+                held
+            };
+            took.push(t.elapsed());
+            assert_eq!(runtime.cache_stats().compiled, n as u64);
+            drop(instances);
+        }
+        println!(
+            "cold cache, {n} distinct {label:<22} one by one {:>9.2?}, all at once {:>9.2?} ({:.2}x, {} cores)",
+            took[0],
+            took[1],
+            took[0].as_secs_f64() / took[1].as_secs_f64(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
         );
     }
 }
