@@ -187,7 +187,9 @@ pub enum Service {
 pub struct Limits {
     /// Memory in bytes (default 256 MiB).
     pub memory: u64,
-    /// CPU time budget (default 10 s).
+    /// Bytes the plugin's data dir may hold (default 1 GiB).
+    pub disk: u64,
+    /// CPU time one call may use (default 10 s).
     pub cpu: Duration,
     /// Per-call wall-clock timeout (default 5 s).
     pub call_timeout: Duration,
@@ -221,6 +223,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: 256 * 1024 * 1024,
+            disk: 1024 * 1024 * 1024,
             cpu: Duration::from_secs(10),
             call_timeout: Duration::from_secs(5),
             concurrency: 64,

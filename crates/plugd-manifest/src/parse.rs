@@ -57,7 +57,7 @@ const JSON_TOP_KEYS: &[&str] = &[
     "events",
 ];
 const PERMISSION_KEYS: &[&str] = &["fs.read", "net.connect", "env", "services", "imports"];
-const LIMIT_KEYS: &[&str] = &["memory", "cpu", "call_timeout", "concurrency"];
+const LIMIT_KEYS: &[&str] = &["memory", "disk", "cpu", "call_timeout", "concurrency"];
 const ACTION_KEYS: &[&str] = &["name", "description", "input", "hooks"];
 const EVENT_KEYS: &[&str] = &["subscribe"];
 
@@ -913,24 +913,8 @@ fn check_host_port(s: &str) -> R<()> {
 fn limits(t: &Table<'_>) -> R<Limits> {
     t.deny_unknown(LIMIT_KEYS)?;
     let defaults = Limits::default();
-    let memory = match t.get("memory") {
-        None => defaults.memory,
-        Some(Value::String(s)) => crate::units::size(s).map_err(|why| {
-            Invalid::new(format!(
-                "Invalid size `{s}` for `memory` in {}: {why}",
-                t.label
-            ))
-            .hint(SIZE_HINT)
-        })?,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
-        Some(other) => return Err(t.type_error("memory", "a size like `\"256MiB\"`", other)),
-    };
-    if memory == 0 {
-        return Err(
-            Invalid::new(format!("Key `memory` in {} must be more than 0", t.label))
-                .hint(SIZE_HINT),
-        );
-    }
+    let memory = size(t, "memory", defaults.memory)?;
+    let disk = size(t, "disk", defaults.disk)?;
     let cpu = duration(t, "cpu", defaults.cpu)?;
     let call_timeout = duration(t, "call_timeout", defaults.call_timeout)?;
     let concurrency = match t.get("concurrency") {
@@ -952,10 +936,32 @@ fn limits(t: &Table<'_>) -> R<Limits> {
     };
     Ok(Limits {
         memory,
+        disk,
         cpu,
         call_timeout,
         concurrency,
     })
+}
+
+fn size(t: &Table<'_>, key: &str, default: u64) -> R<u64> {
+    let bytes = match t.get(key) {
+        None => default,
+        Some(Value::String(s)) => crate::units::size(s).map_err(|why| {
+            Invalid::new(format!(
+                "Invalid size `{s}` for `{key}` in {}: {why}",
+                t.label
+            ))
+            .hint(SIZE_HINT)
+        })?,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
+        Some(other) => return Err(t.type_error(key, "a size like `\"256MiB\"`", other)),
+    };
+    if bytes == 0 {
+        return Err(
+            Invalid::new(format!("Key `{key}` in {} must be more than 0", t.label)).hint(SIZE_HINT),
+        );
+    }
+    Ok(bytes)
 }
 
 fn duration(t: &Table<'_>, key: &str, default: Duration) -> R<Duration> {

@@ -137,6 +137,7 @@ fn dump(manifest: &Manifest) -> String {
     } = permissions;
     let Limits {
         memory,
+        disk,
         cpu,
         call_timeout,
         concurrency,
@@ -167,6 +168,7 @@ fn dump(manifest: &Manifest) -> String {
     let _ = writeln!(w, "  imports: {imports:?}");
     let _ = writeln!(w, "limits:");
     let _ = writeln!(w, "  memory: {memory} bytes");
+    let _ = writeln!(w, "  disk: {disk} bytes");
     let _ = writeln!(w, "  cpu: {cpu:?}");
     let _ = writeln!(w, "  call_timeout: {call_timeout:?}");
     let _ = writeln!(w, "  concurrency: {concurrency}");
