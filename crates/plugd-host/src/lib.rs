@@ -6,11 +6,13 @@
 //! `Arc<dyn Runtime>` from the binary or the embedding app.
 #![warn(missing_docs)]
 
+mod ceilings;
 mod error;
 mod events;
 mod lifecycle;
 mod logs;
 mod policy;
+mod quota;
 mod registry;
 mod services;
 
@@ -22,9 +24,11 @@ use std::time::Duration;
 use plugd_manifest::RuntimeKind;
 use plugd_runtime::Runtime;
 
+pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
 pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
 pub use lifecycle::CallOptions;
+pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 
 /// How the host runs.
@@ -42,6 +46,10 @@ pub struct HostConfig {
     pub strict: bool,
     /// The trust store: a directory of trusted public keys (default `STATE/trust`).
     pub trust_dir: PathBuf,
+    /// The most a plugin of each trust level may have (`plugd.toml` `[ceilings.*]`).
+    pub ceilings: Ceilings,
+    /// How often each running plugin's data dir is measured against `limits.disk` (zero: never).
+    pub disk_check_interval: Duration,
 }
 
 impl HostConfig {
@@ -55,6 +63,8 @@ impl HostConfig {
             stop_grace: Duration::from_secs(3),
             log_lines: 1000,
             strict: false,
+            ceilings: Ceilings::default(),
+            disk_check_interval: Duration::from_secs(5),
         }
     }
 

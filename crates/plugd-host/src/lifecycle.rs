@@ -325,6 +325,7 @@ impl Host {
             inner.swap(generation.clone())
         };
         self.watch_health(&slot, &generation);
+        self.watch_disk(&slot, generation.id, generation.manifest.limits.disk);
         self.log_started(&slot, &generation, "Reloaded");
         *resolution = self.apply_plan(fresh);
         // Running plugins the new plan cannot hold (a dependant whose requirement the new version
@@ -459,6 +460,7 @@ impl Host {
             Ok(generation) => {
                 slot.inner.lock().started(generation.clone());
                 self.watch_health(slot, &generation);
+                self.watch_disk(slot, generation.id, generation.manifest.limits.disk);
                 self.log_started(slot, &generation, "Started");
                 Ok(())
             }
@@ -480,19 +482,26 @@ impl Host {
                 slot.name, manifest.runtime
             ));
         };
-        let (granted, denials) = crate::policy::effective(&manifest, &trust);
+        let (mut granted, denials) = crate::policy::effective(&manifest, &trust);
+        let clamped = crate::ceilings::clamp(
+            &mut granted,
+            &trust,
+            self.inner.config.ceilings.for_trust(&trust),
+        );
+        if self.inner.config.strict && !clamped.is_empty() {
+            return Err(format!("{} (strict mode refuses it)", clamped.join("; ")));
+        }
+        for warning in &clamped {
+            slot.push_log(LogSource::Runtime, LogLevel::Warn, warning);
+            tracing::warn!(plugin = %slot.name, "{warning}");
+        }
         for denial in &denials {
             slot.denials.fetch_add(1, Ordering::Relaxed);
             slot.push_log(LogSource::Runtime, LogLevel::Warn, denial);
             tracing::warn!(plugin = %slot.name, "{denial}");
         }
         let granted = Arc::new(granted);
-        let data_dir = self
-            .inner
-            .config
-            .state_dir
-            .join("data")
-            .join(slot.name.as_str());
+        let data_dir = self.data_dir(&slot.name);
         if let Err(e) = tokio::fs::create_dir_all(&data_dir).await {
             return Err(format!(
                 "Cannot create the data dir `{}`: {e}",
@@ -550,6 +559,11 @@ impl Host {
         }))
     }
 
+    /// The private writable directory of a plugin (`STATE/data/NAME`), shared by its versions.
+    pub(crate) fn data_dir(&self, name: &PluginName) -> PathBuf {
+        self.inner.config.state_dir.join("data").join(name.as_str())
+    }
+
     fn log_started(&self, slot: &Slot, generation: &Generation, verb: &str) {
         let version = &generation.manifest.version;
         slot.push_log(
@@ -576,7 +590,7 @@ impl Host {
                         return;
                     };
                     let host = Host { inner };
-                    host.on_dead(&slot, id, reason).await;
+                    host.give_up(&slot, id, reason).await;
                     return;
                 }
                 if health.changed().await.is_err() {
@@ -586,7 +600,9 @@ impl Host {
         });
     }
 
-    async fn on_dead(&self, slot: &Arc<Slot>, id: u64, reason: String) {
+    /// Fails generation `id` of a plugin for good (its runtime gave up, or it broke its disk
+    /// quota), if it is still the running one, and fails its dependants.
+    pub(crate) async fn give_up(&self, slot: &Arc<Slot>, id: u64, reason: String) {
         let resolution = self.inner.lifecycle.lock().await;
         let running = slot.inner.lock().fail_generation(id, reason.clone());
         let Some(generation) = running else {

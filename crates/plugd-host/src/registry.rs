@@ -120,6 +120,10 @@ pub struct PluginInfo {
     pub details: Vec<(String, String)>,
     /// Trust of the running (or last started) package.
     pub trust: Option<TrustLevel>,
+    /// Bytes in the data dir at the last quota check (0 before the first).
+    pub disk_used: u64,
+    /// The limits in force for the running version (after trust policy and ceilings).
+    pub limits: Option<plugd_manifest::Limits>,
 }
 
 /// Whether a package was signed by a key in the trust store.
@@ -210,6 +214,8 @@ pub(crate) struct Slot {
     pub emitted: AtomicU64,
     /// Events dropped on the way to this plugin (full queue).
     pub events_dropped: AtomicU64,
+    /// Bytes in the data dir at the last quota check.
+    pub disk_used: AtomicU64,
     /// Hop count of the event being delivered to this plugin now (see `events`).
     pub delivering_hops: crate::events::DeliveringHops,
     /// The plugin's `emit` rate limit.
@@ -385,6 +391,7 @@ impl Slot {
             denials: AtomicU64::new(0),
             emitted: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            disk_used: AtomicU64::new(0),
             delivering_hops: Default::default(),
             emit_bucket: Mutex::new(crate::logs::Bucket::new(
                 crate::events::EMIT_RATE,
@@ -485,6 +492,8 @@ impl Slot {
             denials: self.denials.load(Ordering::Relaxed),
             details: status.details,
             trust: inner.trust.clone(),
+            disk_used: self.disk_used.load(Ordering::Relaxed),
+            limits: generation.map(|g| g.manifest.limits.clone()),
         }
     }
 }

@@ -239,9 +239,19 @@ impl Fixture {
 
     /// A host whose only runtime is the fake one.
     pub fn fake_host(&self, script: &Arc<Script>) -> Host {
+        self.fake_host_with(script, |_| {})
+    }
+
+    /// [`Fixture::fake_host`] with a tweaked configuration.
+    pub fn fake_host_with(
+        &self,
+        script: &Arc<Script>,
+        tweak: impl FnOnce(&mut HostConfig),
+    ) -> Host {
         let mut config = HostConfig::new(self.plugins(), self.dir.path().join("state"));
         config.stop_grace = Duration::from_millis(100);
         config.log_lines = 2000;
+        tweak(&mut config);
         Host::builder(config)
             .runtime(Arc::new(FakeRuntime {
                 script: script.clone(),
