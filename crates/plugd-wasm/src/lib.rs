@@ -367,14 +367,28 @@ impl Inner {
         for _ in 0..3 {
             let cell = self.cell(&digest);
             let mut made = None;
-            let weak = cell
+            let init = cell
                 .get_or_try_init(|| async {
                     let code = self.compile(plugin, &bytes, digest, &entry).await?;
                     let weak = Arc::downgrade(&code);
                     made = Some(code);
                     Ok::<_, RuntimeError>(weak)
                 })
-                .await?;
+                .await;
+            let weak = match init {
+                Ok(weak) => weak,
+                Err(e) => {
+                    // A component that does not compile or link leaves no entry behind.
+                    let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
+                    if codes
+                        .get(&digest)
+                        .is_some_and(|c| Arc::ptr_eq(c, &cell) && !c.initialized())
+                    {
+                        codes.remove(&digest);
+                    }
+                    return Err(e);
+                }
+            };
             if let Some(code) = made {
                 return Ok(code);
             }

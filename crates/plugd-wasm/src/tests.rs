@@ -112,3 +112,37 @@ fn a_failed_epoch_thread_fails_the_runtime() {
         "{err}"
     );
 }
+
+/// A component that cannot be compiled leaves no cell behind; a good one keeps its cell only
+/// while a plugin uses its code.
+#[tokio::test]
+async fn code_cells_live_as_long_as_their_code() {
+    let root = tempfile::tempdir().unwrap();
+    let runtime = WasmRuntime::new(WasmConfig::new(root.path().join("cache"))).unwrap();
+    let cells = || runtime.inner.codes.lock().unwrap().len();
+    let err = runtime
+        .start_wasm(
+            spec(root.path(), "broken", b"\0asm not really"),
+            Arc::new(NullHost),
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), "plugin_start_failed", "{err}");
+    assert_eq!(cells(), 0);
+
+    let wasm = TestGuest::new("0.1.0").component();
+    let instance = runtime
+        .start_wasm(spec(root.path(), "good", &wasm), Arc::new(NullHost))
+        .await
+        .unwrap();
+    assert_eq!(cells(), 1);
+    drop(instance);
+    // The next start of other bytes sweeps the dead cell.
+    let other = TestGuest::new("0.2.0").component();
+    let _other = runtime
+        .start_wasm(spec(root.path(), "other", &other), Arc::new(NullHost))
+        .await
+        .unwrap();
+    assert_eq!(cells(), 1);
+}

@@ -537,3 +537,51 @@ async fn concurrent_starts_compile_each_distinct_component_once() {
     let stats = runtime.cache_stats();
     assert_eq!((stats.compiled, stats.loaded, stats.shared), (2, 0, 2));
 }
+
+/// The host's conformance suite builds the guest with its own action list and texts; a long
+/// list still fits the guest's static data.
+#[tokio::test]
+async fn the_test_guest_takes_its_announcements_from_the_caller() {
+    let env = Env::new();
+    let actions = [
+        "echo", "fail", "reject", "crash", "spin", "grow", "log", "ask",
+    ]
+    .map(|name| {
+        (
+            name.to_owned(),
+            format!("The `{name}` action, described at some length ✓"),
+        )
+    });
+    let guest = TestGuest {
+        actions: actions.to_vec(),
+        fail_code: "custom_code".to_owned(),
+        fail_message: "a custom message".to_owned(),
+        log_line: "a custom line".to_owned(),
+        ..TestGuest::new("0.1.0")
+    };
+    let host = Arc::new(RecordingHost::default());
+    let instance = env
+        .runtime()
+        .start(env.package("guest", &guest.component(), ""), host.clone())
+        .await
+        .unwrap();
+    let announced: Vec<(String, String)> = instance
+        .actions()
+        .into_iter()
+        .map(|a| (a.name.to_string(), a.description))
+        .collect();
+    assert_eq!(announced, actions);
+    let err = call(&instance, "fail", "{}").await.unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::ActionFailed { code: Some(ref c), ref message, .. }
+            if c == "custom_code" && message == "a custom message"),
+        "{err:?}"
+    );
+    let err = call(&instance, "crash", "{}").await.unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::ActionFailed { code: Some(ref c), .. } if c == "trap"),
+        "{err:?}"
+    );
+    call(&instance, "log", "1").await.unwrap();
+    assert_eq!(host.lines(LogSource::Plugin), ["a custom line"]);
+}
