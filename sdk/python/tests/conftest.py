@@ -34,3 +34,26 @@ def make_host(tmp_path):
 @pytest.fixture
 def host(make_host):
     return make_host()
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def plugd_bin():
+    """The real `plugd` binary (`target/debug/plugd`), built with `cargo build -p plugd` when
+    it is missing."""
+    import shutil
+    import subprocess
+
+    binary = ROOT / "target" / "debug" / "plugd"
+    if not binary.exists():
+        cargo = shutil.which("cargo")
+        if cargo is None:
+            pytest.fail(f"`{binary}` is missing and `cargo` is not on the PATH; hint: run "
+                        "`cargo build -p plugd` first")
+        build = subprocess.run([cargo, "build", "-p", "plugd"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=1800)
+        if build.returncode != 0 or not binary.exists():
+            pytest.fail(f"`cargo build -p plugd` failed:\n{build.stderr[-4000:]}")
+    return binary

@@ -123,9 +123,15 @@ class FakeHost:
         if "method" in msg and "id" in msg:
             with self._cond:
                 self.requests.append(msg)
+                if msg["method"] == "emit":
+                    # Emits are requests now; tests read them beside the notifications too.
+                    self.notifications.append(msg)
                 self._cond.notify_all()
             if self.request_handler is not None and msg["method"] != "hello":
                 self.request_handler(msg)
+            elif msg["method"] == "emit":
+                # The real host answers an accepted `emit` with `null`.
+                self.send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
         elif "method" in msg:
             with self._cond:
                 self.notifications.append(msg)
@@ -176,6 +182,11 @@ class FakeHost:
             id = self._next_id
         self.send({"jsonrpc": "2.0", "id": id, "method": method, "params": params or {}})
         return id
+
+    def send_raw(self, line: bytes) -> None:
+        """Sends bytes as they are (e.g. a golden frame file)."""
+        with self._wlock:
+            self.sock.sendall(line if line.endswith(b"\n") else line + b"\n")
 
     def notify(self, method: str, params: Any = None) -> None:
         self.send({"jsonrpc": "2.0", "method": method, "params": params or {}})

@@ -10,7 +10,6 @@ from fakehost import FakeHost
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "plugins"
-TEMPLATE = ROOT / "crates" / "plugd" / "templates" / "python"
 
 
 @pytest.fixture
@@ -94,11 +93,12 @@ def test_thumbs_depends_on_store():
     assert re.search(r'^version = "2\.1\.0"', (EXAMPLES / "store" / "plugin.toml").read_text(), re.M)
 
 
-def test_template_renders_a_working_plugin(example, tmp_path):
+def test_plugd_new_scaffolds_a_working_plugin(example, tmp_path, plugd_bin):
+    import subprocess
     pkg = tmp_path / "my-plugin"
-    pkg.mkdir()
-    for tmpl in TEMPLATE.glob("*.tmpl"):
-        (pkg / tmpl.name[: -len(".tmpl")]).write_text(tmpl.read_text().replace("{{name}}", "my-plugin"))
+    run = subprocess.run([str(plugd_bin), "new", "my-plugin", "--lang", "python", "--dir", str(pkg)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in pkg.iterdir()) == ["README.md", "main.py", "plugin.toml"]
     assert "{{" not in "".join(p.read_text() for p in pkg.iterdir())
     assert 'name = "my-plugin"' in (pkg / "plugin.toml").read_text()

@@ -48,8 +48,19 @@ def test_initialize_sets_name_version_params_data_dir(make_host, tmp_path):
 
 
 def test_thread_pool_follows_concurrency_limit(make_host):
-    h = make_host(extra={"limits": {"concurrency": 4}})
-    assert ok(h.call("info"))["value"]["workers"] == 4
+    limits = {"call_timeout_ms": 5000, "concurrency": 4, "memory": 1 << 28, "cpu_ms": 10000}
+    h = make_host(extra={"limits": limits})
+    info = ok(h.call("info"))["value"]
+    assert info["workers"] == 4
+    assert info["limits"] == limits
+
+
+def test_plugin_toml_is_not_read_for_limits(make_host, tmp_path):
+    # `initialize.limits` is the only source: a `plugin.toml` in the working directory is not
+    # scanned (without limits the pool has its default size).
+    (tmp_path / "plugin.toml").write_text("[limits]\nconcurrency = 3\n")
+    h = make_host(cwd=tmp_path)
+    assert ok(h.call("info"))["value"]["workers"] == 16
 
 
 def test_call_returns_value(host):
@@ -116,6 +127,24 @@ def test_exception_after_suspending(host):
     assert e["message"] == "'later'"
 
 
+def test_client_error_carries_code_and_status(host):
+    e = err(host.call("lookup", "cat.png"))
+    assert e == {"code": -32004, "message": "no such image: cat.png",
+                 "data": {"type": "ClientError", "code": "not_found", "status": 404}}
+    # A client error is the plugin's answer, not a failure: no traceback is logged.
+    assert ok(host.call("echo", 1))
+    assert not [p for p in host.notifications_of("log") if "cat.png" in p["message"]]
+
+
+def test_client_error_refuses_a_status_outside_4xx():
+    from plugd import ClientError
+    with pytest.raises(ValueError, match="400..=499"):
+        ClientError("oops", "server side", status=500)
+    with pytest.raises(ValueError, match="non-empty string"):
+        ClientError("", "no code")
+    assert ClientError("bad", "x").status == 400
+
+
 def test_exception_code_is_passed_on(host):
     e = err(host.call("coded"))
     assert e["data"] == {"type": "CodedError", "code": "E_QUOTA"}
@@ -158,15 +187,16 @@ def test_input_model_accepts_optional_fields(host):
 # -- concurrency
 
 
-def test_fifty_concurrent_calls_answer_out_of_order(host):
-    ids = [host.start_call("sleep", {"s": (50 - i) * 0.01, "i": i}) for i in range(50)]
-    resps = [host.response(rid) for rid in ids]
-    assert [ok(r)["value"] for r in resps] == list(range(50))
+def test_fifty_concurrent_calls_answer_in_the_order_they_finish(host):
+    # Each call waits on its own gate; opening the gates last-first decides the order, not
+    # sleep lengths.
+    ids = [host.start_call("gate", i) for i in range(50)]
+    for i in reversed(range(50)):
+        assert ok(host.call("open_gate", i)) == {"value": None}
+        assert ok(host.response(ids[i])) == {"value": i}
     order = [json.loads(line)["id"] for line in host.raw_lines
              if b'"result"' in line and json.loads(line).get("id") in ids]
-    assert sorted(order) == sorted(ids)
-    assert order != ids  # shorter sleeps (sent later) finished first
-    assert order[0] in ids[-3:]
+    assert order == list(reversed(ids))
 
 
 def test_pipelined_calls_in_one_write(host):
@@ -242,14 +272,17 @@ def test_deadline_cancels_a_suspended_handler_without_reply(host):
     assert rid not in host.responses  # the host already gave up: no late reply
 
 
-def test_cancel_notification_cancels_a_call(host):
+def started(host, rid):
+    host.wait_notification("progress", lambda p: p.get("call") == rid and p.get("message") == "started")
+
+
+def test_cancel_notification_cancels_a_call_without_reply(host):
     rid = host.start_call("slow", {"s": 10, "tag": "explicit"})
-    time.sleep(0.05)
+    started(host, rid)
     host.notify("cancel", {"id": rid})
-    e = err(host.response(rid))
-    assert e["code"] == -32003
-    assert e["data"] == {"type": "CancelledError"}
     host.wait_notification("emit", lambda p: p["payload"] == {"tag": "explicit"})
+    assert ok(host.call("echo", 1)) == {"value": 1}
+    assert rid not in host.responses  # the host gave up on it: no reply
 
 
 def test_cancel_in_the_same_write_as_the_call(host):
@@ -259,8 +292,17 @@ def test_cancel_in_the_same_write_as_the_call(host):
         {"jsonrpc": "2.0", "method": "cancel", "params": {"id": 77}},
     ]
     host.sock.sendall("".join(json.dumps(f) + "\n" for f in frames).encode())
-    assert err(host.response(77))["data"] == {"type": "CancelledError"}
     host.wait_notification("emit", lambda p: p["payload"] == {"tag": "same"})
+    assert ok(host.call("echo", 2)) == {"value": 2}
+    assert 77 not in host.responses
+
+
+def test_cancel_of_an_unknown_or_finished_call_is_ignored(host):
+    rid = host.start_call("echo", 5)
+    assert ok(host.response(rid)) == {"value": 5}
+    host.notify("cancel", {"id": rid})
+    host.notify("cancel", {"id": 123456})
+    assert ok(host.call("echo", 6)) == {"value": 6}
 
 
 def test_handler_raising_cancelled_error(host):
@@ -344,6 +386,35 @@ def test_plugin_request_round_trip(host):
         "code": -32020, "message": "Service `tasks` is not granted"}
 
 
+def refuse_emits(h, prefix):
+    def handler(msg):
+        if msg["method"] == "emit" and msg["params"]["topic"].startswith(prefix):
+            h.send({"jsonrpc": "2.0", "id": msg["id"], "error": {
+                "code": -32020, "message": "Service `events` is not granted"}})
+        else:
+            h.send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
+    h.request_handler = handler
+
+
+def test_emit_is_a_request_and_a_refusal_raises(host):
+    refuse_emits(host, "denied.")
+    assert ok(host.call("announce", {"topic": "ok.done", "payload": 1}))["value"] == {
+        "emitted": "ok.done"}
+    req = [r for r in host.requests if r["method"] == "emit"][0]
+    assert req["params"] == {"topic": "ok.done", "payload": 1}
+    assert ok(host.call("announce", {"topic": "denied.x"}))["value"] == {
+        "refused": -32020, "message": "Service `events` is not granted"}
+    assert ok(host.call("announce_sync", {"topic": "denied.y"}))["value"] == {"refused": -32020}
+    assert ok(host.call("announce_sync", {"topic": "ok.sync"}))["value"] == {"emitted": "ok.sync"}
+
+
+def test_an_emit_not_awaited_logs_its_refusal(host):
+    refuse_emits(host, "params")
+    host.notify("params.changed", {"params": {"x": 2}})  # its handler emits `params`
+    log = host.wait_notification("log", lambda p: "refused `emit` of `params`" in p["message"])
+    assert log["level"] == "warning"
+
+
 def test_plugin_request_from_a_sync_handler(host):
     answer_kv(host)
     assert ok(host.call("ask_host_sync", {"method": "kv.get"}))["value"] == {"ok": {"value": 42}}
@@ -355,7 +426,7 @@ def test_plugin_request_from_a_sync_handler(host):
 def test_shutdown_finishes_in_flight_calls_then_exits_0(host):
     rid = host.start_call("slow", {"s": 0.2})
     sid = host.start_call("sync_thread")
-    time.sleep(0.05)
+    started(host, rid)
     host.notify("shutdown")
     assert ok(host.response(rid)) == {"value": "finished"}
     assert ok(host.response(sid))

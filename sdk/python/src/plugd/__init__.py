@@ -16,12 +16,13 @@ plugin.run()
 """
 
 from ._plugin import PROTOCOL_VERSION, Plugin
-from ._types import ActionResult, Group, HostError, Notification, Score
+from ._types import ActionResult, ClientError, Group, HostError, Notification, Score
 from ._validate import ValidationFailed
 from ._version import __version__
 
 __all__ = [
     "ActionResult",
+    "ClientError",
     "Group",
     "HostError",
     "Notification",

@@ -32,7 +32,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._types import ActionResult, Group, HostError, Notification, Score
+from ._types import ActionResult, ClientError, Group, HostError, Notification, Score
 from ._validate import ValidationFailed, make_validator
 from ._version import __version__
 
@@ -46,12 +46,15 @@ INVALID_PARAMS = -32602
 UNKNOWN_ACTION = -32001
 BAD_PAYLOAD = -32002
 ACTION_FAILED = -32003
+CLIENT_ERROR = -32004
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 
 DEFAULT_WORKERS = 16
+# How long a sync handler's `plugin.emit` waits for the host's answer (it answers at once).
+_EMIT_SYNC_TIMEOUT = 30.0
 _READ_SIZE = 256 * 1024
 _ACTION_NAME = re.compile(r"^[a-z_][a-z0-9_.\-]{0,63}$")
 
@@ -135,6 +138,20 @@ class _Resumed(collections.abc.Coroutine):
         return self._coro.__await__()
 
 
+class _Emitted:
+    """What `Plugin.emit` returns on the loop thread: awaiting it raises the host's refusal."""
+
+    __slots__ = ("future", "awaited")
+
+    def __init__(self, future: "asyncio.Future[Any]") -> None:
+        self.future = future
+        self.awaited = False
+
+    def __await__(self) -> Any:
+        self.awaited = True
+        return self.future.__await__()
+
+
 @dataclasses.dataclass
 class _Action:
     name: str
@@ -203,6 +220,8 @@ class Plugin:
         self.params: Dict[str, Any] = {}
         self.data_dir: pathlib.Path = pathlib.Path(os.environ.get("PLUGD_DATA_DIR") or ".")
         self.services: List[str] = []
+        # `initialize.limits` (`call_timeout_ms`, `concurrency`, `memory`, `cpu_ms`).
+        self.limits: Dict[str, Any] = {}
         self.log: logging.Logger = logging.getLogger(self.name or "plugin")
         self.log.setLevel(logging.DEBUG)
 
@@ -336,9 +355,34 @@ class Plugin:
             params["message"] = str(message)
         self._notify("progress", params)
 
-    def emit(self, topic: str, payload: Any = None) -> None:
-        """Publishes an event through the host."""
-        self._notify("emit", {"topic": topic, "payload": payload})
+    def emit(self, topic: str, payload: Any = None) -> Any:
+        """Publishes an event through the host, which answers whether it accepted it.
+
+        In async code, ``await plugin.emit(topic, payload)`` raises `HostError` when the host
+        refuses (service not granted, rate limit, hop limit); not awaited, a refusal is logged.
+        From a sync handler (a worker thread) it waits for the answer and raises the same way.
+        """
+        params = {"topic": topic, "payload": payload}
+        loop = self._loop
+        if loop is None or self._closed:
+            raise ConnectionError("Not connected to the plugd host")
+        if threading.get_ident() != self._loop_thread:
+            return asyncio.run_coroutine_threadsafe(
+                self._emit_awaited(params), loop).result(_EMIT_SYNC_TIMEOUT)
+        emitted = _Emitted(self._send_request("emit", params))
+
+        def logged(fut: "asyncio.Future[Any]") -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()  # retrieved here, so asyncio never warns about it
+            if exc is not None and not emitted.awaited:
+                self.log.warning("The host refused `emit` of `%s`: %s", topic, exc)
+
+        emitted.future.add_done_callback(logged)
+        return emitted
+
+    async def _emit_awaited(self, params: Dict[str, Any]) -> None:
+        await self._send_request("emit", params)
 
     async def request(self, method: str, params: Any = None) -> Any:
         """Sends a request to the host (`kv.get`, `plugin.call`, ...) and returns its result.
@@ -467,13 +511,13 @@ class Plugin:
             self.data_dir = pathlib.Path(data_dir)
         services = init.get("services")
         self.services = list(services) if isinstance(services, list) else []
+        limits = init.get("limits")
+        self.limits = dict(limits) if isinstance(limits, dict) else {}
         workers = self._max_workers
         if workers is None:
-            limits = init.get("limits")
-            if isinstance(limits, dict) and isinstance(limits.get("concurrency"), int):
-                workers = limits["concurrency"]
-        if workers is None:
-            workers = _manifest_concurrency()
+            concurrency = self.limits.get("concurrency")
+            if isinstance(concurrency, int) and not isinstance(concurrency, bool):
+                workers = concurrency
         self._max_workers = max(1, min(int(workers or DEFAULT_WORKERS), 1024))
 
     def _close(self) -> None:
@@ -703,9 +747,12 @@ class Plugin:
             task.cancel()
 
     def _on_cancel(self, params: Any) -> None:
+        # The host sends `cancel` when it gave up on the call (its caller left or the deadline
+        # passed): cancel the handler and send no reply, which would only be dropped.
         id_ = params.get("id") if isinstance(params, dict) else None
         task = self._inflight.get(id_)  # type: ignore[arg-type]
-        if isinstance(task, asyncio.Task):
+        if isinstance(task, asyncio.Task) and not task.done():
+            self._expired.add(id_)
             task.cancel()
 
     def _start_sync(self, id_: int, fn: Callable[..., Any], arg: Any,
@@ -751,6 +798,11 @@ class Plugin:
         return '{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (id_, body)
 
     def _exception_frame(self, id_: int, exc: BaseException, message: Optional[str] = None) -> str:
+        if isinstance(exc, ClientError):
+            # The plugin's own answer, not a failure: no traceback in the log.
+            return self._error_frame(id_, CLIENT_ERROR, exc.message,
+                                     {"type": "ClientError", "code": exc.code,
+                                      "status": exc.status})
         data: Dict[str, Any] = {"type": type(exc).__name__}
         code = getattr(exc, "code", None)
         if isinstance(code, (str, int)) and not isinstance(code, bool):
@@ -932,29 +984,3 @@ def _needs_task(fn: Callable[..., Any]) -> bool:
             return True
         stack.extend(k for k in c.co_consts if inspect.iscode(k))
     return False
-
-
-def _manifest_concurrency() -> int:
-    """`[limits] concurrency` from `plugin.toml` in the working directory (the package)."""
-    try:
-        text = pathlib.Path("plugin.toml").read_text(encoding="utf-8")
-    except OSError:
-        return DEFAULT_WORKERS
-    try:
-        import tomllib  # type: ignore[import-not-found]
-
-        value = tomllib.loads(text).get("limits", {}).get("concurrency")
-    except ImportError:  # Python < 3.11: a narrow scan is enough for one integer
-        value = None
-        section = None
-        for raw in text.splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if line.startswith("["):
-                section = line.strip("[] ")
-            elif section == "limits":
-                m = re.match(r"concurrency\s*=\s*(\d+)$", line)
-                if m:
-                    value = int(m.group(1))
-    except Exception:
-        return DEFAULT_WORKERS
-    return value if isinstance(value, int) and value > 0 else DEFAULT_WORKERS

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 __all__ = [
     "ActionResult",
+    "ClientError",
     "Group",
     "HostError",
     "Notification",
@@ -31,6 +32,29 @@ class HostError(Exception):
 
     def __repr__(self) -> str:
         return f"HostError(code={self.code!r}, message={self.message!r})"
+
+
+class ClientError(Exception):
+    """Raise from an action to answer a client error of your choosing instead of a failure.
+
+    ``raise ClientError("not_found", "no such image", status=404)`` reaches the caller as HTTP
+    404 with ``{"error": {"code": "not_found", "message": "no such image"}}``. ``code`` is a
+    machine-readable string, ``status`` a client status (400..=499; the host answers 401 and
+    403 as 400, since those are reserved for its own authentication).
+    """
+
+    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
+        if not isinstance(code, str) or not code:
+            raise ValueError("`ClientError` needs a non-empty string `code`")
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
+            raise ValueError(f"`status` must be a client error status (400..=499), not {status!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"ClientError({self.code!r}, {self.message!r}, status={self.status})"
 
 
 @dataclasses.dataclass

@@ -143,12 +143,57 @@ def ask_host_sync(payload):
 
 @plugin.action()
 async def slow(payload):
+    plugin.progress(message="started")  # tests wait for this instead of sleeping
     try:
         await asyncio.sleep(payload.get("s", 10))
     except asyncio.CancelledError:
         plugin.emit("cancelled", {"tag": payload.get("tag")})
         raise
     return "finished"
+
+
+_gates = {}
+
+
+def _gate(key):
+    return _gates.setdefault(key, asyncio.Event())
+
+
+@plugin.action()
+async def gate(payload):
+    """Waits until `open_gate` opens the gate with this key; answers the key."""
+    await _gate(payload).wait()
+    return payload
+
+
+@plugin.action()
+async def open_gate(payload):
+    _gate(payload).set()
+    return None
+
+
+@plugin.action()
+async def lookup(payload):
+    from plugd import ClientError
+    raise ClientError("not_found", f"no such image: {payload}", status=404)
+
+
+@plugin.action()
+async def announce(payload):
+    try:
+        await plugin.emit(payload["topic"], payload.get("payload"))
+    except HostError as exc:
+        return {"refused": exc.code, "message": exc.message}
+    return {"emitted": payload["topic"]}
+
+
+@plugin.action()
+def announce_sync(payload):
+    try:
+        plugin.emit(payload["topic"], payload.get("payload"))
+    except HostError as exc:
+        return {"refused": exc.code}
+    return {"emitted": payload["topic"]}
 
 
 @plugin.action()
@@ -200,7 +245,7 @@ async def not_json(payload):
 async def info(payload):
     return {"name": plugin.name, "version": plugin.version, "params": plugin.params,
             "data_dir": str(plugin.data_dir), "services": plugin.services,
-            "workers": plugin._max_workers, "cwd": os.getcwd()}
+            "workers": plugin._max_workers, "cwd": os.getcwd(), "limits": plugin.limits}
 
 
 @plugin.on_event("image.*")
