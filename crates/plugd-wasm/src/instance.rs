@@ -269,6 +269,10 @@ impl Instance for WasmInstance {
             pid: None,
             late_replies: 0,
             details: vec![
+                (
+                    "world".to_owned(),
+                    format!("plugd:plugin@{}", shared.code.version),
+                ),
                 ("instances".to_owned(), reuse.to_owned()),
                 (
                     "idle_instances".to_owned(),

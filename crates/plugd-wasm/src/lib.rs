@@ -204,6 +204,8 @@ pub(crate) struct Code {
     pub(crate) pre: InstancePre<State>,
     /// Its exports, in the world it targets.
     pub(crate) indices: Indices,
+    /// The `plugd:plugin` version it targets (one of `bindings::VERSIONS`).
+    pub(crate) version: &'static str,
 }
 
 impl WasmRuntime {
@@ -469,7 +471,11 @@ impl Inner {
                 e.root_cause()
             ),
         })?;
-        Ok(Arc::new(Code { pre, indices }))
+        Ok(Arc::new(Code {
+            pre,
+            indices,
+            version,
+        }))
     }
 
     fn component(

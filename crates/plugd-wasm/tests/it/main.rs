@@ -226,6 +226,11 @@ async fn a_trap_fails_the_call_and_the_next_call_succeeds() {
     );
     let status = instance.status();
     assert!(status.ready);
+    assert!(
+        status
+            .details
+            .contains(&("world".to_owned(), "plugd:plugin@0.1.0".to_owned()))
+    );
     assert_eq!(status.last_error.as_deref(), Some(err.to_string().as_str()));
     assert!(
         status

@@ -106,6 +106,12 @@ async fn lifecycle_hooks_run_once_at_start_and_at_stop() {
     let host = Arc::new(RecordingHost::default());
     let instance = start_v02(&env, &lifecycle_guest().component(), host.clone()).await;
     assert_eq!(host.lines(LogSource::Plugin), ["on-start"]);
+    assert!(
+        instance
+            .status()
+            .details
+            .contains(&("world".to_owned(), "plugd:plugin@0.2.0".to_owned()))
+    );
     for i in 0..3 {
         assert_eq!(
             call(&instance, "echo", &i.to_string()).await.unwrap(),
