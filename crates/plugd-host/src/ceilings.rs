@@ -10,7 +10,7 @@ use plugd_manifest::{Limits, Manifest};
 use crate::TrustLevel;
 
 /// The ceiling of every limit for one trust level. `None` leaves that limit unbounded.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Ceiling {
     /// Memory in bytes.
@@ -23,12 +23,10 @@ pub struct Ceiling {
     pub concurrency: Option<u32>,
     /// Bytes in the plugin's data dir.
     pub disk: Option<u64>,
-    /// Share of one CPU core the plugin's processes may use together (cgroup quota), e.g. `1.0`.
-    pub cpu_share: Option<f64>,
 }
 
 /// Ceilings per trust level.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ceilings {
     /// For unsigned packages: modest.
     pub untrusted: Ceiling,
@@ -46,7 +44,6 @@ impl Default for Ceilings {
                 call_timeout: Some(Duration::from_secs(300)),
                 concurrency: Some(256),
                 disk: Some(1024 * MIB),
-                cpu_share: Some(1.0),
             },
             trusted: Ceiling {
                 memory: Some(8192 * MIB),
@@ -54,7 +51,6 @@ impl Default for Ceilings {
                 call_timeout: None,
                 concurrency: None,
                 disk: Some(100 * 1024 * MIB),
-                cpu_share: None,
             },
         }
     }

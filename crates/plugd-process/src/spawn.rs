@@ -227,10 +227,13 @@ fn sandbox_policy(
         })
         .collect();
     policy.memory_bytes = Some(manifest.limits.memory);
-    policy.cpu_time = Some(manifest.limits.cpu);
+    // `limits.cpu` is CPU time per call, enforced by the runtime's sampling (see `instance.rs`),
+    // not a lifetime budget of the child: no RLIMIT_CPU from it.
+    policy.cpu_time = None;
     policy.pids_max = Some(sandbox.pids_max);
     policy.cpu_quota = sandbox.cpu_quota;
-    policy.disk_bytes = sandbox.disk_bytes;
+    // The host has already clamped `limits.disk` to the trust level's ceiling.
+    policy.disk_bytes = Some(manifest.limits.disk);
     policy.home = sandbox.home.clone();
     policy.uid_table = sandbox.uid_table.clone();
     // The host keeps data dirs in `STATE/data/<name>`; records go to `STATE/sandbox`.
@@ -247,11 +250,35 @@ fn sandbox_policy(
 }
 
 /// Sends `signal` to the child's whole process group.
-pub(crate) fn kill_group(pid: u32, signal: libc::c_int) {
+///
+/// Refuses pid 0 and 1 and anything that is not a positive `pid_t`: `killpg(0, sig)` would
+/// signal the host's own process group.
+pub(crate) fn kill_group(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        tracing::error!(
+            pid,
+            "refused to signal process group {pid}: not a plugin's group"
+        );
+        return false;
+    }
     // SAFETY: killpg with a pid we spawned as a process-group leader; failure (already gone) is
     // harmless.
-    unsafe {
-        libc::killpg(pid as libc::pid_t, signal);
+    unsafe { libc::killpg(pgid, signal) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kill_group;
+
+    #[test]
+    fn kill_group_refuses_the_hosts_own_group_and_init() {
+        // Signal 0 only checks; with pid 0 it would have reached our own group.
+        assert!(!kill_group(0, 0));
+        assert!(!kill_group(1, 0));
+        assert!(!kill_group(u32::MAX, 0));
     }
 }
 

@@ -16,6 +16,9 @@ use crate::support::*;
 const EACCES: i64 = 13;
 const EPERM: i64 = 1;
 const EAGAIN: i64 = 11;
+const ENOENT: i64 = 2;
+const ESRCH: i64 = 3;
+const EROFS: i64 = 30;
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
 
@@ -132,8 +135,9 @@ async fn reading_outside_the_package_is_denied() {
     let host = start(&f, sandbox()).await;
     let bystander = info(&host, "bystander").pid;
 
-    // The plugin runs from a staged copy of its package (its working directory): even its own
-    // source tree, and the bystander's, are outside it.
+    // The plugin runs in its own mount namespace, from a staged copy of its package (its working
+    // directory): the host's files, its own source tree and the bystander's do not exist there
+    // (Landlock would refuse them with EACCES beneath that; the sandbox crate tests that layer).
     let paths = [
         "/etc/shadow".to_owned(),
         "/root/.bashrc".to_owned(),
@@ -144,7 +148,7 @@ async fn reading_outside_the_package_is_denied() {
     ];
     let got = attack(&host, "read_all", json!({ "paths": paths })).await;
     for path in &paths[..5] {
-        assert_errno(&got[path], EACCES);
+        assert_errno(&got[path], ENOENT);
     }
     // Control: the staged package stays readable.
     assert!(got["main.py"]["ok"].is_string(), "{got}");
@@ -162,16 +166,18 @@ async fn writing_outside_the_data_dir_is_denied() {
     let host = start(&f, sandbox()).await;
     let bystander = info(&host, "bystander").pid;
 
-    // `/tmp` is world-writable: only Landlock stands in the way there and for `secret` (0666).
+    // `/tmp` inside is the plugin's own tmpfs: writing there works and never reaches the host's.
     let tmp = PathBuf::from(format!("/tmp/plugd-hostile-{}", std::process::id()));
-    // `main.py` is the plugin's own staged code (its working directory).
+    // `main.py` is the plugin's own staged code (its working directory), mounted read-only.
     let data = f.dir.path().join("state/data/hostile/ok.txt");
     let paths = [text(&tmp), text(&secret), "main.py".to_owned(), text(&data)];
     let got = attack(&host, "write_all", json!({ "paths": paths })).await;
-    for path in &paths[..3] {
-        assert_errno(&got[path], EACCES);
-    }
-    assert!(!tmp.exists());
+    assert_eq!(got[text(&tmp)]["ok"], "5", "{got}");
+    assert!(!tmp.exists(), "the host's /tmp is untouched");
+    // Creating a path outside the granted directories is Landlock's refusal, even where the
+    // parent does not exist inside.
+    assert_errno(&got[text(&secret)], EACCES);
+    assert_errno(&got["main.py"], EROFS);
     assert_eq!(
         std::fs::read_to_string(&secret).unwrap(),
         "the host's secret"
@@ -202,7 +208,8 @@ async def escape(p):
     // The link itself may be made (it is a file in the data dir); following it is denied.
     let link = f.dir.path().join("state/data/hostile/escape");
     assert_eq!(std::fs::read_link(&link).unwrap(), secret);
-    assert_errno(&got["read"], EACCES);
+    // Its target does not exist inside the plugin's root; creating it is Landlock's refusal.
+    assert_errno(&got["read"], ENOENT);
     assert_errno(&got["write"], EACCES);
     assert_eq!(
         std::fs::read_to_string(&secret).unwrap(),
@@ -344,7 +351,8 @@ async def env(p):
         environ["PLUGD_DATA_DIR"],
         text(&f.dir.path().join("state/data/hostile"))
     );
-    assert_errno(&got["proc"], EACCES);
+    // The plugin has its own PID namespace and `/proc`: the host is not in it.
+    assert_errno(&got["proc"], ENOENT);
     assert_bystander_serves(&host, bystander).await;
     assert_hostile_serves(&host).await;
     host.shutdown().await;
@@ -361,8 +369,9 @@ async fn signalling_the_host_or_another_plugin_is_denied() {
     let pids = [std::process::id(), bystander.unwrap()];
     for signal in [SIGTERM, SIGKILL] {
         let got = attack(&host, "kill", json!({ "pids": pids, "signal": signal })).await;
+        // Its own PID namespace: the host and the bystander are not even visible.
         for pid in pids {
-            assert_errno(&got[pid.to_string()], EPERM);
+            assert_errno(&got[pid.to_string()], ESRCH);
         }
     }
     // This test process is the host: it is still here to assert.
@@ -472,7 +481,7 @@ async fn allocating_past_the_memory_limit_fails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spinning_past_the_cpu_budget_is_killed() {
+async fn spinning_past_the_cpu_limit_of_a_call_fails_it_and_restarts() {
     let f = Fixture::sandboxed();
     // A sync action runs on a worker thread, so health pings keep being answered: the CPU limit,
     // not the ping, ends it.
@@ -485,15 +494,16 @@ async fn spinning_past_the_cpu_budget_is_killed() {
     let host = start(&f, sandbox()).await;
     let bystander = info(&host, "bystander").pid;
 
+    // `limits.cpu` is CPU time per call: the runtime samples the child's CPU time while the
+    // call runs, fails the call past it and restarts the child.
     let err = call(&host, "hostile", "spin", "{}").await.unwrap_err();
-    assert_eq!(err.code(), "plugin_crashed", "{err}");
-    let last = restarted(&host, 1).await;
+    assert_eq!(err.code(), "limit_exceeded", "{err}");
     assert!(
-        last.contains(
-            "was killed by signal 24 (SIGXCPU): it used up its CPU budget (1s); hint: raise `limits.cpu`"
-        ),
-        "{last}"
+        err.to_string()
+            .starts_with("Plugin `hostile` exceeded its cpu limit; hint: its calls used "),
+        "{err}"
     );
+    restarted(&host, 1).await;
     assert_bystander_serves(&host, bystander).await;
     assert_hostile_serves(&host).await;
     host.shutdown().await;
@@ -623,6 +633,9 @@ async fn strict_mode_starts_with_every_layer_applied() {
     let layers = [
         "sandbox.cgroup",
         "sandbox.netns",
+        "sandbox.ipcns",
+        "sandbox.pidns",
+        "sandbox.mountns",
         "sandbox.rlimits",
         "sandbox.uid",
         "sandbox.landlock",
@@ -651,7 +664,9 @@ async fn strict_mode_starts_with_every_layer_applied() {
     let uid_detail = &detail.iter().find(|(k, _)| k == "sandbox.uid").unwrap().1;
     assert_eq!(
         uid_detail,
-        &format!("applied: uid {uid}, gid {gid}, no supplementary groups")
+        &format!(
+            "applied: uid {uid}, gid {gid}, no supplementary groups, allocated in `/var/lib/plugd/uids`"
+        )
     );
     // Each plugin has a uid of its own.
     let uid_of = |name: &str| {
@@ -664,5 +679,144 @@ async fn strict_mode_starts_with_every_layer_applied() {
     };
     assert_ne!(uid_of("bystander"), uid_of("hostile"));
     assert_bystander_serves(&host, info(&host, "bystander").pid).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_unix_sockets_by_path_are_unreachable() {
+    let f = Fixture::sandboxed();
+    let actions = r#"@plugin.action()
+async def connect_all(p):
+    def connect(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.sendall(b"pwned")
+        return "connected"
+    return {path: attempt(lambda: connect(path)) for path in p["paths"]}
+@plugin.action()
+async def own_socket(p):
+    path = os.path.join(os.environ["PLUGD_DATA_DIR"], "mine.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(path)
+    return "ok"
+"#;
+    plugins(&f, "", actions);
+    // Root-owned, mode 0777 listening sockets where host services keep theirs.
+    let mut paths = Vec::new();
+    let mut listeners = Vec::new();
+    for dir in ["/tmp", "/run"] {
+        let path = PathBuf::from(format!("{dir}/plugd-hostile-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        paths.push(text(&path));
+        listeners.push((path, listener));
+    }
+    let host = start(&f, sandbox()).await;
+    let bystander = info(&host, "bystander").pid;
+    let got = attack(&host, "connect_all", json!({ "paths": paths })).await;
+    for path in &paths {
+        assert_errno(&got[path], ENOENT);
+    }
+    for (path, listener) in &listeners {
+        assert!(
+            listener.accept().is_err(),
+            "nothing connected to {}",
+            path.display()
+        );
+        let _ = std::fs::remove_file(path);
+    }
+    // The plugin keeps its own sockets in its data dir.
+    assert_eq!(attack(&host, "own_socket", json!({})).await, "ok");
+    assert_bystander_serves(&host, bystander).await;
+    assert_hostile_serves(&host).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_startup_code_setuid_bits_and_vsock_are_refused() {
+    let f = Fixture::sandboxed();
+    let actions = r##"@plugin.action()
+async def plant(p):
+    import site, stat, sys
+    data = os.environ["PLUGD_DATA_DIR"]
+    out = {"home": os.environ.get("HOME"), "user_site": site.ENABLE_USER_SITE,
+           "no_user_site": sys.flags.no_user_site}
+    for base in [os.environ.get("HOME", "/nonexistent"), data]:
+        d = os.path.join(base, ".local/lib/python%d.%d/site-packages" % sys.version_info[:2])
+        out["plant " + base] = attempt(lambda: (os.makedirs(d, exist_ok=True),
+            write(os.path.join(d, "usercustomize.py"))))
+    exe = os.path.join(data, "suid")
+    with open(exe, "wb") as fh:
+        fh.write(b"#!/bin/sh\nexit 0\n")
+    out["chmod_suid"] = attempt(lambda: os.chmod(exe, 0o4755))
+    out["chmod_x"] = attempt(lambda: os.chmod(exe, 0o755))
+    out["exec_data"] = attempt(lambda: os.execv(exe, [exe]))
+    out["vsock"] = attempt(lambda: socket.socket(40, socket.SOCK_STREAM))
+    return out
+@plugin.action()
+async def planted(p):
+    import sys
+    return "usercustomize" in sys.modules
+"##;
+    plugins(&f, "", actions);
+    let host = start(&f, sandbox()).await;
+    let bystander = info(&host, "bystander").pid;
+    let got = attack(&host, "plant", json!({})).await;
+    // HOME is a fresh tmpfs, not the data dir, and Python runs without a user site.
+    assert_eq!(got["home"], "/home/plugd", "{got}");
+    assert_eq!(got["no_user_site"], 1, "{got}");
+    assert_errno(&got["chmod_suid"], EPERM);
+    assert!(got["chmod_x"]["ok"].is_string(), "{got}");
+    // The data dir is mounted noexec.
+    assert_errno(&got["exec_data"], EACCES);
+    assert_errno(&got["vsock"], EACCES);
+    // Whatever was planted never runs in the next start of the plugin (a reload here).
+    host.reload("hostile").await.unwrap();
+    assert_eq!(attack(&host, "planted", json!({})).await, false);
+    assert_bystander_serves(&host, bystander).await;
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_sysv_ipc_is_invisible_and_uids_are_distinct() {
+    let f = Fixture::sandboxed();
+    let actions = r#"@plugin.action()
+async def shm(p):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    r = libc.shmget(p["key"], 0, 0)
+    return {"shmget": r, "errno": ctypes.get_errno()}
+@plugin.action()
+async def ids(p):
+    return [os.getuid(), os.getgid()]
+"#;
+    plugins(&f, "", actions);
+    // A host segment with a well-known key, readable by anyone.
+    let key = 0x504c_5547 + (std::process::id() as i32 & 0xfff);
+    // SAFETY: plain SysV calls with constant arguments; the segment is removed below.
+    let id = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | 0o666) };
+    assert!(id >= 0, "shmget on the host");
+    let host = start(&f, sandbox()).await;
+    let bystander = info(&host, "bystander").pid;
+    let got = attack(&host, "shm", json!({ "key": key })).await;
+    assert_eq!(got["shmget"], -1, "{got}");
+    assert_eq!(got["errno"], ENOENT, "{got}");
+    // SAFETY: removes the segment created above.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    let uid_of = |name: &str| {
+        info(&host, name)
+            .details
+            .into_iter()
+            .find(|(k, _)| k == "sandbox.uid")
+            .unwrap()
+            .1
+    };
+    assert_ne!(uid_of("hostile"), uid_of("bystander"));
+    assert_bystander_serves(&host, bystander).await;
     host.shutdown().await;
 }
