@@ -47,6 +47,8 @@ pub(crate) struct PluginDto {
     pub details: serde_json::Map<String, serde_json::Value>,
     /// Non-fatal manifest findings (ignored seed keys, defaulted `entry`, ...).
     pub warnings: Vec<String>,
+    /// The package directory in the plugins dir (the source, not the staged copy it runs from).
+    pub package: String,
 }
 
 #[derive(Serialize)]
@@ -122,6 +124,7 @@ impl From<PluginInfo> for PluginDto {
                 _ => None,
             },
             warnings: m.map(|m| m.warnings.clone()).unwrap_or_default(),
+            package: p.dir.display().to_string(),
             details: p
                 .details
                 .into_iter()

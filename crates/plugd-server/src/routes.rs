@@ -3,16 +3,19 @@
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use bytes::Bytes;
 use plugd_host::{Host, PluginState};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::dto::{Health, HealthCounts, LogLineDto, LogsDto, PluginDto, PluginList};
 use crate::error::ApiError;
@@ -22,15 +25,20 @@ use crate::error::ApiError;
 pub struct ServerConfig {
     /// Largest accepted request body in bytes.
     pub max_body: usize,
+    /// The longest any request may take, a safety net above each plugin's own call timeout:
+    /// past it the client gets 504 `request_timeout` and the call is dropped (cancelled).
+    pub request_timeout: Duration,
     /// What `/readyz` reports.
     pub readiness: Readiness,
 }
 
 impl Default for ServerConfig {
-    /// 1 MiB bodies; ready from the start (for a host started before the router is built).
+    /// 1 MiB bodies, 10-minute requests; ready from the start (for a host started before the
+    /// router is built).
     fn default() -> Self {
         ServerConfig {
             max_body: 1024 * 1024,
+            request_timeout: Duration::from_secs(600),
             readiness: Readiness::ready(),
         }
     }
@@ -101,7 +109,37 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
+        // tower-http's timeout answers an empty 408, which no handler produces: the layer above
+        // turns it into the API's JSON error.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(middleware::map_response(move |response: Response| {
+            let timeout = config.request_timeout;
+            async move { timeout_as_json(response, timeout) }
+        }))
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+fn timeout_as_json(response: Response, timeout: Duration) -> Response {
+    if response.status() != StatusCode::REQUEST_TIMEOUT {
+        return response;
+    }
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "request_timeout",
+        format!(
+            "The request took longer than {} and was cancelled; hint: raise the limit with `plugd serve --request-timeout SECONDS`",
+            if timeout.subsec_millis() == 0 {
+                format!("{} s", timeout.as_secs())
+            } else {
+                format!("{} ms", timeout.as_millis())
+            }
+        ),
+    )
+    .into_response()
 }
 
 fn counts(host: &Host) -> HealthCounts {

@@ -1,8 +1,10 @@
-//! The commands that talk to a running `plugd serve`: a minimal HTTP/1.1 client over
-//! `std::net` (plain HTTP on a trusted local address; no TLS, no redirects).
+//! The commands that talk to a running `plugd serve`, over HTTP with `ureq`.
+//!
+//! Plain HTTP only: the CLI talks to a local server, and a TLS stack (rustls and its crypto)
+//! would add much of the binary's build time for no local use. A remote server belongs behind a
+//! TLS-terminating proxy on the same host.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,22 +13,42 @@ use serde_json::Value;
 
 use crate::output;
 
+/// How long connecting may take: a local server accepts at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer may take: above the server's own request timeout, so the server's error
+/// (with its reason) arrives first.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(660);
+/// The largest response read: above the host's 16 MiB frame cap.
+const MAX_RESPONSE: u64 = 64 << 20;
+
 /// A decoded HTTP response.
 struct Response {
     status: u16,
     body: Vec<u8>,
 }
 
-/// Parses `http://host:port[/prefix]`.
-fn split_url(base: &str) -> anyhow::Result<(String, String)> {
-    let rest = base.strip_prefix("http://").with_context(|| {
-        format!("Server URL `{base}` must start with `http://`; hint: e.g. `--server http://127.0.0.1:8080`")
-    })?;
-    let (authority, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    Ok((authority.to_owned(), prefix.to_owned()))
+/// Checks the server URL and returns it without a trailing `/`.
+fn base_url(server: &str) -> anyhow::Result<&str> {
+    if !server.starts_with("http://") {
+        bail!(
+            "Server URL `{server}` must start with `http://` (this build has no TLS); hint: e.g. `--server http://127.0.0.1:8080`"
+        );
+    }
+    Ok(server.trim_end_matches('/'))
+}
+
+/// Percent-encodes one path segment (a plugin or action name): everything but the unreserved
+/// characters of RFC 3986, so a name can never add a segment, a query or a fragment.
+pub(crate) fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn request(
@@ -35,69 +57,53 @@ fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> anyhow::Result<Response> {
-    let (authority, prefix) = split_url(server)?;
-    let mut stream = TcpStream::connect(&authority).with_context(|| {
-        format!("Cannot reach plugd at `{server}`; hint: start it with `plugd serve` or pass `--server URL`")
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: plugd-cli\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .context("Reading the server's response failed")?;
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("The server sent a malformed HTTP response")?;
-    let head = std::str::from_utf8(&raw[..split]).context("The server sent a non-UTF-8 header")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("The server sent no HTTP status")?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let mut body = raw[split + 4..].to_vec();
-    if chunked {
-        body = dechunk(&body)?;
-    }
+    let url = format!("{}{path}", base_url(server)?);
+    let config = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+        .timeout_recv_body(Some(RESPONSE_TIMEOUT))
+        // API errors are JSON bodies with a code and a message: read them, do not fail early.
+        .http_status_as_error(false)
+        .user_agent("plugd-cli")
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let sent = match method {
+        "GET" => agent.get(&url).header("accept", "application/json").call(),
+        _ => agent
+            .post(&url)
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .send(body.unwrap_or_default()),
+    };
+    let mut response = sent.map_err(|e| transport_error(server, e))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_vec()
+        .map_err(|e| transport_error(server, e))?;
     Ok(Response { status, body })
 }
 
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("Malformed chunked body")?;
-        let size_text = std::str::from_utf8(&data[..line_end])?
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim();
-        let size = usize::from_str_radix(size_text, 16).context("Malformed chunk size")?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size {
-            bail!("Truncated chunked body");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or_default();
+/// A request that got no HTTP answer, said in the user's terms.
+fn transport_error(server: &str, e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve)
+        | ureq::Error::Io(_)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound => anyhow::anyhow!(
+            "Cannot reach plugd at `{server}`: {e}; hint: start it with `plugd serve` or pass `--server URL`"
+        ),
+        ureq::Error::Timeout(_) => anyhow::anyhow!(
+            "plugd at `{server}` did not answer within {} s; hint: see the server's log",
+            RESPONSE_TIMEOUT.as_secs()
+        ),
+        ureq::Error::BodyExceedsLimit(limit) => anyhow::anyhow!(
+            "The answer of plugd at `{server}` is larger than {} MiB; hint: use the HTTP API directly for large results",
+            limit >> 20
+        ),
+        e => anyhow::anyhow!("Talking to plugd at `{server}` failed: {e}"),
     }
 }
 
@@ -157,11 +163,16 @@ pub(crate) fn status(
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let plugin = json(server, "GET", &format!("/api/v1/plugins/{name}"), None)?;
+    let plugin = json(
+        server,
+        "GET",
+        &format!("/api/v1/plugins/{}", segment(name)),
+        None,
+    )?;
     let log_lines = json(
         server,
         "GET",
-        &format!("/api/v1/plugins/{name}/logs?limit={logs}"),
+        &format!("/api/v1/plugins/{}/logs?limit={logs}", segment(name)),
         None,
     )?;
     if as_json {
@@ -198,7 +209,7 @@ pub(crate) fn call(
     let result = json(
         server,
         "POST",
-        &format!("/plugin/{plugin}/{action}"),
+        &format!("/plugin/{}/{}", segment(plugin), segment(action)),
         Some(payload.as_bytes()),
     )?;
     if as_json {
@@ -218,7 +229,7 @@ pub(crate) fn lifecycle(
     let plugin = json(
         server,
         "POST",
-        &format!("/api/v1/plugins/{name}/{op}"),
+        &format!("/api/v1/plugins/{}/{op}", segment(name)),
         Some(b""),
     )?;
     if as_json {
@@ -234,35 +245,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_plain_and_chunked_responses() {
-        let plain =
-            parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!(
-            (plain.status, plain.body.as_slice()),
-            (404, b"{}".as_slice())
-        );
-        let chunked = parse_response(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(chunked.body, b"{\"a\":1}");
+    fn names_are_one_encoded_path_segment() {
+        assert_eq!(segment("hello-world_1.0~x"), "hello-world_1.0~x");
+        assert_eq!(segment("a/b?c#d e%"), "a%2Fb%3Fc%23d%20e%25");
+        assert_eq!(segment(".."), "..");
+        assert_eq!(segment("é"), "%C3%A9");
     }
 
     #[test]
-    fn splits_server_urls() {
-        assert_eq!(
-            split_url("http://127.0.0.1:8080").unwrap(),
-            ("127.0.0.1:8080".into(), "".into())
-        );
-        assert_eq!(
-            split_url("http://h:1/base/").unwrap(),
-            ("h:1".into(), "/base".into())
-        );
+    fn server_urls_must_be_plain_http() {
+        assert_eq!(base_url("http://h:1/base/").unwrap(), "http://h:1/base");
+        let e = base_url("https://h").unwrap_err().to_string();
         assert!(
-            split_url("https://h")
-                .unwrap_err()
-                .to_string()
-                .contains("must start with `http://`")
+            e.contains("must start with `http://` (this build has no TLS)"),
+            "{e}"
         );
     }
 }

@@ -37,19 +37,51 @@ pub(crate) fn run(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
                     p["name"].as_str().unwrap_or("?"),
                     p["state"].as_str().unwrap_or("?")
                 );
-                let details = p["details"].as_object();
-                let mut any = false;
-                for (key, value) in details.into_iter().flatten() {
-                    if let Some(layer) = key.strip_prefix("sandbox.") {
-                        println!("  {layer:<18} {}", value.as_str().unwrap_or(""));
-                        any = true;
-                    }
-                }
-                if !any {
-                    println!("  not confined (runtime without a sandbox, or `--no-sandbox`)");
+                for line in confinement(p) {
+                    println!("  {line}");
                 }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What confines one plugin: its sandbox layers, or what stands in for them.
+fn confinement(p: &Value) -> Vec<String> {
+    let layers: Vec<String> = p["details"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, value)| {
+            let layer = key.strip_prefix("sandbox.")?;
+            Some(format!("{layer:<18} {}", value.as_str().unwrap_or("")))
+        })
+        .collect();
+    if !layers.is_empty() {
+        layers
+    } else if p["runtime"] == "wasm" {
+        vec![
+            "confined by wasmtime: only the WASI capabilities its manifest grants (its data dir, `fs.read` paths, listed env vars; no network), with memory and CPU limits per call".to_owned(),
+        ]
+    } else {
+        vec!["not confined (`--no-sandbox`, or the plugin is not running)".to_owned()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasm_plugins_are_confined_by_wasmtime() {
+        let wasm = serde_json::json!({"name": "w", "runtime": "wasm", "details": {}});
+        assert!(confinement(&wasm)[0].starts_with("confined by wasmtime"));
+        let bare = serde_json::json!({"name": "p", "runtime": "process", "details": {}});
+        assert!(confinement(&bare)[0].starts_with("not confined"));
+        let boxed = serde_json::json!({"runtime": "process", "details": {"sandbox.uid": "on (uid 4242)", "other": "x"}});
+        assert_eq!(
+            confinement(&boxed),
+            [format!("{:<18} on (uid 4242)", "uid")]
+        );
+    }
 }

@@ -173,6 +173,10 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body: usize,
+    /// The longest any HTTP request may take, in seconds (a safety net above each plugin's own
+    /// `limits.call_timeout`); past it the client gets 504 `request_timeout`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    request_timeout: u64,
     /// Extra environment for every plugin process, `KEY=VALUE` (repeatable). Plugins otherwise
     /// get a clean environment: `PATH`, `LANG`, the `PLUGD_*` variables and what their
     /// manifest's `permissions.env` lists.

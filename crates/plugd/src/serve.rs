@@ -22,6 +22,7 @@ pub(crate) fn run(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(crate::output::colour(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,6 +68,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         host.clone(),
         ServerConfig {
             max_body: args.max_body,
+            request_timeout: std::time::Duration::from_secs(args.request_timeout),
             readiness: readiness.clone(),
         },
     );

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -672,5 +673,29 @@ async fn manifest_warnings_are_in_the_api() {
     assert_eq!(legacy["warnings"], expected, "{legacy}");
     let list = t.check("GET", "/api/v1/plugins", "", "200").await;
     assert_eq!(list["plugins"][0]["warnings"], expected, "{list}");
+    t.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_server_timeout_is_a_json_504() {
+    let mut t = TestHost::start(&[calls_plugin()]).await;
+    t.app = router(
+        t.host.clone(),
+        ServerConfig {
+            request_timeout: Duration::from_millis(100),
+            ..ServerConfig::default()
+        },
+    );
+    // `slow` sleeps 2 s; its own call timeout (300 ms) is longer than the server's.
+    let body = t
+        .check("POST", "/plugin/calls/slow", "{}", "504 request_timeout")
+        .await;
+    assert_eq!(
+        body["error"]["message"],
+        "The request took longer than 100 ms and was cancelled; hint: raise the limit with `plugd serve --request-timeout SECONDS`"
+    );
+    // The plugin serves the next call.
+    t.check("POST", "/plugin/calls/greet", r#"{"name":"Bo"}"#, "200")
+        .await;
     t.host.shutdown().await;
 }

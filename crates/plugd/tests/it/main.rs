@@ -389,6 +389,19 @@ fn cli_drives_a_running_server() {
             stderr: &["bad_payload", "400"],
         },
     );
+    // Names are one encoded path segment: they cannot add a segment or a query.
+    check(
+        &server.cli(&["call", "hello", "greet?name=x"]),
+        &Expect::Err {
+            stderr: &["Plugin `hello` has no action `greet?name=x`", "404"],
+        },
+    );
+    check(
+        &server.cli(&["status", "hello/logs"]),
+        &Expect::Err {
+            stderr: &["`hello/logs`", "plugin_not_found", "404"],
+        },
+    );
     check(
         &server.cli(&["call", "nope", "greet"]),
         &Expect::Err {
