@@ -14,6 +14,12 @@ pub struct Probe {
     pub network_namespace: bool,
     /// Whether unprivileged user namespaces are enabled.
     pub user_namespace: bool,
+    /// Whether each child can get its own IPC namespace (needs root).
+    pub ipc_namespace: bool,
+    /// Whether each child can get its own PID namespace under the plugd init (needs root).
+    pub pid_namespace: bool,
+    /// Whether each child can get its own mount namespace and minimal root (needs root).
+    pub mount_namespace: bool,
     /// Resource limits are always available.
     pub rlimits: bool,
     /// Whether the host is root, so it can switch children to a dedicated uid.
@@ -68,6 +74,9 @@ pub fn probe() -> Probe {
         cgroup: cgroup::probe(),
         network_namespace: root && std::path::Path::new("/proc/self/ns/net").exists(),
         user_namespace,
+        ipc_namespace: root && std::path::Path::new("/proc/self/ns/ipc").exists(),
+        pid_namespace: root && std::path::Path::new("/proc/self/ns/pid").exists(),
+        mount_namespace: root && std::path::Path::new("/proc/self/ns/mnt").exists(),
         rlimits: true,
         root,
         landlock_abi: landlock_abi(),
@@ -123,12 +132,31 @@ impl fmt::Display for Probe {
         }
         writeln!(f, "network namespace: {}", yes(self.network_namespace))?;
         writeln!(f, "user namespace:    {}", yes(self.user_namespace))?;
+        writeln!(f, "ipc namespace:     {}", yes(self.ipc_namespace))?;
+        writeln!(
+            f,
+            "pid namespace:     {}",
+            if self.pid_namespace {
+                "yes (the plugin runs as pid 2 under a plugd init)"
+            } else {
+                "no"
+            }
+        )?;
+        writeln!(
+            f,
+            "mount namespace:   {}",
+            if self.mount_namespace {
+                "yes (minimal root: read-only system, package and SDK; data dir nosuid,nodev,noexec; private /tmp and HOME)"
+            } else {
+                "no"
+            }
+        )?;
         writeln!(f, "rlimits:           {}", yes(self.rlimits))?;
         writeln!(
             f,
             "dedicated uid:     {}",
             if self.root {
-                "yes (host is root)"
+                "yes (host is root; allocated machine-wide in `/var/lib/plugd/uids`)"
             } else {
                 "no (host is not root)"
             }
