@@ -16,9 +16,29 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Examples shown by `plugd --help`.
+const EXAMPLES: &str = "\
+Examples:
+  plugd new my-plugin --dir plugins/my-plugin    Scaffold a Python plugin
+  plugd serve --plugins plugins                  Serve it on 127.0.0.1:8080 (state in ./.plugd)
+  plugd list                                     What runs, and why not
+  plugd call my-plugin hello '{\"name\":\"Ada\"}'    Call an action
+  plugd status my-plugin                         Details and recent logs
+  plugd reload my-plugin                         Pick up changes without a restart
+  plugd keygen --out signing.key                 Then `plugd sign DIR --key signing.key`
+  plugd trust add signing.key.pub                Trust it (in STATE/trust, as `serve` reads it)
+  plugd doctor                                   What confines each plugin";
+
 /// plugd — a plugin host: discover, resolve, confine and call plugins.
 #[derive(Parser, Debug)]
-#[command(name = "plugd", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "plugd",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = EXAMPLES
+)]
 struct Cli {
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]

@@ -491,9 +491,13 @@ fn new_plugin_is_served() {
     for file in ["plugin.toml", "main.py", "README.md"] {
         assert!(dir.join(file).is_file(), "`plugd new` did not write {file}");
     }
-    // Stands in for `pip install plugd`: `serve` gives plugins no `PYTHONPATH`, and Python
-    // finds packages beside the script. A copy, as the host refuses symlinks in packages.
-    copy_dir(&repo().join("sdk/python/src/plugd"), &dir.join("plugd"));
+    // Nothing installed: `serve` ships the SDK, as the generated README says.
+    let readme = read(&dir.join("README.md"));
+    assert!(!readme.contains("pip install plugd"), "{readme}");
+    assert!(
+        readme.contains("Nothing to install: `plugd serve` ships the `plugd` Python SDK"),
+        "{readme}"
+    );
 
     let server = Server::start(&plugins, tmp.path());
     let states = server.states();
@@ -564,6 +568,16 @@ fn client_errors_without_a_server() {
             &["serve", "--help"],
             Expect::Ok {
                 stdout: &["--plugins", "--listen", "--state-dir"],
+            },
+        ),
+        (
+            &["--help"],
+            Expect::Ok {
+                stdout: &[
+                    "Examples:",
+                    "plugd new my-plugin --dir plugins/my-plugin",
+                    "plugd call my-plugin hello '{\"name\":\"Ada\"}'",
+                ],
             },
         ),
         // Each lifecycle command says what it does.
