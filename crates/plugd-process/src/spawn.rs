@@ -269,18 +269,6 @@ pub(crate) fn kill_group(pid: u32, signal: libc::c_int) -> bool {
     unsafe { libc::killpg(pgid, signal) == 0 }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::kill_group;
-
-    #[test]
-    fn kill_group_refuses_the_hosts_own_group_and_init() {
-        // Signal 0 only checks; with pid 0 it would have reached our own group.
-        assert!(!kill_group(0, 0));
-        assert!(!kill_group(1, 0));
-        assert!(!kill_group(u32::MAX, 0));
-    }
-}
 
 /// Describes how a child ended, for crash reasons.
 pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -306,5 +294,18 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGINT => "SIGINT",
         libc::SIGSYS => "SIGSYS",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kill_group;
+
+    #[test]
+    fn kill_group_refuses_the_hosts_own_group_and_init() {
+        // Signal 0 only checks; with pid 0 it would have reached our own group.
+        assert!(!kill_group(0, 0));
+        assert!(!kill_group(1, 0));
+        assert!(!kill_group(u32::MAX, 0));
     }
 }
