@@ -125,9 +125,9 @@ pub(crate) fn clamp(manifest: &mut Manifest, trust: &TrustLevel, ceiling: &Ceili
 fn bytes(n: u64) -> String {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-    if n % GIB == 0 {
+    if n.is_multiple_of(GIB) {
         format!("\"{}GiB\"", n / GIB)
-    } else if n % MIB == 0 {
+    } else if n.is_multiple_of(MIB) {
         format!("\"{}MiB\"", n / MIB)
     } else {
         format!("{n} bytes")

@@ -3,40 +3,94 @@
 //! process sandbox also caps each file's size (`RLIMIT_FSIZE`), so one write cannot run far past
 //! the quota between two checks.
 
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
+
 use crate::Host;
 use crate::lifecycle::HostInner;
 use crate::registry::Slot;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
 
-/// How many directory entries one measurement visits at most: a plugin cannot make the host walk
-/// forever by creating millions of files (past this, the data dir counts as over quota).
+/// Most entries [`dir_usage`] visits before it gives up.
 const MAX_ENTRIES: u64 = 1_000_000;
+/// Deepest directory level [`dir_usage`] descends to.
+const MAX_DEPTH: u32 = 256;
 
-/// Bytes allocated on disk under `dir` (not following symlinks; hard links counted once per
-/// path), or an error naming the problem. Blocking: run it off the async workers.
-pub fn dir_usage(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0u64;
-    let mut visited = 0u64;
-    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
-    while let Some(path) = stack.pop() {
-        for entry in std::fs::read_dir(&path)? {
+/// Bytes actually allocated on disk under `path` (`st_blocks`, so sparse files count what they
+/// use), without following symlinks, without crossing into other file systems, counting a
+/// file with several hard links once. The walk is bounded: more than a million entries or 256
+/// levels is an error (a plugin cannot make the host walk forever).
+pub fn dir_usage(path: &Path) -> io::Result<u64> {
+    let root = rustix::fs::openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&root)?;
+    let mut walk = Walk {
+        dev: stat.st_dev,
+        entries: 0,
+        linked: HashSet::new(),
+    };
+    Ok(stat.st_blocks as u64 * 512 + walk.dir(root, 0)?)
+}
+
+struct Walk {
+    dev: u64,
+    entries: u64,
+    linked: HashSet<(u64, u64)>,
+}
+
+impl Walk {
+    fn dir(&mut self, dir: OwnedFd, depth: u32) -> io::Result<u64> {
+        if depth > MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "Directory tree is deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mut total = 0;
+        for entry in Dir::read_from(&dir)? {
             let entry = entry?;
-            visited += 1;
-            if visited > MAX_ENTRIES {
-                return Err(std::io::Error::other(format!(
-                    "more than {MAX_ENTRIES} files and directories"
-                )));
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
             }
-            let meta = entry.metadata()?; // `DirEntry::metadata` does not follow symlinks.
-            total = total.saturating_add(meta.blocks() * 512);
-            if meta.is_dir() {
-                stack.push(entry.path());
+            self.entries += 1;
+            if self.entries > MAX_ENTRIES {
+                return Err(io::Error::other(format!("More than {MAX_ENTRIES} entries")));
+            }
+            let stat = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                // Deleted while we walk.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if stat.st_dev != self.dev {
+                continue;
+            }
+            if stat.st_nlink > 1
+                && FileType::from_raw_mode(stat.st_mode) != FileType::Directory
+                && !self.linked.insert((stat.st_dev, stat.st_ino))
+            {
+                continue;
+            }
+            total += stat.st_blocks as u64 * 512;
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+                    Ok(sub) => total += self.dir(sub, depth + 1)?,
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
+        Ok(total)
     }
-    Ok(total)
 }
 
 impl Host {
@@ -93,15 +147,32 @@ impl Host {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
 
     #[test]
-    fn usage_counts_allocated_bytes_and_does_not_follow_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("sub/a"), vec![1u8; 300_000]).unwrap();
-        std::os::unix::fs::symlink("/usr", dir.path().join("usr")).unwrap();
-        let used = dir_usage(dir.path()).unwrap();
-        assert!((300_000..400_000).contains(&used), "{used}");
+    fn usage_counts_allocated_bytes_once_and_follows_no_link() {
+        let base = tempfile::tempdir().unwrap();
+        let data = base.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let usage = || dir_usage(&data).unwrap();
+        let empty = usage();
+        std::fs::write(data.join("a"), vec![1u8; 1 << 20]).unwrap();
+        std::fs::hard_link(data.join("a"), data.join("a-again")).unwrap();
+        // Sparse: 100 MiB long, nothing allocated.
+        let sparse = std::fs::File::create(data.join("sparse")).unwrap();
+        sparse.set_len(100 << 20).unwrap();
+        std::fs::write(base.path().join("outside"), vec![1u8; 4 << 20]).unwrap();
+        symlink(base.path().join("outside"), data.join("link")).unwrap();
+        symlink(base.path(), data.join("dir-link")).unwrap();
+        std::fs::create_dir(data.join("sub")).unwrap();
+        std::fs::write(data.join("sub/b"), vec![1u8; 1 << 20]).unwrap();
+        let used = usage() - empty;
+        assert!((2 << 20..(2 << 20) + (64 << 10)).contains(&used), "{used}");
+        assert_eq!(
+            dir_usage(&base.path().join("nope")).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
     }
 }

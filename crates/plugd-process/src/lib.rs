@@ -51,9 +51,6 @@ pub struct SandboxConfig {
     pub pids_max: u64,
     /// CPU bandwidth of each child as a fraction of one core (cgroup CPU quota).
     pub cpu_quota: Option<f64>,
-    /// Data-dir quota per plugin: no file may grow past it (`RLIMIT_FSIZE`); the host measures
-    /// the whole dir with `plugd_sandbox::dir_usage`.
-    pub disk_bytes: Option<u64>,
     /// `HOME` of every child: a fresh tmpfs inside its mount namespace, never the data dir.
     pub home: PathBuf,
     /// The machine-wide uid allocation table (shared by every plugd process on the machine).
@@ -78,7 +75,6 @@ impl Default for SandboxConfig {
             .collect(),
             pids_max: 64,
             cpu_quota: Some(1.0),
-            disk_bytes: Some(1 << 30),
             home: PathBuf::from(plugd_sandbox::DEFAULT_HOME),
             uid_table: PathBuf::from(plugd_sandbox::DEFAULT_UID_TABLE),
         }

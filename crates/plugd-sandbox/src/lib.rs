@@ -45,7 +45,6 @@ mod netns;
 mod probe;
 mod reap;
 mod seccomp;
-mod usage;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -193,7 +192,7 @@ pub struct SandboxPolicy {
     pub fsize_bytes: Option<u64>,
     /// The data-dir quota: no single file may grow past it (`RLIMIT_FSIZE` is the smaller of
     /// this and [`SandboxPolicy::fsize_bytes`]); the host also measures the whole dir with
-    /// [`dir_usage`] and stops a plugin that is over.
+    /// `plugd_host::dir_usage` and stops a plugin that is over.
     pub disk_bytes: Option<u64>,
     /// Dedicated `(uid, gid)`. When the host is root and this is `None`, an id is allocated in
     /// [`SandboxPolicy::uid_table`] for the data dir (see [`allocate_ids`]). Ignored when the host
@@ -265,7 +264,6 @@ pub use crate::ids::{
     DEFAULT_ID_BASE, DEFAULT_ID_SPAN, DEFAULT_UID_TABLE, allocate_ids, default_ids,
 };
 pub use crate::reap::{ReapReport, reap_leftovers};
-pub use crate::usage::dir_usage;
 
 /// Default [`SandboxPolicy::mount_root`].
 pub const DEFAULT_MOUNT_ROOT: &str = "/var/lib/plugd/root";

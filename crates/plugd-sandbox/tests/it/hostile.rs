@@ -491,31 +491,6 @@ fn the_disk_limit_caps_each_file_with_sigxfsz() {
 }
 
 #[test]
-fn dir_usage_counts_allocated_bytes_once_and_follows_no_link() {
-    let f = fixture();
-    let usage = || plugd_sandbox::dir_usage(&f.data).unwrap();
-    let empty = usage();
-    std::fs::write(f.data.join("a"), vec![1u8; 1 << 20]).unwrap();
-    std::fs::hard_link(f.data.join("a"), f.data.join("a-again")).unwrap();
-    // Sparse: 100 MiB long, nothing allocated.
-    let sparse = std::fs::File::create(f.data.join("sparse")).unwrap();
-    sparse.set_len(100 << 20).unwrap();
-    std::fs::write(f.base.join("outside"), vec![1u8; 4 << 20]).unwrap();
-    symlink(f.base.join("outside"), f.data.join("link")).unwrap();
-    symlink(&f.base, f.data.join("dir-link")).unwrap();
-    std::fs::create_dir(f.data.join("sub")).unwrap();
-    std::fs::write(f.data.join("sub/b"), vec![1u8; 1 << 20]).unwrap();
-    let used = usage() - empty;
-    assert!((2 << 20..(2 << 20) + (64 << 10)).contains(&used), "{used}");
-    assert_eq!(
-        plugd_sandbox::dir_usage(&f.base.join("nope"))
-            .unwrap_err()
-            .kind(),
-        std::io::ErrorKind::NotFound
-    );
-}
-
-#[test]
 fn cgroup_cpu_quota_is_written() {
     let f = fixture();
     let mut p = policy(&f, "quota");
