@@ -269,7 +269,6 @@ pub(crate) fn kill_group(pid: u32, signal: libc::c_int) -> bool {
     unsafe { libc::killpg(pgid, signal) == 0 }
 }
 
-
 /// Describes how a child ended, for crash reasons.
 pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
