@@ -514,7 +514,7 @@ impl Host {
             package_dir: dir,
             data_dir,
         };
-        let services = Arc::new(PluginServices::new(self, slot, granted.clone()));
+        let services = Arc::new(PluginServices::new(self, slot, &manifest, granted.clone()));
         let instance = runtime
             .start(spec, services)
             .await

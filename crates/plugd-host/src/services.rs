@@ -16,15 +16,23 @@ use crate::{Host, HostError, lifecycle::HostInner};
 
 pub(crate) struct PluginServices {
     host: Weak<HostInner>,
+    /// The services the manifest asked for, before trust narrowed them (for the right message).
+    declared: Vec<Service>,
     /// Weak too: the slot holds the instance, which holds these services.
     slot: Weak<Slot>,
     manifest: Arc<Manifest>,
 }
 
 impl PluginServices {
-    pub(crate) fn new(host: &Host, slot: &Arc<Slot>, manifest: Arc<Manifest>) -> Self {
+    pub(crate) fn new(
+        host: &Host,
+        slot: &Arc<Slot>,
+        declared: &Manifest,
+        manifest: Arc<Manifest>,
+    ) -> Self {
         PluginServices {
             host: Arc::downgrade(&host.inner),
+            declared: declared.permissions.services.clone(),
             slot: Arc::downgrade(slot),
             manifest,
         }
@@ -46,15 +54,22 @@ impl PluginServices {
     fn grant(&self, service: Service) -> Result<(), HostCallError> {
         let slot = self.slot()?;
         if self.manifest.permissions.services.contains(&service) {
-            Ok(())
-        } else {
-            slot.denials
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(HostCallError::NotGranted {
-                plugin: slot.name.to_string(),
-                service: service.as_str().to_owned(),
-            })
+            return Ok(());
         }
+        slot.denials
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (plugin, service_name) = (slot.name.to_string(), service.as_str().to_owned());
+        Err(if self.declared.contains(&service) {
+            HostCallError::DeniedByTrust {
+                plugin,
+                service: service_name,
+            }
+        } else {
+            HostCallError::NotGranted {
+                plugin,
+                service: service_name,
+            }
+        })
     }
 }
 

@@ -177,6 +177,16 @@ pub enum HostCallError {
         /// The service.
         service: String,
     },
+    /// The manifest asks for this service, but the plugin's trust level does not allow it.
+    #[error(
+        "Service `{service}` is not available to plugin `{plugin}` because it is untrusted (unsigned); hint: sign the package with `plugd sign` and add the key with `plugd trust add`"
+    )]
+    DeniedByTrust {
+        /// The plugin.
+        plugin: String,
+        /// The service.
+        service: String,
+    },
     /// The host does not offer this method (yet).
     #[error("Host method `{0}` is not available in this version of plugd")]
     Unknown(String),

@@ -503,3 +503,36 @@ async fn limits_above_the_trust_ceiling_are_clamped_or_refused_in_strict_mode() 
     host.start().await.unwrap();
     assert_eq!(info(&host, "greedy").limits.unwrap().concurrency, 10);
 }
+
+#[tokio::test]
+async fn a_service_denied_by_trust_says_so_and_an_undeclared_one_says_to_declare_it() {
+    let f = Fixture::new();
+    f.fake_plugin(
+        "asker",
+        "1.0.0",
+        &[],
+        "[permissions]\nservices = [\"plugins\", \"kv\"]\n",
+    );
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let denied = call(&host, "asker", "ask", r#"{"method": "plugin.call"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        denied,
+        "\"Service `plugins` is not available to plugin `asker` because it is untrusted (unsigned); hint: sign the package with `plugd sign` and add the key with `plugd trust add`\""
+    );
+    let undeclared = call(&host, "asker", "ask", r#"{"method": "task.submit"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        undeclared,
+        "\"Service `tasks` is not granted to plugin `asker`; hint: add it to `permissions.services` in `plugin.toml`\""
+    );
+    assert_eq!(
+        info(&host, "asker").denials,
+        3,
+        "the start-up denial and two requests"
+    );
+}

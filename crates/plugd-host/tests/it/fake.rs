@@ -156,6 +156,18 @@ impl Instance for FakeInstance {
                     self.host.log(LogSource::Plugin, LogLevel::Info, text);
                 }
             }
+            // `{"method": "..."}`: asks the host and answers with its error text.
+            "ask" => {
+                let p: serde_json::Value = serde_json::from_str(invocation.payload.get()).unwrap();
+                let method = p["method"].as_str().unwrap();
+                let answer = match self.host.request(method, serde_json::json!({})).await {
+                    Ok(v) => v.to_string(),
+                    Err(e) => serde_json::to_string(&e.to_string()).unwrap(),
+                };
+                return Ok(Outcome {
+                    result: RawValue::from_string(answer).unwrap(),
+                });
+            }
             _ => {}
         }
         let result = format!(
