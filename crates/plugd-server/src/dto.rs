@@ -49,6 +49,17 @@ pub(crate) struct PluginDto {
     pub warnings: Vec<String>,
     /// The package directory in the plugins dir (the source, not the staged copy it runs from).
     pub package: String,
+    /// The limits in force for the running version (after trust policy and ceilings).
+    pub limits: Option<LimitsDto>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LimitsDto {
+    pub memory: u64,
+    pub disk: u64,
+    pub cpu_ms: u128,
+    pub call_timeout_ms: u128,
+    pub concurrency: u32,
 }
 
 #[derive(Serialize)]
@@ -61,6 +72,9 @@ pub(crate) struct DependencyDto {
 pub(crate) struct ActionDto {
     pub name: String,
     pub description: String,
+    /// The JSON Schema the host validates each call's payload against, as declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -71,6 +85,8 @@ pub(crate) struct MetricsDto {
     pub restarts: u32,
     pub late_replies: u64,
     pub denials: u64,
+    /// Bytes in the data dir at the last quota check.
+    pub disk_used: u64,
 }
 
 impl From<PluginInfo> for PluginDto {
@@ -101,6 +117,9 @@ impl From<PluginInfo> for PluginDto {
                 .actions
                 .into_iter()
                 .map(|a| ActionDto {
+                    input: m
+                        .and_then(|m| m.action(a.name.as_str()))
+                        .and_then(|spec| spec.input.clone()),
                     name: a.name.to_string(),
                     description: a.description,
                 })
@@ -113,7 +132,15 @@ impl From<PluginInfo> for PluginDto {
                 restarts: p.restarts,
                 late_replies: p.late_replies,
                 denials: p.denials,
+                disk_used: p.disk_used,
             },
+            limits: p.limits.as_ref().map(|l| LimitsDto {
+                memory: l.memory,
+                disk: l.disk,
+                cpu_ms: l.cpu.as_millis(),
+                call_timeout_ms: l.call_timeout.as_millis(),
+                concurrency: l.concurrency,
+            }),
             pid: p.pid,
             trust: p.trust.as_ref().map(|t| match t {
                 TrustLevel::Trusted { .. } => "trusted",

@@ -2,6 +2,7 @@
 //! talks to a running server for `list`, `status` and `call`.
 
 mod client;
+mod config;
 mod doctor;
 mod new;
 mod output;
@@ -205,6 +206,11 @@ struct ServeArgs {
     /// Log filter (`info`, `debug`, `plugd=debug,...`); `RUST_LOG` also works.
     #[arg(long, env = "PLUGD_LOG", default_value = "info")]
     log: String,
+    /// The host's configuration file, `plugd.toml`: the most a plugin of each trust level may
+    /// have (`[ceilings.untrusted]`, `[ceilings.trusted]`: memory, cpu, call_timeout, concurrency,
+    /// disk). Without it the built-in ceilings apply.
+    #[arg(long, env = "PLUGD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Languages `plugd new` can scaffold.

@@ -48,8 +48,13 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
     let sdk = crate::sdk::install(state_dir)?;
+    let file = match &args.config {
+        Some(path) => crate::config::load(path)?,
+        None => crate::config::HostFile::default(),
+    };
     let mut config = HostConfig::new(&plugins, state_dir);
     config.strict = args.strict;
+    config.ceilings = file.ceilings;
     config.trust_dir = paths.trust_dir.clone();
     tracing::info!(
         plugins = %plugins.display(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod config;
 mod new;
 mod output;
 mod startup;
