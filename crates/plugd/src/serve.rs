@@ -154,7 +154,10 @@ fn report(host: &Host) {
 ///
 /// The plugins directory is not checked: only plugd reads it, plugins run from the staged copies.
 fn check_reachable(args: &ServeArgs, state_dir: &std::path::Path) -> anyhow::Result<()> {
-    if args.no_sandbox || !plugd_sandbox::probe().root {
+    let probe = plugd_sandbox::probe();
+    // With a mount namespace each plugin's root has its package, SDK and data dir bound at their
+    // own paths below fresh 0755 directories: a 0700 parent on the host is no obstacle.
+    if args.no_sandbox || !probe.root || probe.mount_namespace {
         return Ok(());
     }
     let Some((dir, mode)) = untraversable_ancestor(state_dir) else {
