@@ -27,7 +27,7 @@ use plugd_runtime::Runtime;
 pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
 pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
-pub use lifecycle::CallOptions;
+pub use lifecycle::{CallOptions, Unloaded};
 pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 

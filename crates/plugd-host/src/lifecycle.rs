@@ -59,6 +59,15 @@ impl HostInner {
     }
 }
 
+/// What [`Host::unload`] did.
+#[derive(Clone, Debug)]
+pub struct Unloaded {
+    /// The plugin, now stopped.
+    pub plugin: PluginInfo,
+    /// Running dependants that were stopped first, dependants of dependants first.
+    pub also_stopped: Vec<PluginName>,
+}
+
 /// How one call runs.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -230,19 +239,23 @@ impl Host {
         self.plugin(name)
     }
 
-    /// Unloads (stops) a plugin, after stopping the running plugins that depend on it.
-    /// Idempotent.
-    pub async fn unload(&self, name: &str) -> Result<PluginInfo, HostError> {
+    /// Unloads (stops) a plugin, after stopping the running plugins that depend on it; says
+    /// which ones it stopped. Idempotent.
+    pub async fn unload(&self, name: &str) -> Result<Unloaded, HostError> {
         let resolution = self.inner.lifecycle.lock().await;
         let slot = self.inner.existing(name)?;
-        self.stop_dependants(
-            &resolution,
-            name,
-            &format!("its dependency `{name}` was unloaded"),
-        )
-        .await;
+        let also_stopped = self
+            .stop_dependants(
+                &resolution,
+                name,
+                &format!("its dependency `{name}` was unloaded"),
+            )
+            .await;
         self.stop_slot(&slot, "unloaded").await;
-        Ok(slot.info())
+        Ok(Unloaded {
+            plugin: slot.info(),
+            also_stopped,
+        })
     }
 
     /// Reloads a plugin from disk, blue/green: the new version is read, resolved, verified and
@@ -413,15 +426,26 @@ impl Host {
         }
     }
 
-    /// Stops the running dependants of `name` (dependants first), with the reason.
-    async fn stop_dependants(&self, resolution: &Resolution, name: &str, reason: &str) {
+    /// Stops the running dependants of `name` (dependants first), with the reason; returns the
+    /// ones that were running.
+    async fn stop_dependants(
+        &self,
+        resolution: &Resolution,
+        name: &str,
+        reason: &str,
+    ) -> Vec<PluginName> {
         let mut dependants = resolution.dependants(name);
         dependants.sort_by_key(|d| std::cmp::Reverse(resolution.wave_of(d.as_str())));
+        let mut stopped = Vec::new();
         for dependant in dependants {
-            if let Some(d) = self.inner.slot(dependant.as_str()) {
+            if let Some(d) = self.inner.slot(dependant.as_str())
+                && d.running().is_some()
+            {
                 self.stop_slot(&d, reason).await;
+                stopped.push(dependant);
             }
         }
+        stopped
     }
 
     /// Starts one plugin whose dependencies are running (no-op if it runs). On failure the slot

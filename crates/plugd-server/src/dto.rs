@@ -53,6 +53,23 @@ pub(crate) struct PluginDto {
     pub limits: Option<LimitsDto>,
 }
 
+/// The answer to an unload: the plugin, plus the running dependants it stopped first.
+#[derive(Serialize)]
+pub(crate) struct UnloadedDto {
+    #[serde(flatten)]
+    pub plugin: PluginDto,
+    pub also_stopped: Vec<String>,
+}
+
+impl From<plugd_host::Unloaded> for UnloadedDto {
+    fn from(u: plugd_host::Unloaded) -> Self {
+        UnloadedDto {
+            plugin: u.plugin.into(),
+            also_stopped: u.also_stopped.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub(crate) struct LimitsDto {
     pub memory: u64,

@@ -267,7 +267,7 @@ async fn load(
 async fn unload(
     State(host): State<Host>,
     Path(name): Path<String>,
-) -> Result<Json<PluginDto>, ApiError> {
+) -> Result<Json<crate::dto::UnloadedDto>, ApiError> {
     Ok(Json(host.unload(&name).await?.into()))
 }
 

@@ -117,10 +117,13 @@ async fn unload_load_and_reload_are_idempotent_and_follow_dependencies() {
     host.start().await.unwrap();
 
     // Unloading a dependency stops its dependant first; a second unload changes nothing.
-    for _ in 0..2 {
-        let store = host.unload("store").await.unwrap();
-        assert_eq!(store.state, PluginState::Stopped);
-    }
+    let first = host.unload("store").await.unwrap();
+    assert_eq!(first.plugin.state, PluginState::Stopped);
+    let names: Vec<String> = first.also_stopped.iter().map(|n| n.to_string()).collect();
+    assert_eq!(names, ["thumbs"]);
+    let again = host.unload("store").await.unwrap();
+    assert_eq!(again.plugin.state, PluginState::Stopped);
+    assert!(again.also_stopped.is_empty(), "nothing left to stop");
     let thumbs = info(&host, "thumbs");
     assert_eq!(thumbs.state, PluginState::Stopped);
     assert_eq!(

@@ -427,7 +427,10 @@ fn cli_drives_a_running_server() {
     check(
         &server.cli(&["unload", "store"]),
         &Expect::Ok {
-            stdout: &["store 2.1.0 — stopped"],
+            stdout: &[
+                "store 2.1.0 — stopped",
+                "Also stopped `thumbs`, which depends on `store`",
+            ],
         },
     );
     check(
