@@ -235,6 +235,8 @@ scaffold_check() {
         build_dir "$tmp/plugins/$name" "$name"
     done
     log "scaffolds built in $((SECONDS - started)) s; serving them"
+    # Created first: the background shell may open it only after the loop below first reads it.
+    : >"$tmp/serve.out"
     "$plugd" serve --plugins "$tmp/plugins" --listen 127.0.0.1:0 --state-dir "$tmp/state" \
         </dev/null >"$tmp/serve.out" 2>"$tmp/serve.log" &
     SERVE_PID=$!
@@ -251,6 +253,22 @@ scaffold_check() {
             waited=$((waited + 1))
         fi
     done
+    # The API answers at once; plugins start in the background. `/readyz` is 200 once the
+    # first start wave is done (at most 120 s here: cold compiles of three components).
+    python3 - "$url" <<'PY' || { log "plugins did not start in time; the server log:"; cat "$tmp/serve.log" >&2; return 1; }
+import sys, time, urllib.error, urllib.request
+deadline = time.monotonic() + 120
+while True:
+    try:
+        with urllib.request.urlopen(sys.argv[1] + "/readyz", timeout=5) as r:
+            if r.status == 200:
+                break
+    except (urllib.error.URLError, OSError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.2)
+PY
     for lang in "${langs[@]}"; do
         local name="scaffold-$lang" out
         out=$("$plugd" --server "$url" call "$name" hello '{"name":"Ada"}') &&

@@ -191,7 +191,7 @@ pub(crate) struct Inner {
     codes: Mutex<HashMap<ContentDigest, CodeCell>>,
     /// Compilations running at once (one per core: a compilation is single-threaded).
     /// Starts beyond it wait here for a turn.
-    compile_slots: tokio::sync::Semaphore,
+    compile_slots: Arc<tokio::sync::Semaphore>,
     compiled: AtomicU64,
     loaded: AtomicU64,
     shared: AtomicU64,
@@ -268,9 +268,9 @@ impl WasmRuntime {
             config,
             engine_key,
             codes: Mutex::new(HashMap::new()),
-            compile_slots: tokio::sync::Semaphore::new(
+            compile_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            )),
             compiled: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             shared: AtomicU64::new(0),
@@ -432,16 +432,20 @@ impl Inner {
         digest: ContentDigest,
         entry: &str,
     ) -> Result<Arc<Code>, RuntimeError> {
-        // The semaphore is never closed.
-        let _slot = self.compile_slots.acquire().await.ok();
+        // The semaphore is never closed. The slot moves into the blocking job, so a start that
+        // is dropped meanwhile does not free it before the compilation ends.
+        let slot = self.compile_slots.clone().acquire_owned().await.ok();
         let (inner, bytes) = (self.clone(), bytes.clone());
         let (name, entry_owned) = (plugin.clone(), entry.to_owned());
-        tokio::task::spawn_blocking(move || inner.link(&name, &bytes, &digest, &entry_owned))
-            .await
-            .map_err(|e| RuntimeError::StartFailed {
-                plugin: plugin.clone(),
-                reason: format!("compiling `{entry}` panicked: {e}"),
-            })?
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            inner.link(&name, &bytes, &digest, &entry_owned)
+        })
+        .await
+        .map_err(|e| RuntimeError::StartFailed {
+            plugin: plugin.clone(),
+            reason: format!("compiling `{entry}` panicked: {e}"),
+        })?
     }
 
     /// Compiles (or loads), checks and links the component `bytes`.

@@ -164,6 +164,17 @@ async fn thrown_errors_keep_the_guests_message() {
     let payload = RawValue::from_string(r#"{"texts":["Hello World","Ça va"]}"#.to_owned()).unwrap();
     let done = js.run_task("slugify", &payload, None).await.unwrap();
     assert_eq!(done.result.get(), r#"{"value":["hello-world","ca-va"]}"#);
+    js.params_changed(&serde_json::json!({"a": 1}))
+        .await
+        .unwrap();
+    let err = js
+        .params_changed(&serde_json::json!([1]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::ClientError { status: 400, ref code, .. } if code == "bad_params"),
+        "{err:?}"
+    );
     js.stop(std::time::Duration::from_secs(5)).await;
 
     let py = start(&runtime, "echo-py-wasm", tmp.path()).await;

@@ -104,8 +104,14 @@ export const lifecycle = {
     log("info", "stopping");
   },
 
+  // Settings that are not a JSON object are refused (the old ones stay).
   onParamsChanged(params) {
-    guarded(() => JSON.parse(params));
+    guarded(() => {
+      const value = JSON.parse(params);
+      if (typeof value !== "object" || value === null || Array.isArray(value)) {
+        throw new PluginError("bad_params", "the settings must be a JSON object", 400);
+      }
+    });
   },
 };
 
