@@ -9,6 +9,7 @@
 mod ceilings;
 mod error;
 mod events;
+mod gc;
 mod lifecycle;
 mod logs;
 mod policy;
@@ -27,6 +28,7 @@ use plugd_runtime::Runtime;
 pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
 pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
+pub use gc::Collected;
 pub use lifecycle::{CallOptions, Unloaded};
 pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};

@@ -26,11 +26,11 @@ use crate::{Host, HostConfig, HostError, LogLine};
 
 pub(crate) struct HostInner {
     pub config: HostConfig,
-    runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+    pub runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     pub slots: RwLock<BTreeMap<PluginName, Arc<Slot>>>,
     problems: RwLock<Vec<Problem>>,
     /// Serialises lifecycle operations and holds the current resolution.
-    lifecycle: tokio::sync::Mutex<Resolution>,
+    pub lifecycle: tokio::sync::Mutex<Resolution>,
 }
 
 impl HostInner {
@@ -120,6 +120,8 @@ impl Host {
                 }
             }
         }
+        // What a previous run left (old staged copies, compiled code) goes now.
+        self.collect_quietly().await;
         Ok(())
     }
 
@@ -363,6 +365,7 @@ impl Host {
         if let Some(old) = old {
             self.drain_and_stop(&slot, old).await;
         }
+        self.collect_quietly().await;
         self.plugin(name)
     }
 
@@ -535,7 +538,7 @@ impl Host {
         let spec = InstanceSpec {
             params: granted.default_params(),
             manifest: granted.clone(),
-            package_dir: dir,
+            package_dir: dir.clone(),
             data_dir,
         };
         let services = Arc::new(PluginServices::new(self, slot, &manifest, granted.clone()));
@@ -574,6 +577,7 @@ impl Host {
         let id = slot.inner.lock().next_generation();
         Ok(Arc::new(Generation {
             id,
+            package_dir: dir,
             events: EventQueue::start(slot, instance.clone()),
             instance,
             manifest: granted,

@@ -144,6 +144,8 @@ pub(crate) struct Generation {
     /// Increases with every start of this plugin (reloads and restarts after `failed`).
     pub id: u64,
     pub instance: Arc<dyn Instance>,
+    /// The verified, staged copy it runs from (kept by garbage collection while it runs).
+    pub package_dir: PathBuf,
     /// The manifest as granted (permissions narrowed by trust).
     pub manifest: Arc<Manifest>,
     pub trust: TrustLevel,

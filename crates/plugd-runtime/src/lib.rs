@@ -250,6 +250,12 @@ pub trait Runtime: Send + Sync {
         spec: InstanceSpec,
         host: Arc<dyn HostCalls>,
     ) -> Result<Arc<dyn Instance>, RuntimeError>;
+    /// Removes what the runtime keeps on disk for plugins that no running instance uses (e.g.
+    /// compiled code); returns the bytes freed. The host calls it at start, after each reload and
+    /// on `plugd gc`. The default keeps nothing on disk.
+    async fn collect_garbage(&self) -> Result<u64, String> {
+        Ok(0)
+    }
 }
 
 /// A running plugin.

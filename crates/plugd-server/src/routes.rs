@@ -106,6 +106,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/plugins/{name}/load", post(load))
         .route("/api/v1/plugins/{name}/unload", post(unload))
         .route("/api/v1/plugins/{name}/reload", post(reload))
+        .route("/api/v1/gc", post(gc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
@@ -276,6 +277,15 @@ async fn reload(
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
     Ok(Json(host.reload(&name).await?.into()))
+}
+
+async fn gc(State(host): State<Host>) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = host.collect_garbage().await?;
+    Ok(Json(serde_json::json!({
+        "packages": c.packages.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "package_bytes": c.package_bytes,
+        "runtime_bytes": c.runtime_bytes,
+    })))
 }
 
 /// A route that exists, asked with another method.

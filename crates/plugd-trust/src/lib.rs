@@ -36,7 +36,7 @@ pub use keys::{KeyId, Overwrite, PublicKey, SecretKey, public_key_path};
 pub use signature::{
     KeySource, SignatureInfo, Trust, TrustPolicy, Verification, sign_package, verify_package,
 };
-pub use stage::{StagedPackage, stage_package};
+pub use stage::{Collected, StagedPackage, collect_staged, stage_package};
 pub use store::TrustStore;
 
 /// File name of the signature, beside the manifest at the package root.

@@ -266,3 +266,55 @@ impl Drop for TempTree {
         }
     }
 }
+
+/// What [`collect_staged`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// The staged copies (and leftovers of interrupted staging) that were removed.
+    pub removed: Vec<PathBuf>,
+    /// Bytes they held (file sizes).
+    pub bytes: u64,
+}
+
+/// Removes every staged copy under `staging_root` that is not in `keep`, and every leftover of
+/// an interrupted staging (`.staging-*`, `.stale-*`). The caller must make sure no staging runs
+/// at the same time (the host holds its lifecycle lock). A missing root is an empty one.
+pub fn collect_staged(
+    staging_root: &Path,
+    keep: &std::collections::HashSet<PathBuf>,
+) -> Result<Collected, TrustError> {
+    let mut collected = Collected::default();
+    let entries = match fs::read_dir(staging_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(collected),
+        Err(e) => return Err(TrustError::io("read", staging_root, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| TrustError::io("read", staging_root, e))?;
+        let path = entry.path();
+        if keep.contains(&path) {
+            continue;
+        }
+        collected.bytes += tree_size(&path);
+        remove_tree(&path)?;
+        collected.removed.push(path);
+    }
+    collected.removed.sort();
+    Ok(collected)
+}
+
+/// Bytes of the regular files under `path` (not following symlinks); best effort.
+fn tree_size(path: &Path) -> u64 {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| tree_size(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
+}

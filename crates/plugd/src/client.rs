@@ -253,6 +253,24 @@ pub(crate) fn lifecycle(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `plugd gc`: asks the server to collect, and says what went.
+pub(crate) fn gc(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let answer = json(server, "POST", "/api/v1/gc", Some(b""))?;
+    if as_json {
+        output::print_json(&answer);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let copies = answer["packages"].as_array().map_or(0, Vec::len);
+    let mib = |key: &str| answer[key].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+    println!(
+        "Removed {copies} staged package cop{} ({:.1} MiB) and {:.1} MiB of compiled code",
+        if copies == 1 { "y" } else { "ies" },
+        mib("package_bytes"),
+        mib("runtime_bytes")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,6 +146,9 @@ enum Command {
     },
     /// Report which confinement layers this kernel provides and what each running plugin got.
     Doctor,
+    /// Remove, on a running server, the staged package copies and compiled code that no running
+    /// plugin uses (the server also does this at start and after each reload).
+    Gc,
     /// Create a new plugin from a template.
     New {
         /// Plugin name (lower-case letters, digits, `-`, `_`); also the directory created.
@@ -264,6 +267,7 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::Reload { name } => client::lifecycle(&cli.server, &name, "reload", cli.json),
         Command::New { name, lang, dir } => new::run(&name, lang, dir),
         Command::Doctor => doctor::run(&cli.server, cli.json),
+        Command::Gc => client::gc(&cli.server, cli.json),
         Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
         Command::Verify { dir, key, strict } => {

@@ -536,3 +536,36 @@ async fn a_service_denied_by_trust_says_so_and_an_undeclared_one_says_to_declare
         "the start-up denial and two requests"
     );
 }
+
+#[tokio::test]
+async fn reloads_leave_one_staged_copy_and_gc_removes_unused_ones() {
+    let f = Fixture::new();
+    f.fake_plugin("a", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let staged = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(f.dir.path().join("state/packages"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    for v in ["1.1.0", "1.2.0", "1.3.0"] {
+        f.fake_plugin("a", v, &[], "");
+        host.reload("a").await.unwrap();
+    }
+    let left = staged();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("a-1.3.0-"), "{left:?}");
+    // Once nothing runs from it, an explicit collection removes it.
+    host.unload("a").await.unwrap();
+    let collected = host.collect_garbage().await.unwrap();
+    assert_eq!(collected.packages.len(), 1);
+    assert!(collected.package_bytes > 0);
+    assert!(staged().is_empty());
+    // Loading again stages afresh.
+    host.load("a").await.unwrap();
+    assert_eq!(staged().len(), 1);
+}

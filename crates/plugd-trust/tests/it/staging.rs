@@ -219,3 +219,32 @@ fn a_staging_root_inside_the_package_is_refused() {
     );
     assert!(!inside.exists(), "a refused staging root is not created");
 }
+
+#[test]
+fn garbage_collection_keeps_only_what_is_in_use() {
+    let fx = Fx::signed();
+    let first = stage(&fx, &LENIENT).unwrap();
+    // A new version of the package makes a second copy; a crash left a stale staging dir.
+    fs::write(fx.pkg.join("main.py"), "print('v2')\n").unwrap();
+    let unsigned = stage_package(&fx.pkg, &fx.staging, &KeySource::Store(&fx.store), &LENIENT);
+    // The signature no longer matches: refused, but nothing half-made stays.
+    assert!(unsigned.is_err());
+    fs::create_dir(fx.staging.join(".staging-leftover")).unwrap();
+    fs::write(fx.staging.join(".staging-leftover/x"), "12345").unwrap();
+    let keep = std::collections::HashSet::from([first.dir().to_owned()]);
+    let collected = plugd_trust::collect_staged(&fx.staging, &keep).unwrap();
+    assert_eq!(collected.removed, [fx.staging.join(".staging-leftover")]);
+    assert_eq!(collected.bytes, 5);
+    assert_pristine_dir(first.dir());
+    // Nothing in use: the read-only copy goes too.
+    let collected = plugd_trust::collect_staged(&fx.staging, &Default::default()).unwrap();
+    assert_eq!(collected.removed, [first.dir().to_owned()]);
+    assert!(!first.dir().exists());
+    // A missing root is an empty one.
+    let none = plugd_trust::collect_staged(&fx.staging.join("nope"), &Default::default());
+    assert_eq!(none.unwrap(), plugd_trust::Collected::default());
+}
+
+fn assert_pristine_dir(dir: &std::path::Path) {
+    assert!(dir.join("main.py").is_file(), "{}", dir.display());
+}

@@ -472,6 +472,20 @@ fn cli_drives_a_running_server() {
             stdout: &[r#""width": 100"#, r#""height": 50"#],
         },
     );
+    // Unloading `thumbs` leaves a staged copy nothing runs from: `gc` removes exactly that one.
+    server.cli(&["unload", "thumbs"]).ok();
+    check(
+        &server.cli(&["gc"]),
+        &Expect::Ok {
+            stdout: &["Removed 1 staged package copy ("],
+        },
+    );
+    check(
+        &server.cli(&["gc"]),
+        &Expect::Ok {
+            stdout: &["Removed 0 staged package copies (0.0 MiB)"],
+        },
+    );
 }
 
 #[test]
