@@ -1,9 +1,7 @@
 //! One conformance suite for every runtime: each behaviour below runs twice through the host,
 //! once against a Python SDK process plugin (`conformance/plugin.py`) and once against a wasm
-//! component (`conformance/guest.rs`), with the same test body. The two plugins implement the
-//! same actions ([`ACTIONS`]) with the same semantics.
-
-mod guest;
+//! component (`plugd_wasm::test_guest`, world `plugd:plugin@0.2.0`), with the same test body. The
+//! two plugins implement the same actions ([`ACTIONS`]) with the same semantics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +27,12 @@ const ACTIONS: &[(&str, &str)] = &[
         "ask",
         "Asks the host for `kv.get` and returns the error text",
     ),
+    (
+        "emit",
+        "Emits `test.emitted`, then echoes; a refusal is its answer",
+    ),
+    ("client", "Answers a 404 `not_found` client error"),
+    ("forbidden", "Answers a client error with status 403"),
 ];
 const FAIL_CODE: &str = "boom";
 const FAIL_MESSAGE: &str = "it failed on purpose";
@@ -71,6 +75,8 @@ conformance! {
     plugin_logs_reach_the_host,
     concurrent_calls_get_their_own_answers,
     saturation_is_overloaded,
+    client_error_keeps_its_status_and_code,
+    refused_emit_is_visible_to_the_plugin,
     ungranted_service_is_refused_to_the_guest,
 }
 
@@ -100,7 +106,17 @@ impl Env {
                 ("process", r#"["python3", "main.py"]"#)
             }
             Flavor::Wasm => {
-                std::fs::write(dir.join("plugin.wasm"), guest::component()).unwrap();
+                let guest = plugd_wasm::test_guest::TestGuest {
+                    actions: ACTIONS
+                        .iter()
+                        .map(|(n, d)| (n.to_string(), d.to_string()))
+                        .collect(),
+                    fail_code: FAIL_CODE.into(),
+                    fail_message: FAIL_MESSAGE.into(),
+                    log_line: LOG_LINE.into(),
+                    ..plugd_wasm::test_guest::TestGuest::new("0.2.0")
+                };
+                std::fs::write(dir.join("plugin.wasm"), guest.component()).unwrap();
                 ("wasm", r#""plugin.wasm""#)
             }
         };
@@ -405,6 +421,43 @@ async fn saturation_is_overloaded(flavor: Flavor) {
     );
     assert_eq!(holder.await.unwrap().unwrap_err().code(), "plugin_timeout");
     env.serves_the_next_call().await;
+}
+
+async fn client_error_keeps_its_status_and_code(flavor: Flavor) {
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let e = env.fails("client", "{}").await;
+    match runtime_error(&e) {
+        RuntimeError::ClientError {
+            code,
+            message,
+            status,
+            ..
+        } => assert_eq!(
+            (code.as_str(), message.as_str(), *status),
+            ("not_found", "no such thing", 404)
+        ),
+        other => panic!("not a client error: {other}"),
+    }
+    assert_eq!(e.code(), "not_found");
+    // 403 means auth, which is the host's: the plugin's status becomes 400, its code stays.
+    let e = env.fails("forbidden", "{}").await;
+    match runtime_error(&e) {
+        RuntimeError::ClientError { code, status, .. } => {
+            assert_eq!((code.as_str(), *status), ("denied", 400))
+        }
+        other => panic!("not a client error: {other}"),
+    }
+    env.serves_the_next_call().await;
+}
+
+async fn refused_emit_is_visible_to_the_plugin(flavor: Flavor) {
+    // The manifest grants no `events`: the host refuses the emit, and the plugin sees why.
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let answer = env.call("emit", "{}").await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"value": "Service `events` is not granted to plugin `conformance`; hint: add it to `permissions.services` in `plugin.toml`"})
+    );
 }
 
 async fn ungranted_service_is_refused_to_the_guest(flavor: Flavor) {

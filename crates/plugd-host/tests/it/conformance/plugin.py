@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import os
 
-from plugd import HostError, Plugin
+from plugd import ClientError, HostError, Plugin
 
 plugin = Plugin()
 
@@ -65,6 +65,25 @@ async def ask(payload):
         return await plugin.request("kv.get", payload)
     except HostError as e:
         return e.message
+
+
+@plugin.action(description="Emits `test.emitted`, then echoes; a refusal is its answer")
+async def emit(payload):
+    try:
+        await plugin.emit("test.emitted", payload)
+    except HostError as e:
+        return e.message
+    return payload
+
+
+@plugin.action(description="Answers a 404 `not_found` client error")
+async def client(payload):
+    raise ClientError("not_found", "no such thing", status=404)
+
+
+@plugin.action(description="Answers a client error with status 403")
+async def forbidden(payload):
+    raise ClientError("denied", "not yours", status=403)
 
 
 @plugin.on_event("conformance.*")
