@@ -101,3 +101,20 @@ pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Removes every `*.cwasm` file in `dir` that is not in `live`; returns the bytes freed.
+pub(crate) fn collect(dir: &Path, live: &std::collections::HashSet<PathBuf>) -> io::Result<u64> {
+    let mut freed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cwasm") && !live.contains(&path) {
+            let len = std::fs::symlink_metadata(&path).map_or(0, |m| m.len());
+            match std::fs::remove_file(&path) {
+                Ok(()) => freed += len,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(freed)
+}

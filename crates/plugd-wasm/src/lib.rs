@@ -335,6 +335,32 @@ impl Runtime for WasmRuntime {
         let instance: Arc<dyn Instance> = self.start_wasm(spec, host).await?;
         Ok(instance)
     }
+
+    /// Removes every compiled file in the cache that no live component uses (stopped plugins,
+    /// replaced versions, files of another wasmtime). A plugin started again later compiles
+    /// again. The host calls this under its lifecycle lock, so no start is compiling meanwhile.
+    async fn collect_garbage(&self) -> Result<u64, String> {
+        let live: std::collections::HashSet<PathBuf> = {
+            let codes = self.inner.codes.lock().unwrap_or_else(|e| e.into_inner());
+            codes
+                .iter()
+                .filter(|(_, cell)| cell.get().is_some_and(|code| code.strong_count() > 0))
+                .map(|(digest, _)| {
+                    cache::path(&self.inner.config.cache_dir, digest, &self.inner.engine_key)
+                })
+                .collect()
+        };
+        let dir = self.inner.config.cache_dir.clone();
+        tokio::task::spawn_blocking(move || cache::collect(&dir, &live))
+            .await
+            .map_err(|e| format!("the wasm cache collection failed: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "the wasm cache `{}` could not be cleaned: {e}",
+                    self.inner.config.cache_dir.display()
+                )
+            })
+    }
 }
 
 impl Inner {

@@ -426,6 +426,36 @@ async fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     assert_eq!(cwasm_files(&env.cache()), files);
 }
 
+#[tokio::test]
+async fn garbage_collection_drops_compiled_code_no_live_component_uses() {
+    let env = Env::new();
+    let host = Arc::new(RecordingHost::default());
+    let runtime = env.runtime();
+    let v01 = runtime
+        .start(env.package("a", guest_v01(), ""), host.clone())
+        .await
+        .unwrap();
+    let v02 = runtime
+        .start(
+            env.package("b", &TestGuest::new("0.2.0").component(), ""),
+            host.clone(),
+        )
+        .await
+        .unwrap();
+    std::fs::write(env.cache().join("0123-oldengine.cwasm"), b"stale").unwrap();
+    assert_eq!(cwasm_files(&env.cache()).len(), 3);
+    // Both live: only the other engine's file goes.
+    assert_eq!(runtime.collect_garbage().await.unwrap(), 5);
+    assert_eq!(cwasm_files(&env.cache()).len(), 2);
+    v02.stop(Duration::from_millis(100)).await;
+    drop(v02);
+    let freed = runtime.collect_garbage().await.unwrap();
+    assert!(freed > 0);
+    assert_eq!(cwasm_files(&env.cache()).len(), 1);
+    // The live one still serves.
+    assert_eq!(call(&v01, "echo", "7").await.unwrap(), r#"{"value":7}"#);
+}
+
 fn cwasm_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
