@@ -391,6 +391,7 @@ impl Cgroup {
                     .write(true)
                     .open(&path)
                     .map(OwnedFd::from)
+                    .and_then(crate::fds::lift)
                     .map_err(cg_err(&path))
             })
             .collect()

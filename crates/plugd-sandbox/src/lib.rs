@@ -38,6 +38,7 @@
 
 mod cgroup;
 mod child;
+mod fds;
 mod ids;
 mod lsm;
 mod mounts;

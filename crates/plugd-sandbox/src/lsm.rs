@@ -129,5 +129,10 @@ pub(crate) fn ruleset(
             missing.join(", ")
         ));
     }
-    Ok((ruleset.into(), writable, detail))
+    let fd: Option<OwnedFd> = ruleset.into();
+    let fd = fd
+        .map(crate::fds::lift)
+        .transpose()
+        .map_err(|e| SandboxError::Landlock(format!("cannot move the ruleset descriptor: {e}")))?;
+    Ok((fd, writable, detail))
 }

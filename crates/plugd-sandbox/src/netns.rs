@@ -30,7 +30,9 @@ fn create() -> Result<OwnedFd, String> {
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from)
+            std::fs::File::open("/proc/thread-self/ns/net")
+                .map(OwnedFd::from)
+                .and_then(crate::fds::lift)
         });
     let result = thread
         .map_err(|e| format!("Cannot start the network namespace thread: {e}"))?
