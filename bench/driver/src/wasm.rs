@@ -111,6 +111,7 @@ async fn run_in(config: &Config, scratch: &Path) -> anyhow::Result<()> {
         action: ActionName::new("echo")?,
         payload,
         timeout: None,
+        chain: Vec::new(),
     };
     let answer = pooled.call(again(&invocation)).await?;
     let wrapped = format!(r#"{{"value":{}}}"#, invocation.payload.get());
@@ -197,6 +198,7 @@ fn again(invocation: &Invocation) -> Invocation {
         action: invocation.action.clone(),
         payload: invocation.payload.clone(),
         timeout: invocation.timeout,
+        chain: invocation.chain.clone(),
     }
 }
 

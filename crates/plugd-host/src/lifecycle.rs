@@ -75,6 +75,8 @@ pub struct CallOptions {
     /// The caller's deadline, when shorter than the plugin's `limits.call_timeout` (a longer one
     /// is cut to it). Waiting for a concurrency slot counts against it.
     pub timeout: Option<std::time::Duration>,
+    /// The plugins whose calls led to this one, outermost first (set by `plugin.call`).
+    pub chain: Vec<PluginName>,
 }
 
 impl CallOptions {
@@ -82,6 +84,7 @@ impl CallOptions {
     pub fn timeout(timeout: std::time::Duration) -> Self {
         CallOptions {
             timeout: Some(timeout),
+            chain: Vec::new(),
         }
     }
 }
@@ -195,6 +198,7 @@ impl Host {
                 timeout: options
                     .timeout
                     .map(|t| t.min(generation.manifest.limits.call_timeout)),
+                chain: options.chain,
             })
             .await;
         drop(guard);

@@ -46,6 +46,10 @@ pub struct Invocation {
     pub payload: Box<RawValue>,
     /// How long the caller waits; `None` means the manifest's `call_timeout`.
     pub timeout: Option<Duration>,
+    /// The plugins whose calls led here, outermost first (empty for a call from an app). A
+    /// runtime passes it to the plugin, which sends it back with its own `plugin.call`s, so the
+    /// host can refuse a cycle.
+    pub chain: Vec<PluginName>,
 }
 
 /// The successful result of a call: the plugin's JSON result object, passed through as bytes.
@@ -196,6 +200,15 @@ pub enum HostCallError {
     /// The service failed.
     #[error("{0}")]
     Failed(String),
+    /// The service refused or failed with a machine-readable code the plugin can act on
+    /// (`limit_exceeded`, `conflict`, `not_found`, `cycle`, ...).
+    #[error("{message}")]
+    Service {
+        /// The code.
+        code: String,
+        /// A sentence for a person.
+        message: String,
+    },
 }
 
 /// What a plugin may ask of the host. One value per plugin instance; the runtime forwards the

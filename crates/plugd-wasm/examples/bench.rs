@@ -39,6 +39,7 @@ fn invocation() -> Invocation {
         action: ActionName::new("echo").unwrap(),
         payload: RawValue::from_string(PAYLOAD.to_owned()).unwrap(),
         timeout: None,
+        chain: Vec::new(),
     }
 }
 

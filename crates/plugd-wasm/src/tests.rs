@@ -33,6 +33,7 @@ fn invocation(action: &str, payload: &str, timeout: Option<Duration>) -> Invocat
         action: ActionName::new(action).unwrap(),
         payload: RawValue::from_string(payload.to_owned()).unwrap(),
         timeout,
+        chain: Vec::new(),
     }
 }
 

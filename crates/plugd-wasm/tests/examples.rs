@@ -70,6 +70,7 @@ async fn call(
             action: ActionName::new(action).unwrap(),
             payload: RawValue::from_string(payload.to_owned()).unwrap(),
             timeout: None,
+            chain: Vec::new(),
         })
         .await?;
     Ok(serde_json::from_str(outcome.result.get()).unwrap())

@@ -64,6 +64,7 @@ fn invocation(payload: &str, timeout: Duration) -> Invocation {
         action: ActionName::new("a").unwrap(),
         payload: RawValue::from_string(payload.to_owned()).unwrap(),
         timeout: Some(timeout),
+        chain: Vec::new(),
     }
 }
 

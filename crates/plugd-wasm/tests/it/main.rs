@@ -136,6 +136,7 @@ fn invocation(action: &str, payload: &str) -> Invocation {
         action: ActionName::new(action).unwrap(),
         payload: RawValue::from_string(payload.to_owned()).unwrap(),
         timeout: None,
+        chain: Vec::new(),
     }
 }
 
