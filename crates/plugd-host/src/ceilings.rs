@@ -23,6 +23,8 @@ pub struct Ceiling {
     pub concurrency: Option<u32>,
     /// Bytes in the plugin's data dir.
     pub disk: Option<u64>,
+    /// Bytes in the plugin's kv store.
+    pub storage: Option<u64>,
 }
 
 /// Ceilings per trust level.
@@ -44,6 +46,7 @@ impl Default for Ceilings {
                 call_timeout: Some(Duration::from_secs(300)),
                 concurrency: Some(256),
                 disk: Some(1024 * MIB),
+                storage: Some(256 * MIB),
             },
             trusted: Ceiling {
                 memory: Some(8192 * MIB),
@@ -51,6 +54,7 @@ impl Default for Ceilings {
                 call_timeout: None,
                 concurrency: None,
                 disk: Some(100 * 1024 * MIB),
+                storage: Some(10 * 1024 * MIB),
             },
         }
     }
@@ -117,6 +121,12 @@ pub(crate) fn clamp(manifest: &mut Manifest, trust: &TrustLevel, ceiling: &Ceili
     {
         note("disk", bytes(limits.disk), bytes(max));
         limits.disk = max;
+    }
+    if let Some(max) = ceiling.storage
+        && limits.storage > max
+    {
+        note("storage", bytes(limits.storage), bytes(max));
+        limits.storage = max;
     }
     clamped
 }

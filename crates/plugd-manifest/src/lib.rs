@@ -163,6 +163,8 @@ pub struct Permissions {
     pub env: Vec<String>,
     /// Host services the plugin may use.
     pub services: Vec<Service>,
+    /// Services of the embedding application it may call (`app:NAME` in `services`), by name.
+    pub app_services: Vec<String>,
     /// Advisory Python import allow-list (the kernel layers are the boundary).
     pub imports: Vec<String>,
 }
@@ -189,6 +191,8 @@ pub struct Limits {
     pub memory: u64,
     /// Bytes the plugin's data dir may hold (default 1 GiB).
     pub disk: u64,
+    /// Bytes the plugin may keep in its kv store (keys + values; default 64 MiB).
+    pub storage: u64,
     /// CPU time one call may use (default 10 s).
     pub cpu: Duration,
     /// Per-call wall-clock timeout (default 5 s).
@@ -224,6 +228,7 @@ impl Default for Limits {
         Limits {
             memory: 256 * 1024 * 1024,
             disk: 1024 * 1024 * 1024,
+            storage: 64 * 1024 * 1024,
             cpu: Duration::from_secs(10),
             call_timeout: Duration::from_secs(5),
             concurrency: 64,

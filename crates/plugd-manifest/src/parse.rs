@@ -57,7 +57,14 @@ const JSON_TOP_KEYS: &[&str] = &[
     "events",
 ];
 const PERMISSION_KEYS: &[&str] = &["fs.read", "net.connect", "env", "services", "imports"];
-const LIMIT_KEYS: &[&str] = &["memory", "disk", "cpu", "call_timeout", "concurrency"];
+const LIMIT_KEYS: &[&str] = &[
+    "memory",
+    "disk",
+    "storage",
+    "cpu",
+    "call_timeout",
+    "concurrency",
+];
 const ACTION_KEYS: &[&str] = &["name", "description", "input", "hooks"];
 const EVENT_KEYS: &[&str] = &["subscribe"];
 
@@ -837,7 +844,27 @@ fn permissions(t: &Table<'_>) -> R<Permissions> {
         }
     }
     let mut services = Vec::new();
+    let mut app_services = Vec::new();
     for s in t.strings("services")? {
+        // `app:NAME` names a service of the embedding application; host services keep their
+        // fixed names, so a typo stays an error.
+        if let Some(name) = s.strip_prefix("app:") {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(Invalid::new(format!(
+                    "Invalid application service `{s}` in `services`"
+                ))
+                .hint("write `app:NAME` with letters, digits, `-`, `_` or `.`, like `app:db`"));
+            }
+            if !app_services.iter().any(|a| a == name) {
+                app_services.push(name.to_owned());
+            }
+            continue;
+        }
         let service: Service = s.parse().map_err(|e: crate::UnknownValueError| {
             let text = e.to_string();
             match text.split_once("; hint: ") {
@@ -863,6 +890,7 @@ fn permissions(t: &Table<'_>) -> R<Permissions> {
         net_connect,
         env,
         services,
+        app_services,
         imports,
     })
 }
@@ -915,6 +943,7 @@ fn limits(t: &Table<'_>) -> R<Limits> {
     let defaults = Limits::default();
     let memory = size(t, "memory", defaults.memory)?;
     let disk = size(t, "disk", defaults.disk)?;
+    let storage = size(t, "storage", defaults.storage)?;
     let cpu = duration(t, "cpu", defaults.cpu)?;
     let call_timeout = duration(t, "call_timeout", defaults.call_timeout)?;
     let concurrency = match t.get("concurrency") {
@@ -937,6 +966,7 @@ fn limits(t: &Table<'_>) -> R<Limits> {
     Ok(Limits {
         memory,
         disk,
+        storage,
         cpu,
         call_timeout,
         concurrency,

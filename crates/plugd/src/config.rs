@@ -8,6 +8,7 @@
 //! call_timeout = "5m"
 //! concurrency = 256
 //! disk = "1GiB"
+//! storage = "256MiB"     # kv bytes
 //!
 //! [ceilings.trusted]
 //! memory = "8GiB"
@@ -32,7 +33,14 @@ pub(crate) struct HostFile {
 
 const TOP_KEYS: &[&str] = &["ceilings"];
 const LEVELS: &[&str] = &["untrusted", "trusted"];
-const LIMITS: &[&str] = &["memory", "cpu", "call_timeout", "concurrency", "disk"];
+const LIMITS: &[&str] = &[
+    "memory",
+    "cpu",
+    "call_timeout",
+    "concurrency",
+    "disk",
+    "storage",
+];
 
 /// Reads `plugd.toml`.
 pub(crate) fn load(path: &Path) -> anyhow::Result<HostFile> {
@@ -100,6 +108,7 @@ fn set(ceiling: &mut Ceiling, name: &str, value: &Value) -> anyhow::Result<()> {
     match name {
         "memory" => ceiling.memory = size()?,
         "disk" => ceiling.disk = size()?,
+        "storage" => ceiling.storage = size()?,
         "cpu" => ceiling.cpu = duration()?,
         "call_timeout" => ceiling.call_timeout = duration()?,
         "concurrency" => {
@@ -160,7 +169,7 @@ mod tests {
         );
         assert_eq!(
             err("[ceilings.untrusted]\nram = \"1GiB\"\n"),
-            "In `[ceilings.untrusted]`, key `ram`: unknown limit `ram`; hint: ceilings exist for `memory`, `cpu`, `call_timeout`, `concurrency`, `disk`"
+            "In `[ceilings.untrusted]`, key `ram`: unknown limit `ram`; hint: ceilings exist for `memory`, `cpu`, `call_timeout`, `concurrency`, `disk`, `storage`"
         );
         assert!(
             err("[ceilings.untrusted]\nmemory = \"12XB\"\n")

@@ -133,11 +133,13 @@ fn dump(manifest: &Manifest) -> String {
         net_connect,
         env,
         services,
+        app_services,
         imports,
     } = permissions;
     let Limits {
         memory,
         disk,
+        storage,
         cpu,
         call_timeout,
         concurrency,
@@ -165,10 +167,12 @@ fn dump(manifest: &Manifest) -> String {
     let _ = writeln!(w, "  env: {env:?}");
     let services: Vec<&str> = services.iter().map(|s| s.as_str()).collect();
     let _ = writeln!(w, "  services: {services:?}");
+    let _ = writeln!(w, "  app services: {app_services:?}");
     let _ = writeln!(w, "  imports: {imports:?}");
     let _ = writeln!(w, "limits:");
     let _ = writeln!(w, "  memory: {memory} bytes");
     let _ = writeln!(w, "  disk: {disk} bytes");
+    let _ = writeln!(w, "  storage: {storage} bytes");
     let _ = writeln!(w, "  cpu: {cpu:?}");
     let _ = writeln!(w, "  call_timeout: {call_timeout:?}");
     let _ = writeln!(w, "  concurrency: {concurrency}");
