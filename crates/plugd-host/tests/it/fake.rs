@@ -34,8 +34,8 @@ pub struct Script {
     pub live_calls: AtomicUsize,
     /// Health senders of every started instance, by `name@version#n`.
     pub health: Mutex<HashMap<String, watch::Sender<Health>>>,
-    /// Events received, per plugin: `(version, topic, payload)`.
-    pub events: Mutex<HashMap<String, Vec<(String, String, String)>>>,
+    /// Events received, per plugin.
+    pub events: Mutex<HashMap<String, Vec<Received>>>,
     /// Instances stopped, as `name@version#n`.
     pub stopped: Mutex<Vec<String>>,
     /// Actions an instance of `name` announces (none: it announces nothing).
@@ -46,6 +46,9 @@ pub struct Script {
     pub emit_errors: Mutex<HashMap<String, Vec<String>>>,
     starts: AtomicUsize,
 }
+
+/// One event a fake instance received: `(version, topic, payload)`.
+pub type Received = (String, String, String);
 
 impl Script {
     pub fn new() -> Arc<Self> {
@@ -74,7 +77,7 @@ impl Script {
         tx.send_replace(health);
     }
 
-    pub fn events_of(&self, name: &str) -> Vec<(String, String, String)> {
+    pub fn events_of(&self, name: &str) -> Vec<Received> {
         self.events.lock().get(name).cloned().unwrap_or_default()
     }
 }
