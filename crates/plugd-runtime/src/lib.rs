@@ -279,6 +279,11 @@ pub trait Instance: Send + Sync {
     /// Delivers an event (fire-and-forget from the host's point of view; errors are returned
     /// so the host can count them).
     async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError>;
+    /// Delivers new params (the host stored them already).
+    async fn params_changed(&self, params: &serde_json::Value) -> Result<(), RuntimeError> {
+        let _ = params;
+        Ok(())
+    }
     /// Actions the running plugin announced (may be empty: the manifest's list is used then).
     fn actions(&self) -> Vec<ActionInfo>;
     /// Current status.
