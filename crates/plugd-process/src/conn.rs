@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use plugd_manifest::PluginName;
 use plugd_protocol::{
     CancelParams, EmitParams, FrameReader, LogParams, Message, ProgressParams, RpcError, codes,
-    encode_error, encode_notification, encode_request, encode_result,
+    encode_error, encode_notification, encode_request, encode_result, host_codes,
 };
 use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, Progress};
 use serde::Serialize;
@@ -40,6 +40,15 @@ const MAX_CANCELS: usize = 4096;
 
 /// How long the host serves one request of the child (a service that hangs answers an error).
 const HOST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a `plugin.call` may take beyond the `deadline_ms` of its `context`: the host ends the
+/// callee's call at that deadline itself, and this margin only keeps its answer from being cut.
+const PLUGIN_CALL_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a `plugin.call` without a `context` may take: the host gives the callee its default
+/// deadline, which this runtime does not know; this bound is the server's default request
+/// timeout, so a hung chain still ends.
+const PLUGIN_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long an answer to the child's request may wait for room in the write queue.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -400,7 +409,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
                                 message: format!(
                                     "Too many requests to the host in flight (at most {MAX_HOST_REQUESTS}); hint: wait for answers before sending more"
                                 ),
-                                data: None,
+                                data: Some(
+                                    serde_json::json!({ "code": host_codes::TOO_MANY_REQUESTS }),
+                                ),
                             },
                         );
                         // A child that floods requests and does not read its answers is paused
@@ -489,12 +500,13 @@ async fn answer(host: &dyn HostCalls, id: u64, method: &str, params: &RawValue) 
     } else {
         match serde_json::from_str::<serde_json::Value>(params.get()) {
             Ok(params) => {
-                match tokio::time::timeout(HOST_REQUEST_TIMEOUT, host.request(method, params)).await
-                {
+                let limit = request_timeout(method, &params);
+                match tokio::time::timeout(limit, host.request(method, params)).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Err(HostCallError::Failed(format!(
-                        "The host did not answer `{method}` within {HOST_REQUEST_TIMEOUT:?}"
-                    ))),
+                    Err(_) => Err(HostCallError::Service {
+                        code: host_codes::TIMEOUT.to_owned(),
+                        message: format!("The host did not answer `{method}` within {limit:?}"),
+                    }),
                 }
             }
             Err(e) => Err(HostCallError::Invalid(e.to_string())),
@@ -502,25 +514,45 @@ async fn answer(host: &dyn HostCalls, id: u64, method: &str, params: &RawValue) 
     };
     match outcome {
         Ok(result) => encode_result(&mut frame, id, &result),
-        Err(e) => {
-            let code = match &e {
-                HostCallError::NotGranted { .. } => codes::NOT_GRANTED,
-                HostCallError::Unknown(_) => codes::METHOD_NOT_FOUND,
-                HostCallError::Invalid(_) => codes::INVALID_PARAMS,
-                _ => codes::ACTION_FAILED,
-            };
-            encode_error(
-                &mut frame,
-                id,
-                &RpcError {
-                    code,
-                    message: e.to_string(),
-                    data: None,
-                },
-            );
-        }
+        Err(e) => encode_error(&mut frame, id, &rpc_error(&e)),
     }
     frame
+}
+
+/// How long the host may take to serve `method`: a `plugin.call` lasts as long as the callee's
+/// call (the `deadline_ms` of its `context`, which the host enforces), everything else at most
+/// [`HOST_REQUEST_TIMEOUT`].
+fn request_timeout(method: &str, params: &serde_json::Value) -> Duration {
+    if method != "plugin.call" {
+        return HOST_REQUEST_TIMEOUT;
+    }
+    match params
+        .pointer("/context/deadline_ms")
+        .and_then(serde_json::Value::as_u64)
+    {
+        Some(ms) => Duration::from_millis(ms).min(PLUGIN_CALL_TIMEOUT) + PLUGIN_CALL_MARGIN,
+        None => PLUGIN_CALL_TIMEOUT,
+    }
+}
+
+/// The error frame for a refused or failed request. Every one carries a machine-readable
+/// `data.code` (the SDKs' `HostError.code`): the service's own code for
+/// [`HostCallError::Service`] (with [`codes::SERVICE_ERROR`]), else one per kind.
+fn rpc_error(error: &HostCallError) -> RpcError {
+    let (code, data_code) = match error {
+        HostCallError::NotGranted { .. } | HostCallError::DeniedByTrust { .. } => {
+            (codes::NOT_GRANTED, host_codes::NOT_GRANTED)
+        }
+        HostCallError::Unknown(_) => (codes::METHOD_NOT_FOUND, host_codes::UNKNOWN_METHOD),
+        HostCallError::Invalid(_) => (codes::INVALID_PARAMS, host_codes::INVALID_PARAMS),
+        HostCallError::Service { code, .. } => (codes::SERVICE_ERROR, code.as_str()),
+        _ => (codes::ACTION_FAILED, host_codes::FAILED),
+    };
+    RpcError {
+        code,
+        message: error.to_string(),
+        data: Some(serde_json::json!({ "code": data_code })),
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use plugd_manifest::{ActionName, PluginName};
 use plugd_protocol::{
     CallParams, EventParams, FrameReader, Hello, InitLimits, Initialize, Message, PROTOCOL_VERSION,
-    RpcError, codes, encode_error, encode_result,
+    ParamsChangedParams, RpcError, codes, encode_error, encode_notification, encode_result,
 };
 use plugd_runtime::{
     ActionInfo, CallSlots, Health, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation,
@@ -78,6 +78,16 @@ struct Shared {
     stop: watch::Sender<Option<Duration>>,
     /// `true` once the supervisor has finished.
     stopped: watch::Sender<bool>,
+    /// The params in force: `initialize` of every (re)started child carries them.
+    params: Mutex<Params>,
+    /// Held while one `params.changed` is queued, so two changes reach the child in order.
+    params_send: tokio::sync::Mutex<()>,
+}
+
+/// The plugin's current params and how often they changed since the start.
+struct Params {
+    version: u64,
+    value: serde_json::Value,
 }
 
 #[derive(Default)]
@@ -99,6 +109,8 @@ struct Running {
     tail: Arc<Tail>,
     /// Dropped after the child is reaped: kills leftovers and removes its cgroup.
     sandbox: Option<Prepared>,
+    /// The version of the params its `initialize` carried.
+    params_version: u64,
 }
 
 impl Running {
@@ -125,6 +137,10 @@ impl ProcessInstance {
     ) -> Result<Arc<Self>, RuntimeError> {
         let plugin = spec.manifest.name.clone();
         let slots = CallSlots::new(plugin.clone(), spec.manifest.limits.concurrency as usize);
+        let params = Params {
+            version: 0,
+            value: spec.params.clone(),
+        };
         let shared = Arc::new(Shared {
             plugin: plugin.clone(),
             spec,
@@ -138,6 +154,8 @@ impl ProcessInstance {
             health: watch::channel(Health::Ready).0,
             stop: watch::channel(None).0,
             stopped: watch::channel(false).0,
+            params: Mutex::new(params),
+            params_send: tokio::sync::Mutex::new(()),
         });
         let running = shared
             .launch()
@@ -241,11 +259,16 @@ impl Shared {
 
         let manifest = &self.spec.manifest;
         let data_dir = self.spec.data_dir.to_string_lossy();
+        // A child started after a change gets the params in force, not those of the first start.
+        let (params_version, params) = {
+            let params = self.params.lock();
+            (params.version, params.value.clone())
+        };
         let init = Initialize {
             protocol: PROTOCOL_VERSION,
             plugin: manifest.name.as_str(),
             version: manifest.version.to_string(),
-            params: &self.spec.params,
+            params: &params,
             data_dir: &data_dir,
             services: manifest
                 .permissions
@@ -318,13 +341,28 @@ impl Shared {
             conn,
             tail,
             sandbox,
+            params_version,
         })
     }
 
     /// Publishes a child that completed its handshake. `restarted` counts it as a restart, in
     /// the same critical section, so no reader sees the new pid with the old restart count.
     fn install(&self, running: &Running, restarted: bool) {
-        *self.current.write() = Some(running.conn.clone());
+        {
+            // Under the params lock, so a change made since the handshake either sees this
+            // connection (and sends it) or is sent here; never neither.
+            let params = self.params.lock();
+            *self.current.write() = Some(running.conn.clone());
+            if params.version != running.params_version {
+                // A fresh connection's queue has room; if not, the child is broken anyway.
+                running.conn.try_notify(
+                    "params.changed",
+                    &ParamsChangedParams {
+                        params: &params.value,
+                    },
+                );
+            }
+        }
         let mut state = self.state.lock();
         state.ready = true;
         state.pid = running.child.id();
@@ -345,6 +383,11 @@ impl Shared {
         self.health.send_replace(Health::Recovering {
             reason: format!("it is restarting after a crash: {reason}"),
         });
+    }
+
+    /// Whether a child will (again) be started: neither given up nor stopping.
+    fn restarting(&self) -> bool {
+        !self.state.lock().dead && !*self.stopped.borrow() && self.stop.borrow().is_none()
     }
 
     fn not_running(&self) -> RuntimeError {
@@ -747,6 +790,7 @@ impl Instance for ProcessInstance {
             action,
             payload: &invocation.payload,
             deadline_ms: remaining.as_millis() as u64,
+            chain: invocation.chain.iter().map(PluginName::as_str).collect(),
         };
         match conn.call(&params, remaining).await {
             Ok(Ok(result)) => Ok(Outcome { result }),
@@ -780,6 +824,51 @@ impl Instance for ProcessInstance {
                     ),
                 },
             })
+    }
+
+    async fn params_changed(&self, params: &serde_json::Value) -> Result<(), RuntimeError> {
+        let shared = &*self.shared;
+        // Like an event, a change waits for room in the write queue at most one call timeout.
+        let wait = shared.spec.manifest.limits.call_timeout;
+        let overloaded = || RuntimeError::Overloaded {
+            plugin: shared.plugin.clone(),
+            reason: format!(
+                "it did not read its protocol socket for {wait:?}, so `params.changed` was not delivered; it gets the new params when it restarts"
+            ),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let _order = tokio::time::timeout_at(deadline, shared.params_send.lock())
+            .await
+            .map_err(|_| overloaded())?;
+        let (conn, frame) = {
+            let mut stored = shared.params.lock();
+            stored.version += 1;
+            stored.value = params.clone();
+            let conn = shared.current.read().clone();
+            let mut frame = Vec::with_capacity(128);
+            encode_notification(
+                &mut frame,
+                "params.changed",
+                &ParamsChangedParams { params },
+            );
+            (conn, frame)
+        };
+        let Some(conn) = conn else {
+            // Restarting: the next child's `initialize` carries the new params.
+            return if shared.restarting() {
+                Ok(())
+            } else {
+                Err(shared.not_running())
+            };
+        };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match conn.send_frame(frame, timeout).await {
+            Ok(()) => Ok(()),
+            // The child crashed under us: its successor gets the params in `initialize`.
+            Err(RequestError::Closed(_)) if shared.restarting() => Ok(()),
+            Err(RequestError::Closed(closed)) => Err(closed_error(shared, closed)),
+            Err(RequestError::Timeout) => Err(overloaded()),
+        }
     }
 
     fn actions(&self) -> Vec<ActionInfo> {

@@ -10,8 +10,8 @@ mod message;
 pub use framing::{FrameError, FrameReader};
 pub use message::{
     CallParams, CancelParams, DecodeError, EmitParams, EventParams, Hello, HelloAction, InitLimits,
-    Initialize, LogParams, Message, ProgressParams, RpcError, encode_error, encode_notification,
-    encode_request, encode_result,
+    Initialize, LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, encode_error,
+    encode_notification, encode_request, encode_result,
 };
 
 /// The protocol version this crate speaks.
@@ -48,4 +48,24 @@ pub mod codes {
     pub const NOT_GRANTED: i64 = -32020;
     /// The plugin has too many requests to the host in flight; it may retry after an answer.
     pub const TOO_MANY_REQUESTS: i64 = -32021;
+    /// A host service refused or failed a request for a reason the plugin can act on;
+    /// `data.code` names it (`not_found`, `conflict`, `limit_exceeded`, `cycle`, ...).
+    pub const SERVICE_ERROR: i64 = -32022;
+}
+
+/// The machine-readable `data.code` of the host's error answers to the plugin's requests (every
+/// error frame the host sends for a request carries one; the SDKs expose it as the error's code).
+pub mod host_codes {
+    /// The service is not granted (manifest or trust level).
+    pub const NOT_GRANTED: &str = "not_granted";
+    /// The host has no such method.
+    pub const UNKNOWN_METHOD: &str = "unknown_method";
+    /// The request's params are malformed.
+    pub const INVALID_PARAMS: &str = "invalid_params";
+    /// The service failed without a more specific code.
+    pub const FAILED: &str = "failed";
+    /// The host did not answer within its time for this request.
+    pub const TIMEOUT: &str = "timeout";
+    /// Too many requests of the child in flight.
+    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
 }

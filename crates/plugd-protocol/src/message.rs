@@ -266,6 +266,17 @@ pub struct CallParams<'a> {
     pub payload: &'a RawValue,
     /// How long the host waits, in milliseconds.
     pub deadline_ms: u64,
+    /// The plugins whose calls led to this one, outermost first. Omitted when empty (a call from
+    /// an application); the plugin sends it back in the `context` of its own `plugin.call`s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<&'a str>,
+}
+
+/// `params.changed` params (host → child): the complete new params object, not a patch.
+#[derive(Debug, Serialize)]
+pub struct ParamsChangedParams<'a> {
+    /// The new params.
+    pub params: &'a serde_json::Value,
 }
 
 /// `event` params (host → child).
@@ -389,6 +400,18 @@ mod tests {
                 action: "greet",
                 payload: &payload,
                 deadline_ms: 5000,
+                chain: Vec::new(),
+            },
+        );
+        encode_request(
+            &mut buf,
+            6,
+            "call",
+            &CallParams {
+                action: "greet",
+                payload: &payload,
+                deadline_ms: 10,
+                chain: vec!["gallery", "thumbs"],
             },
         );
         encode_notification(&mut buf, "shutdown", &serde_json::json!({}));
@@ -406,6 +429,8 @@ mod tests {
             String::from_utf8(buf).unwrap(),
             concat!(
                 r#"{"jsonrpc":"2.0","id":3,"method":"call","params":{"action":"greet","payload":{"name":"Ada"},"deadline_ms":5000}}"#,
+                "\n",
+                r#"{"jsonrpc":"2.0","id":6,"method":"call","params":{"action":"greet","payload":{"name":"Ada"},"deadline_ms":10,"chain":["gallery","thumbs"]}}"#,
                 "\n",
                 r#"{"jsonrpc":"2.0","method":"shutdown","params":{}}"#,
                 "\n",

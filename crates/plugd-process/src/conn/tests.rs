@@ -51,29 +51,42 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let (read_half, write_half) = ours.into_split();
-    let late = Arc::new(AtomicU64::new(0));
-    let conn = Connection::new(write_half, late.clone());
     let host = Arc::new(FakeHost {
         release: Semaphore::new(0),
         requests: AtomicUsize::new(0),
         logs: Mutex::new(Vec::new()),
     });
-    tokio::spawn(read_loop(
-        conn.clone(),
-        FrameReader::new(BufReader::new(read_half), 1 << 20),
-        host.clone(),
-        PluginName::new("p").unwrap(),
-    ));
-    let (child_in, child_out) = theirs.into_split();
+    let (conn, late, lines, child_out) = connect(host.clone());
     Fixture {
         conn,
         host,
         late,
-        lines: BufReader::new(child_in).lines(),
+        lines,
         child_out,
     }
+}
+
+type ChildEnd = (
+    Arc<Connection>,
+    Arc<AtomicU64>,
+    tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    OwnedWriteHalf,
+);
+
+/// A connection serving `host`, and the child's end of its socket.
+fn connect(host: Arc<dyn HostCalls>) -> ChildEnd {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (read_half, write_half) = ours.into_split();
+    let late = Arc::new(AtomicU64::new(0));
+    let conn = Connection::new(write_half, late.clone());
+    tokio::spawn(read_loop(
+        conn.clone(),
+        FrameReader::new(BufReader::new(read_half), 1 << 20),
+        host,
+        PluginName::new("p").unwrap(),
+    ));
+    let (child_in, child_out) = theirs.into_split();
+    (conn, late, BufReader::new(child_in).lines(), child_out)
 }
 
 impl Fixture {
@@ -257,6 +270,7 @@ async fn plugin_requests_beyond_the_bound_are_refused_at_once() {
             codes::TOO_MANY_REQUESTS,
             "{refused}: {frame}"
         );
+        assert_eq!(frame["error"]["data"]["code"], "too_many_requests");
         refused += 1;
     }
     assert_eq!(refused, 100);
@@ -333,4 +347,124 @@ async fn close_fails_waiting_callers_with_the_reason_and_stops_the_writer() {
         Err(RequestError::Closed(_))
     ));
     assert_eq!(f.conn.pending_len(), 0);
+}
+
+/// A host that refuses each method in its own way and takes `{"sleep_s": N}` seconds to answer.
+struct RefusingHost;
+
+#[async_trait]
+impl HostCalls for RefusingHost {
+    fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
+    fn progress(&self, _: Progress) {}
+    fn emit(&self, _: &str, _: Value) -> Result<(), HostCallError> {
+        Ok(())
+    }
+    async fn request(&self, method: &str, params: Value) -> Result<Value, HostCallError> {
+        if let Some(s) = params.get("sleep_s").and_then(Value::as_u64) {
+            tokio::time::sleep(Duration::from_secs(s)).await;
+        }
+        let (plugin, service) = ("p".to_owned(), "kv".to_owned());
+        match method {
+            "kv.commit" => Err(HostCallError::Service {
+                code: "conflict".into(),
+                message: "Key `a` changed".into(),
+            }),
+            "kv.get" => Err(HostCallError::NotGranted { plugin, service }),
+            "kv.set" => Err(HostCallError::DeniedByTrust { plugin, service }),
+            "kv.list" => Err(HostCallError::Invalid("`prefix` must be a string".into())),
+            "kv.undo" => Err(HostCallError::Failed("The store is gone".into())),
+            "plugin.call" | "service.call" => Ok(json!({"value": "done"})),
+            other => Err(HostCallError::Unknown(other.to_owned())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_a_machine_readable_code() {
+    let (_conn, _late, mut lines, mut out) = connect(Arc::new(RefusingHost));
+    let cases = [
+        (
+            "kv.commit",
+            json!({"code": -32022, "message": "Key `a` changed", "data": {"code": "conflict"}}),
+        ),
+        (
+            "kv.get",
+            json!({"code": -32020, "message": "Service `kv` is not granted to plugin `p`; hint: add it to `permissions.services` in `plugin.toml`", "data": {"code": "not_granted"}}),
+        ),
+        (
+            "kv.set",
+            json!({"code": -32020, "message": "Service `kv` is not available to plugin `p` because it is untrusted (unsigned); hint: sign the package with `plugd sign` and add the key with `plugd trust add`", "data": {"code": "not_granted"}}),
+        ),
+        (
+            "kv.list",
+            json!({"code": -32602, "message": "Invalid request: `prefix` must be a string", "data": {"code": "invalid_params"}}),
+        ),
+        (
+            "kv.undo",
+            json!({"code": -32003, "message": "The store is gone", "data": {"code": "failed"}}),
+        ),
+        (
+            "task.submit",
+            json!({"code": -32601, "message": "Host method `task.submit` is not available in this version of plugd", "data": {"code": "unknown_method"}}),
+        ),
+    ];
+    for (id, (method, want)) in cases.into_iter().enumerate() {
+        let mut line = serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {}}),
+        )
+        .unwrap();
+        line.push(b'\n');
+        out.write_all(&line).await.unwrap();
+        let frame: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            frame,
+            json!({"jsonrpc": "2.0", "id": id, "error": want}),
+            "{method}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plugin_call_may_take_as_long_as_its_context_deadline() {
+    let (_conn, _late, mut lines, mut out) = connect(Arc::new(RefusingHost));
+    let mut ask = async |method: &str, params: Value| {
+        let started = Instant::now();
+        let mut line = serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+        )
+        .unwrap();
+        line.push(b'\n');
+        out.write_all(&line).await.unwrap();
+        let frame: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        (frame, started.elapsed())
+    };
+    // 40 s of a 60 s deadline: longer than any other request may take, and answered.
+    let (frame, took) = ask(
+        "plugin.call",
+        json!({"sleep_s": 40, "context": {"chain": [], "deadline_ms": 60_000}}),
+    )
+    .await;
+    assert_eq!(frame["result"], json!({"value": "done"}), "{frame}");
+    assert_eq!(took, Duration::from_secs(40));
+    // Other requests end after 30 s.
+    let (frame, took) = ask("service.call", json!({"sleep_s": 40})).await;
+    assert_eq!(
+        frame["error"],
+        json!({"code": -32022, "message": "The host did not answer `service.call` within 30s", "data": {"code": "timeout"}})
+    );
+    assert_eq!(took, Duration::from_secs(30));
+    // A call with 1 s left ends 5 s (the margin) after that.
+    let (frame, took) = ask(
+        "plugin.call",
+        json!({"sleep_s": 40, "context": {"chain": ["a"], "deadline_ms": 1000}}),
+    )
+    .await;
+    assert_eq!(frame["error"]["data"]["code"], "timeout", "{frame}");
+    assert_eq!(took, Duration::from_secs(6));
+    // Without a context: the long bound.
+    let (frame, took) = ask("plugin.call", json!({"sleep_s": 700})).await;
+    assert_eq!(frame["error"]["data"]["code"], "timeout", "{frame}");
+    assert_eq!(took, Duration::from_secs(600));
 }

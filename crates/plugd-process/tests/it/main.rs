@@ -31,6 +31,15 @@ struct Plugin {
 }
 
 async fn start(limits: &str, script: &str, tweak: impl FnOnce(&mut ProcessConfig)) -> Plugin {
+    start_with(limits, script, serde_json::json!({}), tweak).await
+}
+
+async fn start_with(
+    limits: &str,
+    script: &str,
+    params: serde_json::Value,
+    tweak: impl FnOnce(&mut ProcessConfig),
+) -> Plugin {
     let dir = tempfile::tempdir().unwrap();
     let package = dir.path().join("pkg");
     let data = dir.path().join("data");
@@ -47,7 +56,7 @@ async fn start(limits: &str, script: &str, tweak: impl FnOnce(&mut ProcessConfig
         manifest: Arc::new(manifest),
         package_dir: package,
         data_dir: data,
-        params: serde_json::json!({}),
+        params,
     };
     let instance = ProcessRuntime::new(config)
         .start(spec, Arc::new(NullHost))
@@ -319,4 +328,111 @@ while True:
         serde_json::json!({"call_timeout_ms": 3000, "concurrency": 1, "memory": 64 << 20, "cpu_ms": 2000})
     );
     p.instance.stop(Duration::from_secs(1)).await;
+}
+
+/// Answers a call with its params and the params it knows (from `initialize`, then each
+/// `params.changed`); exits at once on the payload `"exit"`.
+const PARAMS_ECHO: &str = r#"
+params = init["params"]
+while True:
+    msg = recv()
+    method = msg.get("method")
+    if method == "call":
+        if msg["params"]["payload"] == "exit":
+            os._exit(3)
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": {"value": {"call": msg["params"], "params": params}}})
+    elif method == "params.changed":
+        params = msg["params"]["params"]
+    elif method == "ping":
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": "pong"})
+"#;
+
+async fn echo(instance: &dyn Instance, payload: &str, chain: &[&str]) -> serde_json::Value {
+    let mut invocation = invocation(payload, Duration::from_secs(5));
+    invocation.chain = chain
+        .iter()
+        .map(|c| plugd_manifest::PluginName::new(*c).unwrap())
+        .collect();
+    let out = instance.call(invocation).await.unwrap();
+    serde_json::from_str::<serde_json::Value>(out.result.get()).unwrap()["value"].take()
+}
+
+#[tokio::test]
+async fn call_frames_carry_the_chain_of_the_call() {
+    let p = start("call_timeout = \"5s\"", PARAMS_ECHO, |_| {}).await;
+    let got = echo(&*p.instance, "1", &["gallery", "thumbs"]).await;
+    let call = &got["call"];
+    assert_eq!(call["chain"], serde_json::json!(["gallery", "thumbs"]));
+    assert_eq!(
+        (&call["action"], &call["payload"]),
+        (&"a".into(), &1.into())
+    );
+    let deadline = call["deadline_ms"].as_u64().unwrap();
+    assert!((4000..=5000).contains(&deadline), "{deadline}");
+    // A call from an application has no chain, and the frame says nothing of one.
+    let got = echo(&*p.instance, "2", &[]).await;
+    assert_eq!(
+        got["call"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["action", "deadline_ms", "payload"]
+    );
+    p.instance.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn new_params_reach_the_child_and_every_restarted_one() {
+    let p = start_with(
+        "call_timeout = \"5s\"",
+        PARAMS_ECHO,
+        serde_json::json!({"q": 1}),
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        echo(&*p.instance, "1", &[]).await["params"],
+        serde_json::json!({"q": 1})
+    );
+    p.instance
+        .params_changed(&serde_json::json!({"q": 2}))
+        .await
+        .unwrap();
+    // The notification is queued before the call, and the child reads in order.
+    assert_eq!(
+        echo(&*p.instance, "1", &[]).await["params"],
+        serde_json::json!({"q": 2})
+    );
+
+    let pid = p.instance.status().pid;
+    let err = p
+        .instance
+        .call(invocation("\"exit\"", Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "plugin_crashed", "{err}");
+    // While it restarts the change is kept for the next child (in `initialize`, or sent right
+    // after its handshake when the change raced with it).
+    p.instance
+        .params_changed(&serde_json::json!({"q": 3}))
+        .await
+        .unwrap();
+    let instance = p.instance.clone();
+    wait_health(&*p.instance, |h| {
+        *h == Health::Ready && instance.status().restarts == 1
+    })
+    .await;
+    assert_ne!(p.instance.status().pid, pid);
+    assert_eq!(
+        echo(&*p.instance, "1", &[]).await["params"],
+        serde_json::json!({"q": 3})
+    );
+
+    p.instance.stop(Duration::from_secs(1)).await;
+    let err = p
+        .instance
+        .params_changed(&serde_json::json!({"q": 4}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Plugin `hostile` is not running: it was stopped"
+    );
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use plugd_protocol::{
     CallParams, CancelParams, EmitParams, EventParams, Hello, HelloAction, InitLimits, Initialize,
-    LogParams, Message, ProgressParams, RpcError, codes, encode_error, encode_notification,
-    encode_request, encode_result,
+    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, codes, encode_error,
+    encode_notification, encode_request, encode_result, host_codes,
 };
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -133,6 +133,33 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 action: "greet",
                 payload: &payload,
                 deadline_ms: 5000,
+                chain: Vec::new(),
+            },
+        )
+    });
+    add("call_chain", &|b| {
+        let payload = RawValue::from_string(
+            r#"{"plugin":"store","action":"put","payload":{"key":"a","value":1}}"#.to_owned(),
+        )
+        .unwrap();
+        encode_request(
+            b,
+            5,
+            "call",
+            &CallParams {
+                action: "relay",
+                payload: &payload,
+                deadline_ms: 5000,
+                chain: vec!["gallery"],
+            },
+        )
+    });
+    add("params_changed", &|b| {
+        encode_notification(
+            b,
+            "params.changed",
+            &ParamsChangedParams {
+                params: &json!({"quality": 90, "batch_size": 8}),
             },
         )
     });
@@ -164,8 +191,132 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
             &RpcError {
                 code: codes::NOT_GRANTED,
                 message: "Service `events` is not granted to plugin `hello`; hint: add it to `permissions.services` in `plugin.toml`".into(),
-                data: None,
+                data: Some(json!({"code": host_codes::NOT_GRANTED})),
             },
+        )
+    });
+    out.extend(host_services());
+    out
+}
+
+/// The host services a plugin asks for (`docs/protocol.md`, "Host services"): each request as the
+/// Python SDK sends it and an answer of the host. The process runtime passes these params and
+/// results through untouched (`HostCalls::request`), so they are spelled out here as JSON.
+fn host_services() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut add = |name: &'static str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        out.push((name, buf));
+    };
+    let request = |method: &'static str, params: serde_json::Value| {
+        move |b: &mut Vec<u8>| encode_request(b, 6, method, &params)
+    };
+    let result = |result: serde_json::Value| move |b: &mut Vec<u8>| encode_result(b, 6, &result);
+    add("kv_get", &request("kv.get", json!({"key": "img/a"})));
+    add(
+        "kv_get_result",
+        &result(json!({"found": true, "value": {"w": 640}})),
+    );
+    add("kv_get_missing", &result(json!({"found": false})));
+    add(
+        "kv_set",
+        &request("kv.set", json!({"key": "img/a", "value": {"w": 640}})),
+    );
+    add("kv_set_result", &result(json!({"commit": 7})));
+    add("kv_delete", &request("kv.delete", json!({"key": "img/a"})));
+    add("kv_delete_result", &result(json!({"commit": 8})));
+    // The second page of `kv.list("img/")`: the first answer's `next` is passed as `after`.
+    add(
+        "kv_list",
+        &request("kv.list", json!({"prefix": "img/", "after": "img/a"})),
+    );
+    add(
+        "kv_list_result",
+        &result(json!({"items": [{"key": "img/b", "value": 2}], "next": null})),
+    );
+    add(
+        "kv_commit",
+        &request(
+            "kv.commit",
+            json!({"puts": {"img/a": 1, "img/b": 2}, "deletes": ["img/c"], "expect": {"img/a": 0, "img/d": null}}),
+        ),
+    );
+    add("kv_commit_result", &result(json!({"commit": 9})));
+    add("kv_undo", &request("kv.undo", json!({})));
+    add("kv_undo_result", &result(json!({"commit": 9})));
+    add("kv_redo", &request("kv.redo", json!({})));
+    add("kv_redo_result", &result(json!({"commit": null})));
+    add("params_get", &request("params.get", json!({})));
+    add(
+        "params_get_result",
+        &result(json!({"params": {"quality": 90, "batch_size": 8}})),
+    );
+    // Made while handling `call_chain`: its chain comes back, and `deadline_ms` is what is
+    // left of that call's 5000 ms (the SDK's tests compare it as "at most").
+    add(
+        "plugin_call",
+        &request(
+            "plugin.call",
+            json!({"plugin": "store", "action": "put", "payload": {"key": "a", "value": 1},
+                   "context": {"chain": ["gallery"], "deadline_ms": 4990}}),
+        ),
+    );
+    // The callee's whole result object, in the documented shape.
+    add(
+        "plugin_call_result",
+        &result(json!({
+            "value": {"stored": 1},
+            "notifications": [{"level": "success", "title": "Stored", "message": "1 item stored",
+                               "data": {"keys": ["a"]},
+                               "actions": [{"action": "undo", "label": "Undo", "payload": {"commit": 9}}]}],
+            "groups": [{"id": "g1", "key": "sharp", "name": "Sharp ones", "members": ["a", "b"],
+                        "score": 0.9, "scores": {"sharpness": 0.8}}],
+        })),
+    );
+    add(
+        "service_call",
+        &request(
+            "service.call",
+            json!({"service": "db", "method": "query", "params": {"sql": "select 1"}}),
+        ),
+    );
+    add("service_call_result", &result(json!({"rows": [[1]]})));
+    add(
+        "env_get",
+        &request("env.get", json!({"name": "CLIENT_MANAGER_PORT"})),
+    );
+    add("env_get_result", &result(json!({"value": "10000"})));
+    add("env_get_missing", &result(json!({"value": null})));
+    add("service_error", &|b| {
+        encode_error(
+            b,
+            6,
+            &RpcError {
+                code: codes::SERVICE_ERROR,
+                message: "Key `img/a` changed since it was read; hint: read it again and retry"
+                    .into(),
+                data: Some(json!({"code": "conflict"})),
+            },
+        )
+    });
+    // An action's full result as the SDK's `ActionResult` encodes it; unknown top-level
+    // fields (`urls`) pass through.
+    add("result_full", &|b| {
+        encode_result(
+            b,
+            2,
+            &json!({
+                "value": {"n": 2},
+                "notifications": [{"level": "warning", "title": "Careful", "message": "It is hot",
+                                   "data": {"t": 40},
+                                   "actions": [{"action": "cool", "label": "Cool down", "payload": {"t": 20}}]},
+                                  {"level": "info", "message": "Done"}],
+                "groups": [{"id": "g1", "name": "pair", "members": [1, 2], "score": 0.5,
+                            "scores": {"size": 1.0}},
+                           {"key": "k", "name": "rest", "members": []}],
+                "urls": ["https://example.com/a.png"],
+            }),
         )
     });
     out
@@ -212,6 +363,11 @@ fn golden_frames_match_the_files() {
     }
 }
 
+/// `kv_get` → `kv.get`, `plugin_call` → `plugin.call`.
+fn service_method(name: &str) -> String {
+    name.replacen('_', ".", 1)
+}
+
 #[test]
 fn golden_frames_decode_as_what_they_are() {
     for (name, frame) in frames() {
@@ -230,12 +386,16 @@ fn golden_frames_decode_as_what_they_are() {
         };
         let want = match name {
             "hello" | "call" | "ping" | "emit" => format!("request {name}"),
+            "call_chain" => "request call".to_owned(),
             "log" | "progress" | "cancel" | "event" | "shutdown" => format!("notification {name}"),
-            "result" | "initialize" | "pong" | "emit_result" => "result".to_owned(),
+            "params_changed" => "notification params.changed".to_owned(),
+            "result" | "result_full" | "initialize" | "pong" | "emit_result" => "result".to_owned(),
             "error" => format!("error {}", codes::ACTION_FAILED),
             "client_error" => format!("error {}", codes::CLIENT_ERROR),
             "emit_refused" => format!("error {}", codes::NOT_GRANTED),
-            other => panic!("no expectation for `{other}`"),
+            "service_error" => format!("error {}", codes::SERVICE_ERROR),
+            n if n.ends_with("_result") || n.ends_with("_missing") => "result".to_owned(),
+            n => format!("request {}", service_method(n)),
         };
         assert_eq!(kind, want, "{name}");
         // The plugin's frames parse into the host's typed params.
