@@ -1,0 +1,508 @@
+//! plugd's durable state: params with their history, kv with atomic commits and undo/redo, and
+//! lifecycle records, in one SQLite file (`STATE/plugd.db`).
+//!
+//! One thread owns the write connection and does group commit: every request waiting when it
+//! starts a batch runs in one transaction (a savepoint each, so one refused request does not fail
+//! the others), and each request is answered only after `COMMIT` returned. "Acknowledged" means
+//! committed: with [`Durability::Process`] (WAL, `synchronous=NORMAL`) a killed host loses
+//! nothing it acknowledged; with [`Durability::Full`] (`synchronous=FULL`) neither does a power
+//! loss. Reads use a small pool of read-only connections (WAL lets them run beside a batch).
+//! Callers never see SQL.
+#![warn(missing_docs)]
+
+mod error;
+mod kv;
+mod params;
+mod schema;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::error::SqlResult;
+pub use crate::error::StoreError;
+pub use crate::schema::SCHEMA_VERSION;
+use crate::writer::{Ctx, Job, Op};
+
+/// How far an acknowledged write survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: survives a killed host (the frames are in the OS when the
+    /// commit returns); the last commits may be lost on power loss.
+    #[default]
+    Process,
+    /// WAL with `synchronous=FULL`: the WAL is fsynced at every commit (once per group), so a
+    /// power loss loses nothing acknowledged either.
+    Full,
+}
+
+/// Where and how to open the store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The database file, normally `STATE/plugd.db`; its directory is created if missing.
+    pub path: PathBuf,
+    /// How far an acknowledged write survives.
+    pub durability: Durability,
+    /// How many kv commits per plugin can be undone (the oldest are dropped); default 100.
+    pub undo_depth: usize,
+}
+
+impl StoreConfig {
+    /// A config for `path` with the defaults: [`Durability::Process`], 100 undoable commits.
+    pub fn new(path: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            path: path.into(),
+            durability: Durability::default(),
+            undo_depth: DEFAULT_UNDO_DEPTH,
+        }
+    }
+}
+
+/// The default of [`StoreConfig::undo_depth`].
+pub const DEFAULT_UNDO_DEPTH: usize = 100;
+
+/// One stored change of a plugin's params.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamsRevision {
+    /// 1 for the first value stored, then one more per change.
+    pub revision: u64,
+    /// The whole params object as stored.
+    pub value: Value,
+    /// Who changed it: `api`, `cli`, `migration`, ...
+    pub source: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// An atomic kv change: every put and delete happens, or none does.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    /// Keys to set, each to a JSON value.
+    pub puts: Vec<(String, Value)>,
+    /// Keys to remove (removing an absent key is allowed and undoes to absent).
+    pub deletes: Vec<String>,
+    /// Compare-and-set: each key must currently hold this value (`None` = be absent), or the
+    /// commit is refused with [`StoreError::Conflict`].
+    pub expect: Vec<(String, Option<Value>)>,
+}
+
+/// A kv commit's id: per plugin, increasing from 1, never reused while the plugin's data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitId(pub u64);
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The limits a kv commit is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Longest key, in bytes (default 1,024).
+    pub max_key: usize,
+    /// Longest value, in bytes of compact JSON (default 1 MiB).
+    pub max_value: usize,
+    /// Most bytes (keys plus JSON values) a plugin may hold (`limits.storage`, default 64 MiB).
+    pub quota: u64,
+}
+
+impl Default for KvLimits {
+    fn default() -> KvLimits {
+        KvLimits {
+            max_key: 1024,
+            max_value: 1 << 20,
+            quota: 64 << 20,
+        }
+    }
+}
+
+/// The store. Cheap to clone; every clone talks to the same writer thread, which stops when the
+/// last clone is dropped (after answering what is queued).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: mpsc::Sender<Box<dyn Op>>,
+    /// `None`: reads go through the writer (an in-memory database has no second connection).
+    reads: Option<ReadPool>,
+    /// Transactions the writer has run (for tests and the bench: requests per batch).
+    batches: Arc<AtomicU64>,
+}
+
+/// Read-only connections; a read takes one for the duration of one blocking closure.
+struct ReadPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+/// Read-only connections opened beside the writer: enough for reads not to queue behind each
+/// other on 2 cores, few enough to keep file descriptors and page caches small.
+const READ_CONNECTIONS: usize = 4;
+
+/// How long SQLite waits for a lock held by another connection (a second process, a checkpoint).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database at `config.path`.
+    pub async fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        Store::open_with_readers(config, READ_CONNECTIONS).await
+    }
+
+    /// [`Store::open`] with `readers` read-only connections; 0 sends reads through the writer.
+    /// For measurements (`examples/bench.rs`); the default is what `open` uses.
+    #[doc(hidden)]
+    pub async fn open_with_readers(
+        config: StoreConfig,
+        readers: usize,
+    ) -> Result<Store, StoreError> {
+        let undo_depth = config.undo_depth;
+        let (writer, readers) = tokio::task::spawn_blocking(move || open_files(&config, readers))
+            .await
+            .map_err(|e| StoreError::Open {
+                path: String::new(),
+                reason: e.to_string(),
+            })??;
+        Store::start(writer, readers, undo_depth)
+    }
+
+    /// A fresh in-memory store (reads go through the writer), for tests of code built on it.
+    ///
+    /// # Panics
+    /// If SQLite cannot create an in-memory database or the thread cannot be spawned.
+    pub fn in_memory_for_tests() -> Store {
+        Store::in_memory(DEFAULT_UNDO_DEPTH)
+    }
+
+    /// [`Store::in_memory_for_tests`] with another undo depth.
+    ///
+    /// # Panics
+    /// As [`Store::in_memory_for_tests`].
+    pub fn in_memory(undo_depth: usize) -> Store {
+        let mut conn = Connection::open_in_memory().expect("an in-memory SQLite database");
+        schema::migrate(&mut conn, ":memory:", SCHEMA_VERSION).expect("migrations apply");
+        Store::start(conn, Vec::new(), undo_depth).expect("the store's writer thread starts")
+    }
+
+    fn start(
+        writer: Connection,
+        readers: Vec<Connection>,
+        undo_depth: usize,
+    ) -> Result<Store, StoreError> {
+        let (queue, receiver) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let batches = Arc::new(AtomicU64::new(0));
+        let counter = batches.clone();
+        std::thread::Builder::new()
+            .name("plugd-store-writer".into())
+            .spawn(move || writer::run(writer, receiver, undo_depth, &counter))
+            .map_err(|e| StoreError::Open {
+                path: String::new(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        let reads = (!readers.is_empty()).then(|| ReadPool {
+            permits: Semaphore::new(readers.len()),
+            conns: Mutex::new(readers),
+        });
+        Ok(Store {
+            inner: Arc::new(Inner {
+                queue,
+                reads,
+                batches,
+            }),
+        })
+    }
+
+    /// How many transactions the writer has committed or tried so far.
+    #[doc(hidden)]
+    pub fn batches(&self) -> u64 {
+        self.inner.batches.load(Ordering::Relaxed)
+    }
+
+    /// The plugin's current params, `None` if it never had any.
+    pub async fn params(&self, plugin: &str) -> Result<Option<Value>, StoreError> {
+        let plugin = plugin.to_owned();
+        self.read(move |conn| params::get(conn, &plugin)).await
+    }
+
+    /// Stores a new params value (the whole object) and returns its revision (1-based).
+    pub async fn set_params(
+        &self,
+        plugin: &str,
+        value: &Value,
+        source: &str,
+    ) -> Result<u64, StoreError> {
+        let (plugin, source) = (plugin.to_owned(), source.to_owned());
+        let value = value.to_string();
+        self.write(move |conn, ctx| params::set(conn, ctx, &plugin, &value, &source))
+            .await
+    }
+
+    /// The plugin's params changes, newest first, at most `limit`.
+    pub async fn params_history(
+        &self,
+        plugin: &str,
+        limit: usize,
+    ) -> Result<Vec<ParamsRevision>, StoreError> {
+        let plugin = plugin.to_owned();
+        self.read(move |conn| params::history(conn, &plugin, limit))
+            .await
+    }
+
+    /// The value of one key, `None` if absent.
+    pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.read(move |conn| kv::get(conn, &plugin, &key)).await
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`, sorted
+    /// by key (bytewise, as `str` sorts). Page with `after` = the last key of the previous page.
+    pub async fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let (plugin, prefix, after) = (
+            plugin.to_owned(),
+            prefix.to_owned(),
+            after.map(str::to_owned),
+        );
+        self.read(move |conn| kv::list(conn, &plugin, &prefix, after.as_deref(), limit))
+            .await
+    }
+
+    /// Applies `commit` atomically. Limits, `expect` and the quota are checked before anything
+    /// is written; a refused commit changes nothing. A commit clears the redo stack.
+    pub async fn kv_commit(
+        &self,
+        plugin: &str,
+        commit: Commit,
+        limits: &KvLimits,
+    ) -> Result<CommitId, StoreError> {
+        // Malformed commits are refused here, without a trip to the writer.
+        let checked = kv::check(commit, limits)?;
+        let plugin = plugin.to_owned();
+        self.write(move |conn, ctx| kv::commit(conn, ctx, &plugin, checked))
+            .await
+    }
+
+    /// Reverts the newest applied commit and moves it to the redo stack; returns its id, or
+    /// `None` when there is nothing to undo.
+    pub async fn kv_undo(&self, plugin: &str) -> Result<Option<CommitId>, StoreError> {
+        let plugin = plugin.to_owned();
+        self.write(move |conn, _| kv::flip(conn, &plugin, true))
+            .await
+    }
+
+    /// Re-applies the most recently undone commit; returns its id, or `None` when there is
+    /// nothing to redo.
+    pub async fn kv_redo(&self, plugin: &str) -> Result<Option<CommitId>, StoreError> {
+        let plugin = plugin.to_owned();
+        self.write(move |conn, _| kv::flip(conn, &plugin, false))
+            .await
+    }
+
+    /// Bytes the plugin's kv holds: the sum of its keys' and JSON values' lengths.
+    pub async fn kv_usage(&self, plugin: &str) -> Result<u64, StoreError> {
+        let plugin = plugin.to_owned();
+        self.read(move |conn| kv::usage(conn, &plugin)).await
+    }
+
+    /// Deletes the plugin's kv, commit history, params and params history (not its
+    /// uninstalled mark). Its commit ids and params revisions start again from 1.
+    pub async fn forget_plugin(&self, plugin: &str) -> Result<(), StoreError> {
+        let plugin = plugin.to_owned();
+        self.write(move |conn, _| params::forget(conn, &plugin))
+            .await
+    }
+
+    /// Marks the plugin as uninstalled (so a scan does not start it) or clears the mark.
+    pub async fn set_uninstalled(&self, plugin: &str, uninstalled: bool) -> Result<(), StoreError> {
+        let plugin = plugin.to_owned();
+        self.write(move |conn, ctx| params::set_uninstalled(conn, ctx, &plugin, uninstalled))
+            .await
+    }
+
+    /// Every plugin marked uninstalled, sorted by name.
+    pub async fn uninstalled(&self) -> Result<Vec<String>, StoreError> {
+        self.read(params::uninstalled).await
+    }
+
+    /// Queues `f` for the writer and waits until its batch is committed. Cancel-safe: a dropped
+    /// future leaves the request queued, and it is committed all the same. The answer itself has
+    /// no deadline here: the writer answers every request once SQLite returns (lock waits are
+    /// bounded by `busy_timeout`), and a tokio timer would fire spuriously under a paused test
+    /// clock; callers that need a deadline wrap the call.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Ctx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (job, answer) = Job::new(f);
+        match tokio::time::timeout(writer::SEND_DEADLINE, self.inner.queue.send(Box::new(job)))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_) => {
+                return Err(StoreError::Busy {
+                    waited_ms: writer::SEND_DEADLINE.as_millis() as u64,
+                });
+            }
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection on a blocking thread (or through the writer when there is
+    /// no pool).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let Some(pool) = &self.inner.reads else {
+            return self.write(move |conn, _| f(conn)).await;
+        };
+        // A permit guarantees a free connection in `conns`. Waiting is bounded like a write's
+        // wait for queue room.
+        let _permit =
+            match tokio::time::timeout(writer::SEND_DEADLINE, pool.permits.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(StoreError::Closed),
+                Err(_) => {
+                    return Err(StoreError::Busy {
+                        waited_ms: writer::SEND_DEADLINE.as_millis() as u64,
+                    });
+                }
+            };
+        let conn = pool
+            .conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .ok_or(StoreError::Closed)?;
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&conn);
+            (conn, result)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        pool.conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn);
+        result
+    }
+}
+
+/// Opens the write connection (WAL, durability, migrations) and `readers` read-only ones.
+fn open_files(
+    config: &StoreConfig,
+    readers: usize,
+) -> Result<(Connection, Vec<Connection>), StoreError> {
+    let shown = config.path.display().to_string();
+    let open_err = |reason: String| StoreError::Open {
+        path: shown.clone(),
+        reason,
+    };
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_err(format!("cannot create its directory: {e}")))?;
+    }
+    // SQLite's message repeats the path; ours already names it.
+    let reason = |e: rusqlite::Error| {
+        let text = e.to_string();
+        text.strip_suffix(&format!(": {shown}"))
+            .map_or(text.clone(), str::to_owned)
+    };
+    let mut conn = Connection::open(&config.path).map_err(|e| open_err(reason(e)))?;
+    prepare_writer(&mut conn, config.durability).map_err(|e| match e {
+        StoreError::Sqlite(reason) => open_err(reason),
+        other => other,
+    })?;
+    schema::migrate(&mut conn, &shown, SCHEMA_VERSION).map_err(|e| match e {
+        StoreError::Sqlite(reason) => open_err(format!("cannot migrate: {reason}")),
+        other => other,
+    })?;
+    let readers = (0..readers)
+        .map(|_| open_reader(&config.path).map_err(|e| open_err(reason(e))))
+        .collect::<Result<_, _>>()?;
+    Ok((conn, readers))
+}
+
+fn prepare_writer(conn: &mut Connection, durability: Durability) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).sql()?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .sql()?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite(format!(
+            "the file system refused WAL mode (got `{mode}`)"
+        )));
+    }
+    let synchronous = match durability {
+        Durability::Process => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous).sql()?;
+    // After a checkpoint, keep the WAL file at most 64 MiB instead of its high-water mark.
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)
+        .sql()?;
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Helpers for this crate's migration tests; not part of the API.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    use crate::StoreError;
+    use crate::error::SqlResult;
+
+    /// Creates a database at `path` with the schema of `version` (as that release of plugd
+    /// would have left it) and runs `fixture_sql` in it: the data an older plugd wrote.
+    pub fn create_at_version(
+        path: &Path,
+        version: u32,
+        fixture_sql: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = Connection::open(path).sql()?;
+        conn.pragma_update(None, "journal_mode", "WAL").sql()?;
+        crate::schema::migrate(&mut conn, &path.display().to_string(), version)?;
+        conn.execute_batch(fixture_sql).sql()?;
+        Ok(())
+    }
+
+    /// The schema version of the file at `path`.
+    pub fn version_of(path: &Path) -> Result<u32, StoreError> {
+        let conn = Connection::open(path).sql()?;
+        crate::schema::version(&conn)
+    }
+
+    /// Sets the schema version of the file at `path` (to simulate a newer plugd).
+    pub fn set_version(path: &Path, version: u32) -> Result<(), StoreError> {
+        let conn = Connection::open(path).sql()?;
+        conn.pragma_update(None, "user_version", version).sql()
+    }
+}

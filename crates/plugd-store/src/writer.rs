@@ -1,0 +1,160 @@
+//! The single writer: one thread owns the write connection, takes requests from a bounded
+//! queue, runs every request waiting at that moment in ONE transaction (one savepoint each, so a
+//! failed request does not fail the others), commits, and only then answers each request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::StoreError;
+
+/// Requests waiting for the writer. When it is full, a caller waits up to [`SEND_DEADLINE`] for
+/// room and then gets [`StoreError::Busy`] (backpressure, then rejection; nothing is dropped
+/// silently).
+pub(crate) const QUEUE_CAPACITY: usize = 1024;
+
+/// How long a request waits for room in a full queue.
+pub(crate) const SEND_DEADLINE: Duration = Duration::from_secs(5);
+
+/// At most this many requests share one transaction, so one commit's latency stays bounded.
+const MAX_BATCH: usize = 512;
+
+/// What every request sees besides the connection.
+pub(crate) struct Ctx {
+    /// Wall-clock time of the batch, for `at_ms` columns.
+    pub now_ms: u64,
+    /// How many commits per plugin the undo history keeps.
+    pub undo_depth: usize,
+}
+
+/// One queued request, type-erased so the queue can hold every kind.
+pub(crate) trait Op: Send {
+    /// Runs the request inside the batch's transaction; `false` if it failed (its savepoint is
+    /// then rolled back).
+    fn apply(&mut self, conn: &Connection, ctx: &Ctx) -> bool;
+    /// Answers the caller once the batch's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+/// A request whose work is the closure `f` and whose answer goes to `reply`.
+pub(crate) struct Job<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job<T, F> {
+    pub(crate) fn new(f: F) -> (Self, oneshot::Receiver<Result<T, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Job {
+                f: Some(f),
+                result: None,
+                reply,
+            },
+            rx,
+        )
+    }
+}
+
+impl<T, F> Op for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, &Ctx) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, conn: &Connection, ctx: &Ctx) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let result = f(conn, ctx);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (self.result, committed) {
+            // Its own refusal wins: it is true whatever happened to the batch.
+            (Some(Err(own)), _) => Err(own),
+            (_, Err(batch)) => Err(batch),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (None, Ok(())) => Err(StoreError::Sqlite("the request was never run".into())),
+        };
+        // The caller may have gone (a dropped future): the work is committed all the same.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The writer thread's loop: returns when every sender is gone.
+pub(crate) fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn Op>>,
+    undo_depth: usize,
+    batches: &AtomicU64,
+) {
+    let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let ctx = Ctx {
+            now_ms: now_ms(),
+            undo_depth,
+        };
+        let committed = run_batch(&mut conn, &mut batch, &ctx);
+        batches.fetch_add(1, Ordering::Relaxed);
+        for op in batch.drain(..) {
+            op.finish(committed.clone());
+        }
+    }
+}
+
+/// One transaction for the whole batch. `Ok` only once `COMMIT` returned, which with WAL and
+/// `synchronous=NORMAL` means the frames are in the OS (a killed process loses nothing) and with
+/// `FULL` that they were fsynced.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn Op>],
+    ctx: &Ctx,
+) -> Result<(), StoreError> {
+    let sql = |e: rusqlite::Error| StoreError::Sqlite(e.to_string());
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    let outcome = (|| {
+        for op in batch.iter_mut() {
+            conn.execute_batch("SAVEPOINT op").map_err(sql)?;
+            if op.apply(conn, ctx) {
+                conn.execute_batch("RELEASE op").map_err(sql)?;
+            } else {
+                // Some errors (disk full, I/O) make SQLite roll back the whole transaction; then
+                // there is no savepoint left and nothing of this batch is committed.
+                if conn.is_autocommit() {
+                    return Err(StoreError::Sqlite(
+                        "the transaction was rolled back after an error".into(),
+                    ));
+                }
+                conn.execute_batch("ROLLBACK TO op; RELEASE op")
+                    .map_err(sql)?;
+            }
+        }
+        conn.execute_batch("COMMIT").map_err(sql)
+    })();
+    if outcome.is_err() && !conn.is_autocommit() {
+        // Best effort: the error that matters is `outcome`.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    outcome
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
