@@ -31,7 +31,9 @@ def without_id(frame):
 def test_every_golden_file_is_replayed_here():
     replayed = {"hello", "initialize", "call", "result", "ping", "pong", "error",
                 "client_error", "log", "progress", "emit", "emit_result", "emit_refused",
-                "event", "cancel", "shutdown"}
+                "event", "cancel", "shutdown", "call_chain", "params_changed", "result_full",
+                "service_error"}
+    replayed |= {name for name, _ in SERVICES} | {a for _, answers in SERVICES for a in answers}
     assert {p.stem for p in GOLDEN.glob("*.json")} == replayed
 
 
@@ -83,7 +85,7 @@ def test_log_and_progress(golden_host):
 
 
 @pytest.mark.parametrize("answer, value", [("emit_result", {"emitted": True}),
-                                           ("emit_refused", {"refused": -32020})])
+                                           ("emit_refused", {"refused": "not_granted"})])
 def test_emit_request_and_its_answers(golden_host, answer, value):
     def handler(msg):
         if msg["method"] == "emit":
@@ -114,3 +116,92 @@ def test_cancel_and_shutdown(golden_host):
     assert rid not in golden_host.responses
     golden_host.send_raw(raw("shutdown"))
     assert golden_host.exit_code() == 0
+
+
+def answer_with(h, *answers):
+    """Answers the plugin's requests (other than `hello`) with these golden answers in turn."""
+    queue = list(answers)
+
+    def handler(msg):
+        reply = queue.pop(0)
+        reply["id"] = msg["id"]
+        h.send(reply)
+    h.request_handler = handler
+
+
+def host_requests(h):
+    return [r for r in h.requests if r["method"] != "hello"]
+
+
+# Each host service: the golden request the SDK must send, and the golden answers it is replayed
+# against, with what the SDK method returns for each.
+SERVICES = [
+    ("kv_get", {"kv_get_result": {"w": 640}, "kv_get_missing": "absent"}),
+    ("kv_set", {"kv_set_result": 7}),
+    ("kv_delete", {"kv_delete_result": 8}),
+    ("kv_commit", {"kv_commit_result": 9}),
+    ("kv_undo", {"kv_undo_result": 9}),
+    ("kv_redo", {"kv_redo_result": None}),
+    ("params_get", {"params_get_result": {"quality": 90, "batch_size": 8}}),
+    ("service_call", {"service_call_result": {"rows": [[1]]}}),
+    ("env_get", {"env_get_result": 10000, "env_get_missing": "unset"}),
+    ("kv_list", {"kv_list_result": [["img/a", 1], ["img/b", 2]]}),
+    ("plugin_call", {"plugin_call_result": None}),
+]
+
+
+@pytest.mark.parametrize("request_name, answer, got", [
+    (name, answer, got) for name, answers in SERVICES if name not in ("kv_list", "plugin_call")
+    for answer, got in answers.items()])
+def test_host_services(golden_host, request_name, answer, got):
+    answer_with(golden_host, golden(answer))
+    assert ok_value(golden_host.call("use", request_name)) == {"got": got}
+    (req,) = host_requests(golden_host)
+    assert without_id(req) == without_id(golden(request_name))
+
+
+def ok_value(resp):
+    assert "error" not in resp, resp
+    return resp["result"]["value"]
+
+
+def test_kv_list_pages_through_next(golden_host):
+    first_page = {"jsonrpc": "2.0", "id": 0,
+                  "result": {"items": [{"key": "img/a", "value": 1}], "next": "img/a"}}
+    answer_with(golden_host, first_page, golden("kv_list_result"))
+    assert ok_value(golden_host.call("use", "kv_list")) == {"got": [["img/a", 1], ["img/b", 2]]}
+    first, second = host_requests(golden_host)
+    assert first["params"] == {"prefix": "img/"}
+    assert without_id(second) == without_id(golden("kv_list"))
+
+
+def test_a_service_error_carries_its_code(golden_host):
+    answer_with(golden_host, golden("service_error"))
+    want = golden("service_error")["error"]
+    assert ok_value(golden_host.call("use", "kv_commit")) == {
+        "code": want["data"]["code"], "message": want["message"]}
+
+
+def test_plugin_call_carries_the_chain_and_what_is_left_of_the_deadline(golden_host):
+    answer_with(golden_host, golden("plugin_call_result"))
+    golden_host.send_raw(raw("call_chain"))
+    resp = golden_host.response(golden("call_chain")["id"])
+    # `relay` returns the callee's whole result object (`full=True`).
+    assert resp["result"]["value"] == golden("plugin_call_result")["result"]
+    (req,) = host_requests(golden_host)
+    want = golden("plugin_call")
+    left = req["params"]["context"].pop("deadline_ms")
+    assert 0 < left <= golden("call_chain")["params"]["deadline_ms"]
+    want["params"]["context"].pop("deadline_ms")
+    assert without_id(req) == without_id(want)
+
+
+def test_result_full_has_the_documented_shape(golden_host):
+    assert without_id(golden_host.call("full")) == without_id(golden("result_full"))
+
+
+def test_params_changed(golden_host):
+    golden_host.send_raw(raw("params_changed"))
+    new = golden("params_changed")["params"]["params"]
+    golden_host.wait_notification("log", lambda p: p["message"] == f"params now {sorted(new)}")
+    assert golden_host.call("state")["result"]["value"]["params"] == new

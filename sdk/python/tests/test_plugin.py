@@ -73,10 +73,10 @@ def test_call_returns_value(host):
 def test_action_result_shape(host):
     assert ok(host.call("rich")) == {
         "value": {"n": 1},
-        "notifications": [{"type": "WARNING", "name": "Careful", "message": "It is hot",
+        "notifications": [{"level": "warning", "title": "Careful", "message": "It is hot",
                            "data": {"t": 40}}],
-        "groups": [{"ids": [1, 2], "name": "pair", "score": {"value": 0.5, "min": 0, "max": 1}},
-                   {"sha1s": ["ab"], "scores": [0.1]}],
+        "groups": [{"id": "g", "name": "pair", "members": [1, 2], "score": 0.5},
+                   {"key": "k", "name": "rest", "members": ["ab"], "scores": {"size": 0.1}}],
     }
     assert ok(host.call("plain_result")) == {"value": [1, 2]}  # empty lists are omitted
 
@@ -382,8 +382,9 @@ def test_plugin_request_round_trip(host):
     req = [r for r in host.requests if r["method"] == "kv.get"][0]
     assert req["params"] == {"key": "k"}
     assert isinstance(req["id"], int) and req["id"] > 1
+    # Without `data.code` (an older host) the code follows the JSON-RPC code.
     assert ok(host.call("ask_host", {"method": "task.submit"}))["value"] == {
-        "code": -32020, "message": "Service `tasks` is not granted"}
+        "code": "not_granted", "message": "Service `tasks` is not granted"}
 
 
 def refuse_emits(h, prefix):
@@ -403,8 +404,9 @@ def test_emit_is_a_request_and_a_refusal_raises(host):
     req = [r for r in host.requests if r["method"] == "emit"][0]
     assert req["params"] == {"topic": "ok.done", "payload": 1}
     assert ok(host.call("announce", {"topic": "denied.x"}))["value"] == {
-        "refused": -32020, "message": "Service `events` is not granted"}
-    assert ok(host.call("announce_sync", {"topic": "denied.y"}))["value"] == {"refused": -32020}
+        "refused": "not_granted", "message": "Service `events` is not granted"}
+    assert ok(host.call("announce_sync", {"topic": "denied.y"}))["value"] == {
+        "refused": "not_granted"}
     assert ok(host.call("announce_sync", {"topic": "ok.sync"}))["value"] == {"emitted": "ok.sync"}
 
 

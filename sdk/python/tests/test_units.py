@@ -6,7 +6,8 @@ from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import pytest
 
-from plugd import ActionResult, Group, Notification, Plugin, Score, ValidationFailed
+from plugd import (ActionResult, Group, Notification, NotificationAction, Plugin,
+                   ValidationFailed)
 from plugd._validate import make_validator
 
 
@@ -97,20 +98,49 @@ def test_pydantic_model_if_installed():
 
 
 def test_result_types():
-    r = ActionResult(value=1, notifications=[Notification("error", "n", "m")],
-                     groups=[Group(sha1s=["a"], score=Score(1.0, max_is_best=True))])
+    r = ActionResult(
+        value=1,
+        notifications=[Notification("ERROR", "n", "m"),
+                       Notification(message="plain"),
+                       Notification("success", message="ok", data=[1],
+                                    actions=[NotificationAction("undo", "Undo", {"c": 1}),
+                                             {"action": "again"}])],
+        groups=[Group("a", ("x", "y"), id="1", score=1, scores={"s": 0.5}), Group("b")],
+        extra={"urls": ["u"]})
     assert r.to_json() == {
         "value": 1,
-        "notifications": [{"type": "ERROR", "name": "n", "message": "m"}],
-        "groups": [{"sha1s": ["a"], "score": {"value": 1.0, "max_is_best": True}}],
+        "notifications": [
+            {"level": "error", "title": "n", "message": "m"},
+            {"level": "info", "message": "plain"},
+            {"level": "success", "message": "ok", "data": [1],
+             "actions": [{"action": "undo", "label": "Undo", "payload": {"c": 1}},
+                         {"action": "again"}]},
+        ],
+        "groups": [{"id": "1", "name": "a", "members": ["x", "y"], "score": 1,
+                    "scores": {"s": 0.5}},
+                   {"name": "b", "members": []}],
+        "urls": ["u"],
     }
     assert ActionResult().to_json() == {"value": None}
-    with pytest.raises(ValueError, match="exactly one"):
-        Group(ids=[1], sha1s=["a"])
-    with pytest.raises(ValueError, match="exactly one"):
-        Group()
-    with pytest.raises(ValueError, match="Unknown notification type"):
-        Notification("LOUD")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Notification("LOUD"), "Unknown notification level `LOUD`; hint: use one of "
+                                   "info, success, warning, error"),
+    (lambda: Notification("debug", message="m"), "Unknown notification level `debug`"),
+    (lambda: Notification(message=3), "`Notification.message` must be a string, not int"),
+    (lambda: Notification(actions=[{"label": "x"}]), "missing 1 required positional argument"),
+    (lambda: NotificationAction(7), "`NotificationAction.action` must be a string, not int"),
+    (lambda: Group(None), "`Group.name` must be a string, not NoneType"),
+    (lambda: Group("g", "abc"), "`Group.members` must be a list of members"),
+    (lambda: Group("g", score=True), "`Group.score` must be a number, not True"),
+    (lambda: Group("g", scores={"a": "1"}), "`Group.scores` maps names to numbers, not 'a': '1'"),
+    (lambda: ActionResult(extra={"groups": []}), "`ActionResult.extra` cannot hold `groups`"),
+])
+def test_result_types_refuse_what_breaks_the_shape(make, message):
+    with pytest.raises((ValueError, TypeError)) as info:
+        make()
+    assert message in str(info.value)
 
 
 def test_registration_checks():

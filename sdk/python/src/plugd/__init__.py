@@ -16,7 +16,9 @@ plugin.run()
 """
 
 from ._plugin import PROTOCOL_VERSION, Plugin
-from ._types import ActionResult, ClientError, Group, HostError, Notification, Score
+from ._services import Kv, KvSync
+from ._types import (ActionResult, ClientError, Group, HostError, Notification,
+                     NotificationAction)
 from ._validate import ValidationFailed
 from ._version import __version__
 
@@ -25,10 +27,12 @@ __all__ = [
     "ClientError",
     "Group",
     "HostError",
+    "Kv",
+    "KvSync",
     "Notification",
+    "NotificationAction",
     "PROTOCOL_VERSION",
     "Plugin",
-    "Score",
     "ValidationFailed",
     "__version__",
 ]

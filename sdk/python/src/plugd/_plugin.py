@@ -30,9 +30,12 @@ import re
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._types import ActionResult, ClientError, Group, HostError, Notification, Score
+from ._services import Kv, KvSync, convert_env
+from ._types import (ActionResult, ClientError, Group, HostError, Notification,
+                     NotificationAction)
 from ._validate import ValidationFailed, make_validator
 from ._version import __version__
 
@@ -55,6 +58,13 @@ EXIT_REFUSED = 3
 DEFAULT_WORKERS = 16
 # How long a sync handler's `plugin.emit` waits for the host's answer (it answers at once).
 _EMIT_SYNC_TIMEOUT = 30.0
+# How long a blocking twin (`plugin.kv_sync`, `service_sync`, `env`) waits: the host answers
+# every request within 30 s, with an error if need be.
+_SYNC_TIMEOUT = 60.0
+# `call_sync` waits for what is left of the call being handled plus this margin (the host ends
+# the callee's call at that deadline), or `_CALL_SYNC_TIMEOUT` outside a call.
+_CALL_SYNC_MARGIN = 10.0
+_CALL_SYNC_TIMEOUT = 620.0
 _READ_SIZE = 256 * 1024
 _ACTION_NAME = re.compile(r"^[a-z_][a-z0-9_.\-]{0,63}$")
 
@@ -62,6 +72,11 @@ _ACTION_NAME = re.compile(r"^[a-z_][a-z0-9_.\-]{0,63}$")
 _current_call: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar(
     "plugd_call", default=None
 )
+
+# The `chain` of the call being served and its deadline (`time.monotonic()`), sent as the
+# `context` of the `plugin.call`s its handler makes.
+_call_ctx: contextvars.ContextVar[Optional[Tuple[List[str], Optional[float]]]] = \
+    contextvars.ContextVar("plugd_call_context", default=None)
 
 # Python 3.12+ starts a Task eagerly itself (and keeps `current_task()` right while doing so).
 _NATIVE_EAGER = sys.version_info >= (3, 12)
@@ -79,7 +94,7 @@ def _stderr(msg: str) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, (ActionResult, Notification, Group, Score)):
+    if isinstance(o, (ActionResult, Notification, NotificationAction, Group)):
         return o.to_json()
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return dataclasses.asdict(o)
@@ -224,6 +239,11 @@ class Plugin:
         self.limits: Dict[str, Any] = {}
         self.log: logging.Logger = logging.getLogger(self.name or "plugin")
         self.log.setLevel(logging.DEBUG)
+        # The host's key-value store: `await plugin.kv.get(...)`, or `plugin.kv_sync.get(...)`
+        # in a sync handler.
+        self.kv: Kv = Kv(self)
+        self.kv_sync: KvSync = KvSync(self, self.kv)
+        self._env_cache: Dict[str, Optional[str]] = {}
 
         self._actions: Dict[str, _Action] = {}
         self._subscriptions: List[_Subscription] = []
@@ -332,7 +352,8 @@ class Plugin:
         return register
 
     def on_params_changed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Registers a handler ``(params)`` called after `plugin.params` was replaced."""
+        """Registers a handler ``(params)`` (``def`` or ``async def``) called with the new params
+        after `plugin.params` was replaced by a `params.changed` from the host."""
         self._params_handler = (fn, inspect.iscoroutinefunction(fn))
         return fn
 
@@ -405,6 +426,117 @@ class Plugin:
             raise RuntimeError("`request_sync` would block the event loop; use `await plugin.request`")
         return asyncio.run_coroutine_threadsafe(self.request(method, params), loop).result(timeout)
 
+    def _blocking(self, make: Callable[[], Any], timeout: float = _SYNC_TIMEOUT) -> Any:
+        """Runs the coroutine ``make()`` on the loop and waits for it, from another thread."""
+        loop = self._loop
+        if loop is None or self._closed:
+            raise ConnectionError("Not connected to the plugd host")
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("This would block the event loop; hint: in async code use "
+                               "`await plugin.kv...`, `await plugin.call(...)` or "
+                               "`await plugin.service(...)`")
+        fut = asyncio.run_coroutine_threadsafe(make(), loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise HostError("timeout", f"The host did not answer within {timeout:g} s") from None
+
+    # ------------------------------------------------------------------ calls to other plugins
+
+    def _call_params(self, plugin: str, action: str, payload: Any) -> Dict[str, Any]:
+        """`plugin.call` params; inside a handler with the `context` of the call it serves."""
+        params: Dict[str, Any] = {"plugin": plugin, "action": action, "payload": payload}
+        current = _call_ctx.get()
+        if current is not None:
+            chain, deadline = current
+            context: Dict[str, Any] = {"chain": list(chain)}
+            if deadline is not None:
+                context["deadline_ms"] = max(0, int((deadline - time.monotonic()) * 1000))
+            params["context"] = context
+        return params
+
+    async def call(self, plugin: str, action: str, payload: Any = None, *,
+                   full: bool = False) -> Any:
+        """Calls ``action`` of another plugin (a declared dependency) and returns its ``value``.
+
+        With ``full=True`` it returns the callee's whole result object (``value`` plus its
+        ``notifications``, ``groups`` and any other fields). Inside a handler the call carries
+        that call's chain and what is left of its deadline, so the host can refuse a cycle and
+        the callee never outlives its caller. Raises `HostError` on refusal or failure, with
+        the code (``not_granted``, ``cycle``, ``plugin_timeout``, the callee's own code...).
+        """
+        result = await self.request("plugin.call", self._call_params(plugin, action, payload))
+        return result if full else _value_of(result)
+
+    def call_sync(self, plugin: str, action: str, payload: Any = None, *,
+                  full: bool = False) -> Any:
+        """`call` for sync handlers (blocks the worker thread until the answer)."""
+        params = self._call_params(plugin, action, payload)  # in the handler's context
+        current = _call_ctx.get()
+        timeout = _CALL_SYNC_TIMEOUT
+        if current is not None and current[1] is not None:
+            timeout = max(0.0, current[1] - time.monotonic()) + _CALL_SYNC_MARGIN
+        result = self._blocking(lambda: self.request("plugin.call", params), timeout)
+        return result if full else _value_of(result)
+
+    # ------------------------------------------------------------------ params, app services, env
+
+    async def fetch_params(self) -> Dict[str, Any]:
+        """Asks the host for the params in force (``params.get``), stores them in
+        `plugin.params` and returns them. `plugin.params` is kept current without it (from
+        ``initialize`` and each ``params.changed``)."""
+        answer = await self.request("params.get", {})
+        params = answer.get("params") if isinstance(answer, dict) else None
+        self.params = params if isinstance(params, dict) else {}
+        return self.params
+
+    async def service(self, name: str, method: str, params: Any = None) -> Any:
+        """Calls ``method`` of the application service ``name`` (``app:NAME`` in the
+        manifest's `permissions.services`; either spelling works here); returns its result."""
+        return await self.request("service.call", _service_params(name, method, params))
+
+    def service_sync(self, name: str, method: str, params: Any = None) -> Any:
+        """`service` for sync handlers."""
+        req = _service_params(name, method, params)
+        return self._blocking(lambda: self.request("service.call", req))
+
+    def env(self, name: str, default: Any = None, type: Callable[[str], Any] = str) -> Any:
+        """A host environment variable from the manifest's `permissions.env`, converted with
+        ``type`` (``bool`` understands 1/true/yes/on and 0/false/no/off); ``default`` when unset.
+
+        From a sync handler (or any thread but the loop's) the host is asked once per name
+        (``env.get``) and the answer is cached for the life of the process. Where blocking is
+        impossible — at import time, before `run()` connects, and in ``async`` code on the event
+        loop — an answer cached earlier is used, else the process environment, in which the host
+        put exactly those variables at start. ``await plugin.env_async(...)`` always asks the
+        host. A refusal raises `HostError` (``not_granted``).
+        """
+        if name in self._env_cache:
+            raw = self._env_cache[name]
+        elif (self._connected and not self._closed
+              and threading.get_ident() != self._loop_thread):
+            raw = self._blocking(lambda: self._env_get(name))
+        else:
+            raw = os.environ.get(name)
+        return convert_env(name, raw, default, type)
+
+    async def env_async(self, name: str, default: Any = None,
+                        type: Callable[[str], Any] = str) -> Any:
+        """`env` from ``async`` code: asks the host once per name (cached)."""
+        if name in self._env_cache:
+            raw = self._env_cache[name]
+        else:
+            raw = await self._env_get(name)
+        return convert_env(name, raw, default, type)
+
+    async def _env_get(self, name: str) -> Optional[str]:
+        answer = await self.request("env.get", {"name": name})
+        value = answer.get("value") if isinstance(answer, dict) else None
+        raw = value if isinstance(value, str) or value is None else str(value)
+        self._env_cache[name] = raw
+        return raw
+
     # ------------------------------------------------------------------ entry point
 
     def run(self) -> None:
@@ -476,7 +608,7 @@ class Plugin:
         try:
             init = await hello
         except HostError as exc:
-            _stderr(f"The host refused the handshake: {exc.message} (code {exc.code})")
+            _stderr(f"The host refused the handshake: {exc.message} (code {exc.rpc_code})")
             self._close()
             return EXIT_REFUSED
         except ConnectionError:
@@ -641,10 +773,7 @@ class Plugin:
             # (often a `call`) is dispatched, not when `_serve` next runs.
             self._on_initialized(msg.get("result"))
         if err is not None:
-            if not isinstance(err, dict):
-                err = {"code": -32603, "message": str(err)}
-            fut.set_exception(HostError(err.get("code", -32603), str(err.get("message", "")),
-                                        err.get("data")))
+            fut.set_exception(HostError.from_rpc(err))
         else:
             fut.set_result(msg.get("result"))
 
@@ -674,6 +803,13 @@ class Plugin:
                 return
         ctx = contextvars.copy_context()
         ctx.run(_current_call.set, id_)
+        chain = params.get("chain")
+        chain = [c for c in chain if isinstance(c, str)] if isinstance(chain, list) else []
+        deadline_ms = params.get("deadline_ms")
+        deadline = None
+        if isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool):
+            deadline = time.monotonic() + deadline_ms / 1000.0
+        ctx.run(_call_ctx.set, (chain, deadline))
         if action.is_async:
             self._start_async(id_, action.fn, arg, ctx, params.get("deadline_ms"), action.eager)
         else:
@@ -969,6 +1105,16 @@ class Plugin:
             self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
             if self._shutting_down:
                 self._maybe_finish()
+
+
+def _value_of(result: Any) -> Any:
+    """The ``value`` of a callee's result object."""
+    return result.get("value") if isinstance(result, dict) else result
+
+
+def _service_params(name: str, method: str, params: Any) -> Dict[str, Any]:
+    service = name[4:] if name.startswith("app:") else name
+    return {"service": service, "method": method, "params": {} if params is None else params}
 
 
 _TASK_NAMES = frozenset({"current_task", "timeout", "timeout_at", "TaskGroup"})

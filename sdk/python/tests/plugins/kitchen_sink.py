@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from plugd import ActionResult, Group, HostError, Notification, Plugin, Score
+from plugd import ActionResult, Group, HostError, Notification, Plugin
 
 plugin = Plugin()
 
@@ -86,8 +86,8 @@ async def rich(payload):
     return ActionResult(
         value={"n": 1},
         notifications=[Notification("warning", "Careful", "It is hot", data={"t": 40})],
-        groups=[Group(ids=[1, 2], name="pair", score=Score(0.5, min=0, max=1)),
-                Group(sha1s=["ab"], scores=[0.1])],
+        groups=[Group("pair", [1, 2], id="g", score=0.5),
+                Group("rest", ["ab"], key="k", scores={"size": 0.1})],
     )
 
 
