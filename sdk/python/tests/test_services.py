@@ -253,7 +253,7 @@ def test_env_asks_the_host_once_per_name_and_converts(plugin):
 @pytest.mark.parametrize("text, want", [("1", True), ("TRUE", True), ("yes", True), ("on", True),
                                         ("0", False), ("no", False), ("", False)])
 def test_env_bool(text, want):
-    from plugd._services import convert_env
+    from plugd._plugin import convert_env
     assert convert_env("X", text, None, bool) is want
     with pytest.raises(ValueError, match="`X` is `maybe`, not a boolean; hint: use 1/true/yes/on"):
         convert_env("X", "maybe", None, bool)

@@ -15,8 +15,7 @@ plugin.run()
 `plugd.client` holds a small HTTP client for a running `plugd serve`.
 """
 
-from ._plugin import PROTOCOL_VERSION, Plugin
-from ._services import Kv, KvSync
+from ._plugin import PROTOCOL_VERSION, Kv, KvSync, Plugin
 from ._types import (ActionResult, ClientError, Group, HostError, Notification,
                      NotificationAction)
 from ._validate import ValidationFailed
