@@ -100,10 +100,10 @@ pub(crate) fn commit(
             });
         }
     }
-    let (bytes, next_id) = meta(conn, plugin)?;
+    let mut meta = meta(conn, plugin)?;
     let before = current_values(conn, plugin, checked.ops.iter().map(|(k, _)| k.as_str()))?;
     let delta = delta(&checked.ops, &before);
-    let used = bytes.saturating_add_signed(delta);
+    let used = meta.bytes.saturating_add_signed(delta);
     // A commit that frees space is always allowed, even over a quota that was lowered.
     if delta > 0 && used > checked.quota {
         return Err(StoreError::QuotaExceeded {
@@ -113,24 +113,27 @@ pub(crate) fn commit(
         });
     }
     write(conn, plugin, &checked.ops)?;
-    // A new commit clears the redo stack.
-    conn.prepare_cached(
-        "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id IN
-            (SELECT id FROM kv_commits WHERE plugin = ?1 AND undone = 1)",
-    )
-    .sql()?
-    .execute([plugin])
-    .sql()?;
-    conn.prepare_cached("DELETE FROM kv_commits WHERE plugin = ?1 AND undone = 1")
+    // A new commit clears the redo stack (the counts in `kv_meta` spare the scans when empty).
+    if meta.undone > 0 {
+        conn.prepare_cached(
+            "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id >= (SELECT MIN(id) FROM kv_commits WHERE plugin = ?1 AND undone = 1)",
+        )
         .sql()?
         .execute([plugin])
         .sql()?;
+        conn.prepare_cached("DELETE FROM kv_commits WHERE plugin = ?1 AND undone = 1")
+            .sql()?
+            .execute([plugin])
+            .sql()?;
+        meta.undone = 0;
+    }
+    let id = meta.next_commit;
     if ctx.undo_depth > 0 {
         conn.prepare_cached(
             "INSERT INTO kv_commits (plugin, id, undone, at_ms) VALUES (?1, ?2, 0, ?3)",
         )
         .sql()?
-        .execute(params![plugin, next_id, ctx.now_ms])
+        .execute(params![plugin, id, ctx.now_ms])
         .sql()?;
         let mut insert = conn
             .prepare_cached(
@@ -138,12 +141,32 @@ pub(crate) fn commit(
             )
             .sql()?;
         for ((key, _), old) in checked.ops.iter().zip(&before) {
-            insert.execute(params![plugin, next_id, key, old]).sql()?;
+            insert.execute(params![plugin, id, key, old]).sql()?;
         }
-        trim(conn, plugin, ctx.undo_depth)?;
+        meta.applied += 1;
     }
-    set_meta(conn, plugin, used, next_id + 1)?;
-    Ok(CommitId(next_id))
+    // Drop the oldest commits beyond the depth: one per commit, more if the depth was lowered.
+    while meta.applied > ctx.undo_depth as u64 {
+        let oldest: u64 = conn
+            .prepare_cached("SELECT MIN(id) FROM kv_commits WHERE plugin = ?1")
+            .sql()?
+            .query_row([plugin], |row| row.get(0))
+            .sql()?;
+        for sql in [
+            "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id = ?2",
+            "DELETE FROM kv_commits WHERE plugin = ?1 AND id = ?2",
+        ] {
+            conn.prepare_cached(sql)
+                .sql()?
+                .execute(params![plugin, oldest])
+                .sql()?;
+        }
+        meta.applied -= 1;
+    }
+    meta.bytes = used;
+    meta.next_commit = id + 1;
+    set_meta(conn, plugin, &meta)?;
+    Ok(CommitId(id))
 }
 
 /// Undo (`undone` = 0 → 1, newest first) or redo (1 → 0, most recently undone first).
@@ -190,8 +213,16 @@ pub(crate) fn flip(
         .sql()?
         .execute(params![plugin, id, undo])
         .sql()?;
-    let (bytes, next_id) = meta(conn, plugin)?;
-    set_meta(conn, plugin, bytes.saturating_add_signed(delta), next_id)?;
+    let mut meta = meta(conn, plugin)?;
+    meta.bytes = meta.bytes.saturating_add_signed(delta);
+    if undo {
+        meta.applied -= 1;
+        meta.undone += 1;
+    } else {
+        meta.applied += 1;
+        meta.undone -= 1;
+    }
+    set_meta(conn, plugin, &meta)?;
     Ok(Some(CommitId(id)))
 }
 
@@ -246,7 +277,7 @@ pub(crate) fn list(
 }
 
 pub(crate) fn usage(conn: &Connection, plugin: &str) -> Result<u64, StoreError> {
-    Ok(meta(conn, plugin)?.0)
+    Ok(meta(conn, plugin)?.bytes)
 }
 
 /// The smallest string greater than every string that starts with `prefix`, or `None` when
@@ -318,43 +349,47 @@ fn write(
     Ok(())
 }
 
-/// Drops the oldest commits beyond `depth`.
-fn trim(conn: &Connection, plugin: &str, depth: usize) -> Result<(), StoreError> {
-    let depth = i64::try_from(depth).unwrap_or(i64::MAX);
-    let old = "SELECT id FROM kv_commits WHERE plugin = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2";
-    conn.prepare_cached(&format!(
-        "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id IN ({old})"
-    ))
-    .sql()?
-    .execute(params![plugin, depth])
-    .sql()?;
-    conn.prepare_cached(&format!(
-        "DELETE FROM kv_commits WHERE plugin = ?1 AND id IN ({old})"
-    ))
-    .sql()?
-    .execute(params![plugin, depth])
-    .sql()?;
-    Ok(())
+/// A plugin's row in `kv_meta`.
+struct Meta {
+    /// Bytes used: keys plus JSON values.
+    bytes: u64,
+    next_commit: u64,
+    /// Commits on the undo stack.
+    applied: u64,
+    /// Commits on the redo stack.
+    undone: u64,
 }
 
-/// (bytes used, next commit id) of a plugin.
-fn meta(conn: &Connection, plugin: &str) -> Result<(u64, u64), StoreError> {
+fn meta(conn: &Connection, plugin: &str) -> Result<Meta, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT bytes, next_commit FROM kv_meta WHERE plugin = ?1")
+        .prepare_cached("SELECT bytes, next_commit, applied, undone FROM kv_meta WHERE plugin = ?1")
         .sql()?
-        .query_row([plugin], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_row([plugin], |row| {
+            Ok(Meta {
+                bytes: row.get(0)?,
+                next_commit: row.get(1)?,
+                applied: row.get(2)?,
+                undone: row.get(3)?,
+            })
+        })
         .optional()
         .sql()?
-        .unwrap_or((0, 1)))
+        .unwrap_or(Meta {
+            bytes: 0,
+            next_commit: 1,
+            applied: 0,
+            undone: 0,
+        }))
 }
 
-fn set_meta(conn: &Connection, plugin: &str, bytes: u64, next_id: u64) -> Result<(), StoreError> {
+fn set_meta(conn: &Connection, plugin: &str, meta: &Meta) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO kv_meta (plugin, bytes, next_commit) VALUES (?1, ?2, ?3)
-         ON CONFLICT (plugin) DO UPDATE SET bytes = excluded.bytes, next_commit = excluded.next_commit",
+        "INSERT INTO kv_meta (plugin, bytes, next_commit, applied, undone) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (plugin) DO UPDATE SET bytes = excluded.bytes, next_commit = excluded.next_commit,
+             applied = excluded.applied, undone = excluded.undone",
     )
     .sql()?
-    .execute(params![plugin, bytes, next_id])
+    .execute(params![plugin, meta.bytes, meta.next_commit, meta.applied, meta.undone])
     .sql()?;
     Ok(())
 }

@@ -127,9 +127,13 @@ fn run_batch(
     conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
     let outcome = (|| {
         for op in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT op").map_err(sql)?;
+            conn.prepare_cached("SAVEPOINT op")
+                .and_then(|mut s| s.execute([]))
+                .map_err(sql)?;
             if op.apply(conn, ctx) {
-                conn.execute_batch("RELEASE op").map_err(sql)?;
+                conn.prepare_cached("RELEASE op")
+                    .and_then(|mut s| s.execute([]))
+                    .map_err(sql)?;
             } else {
                 // Some errors (disk full, I/O) make SQLite roll back the whole transaction; then
                 // there is no savepoint left and nothing of this batch is committed.

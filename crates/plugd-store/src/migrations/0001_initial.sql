@@ -17,11 +17,14 @@ CREATE TABLE kv (
     PRIMARY KEY (plugin, key)
 );
 
--- Per plugin: bytes used (sum of key and JSON value lengths) and the next commit id.
+-- Per plugin: bytes used (sum of key and JSON value lengths), the next commit id, and how
+-- many commits are on the undo (`applied`) and redo (`undone`) stacks.
 CREATE TABLE kv_meta (
     plugin      TEXT PRIMARY KEY,
     bytes       INTEGER NOT NULL,
-    next_commit INTEGER NOT NULL
+    next_commit INTEGER NOT NULL,
+    applied     INTEGER NOT NULL,
+    undone      INTEGER NOT NULL
 );
 
 -- One row per commit still in the history. `undone` = 0: on the undo stack (applied);
