@@ -34,6 +34,20 @@ pub enum HostError {
     /// A rate or queue limit refused the request; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// New params do not fit the plugin's `[params]` schema; nothing was stored.
+    #[error("{}", invalid_params(plugin, violations))]
+    InvalidParams {
+        /// The plugin.
+        plugin: String,
+        /// Every violation, with its JSON pointer.
+        violations: Vec<plugd_manifest::Violation>,
+    },
+    /// The store refused or failed (quota, limits, conflict, I/O).
+    #[error(transparent)]
+    Store(#[from] plugd_store::StoreError),
+    /// A plugin answered with a result that breaks the result shape.
+    #[error("{0}")]
+    BadResult(String),
     /// The host could not read or write its directories.
     #[error("{0}")]
     Io(String),
@@ -49,6 +63,9 @@ impl HostError {
             HostError::CannotLoad(_) => "plugin_cannot_load",
             HostError::Runtime(e) => e.code(),
             HostError::Invalid(_) => "bad_request",
+            HostError::InvalidParams { .. } => "bad_params",
+            HostError::Store(e) => e.code(),
+            HostError::BadResult(_) => "bad_result",
             HostError::Overloaded(_) => "overloaded",
             HostError::Io(_) => "internal",
         }
@@ -62,4 +79,22 @@ fn not_running(plugin: &str, state: crate::PluginState, reason: Option<&str>) ->
         Some(r) => format!("Plugin `{plugin}` is {state}: {r}"),
         None => format!("Plugin `{plugin}` is {state}"),
     }
+}
+
+fn invalid_params(plugin: &str, violations: &[plugd_manifest::Violation]) -> String {
+    let list: Vec<String> = violations
+        .iter()
+        .map(|v| {
+            let at = if v.pointer.is_empty() {
+                "/"
+            } else {
+                &v.pointer
+            };
+            format!("`{at}`: {}", v.message)
+        })
+        .collect();
+    format!(
+        "The params of plugin `{plugin}` were not changed: {}; hint: `plugd params {plugin}` shows the schema and the current values",
+        list.join("; ")
+    )
 }

@@ -6,15 +6,20 @@
 //! `Arc<dyn Runtime>` from the binary or the embedding app.
 #![warn(missing_docs)]
 
+mod app;
+mod calls;
 mod ceilings;
 mod error;
 mod events;
 mod gc;
+mod kv;
 mod lifecycle;
 mod logs;
+mod params;
 mod policy;
 mod quota;
 mod registry;
+mod results;
 mod services;
 
 use std::collections::HashMap;
@@ -25,11 +30,15 @@ use std::time::Duration;
 use plugd_manifest::RuntimeKind;
 use plugd_runtime::Runtime;
 
+pub use app::{AppService, AppServiceError};
+pub use calls::MAX_CHAIN;
 pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
 pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
 pub use gc::Collected;
+pub use kv::{MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};
+pub use params::ParamsView;
 pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 
@@ -52,6 +61,10 @@ pub struct HostConfig {
     pub ceilings: Ceilings,
     /// How often each running plugin's data dir is measured against `limits.disk` (zero: never).
     pub disk_check_interval: Duration,
+    /// How hard the store pushes each acknowledged write to disk.
+    pub durability: plugd_store::Durability,
+    /// Commits each plugin can undo (kv history depth).
+    pub undo_depth: usize,
 }
 
 impl HostConfig {
@@ -67,7 +80,14 @@ impl HostConfig {
             strict: false,
             ceilings: Ceilings::default(),
             disk_check_interval: Duration::from_secs(5),
+            durability: plugd_store::Durability::default(),
+            undo_depth: 100,
         }
+    }
+
+    /// The store's database file (`STATE/plugd.db`).
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("plugd.db")
     }
 
     /// Where verified private copies of packages are kept (`STATE/packages`).
@@ -86,6 +106,8 @@ pub struct Host {
 pub struct HostBuilder {
     config: HostConfig,
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+    services: HashMap<String, Arc<dyn AppService>>,
+    store: Option<plugd_store::Store>,
 }
 
 impl HostBuilder {
@@ -95,10 +117,23 @@ impl HostBuilder {
         self
     }
 
+    /// Offers an application service to plugins under `name`: a plugin with `app:NAME` in its
+    /// `permissions.services` (and trusted) may call it (the last registration of a name wins).
+    pub fn service(mut self, name: impl Into<String>, service: Arc<dyn AppService>) -> Self {
+        self.services.insert(name.into(), service);
+        self
+    }
+
+    /// Uses an already open store instead of opening `STATE/plugd.db` at start.
+    pub fn store(mut self, store: plugd_store::Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Builds the host. Nothing is discovered or started yet: call [`Host::start`].
     pub fn build(self) -> Host {
         Host {
-            inner: lifecycle::HostInner::new(self.config, self.runtimes),
+            inner: lifecycle::HostInner::new(self.config, self.runtimes, self.services, self.store),
         }
     }
 }
@@ -109,11 +144,31 @@ impl Host {
         HostBuilder {
             config,
             runtimes: HashMap::new(),
+            services: HashMap::new(),
+            store: None,
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// The store, opened (and migrated) on first use at `STATE/plugd.db` unless the builder was
+    /// given one.
+    pub async fn store(&self) -> Result<&plugd_store::Store, HostError> {
+        let config = &self.inner.config;
+        self.inner
+            .store
+            .get_or_try_init(|| async {
+                plugd_store::Store::open(plugd_store::StoreConfig {
+                    path: config.store_path(),
+                    durability: config.durability,
+                    undo_depth: config.undo_depth,
+                })
+                .await
+            })
+            .await
+            .map_err(HostError::Store)
     }
 }

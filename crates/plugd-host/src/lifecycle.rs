@@ -31,28 +31,39 @@ pub(crate) struct HostInner {
     problems: RwLock<Vec<Problem>>,
     /// Serialises lifecycle operations and holds the current resolution.
     pub lifecycle: tokio::sync::Mutex<Resolution>,
+    /// Application services offered to plugins, by name.
+    pub app_services: HashMap<String, Arc<dyn crate::AppService>>,
+    /// The store, opened on first use (see `Host::store`).
+    pub store: tokio::sync::OnceCell<plugd_store::Store>,
 }
 
 impl HostInner {
     pub(crate) fn new(
         config: HostConfig,
         runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+        app_services: HashMap<String, Arc<dyn crate::AppService>>,
+        store: Option<plugd_store::Store>,
     ) -> Arc<Self> {
         Arc::new(HostInner {
             config,
             runtimes,
+            app_services,
+            store: match store {
+                Some(store) => tokio::sync::OnceCell::new_with(Some(store)),
+                None => tokio::sync::OnceCell::new(),
+            },
             slots: RwLock::new(BTreeMap::new()),
             problems: RwLock::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(plugd_resolve::resolve(Vec::new())),
         })
     }
 
-    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+    pub(crate) fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         self.slots.read().get(name).cloned()
     }
 
     /// The slot of an installed plugin, or `plugin_not_found`.
-    fn existing(&self, name: &str) -> Result<Arc<Slot>, HostError> {
+    pub(crate) fn existing(&self, name: &str) -> Result<Arc<Slot>, HostError> {
         self.slot(name).ok_or_else(|| HostError::PluginNotFound {
             name: name.to_owned(),
         })
@@ -109,7 +120,12 @@ impl Host {
             let starts = wave
                 .iter()
                 .filter_map(|name| self.inner.slot(name.as_str()))
-                .filter(|slot| slot.inner.lock().state() != PluginState::Failed)
+                .filter(|slot| {
+                    !matches!(
+                        slot.inner.lock().state(),
+                        PluginState::Failed | PluginState::Uninstalled
+                    )
+                })
                 .map(|slot| {
                     let host = self.clone();
                     async move {
@@ -188,6 +204,7 @@ impl Host {
             }
         };
         check_payload(&slot.name, &generation.manifest, &action, &payload)?;
+        let action_name = action.to_string();
         let guard = InFlight::enter(slot.clone(), generation.clone());
         let result = generation
             .instance
@@ -203,10 +220,19 @@ impl Host {
             .await;
         drop(guard);
         slot.calls.fetch_add(1, Ordering::Relaxed);
+        let result = result.map_err(HostError::from).and_then(|outcome| {
+            match crate::results::check(outcome.result.get()) {
+                Ok(()) => Ok(outcome),
+                Err(problem) => Err(HostError::BadResult(format!(
+                    "Plugin `{plugin}` answered `{action}` with a result that breaks the result shape: {problem}; hint: see the result shape in `docs/protocol.md`",
+                    action = action_name,
+                ))),
+            }
+        });
         if result.is_err() {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(result?)
+        result
     }
 
     /// Every known plugin, sorted by name.
@@ -240,6 +266,13 @@ impl Host {
     /// that failed (even one its runtime gave up on) can be loaded again. Idempotent.
     pub async fn load(&self, name: &str) -> Result<PluginInfo, HostError> {
         let mut resolution = self.inner.lifecycle.lock().await;
+        // Loading an uninstalled plugin reinstalls it.
+        if let Some(slot) = self.inner.slot(name)
+            && slot.inner.lock().state() == PluginState::Uninstalled
+        {
+            self.store().await?.set_uninstalled(name, false).await?;
+            slot.inner.lock().reinstalled();
+        }
         *resolution = self.refresh().await?;
         self.ensure_running(&resolution, name).await?;
         self.plugin(name)
@@ -310,6 +343,11 @@ impl Host {
         if let Some(error) = fresh.resolution.failed().get(&pname) {
             return Err(keeps_serving(error));
         }
+        if slot.inner.lock().state() == PluginState::Uninstalled {
+            return Err(HostError::CannotLoad(format!(
+                "Plugin `{name}` is uninstalled; hint: `plugd load {name}` installs and starts it again"
+            )));
+        }
         if slot.running().is_none() {
             *resolution = self.apply_plan(fresh);
             self.ensure_running(&resolution, name).await?;
@@ -373,6 +411,53 @@ impl Host {
         self.plugin(name)
     }
 
+    /// Uninstalls a plugin: stops its running dependants and it, removes its data dir, kv,
+    /// params (with their history) and staged copies unless `keep_data`, and records it as
+    /// uninstalled, so a scan does not start it again until `load NAME`. The package directory in
+    /// the plugins dir is the operator's and is never touched.
+    pub async fn uninstall(&self, name: &str, keep_data: bool) -> Result<Unloaded, HostError> {
+        let resolution = self.inner.lifecycle.lock().await;
+        let slot = self.inner.existing(name)?;
+        let also_stopped = self
+            .stop_dependants(
+                &resolution,
+                name,
+                &format!("its dependency `{name}` was uninstalled"),
+            )
+            .await;
+        self.stop_slot(&slot, "uninstalled").await;
+        let store = self.store().await?;
+        store.set_uninstalled(name, true).await?;
+        if !keep_data {
+            store.forget_plugin(name).await?;
+            let data = self.data_dir(&slot.name);
+            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&data) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HostError::Io(format!(
+                    "Cannot remove the data dir `{}`: {e}",
+                    data.display()
+                ))),
+                _ => Ok(()),
+            })
+            .await
+            .map_err(|e| HostError::Io(format!("Uninstall failed: {e}")))??;
+        }
+        slot.inner.lock().uninstalled();
+        slot.push_log(
+            LogSource::Runtime,
+            LogLevel::Info,
+            if keep_data {
+                "Uninstalled; its data was kept"
+            } else {
+                "Uninstalled; its data dir, kv and params were removed"
+            },
+        );
+        self.collect_quietly().await;
+        Ok(Unloaded {
+            plugin: slot.info(),
+            also_stopped,
+        })
+    }
+
     /// Starts `name` and its not-running dependencies, in dependency order.
     async fn ensure_running(&self, resolution: &Resolution, name: &str) -> Result<(), HostError> {
         let pname = PluginName::new(name).map_err(|_| HostError::PluginNotFound {
@@ -398,6 +483,11 @@ impl Host {
             };
             if dslot.running().is_some() {
                 continue;
+            }
+            if dslot.inner.lock().state() == PluginState::Uninstalled {
+                return Err(HostError::CannotLoad(format!(
+                    "Plugin `{name}` cannot load because its dependency `{dep}` is uninstalled; hint: `plugd load {dep}` first"
+                )));
             }
             if let Err(reason) = self.start_slot(&dslot, None).await {
                 self.fail_dependants(resolution, &dep, &reason).await;
@@ -539,8 +629,14 @@ impl Host {
                 data_dir.display()
             ));
         }
+        let (params, params_note) = self.params_for_start(&granted).await?;
+        if let Some(note) = &params_note {
+            slot.push_log(LogSource::Runtime, LogLevel::Warn, note);
+            tracing::warn!(plugin = %slot.name, "{note}");
+        }
+        let notes: Vec<String> = clamped.into_iter().chain(params_note).collect();
         let spec = InstanceSpec {
-            params: granted.default_params(),
+            params,
             manifest: granted.clone(),
             package_dir: dir.clone(),
             data_dir,
@@ -581,6 +677,7 @@ impl Host {
         let id = slot.inner.lock().next_generation();
         Ok(Arc::new(Generation {
             id,
+            notes,
             package_dir: dir,
             events: EventQueue::start(slot, instance.clone()),
             instance,
@@ -746,9 +843,17 @@ impl Host {
 
     async fn plan_from_disk(&self) -> Result<DiskPlan, HostError> {
         let dir = self.inner.config.plugins_dir.clone();
-        tokio::task::spawn_blocking(move || scan(&dir))
+        let mut plan = tokio::task::spawn_blocking(move || scan(&dir))
             .await
-            .map_err(|e| HostError::Io(format!("Scanning plugins failed: {e}")))?
+            .map_err(|e| HostError::Io(format!("Scanning plugins failed: {e}")))??;
+        plan.uninstalled = self
+            .store()
+            .await?
+            .uninstalled()
+            .await?
+            .into_iter()
+            .collect();
+        Ok(plan)
     }
 
     fn apply_plan(&self, plan: DiskPlan) -> Resolution {
@@ -766,6 +871,11 @@ impl Host {
                 continue;
             }
             inner.dir = found.dir;
+            if plan.uninstalled.contains(name.as_str()) {
+                inner.manifest = found.manifest.ok().map(Arc::new);
+                inner.uninstalled();
+                continue;
+            }
             match found.manifest {
                 Ok(manifest) => {
                     for warning in &manifest.warnings {
@@ -796,6 +906,8 @@ struct Found {
 
 struct DiskPlan {
     found: BTreeMap<PluginName, Found>,
+    /// Plugins the operator uninstalled: found on disk, but not started.
+    uninstalled: std::collections::HashSet<String>,
     problems: Vec<Problem>,
     resolution: Resolution,
 }
@@ -856,6 +968,7 @@ fn scan(dir: &Path) -> Result<DiskPlan, HostError> {
     }
     let resolution = plugd_resolve::resolve(candidates);
     Ok(DiskPlan {
+        uninstalled: Default::default(),
         found,
         problems,
         resolution,

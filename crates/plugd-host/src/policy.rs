@@ -5,8 +5,15 @@ use plugd_manifest::{Manifest, Service};
 
 use crate::TrustLevel;
 
-/// Services an untrusted (unsigned) plugin may use.
-pub(crate) const UNTRUSTED_SERVICES: &[Service] = &[Service::Kv, Service::Events];
+/// Services an untrusted (unsigned) plugin may use: all scoped to the plugin itself (its kv, its
+/// events, its tasks, calls to its declared dependencies). Application services, outgoing HTTP
+/// and host environment variables stay trusted-only.
+pub(crate) const UNTRUSTED_SERVICES: &[Service] = &[
+    Service::Kv,
+    Service::Events,
+    Service::Tasks,
+    Service::Plugins,
+];
 
 /// Returns the manifest the runtime gets (permissions narrowed for untrusted packages) and one
 /// sentence per denied request.
@@ -24,6 +31,11 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
         for var in perms.env.drain(..) {
             denials.push(format!(
                 "Denied environment variable `{var}` for untrusted plugin `{name}`; hint: sign the package"
+            ));
+        }
+        for app in perms.app_services.drain(..) {
+            denials.push(format!(
+                "Denied application service `app:{app}` for untrusted plugin `{name}`; hint: sign the package"
             ));
         }
         perms.services.retain(|s| {
@@ -55,7 +67,7 @@ entry = ["python3", "main.py"]
 [permissions]
 net.connect = ["api.example.org:443"]
 env = ["TOKEN"]
-services = ["kv", "events", "tasks", "plugins"]
+services = ["kv", "events", "tasks", "plugins", "http", "app:db"]
 "#,
         )
         .unwrap();
@@ -68,15 +80,21 @@ services = ["kv", "events", "tasks", "plugins"]
         assert!(untrusted.permissions.env.is_empty());
         assert_eq!(
             untrusted.permissions.services,
-            [Service::Kv, Service::Events]
+            [
+                Service::Kv,
+                Service::Events,
+                Service::Tasks,
+                Service::Plugins
+            ]
         );
+        assert!(untrusted.permissions.app_services.is_empty());
         assert_eq!(
             denials,
             [
                 "Denied `net.connect` to `api.example.org:443` for untrusted plugin `net`; hint: sign the package and add the key with `plugd trust add`",
                 "Denied environment variable `TOKEN` for untrusted plugin `net`; hint: sign the package",
-                "Denied service `tasks` for untrusted plugin `net`; hint: sign the package",
-                "Denied service `plugins` for untrusted plugin `net`; hint: sign the package",
+                "Denied application service `app:db` for untrusted plugin `net`; hint: sign the package",
+                "Denied service `http` for untrusted plugin `net`; hint: sign the package",
             ]
         );
     }

@@ -37,6 +37,9 @@ pub enum PluginState {
     Stopped,
     /// Could not be loaded or crashed for good; see the reason.
     Failed,
+    /// Uninstalled by the operator: its package is still in the plugins directory, but it is
+    /// not started until `load NAME`.
+    Uninstalled,
 }
 
 impl PluginState {
@@ -50,6 +53,7 @@ impl PluginState {
             PluginState::Stopping => "stopping",
             PluginState::Stopped => "stopped",
             PluginState::Failed => "failed",
+            PluginState::Uninstalled => "uninstalled",
         }
     }
 }
@@ -124,6 +128,9 @@ pub struct PluginInfo {
     pub disk_used: u64,
     /// The limits in force for the running version (after trust policy and ceilings).
     pub limits: Option<plugd_manifest::Limits>,
+    /// What the operator should know about how the running version was started (limits clamped
+    /// to a ceiling, params reset to defaults).
+    pub notes: Vec<String>,
 }
 
 /// Whether a package was signed by a key in the trust store.
@@ -146,6 +153,8 @@ pub(crate) struct Generation {
     pub instance: Arc<dyn Instance>,
     /// The verified, staged copy it runs from (kept by garbage collection while it runs).
     pub package_dir: PathBuf,
+    /// What the operator should know about how it was started (clamped limits, params reset).
+    pub notes: Vec<String>,
     /// The manifest as granted (permissions narrowed by trust).
     pub manifest: Arc<Manifest>,
     pub trust: TrustLevel,
@@ -179,6 +188,7 @@ pub(crate) enum Phase {
     Stopping,
     Stopped { reason: String },
     Failed { reason: String },
+    Uninstalled,
 }
 
 impl Phase {
@@ -191,6 +201,7 @@ impl Phase {
             Phase::Stopping => PluginState::Stopping,
             Phase::Stopped { .. } => PluginState::Stopped,
             Phase::Failed { .. } => PluginState::Failed,
+            Phase::Uninstalled => PluginState::Uninstalled,
         }
     }
 
@@ -264,7 +275,7 @@ impl SlotInner {
 
     /// Discovered → Resolved (or back to Resolved after a stop/failure that a new scan clears).
     pub(crate) fn resolved(&mut self) {
-        if !self.busy() && !matches!(self.phase, Phase::Stopped { .. }) {
+        if !self.busy() && !matches!(self.phase, Phase::Stopped { .. } | Phase::Uninstalled) {
             self.phase = Phase::Resolved;
         }
     }
@@ -335,6 +346,20 @@ impl SlotInner {
                 };
                 None
             }
+        }
+    }
+
+    /// Not running → Uninstalled (the caller stopped it first).
+    pub(crate) fn uninstalled(&mut self) {
+        if !self.busy() {
+            self.phase = Phase::Uninstalled;
+        }
+    }
+
+    /// Uninstalled → Discovered (a `load` reinstalls it; the next scan resolves it).
+    pub(crate) fn reinstalled(&mut self) {
+        if matches!(self.phase, Phase::Uninstalled) {
+            self.phase = Phase::Discovered;
         }
     }
 
@@ -496,6 +521,7 @@ impl Slot {
             trust: inner.trust.clone(),
             disk_used: self.disk_used.load(Ordering::Relaxed),
             limits: generation.map(|g| g.manifest.limits.clone()),
+            notes: generation.map(|g| g.notes.clone()).unwrap_or_default(),
         }
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct PluginServices {
     host: Weak<HostInner>,
     /// The services the manifest asked for, before trust narrowed them (for the right message).
     declared: Vec<Service>,
+    declared_apps: Vec<String>,
+    declared_env: Vec<String>,
     /// Weak too: the slot holds the instance, which holds these services.
     slot: Weak<Slot>,
     manifest: Arc<Manifest>,
@@ -33,6 +35,8 @@ impl PluginServices {
         PluginServices {
             host: Arc::downgrade(&host.inner),
             declared: declared.permissions.services.clone(),
+            declared_apps: declared.permissions.app_services.clone(),
+            declared_env: declared.permissions.env.clone(),
             slot: Arc::downgrade(slot),
             manifest,
         }
@@ -122,17 +126,153 @@ impl HostCalls for PluginServices {
     async fn request(
         &self,
         method: &str,
-        _params: serde_json::Value,
+        params: serde_json::Value,
     ) -> Result<serde_json::Value, HostCallError> {
-        let service = match method.split('.').next() {
-            Some("kv") => Service::Kv,
-            Some("task") => Service::Tasks,
-            Some("plugin") => Service::Plugins,
-            Some("http") => Service::Http,
-            _ => return Err(HostCallError::Unknown(method.to_owned())),
+        let slot = self.slot()?;
+        match method.split('.').next() {
+            Some("kv") => {
+                self.grant(Service::Kv)?;
+                crate::kv::request(&self.host()?, &slot, &self.manifest, method, params).await
+            }
+            // Params need no grant: they are the plugin's own settings.
+            Some("params") if method == "params.get" => {
+                let view = self
+                    .host()?
+                    .params(slot.name.as_str())
+                    .await
+                    .map_err(host_error)?;
+                Ok(serde_json::json!({ "params": view.value }))
+            }
+            // The dependency declaration is the grant (see `crate::calls`).
+            Some("plugin") if method == "plugin.call" => {
+                crate::calls::plugin_call(&self.host()?, &slot, &self.manifest, params).await
+            }
+            Some("service") if method == "service.call" => self.app_call(&slot, params).await,
+            Some("env") if method == "env.get" => self.env(&slot, &params),
+            Some("task") => {
+                self.grant(Service::Tasks)?;
+                Err(HostCallError::Unknown(method.to_owned()))
+            }
+            Some("http") => {
+                self.grant(Service::Http)?;
+                Err(HostCallError::Unknown(method.to_owned()))
+            }
+            _ => Err(HostCallError::Unknown(method.to_owned())),
+        }
+    }
+}
+
+impl PluginServices {
+    /// `service.call {service, method, params}`: an application service, trusted plugins only.
+    async fn app_call(
+        &self,
+        slot: &Arc<Slot>,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Call {
+            service: String,
+            method: String,
+            #[serde(default)]
+            params: serde_json::Value,
+        }
+        let call: Call = serde_json::from_value(params).map_err(|e| {
+            HostCallError::Invalid(format!(
+                "`service.call` needs `service`, `method` and `params`: {e}"
+            ))
+        })?;
+        let name = call.service.strip_prefix("app:").unwrap_or(&call.service);
+        if !self
+            .manifest
+            .permissions
+            .app_services
+            .iter()
+            .any(|s| s == name)
+        {
+            slot.denials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let declared = self.declared_apps.iter().any(|s| s == name);
+            let error = if declared {
+                HostCallError::DeniedByTrust {
+                    plugin: slot.name.to_string(),
+                    service: format!("app:{name}"),
+                }
+            } else {
+                HostCallError::NotGranted {
+                    plugin: slot.name.to_string(),
+                    service: format!("app:{name}"),
+                }
+            };
+            slot.push_log(
+                LogSource::Runtime,
+                LogLevel::Warn,
+                &format!("Denied `service.call`: {error}"),
+            );
+            return Err(error);
+        }
+        let host = self.host()?;
+        let Some(service) = host.inner.app_services.get(name).cloned() else {
+            return Err(HostCallError::Service {
+                code: "unknown_service".into(),
+                message: format!(
+                    "This host offers no application service `{name}`; hint: the application must register it (`HostBuilder::service`) or declare it in `plugd.toml` `[services.{name}]`"
+                ),
+            });
         };
-        self.grant(service)?;
-        // The services issue implements these; until then a granted service says so clearly.
-        Err(HostCallError::Unknown(method.to_owned()))
+        service
+            .call(&slot.name, &call.method, call.params)
+            .await
+            .map_err(|e| HostCallError::Service {
+                code: e.code,
+                message: e.message,
+            })
+    }
+
+    /// `env.get {name}`: a host environment variable named in `permissions.env` (trusted only;
+    /// the trust policy empties the list of an untrusted plugin).
+    fn env(
+        &self,
+        slot: &Arc<Slot>,
+        params: &serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
+        let Some(name) = params.get("name").and_then(|n| n.as_str()) else {
+            return Err(HostCallError::Invalid(
+                "`env.get` needs a string `name`".into(),
+            ));
+        };
+        if !self.manifest.permissions.env.iter().any(|e| e == name) {
+            slot.denials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let message = if self.declared_env.iter().any(|e| e == name) {
+                format!(
+                    "Environment variable `{name}` is not available to plugin `{}` because it is untrusted (unsigned); hint: sign the package",
+                    slot.name
+                )
+            } else {
+                format!(
+                    "Environment variable `{name}` is not in `permissions.env` of plugin `{}`; hint: add it there",
+                    slot.name
+                )
+            };
+            slot.push_log(
+                LogSource::Runtime,
+                LogLevel::Warn,
+                &format!("Denied `env.get`: {message}"),
+            );
+            return Err(HostCallError::Service {
+                code: "not_granted".into(),
+                message,
+            });
+        }
+        Ok(serde_json::json!({ "value": std::env::var(name).ok() }))
+    }
+}
+
+/// A host error as the plugin sees it: its code and message.
+pub(crate) fn host_error(e: HostError) -> HostCallError {
+    HostCallError::Service {
+        code: e.code().to_owned(),
+        message: e.to_string(),
     }
 }

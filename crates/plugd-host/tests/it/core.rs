@@ -511,17 +511,17 @@ async fn a_service_denied_by_trust_says_so_and_an_undeclared_one_says_to_declare
         "asker",
         "1.0.0",
         &[],
-        "[permissions]\nservices = [\"plugins\", \"kv\"]\n",
+        "[permissions]\nservices = [\"http\", \"kv\"]\n",
     );
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    let denied = call(&host, "asker", "ask", r#"{"method": "plugin.call"}"#)
+    let denied = call(&host, "asker", "ask", r#"{"method": "http.fetch"}"#)
         .await
         .unwrap();
     assert_eq!(
         denied,
-        "\"Service `plugins` is not available to plugin `asker` because it is untrusted (unsigned); hint: sign the package with `plugd sign` and add the key with `plugd trust add`\""
+        "\"Service `http` is not available to plugin `asker` because it is untrusted (unsigned); hint: sign the package with `plugd sign` and add the key with `plugd trust add`\""
     );
     let undeclared = call(&host, "asker", "ask", r#"{"method": "task.submit"}"#)
         .await
@@ -568,4 +568,386 @@ async fn reloads_leave_one_staged_copy_and_gc_removes_unused_ones() {
     // Loading again stages afresh.
     host.load("a").await.unwrap();
     assert_eq!(staged().len(), 1);
+}
+
+/// Asks the host `method` with `params` from inside a call of `plugin`'s `ask` action.
+async fn ask(
+    host: &plugd_host::Host,
+    plugin: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let payload = serde_json::json!({ "method": method, "params": params }).to_string();
+    serde_json::from_str(&call(host, plugin, "ask", &payload).await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn kv_commits_undo_and_redo_through_the_host() {
+    let f = Fixture::new();
+    let perms = "[permissions]\nservices = [\"kv\"]\n[limits]\nstorage = \"4KiB\"\n";
+    f.fake_plugin("keeper", "1.0.0", &[], perms);
+    f.fake_plugin("other", "1.0.0", &[], perms);
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    use serde_json::json;
+    assert_eq!(
+        ask(&host, "keeper", "kv.get", json!({"key": "a"})).await,
+        json!({"found": false})
+    );
+    let c1 = ask(
+        &host,
+        "keeper",
+        "kv.set",
+        json!({"key": "a", "value": {"n": 1}}),
+    )
+    .await;
+    assert!(c1["commit"].is_u64(), "{c1}");
+    ask(
+        &host,
+        "keeper",
+        "kv.commit",
+        json!({"puts": {"b": 2, "c": 3}, "deletes": ["a"]}),
+    )
+    .await;
+    assert_eq!(
+        ask(&host, "keeper", "kv.list", json!({})).await,
+        json!({"items": [{"key": "b", "value": 2}, {"key": "c", "value": 3}], "next": null})
+    );
+    // Undo reverts the whole commit; redo re-applies it.
+    let undone = ask(&host, "keeper", "kv.undo", json!({})).await;
+    assert!(undone["commit"].is_u64(), "{undone}");
+    assert_eq!(
+        ask(&host, "keeper", "kv.get", json!({"key": "a"})).await,
+        json!({"found": true, "value": {"n": 1}})
+    );
+    assert_eq!(
+        ask(&host, "keeper", "kv.get", json!({"key": "b"})).await,
+        json!({"found": false})
+    );
+    ask(&host, "keeper", "kv.redo", json!({})).await;
+    assert_eq!(
+        ask(&host, "keeper", "kv.get", json!({"key": "b"})).await,
+        json!({"found": true, "value": 2})
+    );
+    // Pages.
+    let page = ask(&host, "keeper", "kv.list", json!({"limit": 1})).await;
+    assert_eq!(
+        page,
+        json!({"items": [{"key": "b", "value": 2}], "next": "b"})
+    );
+    // Each plugin has its own namespace.
+    assert_eq!(
+        ask(&host, "other", "kv.get", json!({"key": "b"})).await,
+        json!({"found": false})
+    );
+    // Past the quota: refused, nothing written.
+    let big = "x".repeat(5000);
+    let refused = ask(
+        &host,
+        "keeper",
+        "kv.set",
+        json!({"key": "big", "value": big}),
+    )
+    .await;
+    assert!(refused.as_str().unwrap().contains("4096"), "{refused}");
+    assert_eq!(
+        ask(&host, "keeper", "kv.get", json!({"key": "big"})).await,
+        json!({"found": false})
+    );
+    // Operators read it.
+    let listed = host.kv_list("keeper", "", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+}
+
+#[tokio::test]
+async fn params_are_validated_stored_with_history_and_delivered() {
+    let f = Fixture::new();
+    let params = r#"
+[params]
+type = "object"
+additionalProperties = false
+[params.properties.batch_size]
+type = "integer"
+minimum = 1
+default = 8
+[params.properties.mode]
+enum = ["fast", "exact"]
+default = "fast"
+"#;
+    f.fake_plugin("gallery", "1.0.0", &[], params);
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    use serde_json::json;
+    assert_eq!(
+        host.params("gallery").await.unwrap().value,
+        json!({"batch_size": 8, "mode": "fast"})
+    );
+    let err = host
+        .set_params(
+            "gallery",
+            json!({"batch_size": 0, "mode": "slow", "extra": 1}),
+            "test",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "bad_params");
+    let message = err.to_string();
+    for part in ["`/batch_size`", "`/mode`", "'extra' was unexpected"] {
+        assert!(message.contains(part), "{message}");
+    }
+    assert!(script.params.lock().is_empty(), "nothing delivered");
+    let new = host
+        .set_params("gallery", json!({"batch_size": 32}), "test")
+        .await
+        .unwrap();
+    assert_eq!(new, json!({"batch_size": 32, "mode": "fast"}));
+    assert_eq!(script.params.lock()["gallery"], [new.clone()]);
+    let patched = host
+        .patch_params("gallery", json!({"mode": "exact"}), "test")
+        .await
+        .unwrap();
+    assert_eq!(patched, json!({"batch_size": 32, "mode": "exact"}));
+    assert_eq!(
+        ask(&host, "gallery", "params.get", json!({})).await,
+        json!({"params": patched})
+    );
+    let history = host.params_history("gallery", 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].value, patched);
+    // A new version whose schema no longer accepts `batch_size = 32` starts with the default and
+    // says so; the old value stays in the history.
+    f.fake_plugin(
+        "gallery",
+        "2.0.0",
+        &[],
+        &params.replace("minimum = 1", "minimum = 1\nmaximum = 16"),
+    );
+    host.reload("gallery").await.unwrap();
+    assert_eq!(
+        host.params("gallery").await.unwrap().value,
+        json!({"batch_size": 8, "mode": "exact"})
+    );
+    let notes = info(&host, "gallery").notes;
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "Params `batch_size` of plugin `gallery` do not fit the schema of version 2.0.0"
+        )),
+        "{notes:?}"
+    );
+    let history = host.params_history("gallery", 10).await.unwrap();
+    assert_eq!(history[1].value["batch_size"], 32, "the old value is kept");
+}
+
+#[tokio::test]
+async fn plugins_call_their_dependencies_only_and_never_in_a_loop() {
+    let f = Fixture::new();
+    f.fake_plugin("store", "2.0.0", &[], "");
+    f.fake_plugin("thumbs", "1.0.0", &[("store", "^2")], "");
+    f.fake_plugin("stranger", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    use serde_json::json;
+    let answer = ask(
+        &host,
+        "thumbs",
+        "plugin.call",
+        json!({"plugin": "store", "action": "echo", "payload": {"k": 1}}),
+    )
+    .await;
+    assert_eq!(answer, json!({"value": {"k": 1}, "version": "2.0.0"}));
+    // The callee saw who called.
+    let chains = script.chains.lock().clone();
+    assert!(
+        chains.contains(&("store".to_owned(), vec!["thumbs".to_owned()])),
+        "{chains:?}"
+    );
+    let refused = ask(
+        &host,
+        "stranger",
+        "plugin.call",
+        json!({"plugin": "store", "action": "echo", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        refused,
+        json!(
+            "Plugin `stranger` may call only the plugins it depends on, and `store` is not in its `[dependencies]`; hint: add `store = \"*\"` (or a version requirement) there"
+        )
+    );
+    // A chain that already holds the callee is a loop.
+    let cycle = ask(
+        &host,
+        "thumbs",
+        "plugin.call",
+        json!({"plugin": "store", "action": "echo", "payload": 1, "context": {"chain": ["store"]}}),
+    )
+    .await;
+    assert_eq!(
+        cycle,
+        json!(
+            "Plugin `thumbs` cannot call `store`: the calls would loop (store → thumbs → store); calls between plugins may not form a cycle"
+        )
+    );
+    // The caller's deadline travels: a callee call that waits longer than it fails in time.
+    let timed = ask(&host, "thumbs", "plugin.call", json!({"plugin": "store", "action": "wait", "payload": 1, "context": {"chain": [], "deadline_ms": 50}})).await;
+    assert!(
+        timed
+            .as_str()
+            .unwrap()
+            .contains("did not answer `wait` within 50ms"),
+        "{timed}"
+    );
+}
+
+struct Echoing;
+
+#[async_trait::async_trait]
+impl plugd_host::AppService for Echoing {
+    async fn call(
+        &self,
+        caller: &plugd_manifest::PluginName,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, plugd_host::AppServiceError> {
+        match method {
+            "query" => Ok(serde_json::json!({"caller": caller.as_str(), "params": params})),
+            _ => Err(plugd_host::AppServiceError::new(
+                "unknown_method",
+                format!("no method `{method}`"),
+            )),
+        }
+    }
+}
+
+#[tokio::test]
+async fn app_services_and_env_are_for_trusted_plugins_that_ask() {
+    let f = Fixture::new();
+    f.fake_plugin(
+        "asker",
+        "1.0.0",
+        &[],
+        "[permissions]\nservices = [\"app:db\"]\nenv = [\"PLUGD_TEST_SECRET\"]\n",
+    );
+    let script = Script::new();
+    let mut config = plugd_host::HostConfig::new(f.plugins(), f.dir.path().join("state"));
+    config.stop_grace = Duration::from_millis(100);
+    let host = plugd_host::Host::builder(config)
+        .runtime(std::sync::Arc::new(crate::fake::FakeRuntime {
+            script: script.clone(),
+        }))
+        .service("db", std::sync::Arc::new(Echoing))
+        .build();
+    host.start().await.unwrap();
+    use serde_json::json;
+    // Unsigned: both refused, saying it is the trust level.
+    let denied = ask(
+        &host,
+        "asker",
+        "service.call",
+        json!({"service": "db", "method": "query", "params": {}}),
+    )
+    .await;
+    assert!(
+        denied.as_str().unwrap().contains("because it is untrusted"),
+        "{denied}"
+    );
+    let env = ask(
+        &host,
+        "asker",
+        "env.get",
+        json!({"name": "PLUGD_TEST_SECRET"}),
+    )
+    .await;
+    assert!(
+        env.as_str().unwrap().contains("because it is untrusted"),
+        "{env}"
+    );
+    // Signed by a trusted key: granted.
+    let key = crate::support::trusted_signing_key(&f);
+    plugd_trust::sign_package(&f.plugins().join("asker"), &key).unwrap();
+    host.reload("asker").await.unwrap();
+    let answer = ask(
+        &host,
+        "asker",
+        "service.call",
+        json!({"service": "db", "method": "query", "params": {"q": 1}}),
+    )
+    .await;
+    assert_eq!(answer, json!({"caller": "asker", "params": {"q": 1}}));
+    let unknown = ask(
+        &host,
+        "asker",
+        "service.call",
+        json!({"service": "db", "method": "drop", "params": {}}),
+    )
+    .await;
+    assert_eq!(unknown, json!("no method `drop`"));
+    // SAFETY (test): this test alone reads the variable, and sets it before the read.
+    unsafe { std::env::set_var("PLUGD_TEST_SECRET", "s3cret") };
+    assert_eq!(
+        ask(
+            &host,
+            "asker",
+            "env.get",
+            json!({"name": "PLUGD_TEST_SECRET"})
+        )
+        .await,
+        json!({"value": "s3cret"})
+    );
+    let other = ask(&host, "asker", "env.get", json!({"name": "HOME"})).await;
+    assert!(
+        other
+            .as_str()
+            .unwrap()
+            .contains("is not in `permissions.env`"),
+        "{other}"
+    );
+}
+
+#[tokio::test]
+async fn uninstall_removes_the_data_and_keeps_the_plugin_down_until_load() {
+    let f = Fixture::new();
+    let perms = "[permissions]\nservices = [\"kv\"]\n";
+    f.fake_plugin("store", "2.0.0", &[], perms);
+    f.fake_plugin("thumbs", "1.0.0", &[("store", "^2")], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    use serde_json::json;
+    ask(&host, "store", "kv.set", json!({"key": "k", "value": 1})).await;
+    let data = f.dir.path().join("state/data/store");
+    std::fs::write(data.join("file"), "x").unwrap();
+    let gone = host.uninstall("store", false).await.unwrap();
+    assert_eq!(gone.plugin.state, PluginState::Uninstalled);
+    assert_eq!(
+        gone.also_stopped
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>(),
+        ["thumbs"]
+    );
+    assert!(!data.exists(), "the data dir is removed");
+    // A new host (a restart) does not start it; `thumbs` cannot load without it.
+    drop(host);
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    assert_eq!(info(&host, "store").state, PluginState::Uninstalled);
+    let err = host.load("thumbs").await.unwrap_err().to_string();
+    assert!(
+        err.contains("its dependency `store` is uninstalled"),
+        "{err}"
+    );
+    // `load` reinstalls it, starting clean.
+    host.load("store").await.unwrap();
+    assert_eq!(
+        ask(&host, "store", "kv.get", json!({"key": "k"})).await,
+        json!({"found": false})
+    );
+    assert!(
+        f.plugins().join("store/plugin.toml").exists(),
+        "the package is the operator's"
+    );
 }

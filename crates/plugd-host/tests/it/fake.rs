@@ -40,6 +40,10 @@ pub struct Script {
     pub stopped: Mutex<Vec<String>>,
     /// Actions an instance of `name` announces (none: it announces nothing).
     pub announce: Mutex<HashMap<String, Vec<String>>>,
+    /// Every call's `(plugin, chain)` as the instance received it.
+    pub chains: Mutex<Vec<(String, Vec<String>)>>,
+    /// Params delivered to instances, per plugin.
+    pub params: Mutex<HashMap<String, Vec<serde_json::Value>>>,
     /// Instances dropped (freed by the host).
     pub dropped: AtomicUsize,
     /// Emit errors plugins saw, per plugin.
@@ -60,6 +64,8 @@ impl Script {
             events: Default::default(),
             stopped: Default::default(),
             dropped: Default::default(),
+            chains: Default::default(),
+            params: Default::default(),
             announce: Default::default(),
             emit_errors: Default::default(),
             starts: Default::default(),
@@ -148,9 +154,30 @@ impl Drop for Live<'_> {
 impl Instance for FakeInstance {
     async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError> {
         self.script.live_calls.fetch_add(1, Ordering::SeqCst);
+        let chain: Vec<String> = invocation.chain.iter().map(|n| n.to_string()).collect();
+        self.script
+            .chains
+            .lock()
+            .push((self.name.clone(), chain.clone()));
         let _live = Live(&self.script.live_calls);
         match invocation.action.as_str() {
-            "wait" => self.script.gate.acquire().await.unwrap().forget(),
+            // Held by the gate; like a real runtime, it gives up at the call's deadline.
+            "wait" => {
+                let gate = self.script.gate.acquire();
+                match invocation.timeout {
+                    Some(limit) => match tokio::time::timeout(limit, gate).await {
+                        Ok(permit) => permit.unwrap().forget(),
+                        Err(_) => {
+                            return Err(RuntimeError::Timeout {
+                                plugin: plugd_manifest::PluginName::new(&self.name).unwrap(),
+                                action: "wait".into(),
+                                timeout: limit,
+                            });
+                        }
+                    },
+                    None => gate.await.unwrap().forget(),
+                }
+            }
             // `{"lines": n, "text": "..."}`: logs the text n times through the host.
             "log" => {
                 let p: serde_json::Value = serde_json::from_str(invocation.payload.get()).unwrap();
@@ -159,11 +186,17 @@ impl Instance for FakeInstance {
                     self.host.log(LogSource::Plugin, LogLevel::Info, text);
                 }
             }
-            // `{"method": "..."}`: asks the host and answers with its error text.
+            // `{"method": "...", "params"?: {...}}`: asks the host; answers with its result, or
+            // with its error text.
             "ask" => {
                 let p: serde_json::Value = serde_json::from_str(invocation.payload.get()).unwrap();
                 let method = p["method"].as_str().unwrap();
-                let answer = match self.host.request(method, serde_json::json!({})).await {
+                let mut params = p.get("params").cloned().unwrap_or(serde_json::json!({}));
+                // Like the SDK: a `plugin.call` carries the chain of the call being handled.
+                if method == "plugin.call" && params.get("context").is_none() {
+                    params["context"] = serde_json::json!({ "chain": chain });
+                }
+                let answer = match self.host.request(method, params).await {
                     Ok(v) => v.to_string(),
                     Err(e) => serde_json::to_string(&e.to_string()).unwrap(),
                 };
@@ -239,6 +272,16 @@ impl Instance for FakeInstance {
 
     fn health(&self) -> watch::Receiver<Health> {
         self.health.clone()
+    }
+
+    async fn params_changed(&self, params: &serde_json::Value) -> Result<(), RuntimeError> {
+        self.script
+            .params
+            .lock()
+            .entry(self.name.clone())
+            .or_default()
+            .push(params.clone());
+        Ok(())
     }
 
     async fn stop(&self, _grace: Duration) {
