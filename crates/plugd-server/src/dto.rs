@@ -45,7 +45,9 @@ pub(crate) struct PluginDto {
     pub trust: Option<&'static str>,
     pub key_id: Option<String>,
     pub details: serde_json::Map<String, serde_json::Value>,
-    /// Non-fatal manifest findings (ignored seed keys, defaulted `entry`, ...).
+    /// Non-fatal manifest findings (ignored seed keys, defaulted `entry`, ...), then what the
+    /// operator should know about how the running version was started (limits clamped to a
+    /// ceiling, params reset to their defaults).
     pub warnings: Vec<String>,
     /// The package directory in the plugins dir (the source, not the staged copy it runs from).
     pub package: String,
@@ -167,7 +169,12 @@ impl From<PluginInfo> for PluginDto {
                 Some(TrustLevel::Trusted { key_id }) => Some(key_id.clone()),
                 _ => None,
             },
-            warnings: m.map(|m| m.warnings.clone()).unwrap_or_default(),
+            warnings: m
+                .map(|m| m.warnings.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(p.notes)
+                .collect(),
             package: p.dir.display().to_string(),
             details: p
                 .details
@@ -225,4 +232,54 @@ pub(crate) struct HealthCounts {
     pub total: usize,
     pub running: usize,
     pub failed: usize,
+}
+
+/// `GET /api/v1/plugins/{name}/params`: the effective value and the schema it must fit.
+#[derive(Serialize)]
+pub(crate) struct ParamsDto {
+    pub params: serde_json::Value,
+    pub schema: Option<serde_json::Value>,
+}
+
+/// `GET /api/v1/plugins/{name}/params/history`.
+#[derive(Serialize)]
+pub(crate) struct ParamsHistoryDto {
+    pub plugin: String,
+    /// Newest first.
+    pub revisions: Vec<RevisionDto>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct RevisionDto {
+    pub revision: u64,
+    pub params: serde_json::Value,
+    /// Who changed it: `api`, `cli`, `migration`, ...
+    pub source: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl From<plugd_store::ParamsRevision> for RevisionDto {
+    fn from(r: plugd_store::ParamsRevision) -> Self {
+        RevisionDto {
+            revision: r.revision,
+            params: r.value,
+            source: r.source,
+            at_ms: r.at_ms,
+        }
+    }
+}
+
+/// `GET /api/v1/plugins/{name}/kv`: one page, sorted by key; `next` is the `after` of the next
+/// page (`null`: no more).
+#[derive(Serialize)]
+pub(crate) struct KvPageDto {
+    pub items: Vec<KvItemDto>,
+    pub next: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct KvItemDto {
+    pub key: String,
+    pub value: serde_json::Value,
 }

@@ -1,5 +1,6 @@
-//! The API error type: a stable JSON body `{"error": {"code", "message"}}` with the right status;
-//! internal errors are logged, never leaked.
+//! The API error type: a stable JSON body `{"error": {"code", "message"}}` with the right status
+//! (refused params add `violations`, each with its JSON pointer); internal errors are logged,
+//! never leaked.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -17,6 +18,17 @@ pub struct ApiError {
     pub code: std::borrow::Cow<'static, str>,
     /// Human message.
     pub message: String,
+    /// Every violation, for `bad_params` (empty otherwise, and then not in the body).
+    pub violations: Vec<ViolationDto>,
+}
+
+/// One way a value breaks a schema, as the error body lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ViolationDto {
+    /// JSON pointer into the value (`""` for the value itself).
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 impl ApiError {
@@ -26,6 +38,7 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            violations: Vec::new(),
         }
     }
 }
@@ -39,6 +52,8 @@ struct Body<'a> {
 struct Inner<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    violations: &'a [ViolationDto],
 }
 
 impl IntoResponse for ApiError {
@@ -54,6 +69,7 @@ impl IntoResponse for ApiError {
             error: Inner {
                 code: &self.code,
                 message: &self.message,
+                violations: &self.violations,
             },
         };
         (self.status, Json(body)).into_response()
@@ -88,10 +104,21 @@ impl From<HostError> for ApiError {
         if let HostError::Io(detail) = &e {
             tracing::error!("{detail}");
         }
+        let violations = match &e {
+            HostError::InvalidParams { violations, .. } => violations
+                .iter()
+                .map(|v| ViolationDto {
+                    pointer: v.pointer.clone(),
+                    message: v.message.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         ApiError {
             status,
             code: e.code().to_owned().into(),
             message,
+            violations,
         }
     }
 }

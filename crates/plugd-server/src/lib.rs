@@ -6,5 +6,5 @@ mod dto;
 mod error;
 mod routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ViolationDto};
 pub use routes::{Readiness, ServerConfig, router};

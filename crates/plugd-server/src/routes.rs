@@ -6,18 +6,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
 use plugd_host::{Host, PluginState};
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::dto::{Health, HealthCounts, LogLineDto, LogsDto, PluginDto, PluginList};
+use crate::dto::{
+    Health, HealthCounts, KvItemDto, KvPageDto, LogLineDto, LogsDto, ParamsDto, ParamsHistoryDto,
+    PluginDto, PluginList, RevisionDto, UnloadedDto,
+};
 use crate::error::ApiError;
 
 /// Server settings.
@@ -98,8 +102,14 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/plugin/{name}/{action}", post(call))
         .route("/api/v1/plugins", get(list))
         .route("/api/admin/v1/plugins", get(list))
-        .route("/api/v1/plugins/{name}", get(show))
+        .route("/api/v1/plugins/{name}", get(show).delete(uninstall))
         .route("/api/v1/plugins/{name}/logs", get(logs))
+        .route(
+            "/api/v1/plugins/{name}/params",
+            get(params).put(put_params).patch(patch_params),
+        )
+        .route("/api/v1/plugins/{name}/params/history", get(params_history))
+        .route("/api/v1/plugins/{name}/kv", get(kv))
         .route("/api/v1/plugins/{name}/actions/{action}", post(call))
         // One route per operation (not `{op}`), so `GET /api/v1/plugins/NAME/anything` is a 404,
         // not a 405 for a route that does not exist.
@@ -189,21 +199,7 @@ async fn call(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let host = state.host;
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "payload_too_large",
-                format!(
-                    "Request body is larger than the limit of {} bytes; hint: send a smaller payload, or raise the limit with `plugd serve --max-body BYTES`",
-                    state.max_body
-                ),
-            )
-        } else {
-            ApiError::new(status, "bad_request", rejection.body_text())
-        }
-    })?;
+    let body = body.map_err(|rejection| body_error(rejection, state.max_body))?;
     let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
         RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON")
     } else {
@@ -223,6 +219,22 @@ async fn call(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// A body that could not be read: too large (naming the limit), or broken.
+fn body_error(rejection: BytesRejection, max_body: usize) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            format!(
+                "Request body is larger than the limit of {max_body} bytes; hint: send a smaller payload, or raise the limit with `plugd serve --max-body BYTES`"
+            ),
+        )
+    } else {
+        ApiError::new(status, "bad_request", rejection.body_text())
+    }
 }
 
 async fn list(State(host): State<Host>) -> Json<PluginList> {
@@ -249,8 +261,7 @@ async fn logs(
     Path(name): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<LogsDto>, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(q) = query.map_err(bad_query)?;
     let lines = host.logs(&name, q.limit.unwrap_or(100))?;
     Ok(Json(LogsDto {
         plugin: name,
@@ -268,8 +279,153 @@ async fn load(
 async fn unload(
     State(host): State<Host>,
     Path(name): Path<String>,
-) -> Result<Json<crate::dto::UnloadedDto>, ApiError> {
+) -> Result<Json<UnloadedDto>, ApiError> {
     Ok(Json(host.unload(&name).await?.into()))
+}
+
+#[derive(Deserialize)]
+struct UninstallQuery {
+    #[serde(default)]
+    keep_data: bool,
+}
+
+/// `DELETE /api/v1/plugins/{name}?keep_data=true|false`: stops the plugin (and its running
+/// dependants) and forgets it until `load`; its data goes too unless `keep_data`.
+async fn uninstall(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+    query: Result<Query<UninstallQuery>, QueryRejection>,
+) -> Result<Json<UnloadedDto>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    Ok(Json(host.uninstall(&name, q.keep_data).await?.into()))
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+}
+
+/// Who changed params, for their history: the CLI says so in its user agent.
+fn source(headers: &HeaderMap) -> &'static str {
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if agent.starts_with("plugd-cli") {
+        "cli"
+    } else {
+        "api"
+    }
+}
+
+/// A params body: any JSON value (the host says what is wrong with a non-object).
+fn json_body(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Value, ApiError> {
+    let body = body.map_err(|rejection| body_error(rejection, max_body))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("Request body is not valid JSON: {e}"),
+        )
+    })
+}
+
+async fn params(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+) -> Result<Json<ParamsDto>, ApiError> {
+    let view = host.params(&name).await?;
+    Ok(Json(ParamsDto {
+        params: view.value,
+        schema: view.schema,
+    }))
+}
+
+/// `PUT`: the body replaces the params (keys left out take their defaults).
+async fn put_params(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let value = json_body(body, state.max_body)?;
+    let params = state
+        .host
+        .set_params(&name, value, source(&headers))
+        .await?;
+    Ok(Json(serde_json::json!({ "params": params })))
+}
+
+/// `PATCH`: the body is a JSON merge patch (RFC 7396; `null` resets a key to its default).
+async fn patch_params(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let patch = json_body(body, state.max_body)?;
+    let params = state
+        .host
+        .patch_params(&name, patch, source(&headers))
+        .await?;
+    Ok(Json(serde_json::json!({ "params": params })))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// The most revisions one history request returns.
+const MAX_HISTORY: usize = 1000;
+
+async fn params_history(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<ParamsHistoryDto>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(20).clamp(1, MAX_HISTORY);
+    let revisions = host.params_history(&name, limit).await?;
+    Ok(Json(ParamsHistoryDto {
+        plugin: name,
+        revisions: revisions.into_iter().map(RevisionDto::from).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct KvQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A read-only page of a plugin's kv entries.
+async fn kv(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+    query: Result<Query<KvQuery>, QueryRejection>,
+) -> Result<Json<KvPageDto>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, plugd_host::MAX_PAGE);
+    // One more than asked tells whether there is a next page; at the host's page limit a full
+    // page points past its last key (the next page may then be empty).
+    let mut items = host
+        .kv_list(&name, &q.prefix, q.after.as_deref(), limit + 1)
+        .await?;
+    let next = if items.len() > limit || (limit == plugd_host::MAX_PAGE && items.len() == limit) {
+        items.truncate(limit);
+        items.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    Ok(Json(KvPageDto {
+        items: items
+            .into_iter()
+            .map(|(key, value)| KvItemDto { key, value })
+            .collect(),
+        next,
+    }))
 }
 
 async fn reload(
@@ -293,7 +449,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     let hint = if method == Method::GET {
         "actions and lifecycle operations are `POST`"
     } else {
-        "listings, status and logs are `GET`; actions and lifecycle operations are `POST`"
+        "listings, status, logs, params and kv are `GET`; actions and lifecycle operations are `POST`; params change with `PUT` or `PATCH`, `DELETE /api/v1/plugins/NAME` uninstalls"
     };
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -250,6 +250,9 @@ pub(crate) struct State {
     /// When the running call is interrupted: the deadline, or earlier when `limits.cpu` is the
     /// smaller budget. Checked at every epoch tick (see `instance.rs`).
     pub(crate) stop: Instant,
+    /// The chain of plugins that led to the running call; a `plugin.call` of the guest carries
+    /// it (and the rest of the deadline) to the host, as the SDKs do.
+    pub(crate) chain: Vec<plugd_manifest::PluginName>,
 }
 
 impl WasiView for State {
@@ -283,7 +286,8 @@ impl State {
         params: String,
     ) -> impl Future<Output = Result<String, (String, String)>> + Send + 'static {
         let (host, deadline) = (self.host.clone(), self.deadline);
-        async move { request(host, deadline, &method, &params).await }
+        let chain: Vec<String> = self.chain.iter().map(|n| n.to_string()).collect();
+        async move { request(host, deadline, &chain, &method, &params).await }
     }
 }
 
@@ -291,16 +295,27 @@ impl State {
 async fn request(
     host: Arc<dyn HostCalls>,
     deadline: Instant,
+    chain: &[String],
     method: &str,
     params: &str,
 ) -> Result<String, (String, String)> {
-    let params = serde_json::from_str(params).map_err(|e| {
+    let mut params: serde_json::Value = serde_json::from_str(params).map_err(|e| {
         (
             "invalid".to_owned(),
             format!("The params of `{method}` are not JSON: {e}"),
         )
     })?;
     let remaining = deadline.saturating_duration_since(Instant::now());
+    // The call context travels with a `plugin.call`: the chain (for cycle refusal) and what is
+    // left of this call's deadline.
+    if method == "plugin.call"
+        && let Some(object) = params.as_object_mut()
+    {
+        object.insert(
+            "context".to_owned(),
+            serde_json::json!({ "chain": chain, "deadline_ms": remaining.as_millis() as u64 }),
+        );
+    }
     let answer = tokio::time::timeout(remaining, host.request(method, params)).await;
     match answer {
         Ok(Ok(value)) => Ok(value.to_string()),

@@ -66,6 +66,8 @@ struct CallCtx<'a> {
     action: &'a str,
     timeout: Duration,
     started: Instant,
+    /// The plugins whose calls led here (for `plugin.call`s the guest makes).
+    chain: &'a [PluginName],
 }
 
 impl WasmInstance {
@@ -117,6 +119,7 @@ impl WasmInstance {
             action: "on-start",
             timeout,
             started: Instant::now(),
+            chain: &[],
         };
         if shared.code.indices.has_lifecycle() {
             let started = match shared.lease(&ctx).await {
@@ -140,6 +143,7 @@ impl WasmInstance {
             action: "describe",
             timeout,
             started: Instant::now(),
+            chain: &[],
         };
         let described = match shared.lease(&ctx).await {
             Ok(mut lease) => {
@@ -222,6 +226,7 @@ impl Instance for WasmInstance {
             action: "on-event",
             timeout,
             started,
+            chain: &[],
         };
         let deliver = async {
             let mut lease = shared.lease(&ctx).await?;
@@ -298,6 +303,7 @@ impl Instance for WasmInstance {
                 action: "on-stop",
                 timeout: grace,
                 started: Instant::now(),
+                chain: &[],
             };
             let hook = async {
                 let mut lease = shared.lease(&ctx).await?;
@@ -358,6 +364,7 @@ impl WasmInstance {
             action: task,
             timeout,
             started,
+            chain: &[],
         };
         let run = async {
             let mut lease = shared.lease(&ctx).await?;
@@ -391,6 +398,7 @@ impl WasmInstance {
             action: "on-params-changed",
             timeout,
             started,
+            chain: &[],
         };
         let params = params.to_string();
         let run = async {
@@ -437,6 +445,7 @@ impl Shared {
             action: invocation.action.as_str(),
             timeout: self.timeout(invocation),
             started,
+            chain: &invocation.chain,
         };
         let mut lease = self.lease(&ctx).await?;
         let ready = &mut lease.ready;
@@ -489,6 +498,7 @@ impl Shared {
         let now = Instant::now();
         let state = ready.store.data_mut();
         state.deadline = now + remaining;
+        state.chain = ctx.chain.to_vec();
         // The epoch callback interrupts the guest at the first tick at or after `stop`: never
         // early, at most a tick late.
         state.stop = now + budget;
@@ -547,6 +557,7 @@ impl Shared {
             deadline,
             // Instantiation runs the component's start functions: give them the call's budget.
             stop: deadline,
+            chain: Vec::new(),
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);

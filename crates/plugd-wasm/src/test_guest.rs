@@ -9,7 +9,8 @@
 //! `request("kv.get", ...)`: its answer as `{"value": <answer>}`, or its error message as
 //! `{"value": "<message>"}`), `emit` (publishes the payload as `test.emitted`, then echoes; in
 //! 0.2 a refusal is returned as `{"value": "<reason>"}`); 0.2 only: `client` (error `not_found`
-//! with status 404), `forbidden` (error `denied` with status 403). Anything else answers
+//! with status 404), `forbidden` (error `denied` with status 403); `host.METHOD` (any method:
+//! asks the host `METHOD` with the payload as params, answered like `ask`). Anything else answers
 //! `unknown_action`. `on-event` logs the topic.
 //!
 //! With [`TestGuest::lifecycle`] (0.2) it also exports `lifecycle` (`on-start` logs `on-start`,
@@ -159,6 +160,7 @@ impl TestGuest {
         let unknown_msg = lit(d.lit("no such action"));
         let hello = lit(d.lit(&self.log_line));
         let kv_get = lit(d.lit("kv.get"));
+        let host_prefix = lit(d.lit("host."));
         let emitted = lit(d.lit("test.emitted"));
         let not_found = lit(d.lit("not_found"));
         let not_found_msg = lit(d.lit("no such thing"));
@@ -352,6 +354,15 @@ impl TestGuest {
     (if {is_log} (then
       (call $log (i32.const 1) {hello})
       (return (call $wrap (local.get $p) (local.get $pl)))))
+    ;; `host.METHOD`: asks the host `METHOD` with the payload as params; answers its result.
+    (if (i32.and (i32.gt_u (local.get $al) (i32.const 5))
+                 (call $eq (local.get $a) (i32.const 5) {host_prefix}))
+      (then
+        (call $request (i32.add (local.get $a) (i32.const 5)) (i32.sub (local.get $al) (i32.const 5))
+          (local.get $p) (local.get $pl) (i32.const 1088))
+        (if (i32.eqz (i32.load8_u (i32.const 1088)))
+          (then (return (call $wrap (i32.load (i32.const 1092)) (i32.load (i32.const 1096))))))
+        (return (call $wrap_str (i32.load (i32.const 1100)) (i32.load (i32.const 1104))))))
     (if {is_ask} (then
       (call $request {kv_get} (local.get $p) (local.get $pl) (i32.const 1088))
       (if (i32.eqz (i32.load8_u (i32.const 1088)))

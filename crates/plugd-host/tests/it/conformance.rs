@@ -33,6 +33,11 @@ const ACTIONS: &[(&str, &str)] = &[
     ),
     ("client", "Answers a 404 `not_found` client error"),
     ("forbidden", "Answers a client error with status 403"),
+    ("host.kv.get", "Asks the host `kv.get`"),
+    ("host.kv.set", "Asks the host `kv.set`"),
+    ("host.kv.commit", "Asks the host `kv.commit`"),
+    ("host.kv.undo", "Asks the host `kv.undo`"),
+    ("host.plugin.call", "Asks the host `plugin.call`"),
 ];
 const FAIL_CODE: &str = "boom";
 const FAIL_MESSAGE: &str = "it failed on purpose";
@@ -76,6 +81,8 @@ conformance! {
     concurrent_calls_get_their_own_answers,
     saturation_is_overloaded,
     client_error_keeps_its_status_and_code,
+    kv_commits_undo_through_the_host,
+    plugins_call_their_dependencies,
     refused_emit_is_visible_to_the_plugin,
     ungranted_service_is_refused_to_the_guest,
 }
@@ -96,6 +103,12 @@ struct Env {
 
 impl Env {
     async fn start(flavor: Flavor, limits: &str) -> Env {
+        Env::start_with(flavor, limits, "", false).await
+    }
+
+    /// [`Env::start`] with more manifest text, and optionally a process plugin `callee` (an SDK
+    /// echo) that the plugin under test depends on.
+    async fn start_with(flavor: Flavor, limits: &str, extra: &str, callee: bool) -> Env {
         // Sandboxed: `limits.memory` of a process plugin is enforced by the sandbox only.
         let f = Fixture::sandboxed();
         let dir = f.plugins().join(PLUGIN);
@@ -120,8 +133,27 @@ impl Env {
                 ("wasm", r#""plugin.wasm""#)
             }
         };
+        let dependencies = if callee {
+            let callee_dir = f.plugins().join("callee");
+            std::fs::create_dir(&callee_dir).unwrap();
+            std::fs::write(
+                callee_dir.join("plugin.toml"),
+                "[plugin]\nname = \"callee\"\nversion = \"1.0.0\"\nruntime = \"process\"\nentry = [\"python3\", \"main.py\"]\n",
+            )
+            .unwrap();
+            std::fs::write(
+                callee_dir.join("main.py"),
+                "from plugd import Plugin\nplugin = Plugin()\n@plugin.action()\nasync def echo(p):\n    return p\nplugin.run()\n",
+            )
+            .unwrap();
+            set_readable(&callee_dir);
+            "[dependencies]\ncallee = \"^1\"\n"
+        } else {
+            ""
+        };
         let manifest = format!(
             "[plugin]\nname = \"{PLUGIN}\"\nversion = \"1.0.0\"\nruntime = \"{runtime}\"\nentry = {entry}\n\
+             {dependencies}{extra}\
              [events]\nsubscribe = [\"conformance.*\"]\n\
              [limits]\n{limits}\n"
         );
@@ -448,6 +480,70 @@ async fn client_error_keeps_its_status_and_code(flavor: Flavor) {
         other => panic!("not a client error: {other}"),
     }
     env.serves_the_next_call().await;
+}
+
+async fn kv_commits_undo_through_the_host(flavor: Flavor) {
+    let perms = "[permissions]\nservices = [\"kv\"]\n";
+    let env = Env::start_with(flavor, DEFAULT_LIMITS, perms, false).await;
+    let set = env
+        .call("host.kv.set", r#"{"key": "a", "value": 1}"#)
+        .await
+        .unwrap();
+    assert!(set["value"]["commit"].is_u64(), "{set}");
+    env.call("host.kv.commit", r#"{"puts": {"a": 2, "b": [3]}}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.call("host.kv.get", r#"{"key": "b"}"#).await.unwrap(),
+        json!({"value": {"found": true, "value": [3]}})
+    );
+    let undone = env.call("host.kv.undo", "{}").await.unwrap();
+    assert!(undone["value"]["commit"].is_u64(), "{undone}");
+    assert_eq!(
+        env.call("host.kv.get", r#"{"key": "a"}"#).await.unwrap(),
+        json!({"value": {"found": true, "value": 1}})
+    );
+    assert_eq!(
+        env.call("host.kv.get", r#"{"key": "b"}"#).await.unwrap(),
+        json!({"value": {"found": false}})
+    );
+    // A key past 1 KiB: refused with the limit named, nothing stored.
+    let long = "k".repeat(2000);
+    let refused = env
+        .call("host.kv.set", &json!({"key": long, "value": 1}).to_string())
+        .await
+        .unwrap();
+    assert!(
+        refused["value"].as_str().unwrap().contains("1024"),
+        "{refused}"
+    );
+}
+
+async fn plugins_call_their_dependencies(flavor: Flavor) {
+    let env = Env::start_with(flavor, DEFAULT_LIMITS, "", true).await;
+    let answer = env
+        .call(
+            "host.plugin.call",
+            r#"{"plugin": "callee", "action": "echo", "payload": {"n": 7}}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({"value": {"value": {"n": 7}}}));
+    // Not a dependency: refused, with the reason, to the plugin.
+    let refused = env
+        .call(
+            "host.plugin.call",
+            r#"{"plugin": "stranger", "action": "echo", "payload": 1}"#,
+        )
+        .await
+        .unwrap();
+    assert!(
+        refused["value"]
+            .as_str()
+            .unwrap()
+            .contains("`stranger` is not in its `[dependencies]`"),
+        "{refused}"
+    );
 }
 
 async fn refused_emit_is_visible_to_the_plugin(flavor: Flavor) {

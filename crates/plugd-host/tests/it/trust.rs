@@ -118,7 +118,9 @@ async fn a_file_swapped_after_verification_never_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_plugins_load_untrusted_with_the_narrow_capability_set() {
     let f = Fixture::new();
-    let extra = "[permissions]\nnet.connect = [\"127.0.0.1:9\"]\nenv = [\"HOME\"]\nservices = [\"kv\", \"tasks\"]\n";
+    // `tasks` is in the untrusted set now (scoped to the plugin itself); `http` and app services
+    // are not.
+    let extra = "[permissions]\nnet.connect = [\"127.0.0.1:9\"]\nenv = [\"HOME\"]\nservices = [\"kv\", \"tasks\", \"http\"]\n";
     f.sdk_plugin("loose", "1.0.0", &[], extra, "@plugin.action()\nasync def env(p):\n    return sorted(k for k in os.environ if not k.startswith('PLUGD_'))\n");
     let host = f.host();
     host.start().await.unwrap();
@@ -126,7 +128,7 @@ async fn unsigned_plugins_load_untrusted_with_the_narrow_capability_set() {
     assert_eq!(p.trust, Some(TrustLevel::Untrusted));
     assert_eq!(
         p.denials, 3,
-        "net.connect, env and the tasks service are denied"
+        "net.connect, env and the http service are denied"
     );
     let log = log_text(&host, "loose");
     assert!(

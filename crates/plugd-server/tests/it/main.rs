@@ -706,3 +706,407 @@ async fn a_request_past_the_server_timeout_is_a_json_504() {
         .await;
     t.host.shutdown().await;
 }
+
+/// A plugin with params, kv writes and a view of the params it was given.
+const SETTINGS_PY: &str = r#"
+from plugd import Plugin
+
+plugin = Plugin()
+
+
+@plugin.action(description="Stores each key of the payload in one commit")
+async def save(payload):
+    return await plugin.kv.commit(puts=payload)
+
+
+@plugin.action(description="The params the plugin holds now")
+async def current(payload):
+    return plugin.params
+
+
+if __name__ == "__main__":
+    plugin.run()
+"#;
+
+const SETTINGS_TOML: &str = r#"
+[permissions]
+services = ["kv"]
+
+[params]
+type = "object"
+additionalProperties = false
+[params.properties.batch_size]
+type = "integer"
+minimum = 1
+default = 8
+[params.properties.threshold]
+type = "number"
+minimum = 0
+maximum = 1
+default = 0.5
+
+[[actions]]
+name = "save"
+description = "Stores each key of the payload in one commit"
+
+[[actions]]
+name = "current"
+description = "The params the plugin holds now"
+"#;
+
+fn settings_plugin() -> TestPlugin<'static> {
+    TestPlugin {
+        name: "settings",
+        version: "1.0.0",
+        entry: PYTHON,
+        extra: SETTINGS_TOML,
+        main_py: SETTINGS_PY,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_routes_read_replace_patch_and_refuse_with_every_violation() {
+    let t = TestHost::start(&[settings_plugin(), calls_plugin()]).await;
+    let url = "/api/v1/plugins/settings/params";
+
+    let got = t.check("GET", url, "", "200").await;
+    assert_eq!(got["params"], json!({"batch_size": 8, "threshold": 0.5}));
+    assert_eq!(got["schema"]["properties"]["batch_size"]["type"], "integer");
+    // A plugin without `[params]` has none, and no schema.
+    let none = t
+        .check("GET", "/api/v1/plugins/calls/params", "", "200")
+        .await;
+    assert_eq!(none, json!({"params": {}, "schema": null}));
+
+    // PATCH changes one key; PUT replaces the whole (keys left out take their defaults).
+    let patched = t.check("PATCH", url, r#"{"batch_size": 32}"#, "200").await;
+    assert_eq!(
+        patched,
+        json!({"params": {"batch_size": 32, "threshold": 0.5}})
+    );
+    let put = t.check("PUT", url, r#"{"threshold": 0.9}"#, "200").await;
+    assert_eq!(put, json!({"params": {"batch_size": 8, "threshold": 0.9}}));
+    // The running plugin got the new value.
+    let current = t
+        .check("POST", "/plugin/settings/current", "{}", "200")
+        .await;
+    assert_eq!(current["value"], json!({"batch_size": 8, "threshold": 0.9}));
+
+    // Every violation is listed with its pointer, and nothing is stored.
+    let refused = t
+        .check(
+            "PATCH",
+            url,
+            r#"{"batch_size": 0, "threshold": 2, "colour": "red"}"#,
+            "400 bad_params",
+        )
+        .await;
+    let violations = refused["error"]["violations"].as_array().unwrap();
+    let pointers: Vec<&str> = violations
+        .iter()
+        .map(|v| v["pointer"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/batch_size") && pointers.contains(&"/threshold"),
+        "{refused}"
+    );
+    assert!(
+        violations
+            .iter()
+            .all(|v| !v["message"].as_str().unwrap().is_empty()),
+        "{refused}"
+    );
+    assert_eq!(violations.len(), 3, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The params of plugin `settings` were not changed: ")
+            && message
+                .ends_with("hint: `plugd params settings` shows the schema and the current values"),
+        "{message}"
+    );
+    let not_an_object = t.check("PUT", url, "[1]", "400 bad_params").await;
+    assert_eq!(
+        not_an_object["error"]["violations"],
+        json!([{"pointer": "", "message": "params must be a JSON object"}])
+    );
+    let got = t.check("GET", url, "", "200").await;
+    assert_eq!(got["params"], json!({"batch_size": 8, "threshold": 0.9}));
+
+    // The history has each stored change, newest first, with who made it.
+    let history = t
+        .check(
+            "GET",
+            "/api/v1/plugins/settings/params/history?limit=5",
+            "",
+            "200",
+        )
+        .await;
+    let revisions: Vec<(u64, Value, &str)> = history["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_u64().unwrap(),
+                r["params"].clone(),
+                r["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        revisions,
+        [
+            (2, json!({"batch_size": 8, "threshold": 0.9}), "api"),
+            (1, json!({"batch_size": 32, "threshold": 0.5}), "api"),
+        ]
+    );
+    let one = t
+        .check(
+            "GET",
+            "/api/v1/plugins/settings/params/history?limit=1",
+            "",
+            "200",
+        )
+        .await;
+    assert_eq!(one["revisions"].as_array().unwrap().len(), 1);
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "GET",
+            "/api/v1/plugins/nope/params",
+            "",
+            "404 plugin_not_found",
+        ),
+        (
+            "PUT",
+            "/api/v1/plugins/nope/params",
+            "{}",
+            "404 plugin_not_found",
+        ),
+        (
+            "PATCH",
+            "/api/v1/plugins/nope/params",
+            "{}",
+            "404 plugin_not_found",
+        ),
+        (
+            "GET",
+            "/api/v1/plugins/nope/params/history",
+            "",
+            "404 plugin_not_found",
+        ),
+        ("PUT", url, "{not json", "400 bad_json"),
+        ("POST", url, "{}", "405 method_not_allowed"),
+        (
+            "GET",
+            "/api/v1/plugins/settings/params/history?limit=x",
+            "",
+            "400 bad_request",
+        ),
+    ];
+    for &(method, uri, body, expect) in cases {
+        t.check(method, uri, body, expect).await;
+    }
+    t.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_route_pages_through_a_plugins_entries() {
+    let t = TestHost::start(&[settings_plugin()]).await;
+    t.check(
+        "POST",
+        "/plugin/settings/save",
+        r#"{"img/1": {"tag": "cat"}, "img/2": {"tag": "dog"}, "img/3": null, "other": 1}"#,
+        "200",
+    )
+    .await;
+    let all = t
+        .check("GET", "/api/v1/plugins/settings/kv", "", "200")
+        .await;
+    assert_eq!(
+        all,
+        json!({"items": [
+            {"key": "img/1", "value": {"tag": "cat"}},
+            {"key": "img/2", "value": {"tag": "dog"}},
+            {"key": "img/3", "value": null},
+            {"key": "other", "value": 1},
+        ], "next": null})
+    );
+    let page = t
+        .check(
+            "GET",
+            "/api/v1/plugins/settings/kv?prefix=img/&limit=2",
+            "",
+            "200",
+        )
+        .await;
+    assert_eq!(
+        page,
+        json!({"items": [
+            {"key": "img/1", "value": {"tag": "cat"}},
+            {"key": "img/2", "value": {"tag": "dog"}},
+        ], "next": "img/2"})
+    );
+    let rest = t
+        .check(
+            "GET",
+            "/api/v1/plugins/settings/kv?prefix=img/&limit=2&after=img/2",
+            "",
+            "200",
+        )
+        .await;
+    assert_eq!(
+        rest,
+        json!({"items": [{"key": "img/3", "value": null}], "next": null})
+    );
+    // Read-only: no write method exists on the route.
+    t.check(
+        "PUT",
+        "/api/v1/plugins/settings/kv",
+        "{}",
+        "405 method_not_allowed",
+    )
+    .await;
+    t.check("GET", "/api/v1/plugins/nope/kv", "", "404 plugin_not_found")
+        .await;
+    t.check(
+        "GET",
+        "/api/v1/plugins/settings/kv?limit=-1",
+        "",
+        "400 bad_request",
+    )
+    .await;
+    t.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_uninstalls_with_or_without_the_data() {
+    let [base, child] = dependency_pair();
+    let t = TestHost::start(&[base, child, settings_plugin()]).await;
+
+    // Keeping the data: the kv survives a reinstall.
+    t.check("POST", "/plugin/settings/save", r#"{"k": "v"}"#, "200")
+        .await;
+    let gone = t
+        .check(
+            "DELETE",
+            "/api/v1/plugins/settings?keep_data=true",
+            "",
+            "200",
+        )
+        .await;
+    assert_eq!(
+        (&gone["state"], &gone["also_stopped"]),
+        (&json!("uninstalled"), &json!([])),
+        "{gone}"
+    );
+    t.check(
+        "POST",
+        "/plugin/settings/current",
+        "{}",
+        "503 plugin_not_running",
+    )
+    .await;
+    let loaded = t
+        .check("POST", "/api/v1/plugins/settings/load", "", "200")
+        .await;
+    assert_eq!(loaded["state"], "running", "{loaded}");
+    let kv = t
+        .check("GET", "/api/v1/plugins/settings/kv", "", "200")
+        .await;
+    assert_eq!(kv["items"], json!([{"key": "k", "value": "v"}]));
+
+    // Without: the kv and params go, and the running dependant is stopped first.
+    t.check(
+        "PATCH",
+        "/api/v1/plugins/settings/params",
+        r#"{"batch_size": 2}"#,
+        "200",
+    )
+    .await;
+    let settings = t
+        .check("DELETE", "/api/v1/plugins/settings", "", "200")
+        .await;
+    assert_eq!(settings["state"], "uninstalled", "{settings}");
+    let base = t
+        .check("DELETE", "/api/v1/plugins/base?keep_data=false", "", "200")
+        .await;
+    assert_eq!(
+        (&base["state"], &base["also_stopped"]),
+        (&json!("uninstalled"), &json!(["child"])),
+        "{base}"
+    );
+    let list = t.check("GET", "/api/v1/plugins", "", "200").await;
+    let states: Vec<(&str, &str)> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("base", "uninstalled"),
+            ("child", "stopped"),
+            ("settings", "uninstalled")
+        ]
+    );
+    t.check("POST", "/api/v1/plugins/settings/load", "", "200")
+        .await;
+    let kv = t
+        .check("GET", "/api/v1/plugins/settings/kv", "", "200")
+        .await;
+    assert_eq!(kv["items"], json!([]));
+    let params = t
+        .check("GET", "/api/v1/plugins/settings/params", "", "200")
+        .await;
+    assert_eq!(params["params"], json!({"batch_size": 8, "threshold": 0.5}));
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("DELETE", "/api/v1/plugins/nope", "", "404 plugin_not_found"),
+        (
+            "DELETE",
+            "/api/v1/plugins/settings?keep_data=maybe",
+            "",
+            "400 bad_request",
+        ),
+    ];
+    for &(method, uri, body, expect) in cases {
+        t.check(method, uri, body, expect).await;
+    }
+    t.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_of_a_start_are_warnings_in_the_api() {
+    let t = TestHost::start(&[settings_plugin()]).await;
+    t.check(
+        "PATCH",
+        "/api/v1/plugins/settings/params",
+        r#"{"batch_size": 32}"#,
+        "200",
+    )
+    .await;
+    // Version 2 allows at most 16: the stored 32 no longer fits and is reset, with a note.
+    let v2 = SETTINGS_TOML.replace("minimum = 1\n", "minimum = 1\nmaximum = 16\n");
+    std::fs::write(
+        t.plugins.join("settings/plugin.toml"),
+        manifest("settings", "2.0.0", PYTHON, &v2),
+    )
+    .unwrap();
+    let reloaded = t
+        .check("POST", "/api/v1/plugins/settings/reload", "", "200")
+        .await;
+    assert_eq!(reloaded["version"], "2.0.0", "{reloaded}");
+    assert_eq!(
+        reloaded["warnings"],
+        json!([
+            "Params `batch_size` of plugin `settings` do not fit the schema of version 2.0.0 and were reset to their defaults; the old values are in the params history; hint: `plugd params settings` shows the current ones"
+        ])
+    );
+    let params = t
+        .check("GET", "/api/v1/plugins/settings/params", "", "200")
+        .await;
+    assert_eq!(params["params"], json!({"batch_size": 8, "threshold": 0.5}));
+    t.host.shutdown().await;
+}

@@ -86,6 +86,22 @@ async def forbidden(payload):
     raise ClientError("denied", "not yours", status=403)
 
 
+async def _ask(method, payload):
+    try:
+        return await plugin.request(method, payload)
+    except HostError as e:
+        return e.message
+
+
+for _method in ["kv.get", "kv.set", "kv.commit", "kv.undo", "plugin.call"]:
+    def _make(method):
+        async def handler(payload):
+            return await _ask(method, payload)
+        return handler
+
+    plugin.action(name="host." + _method, description=f"Asks the host `{_method}`")(_make(_method))
+
+
 @plugin.on_event("conformance.*")
 async def on_event(topic, payload):
     logging.info(topic)
