@@ -52,26 +52,10 @@ impl Host {
     ) -> Result<Value, HostError> {
         let slot = self.inner.existing(name)?;
         let manifest = current_manifest(&slot)?;
-        let Value::Object(given) = value else {
-            return Err(HostError::InvalidParams {
-                plugin: name.to_owned(),
-                violations: vec![Violation {
-                    pointer: String::new(),
-                    message: "params must be a JSON object".to_owned(),
-                }],
-            });
-        };
-        let mut full = defaults(&manifest);
-        full.extend(given);
-        let full = Value::Object(full);
-        if let Some(schema) = manifest.params_schema()
-            && let Err(violations) = schema.validate(&full)
-        {
-            return Err(HostError::InvalidParams {
-                plugin: name.to_owned(),
-                violations,
-            });
-        }
+        let full = resolve(&manifest, value).map_err(|violations| HostError::InvalidParams {
+            plugin: name.to_owned(),
+            violations,
+        })?;
         self.store()
             .await?
             .set_params(name, &full, source)
@@ -156,6 +140,23 @@ fn current_manifest(slot: &Slot) -> Result<std::sync::Arc<Manifest>, HostError> 
             slot.name
         ))
     })
+}
+
+/// A whole new params object: defaults for the keys left out, then validated whole.
+fn resolve(manifest: &Manifest, value: Value) -> Result<Value, Vec<Violation>> {
+    let Value::Object(given) = value else {
+        return Err(vec![Violation {
+            pointer: String::new(),
+            message: "params must be a JSON object".to_owned(),
+        }]);
+    };
+    let mut full = defaults(manifest);
+    full.extend(given);
+    let full = Value::Object(full);
+    match manifest.params_schema() {
+        Some(schema) => schema.validate(&full).map(|()| full),
+        None => Ok(full),
+    }
 }
 
 /// The schema's defaults as an object.
@@ -266,6 +267,62 @@ default = 0.5
         let (value, dropped) = effective(&m, Some(&stored));
         assert_eq!(value, json!({"batch_size": 8, "threshold": 0.9}));
         assert_eq!(dropped, ["batch_size", "legacy"]);
+    }
+
+    /// Golden files: `tests/params/NAME.json` is a params object given to the gallery schema
+    /// (`tests/params/schema.toml`); `NAME.out` is the stored value, `NAME.err` every violation.
+    /// `UPDATE_EXPECT=1` rewrites them.
+    #[test]
+    fn golden_params() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/params");
+        let manifest =
+            Manifest::from_toml_str(&std::fs::read_to_string(dir.join("schema.toml")).unwrap())
+                .unwrap();
+        let mut cases: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        cases.sort();
+        assert!(cases.len() >= 6, "{cases:?}");
+        for case in cases {
+            let given: Value =
+                serde_json::from_str(&std::fs::read_to_string(&case).unwrap()).unwrap();
+            let (kept, actual) = match resolve(&manifest, given) {
+                Ok(v) => (
+                    "out",
+                    format!("{}\n", serde_json::to_string_pretty(&v).unwrap()),
+                ),
+                Err(violations) => (
+                    "err",
+                    violations
+                        .iter()
+                        .map(|v| {
+                            format!(
+                                "{}: {}\n",
+                                if v.pointer.is_empty() {
+                                    "/"
+                                } else {
+                                    &v.pointer
+                                },
+                                v.message
+                            )
+                        })
+                        .collect(),
+                ),
+            };
+            let other = if kept == "out" { "err" } else { "out" };
+            if std::env::var_os("UPDATE_EXPECT").is_some() {
+                let _ = std::fs::remove_file(case.with_extension(other));
+            } else {
+                assert!(
+                    !case.with_extension(other).exists(),
+                    "{} is now {kept}",
+                    case.display()
+                );
+            }
+            expect_test::expect_file![case.with_extension(kept)].assert_eq(&actual);
+        }
     }
 
     #[test]
