@@ -82,6 +82,14 @@ fn not_running(plugin: &str, state: crate::PluginState, reason: Option<&str>) ->
 }
 
 fn invalid_params(plugin: &str, violations: &[plugd_manifest::Violation]) -> String {
+    format!(
+        "The params of plugin `{plugin}` were not changed: {}; hint: `plugd params {plugin}` shows the schema and the current values",
+        violations_text(violations)
+    )
+}
+
+/// Every violation as `` `/pointer`: message ``, joined by `; ` (the root pointer shown as `/`).
+pub(crate) fn violations_text(violations: &[plugd_manifest::Violation]) -> String {
     let list: Vec<String> = violations
         .iter()
         .map(|v| {
@@ -93,8 +101,5 @@ fn invalid_params(plugin: &str, violations: &[plugd_manifest::Violation]) -> Str
             format!("`{at}`: {}", v.message)
         })
         .collect();
-    format!(
-        "The params of plugin `{plugin}` were not changed: {}; hint: `plugd params {plugin}` shows the schema and the current values",
-        list.join("; ")
-    )
+    list.join("; ")
 }

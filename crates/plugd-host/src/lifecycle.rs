@@ -1014,21 +1014,10 @@ fn check_payload(
         })
     })?;
     schema.validate(&value).map_err(|violations| {
-        let list: Vec<String> = violations
-            .iter()
-            .map(|v| {
-                let at = if v.pointer.is_empty() {
-                    "/"
-                } else {
-                    &v.pointer
-                };
-                format!("`{at}`: {}", v.message)
-            })
-            .collect();
         HostError::Runtime(RuntimeError::BadPayload {
             plugin: plugin.clone(),
             action: action.to_string(),
-            message: list.join("; "),
+            message: crate::error::violations_text(&violations),
         })
     })
 }
