@@ -67,13 +67,28 @@ fn request(
         .user_agent("plugd-cli")
         .build();
     let agent = ureq::Agent::new_with_config(config);
+    let body = body.unwrap_or_default();
     let sent = match method {
         "GET" => agent.get(&url).header("accept", "application/json").call(),
+        "DELETE" => agent
+            .delete(&url)
+            .header("accept", "application/json")
+            .call(),
+        "PUT" => agent
+            .put(&url)
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .send(body),
+        "PATCH" => agent
+            .patch(&url)
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .send(body),
         _ => agent
             .post(&url)
             .header("accept", "application/json")
             .header("content-type", "application/json")
-            .send(body.unwrap_or_default()),
+            .send(body),
     };
     let mut response = sent.map_err(|e| transport_error(server, e))?;
     let status = response.status().as_u16();
@@ -108,7 +123,12 @@ fn transport_error(server: &str, e: ureq::Error) -> anyhow::Error {
 }
 
 /// Sends a request and returns the JSON body of a 2xx answer, or the API error as an `Err`.
-fn json(server: &str, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Value> {
+pub(crate) fn json(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<Value> {
     let response = request(server, method, path, body)?;
     let value: Value = serde_json::from_slice(&response.body).with_context(|| {
         format!(

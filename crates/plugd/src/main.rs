@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod data;
 mod doctor;
 mod new;
 mod output;
@@ -26,6 +27,9 @@ Examples:
   plugd call my-plugin hello '{\"name\":\"Ada\"}'    Call an action
   plugd status my-plugin                         Details and recent logs
   plugd reload my-plugin                         Pick up changes without a restart
+  plugd params my-plugin --set threshold=0.7     Change a setting (validated, kept in a history)
+  plugd kv my-plugin                             What it stored through the host
+  plugd uninstall my-plugin                      Stop it and remove its data
   plugd keygen --out signing.key                 Then `plugd sign DIR --key signing.key`
   plugd trust add signing.key.pub                Trust it (in STATE/trust, as `serve` reads it)
   plugd doctor                                   What confines each plugin";
@@ -110,6 +114,53 @@ enum Command {
     Reload {
         /// Plugin name.
         name: String,
+    },
+    /// Show a plugin's params (its settings) on a running server, with what its `[params]`
+    /// schema allows; or change them (`--set`, `--reset`), or show their history.
+    #[command(after_help = "Examples:
+  plugd params gallery                                 Current values, types and defaults
+  plugd params gallery --set batch_size=16 --set threshold=0.7
+  plugd params gallery --set mode=fast                 Not JSON, so the string \"fast\"
+  plugd params gallery --set threshold=null            Back to its default
+  plugd params gallery --reset                         Every key back to its default
+  plugd params gallery --history                       Every stored change, newest first")]
+    Params {
+        /// Plugin name.
+        name: String,
+        /// Change one key, `KEY=VALUE` (repeatable; all in one change). VALUE is parsed as JSON
+        /// and falls back to a string; `null` resets the key to its default. The change is
+        /// validated whole: if any value breaks the schema, nothing changes.
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Reset every key to its default.
+        #[arg(long, conflicts_with_all = ["set", "history"])]
+        reset: bool,
+        /// Show the stored changes, newest first.
+        #[arg(long, conflicts_with = "set")]
+        history: bool,
+        /// How many changes `--history` shows.
+        #[arg(long, default_value_t = 20, requires = "history")]
+        limit: usize,
+    },
+    /// Show a plugin's kv entries on a running server (read-only), sorted by key.
+    Kv {
+        /// Plugin name.
+        name: String,
+        /// Only keys starting with this.
+        prefix: Option<String>,
+        /// The most entries shown.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Uninstall a plugin on a running server: stop its running dependants and it, and remove
+    /// its data dir, kv, params and staged copies (its package in the plugins directory is never
+    /// touched). It stays uninstalled across restarts until `plugd load NAME`.
+    Uninstall {
+        /// Plugin name.
+        name: String,
+        /// Keep its data dir, kv and params (a later `plugd load` finds them again).
+        #[arg(long)]
+        keep_data: bool,
     },
     /// Generate an Ed25519 key pair for signing plugin packages.
     Keygen {
@@ -214,6 +265,23 @@ struct ServeArgs {
     /// disk). Without it the built-in ceilings apply.
     #[arg(long, env = "PLUGD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// How far an acknowledged write to the store (`STATE/plugd.db`: kv, params) survives:
+    /// `process` survives a killed plugd; `full` also survives power loss (an fsync per group
+    /// of commits, slower).
+    #[arg(long, value_enum, env = "PLUGD_DURABILITY", default_value_t = Durability::Process)]
+    durability: Durability,
+    /// How many kv commits each plugin can undo.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    undo_depth: usize,
+}
+
+/// `--durability`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Durability {
+    /// Survives a killed plugd (WAL, `synchronous=NORMAL`).
+    Process,
+    /// Also survives power loss (the WAL is fsynced at every group commit).
+    Full,
 }
 
 /// Languages `plugd new` can scaffold.
@@ -265,6 +333,38 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::Load { name } => client::lifecycle(&cli.server, &name, "load", cli.json),
         Command::Unload { name } => client::lifecycle(&cli.server, &name, "unload", cli.json),
         Command::Reload { name } => client::lifecycle(&cli.server, &name, "reload", cli.json),
+        Command::Params {
+            name,
+            set,
+            reset,
+            history,
+            limit,
+        } => {
+            let op = if history {
+                data::ParamsOp::History { limit }
+            } else if reset {
+                data::ParamsOp::Reset
+            } else if !set.is_empty() {
+                data::ParamsOp::Set(set)
+            } else {
+                data::ParamsOp::Show
+            };
+            data::params(&cli.server, &name, op, cli.json)
+        }
+        Command::Kv {
+            name,
+            prefix,
+            limit,
+        } => data::kv(
+            &cli.server,
+            &name,
+            prefix.as_deref().unwrap_or(""),
+            limit.max(1),
+            cli.json,
+        ),
+        Command::Uninstall { name, keep_data } => {
+            data::uninstall(&cli.server, &name, keep_data, cli.json)
+        }
         Command::New { name, lang, dir } => new::run(&name, lang, dir),
         Command::Doctor => doctor::run(&cli.server, cli.json),
         Command::Gc => client::gc(&cli.server, cli.json),

@@ -238,7 +238,8 @@ fn unstage_paths(text: &str, package_id: &str, package: &str) -> String {
     out
 }
 
-/// `plugd call`: the value, then notifications and groups if any.
+/// `plugd call`: the value on stdout, then notifications and groups (the documented result
+/// shape, `docs/protocol.md` "Action results") on stderr.
 pub(crate) fn call_result(result: &Value) {
     let value = result.get("value").unwrap_or(result);
     match value {
@@ -246,16 +247,164 @@ pub(crate) fn call_result(result: &Value) {
         other => print_json(other),
     }
     for n in result["notifications"].as_array().into_iter().flatten() {
+        let title = n["title"]
+            .as_str()
+            .map(|t| format!("{t}: "))
+            .unwrap_or_default();
+        eprintln!("[{}] {title}{}", s(&n["level"]), s(&n["message"]));
+        for a in n["actions"].as_array().into_iter().flatten() {
+            eprintln!(
+                "  follow-up: {} (action `{}`)",
+                a["label"].as_str().unwrap_or_else(|| s(&a["action"])),
+                s(&a["action"])
+            );
+        }
+    }
+    for g in result["groups"].as_array().into_iter().flatten() {
+        let members = g["members"].as_array().map_or(0, Vec::len);
+        let score = g["score"]
+            .as_f64()
+            .map(|x| format!(", score {x}"))
+            .unwrap_or_default();
         eprintln!(
-            "[{}] {}: {}",
-            s(&n["type"]),
-            s(&n["name"]),
-            s(&n["message"])
+            "group {}: {members} member{}{score}",
+            s(&g["name"]),
+            if members == 1 { "" } else { "s" }
         );
     }
-    if let Some(groups) = result["groups"].as_array().filter(|g| !g.is_empty()) {
-        eprintln!("{} group(s); use --json to see them", groups.len());
+}
+
+/// `plugd params NAME`: one line per key, its value and what the schema allows, briefly.
+pub(crate) fn params(name: &str, view: &Value) {
+    let params = view["params"].as_object().cloned().unwrap_or_default();
+    let properties = view["schema"]["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if view["schema"].is_null() {
+        println!("Plugin `{name}` declares no `[params]`");
+        if params.is_empty() {
+            return;
+        }
+    } else {
+        println!("Params of `{name}`:");
     }
+    // Schema order first (as declared), then keys the schema does not name.
+    let mut keys: Vec<&String> = properties.keys().collect();
+    keys.extend(params.keys().filter(|k| !properties.contains_key(*k)));
+    let rows: Vec<[String; 3]> = keys
+        .iter()
+        .map(|k| {
+            [
+                (*k).clone(),
+                params.get(*k).map_or("-".to_owned(), Value::to_string),
+                properties.get(*k).map(describe).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (w0, w1) = (width(0), width(1));
+    for [key, value, about] in &rows {
+        println!(
+            "  {}",
+            format!("{key:<w0$}  {value:<w1$}  {about}").trim_end()
+        );
+    }
+}
+
+/// A schema property in a few words: `integer, at least 1, default 8`.
+fn describe(schema: &Value) -> String {
+    let mut parts = Vec::new();
+    match &schema["type"] {
+        Value::String(t) => parts.push(t.clone()),
+        Value::Array(ts) => parts.push(
+            ts.iter()
+                .map(|t| s(t).to_owned())
+                .collect::<Vec<_>>()
+                .join("|"),
+        ),
+        _ => {}
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        let options: Vec<String> = options.iter().map(Value::to_string).collect();
+        parts.push(format!("one of {}", options.join(", ")));
+    }
+    match (schema.get("minimum"), schema.get("maximum")) {
+        (Some(lo), Some(hi)) => parts.push(format!("{lo}..{hi}")),
+        (Some(lo), None) => parts.push(format!("at least {lo}")),
+        (None, Some(hi)) => parts.push(format!("at most {hi}")),
+        (None, None) => {}
+    }
+    if let Some(default) = schema.get("default") {
+        parts.push(format!("default {default}"));
+    }
+    if let Some(d) = schema["description"].as_str() {
+        parts.push(format!("— {d}"));
+    }
+    parts.join(", ").replace(", —", " —")
+}
+
+/// `plugd params NAME --history`: each stored change, newest first.
+pub(crate) fn params_history(name: &str, history: &Value) {
+    let revisions = history["revisions"].as_array().cloned().unwrap_or_default();
+    if revisions.is_empty() {
+        println!("The params of `{name}` were never changed: it runs with its defaults");
+        return;
+    }
+    println!("REV  WHEN (UTC)           SOURCE     PARAMS");
+    for r in &revisions {
+        println!(
+            "{:<4} {:<20} {:<10} {}",
+            r["revision"].to_string(),
+            utc(r["at_ms"].as_u64().unwrap_or(0)),
+            s(&r["source"]),
+            r["params"]
+        );
+    }
+}
+
+/// `plugd kv NAME [PREFIX]`: one row per entry, the value as compact JSON.
+pub(crate) fn kv_table(name: &str, prefix: &str, items: &[Value]) {
+    if items.is_empty() {
+        if prefix.is_empty() {
+            println!("Plugin `{name}` has no kv entries");
+        } else {
+            println!("Plugin `{name}` has no kv entries under `{prefix}`");
+        }
+        return;
+    }
+    let width = items
+        .iter()
+        .map(|i| s(&i["key"]).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    println!("{:<width$}  VALUE", "KEY");
+    for item in items {
+        println!("{:<width$}  {}", s(&item["key"]), item["value"]);
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 #[cfg(test)]
@@ -287,6 +436,33 @@ mod tests {
             "It exited\nlast stderr:\n  Traceback:\n    File \"m.py\"\n  E: boom"
         );
         assert_eq!(expand("plain | text"), "plain | text");
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_825_600_000), "2000-02-29 12:00:00");
+        assert_eq!(utc(1_767_225_599_999), "2025-12-31 23:59:59");
+    }
+
+    #[test]
+    fn schema_properties_are_described_briefly() {
+        use serde_json::json;
+        assert_eq!(
+            describe(&json!({"type": "integer", "minimum": 1, "default": 8})),
+            "integer, at least 1, default 8"
+        );
+        assert_eq!(
+            describe(
+                &json!({"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                              "description": "How alike"})
+            ),
+            "number, 0..1, default 0.5 — How alike"
+        );
+        assert_eq!(
+            describe(&json!({"type": "string", "enum": ["fast", "slow"]})),
+            "string, one of \"fast\", \"slow\""
+        );
     }
 
     #[test]

@@ -56,6 +56,11 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     config.strict = args.strict;
     config.ceilings = file.ceilings;
     config.trust_dir = paths.trust_dir.clone();
+    config.durability = match args.durability {
+        crate::Durability::Process => plugd_store::Durability::Process,
+        crate::Durability::Full => plugd_store::Durability::Full,
+    };
+    config.undo_depth = args.undo_depth;
     tracing::info!(
         plugins = %plugins.display(),
         state = %state_dir.display(),

@@ -19,8 +19,10 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod config;
+mod durable;
 mod new;
 mod output;
+mod services;
 mod startup;
 mod state;
 
@@ -255,7 +257,7 @@ fn repo() -> PathBuf {
         .unwrap()
 }
 
-/// The example plugins these tests use (the others need runtimes or builds of their own).
+/// The example plugins most tests use (the others need runtimes or builds of their own).
 const EXAMPLES: &[&str] = &["hello", "store", "thumbs"];
 
 /// A temp dir that sandboxed plugins (their own uids) can traverse: `tempdir` makes it 0700.
@@ -269,9 +271,14 @@ fn open_tempdir() -> TempDir {
 /// A temp dir laid out like a checkout: the [`EXAMPLES`] copied to `examples/plugins/`, `sdk`
 /// linked to ours. Returns the dir and its plugins dir.
 fn checkout_copy() -> (TempDir, PathBuf) {
+    checkout_copy_of(EXAMPLES)
+}
+
+/// [`checkout_copy`] with these examples.
+fn checkout_copy_of(examples: &[&str]) -> (TempDir, PathBuf) {
     let tmp = open_tempdir();
     let plugins = tmp.path().join("examples/plugins");
-    for name in EXAMPLES {
+    for name in examples {
         copy_dir(
             &repo().join("examples/plugins").join(name),
             &plugins.join(name),
@@ -336,24 +343,40 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn cli_drives_a_running_server() {
-    let (tmp, plugins) = checkout_copy();
+    let (tmp, plugins) = checkout_copy_of(&["gallery", "hello", "store", "thumbs"]);
     let server = Server::start(&plugins, tmp.path());
 
     let list = server.cli(&["list"]);
     check(
         &list,
         &Expect::Ok {
-            stdout: &["hello", "store", "thumbs", "running"],
+            stdout: &[
+                "gallery",
+                "cluster,tag,tags,undo,redo",
+                "hello",
+                "greet,echo",
+                "store",
+                "put,get,delete,keys",
+                "thumbs",
+                "plan,remember",
+                "running",
+            ],
         },
     );
     assert_eq!(
         waves(&list.stdout),
-        pairs(&[("hello", "0"), ("store", "0"), ("thumbs", "1")]),
+        pairs(&[
+            ("gallery", "0"),
+            ("hello", "0"),
+            ("store", "0"),
+            ("thumbs", "1")
+        ]),
         "{list}"
     );
     assert_eq!(
         server.states(),
         pairs(&[
+            ("gallery", "running"),
             ("hello", "running"),
             ("store", "running"),
             ("thumbs", "running")
@@ -454,6 +477,7 @@ fn cli_drives_a_running_server() {
     assert_eq!(
         server.states(),
         pairs(&[
+            ("gallery", "running"),
             ("hello", "running"),
             ("store", "running"),
             ("thumbs", "running")
@@ -470,6 +494,24 @@ fn cli_drives_a_running_server() {
         ]),
         &Expect::Ok {
             stdout: &[r#""width": 100"#, r#""height": 50"#],
+        },
+    );
+    // `thumbs` stores through its dependency `store` (`plugin.call`).
+    check(
+        &server.cli(&[
+            "call",
+            "thumbs",
+            "remember",
+            r#"{"key":"cat","width":400,"height":200,"max":100}"#,
+        ]),
+        &Expect::Ok {
+            stdout: &[r#""key": "thumbs/cat""#, r#""width": 100"#],
+        },
+    );
+    check(
+        &server.cli(&["call", "store", "get", r#"{"key":"thumbs/cat"}"#]),
+        &Expect::Ok {
+            stdout: &[r#""found": true"#, r#""height": 50"#],
         },
     );
     // Unloading `thumbs` leaves a staged copy nothing runs from: `gc` removes exactly that one.
