@@ -1,5 +1,5 @@
-//! `plugd.toml`, the host's own configuration file (`plugd serve --config FILE`): today the
-//! ceilings per trust level; later issues add app services, undo depth and queue bounds.
+//! `plugd.toml`, the host's own configuration file (`plugd serve --config FILE`): the ceilings
+//! per trust level and the application services offered to plugins.
 //!
 //! ```toml
 //! [ceilings.untrusted]
@@ -13,6 +13,10 @@
 //! [ceilings.trusted]
 //! memory = "8GiB"
 //! call_timeout = "none"   # "none" removes the ceiling
+//!
+//! [services.db]           # `app:db` in a trusted plugin's `permissions.services`
+//! url = "http://127.0.0.1:9000/plugd"   # each call is POSTed here (plain HTTP)
+//! timeout = "5s"          # the default
 //! ```
 //!
 //! Unknown keys are errors, as in manifests. A limit left out keeps its default ceiling.
@@ -29,9 +33,26 @@ use toml::Value;
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct HostFile {
     pub ceilings: Ceilings,
+    /// `[services.NAME]`, sorted by name.
+    pub services: Vec<ServiceConfig>,
 }
 
-const TOP_KEYS: &[&str] = &["ceilings"];
+/// An application service that forwards each call to an HTTP endpoint of the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceConfig {
+    /// The name plugins use (`app:NAME` in `permissions.services`).
+    pub name: String,
+    /// Where each call is POSTed.
+    pub url: String,
+    /// How long one call may take, connecting included.
+    pub timeout: Duration,
+}
+
+/// How long a service call may take when `timeout` is not given.
+pub(crate) const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const TOP_KEYS: &[&str] = &["ceilings", "services"];
+const SERVICE_KEYS: &[&str] = &["url", "timeout"];
 const LEVELS: &[&str] = &["untrusted", "trusted"];
 const LIMITS: &[&str] = &[
     "memory",
@@ -62,6 +83,14 @@ pub(crate) fn parse(text: &str) -> anyhow::Result<HostFile> {
         let Value::Table(levels) = value else {
             bail!("`{key}` must be a table");
         };
+        if key == "services" {
+            for (name, table) in levels {
+                let service =
+                    service(name, table).with_context(|| format!("In `[services.{name}]`"))?;
+                file.services.push(service);
+            }
+            continue;
+        }
         for (level, limits) in levels {
             let ceiling = match level.as_str() {
                 "untrusted" => &mut file.ceilings.untrusted,
@@ -81,6 +110,47 @@ pub(crate) fn parse(text: &str) -> anyhow::Result<HostFile> {
         }
     }
     Ok(file)
+}
+
+fn service(name: &str, table: &Value) -> anyhow::Result<ServiceConfig> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        bail!("the service name must be lower-case letters, digits, `-` and `_`");
+    }
+    let Value::Table(table) = table else {
+        bail!("expected a table with `url` (and optionally `timeout`)");
+    };
+    for key in table.keys() {
+        if !SERVICE_KEYS.contains(&key.as_str()) {
+            bail!(
+                "unknown key `{key}`; hint: a service has {}",
+                list(SERVICE_KEYS)
+            );
+        }
+    }
+    let url = match table.get("url") {
+        Some(Value::String(url)) => url.clone(),
+        Some(_) => bail!("`url` must be a string"),
+        None => bail!("`url` is missing; hint: e.g. `url = \"http://127.0.0.1:9000/plugd\"`"),
+    };
+    if !url.starts_with("http://") {
+        bail!(
+            "`url` `{url}` must start with `http://` (this build has no TLS); hint: keep the application's endpoint on this host"
+        );
+    }
+    let timeout = match table.get("timeout") {
+        None => SERVICE_TIMEOUT,
+        Some(Value::String(text)) => parse_duration(text).map_err(anyhow::Error::msg)?,
+        Some(_) => bail!("`timeout` must be a string like `\"5s\"`"),
+    };
+    Ok(ServiceConfig {
+        name: name.to_owned(),
+        url,
+        timeout,
+    })
 }
 
 fn set(ceiling: &mut Ceiling, name: &str, value: &Value) -> anyhow::Result<()> {
@@ -158,10 +228,49 @@ mod tests {
     }
 
     #[test]
+    fn services_forward_to_a_url_with_a_timeout() {
+        let file = parse(
+            "[services.db]\nurl = \"http://127.0.0.1:9000/plugd\"\n[services.clock]\nurl = \"http://h/c\"\ntimeout = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.services,
+            [
+                ServiceConfig {
+                    name: "clock".into(),
+                    url: "http://h/c".into(),
+                    timeout: Duration::from_millis(250),
+                },
+                ServiceConfig {
+                    name: "db".into(),
+                    url: "http://127.0.0.1:9000/plugd".into(),
+                    timeout: SERVICE_TIMEOUT,
+                },
+            ]
+        );
+        assert_eq!(
+            err("[services.db]\nurl = \"https://h\"\n"),
+            "In `[services.db]`: `url` `https://h` must start with `http://` (this build has no TLS); hint: keep the application's endpoint on this host"
+        );
+        assert_eq!(
+            err("[services.db]\ntimeout = \"1s\"\n"),
+            "In `[services.db]`: `url` is missing; hint: e.g. `url = \"http://127.0.0.1:9000/plugd\"`"
+        );
+        assert_eq!(
+            err("[services.db]\nurl = \"http://h\"\nretries = 3\n"),
+            "In `[services.db]`: unknown key `retries`; hint: a service has `url`, `timeout`"
+        );
+        assert_eq!(
+            err("[services.\"app:db\"]\nurl = \"http://h\"\n"),
+            "In `[services.app:db]`: the service name must be lower-case letters, digits, `-` and `_`"
+        );
+    }
+
+    #[test]
     fn mistakes_name_the_key_and_the_fix() {
         assert_eq!(
             err("[ceiling.untrusted]\n"),
-            "Unknown key `ceiling`; hint: `plugd.toml` knows `ceilings`"
+            "Unknown key `ceiling`; hint: `plugd.toml` knows `ceilings`, `services`"
         );
         assert_eq!(
             err("[ceilings.signed]\n"),

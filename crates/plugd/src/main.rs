@@ -1,6 +1,7 @@
 //! `plugd`: the command-line front end. Wires the runtimes, the host and the HTTP server, and
 //! talks to a running server for `list`, `status` and `call`.
 
+mod app_service;
 mod client;
 mod config;
 mod data;
@@ -262,7 +263,8 @@ struct ServeArgs {
     log: String,
     /// The host's configuration file, `plugd.toml`: the most a plugin of each trust level may
     /// have (`[ceilings.untrusted]`, `[ceilings.trusted]`: memory, cpu, call_timeout, concurrency,
-    /// disk). Without it the built-in ceilings apply.
+    /// disk, storage), and application services (`[services.NAME]`: `url`, `timeout`) that
+    /// trusted plugins call with `app:NAME`. Without it the built-in ceilings apply.
     #[arg(long, env = "PLUGD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// How far an acknowledged write to the store (`STATE/plugd.db`: kv, params) survives:

@@ -54,7 +54,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     };
     let mut config = HostConfig::new(&plugins, state_dir);
     config.strict = args.strict;
-    config.ceilings = file.ceilings;
+    config.ceilings = file.ceilings.clone();
     config.trust_dir = paths.trust_dir.clone();
     config.durability = match args.durability {
         crate::Durability::Process => plugd_store::Durability::Process,
@@ -69,10 +69,17 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     );
     let wasm = WasmRuntime::new(WasmConfig::new(state_dir.join("wasm-cache")))
         .context("Cannot start the wasm runtime")?;
-    let host = Host::builder(config)
+    let mut builder = Host::builder(config)
         .runtime(Arc::new(ProcessRuntime::new(process_config(&args, &sdk))))
-        .runtime(Arc::new(wasm))
-        .build();
+        .runtime(Arc::new(wasm));
+    for service in &file.services {
+        tracing::info!(service = %service.name, url = %service.url, "offering app service");
+        builder = builder.service(
+            service.name.clone(),
+            Arc::new(crate::app_service::HttpService::new(service)),
+        );
+    }
+    let host = builder.build();
     let readiness = Readiness::pending();
     let app = plugd_server::router(
         host.clone(),

@@ -388,3 +388,216 @@ fn serve_takes_durability_and_undo_depth() {
         },
     );
 }
+
+const REPORTER_TOML: &str = r#"[plugin]
+name = "reporter"
+version = "1.0.0"
+runtime = "process"
+entry = ["python3", "main.py"]
+
+[permissions]
+services = ["app:db", "app:down"]
+
+[[actions]]
+name = "report"
+
+[[actions]]
+name = "refused"
+"#;
+
+const REPORTER_PY: &str = r#"from plugd import HostError, Plugin
+
+plugin = Plugin()
+
+
+@plugin.action()
+async def report(payload):
+    return await plugin.service("db", "query", {"sql": payload["sql"]})
+
+
+@plugin.action()
+async def refused(payload):
+    try:
+        await plugin.service(payload["service"], payload["method"], {})
+    except HostError as e:
+        return {"code": e.code, "message": e.message}
+    return {"code": None}
+
+
+plugin.run()
+"#;
+
+/// One request the fake application received: its path, and its body as JSON.
+type Forwarded = (String, Value);
+
+/// A tiny HTTP application on `127.0.0.1:0`: answers `query` with rows, anything else with a
+/// 404 error body; sends what it received to the returned channel. Returns its URL.
+fn fake_app() -> (String, std::sync::mpsc::Receiver<Forwarded>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/plugd/services", listener.local_addr().unwrap());
+    let (seen, received) = std::sync::mpsc::channel();
+    // Ends with the test process; serves one connection at a time (`Connection: close`).
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            let path = request_line.split_whitespace().nth(1).unwrap().to_owned();
+            let (status, answer) = if body["method"] == "query" {
+                (
+                    "200 OK",
+                    json!({"rows": [[1, "Ada"]], "sql": body["params"]["sql"], "for": body["plugin"]}),
+                )
+            } else {
+                (
+                    "404 Not Found",
+                    json!({"error": {"code": "unknown_method", "message": format!("No method `{}`", body["method"].as_str().unwrap())}}),
+                )
+            };
+            let _ = seen.send((path, body));
+            let answer = answer.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, received)
+}
+
+#[test]
+fn a_signed_plugin_calls_an_app_service_of_plugd_toml() {
+    let tmp = crate::open_tempdir();
+    let plugins = tmp.path().join("plugins");
+    let dir = plugins.join("reporter");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plugin.toml"), REPORTER_TOML).unwrap();
+    std::fs::write(dir.join("main.py"), REPORTER_PY).unwrap();
+    // App services are for trusted plugins: sign it and trust the key in the server's state dir.
+    let state = tmp.path().join("state");
+    let key = tmp.path().join("signing.key");
+    let (key, state_arg) = (key.to_str().unwrap(), state.to_str().unwrap());
+    plugd(&["keygen", "--out", key]).ok();
+    plugd(&["sign", dir.to_str().unwrap(), "--key", key]).ok();
+    plugd(&[
+        "--state-dir",
+        state_arg,
+        "trust",
+        "add",
+        &format!("{key}.pub"),
+    ])
+    .ok();
+
+    let (url, received) = fake_app();
+    // `down` points at a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let config = tmp.path().join("plugd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[services.db]\nurl = \"{url}\"\ntimeout = \"5s\"\n\n[services.down]\nurl = \"{down}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::spawn(
+        tmp.path(),
+        &[
+            os("--plugins"),
+            plugins.as_os_str(),
+            os("--state-dir"),
+            state.as_os_str(),
+            os("--config"),
+            config.as_os_str(),
+        ],
+        &tmp.path().join("serve.log"),
+    );
+    let info: Value =
+        serde_json::from_str(&server.cli(&["--json", "status", "reporter"]).ok().stdout).unwrap();
+    assert_eq!(
+        (&info["plugin"]["state"], &info["plugin"]["trust"]),
+        (&json!("running"), &json!("trusted")),
+        "{info}\n{}",
+        server.log()
+    );
+
+    let report = server.cli(&[
+        "--json",
+        "call",
+        "reporter",
+        "report",
+        r#"{"sql":"select 1"}"#,
+    ]);
+    let report: Value = serde_json::from_str(&report.ok().stdout).unwrap();
+    assert_eq!(
+        report,
+        json!({"value": {"rows": [[1, "Ada"]], "sql": "select 1", "for": "reporter"}})
+    );
+    let (path, forwarded) = received
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the service call reached the application");
+    assert_eq!(path, "/plugd/services");
+    assert_eq!(
+        forwarded,
+        json!({"plugin": "reporter", "method": "query", "params": {"sql": "select 1"}})
+    );
+
+    // The application's error code and message reach the plugin as they are.
+    let refused = server.cli(&[
+        "--json",
+        "call",
+        "reporter",
+        "refused",
+        r#"{"service":"db","method":"drop"}"#,
+    ]);
+    let refused: Value = serde_json::from_str(&refused.ok().stdout).unwrap();
+    assert_eq!(
+        refused["value"],
+        json!({"code": "unknown_method", "message": "No method `drop`"})
+    );
+    // An application that is not there is `unavailable`, with the URL.
+    let down_answer = server.cli(&[
+        "--json",
+        "call",
+        "reporter",
+        "refused",
+        r#"{"service":"down","method":"ping"}"#,
+    ]);
+    let down_answer: Value = serde_json::from_str(&down_answer.ok().stdout).unwrap();
+    assert_eq!(down_answer["value"]["code"], "unavailable", "{down_answer}");
+    let message = down_answer["value"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("Service `down` cannot be reached at `{down}`: ")),
+        "{message}"
+    );
+    // A service the config does not offer is refused by the host.
+    let unknown = server.cli(&[
+        "--json",
+        "call",
+        "reporter",
+        "refused",
+        r#"{"service":"mail","method":"send"}"#,
+    ]);
+    let unknown: Value = serde_json::from_str(&unknown.ok().stdout).unwrap();
+    assert_eq!(unknown["value"]["code"], "not_granted", "{unknown}");
+}
