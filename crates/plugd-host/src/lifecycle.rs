@@ -116,6 +116,27 @@ impl Host {
         *resolution = self.refresh().await?;
         let waves = resolution.waves().to_vec();
         for wave in waves {
+            // A plugin whose dependency the operator uninstalled does not start either.
+            for name in &wave {
+                let uninstalled = resolution
+                    .dependencies(name.as_str())
+                    .into_iter()
+                    .find(|d| {
+                        self.inner
+                            .slot(d.as_str())
+                            .is_some_and(|s| s.inner.lock().state() == PluginState::Uninstalled)
+                    });
+                if let Some(dep) = uninstalled
+                    && let Some(slot) = self.inner.slot(name.as_str())
+                    && !matches!(slot.inner.lock().state(), PluginState::Uninstalled)
+                {
+                    let reason = format!(
+                        "Plugin `{name}` cannot load because its dependency `{dep}` is uninstalled; hint: `plugd load {dep}` first"
+                    );
+                    slot.inner.lock().fail(reason.clone());
+                    slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
+                }
+            }
             // A plugin whose dependency failed earlier is already marked failed: skip it.
             let starts = wave
                 .iter()

@@ -273,13 +273,19 @@ fn uninstall_names_the_dependants_it_stopped() {
     // It stays uninstalled across a restart of the server.
     drop(server);
     let server = Server::start(&plugins, tmp.path());
-    // FIXME(#10): `thumbs` starts although its dependency stays uninstalled (plugd-host's start
-    // wave resolves uninstalled packages as present); it should be `failed`, naming `store`.
+    // Its dependant does not start without it, and says why.
     assert_eq!(
         server.states(),
-        crate::pairs(&[("store", "uninstalled"), ("thumbs", "running")]),
+        crate::pairs(&[("store", "uninstalled"), ("thumbs", "failed")]),
         "{}",
         server.log()
+    );
+    let thumbs = server.cli(&["status", "thumbs"]);
+    assert!(
+        thumbs
+            .stdout
+            .contains("its dependency `store` is uninstalled"),
+        "{thumbs}"
     );
 }
 
