@@ -134,7 +134,7 @@ pub struct Store {
 struct Inner {
     queue: mpsc::Sender<Box<dyn Op>>,
     /// `None`: reads go through the writer (an in-memory database has no second connection).
-    reads: Option<ReadPool>,
+    reads: Option<Arc<ReadPool>>,
     /// Transactions the writer has run (for tests and the bench: requests per batch).
     batches: Arc<AtomicU64>,
 }
@@ -142,7 +142,7 @@ struct Inner {
 /// Read-only connections; a read takes one for the duration of one blocking closure.
 struct ReadPool {
     conns: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 /// Read-only connections opened beside the writer: enough for reads not to queue behind each
@@ -208,9 +208,11 @@ impl Store {
                 path: String::new(),
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
-        let reads = (!readers.is_empty()).then(|| ReadPool {
-            permits: Semaphore::new(readers.len()),
-            conns: Mutex::new(readers),
+        let reads = (!readers.is_empty()).then(|| {
+            Arc::new(ReadPool {
+                permits: Arc::new(Semaphore::new(readers.len())),
+                conns: Mutex::new(readers),
+            })
         });
         Ok(Store {
             inner: Arc::new(Inner {
@@ -375,33 +377,40 @@ impl Store {
         };
         // A permit guarantees a free connection in `conns`. Waiting is bounded like a write's
         // wait for queue room.
-        let _permit =
-            match tokio::time::timeout(writer::SEND_DEADLINE, pool.permits.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => return Err(StoreError::Closed),
-                Err(_) => {
-                    return Err(StoreError::Busy {
-                        waited_ms: writer::SEND_DEADLINE.as_millis() as u64,
-                    });
-                }
-            };
-        let conn = pool
-            .conns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
-            .ok_or(StoreError::Closed)?;
-        let (conn, result) = tokio::task::spawn_blocking(move || {
+        let permit = match tokio::time::timeout(
+            writer::SEND_DEADLINE,
+            pool.permits.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_) => {
+                return Err(StoreError::Busy {
+                    waited_ms: writer::SEND_DEADLINE.as_millis() as u64,
+                });
+            }
+        };
+        let pool = pool.clone();
+        // The blocking job owns the permit and puts the connection back itself, so a caller that
+        // drops this future (a timeout, a disconnected client) can never leak a connection.
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .conns
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop()
+                .ok_or(StoreError::Closed)?;
             let result = f(&conn);
-            (conn, result)
+            pool.conns
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(conn);
+            drop(permit);
+            result
         })
         .await
-        .map_err(|_| StoreError::Closed)?;
-        pool.conns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(conn);
-        result
+        .map_err(|_| StoreError::Closed)?
     }
 }
 

@@ -278,3 +278,29 @@ async fn concurrent_commits_share_batches_and_a_refused_one_fails_alone() {
         store.batches()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_dropped_mid_flight_leak_no_connection() {
+    let (store, _dir) = file_store().await;
+    let limits = KvLimits::default();
+    let big = json!(vec![0u8; 200_000]);
+    for i in 0..10 {
+        store
+            .kv_commit("a", puts(&[(&format!("k{i}"), big.clone())]), &limits)
+            .await
+            .unwrap();
+    }
+    // More dropped reads than the pool has connections: each is cancelled while its blocking job
+    // runs (a timeout, a disconnected client).
+    for _ in 0..12 {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_micros(50),
+            store.kv_list("a", "", None, 1000),
+        )
+        .await;
+    }
+    // Every connection came back: reads of every kind still work.
+    assert_eq!(store.kv_get("a", "k0").await.unwrap(), Some(big));
+    assert_eq!(store.params("b").await.unwrap(), None);
+    assert_eq!(store.kv_list("a", "", None, 1000).await.unwrap().len(), 10);
+}
