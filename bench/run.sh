@@ -5,11 +5,14 @@
 #   bench/run.sh --with-extism   # also the Extism peer (bench/extism; its first build is slow)
 #   CALLS=50000 DURATION=30s bench/run.sh
 #   SKIP_BUILD=1 SKIP_HTTP=1 bench/run.sh
+#   SERVICES=1 bench/run.sh      # also host services (issue 10): kv.set, group commit, start-up
 #
 # Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
 # make the Python SDK importable by plugins (a throw-away venv with a `.pth` to `sdk/python/src`,
 # nothing installed system-wide), run `plugd-bench latency`, `sdk/python/bench_sdk.py` and
-# `plugd-bench wasm` (in-process wasm calls, start-up of 1,000 wasm plugins), optionally the
+# `plugd-bench wasm` (in-process wasm calls, start-up of 1,000 wasm plugins), with `SERVICES=1`
+# `plugd-bench services` (kv.set vs echo, durable commits/s next to bare SQLite, start-up of 100
+# plugins on an empty and a ~100 MB store; a minute or two, off by default), optionally the
 # Extism peer, then `wrk` against `plugd serve` (`/plugin/hello/echo`, `/plugin/rustecho/echo`,
 # `/plugin/hello-c-wasm/echo`) and against the bare axum echo (`plugd-bench axum-echo`). Servers
 # are stopped on exit, even on failure.
@@ -33,6 +36,9 @@ COPIES=${COPIES:-1000}         # wasm plugins started at once (0: skip)
 # Extism's own target dir (it is not a workspace member and pulls its own wasmtime): kept
 # between runs, so only the first `--with-extism` run pays its release build.
 EXTISM_TARGET_DIR=${EXTISM_TARGET_DIR:-$ROOT/target/extism}
+SERVICES=${SERVICES:-}          # 1: run `plugd-bench services` (issue 10)
+SERVICES_CALLS=${SERVICES_CALLS:-20000}  # calls per services case and durability mode
+STORE_MB=${STORE_MB:-100}      # kv written into the second store before the start-up timing
 DURATION=${DURATION:-10s}      # wrk -d
 CONNECTIONS=${CONNECTIONS:-16} # wrk -c
 THREADS=${THREADS:-1}          # wrk -t
@@ -142,6 +148,14 @@ if [ -n "$WITH_EXTISM" ]; then
     "$EXTISM_TARGET_DIR/release/plugd-bench-extism" | tee "$SCRATCH/extism.txt"
 fi
 
+# --- host services (issue 10) ------------------------------------------------------------------
+if [ -n "$SERVICES" ]; then
+    section "Host services: kvbench echo vs kv.set, durable commits/s (process, full) vs bare SQLite, start of 100 plugins with a ${STORE_MB} MB store"
+    # The scratch state goes under $SCRATCH: the disk of TMPDIR is the one measured.
+    "$BENCH" services --repo "$ROOT" -n "$SERVICES_CALLS" --in-flight "$IN_FLIGHT" \
+        --payload "$PAYLOAD" --store-mb "$STORE_MB" --dir "$SCRATCH" | tee "$SCRATCH/services.txt"
+fi
+
 [ -n "${SKIP_HTTP:-}" ] && exit 0
 
 # --- HTTP --------------------------------------------------------------------------------------
@@ -219,6 +233,7 @@ section "Summary"
 grep -E '^(target|host overhead|Python SDK overhead)' "$SCRATCH/latency.txt" || true
 if [ -f "$SCRATCH/wasm.txt" ]; then grep -E '^(target|host start)' "$SCRATCH/wasm.txt" || true; fi
 if [ -f "$SCRATCH/extism.txt" ]; then grep -E '^extism' "$SCRATCH/extism.txt" || true; fi
+if [ -f "$SCRATCH/services.txt" ]; then grep -E '^target' "$SCRATCH/services.txt" || true; fi
 printf '\n%-34s %12s %10s %10s %8s\n' "HTTP (wrk -t$THREADS -c$CONNECTIONS -d$DURATION)" "req/s" "p50" "p99" "errors"
 for name in $HTTP_CASES axum-echo; do
     printf '%-34s %12s %10s %10s %8s\n' "$name" "$(rps "$name")" "$(pct "$name" 50%)" "$(pct "$name" 99%)" "$(errors "$name")"

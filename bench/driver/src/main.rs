@@ -4,6 +4,9 @@
 //! - `latency`: call latency through `plugd-host` next to raw pipe round trips, in one run;
 //! - `wasm`: the wasm runtime in-process (call latency, async and blocking, pooled and fresh)
 //!   and host start-up with 1,000 wasm plugins;
+//! - `services`: host services (issue 10): a Python plugin's `kv.set` next to its echo, durable
+//!   kv commits per second in both durability modes next to bare SQLite, and host start-up with
+//!   100 plugins on an empty and on a ~100 MB store;
 //! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
 //! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
@@ -12,6 +15,7 @@ mod echo;
 mod fake_child;
 mod latency;
 mod plugins;
+mod services;
 mod stats;
 mod wasm;
 
@@ -30,12 +34,17 @@ Usage:
                       [--rounds N] [--payload JSON] [--cases LIST]
   plugd-bench wasm [--repo DIR] [-n CALLS] [--warmup CALLS] [--rounds N] [--copies N]
                    [--payload JSON]
+  plugd-bench services [--repo DIR] [-n CALLS] [--warmup CALLS] [--in-flight N] [--rounds N]
+                       [--payload JSON] [--plugins N] [--store-mb MB] [--start-rounds N]
+                       [--dir DIR] [--no-calls]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
 
 `--cases` is a comma-separated subset of: host-hello, raw-python, host-rawpy, host-rust, raw-rust
-(default: all). `--repo` defaults to the checkout this binary was built from.";
+(default: all). `--repo` defaults to the checkout this binary was built from. `services --dir`
+is where its scratch state goes (the disk measured; default the temporary directory);
+`--plugins 0` skips its start-up measurement, `--no-calls` the call measurements.";
 
 fn main() -> ExitCode {
     match run() {
@@ -114,6 +123,35 @@ fn run() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async { tokio::spawn(wasm::run(config)).await? })?;
+        }
+        "services" => {
+            let config = services::Config {
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
+                calls: args.parsed("-n")?.unwrap_or(20_000),
+                warmup: args.parsed("--warmup")?.unwrap_or(2_000),
+                in_flight: args.parsed("--in-flight")?.unwrap_or(64),
+                rounds: args.parsed("--rounds")?.unwrap_or(5),
+                payload: args
+                    .value("--payload")?
+                    .unwrap_or_else(|| DEFAULT_PAYLOAD.to_owned()),
+                plugins: args.parsed("--plugins")?.unwrap_or(100),
+                store_mb: args.parsed("--store-mb")?.unwrap_or(100),
+                start_rounds: args.parsed("--start-rounds")?.unwrap_or(5),
+                dir: args
+                    .value("--dir")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir),
+                skip_calls: args.flag("--no-calls"),
+            };
+            args.finish()?;
+            // The same flavour as `plugd serve`; the calls start on a worker, like a handler's.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { tokio::spawn(services::run(config)).await? })?;
         }
         "axum-echo" => {
             let listen: SocketAddr = args
