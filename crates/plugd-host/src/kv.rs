@@ -19,6 +19,8 @@ pub const MAX_KEY: usize = 1024;
 pub const MAX_VALUE: usize = 1 << 20;
 /// The most entries one `kv.list` page returns.
 pub const MAX_PAGE: usize = 1000;
+/// The most puts, deletes and expectations one commit may hold.
+pub const MAX_COMMIT_OPS: usize = 1000;
 
 fn limits(manifest: &Manifest) -> KvLimits {
     KvLimits {
@@ -127,6 +129,12 @@ pub(crate) async fn request(
         }
         "kv.commit" => {
             let p: CommitParams = parse(method, params)?;
+            let ops = p.puts.len() + p.deletes.len() + p.expect.len();
+            if ops > MAX_COMMIT_OPS {
+                return Err(HostCallError::Invalid(format!(
+                    "A commit may hold at most {MAX_COMMIT_OPS} puts, deletes and expectations, not {ops}; hint: split it"
+                )));
+            }
             commit(Commit {
                 puts: p.puts.into_iter().collect(),
                 deletes: p.deletes,
@@ -144,18 +152,15 @@ pub(crate) async fn request(
                 after,
                 limit,
             } = parse(method, params)?;
-            let limit = limit.unwrap_or(100).clamp(1, MAX_PAGE);
-            // One more than asked tells whether there is a next page.
-            let mut items = store
-                .kv_list(plugin, &prefix, after.as_deref(), limit + 1)
-                .await
-                .map_err(store_error)?;
-            let next = if items.len() > limit {
-                items.truncate(limit);
-                items.last().map(|(k, _)| k.clone())
-            } else {
-                None
-            };
+            let (items, next) = page(
+                store,
+                plugin,
+                &prefix,
+                after.as_deref(),
+                limit.unwrap_or(100),
+            )
+            .await
+            .map_err(store_error)?;
             let items: Vec<Value> = items
                 .into_iter()
                 .map(|(key, value)| json!({ "key": key, "value": value }))
@@ -175,21 +180,45 @@ pub(crate) async fn request(
     }
 }
 
+/// One page of entries and the key to continue after (`None` at the end). A page holds at most
+/// `limit` entries (1..=[`MAX_PAGE`]) and about [`plugd_store::KV_PAGE_BYTES`] of text, so a page of
+/// large values never makes a huge answer; a page cut by size points past its last key.
+async fn page(
+    store: &plugd_store::Store,
+    plugin: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<(String, Value)>, Option<String>), plugd_store::StoreError> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    // One more than asked tells whether there is a next page.
+    let mut items = store.kv_list(plugin, prefix, after, limit + 1).await?;
+    let cut_by_size = items.len() <= limit
+        && items
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len())
+            .sum::<usize>()
+            >= plugd_store::KV_PAGE_BYTES;
+    let next = if items.len() > limit || cut_by_size {
+        items.truncate(limit);
+        items.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    Ok((items, next))
+}
+
 impl Host {
-    /// A page of a plugin's kv entries (keys starting with `prefix`, after `after`), for
-    /// operators; read-only.
-    pub async fn kv_list(
+    /// A page of a plugin's kv entries (keys starting with `prefix`, after `after`) and the key
+    /// to continue after, for operators; read-only.
+    pub async fn kv_page(
         &self,
         name: &str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, Value)>, HostError> {
+    ) -> Result<(Vec<(String, Value)>, Option<String>), HostError> {
         self.inner.existing(name)?;
-        Ok(self
-            .store()
-            .await?
-            .kv_list(name, prefix, after, limit.clamp(1, MAX_PAGE))
-            .await?)
+        Ok(page(self.store().await?, name, prefix, after, limit).await?)
     }
 }

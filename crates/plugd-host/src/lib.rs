@@ -36,7 +36,7 @@ pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
 pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
 pub use gc::Collected;
-pub use kv::{MAX_KEY, MAX_PAGE, MAX_VALUE};
+pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};
 pub use params::ParamsView;
 pub use quota::dir_usage;

@@ -408,17 +408,9 @@ async fn kv(
 ) -> Result<Json<KvPageDto>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(100).clamp(1, plugd_host::MAX_PAGE);
-    // One more than asked tells whether there is a next page; at the host's page limit a full
-    // page points past its last key (the next page may then be empty).
-    let mut items = host
-        .kv_list(&name, &q.prefix, q.after.as_deref(), limit + 1)
+    let (items, next) = host
+        .kv_page(&name, &q.prefix, q.after.as_deref(), limit)
         .await?;
-    let next = if items.len() > limit || (limit == plugd_host::MAX_PAGE && items.len() == limit) {
-        items.truncate(limit);
-        items.last().map(|(k, _)| k.clone())
-    } else {
-        None
-    };
     Ok(Json(KvPageDto {
         items: items
             .into_iter()

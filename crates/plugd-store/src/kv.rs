@@ -140,7 +140,12 @@ pub(crate) fn commit(
                 "INSERT INTO kv_commit_ops (plugin, id, key, value) VALUES (?1, ?2, ?3, ?4)",
             )
             .sql()?;
-        for ((key, _), old) in checked.ops.iter().zip(&before) {
+        for ((key, new), old) in checked.ops.iter().zip(&before) {
+            // Deleting a key that is not there changes nothing and needs no history: undo leaves
+            // it absent, redo deletes nothing. (A plugin cannot grow the history with them.)
+            if new.is_none() && old.is_none() {
+                continue;
+            }
             insert.execute(params![plugin, id, key, old]).sql()?;
         }
         meta.applied += 1;
@@ -262,19 +267,26 @@ pub(crate) fn list(
         }
     };
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<(String, String)> = conn
-        .prepare_cached(sql)
-        .sql()?
-        .query_map(params![plugin, lower, upper, limit], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .sql()?
-        .collect::<Result<_, _>>()
-        .sql()?;
-    rows.into_iter()
-        .map(|(key, text)| Ok((key, parse(&text)?)))
-        .collect()
+    // Rows are read one by one and the page stops once it holds `PAGE_BYTES` of text (always at
+    // least one row), so a page of large values never makes one huge answer in memory.
+    let mut stmt = conn.prepare_cached(sql).sql()?;
+    let mut rows = stmt.query(params![plugin, lower, upper, limit]).sql()?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next().sql()? {
+        let (key, text): (String, String) = (row.get(0).sql()?, row.get(1).sql()?);
+        bytes += key.len() + text.len();
+        out.push((key, parse(&text)?));
+        if bytes >= PAGE_BYTES {
+            break;
+        }
+    }
+    Ok(out)
 }
+
+/// The most text one `kv_list` page collects (past it, the page ends early: ask again from its
+/// last key).
+pub const PAGE_BYTES: usize = 1 << 20;
 
 pub(crate) fn usage(conn: &Connection, plugin: &str) -> Result<u64, StoreError> {
     Ok(meta(conn, plugin)?.bytes)

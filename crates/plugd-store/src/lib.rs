@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::SqlResult;
 pub use crate::error::StoreError;
+pub use crate::kv::PAGE_BYTES as KV_PAGE_BYTES;
 pub use crate::schema::SCHEMA_VERSION;
 use crate::writer::{Ctx, Job, Op};
 
@@ -377,20 +378,18 @@ impl Store {
         };
         // A permit guarantees a free connection in `conns`. Waiting is bounded like a write's
         // wait for queue room.
-        let permit = match tokio::time::timeout(
-            writer::SEND_DEADLINE,
-            pool.permits.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(StoreError::Closed),
-            Err(_) => {
-                return Err(StoreError::Busy {
-                    waited_ms: writer::SEND_DEADLINE.as_millis() as u64,
-                });
-            }
-        };
+        let permit =
+            match tokio::time::timeout(writer::SEND_DEADLINE, pool.permits.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(StoreError::Closed),
+                Err(_) => {
+                    return Err(StoreError::Busy {
+                        waited_ms: writer::SEND_DEADLINE.as_millis() as u64,
+                    });
+                }
+            };
         let pool = pool.clone();
         // The blocking job owns the permit and puts the connection back itself, so a caller that
         // drops this future (a timeout, a disconnected client) can never leak a connection.

@@ -656,7 +656,8 @@ async fn kv_commits_undo_and_redo_through_the_host() {
         json!({"found": false})
     );
     // Operators read it.
-    let listed = host.kv_list("keeper", "", None, 10).await.unwrap();
+    let (listed, next) = host.kv_page("keeper", "", None, 10).await.unwrap();
+    assert_eq!(next, None);
     assert_eq!(listed.len(), 2);
 }
 
