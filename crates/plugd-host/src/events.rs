@@ -33,6 +33,9 @@ pub const EMIT_BURST: u32 = 500;
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest topic name.
 const MAX_TOPIC: usize = 256;
+/// The largest event payload (as JSON text); larger ones are refused, so a queue of
+/// [`EVENT_QUEUE`] events stays bounded in bytes too.
+pub const MAX_EVENT_PAYLOAD: usize = 256 << 10;
 
 /// One published event, shared by all its subscribers.
 pub(crate) struct Event {
@@ -132,6 +135,12 @@ impl Host {
                 "Event `{topic}` has a payload that is not JSON: {e}"
             ))
         })?;
+        if payload.get().len() > MAX_EVENT_PAYLOAD {
+            return Err(HostError::Invalid(format!(
+                "Event `{topic}` was refused: its payload is {} bytes, more than {MAX_EVENT_PAYLOAD}; hint: put large data in kv or the data dir and send its key",
+                payload.get().len()
+            )));
+        }
         let event = Arc::new(Event {
             topic: topic.to_owned(),
             payload,

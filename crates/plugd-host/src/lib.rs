@@ -34,7 +34,7 @@ pub use app::{AppService, AppServiceError};
 pub use calls::MAX_CHAIN;
 pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
-pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_HOPS};
+pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_EVENT_PAYLOAD, MAX_HOPS};
 pub use gc::Collected;
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};

@@ -9,14 +9,35 @@ const LEVELS: &[&str] = &["info", "success", "warning", "error"];
 
 /// Checks a raw result; `Err` says which field is wrong and how.
 pub(crate) fn check(raw: &str) -> Result<(), String> {
-    // Most results carry neither list: skip the parse for them (the hot path).
-    if !raw.contains("\"notifications\"") && !raw.contains("\"groups\"") {
+    // Most results carry neither list: skip the parse for them (the hot path). A key spelled
+    // with escapes (`"notific\u0061tions"`) contains a backslash, so it is never skipped.
+    if !raw.contains("\"notifications\"") && !raw.contains("\"groups\"") && !raw.contains('\\') {
         return Ok(());
     }
-    let value: Value = serde_json::from_str(raw).map_err(|e| format!("it is not JSON: {e}"))?;
-    let Value::Object(result) = value else {
+    // Only the two known fields are read (the rest is skipped, not built); a duplicate of either
+    // is refused, so every client reads the same value the host checked.
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        notifications: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, default)]
+        groups: Option<&'a serde_json::value::RawValue>,
+    }
+    if !raw.trim_start().starts_with('{') {
         return Ok(());
+    }
+    let top: Top<'_> = serde_json::from_str(raw).map_err(|e| format!("it is not valid: {e}"))?;
+    let parse = |raw: Option<&serde_json::value::RawValue>| -> Result<Option<Value>, String> {
+        raw.map(|r| serde_json::from_str(r.get()).map_err(|e| format!("it is not JSON: {e}")))
+            .transpose()
     };
+    let mut result = serde_json::Map::new();
+    if let Some(v) = parse(top.notifications)? {
+        result.insert("notifications".into(), v);
+    }
+    if let Some(v) = parse(top.groups)? {
+        result.insert("groups".into(), v);
+    }
     if let Some(list) = result.get("notifications") {
         let items = list.as_array().ok_or("`notifications` must be an array")?;
         for (i, n) in items.iter().enumerate() {

@@ -129,6 +129,17 @@ impl HostCalls for PluginServices {
         params: serde_json::Value,
     ) -> Result<serde_json::Value, HostCallError> {
         let slot = self.slot()?;
+        // A plugin that was uninstalled or stopped keeps no service: a call that outlives it
+        // (a wasm call finishing after the stop) cannot write into a store that was just cleared.
+        if matches!(
+            slot.inner.lock().state(),
+            crate::PluginState::Uninstalled | crate::PluginState::Stopped
+        ) {
+            return Err(HostCallError::Service {
+                code: "not_running".into(),
+                message: format!("Plugin `{}` is no longer running", slot.name),
+            });
+        }
         match method.split('.').next() {
             Some("kv") => {
                 self.grant(Service::Kv)?;

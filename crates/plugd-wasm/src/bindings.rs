@@ -404,11 +404,14 @@ impl v02::plugd::plugin::host::Host for State {
     }
 }
 
-fn host_error_code(e: &HostCallError) -> &'static str {
+fn host_error_code(e: &HostCallError) -> &str {
     match e {
-        HostCallError::NotGranted { .. } => "not_granted",
+        HostCallError::NotGranted { .. } | HostCallError::DeniedByTrust { .. } => "not_granted",
         HostCallError::Unknown(_) => "not_available",
         HostCallError::Invalid(_) => "invalid",
+        // The service's own code (`conflict`, `limit_exceeded`, `cycle`, ...), as the process
+        // protocol passes it.
+        HostCallError::Service { code, .. } => code,
         _ => "failed",
     }
 }

@@ -317,6 +317,9 @@ fn publish_works_outside_a_tokio_runtime() {
     assert_eq!(n, 1);
     let err = host.publish("", serde_json::json!(1)).unwrap_err();
     assert_eq!(err.code(), "bad_request");
+    let big = serde_json::json!("x".repeat(plugd_host::MAX_EVENT_PAYLOAD));
+    let err = host.publish("t", big).unwrap_err().to_string();
+    assert!(err.contains("more than 262144"), "{err}");
 }
 
 #[tokio::test]
