@@ -36,7 +36,7 @@ Usage:
                    [--payload JSON]
   plugd-bench services [--repo DIR] [-n CALLS] [--warmup CALLS] [--in-flight N] [--rounds N]
                        [--payload JSON] [--plugins N] [--store-mb MB] [--start-rounds N]
-                       [--dir DIR] [--no-calls]
+                       [--dir DIR] [--cases LIST] [--modes process,full]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
@@ -44,7 +44,9 @@ Usage:
 `--cases` is a comma-separated subset of: host-hello, raw-python, host-rawpy, host-rust, raw-rust
 (default: all). `--repo` defaults to the checkout this binary was built from. `services --dir`
 is where its scratch state goes (the disk measured; default the temporary directory);
-`--plugins 0` skips its start-up measurement, `--no-calls` the call measurements.";
+`--plugins 0` skips its start-up measurement; its `--cases` is a subset of bare-sqlite, echo,
+kvset, echo-concurrent, kvset-concurrent, kvget, store-commit (default: all; `none` skips
+the calls; the verdicts need the first five). `PLUGD_BENCH_PROFILE=FILE` runs its `kvbench` under cProfile (stats to FILE.MODE).";
 
 fn main() -> ExitCode {
     match run() {
@@ -125,7 +127,7 @@ fn run() -> anyhow::Result<ExitCode> {
             runtime.block_on(async { tokio::spawn(wasm::run(config)).await? })?;
         }
         "services" => {
-            let config = services::Config {
+            let mut config = services::Config {
                 repo: args
                     .value("--repo")?
                     .map(PathBuf::from)
@@ -144,8 +146,18 @@ fn run() -> anyhow::Result<ExitCode> {
                     .value("--dir")?
                     .map(PathBuf::from)
                     .unwrap_or_else(std::env::temp_dir),
-                skip_calls: args.flag("--no-calls"),
+                cases: services::Case::ALL.to_vec(),
+                modes: vec![
+                    plugd_store::Durability::Process,
+                    plugd_store::Durability::Full,
+                ],
             };
+            if let Some(list) = args.value("--cases")? {
+                config.cases = services::Case::parse_list(&list)?;
+            }
+            if let Some(list) = args.value("--modes")? {
+                config.modes = services::parse_modes(&list)?;
+            }
             args.finish()?;
             // The same flavour as `plugd serve`; the calls start on a worker, like a handler's.
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -41,13 +41,15 @@ pub(crate) struct Config {
     pub start_rounds: usize,
     /// Where the scratch directory goes: the disk being measured.
     pub dir: PathBuf,
-    /// Skip the call measurements (only host start-up).
-    pub skip_calls: bool,
+    /// The call cases to run, in this order within a round (empty: no call measurements).
+    pub cases: Vec<Case>,
+    /// The durability modes the call cases run against.
+    pub modes: Vec<Durability>,
 }
 
 /// One kind of measurement against one durability mode's host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Case {
+pub(crate) enum Case {
     /// `echo` through the host, one call in flight: the baseline of the kv.set target.
     Echo,
     /// `kvset` through the host, one call in flight: a kv.set round trip plus the echo's cost.
@@ -56,12 +58,30 @@ enum Case {
     EchoConcurrent,
     /// `kvset` with N in flight: durable commits per second (group commit).
     KvsetConcurrent,
-    /// rusqlite on its own, one autocommit `INSERT OR REPLACE` per row, same pragmas.
+    /// rusqlite on its own, one autocommit `INSERT OR REPLACE` per row, same pragmas (a
+    /// quarter as many rows as calls).
     Bare,
+    /// `kvget` through the host, one call in flight: a kv request round trip answered from the
+    /// read pool, without the writer (where kvset's extra time goes).
+    Kvget,
+    /// `Store::kv_commit` of the same put on the host's own store, from this process, one in
+    /// flight: the store's share of a kvset, without the plugin.
+    StoreCommit,
 }
 
 impl Case {
-    const ALL: [Case; 5] = [
+    pub(crate) const ALL: [Case; 7] = [
+        Case::Bare,
+        Case::Echo,
+        Case::Kvset,
+        Case::EchoConcurrent,
+        Case::KvsetConcurrent,
+        Case::Kvget,
+        Case::StoreCommit,
+    ];
+
+    /// The cases the verdicts need.
+    const TARGETS: [Case; 5] = [
         Case::Bare,
         Case::Echo,
         Case::Kvset,
@@ -74,7 +94,26 @@ impl Case {
             Case::Echo | Case::EchoConcurrent => "host -> kvbench echo",
             Case::Kvset | Case::KvsetConcurrent => "host -> kvbench kvset",
             Case::Bare => "bare SQLite insert loop (1 row/txn)",
+            Case::Kvget => "host -> kvbench kvget",
+            Case::StoreCommit => "Store::kv_commit, no host",
         }
+    }
+
+    /// Parses a `--cases` list; `none` is the empty list.
+    pub(crate) fn parse_list(list: &str) -> anyhow::Result<Vec<Case>> {
+        if list == "none" {
+            return Ok(Vec::new());
+        }
+        list.split(',')
+            .map(|name| {
+                Case::ALL
+                    .into_iter()
+                    .find(|c| c.key() == name)
+                    .with_context(|| {
+                        format!("Unknown case `{name}`; hint: use bare-sqlite, echo, kvset, echo-concurrent, kvset-concurrent, kvget, store-commit or none")
+                    })
+            })
+            .collect()
     }
 
     fn key(self) -> &'static str {
@@ -84,8 +123,21 @@ impl Case {
             Case::EchoConcurrent => "echo-concurrent",
             Case::KvsetConcurrent => "kvset-concurrent",
             Case::Bare => "bare-sqlite",
+            Case::Kvget => "kvget",
+            Case::StoreCommit => "store-commit",
         }
     }
+}
+
+/// Parses a `--modes` list (`process`, `full`).
+pub(crate) fn parse_modes(list: &str) -> anyhow::Result<Vec<Durability>> {
+    list.split(',')
+        .map(|name| match name {
+            "process" => Ok(Durability::Process),
+            "full" => Ok(Durability::Full),
+            other => bail!("Unknown durability `{other}`; hint: use process or full"),
+        })
+        .collect()
 }
 
 fn mode_name(durability: Durability) -> &'static str {
@@ -122,7 +174,7 @@ async fn run_in(config: &Config, scratch: &Path) -> anyhow::Result<()> {
         "in_flight": config.in_flight,
         "payload_bytes": config.payload.len(),
     });
-    if !config.skip_calls {
+    if !config.cases.is_empty() && !config.modes.is_empty() {
         json["calls_results"] = calls(config, scratch).await?;
     }
     if config.plugins > 0 {
@@ -167,7 +219,7 @@ async fn calls(config: &Config, scratch: &Path) -> anyhow::Result<serde_json::Va
     // Both hosts run side by side so that the rounds interleave the modes and background load
     // spreads over all cases alike.
     let mut modes = Vec::new();
-    for durability in [Durability::Process, Durability::Full] {
+    for &durability in &config.modes {
         let name = mode_name(durability);
         let state = scratch.join(format!("state-{name}"));
         let mut host_config = HostConfig::new(&plugins_dir, &state);
@@ -177,6 +229,15 @@ async fn calls(config: &Config, scratch: &Path) -> anyhow::Result<serde_json::Va
             "PYTHONPATH".into(),
             config.repo.join("sdk/python/src").into_os_string(),
         ));
+        // `kvbench` runs under cProfile and writes its stats there when it stops (profiling
+        // only: it slows the child down).
+        if let Some(out) = std::env::var_os("PLUGD_BENCH_PROFILE") {
+            let mut out = std::path::PathBuf::from(out);
+            out.as_mut_os_string().push(format!(".{name}"));
+            process
+                .base_env
+                .push(("PLUGD_BENCH_PROFILE".into(), out.into_os_string()));
+        }
         let host = Host::builder(host_config)
             .runtime(Arc::new(ProcessRuntime::new(process)))
             .build();
@@ -195,7 +256,7 @@ async fn calls(config: &Config, scratch: &Path) -> anyhow::Result<serde_json::Va
             host,
             bare: Arc::new(std::sync::Mutex::new(bare)),
             next_key: Arc::new(AtomicU64::new(0)),
-            acc: Case::ALL.iter().map(|&c| (c, Acc::default())).collect(),
+            acc: config.cases.iter().map(|&c| (c, Acc::default())).collect(),
             batches: 0,
             concurrent_commits: 0,
         });
@@ -236,7 +297,9 @@ async fn calls(config: &Config, scratch: &Path) -> anyhow::Result<serde_json::Va
     };
     println!();
     let mut targets = serde_json::Map::new();
-    for mode in &modes {
+    // The verdicts need every case; a subset (`--cases`, for profiling) prints only the table.
+    let all = Case::TARGETS.iter().all(|c| config.cases.contains(c));
+    for mode in modes.iter().filter(|_| all) {
         let (d, name) = (mode.durability, mode_name(mode.durability));
         let (echo, kvset) = (find(d, Case::Echo)?, find(d, Case::Kvset)?);
         let (conc, bare) = (find(d, Case::KvsetConcurrent)?, find(d, Case::Bare)?);
@@ -299,20 +362,24 @@ async fn measure_calls(
     payload: &RawValue,
 ) -> anyhow::Result<()> {
     for mode in modes.iter() {
+        // The SDK wraps a handler's return value as the result's `value`.
+        let value = |raw: &RawValue| -> anyhow::Result<serde_json::Value> {
+            let mut v: serde_json::Value = serde_json::from_str(raw.get())?;
+            Ok(v.get_mut("value").map(serde_json::Value::take).unwrap_or(v))
+        };
         let echo = mode
             .host
             .call(KVBENCH, "echo", payload.to_owned())
             .await?
             .result;
         ensure!(
-            serde_json::from_str::<serde_json::Value>(echo.get())?
-                == serde_json::from_str::<serde_json::Value>(payload.get())?,
+            value(&echo)? == serde_json::from_str::<serde_json::Value>(payload.get())?,
             "`{KVBENCH}` echo answered `{}`, not the payload",
             echo.get()
         );
         let commit = kvset(&mode.host, &mode.next_key, payload).await?;
         ensure!(
-            commit.get().parse::<u64>().is_ok(),
+            value(&commit)?.is_u64(),
             "`{KVBENCH}` kvset answered `{}`, not a commit id",
             commit.get()
         );
@@ -333,14 +400,19 @@ async fn measure_calls(
                 let run = match case {
                     Case::Bare => {
                         let (bare, payload) = (mode.bare.clone(), payload.get().to_owned());
+                        // A quarter of the calls: with `FULL` each row waits for an fsync, and
+                        // its rate is steady after a few thousand.
+                        let rows = (per_round / 4).max(1);
                         tokio::task::spawn_blocking(move || {
                             bare.lock()
                                 .map_err(|_| anyhow::anyhow!("The bare loop panicked"))?
-                                .run(per_round, &payload)
+                                .run(rows, &payload)
                         })
                         .await??
                     }
-                    Case::Echo | Case::Kvset => sequential(mode, case, per_round, payload).await?,
+                    Case::Echo | Case::Kvset | Case::Kvget | Case::StoreCommit => {
+                        sequential(mode, case, per_round, payload).await?
+                    }
                     Case::EchoConcurrent | Case::KvsetConcurrent => {
                         let before = mode.host.store().await?.batches();
                         let run =
@@ -372,6 +444,24 @@ async fn call(host: &Host, case: Case, next: &AtomicU64, payload: &RawValue) -> 
     match case {
         Case::Echo | Case::EchoConcurrent => {
             drop(host.call(KVBENCH, "echo", payload.to_owned()).await?)
+        }
+        Case::Kvget => {
+            // `k1` exists from the first kvset on (the warm-up writes it).
+            let params = RawValue::from_string(r#"{"k":"k1"}"#.to_owned())?;
+            drop(host.call(KVBENCH, "kvget", params).await?)
+        }
+        Case::StoreCommit => {
+            let n = next.fetch_add(1, Ordering::Relaxed) % KEYSPACE;
+            let value: serde_json::Value = serde_json::from_str(payload.get())?;
+            let commit = Commit {
+                puts: vec![(format!("k{n}"), value)],
+                ..Commit::default()
+            };
+            // Its own plugin name: the same writer and file, its own undo stack.
+            host.store()
+                .await?
+                .kv_commit("kvbench-direct", commit, &KvLimits::default())
+                .await?;
         }
         _ => drop(kvset(host, next, payload).await?),
     }
@@ -517,6 +607,10 @@ description = "Returns the payload unchanged"
 [[actions]]
 name = "kvset"
 description = "Stores `v` under `k`; returns the commit id"
+
+[[actions]]
+name = "kvget"
+description = "Returns the value of `k`"
 "#
         ),
     )?;
@@ -539,8 +633,21 @@ async def kvset(p):
     return await plugin.kv.set(p["k"], p["v"])
 
 
+@plugin.action(description="Returns the value of `k`")
+async def kvget(p):
+    return await plugin.kv.get(p["k"])
+
+
 if __name__ == "__main__":
-    plugin.run()
+    import os
+
+    profile = os.environ.get("PLUGD_BENCH_PROFILE")
+    if profile:
+        import cProfile
+
+        cProfile.run("plugin.run()", profile)
+    else:
+        plugin.run()
 "#,
     )?;
     Ok(())
