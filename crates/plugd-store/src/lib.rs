@@ -160,7 +160,7 @@ impl Store {
     }
 
     /// [`Store::open`] with `readers` read-only connections; 0 sends reads through the writer.
-    /// For measurements (`examples/bench.rs`); the default is what `open` uses.
+    /// For measurements (`examples/store_bench.rs`); the default is what `open` uses.
     #[doc(hidden)]
     pub async fn open_with_readers(
         config: StoreConfig,

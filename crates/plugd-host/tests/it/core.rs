@@ -707,7 +707,7 @@ default = "fast"
         .await
         .unwrap();
     assert_eq!(new, json!({"batch_size": 32, "mode": "fast"}));
-    assert_eq!(script.params.lock()["gallery"], [new.clone()]);
+    assert_eq!(script.params.lock()["gallery"], std::slice::from_ref(&new));
     let patched = host
         .patch_params("gallery", json!({"mode": "exact"}), "test")
         .await

@@ -3,7 +3,7 @@
 //! durability modes; plus kv_get latency under that write load, from the read pool and through
 //! the writer.
 //!
-//! `cargo run --release -p plugd-store --example bench -- [-n COMMITS] [--writers 64] [--dir DIR]`
+//! `cargo run --release -p plugd-store --example store_bench -- [-n COMMITS] [--writers 64] [--dir DIR]`
 
 use std::time::{Duration, Instant};
 
