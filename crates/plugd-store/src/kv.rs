@@ -115,6 +115,14 @@ pub(crate) fn commit(
     write(conn, plugin, &checked.ops)?;
     // A new commit clears the redo stack (the counts in `kv_meta` spare the scans when empty).
     if meta.undone > 0 {
+        let redo_bytes: u64 = conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(bytes), 0) FROM kv_commits WHERE plugin = ?1 AND undone = 1",
+            )
+            .sql()?
+            .query_row([plugin], |row| row.get(0))
+            .sql()?;
+        meta.history = meta.history.saturating_sub(redo_bytes);
         conn.prepare_cached(
             "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id >= (SELECT MIN(id) FROM kv_commits WHERE plugin = ?1 AND undone = 1)",
         )
@@ -129,44 +137,42 @@ pub(crate) fn commit(
     }
     let id = meta.next_commit;
     if ctx.undo_depth > 0 {
+        // Deleting a key that is not there changes nothing and needs no history: undo leaves it
+        // absent, redo deletes nothing. (A plugin cannot grow the history with them.)
+        let recorded: Vec<(&String, &Option<String>)> = checked
+            .ops
+            .iter()
+            .zip(&before)
+            .filter(|((_, new), old)| new.is_some() || old.is_some())
+            .map(|((key, _), old)| (key, old))
+            .collect();
+        let bytes: u64 = recorded
+            .iter()
+            .map(|(key, old)| row_bytes(key, old.as_deref()))
+            .sum();
         conn.prepare_cached(
-            "INSERT INTO kv_commits (plugin, id, undone, at_ms) VALUES (?1, ?2, 0, ?3)",
+            "INSERT INTO kv_commits (plugin, id, undone, at_ms, bytes) VALUES (?1, ?2, 0, ?3, ?4)",
         )
         .sql()?
-        .execute(params![plugin, id, ctx.now_ms])
+        .execute(params![plugin, id, ctx.now_ms, bytes])
         .sql()?;
         let mut insert = conn
             .prepare_cached(
                 "INSERT INTO kv_commit_ops (plugin, id, key, value) VALUES (?1, ?2, ?3, ?4)",
             )
             .sql()?;
-        for ((key, new), old) in checked.ops.iter().zip(&before) {
-            // Deleting a key that is not there changes nothing and needs no history: undo leaves
-            // it absent, redo deletes nothing. (A plugin cannot grow the history with them.)
-            if new.is_none() && old.is_none() {
-                continue;
-            }
+        for (key, old) in recorded {
             insert.execute(params![plugin, id, key, old]).sql()?;
         }
         meta.applied += 1;
+        meta.history += bytes;
     }
-    // Drop the oldest commits beyond the depth: one per commit, more if the depth was lowered.
-    while meta.applied > ctx.undo_depth as u64 {
-        let oldest: u64 = conn
-            .prepare_cached("SELECT MIN(id) FROM kv_commits WHERE plugin = ?1")
-            .sql()?
-            .query_row([plugin], |row| row.get(0))
-            .sql()?;
-        for sql in [
-            "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id = ?2",
-            "DELETE FROM kv_commits WHERE plugin = ?1 AND id = ?2",
-        ] {
-            conn.prepare_cached(sql)
-                .sql()?
-                .execute(params![plugin, oldest])
-                .sql()?;
-        }
-        meta.applied -= 1;
+    // Drop the oldest commits beyond the depth (one per commit, more if the depth was lowered),
+    // then while the history holds more bytes than the quota: what a plugin may keep includes
+    // what it keeps for undo.
+    while meta.applied > ctx.undo_depth as u64 || (meta.applied > 0 && meta.history > checked.quota)
+    {
+        drop_oldest(conn, plugin, &mut meta)?;
     }
     meta.bytes = used;
     meta.next_commit = id + 1;
@@ -214,11 +220,21 @@ pub(crate) fn flip(
     for ((key, _), now) in ops.iter().zip(&current) {
         keep.execute(params![plugin, id, key, now]).sql()?;
     }
-    conn.prepare_cached("UPDATE kv_commits SET undone = ?3 WHERE plugin = ?1 AND id = ?2")
-        .sql()?
-        .execute(params![plugin, id, undo])
-        .sql()?;
+    // The commit now keeps the values it flips back to: its size in the history changes.
+    let was: u64 = ops.iter().map(|(k, v)| row_bytes(k, v.as_deref())).sum();
+    let now: u64 = ops
+        .iter()
+        .zip(&current)
+        .map(|((k, _), v)| row_bytes(k, v.as_deref()))
+        .sum();
+    conn.prepare_cached(
+        "UPDATE kv_commits SET undone = ?3, bytes = ?4 WHERE plugin = ?1 AND id = ?2",
+    )
+    .sql()?
+    .execute(params![plugin, id, undo, now])
+    .sql()?;
     let mut meta = meta(conn, plugin)?;
+    meta.history = (meta.history + now).saturating_sub(was);
     meta.bytes = meta.bytes.saturating_add_signed(delta);
     if undo {
         meta.applied -= 1;
@@ -370,11 +386,15 @@ struct Meta {
     applied: u64,
     /// Commits on the redo stack.
     undone: u64,
+    /// Bytes the undo and redo stacks keep (keys plus stored values), held within the quota.
+    history: u64,
 }
 
 fn meta(conn: &Connection, plugin: &str) -> Result<Meta, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT bytes, next_commit, applied, undone FROM kv_meta WHERE plugin = ?1")
+        .prepare_cached(
+            "SELECT bytes, next_commit, applied, undone, history FROM kv_meta WHERE plugin = ?1",
+        )
         .sql()?
         .query_row([plugin], |row| {
             Ok(Meta {
@@ -382,6 +402,7 @@ fn meta(conn: &Connection, plugin: &str) -> Result<Meta, StoreError> {
                 next_commit: row.get(1)?,
                 applied: row.get(2)?,
                 undone: row.get(3)?,
+                history: row.get(4)?,
             })
         })
         .optional()
@@ -391,17 +412,46 @@ fn meta(conn: &Connection, plugin: &str) -> Result<Meta, StoreError> {
             next_commit: 1,
             applied: 0,
             undone: 0,
+            history: 0,
         }))
+}
+
+/// The bytes one stored history row keeps: its key and, unless absent, its JSON value.
+fn row_bytes(key: &str, value: Option<&str>) -> u64 {
+    (key.len() + value.map_or(0, str::len)) as u64
+}
+
+/// Drops the oldest commit of the undo stack (the history is held within the quota and depth).
+fn drop_oldest(conn: &Connection, plugin: &str, meta: &mut Meta) -> Result<(), StoreError> {
+    let (oldest, bytes): (u64, u64) = conn
+        .prepare_cached(
+            "SELECT id, bytes FROM kv_commits WHERE plugin = ?1 AND undone = 0 ORDER BY id LIMIT 1",
+        )
+        .sql()?
+        .query_row([plugin], |row| Ok((row.get(0)?, row.get(1)?)))
+        .sql()?;
+    for sql in [
+        "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id = ?2",
+        "DELETE FROM kv_commits WHERE plugin = ?1 AND id = ?2",
+    ] {
+        conn.prepare_cached(sql)
+            .sql()?
+            .execute(params![plugin, oldest])
+            .sql()?;
+    }
+    meta.applied -= 1;
+    meta.history = meta.history.saturating_sub(bytes);
+    Ok(())
 }
 
 fn set_meta(conn: &Connection, plugin: &str, meta: &Meta) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO kv_meta (plugin, bytes, next_commit, applied, undone) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO kv_meta (plugin, bytes, next_commit, applied, undone, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (plugin) DO UPDATE SET bytes = excluded.bytes, next_commit = excluded.next_commit,
-             applied = excluded.applied, undone = excluded.undone",
+             applied = excluded.applied, undone = excluded.undone, history = excluded.history",
     )
     .sql()?
-    .execute(params![plugin, meta.bytes, meta.next_commit, meta.applied, meta.undone])
+    .execute(params![plugin, meta.bytes, meta.next_commit, meta.applied, meta.undone, meta.history])
     .sql()?;
     Ok(())
 }

@@ -8,7 +8,10 @@ use crate::error::{SqlResult, StoreError};
 /// Every migration, in order: index 0 takes a fresh file to version 1. Adding a version means
 /// adding one SQL file here and one fixture in `tests/it/fixtures/` (the upgrade test opens a
 /// database created at every earlier version).
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_history_bytes.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -312,3 +312,33 @@ async fn reads_dropped_mid_flight_leak_no_connection() {
         )
     };
 }
+
+#[tokio::test]
+async fn the_undo_history_is_held_within_the_quota() {
+    let (store, _dir) = file_store().await;
+    // Each value is 30 bytes of JSON ("…" with 28 letters); the key is 1 byte.
+    let value = |c: char| json!(c.to_string().repeat(28));
+    let limits = KvLimits {
+        quota: 100,
+        ..KvLimits::default()
+    };
+    for c in ['a', 'b', 'c', 'd', 'e'] {
+        store
+            .kv_commit("p", puts(&[("k", value(c))]), &limits)
+            .await
+            .unwrap();
+    }
+    // Live: 31 bytes. History: the first commit keeps `k` absent (1 byte), each later one the
+    // 31-byte value it replaced; 1 + 4 × 31 = 125 > 100, so the oldest commits went until the
+    // rest fits: the last three (93 bytes) can be undone, not more.
+    for c in ['d', 'c', 'b'] {
+        assert!(store.kv_undo("p").await.unwrap().is_some());
+        assert_eq!(store.kv_get("p", "k").await.unwrap(), Some(value(c)));
+    }
+    assert_eq!(store.kv_undo("p").await.unwrap(), None);
+    // Redo brings them all back.
+    for _ in 0..3 {
+        assert!(store.kv_redo("p").await.unwrap().is_some());
+    }
+    assert_eq!(store.kv_get("p", "k").await.unwrap(), Some(value('e')));
+}

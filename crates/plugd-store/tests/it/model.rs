@@ -67,6 +67,16 @@ fn size(key: &str, value: Option<&Value>) -> i64 {
 }
 
 impl Model {
+    /// Bytes the undo and redo stacks keep: each key plus the value it flips to, if any.
+    fn history(&self) -> u64 {
+        self.undo
+            .iter()
+            .chain(&self.redo)
+            .flat_map(|(_, ops)| ops)
+            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, |v| v.to_string().len())) as u64)
+            .sum()
+    }
+
     fn usage(&self) -> u64 {
         self.map.iter().map(|(k, v)| size(k, Some(v))).sum::<i64>() as u64
     }
@@ -118,10 +128,19 @@ impl Model {
             });
         }
         self.next_id += 1;
+        let puts: Vec<bool> = ops.iter().map(|(_, v)| v.is_some()).collect();
         let inverse = self.apply(ops);
+        // Deleting an absent key is not kept in the history.
+        let inverse: Ops = inverse
+            .into_iter()
+            .zip(puts)
+            .filter(|((_, before), put)| *put || before.is_some())
+            .map(|(op, _)| op)
+            .collect();
         self.redo.clear();
         self.undo.push((self.next_id, inverse));
-        if self.undo.len() > DEPTH {
+        // The history is held within the depth and, in bytes, within the quota.
+        while self.undo.len() > DEPTH || (!self.undo.is_empty() && self.history() > LIMITS.quota) {
             self.undo.remove(0);
         }
         Ok(CommitId(self.next_id))
