@@ -17,7 +17,7 @@ use plugd_protocol::{
 use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, Progress};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -87,6 +87,67 @@ struct Outbox {
     /// Ids of calls whose callers gave up; the writer sends `cancel` for each.
     cancels: Mutex<Vec<u64>>,
     wake: Notify,
+    /// The socket's write half. Locked only for one non-blocking `poll_write`, never across an
+    /// await: the writer task writes through it, and a caller may write its whole frame
+    /// directly when the socket is idle (see [`Outbox::write_now`]).
+    sink: Mutex<Sink>,
+}
+
+struct Sink {
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+    /// The rest of a frame a caller could only partly write: it goes out before anything else.
+    front: Vec<u8>,
+    /// The writer task holds bytes it has started, or is about to start, writing.
+    busy: bool,
+}
+
+/// What became of a frame a caller tried to write itself.
+enum WriteNow {
+    /// On the wire, or its rest handed to the writer task ahead of everything else.
+    Sent,
+    /// Nothing was written: queue it as usual.
+    Queue(Vec<u8>),
+    /// The socket failed.
+    Failed(std::io::Error),
+}
+
+impl Outbox {
+    /// Writes a whole frame now, without a hop to the writer task, when nothing else is on its
+    /// way to the socket (the writer idle, the queue empty, no rest pending). Never leaves half
+    /// a frame: what a non-blocking write could not take becomes the writer's `front`.
+    fn write_now(&self, frame: Vec<u8>, queue_empty: bool) -> WriteNow {
+        if !queue_empty {
+            return WriteNow::Queue(frame);
+        }
+        let Some(mut sink) = self.sink.try_lock() else {
+            return WriteNow::Queue(frame);
+        };
+        if sink.busy || !sink.front.is_empty() {
+            return WriteNow::Queue(frame);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut written = 0;
+        while written < frame.len() {
+            match std::pin::Pin::new(&mut sink.writer).poll_write(&mut cx, &frame[written..]) {
+                std::task::Poll::Ready(Ok(0)) => {
+                    return WriteNow::Failed(std::io::ErrorKind::WriteZero.into());
+                }
+                std::task::Poll::Ready(Ok(n)) => written += n,
+                std::task::Poll::Ready(Err(e)) => return WriteNow::Failed(e),
+                std::task::Poll::Pending => break,
+            }
+        }
+        if written == frame.len() {
+            return WriteNow::Sent;
+        }
+        if written == 0 {
+            return WriteNow::Queue(frame);
+        }
+        sink.front.extend_from_slice(&frame[written..]);
+        drop(sink);
+        self.wake.notify_one();
+        WriteNow::Sent
+    }
 }
 
 /// The host's side of one child's protocol socket.
@@ -110,6 +171,11 @@ impl Connection {
         let outbox = Arc::new(Outbox {
             cancels: Mutex::new(Vec::new()),
             wake: Notify::new(),
+            sink: Mutex::new(Sink {
+                writer: Box::new(writer),
+                front: Vec::new(),
+                busy: false,
+            }),
         });
         let conn = Arc::new(Connection {
             out,
@@ -121,13 +187,7 @@ impl Connection {
             host_requests: Arc::new(Semaphore::new(MAX_HOST_REQUESTS)),
         });
         let closed = conn.closed.subscribe();
-        tokio::spawn(write_loop(
-            writer,
-            rx,
-            outbox,
-            closed,
-            Arc::downgrade(&conn),
-        ));
+        tokio::spawn(write_loop(rx, outbox, closed, Arc::downgrade(&conn)));
         conn
     }
 
@@ -177,6 +237,25 @@ impl Connection {
         if let Some(closed) = self.closed.borrow().clone() {
             return Err(RequestError::Closed(closed));
         }
+        // Fastest path: nothing else on its way to the socket, so write the frame now.
+        let frame = match self
+            .outbox
+            .write_now(frame, self.out.capacity() == self.out.max_capacity())
+        {
+            WriteNow::Sent => {
+                guard.cancel = cancel;
+                return match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+                    Err(_) => Err(RequestError::Timeout),
+                };
+            }
+            WriteNow::Queue(frame) => frame,
+            WriteNow::Failed(e) => {
+                self.close(Closed::new(format!("its protocol socket failed: {e}")));
+                return Err(RequestError::Closed(self.close_info()));
+            }
+        };
         // Fast path: room in the queue now (the usual case) costs no timer.
         let queued = match self.out.try_send(frame) {
             Ok(()) => Ok(()),
@@ -326,8 +405,7 @@ const BATCH_BYTES: usize = 64 << 10;
 /// The only writer of the socket: takes whole frames from the queue (and `cancel`s from the
 /// outbox) and writes them one after another. No caller ever holds the socket, so a caller that
 /// gives up can never leave half a frame behind. Ends when the connection closes or breaks.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
+async fn write_loop(
     mut rx: mpsc::Receiver<Vec<u8>>,
     outbox: Arc<Outbox>,
     mut closed: watch::Receiver<Option<Closed>>,
@@ -336,6 +414,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     loop {
         buf.clear();
+        // The rest of a frame a caller started goes first; from taking it until it is written
+        // the writer is busy, so no caller writes in between.
+        {
+            let mut sink = outbox.sink.lock();
+            if !sink.front.is_empty() {
+                std::mem::swap(&mut buf, &mut sink.front);
+                sink.busy = true;
+            }
+        }
         for id in std::mem::take(&mut *outbox.cancels.lock()) {
             encode_notification(&mut buf, "cancel", &CancelParams { id });
         }
@@ -359,11 +446,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 },
             }
         }
+        outbox.sink.lock().busy = true;
         let result = tokio::select! {
             biased;
             _ = closed.wait_for(Option::is_some) => break,
-            r = writer.write_all(&buf) => r,
+            r = write_all(&outbox.sink, &buf) => r,
         };
+        outbox.sink.lock().busy = false;
         if let Err(e) = result {
             if let Some(conn) = conn.upgrade() {
                 conn.close(Closed::new(format!("its protocol socket failed: {e}")));
@@ -371,7 +460,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             break;
         }
     }
-    // Dropping the writer closes our half; dropping `rx` fails every queued and later send.
+    // Replacing the writer closes our half; dropping `rx` fails every queued and later send.
+    let mut sink = outbox.sink.lock();
+    sink.busy = true;
+    sink.writer = Box::new(tokio::io::sink());
+}
+
+/// Writes all of `buf` through the shared write half, holding its lock for one poll at a time.
+async fn write_all(sink: &Mutex<Sink>, buf: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < buf.len() {
+        let n = std::future::poll_fn(|cx| {
+            let mut sink = sink.lock();
+            std::pin::Pin::new(&mut sink.writer).poll_write(cx, &buf[written..])
+        })
+        .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
 }
 
 /// Serves the rest of the connection after the handshake: routes replies, forwards the child's
