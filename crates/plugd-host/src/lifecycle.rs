@@ -305,13 +305,8 @@ impl Host {
         let resolution = self.inner.lifecycle.lock().await;
         let slot = self.inner.existing(name)?;
         let also_stopped = self
-            .stop_dependants(
-                &resolution,
-                name,
-                &format!("its dependency `{name}` was unloaded"),
-            )
+            .stop_with_dependants(&resolution, &slot, "unloaded")
             .await;
-        self.stop_slot(&slot, "unloaded").await;
         Ok(Unloaded {
             plugin: slot.info(),
             also_stopped,
@@ -440,13 +435,8 @@ impl Host {
         let resolution = self.inner.lifecycle.lock().await;
         let slot = self.inner.existing(name)?;
         let also_stopped = self
-            .stop_dependants(
-                &resolution,
-                name,
-                &format!("its dependency `{name}` was uninstalled"),
-            )
+            .stop_with_dependants(&resolution, &slot, "uninstalled")
             .await;
-        self.stop_slot(&slot, "uninstalled").await;
         let store = self.store().await?;
         store.set_uninstalled(name, true).await?;
         if !keep_data {
@@ -542,6 +532,26 @@ impl Host {
                 self.stop_generation(&slot, generation, &why).await;
             }
         }
+    }
+
+    /// Stops a plugin after its running dependants (reasons "its dependency `NAME` was {how}"
+    /// and "{how}"); returns the dependants that were running.
+    async fn stop_with_dependants(
+        &self,
+        resolution: &Resolution,
+        slot: &Arc<Slot>,
+        how: &str,
+    ) -> Vec<PluginName> {
+        let name = slot.name.as_str();
+        let stopped = self
+            .stop_dependants(
+                resolution,
+                name,
+                &format!("its dependency `{name}` was {how}"),
+            )
+            .await;
+        self.stop_slot(slot, how).await;
+        stopped
     }
 
     /// Stops the running dependants of `name` (dependants first), with the reason; returns the

@@ -237,46 +237,40 @@ impl Connection {
         if let Some(closed) = self.closed.borrow().clone() {
             return Err(RequestError::Closed(closed));
         }
-        // Fastest path: nothing else on its way to the socket, so write the frame now.
-        let frame = match self
-            .outbox
-            .write_now(frame, self.out.capacity() == self.out.max_capacity())
-        {
-            WriteNow::Sent => {
-                guard.cancel = cancel;
-                return match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(reply)) => Ok(reply),
-                    Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
-                    Err(_) => Err(RequestError::Timeout),
-                };
-            }
+        self.put_on_the_wire(frame, deadline).await?;
+        guard.cancel = cancel;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
+    /// Puts one whole frame on its way: written now when nothing else is on its way to the
+    /// socket (no hop to the writer task), else queued — without a timer when there is room,
+    /// waiting until `deadline` for room otherwise.
+    async fn put_on_the_wire(&self, frame: Vec<u8>, deadline: Instant) -> Result<(), RequestError> {
+        let queue_empty = self.out.capacity() == self.out.max_capacity();
+        let frame = match self.outbox.write_now(frame, queue_empty) {
+            WriteNow::Sent => return Ok(()),
             WriteNow::Queue(frame) => frame,
             WriteNow::Failed(e) => {
                 self.close(Closed::new(format!("its protocol socket failed: {e}")));
                 return Err(RequestError::Closed(self.close_info()));
             }
         };
-        // Fast path: room in the queue now (the usual case) costs no timer.
-        let queued = match self.out.try_send(frame) {
+        match self.out.try_send(frame) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(RequestError::Closed(self.close_info()))
+            }
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 match tokio::time::timeout_at(deadline, self.out.send(frame)).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(None),
-                    Err(_) => Err(Some(RequestError::Timeout)),
+                    Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+                    Err(_) => Err(RequestError::Timeout),
                 }
             }
-        };
-        match queued {
-            Ok(()) => guard.cancel = cancel,
-            Err(None) => return Err(RequestError::Closed(self.close_info())),
-            Err(Some(e)) => return Err(e),
-        }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
-            Err(_) => Err(RequestError::Timeout),
         }
     }
 

@@ -256,19 +256,7 @@ pub(crate) fn lifecycle(
         output::print_json(&plugin);
     } else {
         output::plugin_detail(&plugin, None);
-        let also: Vec<String> = plugin["also_stopped"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| n.as_str().map(|n| format!("`{n}`")))
-            .collect();
-        if !also.is_empty() {
-            println!(
-                "Also stopped {}, which depend{} on `{name}`",
-                also.join(", "),
-                if also.len() == 1 { "s" } else { "" }
-            );
-        }
+        output::also_stopped(&plugin, name);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -157,19 +157,7 @@ pub(crate) fn uninstall(
             "Uninstalled `{name}`: stopped; removed its data dir, kv, params and staged copies; its package stays in the plugins directory"
         );
     }
-    let also: Vec<String> = answer["also_stopped"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n.as_str().map(|n| format!("`{n}`")))
-        .collect();
-    if !also.is_empty() {
-        println!(
-            "Also stopped {}, which depend{} on `{name}`",
-            also.join(", "),
-            if also.len() == 1 { "s" } else { "" }
-        );
-    }
+    output::also_stopped(&answer, name);
     println!("`plugd load {name}` installs it again");
     Ok(ExitCode::SUCCESS)
 }

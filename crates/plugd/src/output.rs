@@ -122,6 +122,24 @@ fn expand(text: &str) -> String {
 
 /// `plugd status NAME`: everything about one plugin. Multi-line texts (tracebacks) are indented
 /// under their label, and paths into the staged copy are shown as paths in the source package.
+/// `Also stopped `a`, `b`, which depend on `NAME``: the running dependants an unload or an
+/// uninstall stopped first (nothing when there were none).
+pub(crate) fn also_stopped(answer: &Value, name: &str) {
+    let also: Vec<String> = answer["also_stopped"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(|n| format!("`{n}`")))
+        .collect();
+    if !also.is_empty() {
+        println!(
+            "Also stopped {}, which depend{} on `{name}`",
+            also.join(", "),
+            if also.len() == 1 { "s" } else { "" }
+        );
+    }
+}
+
 pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     let text = |v: &Value| expand(&unstage(s(v), p));
     println!(
