@@ -67,15 +67,28 @@ _CALL_SYNC_TIMEOUT = 620.0
 _READ_SIZE = 256 * 1024
 _ACTION_NAME = re.compile(r"^[a-z_][a-z0-9_.\-]{0,63}$")
 
-# The id of the `call` being served, for `progress` and `log`; each call runs in its own context.
-_current_call: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar(
-    "plugd_call", default=None
-)
+# The call being served, set in the context each call's handler runs in: its id (for `progress`
+# and `log`), its `chain` as received (a list of plugin names, or None) and its deadline
+# (`time.monotonic()`, or None); the chain and the deadline become the `context` of the
+# `plugin.call`s its handler makes. One variable, so a call costs one context update.
+_current: contextvars.ContextVar[Optional[Tuple[int, Any, Optional[float]]]] = \
+    contextvars.ContextVar("plugd_call", default=None)
 
-# The `chain` of the call being served and its deadline (`time.monotonic()`), sent as the
-# `context` of the `plugin.call`s its handler makes.
-_call_ctx: contextvars.ContextVar[Optional[Tuple[List[str], Optional[float]]]] = \
-    contextvars.ContextVar("plugd_call_context", default=None)
+
+def _current_call_id() -> Optional[int]:
+    current = _current.get()
+    return None if current is None else current[0]
+
+
+def _current_context() -> Optional[Tuple[List[str], Optional[float]]]:
+    """The chain (only its strings) and deadline of the call being served, if any."""
+    current = _current.get()
+    if current is None:
+        return None
+    _, chain, deadline = current
+    chain = [c for c in chain if isinstance(c, str)] if isinstance(chain, list) else []
+    return chain, deadline
+
 
 # Python 3.12+ starts a Task eagerly itself (and keeps `current_task()` right while doing so).
 _NATIVE_EAGER = sys.version_info >= (3, 12)
@@ -112,8 +125,42 @@ def _json_default(o: Any) -> Any:
 
 
 # One encoder for everything: compact separators, no NaN (the host's JSON parser rejects it).
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default).encode
-_decode = json.loads
+_checked_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
+                                   default=_json_default).encode
+# `JSONEncoder.encode` builds a new C encoder (and a dict to detect cycles) on every call, which
+# costs as much as encoding a small reply. This one is built once, without the cycle check: it
+# holds no state, so worker threads may share it. A cycle ends in `RecursionError`, and then the
+# checked encoder runs again to raise its `ValueError`, so callers see exactly what they did.
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_fast_encode = _c_encoder(None, _json_default, json.encoder.encode_basestring_ascii, None, ":",
+                          ",", False, False, False) if _c_encoder is not None else None
+
+
+def _encode(o: Any) -> str:
+    if _fast_encode is None:  # pragma: no cover - a Python without the C accelerator
+        return _checked_encode(o)
+    try:
+        return "".join(_fast_encode(o, 0))
+    except RecursionError:
+        return _checked_encode(o)
+
+
+# `json.loads(bytes)` detects the encoding, decodes, and matches whitespace with two regexes
+# around the C scanner: most of its time for a small frame. A frame is one line of UTF-8 that is
+# one JSON value, so the scanner alone does; anything else (leading or trailing text, another
+# encoding) goes through `json.loads` for its exact error.
+_scan_once = json.decoder.JSONDecoder().scan_once
+
+
+def _decode(line: bytes) -> Any:
+    try:
+        text = line.decode()
+        value, end = _scan_once(text, 0)
+    except (UnicodeDecodeError, StopIteration):
+        return json.loads(line)
+    if end != len(text):
+        return json.loads(line)
+    return value
 
 
 class _Resumed(collections.abc.Coroutine):
@@ -211,7 +258,7 @@ class _HostLogHandler(logging.Handler):
             params: Dict[str, Any] = {"level": level, "message": msg, "logger": record.name}
             call = getattr(record, "plugd_call", None)
             if call is None:
-                call = _current_call.get()
+                call = _current_call_id()
             if call is not None:
                 params["call"] = call
             self._plugin._send_log(params)
@@ -366,7 +413,7 @@ class Plugin:
     def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
         """Reports progress of the current call (from its handler, in any thread)."""
         params: Dict[str, Any] = {}
-        call = _current_call.get()
+        call = _current_call_id()
         if call is not None:
             params["call"] = call
         if fraction is not None:
@@ -446,7 +493,7 @@ class Plugin:
     def _call_params(self, plugin: str, action: str, payload: Any) -> Dict[str, Any]:
         """`plugin.call` params; inside a handler with the `context` of the call it serves."""
         params: Dict[str, Any] = {"plugin": plugin, "action": action, "payload": payload}
-        current = _call_ctx.get()
+        current = _current_context()
         if current is not None:
             chain, deadline = current
             context: Dict[str, Any] = {"chain": list(chain)}
@@ -472,7 +519,7 @@ class Plugin:
                   full: bool = False) -> Any:
         """`call` for sync handlers (blocks the worker thread until the answer)."""
         params = self._call_params(plugin, action, payload)  # in the handler's context
-        current = _call_ctx.get()
+        current = _current_context()
         timeout = _CALL_SYNC_TIMEOUT
         if current is not None and current[1] is not None:
             timeout = max(0.0, current[1] - time.monotonic()) + _CALL_SYNC_MARGIN
@@ -800,17 +847,16 @@ class Plugin:
                                  f"Payload rejected by the input model of `{name}`: {exc}",
                                  {"errors": exc.errors})
                 return
-        ctx = contextvars.copy_context()
-        ctx.run(_current_call.set, id_)
-        chain = params.get("chain")
-        chain = [c for c in chain if isinstance(c, str)] if isinstance(chain, list) else []
         deadline_ms = params.get("deadline_ms")
-        deadline = None
         if isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool):
-            deadline = time.monotonic() + deadline_ms / 1000.0
-        ctx.run(_call_ctx.set, (chain, deadline))
+            deadline: Optional[float] = time.monotonic() + deadline_ms / 1000.0
+        else:
+            deadline = deadline_ms = None
+        # The chain is checked (and copied) only when the handler makes a `plugin.call`.
+        ctx = contextvars.copy_context()
+        ctx.run(_current.set, (id_, params.get("chain"), deadline))
         if action.is_async:
-            self._start_async(id_, action.fn, arg, ctx, params.get("deadline_ms"), action.eager)
+            self._start_async(id_, action.fn, arg, ctx, deadline_ms, action.eager)
         else:
             self._start_sync(id_, action.fn, arg, ctx)
 
@@ -923,10 +969,9 @@ class Plugin:
 
     def _result_frame(self, id_: int, value: Any) -> str:
         try:
-            if isinstance(value, ActionResult):
-                body = _encode(value.to_json())
-            else:
-                body = '{"value":%s}' % _encode(value)
+            if not isinstance(value, ActionResult):
+                return '{"jsonrpc":"2.0","id":%d,"result":{"value":%s}}\n' % (id_, _encode(value))
+            body = _encode(value.to_json())
         except (TypeError, ValueError) as exc:
             return self._exception_frame(
                 id_, exc, f"The action result is not JSON-serialisable: {exc}")
