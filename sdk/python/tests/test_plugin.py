@@ -307,6 +307,53 @@ def test_cancel_of_an_unknown_or_finished_call_is_ignored(host):
     assert ok(host.call("echo", 6)) == {"value": 6}
 
 
+def asked(host, tag, n):
+    """The `n`-th `test.ask` request (from 1) with `tag`, once it has arrived."""
+    def find():
+        found = [r for r in host.requests
+                 if r["method"] == "test.ask" and r["params"] == {"tag": tag}]
+        return found[n - 1] if len(found) >= n else None
+    return host.wait(find, what=f"test.ask #{n} of {tag}")
+
+
+@pytest.mark.parametrize("sleep", [False, True])
+def test_a_handler_waiting_on_the_host_resumes_with_each_answer(host, sleep):
+    rid = host.start_call("on_host", {"tag": "seq", "asks": 3, "sleep": sleep})
+    for n in range(1, 4):
+        req = asked(host, "seq", n)
+        host.send({"jsonrpc": "2.0", "id": req["id"], "result": {"n": n}})
+    assert ok(host.response(rid)) == {"value": [{"n": 1}, {"n": 2}, {"n": 3}]}
+
+
+def test_a_host_error_reaches_the_handler_waiting_on_it(host):
+    rid = host.start_call("on_host", {"tag": "err"})
+    req = asked(host, "err", 1)
+    host.send({"jsonrpc": "2.0", "id": req["id"],
+               "error": {"code": -32022, "message": "No", "data": {"code": "conflict"}}})
+    e = err(host.response(rid))
+    assert e["code"] == -32003
+    assert e["data"] == {"type": "HostError", "code": "conflict"}
+
+
+def test_cancel_reaches_a_handler_waiting_on_the_host(host):
+    rid = host.start_call("on_host", {"tag": "held"})
+    req = asked(host, "held", 1)
+    host.notify("cancel", {"id": rid})
+    host.wait_notification("emit", lambda p: p["payload"] == {"tag": "held"})
+    # The answer after the cancellation goes nowhere; the plugin serves on.
+    host.send({"jsonrpc": "2.0", "id": req["id"], "result": {"late": True}})
+    assert ok(host.call("echo", 1)) == {"value": 1}
+    assert rid not in host.responses
+
+
+def test_deadline_reaches_a_handler_waiting_on_the_host(host):
+    rid = host.start_call("on_host", {"tag": "late"}, deadline_ms=150)
+    asked(host, "late", 1)
+    host.wait_notification("emit", lambda p: p["payload"] == {"tag": "late"})
+    assert ok(host.call("echo", 2)) == {"value": 2}
+    assert rid not in host.responses
+
+
 def test_handler_raising_cancelled_error(host):
     e = err(host.call("raise_cancel"))
     assert e["code"] == -32003

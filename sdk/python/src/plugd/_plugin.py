@@ -11,6 +11,13 @@ without creating a Task or going round the loop again. A coroutine that does sus
 already started, to a Task. On Python 3.12+ this is asyncio's own eager task start, so
 `asyncio.current_task()` is right from the first line of the handler; on 3.9-3.11 the SDK steps
 the coroutine itself and hands the suspended coroutine to a Task through `_Resumed`.
+
+On 3.9-3.11 a handler suspended on its own host request (`await plugin.kv.get(...)`,
+`plugin.call`, `plugin.request`, an awaited `emit`) is not handed to a Task either: it waits as a
+`_Waiting`, and the read callback that receives the host's answer resumes it at once, so a
+request costs its round trip and no extra loop turns. Anything else it awaits (a sleep, a lock,
+`gather`), and any cancellation (its deadline, the host's `cancel`, the connection closing),
+hands it to a Task from there, which then behaves exactly as if it had been one all along.
 """
 
 from __future__ import annotations
@@ -199,6 +206,23 @@ class _Resumed(collections.abc.Coroutine):
         return self._coro.__await__()
 
 
+class _Waiting:
+    """An eagerly started handler (Python < 3.12) suspended on its own host request: the read
+    callback that receives the answer steps it again (see `Plugin._step`), without a Task."""
+
+    __slots__ = ("call", "coro", "ctx", "timer", "fut", "request", "running", "cancel")
+
+    def __init__(self, call: int, coro: Any, ctx: contextvars.Context) -> None:
+        self.call = call
+        self.coro = coro
+        self.ctx = ctx
+        self.timer: Any = None  # the deadline's `TimerHandle`
+        self.fut: Any = None  # the request future it waits on
+        self.request = 0  # that request's id
+        self.running = False  # being stepped right now
+        self.cancel = False  # cancelled while being stepped: becomes a cancelled Task after
+
+
 class _Emitted:
     """What `Plugin.emit` returns on the loop thread: awaiting it raises the host's refusal."""
 
@@ -311,7 +335,11 @@ class Plugin:
         self._next_id = 0
         self._hello_id = -1
         self._pending: Dict[int, asyncio.Future] = {}
-        self._inflight: Dict[int, Any] = {}  # call id -> Task, or None for a thread
+        self._inflight: Dict[int, Any] = {}  # call id -> Task, _Waiting, or None for a thread
+        self._waiting: Dict[int, _Waiting] = {}  # request id -> the handler awaiting its answer
+        # The request sent last and its id: a handler that yields this future waits on it.
+        self._last_request: Any = None
+        self._last_request_id = 0
         self._expired: set = set()
         self._background: set = set()  # event and params handlers still running
         self._threads_busy = 0
@@ -718,6 +746,8 @@ class Plugin:
         for task in list(self._inflight.values()) + list(self._background):
             if isinstance(task, asyncio.Task):
                 task.cancel()
+            elif isinstance(task, _Waiting):
+                self._cancel_waiting(task)
 
     def _finish(self, code: int) -> None:
         """Ends `run` once everything queued has been written."""
@@ -822,6 +852,10 @@ class Plugin:
             fut.set_exception(HostError.from_rpc(err))
         else:
             fut.set_result(msg.get("result"))
+        if self._waiting:
+            waiting = self._waiting.pop(msg.get("id"), None)  # type: ignore[arg-type]
+            if waiting is not None:
+                self._step(waiting)
 
     # ------------------------------------------------------------------ calls
 
@@ -894,8 +928,13 @@ class Plugin:
                                "`@plugin.action(eager=False)`")
                 self._reply_exception(id_, exc, message)
                 return
-            # Created inside `ctx` so the Task runs in (a copy of) the call's context.
-            task = ctx.run(loop.create_task, _Resumed(coro, yielded))  # type: ignore[union-attr]
+            waiting = _Waiting(id_, coro, ctx)
+            if isinstance(deadline_ms, (int, float)) and deadline_ms > 0:
+                waiting.timer = loop.call_later(  # type: ignore[union-attr]
+                    deadline_ms / 1000.0, self._expire, id_)
+            self._inflight[id_] = waiting
+            self._suspended(waiting, yielded)
+            return
         self._inflight[id_] = task
         timer = None
         if isinstance(deadline_ms, (int, float)) and deadline_ms > 0:
@@ -921,9 +960,79 @@ class Plugin:
         if self._shutting_down:
             self._maybe_finish()
 
+    def _suspended(self, waiting: _Waiting, yielded: Any) -> None:
+        """A handler stepped by the SDK yielded `yielded`: it waits for the answer to the request
+        it just sent, or goes on as a Task (anything else it awaits, or it was cancelled)."""
+        if (yielded is self._last_request and yielded is not None and not waiting.cancel
+                and not self._closed):
+            waiting.fut = yielded
+            waiting.request = self._last_request_id
+            self._waiting[waiting.request] = waiting
+            return
+        task = self._to_task(waiting, yielded)
+        if waiting.cancel:
+            task.cancel()
+
+    def _to_task(self, waiting: _Waiting, yielded: Any) -> "asyncio.Task[Any]":
+        """Hands a suspended handler to a Task (in a copy of its context, like `_start_async`),
+        which continues from the await that yielded `yielded`."""
+        call, timer = waiting.call, waiting.timer
+        task = waiting.ctx.run(self._loop.create_task,  # type: ignore[union-attr]
+                               _Resumed(waiting.coro, yielded))
+        self._inflight[call] = task
+        task.add_done_callback(lambda t: self._on_task_done(call, t, timer))
+        return task
+
+    def _step(self, waiting: _Waiting) -> None:
+        """Resumes a handler whose request was just answered, inside the read callback."""
+        waiting.running = True
+        try:
+            yielded = waiting.ctx.run(waiting.coro.send, None)
+        except StopIteration as stop:
+            waiting.running = False
+            self._waiting_done(waiting, stop.value, None)
+            return
+        except (Exception, asyncio.CancelledError) as exc:
+            waiting.running = False
+            self._waiting_done(waiting, None, exc)
+            return
+        waiting.running = False
+        self._suspended(waiting, yielded)
+
+    def _waiting_done(self, waiting: _Waiting, value: Any, exc: Optional[BaseException]) -> None:
+        """`_on_task_done` for a handler that finished while stepped by the SDK."""
+        id_ = waiting.call
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        self._inflight.pop(id_, None)
+        if id_ in self._expired:
+            self._expired.discard(id_)
+        elif exc is None:
+            self._reply_value(id_, value)
+        elif isinstance(exc, asyncio.CancelledError):
+            self._send_error(id_, ACTION_FAILED, "The call was cancelled",
+                             {"type": "CancelledError"})
+        else:
+            self._reply_exception(id_, exc)
+        if self._shutting_down:
+            self._maybe_finish()
+
+    def _cancel_waiting(self, waiting: _Waiting) -> None:
+        """Cancels a handler stepped by the SDK as `Task.cancel` would: it becomes a Task that
+        starts by raising `CancelledError` at its await (after the current step, if running)."""
+        if waiting.running:
+            waiting.cancel = True
+            return
+        if self._waiting.get(waiting.request) is waiting:
+            del self._waiting[waiting.request]
+        self._to_task(waiting, waiting.fut).cancel()
+
     def _expire(self, id_: int) -> None:
         task = self._inflight.get(id_)
-        if isinstance(task, asyncio.Task) and not task.done():
+        if isinstance(task, _Waiting):
+            self._expired.add(id_)
+            self._cancel_waiting(task)
+        elif isinstance(task, asyncio.Task) and not task.done():
             self._expired.add(id_)
             task.cancel()
 
@@ -932,7 +1041,10 @@ class Plugin:
         # passed): cancel the handler and send no reply, which would only be dropped.
         id_ = params.get("id") if isinstance(params, dict) else None
         task = self._inflight.get(id_)  # type: ignore[arg-type]
-        if isinstance(task, asyncio.Task) and not task.done():
+        if isinstance(task, _Waiting):
+            self._expired.add(id_)
+            self._cancel_waiting(task)
+        elif isinstance(task, asyncio.Task) and not task.done():
             self._expired.add(id_)
             task.cancel()
 
@@ -1087,6 +1199,8 @@ class Plugin:
             del self._pending[id_]
             raise
         self._send(body + "\n")
+        self._last_request = fut
+        self._last_request_id = id_
         return fut
 
     def _notify(self, method: str, params: Any) -> None:

@@ -152,6 +152,23 @@ async def slow(payload):
     return "finished"
 
 
+@plugin.action()
+async def on_host(payload):
+    """Awaits `asks` host requests `test.ask` in turn (the test answers them, or never does),
+    with a short sleep after each when `sleep`; returns the answers, reports a cancellation."""
+    plugin.progress(message="started")
+    answers = []
+    try:
+        for _ in range(payload.get("asks", 1)):
+            answers.append(await plugin.request("test.ask", {"tag": payload["tag"]}))
+            if payload.get("sleep"):
+                await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        plugin.emit("cancelled", {"tag": payload["tag"]})
+        raise
+    return answers
+
+
 _gates = {}
 
 
