@@ -15,9 +15,9 @@ plugin.run()
 `plugd.client` holds a small HTTP client for a running `plugd serve`.
 """
 
-from ._plugin import PROTOCOL_VERSION, Kv, KvSync, Plugin
+from ._plugin import PROTOCOL_VERSION, Kv, KvSync, Plugin, TaskContext, TaskId
 from ._types import (ActionResult, ClientError, Group, HostError, Notification,
-                     NotificationAction)
+                     NotificationAction, Retry)
 from ._validate import ValidationFailed
 from ._version import __version__
 
@@ -32,6 +32,9 @@ __all__ = [
     "NotificationAction",
     "PROTOCOL_VERSION",
     "Plugin",
+    "Retry",
+    "TaskContext",
+    "TaskId",
     "ValidationFailed",
     "__version__",
 ]

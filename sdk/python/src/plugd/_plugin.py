@@ -45,7 +45,7 @@ from ._types import (ActionResult, ClientError, Group, HostError, Notification,
 from ._validate import ValidationFailed, make_validator
 from ._version import __version__
 
-__all__ = ["Kv", "KvSync", "Plugin", "PROTOCOL_VERSION"]
+__all__ = ["Kv", "KvSync", "Plugin", "PROTOCOL_VERSION", "TaskContext", "TaskId"]
 
 PROTOCOL_VERSION = 1
 
@@ -349,6 +349,7 @@ class Plugin:
         self._exit_code = EXIT_OK
         self._log_backlog: List[Dict[str, Any]] = []
         self._log_handler = _HostLogHandler(self)
+        self._tasks = _Tasks(self)  # `@plugin.task` handlers and the `task.run`s in flight
 
     # ------------------------------------------------------------------ registration
 
@@ -430,6 +431,35 @@ class Plugin:
         after `plugin.params` was replaced by a `params.changed` from the host."""
         self._params_handler = (fn, inspect.iscoroutinefunction(fn))
         return fn
+
+    def task(self, name: Any = None, *, input: Any = None) -> Any:
+        """Registers a background task handler (`async def` or plain `def`) for ``name``
+        (default: the function name), run when the host sends `task.run` (see `submit`).
+
+        The handler is called ``(payload, ctx)`` with a `TaskContext` (``ctx.progress(...)``,
+        ``ctx.cancelled``, ``ctx.id``, ``ctx.attempt``, ``ctx.key``), or ``(payload)`` when it
+        takes one parameter. ``input`` validates the payload as in `action`. Its return value
+        (any JSON) is the task's result; raising `Retry` (or an exception with
+        ``retryable = True``) asks the host to run it again later.
+        """
+        if callable(name) and input is None:
+            return self.task()(name)  # used as `@plugin.task` without parentheses
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._tasks.add(name or fn.__name__, fn, input)
+            return fn
+
+        return register
+
+    def after_last(self, key: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Registers the hook the host runs once after the last queued or running task with
+        ``key`` finished: ``(key, ctx)`` or ``(key)``, `async def` or `def`, like a task."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._tasks.add_after_last(key, fn)
+            return fn
+
+        return register
 
     @property
     def actions(self) -> List[Dict[str, str]]:
@@ -610,6 +640,29 @@ class Plugin:
         raw = value if isinstance(value, str) or value is None else str(value)
         self._env_cache[name] = raw
         return raw
+
+    # ------------------------------------------------------------------ background tasks
+
+    async def submit(self, task: str, payload: Any = None, *, key: Optional[str] = None,
+                     priority: bool = False, dedupe: bool = False,
+                     max_attempts: Optional[int] = None) -> "TaskId":
+        """Queues the task ``task`` of this plugin (`task.submit`, service ``tasks``) and
+        returns its id once the host stored it: a `TaskId` (an ``int`` with ``.deduped``).
+
+        ``key`` groups tasks (for `after_last`), ``priority`` runs it before normal tasks,
+        ``dedupe`` returns the id of a task with the same key that is still queued instead of
+        queuing another, ``max_attempts`` bounds the retries (host default 3). Raises
+        `HostError` (``not_granted``, ``overloaded`` when the queue is full, ...).
+        """
+        params = _submit_params(task, payload, key, priority, dedupe, max_attempts)
+        return _task_id(await self.request("task.submit", params))
+
+    def submit_sync(self, task: str, payload: Any = None, *, key: Optional[str] = None,
+                    priority: bool = False, dedupe: bool = False,
+                    max_attempts: Optional[int] = None) -> "TaskId":
+        """`submit` for sync handlers (blocks the worker thread until the host answers)."""
+        params = _submit_params(task, payload, key, priority, dedupe, max_attempts)
+        return _task_id(self._blocking(lambda: self.request("task.submit", params)))
 
     # ------------------------------------------------------------------ entry point
 
@@ -828,13 +881,19 @@ class Plugin:
             if id_ is not None:
                 self._send('{"jsonrpc":"2.0","id":%d,"result":"pong"}\n' % id_)
         elif method == "event":
-            self._on_event(params)
+            if id_ is None:
+                self._on_event(params)  # the older notification form: nobody to answer
+            else:
+                self._on_event_request(id_, params)
         elif method == "params.changed":
             self._on_params_changed(params)
         elif method == "shutdown":
             self._on_shutdown()
         elif method == "cancel":
-            self._on_cancel(params)
+            if not self._tasks.on_cancel(params):
+                self._on_cancel(params)
+        elif method == "task.run":
+            self._tasks.on_run(id_, params)
         elif id_ is not None:
             self._send_error(id_, METHOD_NOT_FOUND, f"Method `{method}` not found",
                              {"method": method})
@@ -1139,6 +1198,77 @@ class Plugin:
                                       f"Event handler `{getattr(sub.fn, '__name__', sub.fn)}` "
                                       f"failed on `{topic}`")
 
+    def _on_event_request(self, id_: int, params: Any) -> None:
+        """`event` as a request: answered `null` once every matching handler returned, or
+        `-32003` (the first failure, in registration order) when one raised; the host sends the
+        next event of this plugin only after the answer."""
+        if not isinstance(params, dict) or not isinstance(params.get("topic"), str):
+            self._send_error(id_, INVALID_PARAMS, "`event` needs params `{topic, payload}`")
+            return
+        if self._shutting_down:
+            self._send_error(id_, ACTION_FAILED, "The plugin is shutting down",
+                             {"type": "ShuttingDown"})
+            return
+        topic = params["topic"]
+        subs = [sub for sub in self._subscriptions if sub.matches(topic)]
+        if not subs:
+            self._send('{"jsonrpc":"2.0","id":%d,"result":null}\n' % id_)
+            return
+        coro = self._deliver_event(id_, topic, params.get("payload"), subs)
+        if _NATIVE_EAGER:  # an event whose handlers do not suspend is answered right here
+            task = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
+        else:
+            task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        if not task.done():
+            self._background.add(task)
+            task.add_done_callback(self._event_done)
+
+    def _event_done(self, task: "asyncio.Task[Any]") -> None:
+        self._background.discard(task)
+        if self._shutting_down:
+            self._maybe_finish()
+
+    async def _deliver_event(self, id_: int, topic: str, payload: Any,
+                             subs: List[_Subscription]) -> None:
+        if len(subs) == 1:
+            failures = [await self._event_handler(subs[0], topic, payload)]
+        else:
+            failures = await asyncio.gather(
+                *(self._event_handler(sub, topic, payload) for sub in subs))
+        first: Optional[BaseException] = None
+        for sub, exc in zip(subs, failures):
+            if exc is None:
+                continue
+            first = first or exc
+            self.log.error("Event handler `%s` failed on `%s`: %s: %s",
+                           getattr(sub.fn, "__name__", sub.fn), topic, type(exc).__name__, exc,
+                           exc_info=(type(exc), exc, exc.__traceback__))
+        if first is None:
+            self._send('{"jsonrpc":"2.0","id":%d,"result":null}\n' % id_)
+            return
+        data: Dict[str, Any] = {"type": type(first).__name__}
+        code = getattr(first, "code", None)
+        if isinstance(code, (str, int)) and not isinstance(code, bool):
+            data["code"] = code
+        self._send_error(id_, ACTION_FAILED, str(first) or type(first).__name__, data)
+
+    async def _event_handler(self, sub: _Subscription, topic: str,
+                             payload: Any) -> Optional[Exception]:
+        """Runs one handler of an event; returns what it raised, if anything."""
+        try:
+            if sub.is_async:
+                await sub.fn(topic, payload)
+            else:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self._max_workers or DEFAULT_WORKERS,
+                        thread_name_prefix="plugd-action")
+                await self._loop.run_in_executor(  # type: ignore[union-attr]
+                    self._executor, sub.fn, topic, payload)
+        except Exception as exc:
+            return exc
+        return None
+
     def _on_params_changed(self, params: Any) -> None:
         new = params.get("params") if isinstance(params, dict) else None
         self.params = new if isinstance(new, dict) else {}
@@ -1421,3 +1551,345 @@ def convert_env(name: str, raw: Optional[str], default: Any, type_: Callable[[st
         what = getattr(type_, "__name__", str(type_))
         raise ValueError(f"Environment variable `{name}` is `{raw}`, not a valid {what}: {exc}") \
             from None
+
+
+# ---------------------------------------------------------------------- background tasks
+# `@plugin.task`, `@plugin.after_last` and `plugin.submit` (docs/protocol.md, "Tasks"). The host
+# sends one `task.run` request per run; the handler gets its payload and a `TaskContext`, and the
+# answer is its return value, or an error whose `data.code` says `retry` or `cancelled`. (In this
+# module for the same reason as `Kv`: `plugd serve` ships a fixed list of SDK files.)
+
+AFTER_LAST = "@after_last"
+TASK_RETRY = "retry"
+TASK_CANCELLED = "cancelled"
+# The host's rule for task names (`@` is reserved for its own runs such as `@after_last`).
+_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class TaskId(int):
+    """What `Plugin.submit` returns: the task's id, an ``int``, which also says whether the
+    submit was ``deduped`` (``dedupe=True`` and a task with that key was already queued: the id
+    is that task's, and nothing new was queued)."""
+
+    deduped: bool
+
+    def __new__(cls, id_: int, deduped: bool = False) -> "TaskId":
+        self = super().__new__(cls, id_)
+        self.deduped = bool(deduped)
+        return self
+
+    @property
+    def id(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"TaskId({int(self)}, deduped={self.deduped})"
+
+
+class TaskContext:
+    """What a task handler gets beside its payload.
+
+    ``id`` is the task's id (the same in every attempt), ``task`` its name (``@after_last`` for
+    an after-last hook), ``key`` its grouping key or ``None``, ``attempt`` the run's number (1,
+    then one more per retry or per run cut short by a crash), ``deadline`` the
+    `time.monotonic()` by which the host wants the answer (``None`` when it gave none).
+    """
+
+    __slots__ = ("id", "task", "key", "attempt", "deadline", "_plugin", "_cancel")
+
+    def __init__(self, plugin: "Plugin", id_: int, task: str, key: Optional[str], attempt: int,
+                 deadline: Optional[float]) -> None:
+        self.id = id_
+        self.task = task
+        self.key = key
+        self.attempt = attempt
+        self.deadline = deadline
+        self._plugin = plugin
+        self._cancel = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the host asked to stop this run (`cancel`): a sync handler checks it between
+        steps and returns or raises; an async handler is cancelled (`CancelledError`) anyway."""
+        return self._cancel.is_set()
+
+    def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until the run is cancelled or ``timeout`` seconds passed; returns
+        `cancelled`. For sync handlers (in async code use `asyncio` waits, which are cancelled)."""
+        return self._cancel.wait(timeout)
+
+    def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
+        """Reports the task's progress (`progress` with ``task``); from any thread."""
+        params: Dict[str, Any] = {"task": self.id}
+        if fraction is not None:
+            params["fraction"] = float(fraction)
+        if message is not None:
+            params["message"] = str(message)
+        self._plugin._notify("progress", params)
+
+    def __repr__(self) -> str:
+        return (f"TaskContext(id={self.id}, task={self.task!r}, key={self.key!r}, "
+                f"attempt={self.attempt}, cancelled={self.cancelled})")
+
+
+@dataclasses.dataclass
+class _TaskHandler:
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    with_ctx: bool  # the handler takes a second positional parameter: the `TaskContext`
+    validate: Optional[Callable[[Any], Any]]
+
+
+def _takes_ctx(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts two positional arguments (payload, ctx) rather than one."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return True
+    positional = 0
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
+
+
+def _task_handler(name: str, fn: Callable[..., Any], input: Any) -> _TaskHandler:
+    return _TaskHandler(name=name, fn=fn, is_async=inspect.iscoroutinefunction(fn),
+                        with_ctx=_takes_ctx(fn),
+                        validate=make_validator(input) if input is not None else None)
+
+
+def _submit_params(task: str, payload: Any, key: Optional[str], priority: bool, dedupe: bool,
+                   max_attempts: Optional[int]) -> Dict[str, Any]:
+    if not isinstance(task, str):
+        raise TypeError(f"The task name must be a string, not {type(task).__name__}")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"`key` must be a string or None, not {type(key).__name__}")
+    if max_attempts is not None and (not _is_int(max_attempts) or max_attempts < 1):
+        raise ValueError(f"`max_attempts` must be a positive integer, not {max_attempts!r}")
+    params: Dict[str, Any] = {"task": task, "payload": payload}
+    if key is not None:
+        params["key"] = key
+    if priority:
+        params["priority"] = True
+    if dedupe:
+        params["dedupe"] = True
+    if max_attempts is not None:
+        params["max_attempts"] = max_attempts
+    return params
+
+
+def _task_id(answer: Any) -> TaskId:
+    if not isinstance(answer, dict) or not _is_int(answer.get("id")):
+        raise HostError("failed", f"The host answered `task.submit` with {answer!r}, not "
+                        "`{id, deduped}`")
+    return TaskId(answer["id"], answer.get("deduped") is True)
+
+
+class _Tasks:
+    """The plugin's task handlers and the `task.run`s in flight (by request id)."""
+
+    def __init__(self, plugin: "Plugin") -> None:
+        self._plugin = plugin
+        self.handlers: Dict[str, _TaskHandler] = {}
+        self.after_last: Dict[str, _TaskHandler] = {}
+        # `task.run` request id -> (its asyncio Task, or None for a thread; its context).
+        self._running: Dict[int, Tuple[Optional["asyncio.Task[Any]"], TaskContext]] = {}
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def add(self, name: str, fn: Callable[..., Any], input: Any) -> None:
+        if not isinstance(name, str) or not _TASK_NAME.match(name):
+            raise ValueError(
+                f"Invalid task name `{name}`: use letters, digits, `_`, `.` and `-`, starting "
+                "with a letter, at most 64 characters")
+        if name in self.handlers:
+            raise ValueError(f"Task `{name}` is registered twice")
+        self.handlers[name] = _task_handler(name, fn, input)
+
+    def add_after_last(self, key: str, fn: Callable[..., Any]) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError("`after_last` needs a non-empty key")
+        if key in self.after_last:
+            raise ValueError(f"An `after_last` hook for key `{key}` is registered twice")
+        self.after_last[key] = _task_handler(AFTER_LAST, fn, None)
+
+    # -- host → plugin
+
+    def on_run(self, id_: Any, params: Any) -> None:
+        plugin = self._plugin
+        if not _is_int(id_):
+            return  # a notification: nobody to answer
+        if (not isinstance(params, dict) or not isinstance(params.get("task"), str)
+                or not _is_int(params.get("id"))):
+            plugin._send_error(id_, INVALID_PARAMS,
+                               "`task.run` needs params `{id, task, payload, attempt}`")
+            return
+        name = params["task"]
+        payload = params.get("payload")
+        key = params.get("key")
+        if not isinstance(key, str):
+            key = None
+        if name == AFTER_LAST:
+            if key is None and isinstance(payload, dict) and isinstance(payload.get("key"), str):
+                key = payload["key"]
+            handler = self.after_last.get(key) if key is not None else None
+            if handler is None:  # no hook for this key: nothing to do
+                plugin._send('{"jsonrpc":"2.0","id":%d,"result":null}\n' % id_)
+                return
+            arg: Any = key
+        else:
+            handler = self.handlers.get(name)
+            if handler is None:
+                plugin._send_error(id_, UNKNOWN_ACTION,
+                                   f"Unknown task `{name}`; hint: register a handler with "
+                                   f"`@plugin.task(\"{name}\")`", {"action": name})
+                return
+            arg = payload
+        if plugin._shutting_down:
+            # Not run at all: let the host run it again (in the next child).
+            plugin._send_error(id_, ACTION_FAILED, "The plugin is shutting down",
+                               {"type": "ShuttingDown", "code": TASK_RETRY})
+            return
+        if handler.validate is not None:
+            try:
+                arg = handler.validate(arg)
+            except ValidationFailed as exc:
+                plugin._send_error(id_, BAD_PAYLOAD,
+                                   f"Payload rejected by the input model of task `{name}`: {exc}",
+                                   {"errors": exc.errors})
+                return
+        attempt = params.get("attempt")
+        deadline_ms = params.get("deadline_ms")
+        deadline = None
+        if isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool):
+            deadline = time.monotonic() + deadline_ms / 1000.0
+        ctx = TaskContext(plugin, params["id"], name, key, attempt if _is_int(attempt) else 1,
+                          deadline)
+        args = (arg, ctx) if handler.with_ctx else (arg,)
+        if handler.is_async:
+            self._start_async(id_, handler, args, ctx)
+        else:
+            self._start_sync(id_, handler, args, ctx)
+
+    def on_cancel(self, params: Any) -> bool:
+        """`cancel` of a running `task.run`: True when it was one (it is answered later)."""
+        id_ = params.get("id") if isinstance(params, dict) else None
+        if not _is_int(id_):
+            return False
+        running = self._running.get(id_)
+        if running is None:
+            return False
+        task, ctx = running
+        ctx._cancel.set()
+        if task is not None and not task.done():
+            task.cancel()
+        return True
+
+    # -- running
+
+    def _start_async(self, id_: int, handler: _TaskHandler, args: Tuple[Any, ...],
+                     ctx: TaskContext) -> None:
+        plugin = self._plugin
+        try:
+            task = plugin._loop.create_task(handler.fn(*args))  # type: ignore[union-attr]
+        except Exception as exc:  # calling the function itself raised
+            plugin._send(self._error_frame(id_, ctx, exc))
+            return
+        self._running[id_] = (task, ctx)
+        plugin._background.add(task)
+        task.add_done_callback(lambda t: self._async_done(id_, ctx, t))
+
+    def _async_done(self, id_: int, ctx: TaskContext, task: "asyncio.Task[Any]") -> None:
+        plugin = self._plugin
+        self._running.pop(id_, None)
+        plugin._background.discard(task)
+        if task.cancelled():
+            frame = self._error_frame(id_, ctx, asyncio.CancelledError())
+        else:
+            exc = task.exception()
+            frame = (self._error_frame(id_, ctx, exc) if exc is not None
+                     else self._result_frame(id_, ctx, task.result()))
+        plugin._send(frame)  # nothing is written after EOF
+        if plugin._shutting_down:
+            plugin._maybe_finish()
+
+    def _start_sync(self, id_: int, handler: _TaskHandler, args: Tuple[Any, ...],
+                    ctx: TaskContext) -> None:
+        plugin = self._plugin
+        if self._executor is None:
+            # Tasks have their own threads: a long task never holds a thread a call needs.
+            limit = plugin.limits.get("tasks")
+            workers = limit if _is_int(limit) and limit > 0 else DEFAULT_WORKERS
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(workers, 1024), thread_name_prefix="plugd-task")
+        self._running[id_] = (None, ctx)
+        # Counted with the calls' threads, so `run()` does not wait for a busy one at EOF.
+        plugin._threads_busy += 1
+        self._executor.submit(self._run_sync, id_, handler, args, ctx)
+
+    def _run_sync(self, id_: int, handler: _TaskHandler, args: Tuple[Any, ...],
+                  ctx: TaskContext) -> None:
+        # Runs in a worker thread; the answer is encoded here and written by the loop thread.
+        try:
+            frame = self._result_frame(id_, ctx, handler.fn(*args))
+        except Exception as exc:
+            frame = self._error_frame(id_, ctx, exc)
+        plugin = self._plugin
+        try:
+            plugin._loop.call_soon_threadsafe(self._sync_done, id_, frame)  # type: ignore[union-attr]
+        except RuntimeError:  # pragma: no cover - the loop is closed: nobody to answer
+            plugin._threads_busy -= 1
+
+    def _sync_done(self, id_: int, frame: str) -> None:
+        plugin = self._plugin
+        plugin._threads_busy -= 1
+        self._running.pop(id_, None)
+        plugin._send(frame)
+        if plugin._shutting_down:
+            plugin._maybe_finish()
+
+    # -- answers
+
+    def _result_frame(self, id_: int, ctx: TaskContext, value: Any) -> str:
+        try:
+            body = _encode(value)
+        except (TypeError, ValueError) as exc:
+            return self._error_frame(id_, ctx, exc,
+                                     f"The task result is not JSON-serialisable: {exc}")
+        return '{"jsonrpc":"2.0","id":%d,"result":%s}\n' % (id_, body)
+
+    def _error_frame(self, id_: int, ctx: TaskContext, exc: BaseException,
+                     message: Optional[str] = None) -> str:
+        """`-32003` for a run that raised: ``data.code`` is ``cancelled`` once the host asked to
+        stop, ``retry`` for `Retry` (or ``retryable = True``), else the exception's ``code``."""
+        plugin = self._plugin
+        data: Dict[str, Any] = {"type": type(exc).__name__}
+        what = f"Task `{ctx.task}` {ctx.id}" + (f" (key `{ctx.key}`)" if ctx.key else "")
+        if ctx.cancelled:
+            data["code"] = TASK_CANCELLED
+            if isinstance(exc, asyncio.CancelledError):
+                message = message or "The task was cancelled"
+            plugin.log.info("%s stopped after a cancel: %s", what, message or exc or
+                            type(exc).__name__)
+        elif getattr(exc, "retryable", False) is True:
+            data["code"] = TASK_RETRY
+            plugin.log.warning("%s, attempt %d, asks for a retry: %s", what, ctx.attempt,
+                               exc or type(exc).__name__)
+        else:
+            code = getattr(exc, "code", None)
+            if isinstance(code, (str, int)) and not isinstance(code, bool):
+                data["code"] = code
+            if isinstance(exc, asyncio.CancelledError):
+                message = message or "The task was cancelled"
+            else:
+                plugin.log.error("%s failed: %s: %s", what, type(exc).__name__, exc,
+                                 exc_info=(type(exc), exc, exc.__traceback__))
+        return plugin._error_frame(id_, ACTION_FAILED,
+                                   message or str(exc) or type(exc).__name__, data)

@@ -18,6 +18,7 @@ __all__ = [
     "HostError",
     "Notification",
     "NotificationAction",
+    "Retry",
 ]
 
 LEVELS = ("info", "success", "warning", "error")
@@ -89,6 +90,25 @@ class ClientError(Exception):
 
     def __repr__(self) -> str:
         return f"ClientError({self.code!r}, {self.message!r}, status={self.status})"
+
+
+class Retry(Exception):
+    """Raise from a task handler (``@plugin.task``) to have the host run the task again later.
+
+    The host retries with backoff until the task's ``max_attempts`` (``ctx.attempt`` counts the
+    runs); then the task fails with this message. Any exception with an attribute
+    ``retryable = True`` is treated the same way. Outside a task it is an ordinary failure.
+    """
+
+    retryable = True
+    code = "retry"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Retry({self.message!r})"
 
 
 def _check_str(what: str, value: Any, optional: bool = True) -> None:
