@@ -32,7 +32,8 @@ def test_every_golden_file_is_replayed_here():
     replayed = {"hello", "initialize", "call", "result", "ping", "pong", "error",
                 "client_error", "log", "progress", "emit", "emit_result", "emit_refused",
                 "event", "cancel", "shutdown", "call_chain", "params_changed", "result_full",
-                "service_error"}
+                "service_error", "event_result", "event_error", "progress_task", "task_run",
+                "task_result", "task_retry", "task_cancelled", "task_after_last"}
     replayed |= {name for name, _ in SERVICES} | {a for _, answers in SERVICES for a in answers}
     assert {p.stem for p in GOLDEN.glob("*.json")} == replayed
 
@@ -101,9 +102,54 @@ def test_emit_request_and_its_answers(golden_host, answer, value):
 
 def test_event(golden_host):
     golden_host.send_raw(raw("event"))
+    assert golden_host.response(golden("event")["id"]) == golden("event_result")
     event = golden("event")["params"]
-    golden_host.wait(lambda: golden_host.call("state")["result"]["value"]["seen"], what="the event")
     assert golden_host.call("state")["result"]["value"]["seen"] == [[event["topic"], event["payload"]]]
+
+
+def test_event_that_raises(golden_host):
+    event = golden("event")
+    rid = golden_host.request("event", {**event["params"], "topic": "bad.image"})
+    assert without_id(golden_host.response(rid)) == without_id(golden("event_error"))
+
+
+def test_task_run_its_progress_and_result(golden_host):
+    golden_host.send_raw(raw("task_run"))
+    assert golden_host.response(golden("task_run")["id"]) == golden("task_result")
+    progress = golden_host.wait_notification("progress", lambda p: "task" in p)
+    assert progress == golden("progress_task")["params"]
+    assert progress["task"] == golden("task_run")["params"]["id"]
+
+
+def task_run_as(name):
+    """The golden `task_run` frame, for the task ``name``."""
+    frame = golden("task_run")
+    frame["params"]["task"] = name
+    return frame
+
+
+def test_task_retry(golden_host):
+    golden_host.send(task_run_as("flaky"))
+    assert golden_host.response(golden("task_run")["id"]) == golden("task_retry")
+
+
+def test_task_cancelled(golden_host):
+    golden_host.send(task_run_as("sleepy"))
+    task_id = golden("task_run")["params"]["id"]
+    golden_host.wait_notification("progress", lambda p: p.get("task") == task_id)
+    golden_host.notify("cancel", {"id": golden("task_run")["id"]})
+    assert golden_host.response(golden("task_run")["id"]) == golden("task_cancelled")
+
+
+def test_task_after_last(golden_host):
+    golden_host.send_raw(raw("task_after_last"))
+    assert golden_host.response(golden("task_after_last")["id"])["result"] == {
+        "rebuilt": "index", "attempt": 1}
+    other = golden("task_after_last")
+    other["id"] += 1
+    other["params"]["key"] = other["params"]["payload"]["key"] = "other"
+    golden_host.send(other)
+    assert golden_host.response(other["id"])["result"] is None  # no hook for `other`
 
 
 def test_cancel_and_shutdown(golden_host):
@@ -147,6 +193,7 @@ SERVICES = [
     ("env_get", {"env_get_result": 10000, "env_get_missing": "unset"}),
     ("kv_list", {"kv_list_result": [["img/a", 1], ["img/b", 2]]}),
     ("plugin_call", {"plugin_call_result": None}),
+    ("task_submit", {"task_submit_result": 12}),
 ]
 
 

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use plugd_protocol::{
+    codes, encode_error, encode_notification, encode_request, encode_result, host_codes,
     CallParams, CancelParams, EmitParams, EventParams, Hello, HelloAction, InitLimits, Initialize,
-    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, codes, encode_error,
-    encode_notification, encode_request, encode_result, host_codes,
+    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, TaskRunParams,
 };
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -86,8 +86,22 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
             "progress",
             &ProgressParams {
                 call: Some(2),
+                task: None,
                 fraction: Some(0.5),
                 message: Some("half".into()),
+            },
+        )
+    });
+    // Progress of a task: `task` is the `id` of `task_run` (the task's id, not the request's).
+    add("progress_task", &|b| {
+        encode_notification(
+            b,
+            "progress",
+            &ProgressParams {
+                call: None,
+                task: Some(12),
+                fraction: Some(0.25),
+                message: Some("embedding".into()),
             },
         )
     });
@@ -166,13 +180,87 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     add("cancel", &|b| {
         encode_notification(b, "cancel", &CancelParams { id: 2 })
     });
+    // An event is a request: answered `null` once the handlers ran, or an error.
     add("event", &|b| {
-        encode_notification(
+        encode_request(
             b,
+            7,
             "event",
             &EventParams {
                 topic: "image.imported",
                 payload: &payload,
+            },
+        )
+    });
+    add("event_result", &|b| {
+        encode_result(b, 7, &serde_json::Value::Null)
+    });
+    add("event_error", &|b| {
+        encode_error(
+            b,
+            7,
+            &RpcError {
+                code: codes::ACTION_FAILED,
+                message: "cannot handle Ada".into(),
+                data: Some(json!({"type": "ValueError"})),
+            },
+        )
+    });
+    // Tasks: a run, its result, a retryable failure (`data.code` = `plugd_runtime::TASK_RETRY`)
+    // and a run that stopped after `cancel` (`TASK_CANCELLED`); the after-last hook of a key.
+    add("task_run", &|b| {
+        encode_request(
+            b,
+            8,
+            "task.run",
+            &TaskRunParams {
+                id: 12,
+                task: "embed",
+                payload: &payload,
+                key: Some("index"),
+                attempt: 1,
+                deadline_ms: 600_000,
+            },
+        )
+    });
+    add("task_result", &|b| {
+        encode_result(b, 8, &json!({"name": "Ada", "vector": [0.5, 0.25]}))
+    });
+    add("task_retry", &|b| {
+        encode_error(
+            b,
+            8,
+            &RpcError {
+                code: codes::ACTION_FAILED,
+                message: "the GPU is busy".into(),
+                data: Some(json!({"type": "Retry", "code": "retry"})),
+            },
+        )
+    });
+    add("task_cancelled", &|b| {
+        encode_error(
+            b,
+            8,
+            &RpcError {
+                code: codes::ACTION_FAILED,
+                message: "The task was cancelled".into(),
+                data: Some(json!({"type": "CancelledError", "code": "cancelled"})),
+            },
+        )
+    });
+    add("task_after_last", &|b| {
+        let payload = RawValue::from_string(r#"{"key":"index"}"#.to_owned()).unwrap();
+        encode_request(
+            b,
+            9,
+            "task.run",
+            &TaskRunParams {
+                id: 13,
+                task: "@after_last",
+                payload: &payload,
+                key: Some("index"),
+                attempt: 1,
+                deadline_ms: 600_000,
             },
         )
     });
@@ -288,6 +376,19 @@ fn host_services() -> Vec<(&'static str, Vec<u8>)> {
     );
     add("env_get_result", &result(json!({"value": "10000"})));
     add("env_get_missing", &result(json!({"value": null})));
+    // `plugin.submit("embed", {"name": "Ada"}, key="index", priority=True)`: the SDK leaves out
+    // the options at their defaults.
+    add(
+        "task_submit",
+        &request(
+            "task.submit",
+            json!({"task": "embed", "payload": {"name": "Ada"}, "key": "index", "priority": true}),
+        ),
+    );
+    add(
+        "task_submit_result",
+        &result(json!({"id": 12, "deduped": false})),
+    );
     add("service_error", &|b| {
         encode_error(
             b,
@@ -385,12 +486,16 @@ fn golden_frames_decode_as_what_they_are() {
             Message::Response { result: Err(e), .. } => format!("error {}", e.code),
         };
         let want = match name {
-            "hello" | "call" | "ping" | "emit" => format!("request {name}"),
+            "hello" | "call" | "ping" | "emit" | "event" => format!("request {name}"),
             "call_chain" => "request call".to_owned(),
-            "log" | "progress" | "cancel" | "event" | "shutdown" => format!("notification {name}"),
+            "task_run" | "task_after_last" => "request task.run".to_owned(),
+            "log" | "progress" | "cancel" | "shutdown" => format!("notification {name}"),
+            "progress_task" => "notification progress".to_owned(),
             "params_changed" => "notification params.changed".to_owned(),
             "result" | "result_full" | "initialize" | "pong" | "emit_result" => "result".to_owned(),
-            "error" => format!("error {}", codes::ACTION_FAILED),
+            "error" | "event_error" | "task_retry" | "task_cancelled" => {
+                format!("error {}", codes::ACTION_FAILED)
+            }
             "client_error" => format!("error {}", codes::CLIENT_ERROR),
             "emit_refused" => format!("error {}", codes::NOT_GRANTED),
             "service_error" => format!("error {}", codes::SERVICE_ERROR),
@@ -405,7 +510,14 @@ fn golden_frames_decode_as_what_they_are() {
             let parsed = match method.as_str() {
                 "hello" => serde_json::from_str::<Hello>(params.get()).map(|_| ()),
                 "log" => serde_json::from_str::<LogParams>(params.get()).map(|_| ()),
-                "progress" => serde_json::from_str::<ProgressParams>(params.get()).map(|_| ()),
+                "progress" => serde_json::from_str::<ProgressParams>(params.get()).map(|p| {
+                    let want = if name == "progress_task" {
+                        (None, Some(12))
+                    } else {
+                        (Some(2), None)
+                    };
+                    assert_eq!((p.call, p.task), want, "{name}");
+                }),
                 "emit" => serde_json::from_str::<EmitParams>(params.get()).map(|_| ()),
                 "cancel" => serde_json::from_str::<CancelParams>(params.get()).map(|_| ()),
                 _ => Ok(()),

@@ -4,7 +4,7 @@ import asyncio
 import logging
 
 from plugd import (ActionResult, ClientError, Group, HostError, Notification,
-                   NotificationAction, Plugin)
+                   NotificationAction, Plugin, Retry)
 
 plugin = Plugin()
 seen = []
@@ -73,6 +73,7 @@ USES = {
     "params_get": plugin.fetch_params,
     "service_call": lambda: plugin.service("app:db", "query", {"sql": "select 1"}),
     "env_get": lambda: plugin.env_async("CLIENT_MANAGER_PORT", "unset", int),
+    "task_submit": lambda: plugin.submit("embed", {"name": "Ada"}, key="index", priority=True),
 }
 
 
@@ -112,6 +113,33 @@ def on_params(params):
 @plugin.on_event("image.*")
 async def on_image(topic, payload):
     seen.append([topic, payload])
+
+
+@plugin.on_event("bad.*")
+async def on_bad(topic, payload):
+    raise ValueError(f"cannot handle {payload['name']}")
+
+
+@plugin.task("embed")
+async def embed(payload, ctx):
+    ctx.progress(0.25, "embedding")
+    return {"name": payload["name"], "vector": [0.5, 0.25]}
+
+
+@plugin.task("flaky")
+def flaky(payload, ctx):
+    raise Retry("the GPU is busy")
+
+
+@plugin.task("sleepy")
+async def sleepy(payload, ctx):
+    ctx.progress(message="started")
+    await asyncio.sleep(60)
+
+
+@plugin.after_last("index")
+async def rebuild(key, ctx):
+    return {"rebuilt": key, "attempt": ctx.attempt}
 
 
 if __name__ == "__main__":
