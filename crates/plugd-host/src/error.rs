@@ -51,6 +51,12 @@ pub enum HostError {
     /// The host could not read or write its directories.
     #[error("{0}")]
     Io(String),
+    /// No such task, dead letter or other record (the message names what was asked for).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the state of what it names (e.g. cancelling a finished task).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl HostError {
@@ -68,6 +74,8 @@ impl HostError {
             HostError::BadResult(_) => "bad_result",
             HostError::Overloaded(_) => "overloaded",
             HostError::Io(_) => "internal",
+            HostError::NotFound(_) => "not_found",
+            HostError::Conflict(_) => "conflict",
         }
     }
 }

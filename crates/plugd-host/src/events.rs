@@ -1,114 +1,325 @@
-//! Event delivery: a topic and a JSON payload, delivered to every running plugin that subscribed
-//! (exact topic, or a prefix ending in `.*`).
+//! Durable events: a topic and a JSON payload, delivered **at least once, in publish order**, to
+//! every plugin that subscribed (exact topic, a prefix ending in `.*`, or `*`).
 //!
-//! In memory and bounded (durability comes with the event log): each running generation has one
-//! queue of [`EVENT_QUEUE`] events and one task that delivers them in publish order. A full queue
-//! drops the new event for that subscriber and counts it. The payload is parsed once and shared by
-//! every subscriber. An event carries a hop count: an event a plugin emits while it handles an
-//! event of hop `h` has hop `h + 1`, and past [`MAX_HOPS`] it is refused, so two plugins cannot
-//! bounce events forever. Each plugin may emit [`EMIT_RATE`] events per second (burst
-//! [`EMIT_BURST`]); the excess is refused with an error the plugin sees.
+//! - **Publish** (`Host::publish`, a plugin's `emit`) appends the event to the store's event log
+//!   and returns once it is committed; one row however many plugins subscribe. Before that it
+//!   reserves a place in each subscriber's backlog: a subscriber with [`HostConfig::event_backlog`]
+//!   events waiting refuses the event (`overloaded`, 429) and nothing is written.
+//! - **Delivery**: each subscriber has its own task and its own cursor in the store (every event up
+//!   to it is handled). The task reads the events it gets after its cursor in batches, hands
+//!   them to the running instance one by one, waiting for each to be acknowledged, and then
+//!   moves the cursor in one write. A restarting, reloading or failed plugin keeps its cursor and
+//!   gets what it missed when it runs again; a host killed mid-batch delivers the batch again.
+//!   Slow subscribers never delay others or the publisher.
+//! - **Failures**: a handler that fails is retried [`EVENT_ATTEMPTS`] times with doubling backoff
+//!   from [`EVENT_BACKOFF`], holding that subscriber's later events meanwhile; then the event is
+//!   dead-lettered (`GET /api/v1/events/dead`) and delivery moves on. A replayed dead letter is a
+//!   copy of the event for that plugin alone, delivered after what is already waiting.
+//! - **Loops**: an event carries a hop count; an event a plugin emits while it handles an event of
+//!   hop `h` has hop `h + 1`, and past [`MAX_HOPS`] it is refused. Each plugin may emit
+//!   [`EMIT_RATE`] events per second (burst [`EMIT_BURST`]).
+//! - A plugin that is unloaded or uninstalled stops being a subscriber (its cursor is removed):
+//!   it does not get what is published while it is unloaded.
+//!
+//! [`HostConfig::event_backlog`]: crate::HostConfig::event_backlog
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use parking_lot::{Mutex, RwLock};
 use plugd_manifest::PluginName;
-use plugd_runtime::{Instance, LogLevel, LogSource};
+use plugd_runtime::{LogLevel, LogSource, RuntimeError};
+use plugd_store::{Advance, DeadEvent, NewEvent, StoredEvent};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
 
-use crate::registry::Slot;
+use crate::registry::{PluginState, Slot};
 use crate::{Host, HostError};
 
-/// Events waiting per subscriber before new ones are dropped for it.
-pub const EVENT_QUEUE: usize = 1024;
 /// How many times an event may cause another event.
 pub const MAX_HOPS: u8 = 8;
 /// Events per second a plugin may emit, sustained.
 pub const EMIT_RATE: u32 = 100;
 /// Events a plugin may emit at once above the sustained rate.
 pub const EMIT_BURST: u32 = 500;
-/// The longest a subscriber may take over one event before the delivery task moves on.
-const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 /// The longest topic name.
 const MAX_TOPIC: usize = 256;
-/// The largest event payload (as JSON text); larger ones are refused, so a queue of
-/// [`EVENT_QUEUE`] events stays bounded in bytes too.
+/// The largest event payload (as JSON text); larger ones are refused.
 pub const MAX_EVENT_PAYLOAD: usize = 256 << 10;
+/// Deliveries of one event to one subscriber before it is dead-lettered.
+pub const EVENT_ATTEMPTS: u32 = 5;
+/// The wait before the first retry of a failed delivery; it doubles with each retry.
+pub const EVENT_BACKOFF: Duration = Duration::from_millis(200);
+/// Events a subscriber may have waiting before publishing to it is refused (the default of
+/// [`crate::HostConfig::event_backlog`]).
+pub const DEFAULT_EVENT_BACKLOG: u64 = 10_000;
+/// Events read from the store per batch (and acknowledged with one cursor write).
+const BATCH: usize = 256;
+/// How often an idle delivery task looks again without being woken (a safety net: every
+/// publish and every start wakes it).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// One published event, shared by all its subscribers.
-pub(crate) struct Event {
-    topic: String,
-    payload: Box<RawValue>,
-    hops: u8,
+/// An event as the host hands it to applications (the live stream and the history).
+#[derive(Clone, Debug)]
+pub struct EventRecord {
+    /// Its position in the event log (increasing; the `id` of the SSE stream).
+    pub seq: u64,
+    /// The topic.
+    pub topic: String,
+    /// The payload (JSON).
+    pub payload: Box<RawValue>,
+    /// The plugin that published it, `None` for an application.
+    pub source: Option<String>,
+    /// The one plugin it is for (a replayed dead letter), `None` for all subscribers.
+    pub target: Option<String>,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
-/// The bounded, ordered delivery queue of one running generation.
-pub(crate) struct EventQueue {
-    tx: mpsc::Sender<Arc<Event>>,
+impl EventRecord {
+    fn from_stored(event: StoredEvent) -> EventRecord {
+        EventRecord {
+            payload: RawValue::from_string(event.payload)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+            seq: event.seq,
+            topic: event.topic,
+            source: event.source,
+            target: event.target,
+            at_ms: event.at_ms,
+        }
+    }
 }
 
-impl EventQueue {
-    /// Starts the delivery task of one generation. It ends when the queue is dropped (the
-    /// generation stopped) after the event in hand.
-    ///
-    /// The task holds the slot weakly: the slot holds this queue's sender, and a strong
-    /// reference would keep both alive after the host is dropped.
-    pub(crate) fn start(slot: &Arc<Slot>, instance: Arc<dyn Instance>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Arc<Event>>(EVENT_QUEUE);
-        let slot = Arc::downgrade(slot);
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                let Some(slot) = slot.upgrade() else { return };
-                slot.delivering_hops.store(event.hops, Ordering::Relaxed);
-                let delivery = instance.event(&event.topic, &event.payload);
-                let outcome = tokio::time::timeout(DELIVERY_DEADLINE, delivery).await;
-                slot.delivering_hops.store(0, Ordering::Relaxed);
-                let problem = match outcome {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {DELIVERY_DEADLINE:?}"),
-                };
-                slot.push_log(
-                    LogSource::Runtime,
-                    LogLevel::Warn,
-                    &format!("Event `{}` was not delivered: {problem}", event.topic),
-                );
-            }
-        });
-        EventQueue { tx }
+/// What [`Host::publish`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The event's position in the log.
+    pub seq: u64,
+    /// The plugins it will be delivered to.
+    pub subscribers: Vec<PluginName>,
+}
+
+/// An event a subscriber's handler kept failing on.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// The subscriber.
+    pub plugin: String,
+    /// The event.
+    pub event: EventRecord,
+    /// Deliveries tried.
+    pub attempts: u32,
+    /// The last failure.
+    pub error: String,
+    /// When it was dead-lettered (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+impl DeadLetter {
+    fn from_stored(dead: DeadEvent) -> DeadLetter {
+        DeadLetter {
+            plugin: dead.plugin,
+            event: EventRecord::from_stored(dead.event),
+            attempts: dead.attempts,
+            error: dead.error,
+            at_ms: dead.at_ms,
+        }
+    }
+}
+
+/// Delivery counters of one subscriber, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberInfo {
+    /// Events waiting for it (an estimate between restarts of its delivery task).
+    pub backlog: u64,
+    /// Its cursor: every event up to this `seq` is handled.
+    pub cursor: u64,
+    /// Events delivered since the host started.
+    pub delivered: u64,
+    /// Deliveries that failed (each retry counts).
+    pub failures: u64,
+    /// Events dead-lettered since the host started.
+    pub dead: u64,
+}
+
+/// One subscribing plugin: its patterns, backlog and delivery task.
+pub(crate) struct Subscriber {
+    name: PluginName,
+    patterns: RwLock<Vec<String>>,
+    backlog: AtomicU64,
+    cursor: AtomicU64,
+    delivered: AtomicU64,
+    failures: AtomicU64,
+    dead: AtomicU64,
+    wake: Notify,
+    stop: CancellationToken,
+}
+
+impl Subscriber {
+    fn matches(&self, topic: &str) -> bool {
+        self.patterns.read().iter().any(|p| topic_matches(p, topic))
     }
 
-    /// Queues an event without waiting; `false` when the queue is full or closed.
-    fn offer(&self, event: &Arc<Event>) -> bool {
-        self.tx.try_send(event.clone()).is_ok()
+    pub(crate) fn info(&self) -> SubscriberInfo {
+        SubscriberInfo {
+            backlog: self.backlog.load(Ordering::SeqCst),
+            cursor: self.cursor.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every subscriber and the live stream of published events.
+pub(crate) struct Bus {
+    subscribers: RwLock<HashMap<PluginName, Arc<Subscriber>>>,
+    live: broadcast::Sender<Arc<EventRecord>>,
+    /// Serialises subscribe/unsubscribe of one plugin with its delivery task's start.
+    changes: Mutex<()>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            subscribers: RwLock::new(HashMap::new()),
+            live: broadcast::channel(1024).0,
+            changes: Mutex::new(()),
+        }
+    }
+}
+
+impl Bus {
+    pub(crate) fn subscriber(&self, name: &str) -> Option<Arc<Subscriber>> {
+        self.subscribers.read().get(name).cloned()
+    }
+
+    /// Stops every delivery task (host shutdown); cursors stay in the store.
+    pub(crate) fn stop_all(&self) {
+        for subscriber in self.subscribers.write().drain().map(|(_, s)| s) {
+            subscriber.stop.cancel();
+        }
     }
 }
 
 /// Hop count of the event a slot is handling now (0 when none); see the module docs.
-pub(crate) type DeliveringHops = AtomicU8;
+pub(crate) type DeliveringHops = std::sync::atomic::AtomicU8;
 
 impl Host {
-    /// Publishes an event to every subscribed running plugin and returns how many subscribers
-    /// queued it. Delivery is asynchronous and ordered per subscriber; failures are logged to the
-    /// subscriber's log. Callable from any thread (no Tokio context needed).
-    pub fn publish(&self, topic: &str, payload: serde_json::Value) -> Result<usize, HostError> {
-        self.publish_from(None, topic, payload)
+    /// Publishes an event to every subscribed plugin; returns once it is durable, with its
+    /// position in the log and the subscribers it will reach. Refused when a subscriber's
+    /// backlog is full (`overloaded`) or the topic or payload is invalid.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: serde_json::Value,
+    ) -> Result<Published, HostError> {
+        self.publish_from(None, topic, payload).await
     }
 
-    pub(crate) fn publish_from(
+    /// Follows published events live (the receiver lags, and then says so, when it falls more
+    /// than 1,024 events behind; read the gap with [`Host::events_after`]).
+    pub fn events_live(&self) -> broadcast::Receiver<Arc<EventRecord>> {
+        self.inner.bus.live.subscribe()
+    }
+
+    /// Up to `limit` events after `seq` whose topic matches `pattern` (all with `None`), in
+    /// publish order, from the log (events are kept for the retention period).
+    pub async fn events_after(
+        &self,
+        seq: u64,
+        pattern: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, HostError> {
+        let store = self.store().await?;
+        let mut found = Vec::new();
+        let mut after = seq;
+        // Filter in pages, so a rare topic does not make one huge read.
+        while found.len() < limit {
+            let page = store.events_after(after, BATCH.max(limit)).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            let full = page.len() >= BATCH.max(limit);
+            found.extend(
+                page.into_iter()
+                    .filter(|e| pattern.is_none_or(|p| topic_matches(p, &e.topic)))
+                    .map(EventRecord::from_stored),
+            );
+            if !full {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Dead letters, newest first, of one plugin or of all.
+    pub async fn dead_events(
+        &self,
+        plugin: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, HostError> {
+        if let Some(name) = plugin {
+            self.inner.existing(name)?;
+        }
+        Ok(self
+            .store()
+            .await?
+            .dead_events(plugin, limit)
+            .await?
+            .into_iter()
+            .map(DeadLetter::from_stored)
+            .collect())
+    }
+
+    /// Replays a dead letter: the event goes to that plugin again (alone), after what already
+    /// waits for it. Returns the copy's `seq`.
+    pub async fn replay_dead(&self, plugin: &str, seq: u64) -> Result<u64, HostError> {
+        self.inner.existing(plugin)?;
+        let subscriber = self.inner.bus.subscriber(plugin);
+        if let Some(s) = &subscriber {
+            s.backlog.fetch_add(1, Ordering::SeqCst);
+        }
+        let replayed = self.store().await?.event_replay(plugin, seq).await;
+        let undo = || {
+            if let Some(s) = &subscriber {
+                s.backlog.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        match replayed {
+            Ok(Some(copy)) => {
+                if let Some(s) = &subscriber {
+                    s.wake.notify_one();
+                }
+                Ok(copy)
+            }
+            Ok(None) => {
+                undo();
+                Err(HostError::NotFound(format!(
+                    "Plugin `{plugin}` has no dead letter for event {seq}; hint: `plugd events dead` lists them"
+                )))
+            }
+            Err(e) => {
+                undo();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Delivery counters of a subscribing plugin (`None` when it subscribes to nothing).
+    pub fn subscriber_info(&self, plugin: &str) -> Option<SubscriberInfo> {
+        self.inner.bus.subscriber(plugin).map(|s| s.info())
+    }
+
+    pub(crate) async fn publish_from(
         &self,
         sender: Option<&Arc<Slot>>,
         topic: &str,
         payload: serde_json::Value,
-    ) -> Result<usize, HostError> {
-        if topic.is_empty() || topic.len() > MAX_TOPIC || topic.chars().any(char::is_control) {
-            return Err(HostError::Invalid(format!(
-                "Event topic `{}` is not valid; hint: use 1 to {MAX_TOPIC} printable characters, e.g. `image.imported`",
-                topic.escape_default()
-            )));
-        }
+    ) -> Result<Published, HostError> {
+        check_topic(topic)?;
         let hops = match sender {
             Some(slot) => {
                 let hops = slot
@@ -130,60 +341,356 @@ impl Host {
             }
             None => 0,
         };
-        let payload = serde_json::value::to_raw_value(&payload).map_err(|e| {
-            HostError::Invalid(format!(
-                "Event `{topic}` has a payload that is not JSON: {e}"
-            ))
+        let payload = serde_json::to_string(&payload).map_err(|e| {
+            HostError::Invalid(format!("Event `{topic}` has a payload that is not JSON: {e}"))
         })?;
-        if payload.get().len() > MAX_EVENT_PAYLOAD {
+        if payload.len() > MAX_EVENT_PAYLOAD {
             return Err(HostError::Invalid(format!(
                 "Event `{topic}` was refused: its payload is {} bytes, more than {MAX_EVENT_PAYLOAD}; hint: put large data in kv or the data dir and send its key",
-                payload.get().len()
+                payload.len()
             )));
         }
-        let event = Arc::new(Event {
+        let store = self.store().await?;
+        // Reserve a place in every subscriber's backlog before the event exists, so a full one
+        // refuses it with nothing written.
+        let sender_name = sender.map(|s| &s.name);
+        let limit = self.inner.config.event_backlog;
+        let mut reserved: Vec<Arc<Subscriber>> = Vec::new();
+        let subscribers: Vec<Arc<Subscriber>> = self
+            .inner
+            .bus
+            .subscribers
+            .read()
+            .values()
+            .filter(|s| Some(&s.name) != sender_name && s.matches(topic))
+            .cloned()
+            .collect();
+        for subscriber in subscribers {
+            if subscriber.backlog.fetch_add(1, Ordering::SeqCst) >= limit {
+                subscriber.backlog.fetch_sub(1, Ordering::SeqCst);
+                for r in &reserved {
+                    r.backlog.fetch_sub(1, Ordering::SeqCst);
+                }
+                return Err(HostError::Overloaded(format!(
+                    "Event `{topic}` was refused: plugin `{}` already has {limit} events waiting; hint: see `plugd status {}` (is it failing or slow?), or unload it if it should not receive events",
+                    subscriber.name, subscriber.name
+                )));
+            }
+            reserved.push(subscriber);
+        }
+        let event = NewEvent {
             topic: topic.to_owned(),
             payload,
             hops,
-        });
-        let sender_name: Option<&PluginName> = sender.map(|s| &s.name);
-        let slots: Vec<Arc<Slot>> = self.inner.slots.read().values().cloned().collect();
-        let mut queued = 0;
-        for slot in slots {
-            if Some(&slot.name) == sender_name {
-                continue;
-            }
-            let Some(generation) = slot.running() else {
-                continue;
-            };
-            if !generation
-                .manifest
-                .events
-                .subscribe
-                .iter()
-                .any(|p| topic_matches(p, topic))
-            {
-                continue;
-            }
-            if generation.events.offer(&event) {
-                queued += 1;
-            } else {
-                let dropped = slot.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                // One line per power of two keeps a flood from flooding the log as well.
-                if dropped.is_power_of_two() {
-                    slot.push_log(
-                        LogSource::Runtime,
-                        LogLevel::Warn,
-                        &format!("Dropped event `{topic}`: {EVENT_QUEUE} events are already waiting for this plugin ({dropped} dropped so far)"),
-                    );
+            source: sender.map(|s| s.name.to_string()),
+            target: None,
+        };
+        let record_payload = event.payload.clone();
+        let seq = match store.event_append(event).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                for r in &reserved {
+                    r.backlog.fetch_sub(1, Ordering::SeqCst);
                 }
+                return Err(e.into());
             }
+        };
+        for r in &reserved {
+            r.wake.notify_one();
         }
         if let Some(slot) = sender {
             slot.emitted.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(queued)
+        if self.inner.bus.live.receiver_count() > 0 {
+            let record = EventRecord {
+                seq,
+                topic: topic.to_owned(),
+                payload: RawValue::from_string(record_payload)
+                    .map_err(|e| HostError::Invalid(e.to_string()))?,
+                source: sender.map(|s| s.name.to_string()),
+                target: None,
+                at_ms: now_ms(),
+            };
+            let _ = self.inner.bus.live.send(Arc::new(record));
+        }
+        Ok(Published {
+            seq,
+            subscribers: reserved.iter().map(|s| s.name.clone()).collect(),
+        })
     }
+
+    /// Makes a started plugin a subscriber of what its manifest subscribes to (creating its
+    /// cursor at the end of the log the first time), updates the patterns of an existing one, or
+    /// removes it when it subscribes to nothing any more. Starts its delivery task.
+    pub(crate) async fn subscribe(&self, slot: &Arc<Slot>, patterns: Vec<String>) {
+        let name = slot.name.clone();
+        if patterns.is_empty() {
+            self.unsubscribe(&name).await;
+            return;
+        }
+        if let Some(existing) = self.inner.bus.subscriber(name.as_str()) {
+            *existing.patterns.write() = patterns;
+            existing.wake.notify_one();
+            return;
+        }
+        let store = match self.store().await {
+            Ok(store) => store.clone(),
+            Err(e) => {
+                slot.push_log(
+                    LogSource::Runtime,
+                    LogLevel::Error,
+                    &format!("Cannot subscribe to events: {e}"),
+                );
+                return;
+            }
+        };
+        let cursor = match store.event_subscribe(name.as_str()).await {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                slot.push_log(
+                    LogSource::Runtime,
+                    LogLevel::Error,
+                    &format!("Cannot subscribe to events: {e}"),
+                );
+                return;
+            }
+        };
+        let backlog = store
+            .events_pending(name.as_str(), &patterns, cursor)
+            .await
+            .unwrap_or(0);
+        let subscriber = Arc::new(Subscriber {
+            name: name.clone(),
+            patterns: RwLock::new(patterns),
+            backlog: AtomicU64::new(backlog),
+            cursor: AtomicU64::new(cursor),
+            delivered: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+        });
+        {
+            let _serial = self.inner.bus.changes.lock();
+            let mut subscribers = self.inner.bus.subscribers.write();
+            if subscribers.contains_key(&name) {
+                return;
+            }
+            subscribers.insert(name, subscriber.clone());
+        }
+        let host = Arc::downgrade(&self.inner);
+        let slot = Arc::downgrade(slot);
+        tokio::spawn(async move {
+            deliver(host, slot, subscriber, store).await;
+        });
+    }
+
+    /// Stops a plugin's deliveries and forgets its cursor (unload, uninstall).
+    pub(crate) async fn unsubscribe(&self, name: &PluginName) {
+        let removed = {
+            let _serial = self.inner.bus.changes.lock();
+            self.inner.bus.subscribers.write().remove(name)
+        };
+        if let Some(subscriber) = removed {
+            subscriber.stop.cancel();
+        }
+        if let Ok(store) = self.store().await
+            && let Err(e) = store.event_unsubscribe(name.as_str()).await
+        {
+            tracing::warn!(plugin = %name, "cannot remove the event cursor: {e}");
+        }
+    }
+}
+
+/// The delivery task of one subscriber: see the module docs. Ends when the subscriber is
+/// stopped or the host is dropped.
+async fn deliver(
+    host: std::sync::Weak<crate::lifecycle::HostInner>,
+    slot: std::sync::Weak<Slot>,
+    subscriber: Arc<Subscriber>,
+    store: plugd_store::Store,
+) {
+    let stop = subscriber.stop.clone();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let woken = subscriber.wake.notified();
+        let (Some(_host), Some(slot)) = (host.upgrade(), slot.upgrade()) else {
+            return;
+        };
+        let Some(generation) = slot.running() else {
+            let started = slot.phase_changed.notified();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = started => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            continue;
+        };
+        let cursor = subscriber.cursor.load(Ordering::Relaxed);
+        let patterns = subscriber.patterns.read().clone();
+        let (batch, complete) = match store
+            .events_for(subscriber.name.as_str(), &patterns, cursor, BATCH)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(plugin = %subscriber.name, "cannot read the event log: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if complete > cursor {
+                // Only events it does not get: move past them without a write per event.
+                subscriber.cursor.store(complete, Ordering::Relaxed);
+                let _ = store
+                    .event_advance(
+                        subscriber.name.as_str(),
+                        Advance {
+                            cursor: complete,
+                            dead: Vec::new(),
+                        },
+                    )
+                    .await;
+            }
+            drop((slot, generation));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = woken => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            continue;
+        }
+        let mut advance = Advance {
+            cursor,
+            dead: Vec::new(),
+        };
+        let mut handled = 0u64;
+        let timeout = generation.manifest.limits.call_timeout;
+        'events: for event in &batch {
+            let payload = match RawValue::from_string(event.payload.clone()) {
+                Ok(p) => p,
+                Err(e) => {
+                    advance.dead.push((event.seq, 0, format!("its payload is not JSON: {e}")));
+                    advance.cursor = event.seq;
+                    handled += 1;
+                    continue;
+                }
+            };
+            let mut attempts = 0u32;
+            loop {
+                if stop.is_cancelled() {
+                    break 'events;
+                }
+                // The instance may have been replaced (reload) or stopped since the batch began.
+                let Some(generation) = slot.running() else {
+                    break 'events;
+                };
+                slot.delivering_hops.store(event.hops, Ordering::Relaxed);
+                let outcome = tokio::select! {
+                    _ = stop.cancelled() => break 'events,
+                    outcome = tokio::time::timeout(timeout, generation.instance.event(&event.topic, &payload)) => outcome,
+                };
+                slot.delivering_hops.store(0, Ordering::Relaxed);
+                let problem = match outcome {
+                    Ok(Ok(())) => {
+                        subscriber.delivered.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    // Not the event's fault: wait for the plugin to serve again, uncounted.
+                    Ok(Err(RuntimeError::NotRunning { .. })) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => break 'events,
+                            _ = tokio::time::sleep(EVENT_BACKOFF) => {}
+                        }
+                        continue;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("its handler did not finish within {timeout:?}"),
+                };
+                attempts += 1;
+                subscriber.failures.fetch_add(1, Ordering::Relaxed);
+                if attempts >= EVENT_ATTEMPTS {
+                    let error = format!(
+                        "Event `{}` (seq {}) was dead-lettered after {attempts} failed deliveries: {problem}",
+                        event.topic, event.seq
+                    );
+                    slot.push_log(LogSource::Runtime, LogLevel::Error, &error);
+                    subscriber.dead.fetch_add(1, Ordering::Relaxed);
+                    advance.dead.push((event.seq, attempts, problem));
+                    break;
+                }
+                let backoff = EVENT_BACKOFF * 2u32.saturating_pow(attempts - 1);
+                slot.push_log(
+                    LogSource::Runtime,
+                    LogLevel::Warn,
+                    &format!(
+                        "Event `{}` (seq {}) failed (attempt {attempts} of {EVENT_ATTEMPTS}, next in {backoff:?}): {problem}",
+                        event.topic, event.seq
+                    ),
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => break 'events,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+            advance.cursor = event.seq;
+            handled += 1;
+        }
+        if batch.len() < BATCH
+            && handled == batch.len() as u64
+            && complete > advance.cursor
+        {
+            advance.cursor = complete;
+        }
+        if advance.cursor > cursor {
+            match store
+                .event_advance(subscriber.name.as_str(), advance.clone())
+                .await
+            {
+                Ok(()) => {
+                    subscriber.cursor.store(advance.cursor, Ordering::Relaxed);
+                    let _ = subscriber.backlog.fetch_update(
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                        |b| Some(b.saturating_sub(handled)),
+                    );
+                }
+                Err(e) => {
+                    // Delivered again later: at least once.
+                    tracing::warn!(plugin = %subscriber.name, "cannot move the event cursor: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Whether the plugin counts as subscribed while in this state: everything but unloaded or
+/// uninstalled (a restarting, reloading or failed plugin gets its events later).
+pub(crate) fn keeps_subscription(state: PluginState) -> bool {
+    !matches!(state, PluginState::Stopped | PluginState::Uninstalled)
+}
+
+/// Checks an event topic: 1 to 256 printable characters, not under `plugd.` (the host's own).
+pub(crate) fn check_topic(topic: &str) -> Result<(), HostError> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC || topic.chars().any(char::is_control) {
+        return Err(HostError::Invalid(format!(
+            "Event topic `{}` is not valid; hint: use 1 to {MAX_TOPIC} printable characters, e.g. `image.imported`",
+            topic.escape_default()
+        )));
+    }
+    if topic == "plugd" || topic.starts_with("plugd.") {
+        return Err(HostError::Invalid(format!(
+            "Event topic `{topic}` is reserved: topics under `plugd.` are the host's own; hint: use your own prefix, e.g. `myapp.{}`",
+            topic.trim_start_matches("plugd.")
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a subscription pattern matches a topic.
@@ -198,9 +705,16 @@ pub(crate) fn topic_matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::topic_matches;
+    use super::{check_topic, topic_matches};
 
     #[test]
     fn topic_patterns() {
@@ -208,7 +722,9 @@ mod tests {
             ("image.imported", "image.imported", true),
             ("image.imported", "image.deleted", false),
             ("image.*", "image.imported", true),
+            ("image.*", "image.raw.new", true),
             ("image.*", "image", false),
+            ("image.*", "image.", false),
             ("image.*", "images.x", false),
             ("*", "anything", true),
         ];
@@ -219,5 +735,15 @@ mod tests {
                 "{pattern} vs {topic}"
             );
         }
+    }
+
+    #[test]
+    fn reserved_and_malformed_topics_are_refused() {
+        assert!(check_topic("image.imported").is_ok());
+        for bad in ["", "plugd", "plugd.plugin.reload_failed", "a\nb"] {
+            let err = check_topic(bad).unwrap_err().to_string();
+            assert!(err.contains("topic"), "{bad:?}: {err}");
+        }
+        assert!(check_topic(&"x".repeat(257)).is_err());
     }
 }

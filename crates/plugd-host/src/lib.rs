@@ -21,6 +21,7 @@ mod quota;
 mod registry;
 mod results;
 mod services;
+mod tasks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,7 +35,15 @@ pub use app::{AppService, AppServiceError};
 pub use calls::MAX_CHAIN;
 pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
-pub use events::{EMIT_BURST, EMIT_RATE, EVENT_QUEUE, MAX_EVENT_PAYLOAD, MAX_HOPS};
+pub use events::{
+    DEFAULT_EVENT_BACKLOG, DeadLetter, EMIT_BURST, EMIT_RATE, EVENT_ATTEMPTS, EVENT_BACKOFF,
+    EventRecord, MAX_EVENT_PAYLOAD, MAX_HOPS, Published, SubscriberInfo,
+};
+pub use plugd_store::TaskState;
+pub use tasks::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_QUEUE, MAX_TASK_PAYLOAD, TASK_BACKOFF, TaskQuery,
+    TaskSubmit, TaskView,
+};
 pub use gc::Collected;
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};
@@ -65,6 +74,12 @@ pub struct HostConfig {
     pub durability: plugd_store::Durability,
     /// Commits each plugin can undo (kv history depth).
     pub undo_depth: usize,
+    /// Events a subscriber may have waiting before publishing to it is refused.
+    pub event_backlog: u64,
+    /// Queued tasks a plugin may have before a submit is refused.
+    pub task_queue: usize,
+    /// How long finished tasks, delivered events and dead letters are kept (zero: forever).
+    pub retention: Duration,
 }
 
 impl HostConfig {
@@ -82,6 +97,9 @@ impl HostConfig {
             disk_check_interval: Duration::from_secs(5),
             durability: plugd_store::Durability::default(),
             undo_depth: 100,
+            event_backlog: events::DEFAULT_EVENT_BACKLOG,
+            task_queue: tasks::DEFAULT_TASK_QUEUE,
+            retention: DEFAULT_RETENTION,
         }
     }
 
@@ -95,6 +113,12 @@ impl HostConfig {
         self.state_dir.join("packages")
     }
 }
+
+/// The default of [`HostConfig::retention`]: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How often the retention purge runs.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The plugin host. Cheap to clone (an `Arc` inside).
 #[derive(Clone)]
@@ -152,6 +176,52 @@ impl Host {
     /// The configuration.
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// Removes finished tasks, delivered events and dead letters older than the retention
+    /// period; returns how many (events, dead letters, tasks) went. Runs hourly after
+    /// [`Host::start`].
+    pub async fn purge(&self) -> Result<(u64, u64, u64), HostError> {
+        let retention = self.inner.config.retention;
+        if retention.is_zero() {
+            return Ok((0, 0, 0));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let before = now.saturating_sub(retention).as_millis() as u64;
+        Ok(self.store().await?.purge(before).await?)
+    }
+
+    /// Starts the hourly purge (once per host; it ends with the host).
+    fn start_retention(&self) {
+        if self.inner.config.retention.is_zero()
+            || self
+                .inner
+                .purging
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let host = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = host.upgrade() else { return };
+                let host_now = Host { inner };
+                match host_now.purge().await {
+                    Ok((0, 0, 0)) => {}
+                    Ok((events, dead, tasks)) => tracing::info!(
+                        events,
+                        dead,
+                        tasks,
+                        "purged what is older than the retention period"
+                    ),
+                    Err(e) => tracing::warn!("the retention purge failed: {e}"),
+                }
+                drop(host_now);
+                tokio::time::sleep(PURGE_EVERY).await;
+            }
+        });
     }
 
     /// The store, opened (and migrated) on first use at `STATE/plugd.db` unless the builder was

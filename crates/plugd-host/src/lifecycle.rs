@@ -19,7 +19,6 @@ use plugd_runtime::{
 use plugd_trust::{KeySource, Trust, TrustPolicy, TrustStore, stage_package};
 use serde_json::value::RawValue;
 
-use crate::events::EventQueue;
 use crate::registry::{Generation, InFlight, PluginInfo, PluginState, Problem, Slot, TrustLevel};
 use crate::services::PluginServices;
 use crate::{Host, HostConfig, HostError, LogLine};
@@ -35,6 +34,12 @@ pub(crate) struct HostInner {
     pub app_services: HashMap<String, Arc<dyn crate::AppService>>,
     /// The store, opened on first use (see `Host::store`).
     pub store: tokio::sync::OnceCell<plugd_store::Store>,
+    /// Event subscribers and the live stream.
+    pub bus: crate::events::Bus,
+    /// Task queues.
+    pub board: crate::tasks::Board,
+    /// Whether the retention purge runs.
+    pub purging: std::sync::atomic::AtomicBool,
 }
 
 impl HostInner {
@@ -55,6 +60,9 @@ impl HostInner {
             slots: RwLock::new(BTreeMap::new()),
             problems: RwLock::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(plugd_resolve::resolve(Vec::new())),
+            bus: crate::events::Bus::default(),
+            board: crate::tasks::Board::default(),
+            purging: Default::default(),
         })
     }
 
@@ -160,13 +168,41 @@ impl Host {
                 }
             }
         }
+        // Plugins that did not start keep their subscriptions: they get their events later.
+        let slots: Vec<_> = self.inner.slots.read().values().cloned().collect();
+        for slot in slots {
+            let (state, patterns) = {
+                let inner = slot.inner.lock();
+                let patterns = inner
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.events.subscribe.clone())
+                    .unwrap_or_default();
+                (inner.state(), patterns)
+            };
+            if crate::events::keeps_subscription(state)
+                && !patterns.is_empty()
+                && self.inner.bus.subscriber(slot.name.as_str()).is_none()
+            {
+                self.subscribe(&slot, patterns).await;
+            }
+        }
+        // Tasks queued or running when the previous host stopped are scheduled again.
+        if let Err(e) = self.recover_tasks().await {
+            tracing::error!("cannot recover the task queue: {e}");
+        }
+        self.start_retention();
         // What a previous run left (old staged copies, compiled code) goes now.
         self.collect_quietly().await;
         Ok(())
     }
 
-    /// Stops every running plugin, dependants before their dependencies.
+    /// Stops every running plugin, dependants before their dependencies. Event delivery and the
+    /// task queues stop first: undelivered events and unfinished tasks stay in the store for the
+    /// next start.
     pub async fn shutdown(&self) {
+        self.inner.bus.stop_all();
+        self.inner.board.stop_all();
         let resolution = self.inner.lifecycle.lock().await;
         for wave in resolution.stop_order() {
             let stops = wave
@@ -205,6 +241,7 @@ impl Host {
         options: CallOptions,
     ) -> Result<Outcome, HostError> {
         let slot = self.inner.existing(plugin)?;
+        let action_name = action;
         let action = ActionName::new(action).map_err(|_| {
             HostError::Runtime(RuntimeError::UnknownAction {
                 plugin: slot.name.clone(),
@@ -225,7 +262,6 @@ impl Host {
             }
         };
         check_payload(&slot.name, &generation.manifest, &action, &payload)?;
-        let action_name = action.to_string();
         let guard = InFlight::enter(slot.clone(), generation.clone());
         let result = generation
             .instance
@@ -307,6 +343,8 @@ impl Host {
         let also_stopped = self
             .stop_with_dependants(&resolution, &slot, "unloaded")
             .await;
+        // An unloaded plugin is no subscriber: it does not get what is published meanwhile.
+        self.unsubscribe(&slot.name).await;
         Ok(Unloaded {
             plugin: slot.info(),
             also_stopped,
@@ -397,9 +435,12 @@ impl Host {
             inner.manifest = Some(Arc::new(manifest));
             inner.swap(generation.clone())
         };
+        slot.phase_changed.notify_waiters();
         self.watch_health(&slot, &generation);
         self.watch_disk(&slot, generation.id, generation.manifest.limits.disk);
         self.log_started(&slot, &generation, "Reloaded");
+        self.subscribe(&slot, generation.manifest.events.subscribe.clone())
+            .await;
         *resolution = self.apply_plan(fresh);
         // Running plugins the new plan cannot hold (a dependant whose requirement the new version
         // breaks) stop, with the reason; every other plugin keeps running untouched.
@@ -437,10 +478,12 @@ impl Host {
         let also_stopped = self
             .stop_with_dependants(&resolution, &slot, "uninstalled")
             .await;
+        self.unsubscribe(&slot.name).await;
         let store = self.store().await?;
         store.set_uninstalled(name, true).await?;
         if !keep_data {
             store.forget_plugin(name).await?;
+            store.forget_plugin_work(name).await?;
             let data = self.data_dir(&slot.name);
             tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&data) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HostError::Io(format!(
@@ -611,9 +654,12 @@ impl Host {
         match self.launch(slot, staged).await {
             Ok(generation) => {
                 slot.inner.lock().started(generation.clone());
+                slot.phase_changed.notify_waiters();
                 self.watch_health(slot, &generation);
                 self.watch_disk(slot, generation.id, generation.manifest.limits.disk);
                 self.log_started(slot, &generation, "Started");
+                self.subscribe(slot, generation.manifest.events.subscribe.clone())
+                    .await;
                 Ok(())
             }
             Err(reason) => fail(reason),
@@ -710,7 +756,6 @@ impl Host {
             id,
             notes,
             package_dir: dir,
-            events: EventQueue::start(slot, instance.clone()),
             instance,
             manifest: granted,
             trust,

@@ -17,7 +17,6 @@ use plugd_manifest::{Manifest, PluginName};
 use plugd_runtime::{ActionInfo, Health, Instance, LogLevel, LogSource};
 use tokio::sync::Notify;
 
-use crate::events::EventQueue;
 use crate::logs::LogGate;
 
 /// Where a plugin is in its lifecycle.
@@ -162,8 +161,6 @@ pub(crate) struct Generation {
     /// reaches zero (or its drain deadline passes).
     pub in_flight: AtomicU64,
     pub idle: Notify,
-    /// Ordered, bounded delivery of events to this generation.
-    pub events: EventQueue,
 }
 
 impl Generation {
@@ -225,14 +222,15 @@ pub(crate) struct Slot {
     pub denials: AtomicU64,
     /// Events this plugin published (accepted by the host).
     pub emitted: AtomicU64,
-    /// Events dropped on the way to this plugin (full queue).
-    pub events_dropped: AtomicU64,
     /// Bytes in the data dir at the last quota check.
     pub disk_used: AtomicU64,
     /// Hop count of the event being delivered to this plugin now (see `events`).
     pub delivering_hops: crate::events::DeliveringHops,
     /// The plugin's `emit` rate limit.
     pub emit_bucket: Mutex<crate::logs::Bucket>,
+    /// Notified when a generation starts serving (start or reload): event delivery and the task
+    /// dispatcher wait on it.
+    pub phase_changed: Notify,
 }
 
 pub(crate) struct SlotInner {
@@ -417,13 +415,13 @@ impl Slot {
             in_flight: AtomicU64::new(0),
             denials: AtomicU64::new(0),
             emitted: AtomicU64::new(0),
-            events_dropped: AtomicU64::new(0),
             disk_used: AtomicU64::new(0),
             delivering_hops: Default::default(),
             emit_bucket: Mutex::new(crate::logs::Bucket::new(
                 crate::events::EMIT_RATE,
                 crate::events::EMIT_BURST,
             )),
+            phase_changed: Notify::new(),
         })
     }
 

@@ -95,6 +95,11 @@ impl HostCalls for PluginServices {
 
     fn progress(&self, progress: Progress) {
         let Ok(slot) = self.slot() else { return };
+        if progress.task.is_some()
+            && let Ok(host) = self.host()
+        {
+            host.task_progress(&slot, &progress);
+        }
         tracing::debug!(
             target: "plugd::plugin",
             plugin = slot.name.as_str(),
@@ -104,7 +109,7 @@ impl HostCalls for PluginServices {
         );
     }
 
-    fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
+    async fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
         let slot = self.slot()?;
         if let Err(e) = self.grant(Service::Events) {
             slot.push_log(
@@ -114,12 +119,10 @@ impl HostCalls for PluginServices {
             );
             return Err(e);
         }
-        match self.host()?.publish_from(Some(&slot), topic, payload) {
+        match self.host()?.publish_from(Some(&slot), topic, payload).await {
             Ok(_) => Ok(()),
-            Err(e @ (HostError::Invalid(_) | HostError::Overloaded(_))) => {
-                Err(HostCallError::Invalid(e.to_string()))
-            }
-            Err(e) => Err(HostCallError::Failed(e.to_string())),
+            Err(e @ HostError::Invalid(_)) => Err(HostCallError::Invalid(e.to_string())),
+            Err(e) => Err(host_error(e)),
         }
     }
 
@@ -160,9 +163,9 @@ impl HostCalls for PluginServices {
             }
             Some("service") if method == "service.call" => self.app_call(&slot, params).await,
             Some("env") if method == "env.get" => self.env(&slot, &params),
-            Some("task") => {
+            Some("task") if method == "task.submit" => {
                 self.grant(Service::Tasks)?;
-                Err(HostCallError::Unknown(method.to_owned()))
+                self.submit(&slot, params).await
             }
             Some("http") => {
                 self.grant(Service::Http)?;
@@ -174,6 +177,47 @@ impl HostCalls for PluginServices {
 }
 
 impl PluginServices {
+    /// `task.submit {task, payload, key?, priority?, dedupe?, max_attempts?}`: a task of the
+    /// plugin itself; answers `{id, deduped}` once it is durable.
+    async fn submit(
+        &self,
+        slot: &Arc<Slot>,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, HostCallError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Submit {
+            task: String,
+            #[serde(default)]
+            payload: serde_json::Value,
+            key: Option<String>,
+            #[serde(default)]
+            priority: bool,
+            #[serde(default)]
+            dedupe: bool,
+            max_attempts: Option<u32>,
+        }
+        let submit: Submit = serde_json::from_value(params).map_err(|e| {
+            HostCallError::Invalid(format!(
+                "`task.submit` needs `task` and optionally `payload`, `key`, `priority`, `dedupe`, `max_attempts`: {e}"
+            ))
+        })?;
+        let view = self
+            .host()?
+            .submit(crate::TaskSubmit {
+                plugin: slot.name.to_string(),
+                task: submit.task,
+                payload: submit.payload,
+                key: submit.key,
+                priority: submit.priority,
+                dedupe: submit.dedupe,
+                max_attempts: submit.max_attempts,
+            })
+            .await
+            .map_err(host_error)?;
+        Ok(serde_json::json!({ "id": view.id, "deduped": view.deduped }))
+    }
+
     /// `service.call {service, method, params}`: an application service, trusted plugins only.
     async fn app_call(
         &self,

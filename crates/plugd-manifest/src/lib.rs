@@ -199,6 +199,10 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// Maximum in-flight calls (default 64).
     pub concurrency: u32,
+    /// Background tasks the plugin runs at once, apart from its calls (default 4).
+    pub tasks: u32,
+    /// Wall-clock time one task run may take (default 10 minutes).
+    pub task_timeout: Duration,
 }
 
 /// One declared action.
@@ -232,6 +236,8 @@ impl Default for Limits {
             cpu: Duration::from_secs(10),
             call_timeout: Duration::from_secs(5),
             concurrency: 64,
+            tasks: 4,
+            task_timeout: Duration::from_secs(600),
         }
     }
 }

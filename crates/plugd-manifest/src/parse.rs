@@ -64,6 +64,8 @@ const LIMIT_KEYS: &[&str] = &[
     "cpu",
     "call_timeout",
     "concurrency",
+    "tasks",
+    "task_timeout",
 ];
 const ACTION_KEYS: &[&str] = &["name", "description", "input", "hooks"];
 const EVENT_KEYS: &[&str] = &["subscribe"];
@@ -946,23 +948,19 @@ fn limits(t: &Table<'_>) -> R<Limits> {
     let storage = size(t, "storage", defaults.storage)?;
     let cpu = duration(t, "cpu", defaults.cpu)?;
     let call_timeout = duration(t, "call_timeout", defaults.call_timeout)?;
-    let concurrency = match t.get("concurrency") {
-        None => defaults.concurrency,
-        Some(Value::Number(n))
-            if n.as_u64()
-                .is_some_and(|c| c >= 1 && c <= u64::from(u32::MAX)) =>
-        {
-            u32::try_from(n.as_u64().unwrap_or(1)).unwrap_or(1)
-        }
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
-            return Err(Invalid::new(format!(
-                "Key `concurrency` in {} must be at least 1, found `{n}`",
-                t.label
-            ))
-            .hint("it is the number of calls the plugin may serve at once"));
-        }
-        Some(other) => return Err(t.type_error("concurrency", "a whole number", other)),
-    };
+    let concurrency = count(
+        t,
+        "concurrency",
+        defaults.concurrency,
+        "it is the number of calls the plugin may serve at once",
+    )?;
+    let tasks = count(
+        t,
+        "tasks",
+        defaults.tasks,
+        "it is the number of background tasks the plugin may run at once",
+    )?;
+    let task_timeout = duration(t, "task_timeout", defaults.task_timeout)?;
     Ok(Limits {
         memory,
         disk,
@@ -970,7 +968,28 @@ fn limits(t: &Table<'_>) -> R<Limits> {
         cpu,
         call_timeout,
         concurrency,
+        tasks,
+        task_timeout,
     })
+}
+
+/// A whole number of at least 1 (`concurrency`, `tasks`).
+fn count(t: &Table<'_>, key: &str, default: u32, meaning: &str) -> R<u32> {
+    match t.get(key) {
+        None => Ok(default),
+        Some(Value::Number(n))
+            if n.as_u64()
+                .is_some_and(|c| c >= 1 && c <= u64::from(u32::MAX)) =>
+        {
+            Ok(u32::try_from(n.as_u64().unwrap_or(1)).unwrap_or(1))
+        }
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Err(Invalid::new(format!(
+            "Key `{key}` in {} must be at least 1, found `{n}`",
+            t.label
+        ))
+        .hint(meaning)),
+        Some(other) => Err(t.type_error(key, "a whole number", other)),
+    }
 }
 
 fn size(t: &Table<'_>, key: &str, default: u64) -> R<u64> {

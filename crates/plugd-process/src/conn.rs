@@ -212,6 +212,57 @@ impl Connection {
         self.send_request("call", params, timeout, true).await
     }
 
+    /// Sends a `task.run` and waits for its reply at most `timeout`. When `cancel` fires first,
+    /// the child is sent `cancel {id}` and gets `grace` more to answer (a handler that stopped
+    /// answers `cancelled`); no answer by then is [`RequestError::Timeout`]. A timeout sends
+    /// `cancel` as well.
+    pub(crate) async fn task_run<P: Serialize + ?Sized>(
+        &self,
+        params: &P,
+        timeout: Duration,
+        cancel: &tokio_util::sync::CancellationToken,
+        grace: Duration,
+    ) -> Result<Reply, RequestError> {
+        let deadline = Instant::now() + timeout;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::with_capacity(256);
+        encode_request(&mut frame, id, "task.run", params);
+        let (tx, mut rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        let mut guard = PendingGuard {
+            conn: self,
+            id,
+            cancel: false,
+        };
+        if let Some(closed) = self.closed.borrow().clone() {
+            return Err(RequestError::Closed(closed));
+        }
+        self.put_on_the_wire(frame, deadline).await?;
+        guard.cancel = true;
+        tokio::select! {
+            reply = tokio::time::timeout_at(deadline, &mut rx) => return match reply {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+                Err(_) => Err(RequestError::Timeout),
+            },
+            _ = cancel.cancelled() => {}
+        }
+        // Cancelled: tell the child now, keep waiting for its answer within the grace.
+        guard.cancel = false;
+        {
+            let mut cancels = self.outbox.cancels.lock();
+            if cancels.len() < MAX_CANCELS {
+                cancels.push(id);
+            }
+        }
+        self.outbox.wake.notify_one();
+        match tokio::time::timeout(grace, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
     async fn send_request<P: Serialize + ?Sized>(
         &self,
         method: &str,
@@ -240,7 +291,12 @@ impl Connection {
         self.put_on_the_wire(frame, deadline).await?;
         guard.cancel = cancel;
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => {
+                // The reader took the id out of `pending` to answer it: nothing to undo, so the
+                // guard (a reference, an id and a flag) is not run, sparing a lock per call.
+                std::mem::forget(guard);
+                Ok(reply)
+            }
             Ok(Err(_)) => Err(RequestError::Closed(self.close_info())),
             Err(_) => Err(RequestError::Timeout),
         }
@@ -272,18 +328,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Sends a notification, waiting at most `timeout` for room in the write queue.
-    pub(crate) async fn notify<P: Serialize + ?Sized>(
-        &self,
-        method: &str,
-        params: &P,
-        timeout: Duration,
-    ) -> Result<(), RequestError> {
-        let mut frame = Vec::with_capacity(128);
-        encode_notification(&mut frame, method, params);
-        self.send_frame(frame, timeout).await
     }
 
     /// Queues one whole frame, waiting at most `timeout` for room in the write queue.
@@ -488,12 +532,22 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     plugin: PluginName,
 ) {
     let mut tasks = JoinSet::new();
+    // One wait for the close for the whole loop: a fresh one per frame would subscribe to the
+    // watch and register (and drop) a waiter for every frame read.
+    let closed = conn.closed();
+    tokio::pin!(closed);
     let reason = loop {
         while tasks.try_join_next().is_some() {}
+        // Frames come first below (the close is waited for only while none is ready), so a
+        // child that keeps writing is still cut off here once the connection is closed.
+        if let Some(closed) = conn.closed.borrow().clone() {
+            break closed;
+        }
         let frame = tokio::select! {
+            biased;
             frame = reader.next_frame() => frame,
             // The loop stops reading once the connection is closed for any other reason.
-            closed = conn.closed() => break closed,
+            closed = &mut closed => break closed,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
@@ -512,7 +566,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         match message {
             Message::Response { id, result } => conn.deliver(id, result),
             Message::Notification { method, params } => {
-                notification(&*host, plugin.as_str(), &method, &params)
+                notification(&host, plugin.as_str(), &method, &params)
             }
             Message::Request { id, method, params } => {
                 match conn.host_requests.clone().try_acquire_owned() {
@@ -557,7 +611,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
     tasks.abort_all();
 }
 
-fn notification(host: &dyn HostCalls, plugin: &str, method: &str, params: &RawValue) {
+fn notification(host: &Arc<dyn HostCalls>, plugin: &str, method: &str, params: &RawValue) {
     match method {
         // Every record goes to the host, which applies the one cap, rate limit and escaping.
         "log" => match serde_json::from_str::<LogParams>(params.get()) {
@@ -575,28 +629,33 @@ fn notification(host: &dyn HostCalls, plugin: &str, method: &str, params: &RawVa
                     _ => host.log(LogSource::Plugin, level, &p.message),
                 }
             }
-            Err(e) => bad_notification(host, method, &e),
+            Err(e) => bad_notification(&**host, method, &e),
         },
         "progress" => match serde_json::from_str::<ProgressParams>(params.get()) {
             Ok(p) => host.progress(Progress {
+                task: p.task,
                 fraction: p.fraction,
                 message: p.message,
             }),
-            Err(e) => bad_notification(host, method, &e),
+            Err(e) => bad_notification(&**host, method, &e),
         },
         // The old fire-and-forget form: a refusal can only go to the plugin's log. The SDK sends
         // `emit` as a request, which is answered with the refusal.
+        // It is published in the background, so the reader never waits for the store.
         "emit" => match serde_json::from_str::<EmitParams>(params.get()) {
             Ok(p) => {
-                if let Err(e) = host.emit(&p.topic, p.payload) {
-                    host.log(
-                        LogSource::Runtime,
-                        LogLevel::Warn,
-                        &format!("Refused `emit` of `{}`: {e}", p.topic),
-                    );
-                }
+                let host = host.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = host.emit(&p.topic, p.payload).await {
+                        host.log(
+                            LogSource::Runtime,
+                            LogLevel::Warn,
+                            &format!("Refused `emit` of `{}`: {e}", p.topic),
+                        );
+                    }
+                });
             }
-            Err(e) => bad_notification(host, method, &e),
+            Err(e) => bad_notification(&**host, method, &e),
         },
         other => host.log(
             LogSource::Runtime,
@@ -621,6 +680,7 @@ async fn answer(host: &dyn HostCalls, id: u64, method: &str, params: &RawValue) 
         match serde_json::from_str::<EmitParams>(params.get()) {
             Ok(p) => host
                 .emit(&p.topic, p.payload)
+                .await
                 .map(|()| serde_json::Value::Null),
             Err(e) => Err(HostCallError::Invalid(format!("`emit` params: {e}"))),
         }

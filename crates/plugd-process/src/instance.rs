@@ -12,11 +12,12 @@ use parking_lot::{Mutex, RwLock};
 use plugd_manifest::{ActionName, PluginName};
 use plugd_protocol::{
     CallParams, EventParams, FrameReader, Hello, InitLimits, Initialize, Message, PROTOCOL_VERSION,
-    ParamsChangedParams, RpcError, codes, encode_error, encode_notification, encode_result,
+    ParamsChangedParams, RpcError, TaskRunParams, codes, encode_error, encode_notification,
+    encode_result,
 };
 use plugd_runtime::{
     ActionInfo, CallSlots, Health, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation,
-    LogLevel, LogSource, Outcome, RuntimeError,
+    LogLevel, LogSource, Outcome, RuntimeError, TASK_CANCEL_GRACE, TaskRun,
 };
 use plugd_sandbox::Prepared;
 use serde_json::value::RawValue;
@@ -768,8 +769,11 @@ impl Instance for ProcessInstance {
             .read()
             .clone()
             .ok_or_else(|| shared.not_running())?;
-        let known = shared.state.lock().known_actions.clone();
-        if !known.is_empty() && !known.contains(action) {
+        let unknown = {
+            let state = shared.state.lock();
+            !state.known_actions.is_empty() && !state.known_actions.contains(action)
+        };
+        if unknown {
             return Err(RuntimeError::UnknownAction {
                 plugin: shared.plugin.clone(),
                 action: action.to_owned(),
@@ -780,7 +784,10 @@ impl Instance for ProcessInstance {
             .unwrap_or(shared.spec.manifest.limits.call_timeout);
         let started = Instant::now();
         // Waiting for a slot counts against the call's deadline; saturation is `Overloaded`.
+        // `biased`: a free slot is taken on the first poll, without ever subscribing to the
+        // connection's close (which registers a waiter and drops it again).
         let _permit = tokio::select! {
+            biased;
             permit = shared.slots.acquire(timeout) => permit?,
             closed = conn.closed() => return Err(closed_error(shared, closed)),
         };
@@ -811,19 +818,58 @@ impl Instance for ProcessInstance {
             .read()
             .clone()
             .ok_or_else(|| shared.not_running())?;
-        // An event waits for room in the write queue at most one call timeout.
-        let wait = shared.spec.manifest.limits.call_timeout;
-        conn.notify("event", &EventParams { topic, payload }, wait)
+        // An event is a request: the child answers once its handlers ran (at least once), within
+        // one call timeout.
+        let timeout = shared.spec.manifest.limits.call_timeout;
+        match conn
+            .request("event", &EventParams { topic, payload }, timeout)
             .await
-            .map_err(|e| match e {
-                RequestError::Closed(closed) => closed_error(shared, closed),
-                RequestError::Timeout => RuntimeError::Overloaded {
-                    plugin: shared.plugin.clone(),
-                    reason: format!(
-                        "it did not read its protocol socket for {wait:?}, so the event `{topic}` was dropped"
-                    ),
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(map_rpc_error(&shared.plugin, topic, error)),
+            Err(RequestError::Timeout) => Err(RuntimeError::Timeout {
+                plugin: shared.plugin.clone(),
+                action: format!("event `{topic}`"),
+                timeout,
+            }),
+            Err(RequestError::Closed(closed)) => Err(closed_error(shared, closed)),
+        }
+    }
+
+    async fn run_task(&self, run: TaskRun) -> Result<Outcome, RuntimeError> {
+        let shared = &*self.shared;
+        let conn = shared
+            .current
+            .read()
+            .clone()
+            .ok_or_else(|| shared.not_running())?;
+        let params = TaskRunParams {
+            id: run.id,
+            task: &run.task,
+            payload: &run.payload,
+            key: run.key.as_deref(),
+            attempt: run.attempt,
+            deadline_ms: run.timeout.as_millis() as u64,
+        };
+        // Tasks have their own slots (the host's `limits.tasks`), not the calls' ones, and are
+        // bounded by `limits.task_timeout`, not by the per-call CPU budget.
+        match conn
+            .task_run(&params, run.timeout, &run.cancel, TASK_CANCEL_GRACE)
+            .await
+        {
+            Ok(Ok(result)) => Ok(Outcome { result }),
+            Ok(Err(error)) => Err(map_rpc_error(&shared.plugin, &run.task, error)),
+            Err(RequestError::Timeout) => Err(RuntimeError::Timeout {
+                plugin: shared.plugin.clone(),
+                action: run.task.clone(),
+                timeout: if run.cancel.is_cancelled() {
+                    TASK_CANCEL_GRACE
+                } else {
+                    run.timeout
                 },
-            })
+            }),
+            Err(RequestError::Closed(closed)) => Err(closed_error(shared, closed)),
+        }
     }
 
     async fn params_changed(&self, params: &serde_json::Value) -> Result<(), RuntimeError> {

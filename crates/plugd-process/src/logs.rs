@@ -143,7 +143,7 @@ mod tests {
             self.0.lock().push(message.to_owned());
         }
         fn progress(&self, _: plugd_runtime::Progress) {}
-        fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), plugd_runtime::HostCallError> {
+        async fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), plugd_runtime::HostCallError> {
             Ok(())
         }
         async fn request(

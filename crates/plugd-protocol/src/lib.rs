@@ -10,6 +10,7 @@ mod message;
 pub use framing::{FrameError, FrameReader};
 pub use message::{
     CallParams, CancelParams, DecodeError, EmitParams, EventParams, Hello, HelloAction, InitLimits,
+    TaskRunParams,
     Initialize, LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, encode_error,
     encode_notification, encode_request, encode_result,
 };

@@ -272,6 +272,24 @@ pub struct CallParams<'a> {
     pub chain: Vec<&'a str>,
 }
 
+/// `task.run` params (host → child): run one task to its end and answer its result.
+#[derive(Debug, Serialize)]
+pub struct TaskRunParams<'a> {
+    /// The task's id (stable across retries); the child sends it back in `progress`.
+    pub id: u64,
+    /// The task name (`@after_last` for an after-last hook; then `key` names the key).
+    pub task: &'a str,
+    /// Raw payload.
+    pub payload: &'a RawValue,
+    /// The grouping key, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    /// 1 for the first run, then one more per retry.
+    pub attempt: u32,
+    /// How long the host waits, in milliseconds (`limits.task_timeout`).
+    pub deadline_ms: u64,
+}
+
 /// `params.changed` params (host → child): the complete new params object, not a patch.
 #[derive(Debug, Serialize)]
 pub struct ParamsChangedParams<'a> {
@@ -310,6 +328,9 @@ pub struct ProgressParams {
     /// Id of the `call` this progress belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call: Option<u64>,
+    /// Id of the task (`task.run` `id`) this progress belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<u64>,
     /// Fraction done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraction: Option<f64>,

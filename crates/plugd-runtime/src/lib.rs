@@ -52,6 +52,44 @@ pub struct Invocation {
     pub chain: Vec<PluginName>,
 }
 
+/// One run of a background task (see the host's task queue). A task is like a call whose
+/// result is kept: the runtime delivers it (process protocol `task.run`, wasm `run-task`) and
+/// returns the handler's JSON result.
+///
+/// Failures the host retries: [`RuntimeError::ActionFailed`] with `code` [`TASK_RETRY`] (the
+/// handler asked for it, e.g. Python `raise plugd.Retry(...)`) and [`RuntimeError::Crashed`].
+/// A handler that stopped because of `cancel` answers [`RuntimeError::ActionFailed`] with `code`
+/// [`TASK_CANCELLED`].
+#[derive(Debug)]
+pub struct TaskRun {
+    /// The task's id (host-wide, stable across retries); the plugin sends it back with its
+    /// `progress` reports.
+    pub id: u64,
+    /// The task name the plugin registered (`@after_last` for an after-last hook).
+    pub task: String,
+    /// The JSON payload (for `@after_last`: `{"key": ...}`).
+    pub payload: Box<RawValue>,
+    /// The grouping key it was submitted with, if any.
+    pub key: Option<String>,
+    /// 1 for the first run, then one more per retry (and per run cut short by a host crash).
+    pub attempt: u32,
+    /// How long the run may take (`limits.task_timeout`).
+    pub timeout: Duration,
+    /// Fires when the task is cancelled: the runtime asks the plugin to stop and waits at most
+    /// [`TASK_CANCEL_GRACE`] for it to say it did.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// The task name of an after-last hook run; payload `{"key": KEY}`. Submitted names never
+/// start with `@`.
+pub const AFTER_LAST: &str = "@after_last";
+/// The error code a task handler answers to ask for a retry.
+pub const TASK_RETRY: &str = "retry";
+/// The error code of a task handler that stopped because it was cancelled.
+pub const TASK_CANCELLED: &str = "cancelled";
+/// How long a runtime waits for a cancelled task's handler to stop.
+pub const TASK_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
 /// The successful result of a call: the plugin's JSON result object, passed through as bytes.
 ///
 /// By convention it has the shape `{"value": ..., "notifications"?: [...], "groups"?: [...]}`
@@ -161,6 +199,8 @@ pub enum LogSource {
 /// Progress of a running call or task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
+    /// The task it belongs to (the `id` of the [`TaskRun`] being run), `None` for a call.
+    pub task: Option<u64>,
     /// Fraction done in `0.0..=1.0`, if known.
     pub fraction: Option<f64>,
     /// Human message.
@@ -219,9 +259,10 @@ pub trait HostCalls: Send + Sync {
     fn log(&self, source: LogSource, level: LogLevel, message: &str);
     /// Progress reported by the plugin while handling `call_id` (runtime-local call id).
     fn progress(&self, progress: Progress);
-    /// The plugin publishes an event. A refusal (service not granted, rate limit, hop limit) is
+    /// The plugin publishes an event; returns once the event is durable (acknowledged). A
+    /// refusal (service not granted, rate limit, hop limit, a full subscriber backlog) is
     /// returned so the runtime can report it to the plugin as an error.
-    fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError>;
+    async fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError>;
     /// Any other request (`kv.get`, `plugin.call`, `task.submit`, ...): JSON params in, JSON out.
     async fn request(
         &self,
@@ -239,7 +280,7 @@ pub struct NullHost;
 impl HostCalls for NullHost {
     fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
     fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), HostCallError> {
+    async fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), HostCallError> {
         Err(HostCallError::Unknown("emit".to_owned()))
     }
     async fn request(
@@ -276,9 +317,12 @@ pub trait Runtime: Send + Sync {
 pub trait Instance: Send + Sync {
     /// Calls an action. Concurrent calls are allowed up to the manifest's `concurrency`.
     async fn call(&self, invocation: Invocation) -> Result<Outcome, RuntimeError>;
-    /// Delivers an event (fire-and-forget from the host's point of view; errors are returned
-    /// so the host can count them).
+    /// Delivers an event and returns once the plugin handled it (`Ok`: acknowledged); an error
+    /// makes the host retry it with backoff and, past its budget, dead-letter it.
     async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError>;
+    /// Runs a background task to its end (see [`TaskRun`]); a plugin without such a task
+    /// answers [`RuntimeError::UnknownAction`].
+    async fn run_task(&self, run: TaskRun) -> Result<Outcome, RuntimeError>;
     /// Delivers new params (the host stored them already).
     async fn params_changed(&self, params: &serde_json::Value) -> Result<(), RuntimeError> {
         let _ = params;

@@ -11,6 +11,7 @@ use crate::error::{SqlResult, StoreError};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_history_bytes.sql"),
+    include_str!("migrations/0003_events_tasks.sql"),
 ];
 
 /// The schema version this build writes.

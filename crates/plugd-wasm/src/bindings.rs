@@ -19,7 +19,7 @@ pub(crate) mod v01 {
         path: "../../wit/plugd.wit",
         // Calls run as futures on the caller's task (see `instance.rs`), so a host request
         // awaits the host's future instead of blocking a thread.
-        imports: { "plugd:plugin/host.request": async },
+        imports: { "plugd:plugin/host.request": async, "plugd:plugin/host.emit": async },
         exports: { default: async },
     });
 }
@@ -30,7 +30,7 @@ pub(crate) mod v02 {
     wasmtime::component::bindgen!({
         world: "plugin-full",
         path: "../../wit/plugd-0.2.wit",
-        imports: { "plugd:plugin/host.request": async },
+        imports: { "plugd:plugin/host.request": async, "plugd:plugin/host.emit": async },
         exports: { default: async },
     });
 }
@@ -253,6 +253,8 @@ pub(crate) struct State {
     /// The chain of plugins that led to the running call; a `plugin.call` of the guest carries
     /// it (and the rest of the deadline) to the host, as the SDKs do.
     pub(crate) chain: Vec<plugd_manifest::PluginName>,
+    /// The task being run (`run-task`), which the guest's `progress` reports belong to.
+    pub(crate) task: Option<u64>,
 }
 
 impl WasiView for State {
@@ -271,11 +273,19 @@ impl State {
         self.host.log(LogSource::Plugin, level, message);
     }
 
-    /// Parses and publishes an event; the error is the host's refusal, as a sentence.
-    fn emit(&self, topic: &str, payload: &str) -> Result<(), String> {
-        let payload = serde_json::from_str(payload)
-            .map_err(|e| format!("The payload of event `{topic}` is not JSON: {e}"))?;
-        self.host.emit(topic, payload).map_err(|e| e.to_string())
+    /// Parses and publishes an event (durably); the error is the host's refusal, as a
+    /// sentence. The future holds what it needs, not the store's data.
+    fn emit(
+        &self,
+        topic: String,
+        payload: String,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let host = self.host.clone();
+        async move {
+            let payload = serde_json::from_str(&payload)
+                .map_err(|e| format!("The payload of event `{topic}` is not JSON: {e}"))?;
+            host.emit(&topic, payload).await.map_err(|e| e.to_string())
+        }
     }
 
     /// A host request, bounded by the call's deadline (the guest is suspended meanwhile). The
@@ -342,12 +352,16 @@ impl v01::plugd::plugin::host::Host for State {
     }
 
     fn progress(&mut self, fraction: Option<f64>, message: Option<String>) {
-        self.host.progress(Progress { fraction, message });
+        self.host.progress(Progress {
+            task: self.task,
+            fraction,
+            message,
+        });
     }
 
-    fn emit(&mut self, topic: String, payload: String) {
+    async fn emit(&mut self, topic: String, payload: String) {
         // 0.1 has no way to tell the guest: the refusal goes to the plugin's log.
-        if let Err(e) = State::emit(self, &topic, &payload) {
+        if let Err(e) = State::emit(self, topic.clone(), payload).await {
             self.host.log(
                 LogSource::Runtime,
                 LogLevel::Warn,
@@ -382,11 +396,15 @@ impl v02::plugd::plugin::host::Host for State {
     }
 
     fn progress(&mut self, fraction: Option<f64>, message: Option<String>) {
-        self.host.progress(Progress { fraction, message });
+        self.host.progress(Progress {
+            task: self.task,
+            fraction,
+            message,
+        });
     }
 
-    fn emit(&mut self, topic: String, payload: String) -> Result<(), String> {
-        State::emit(self, &topic, &payload)
+    async fn emit(&mut self, topic: String, payload: String) -> Result<(), String> {
+        State::emit(self, topic, payload).await
     }
 
     async fn request(

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use plugd_manifest::{ActionName, PluginName};
 use plugd_runtime::{
     ActionInfo, CallPermit, CallSlots, HostCalls, Instance, InstanceSpec, InstanceStatus,
-    Invocation, LogLevel, LogSource, Outcome, RuntimeError,
+    Invocation, LogLevel, LogSource, Outcome, RuntimeError, TaskRun,
 };
 use serde_json::value::RawValue;
 use wasmtime::component::ResourceTable;
@@ -251,6 +251,21 @@ impl Instance for WasmInstance {
             })
     }
 
+    /// A task runs like a call on a pooled instance; cancelling it drops the run (the guest is
+    /// stopped at once, its instance discarded), so the handler always stops.
+    async fn run_task(&self, run: TaskRun) -> Result<Outcome, RuntimeError> {
+        let task = run.task.clone();
+        tokio::select! {
+            outcome = self.run_task_as(&run.task, &run.payload, Some(run.timeout), Some(run.id)) => outcome,
+            _ = run.cancel.cancelled() => Err(RuntimeError::ActionFailed {
+                plugin: self.shared.plugin.clone(),
+                action: task,
+                message: "the task was cancelled".into(),
+                code: Some(plugd_runtime::TASK_CANCELLED.into()),
+            }),
+        }
+    }
+
     fn actions(&self) -> Vec<ActionInfo> {
         self.shared.actions.clone()
     }
@@ -348,6 +363,17 @@ impl WasmInstance {
         payload: &RawValue,
         timeout: Option<Duration>,
     ) -> Result<Outcome, RuntimeError> {
+        self.run_task_as(task, payload, timeout, None).await
+    }
+
+    /// [`WasmInstance::run_task`] for task `id`: the guest's `progress` reports name it.
+    async fn run_task_as(
+        &self,
+        task: &str,
+        payload: &RawValue,
+        timeout: Option<Duration>,
+        id: Option<u64>,
+    ) -> Result<Outcome, RuntimeError> {
         let shared = &self.shared;
         if !shared.code.indices.has_tasks() {
             return Err(RuntimeError::Refused {
@@ -369,6 +395,7 @@ impl WasmInstance {
         let run = async {
             let mut lease = shared.lease(&ctx).await?;
             let ready = &mut lease.ready;
+            ready.store.data_mut().task = id;
             let answer = ready
                 .exports
                 .run_task(&mut ready.store, task, payload.get())
@@ -499,6 +526,7 @@ impl Shared {
         let state = ready.store.data_mut();
         state.deadline = now + remaining;
         state.chain = ctx.chain.to_vec();
+        state.task = None;
         // The epoch callback interrupts the guest at the first tick at or after `stop`: never
         // early, at most a tick late.
         state.stop = now + budget;
@@ -558,6 +586,7 @@ impl Shared {
             // Instantiation runs the component's start functions: give them the call's budget.
             stop: deadline,
             chain: Vec::new(),
+            task: None,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -198,7 +198,7 @@ mod tests {
             self.0.lock().unwrap().push(message.to_owned());
         }
         fn progress(&self, _: Progress) {}
-        fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), HostCallError> {
+        async fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), HostCallError> {
             Ok(())
         }
         async fn request(

@@ -375,11 +375,18 @@ async fn crash_fails_the_call_and_the_plugin_recovers(flavor: Flavor) {
 
 async fn published_events_reach_the_subscriber(flavor: Flavor) {
     let env = Env::start(flavor, DEFAULT_LIMITS).await;
-    assert_eq!(env.host.publish("elsewhere.ping", json!({})).unwrap(), 0);
+    assert_eq!(env.host.publish("elsewhere.ping", json!({}))
+            .await
+            .unwrap()
+            .subscribers
+            .len(), 0);
     assert_eq!(
         env.host
             .publish("conformance.ping", json!({"n": 1}))
-            .unwrap(),
+            .await
+            .unwrap()
+            .subscribers
+            .len(),
         1,
         "delivered to one subscriber"
     );

@@ -233,7 +233,8 @@ async fn events_arrive_in_publish_order_per_subscriber() {
     let host = f.fake_host(&script);
     host.start().await.unwrap();
     for i in 0..200 {
-        assert_eq!(host.publish("n.x", serde_json::json!(i)).unwrap(), 1);
+        let published = host.publish("n.x", serde_json::json!(i)).await.unwrap();
+        assert_eq!(published.subscribers.len(), 1);
     }
     eventually("all delivered", || script.events_of("sub").len() == 200).await;
     let got: Vec<String> = script.events_of("sub").into_iter().map(|e| e.2).collect();
@@ -242,25 +243,48 @@ async fn events_arrive_in_publish_order_per_subscriber() {
 }
 
 #[tokio::test]
-async fn a_slow_subscriber_gets_a_bounded_queue_and_the_drops_are_counted() {
+async fn a_full_backlog_refuses_the_publisher_and_loses_nothing() {
     let f = Fixture::new();
     f.fake_plugin("slow", "1.0.0", &[], &subscribe(&["slow.*"]));
+    f.fake_plugin("fast", "1.0.0", &[], &subscribe(&["slow.*"]));
     let script = Script::new();
-    let host = f.fake_host(&script);
+    let host = f.fake_host_with(&script, |c| c.event_backlog = 50);
     host.start().await.unwrap();
-    let queue = plugd_host::EVENT_QUEUE;
-    let mut queued = 0;
-    for i in 0..queue + 100 {
-        queued += host.publish("slow.e", serde_json::json!(i)).unwrap();
-    }
-    // One event is in the subscriber's hands, `queue` wait, the rest were dropped.
-    assert!(queued <= queue + 1 && queued >= queue, "{queued}");
-    assert!(log_text(&host, "slow").contains("Dropped event `slow.e`"));
-    script.gate.add_permits(queue + 100);
-    eventually("the queue drained", || {
-        script.events_of("slow").len() == queued
+    // `slow` holds its first event (gate closed); `fast` is not delayed by it.
+    let mut accepted = 0;
+    let refused = loop {
+        match host.publish("slow.e", serde_json::json!(accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 51, "the backlog is bounded");
+    };
+    assert_eq!(refused.code(), "overloaded");
+    let text = refused.to_string();
+    assert!(
+        text.contains("plugin `slow` already has 50 events waiting"),
+        "{text}"
+    );
+    eventually("the fast subscriber got everything", || {
+        script.events_of("fast").len() == accepted
     })
     .await;
+    script.gate.add_permits(1000);
+    eventually("the slow one too, in order", || {
+        script.events_of("slow").len() == accepted
+    })
+    .await;
+    let got: Vec<String> = script.events_of("slow").into_iter().map(|e| e.2).collect();
+    let want: Vec<String> = (0..accepted).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    // The backlog drained: publishing works again.
+    eventually("the backlog is empty", || {
+        host.subscriber_info("slow").unwrap().backlog == 0
+    })
+    .await;
+    host.publish("slow.e", serde_json::json!("again"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -282,7 +306,9 @@ async fn two_plugins_cannot_bounce_events_forever() {
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    host.publish("bounce.ping", serde_json::json!({})).unwrap();
+    host.publish("bounce.ping", serde_json::json!({}))
+        .await
+        .unwrap();
     eventually("the chain was cut", || {
         script.emit_errors.lock().values().flatten().count() == 1
     })
@@ -302,24 +328,24 @@ async fn two_plugins_cannot_bounce_events_forever() {
     assert_eq!(total, 9, "the app's event and 8 hops");
 }
 
-#[test]
-fn publish_works_outside_a_tokio_runtime() {
+#[tokio::test]
+async fn bad_topics_and_payloads_are_refused_with_nothing_written() {
     let f = Fixture::new();
     let script = Script::new();
-    let rt = tokio::runtime::Runtime::new().unwrap();
     f.fake_plugin("sub", "1.0.0", &[], &subscribe(&["t"]));
     let host = f.fake_host(&script);
-    rt.block_on(host.start()).unwrap();
-    let h = host.clone();
-    let n = std::thread::spawn(move || h.publish("t", serde_json::json!(1)).unwrap())
-        .join()
-        .unwrap();
-    assert_eq!(n, 1);
-    let err = host.publish("", serde_json::json!(1)).unwrap_err();
+    host.start().await.unwrap();
+    let err = host.publish("", serde_json::json!(1)).await.unwrap_err();
     assert_eq!(err.code(), "bad_request");
+    let err = host
+        .publish("plugd.plugin.started", serde_json::json!(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
     let big = serde_json::json!("x".repeat(plugd_host::MAX_EVENT_PAYLOAD));
-    let err = host.publish("t", big).unwrap_err().to_string();
+    let err = host.publish("t", big).await.unwrap_err().to_string();
     assert!(err.contains("more than 262144"), "{err}");
+    assert!(host.events_after(0, None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -364,7 +390,7 @@ async fn dropping_the_host_without_shutdown_frees_it() {
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    host.publish("t", serde_json::json!(1)).unwrap();
+    host.publish("t", serde_json::json!(1)).await.unwrap();
     drop(host);
     // No reference cycle (host → instance → services → host, or through the event task) keeps
     // the instance, and with it a child process, alive.
@@ -742,6 +768,73 @@ default = "fast"
     );
     let history = host.params_history("gallery", 10).await.unwrap();
     assert_eq!(history[1].value["batch_size"], 32, "the old value is kept");
+}
+
+/// A params change takes the lifecycle lock: during a reload it waits until the new version
+/// serves, is validated by the new version's schema and delivered to it; an uninstalled plugin
+/// takes no params (its stored ones were just removed; a reinstall starts clean).
+#[tokio::test]
+async fn a_params_change_waits_for_a_reload_and_meets_the_new_schema() {
+    use serde_json::json;
+    let f = Fixture::new();
+    let params = "[params]\ntype = \"object\"\n[params.properties.batch_size]\ntype = \"integer\"\nminimum = 1\ndefault = 8\n";
+    f.fake_plugin("gallery", "1.0.0", &[], params);
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    // A call holds the old version, so the reload stays in its drain (holding the lock).
+    let h = host.clone();
+    let held = tokio::spawn(async move { call(&h, "gallery", "wait", "1").await });
+    eventually("call running", || info(&host, "gallery").in_flight == 1).await;
+    f.fake_plugin(
+        "gallery",
+        "2.0.0",
+        &[],
+        &params.replace("minimum = 1", "minimum = 1\nmaximum = 16"),
+    );
+    let h = host.clone();
+    let reload = tokio::spawn(async move { h.reload("gallery").await });
+    eventually("switched", || {
+        info(&host, "gallery").manifest.unwrap().version.to_string() == "2.0.0"
+    })
+    .await;
+    // 32 fits version 1's schema, not version 2's.
+    let h = host.clone();
+    let mut change = tokio::spawn(async move {
+        h.set_params("gallery", json!({"batch_size": 32}), "test")
+            .await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut change)
+            .await
+            .is_err(),
+        "the change waits while the reload drains the old version"
+    );
+    script.gate.add_permits(1);
+    held.await.unwrap().unwrap();
+    reload.await.unwrap().unwrap();
+    let refused = change.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), "bad_params", "{refused}");
+    assert!(host.params_history("gallery", 10).await.unwrap().is_empty());
+    let fits = host
+        .set_params("gallery", json!({"batch_size": 12}), "test")
+        .await
+        .unwrap();
+    assert_eq!(script.params.lock()["gallery"], std::slice::from_ref(&fits));
+    // Uninstalled: refused, nothing stored; `load` starts clean with the defaults.
+    host.uninstall("gallery", false).await.unwrap();
+    let err = host
+        .set_params("gallery", json!({"batch_size": 3}), "test")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "plugin_not_running", "{err}");
+    assert!(err.to_string().contains("is uninstalled"), "{err}");
+    host.load("gallery").await.unwrap();
+    assert_eq!(
+        host.params("gallery").await.unwrap().value,
+        json!({"batch_size": 8})
+    );
+    assert!(host.params_history("gallery", 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use plugd_host::{Host, HostConfig};
 use plugd_manifest::RuntimeKind;
 use plugd_runtime::{
     ActionInfo, Health, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation, LogLevel,
-    LogSource, Outcome, Runtime, RuntimeError,
+    LogSource, Outcome, Progress, Runtime, RuntimeError, TaskRun,
 };
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, watch};
@@ -27,8 +27,8 @@ use crate::support::Fixture;
 pub struct Script {
     /// `name@version` that fail to start.
     pub fail_start: Mutex<HashSet<String>>,
-    /// Calls of action `wait` and deliveries of topics starting with `slow.` hold a permit of
-    /// this gate (closed by default: add permits to release them).
+    /// Calls of action `wait`, task runs of `wait` and deliveries of topics starting with
+    /// `slow.` to plugins whose name starts with `slow` hold a permit of this gate (closed by default: add permits to release them).
     pub gate: Arc<Semaphore>,
     /// Calls currently inside an instance (dropped calls must leave this at zero).
     pub live_calls: AtomicUsize,
@@ -48,6 +48,11 @@ pub struct Script {
     pub dropped: AtomicUsize,
     /// Emit errors plugins saw, per plugin.
     pub emit_errors: Mutex<HashMap<String, Vec<String>>>,
+    /// Task runs, in start order: `(plugin, task, id, attempt, key)`.
+    pub task_runs: Mutex<Vec<(String, String, u64, u32, Option<String>)>>,
+    /// Deliveries of topics starting with `fail.` that fail before one succeeds (per plugin);
+    /// `u32::MAX`: always.
+    pub event_failures: Mutex<HashMap<String, u32>>,
     starts: AtomicUsize,
 }
 
@@ -68,6 +73,8 @@ impl Script {
             params: Default::default(),
             announce: Default::default(),
             emit_errors: Default::default(),
+            task_runs: Default::default(),
+            event_failures: Default::default(),
             starts: Default::default(),
         })
     }
@@ -216,9 +223,82 @@ impl Instance for FakeInstance {
         })
     }
 
+    /// Tasks: `ok` returns `{"payload", "attempt"}`; `fail` fails (final); `retry` asks for a
+    /// retry; `flaky` asks for a retry until attempt `payload.n`; `crash` crashes; `progress`
+    /// reports 0.5 and returns; `wait` holds a gate permit until cancelled; `@after_last`
+    /// returns. Every run is recorded in `task_runs`.
+    async fn run_task(&self, run: TaskRun) -> Result<Outcome, RuntimeError> {
+        let plugin = plugd_manifest::PluginName::new(&self.name).unwrap();
+        self.script.task_runs.lock().push((
+            self.name.clone(),
+            run.task.clone(),
+            run.id,
+            run.attempt,
+            run.key.clone(),
+        ));
+        let failed = |code: &str| {
+            Err(RuntimeError::ActionFailed {
+                plugin: plugin.clone(),
+                action: run.task.clone(),
+                message: format!("the fake task failed ({code})"),
+                code: Some(code.to_owned()),
+            })
+        };
+        let payload: serde_json::Value = serde_json::from_str(run.payload.get()).unwrap();
+        match run.task.as_str() {
+            "ok" | "@after_last" => {}
+            "fail" => return failed("boom"),
+            "retry" => return failed(plugd_runtime::TASK_RETRY),
+            "flaky" if u64::from(run.attempt) < payload["n"].as_u64().unwrap_or(1) => {
+                return failed(plugd_runtime::TASK_RETRY);
+            }
+            "flaky" => {}
+            "crash" => {
+                return Err(RuntimeError::Crashed {
+                    plugin,
+                    reason: "the fake crashed".into(),
+                });
+            }
+            "progress" => self.host.progress(Progress {
+                task: Some(run.id),
+                fraction: Some(0.5),
+                message: Some("half".into()),
+            }),
+            "wait" => {
+                tokio::select! {
+                    permit = self.script.gate.acquire() => permit.unwrap().forget(),
+                    _ = run.cancel.cancelled() => return failed(plugd_runtime::TASK_CANCELLED),
+                }
+            }
+            _ => {
+                return Err(RuntimeError::UnknownAction {
+                    plugin,
+                    action: run.task.clone(),
+                });
+            }
+        }
+        let result = serde_json::json!({ "payload": payload, "attempt": run.attempt });
+        Ok(Outcome {
+            result: RawValue::from_string(result.to_string()).unwrap(),
+        })
+    }
+
     async fn event(&self, topic: &str, payload: &RawValue) -> Result<(), RuntimeError> {
-        if topic.starts_with("slow.") {
+        if topic.starts_with("slow.") && self.name.starts_with("slow") {
             self.script.gate.acquire().await.unwrap().forget();
+        }
+        if topic.starts_with("fail.") {
+            let mut failures = self.script.event_failures.lock();
+            let left = failures.entry(self.name.clone()).or_insert(0);
+            if *left > 0 {
+                *left = left.saturating_sub(if *left == u32::MAX { 0 } else { 1 });
+                return Err(RuntimeError::ActionFailed {
+                    plugin: plugd_manifest::PluginName::new(&self.name).unwrap(),
+                    action: topic.to_owned(),
+                    message: "the fake handler failed".into(),
+                    code: None,
+                });
+            }
         }
         self.script
             .events
@@ -238,6 +318,7 @@ impl Instance for FakeInstance {
             if let Err(e) = self
                 .host
                 .emit(&format!("bounce.{other}"), serde_json::json!({}))
+                .await
             {
                 self.script
                     .emit_errors

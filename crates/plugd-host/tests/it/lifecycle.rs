@@ -215,12 +215,18 @@ async fn events_reach_subscribers_and_plugins_can_emit() {
     host.start().await.unwrap();
     assert_eq!(
         host.publish("image.imported", serde_json::json!({"n": 1}))
-            .unwrap(),
+            .await
+            .unwrap()
+            .subscribers
+            .len(),
         1
     );
     assert_eq!(
         host.publish("video.imported", serde_json::json!({"n": 2}))
-            .unwrap(),
+            .await
+            .unwrap()
+            .subscribers
+            .len(),
         0
     );
     call(&host, "emitter", "fire", r#"{"n": 7}"#).await.unwrap();

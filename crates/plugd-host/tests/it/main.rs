@@ -12,3 +12,4 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod trust;
+mod work;

@@ -143,6 +143,8 @@ fn dump(manifest: &Manifest) -> String {
         cpu,
         call_timeout,
         concurrency,
+        tasks,
+        task_timeout,
     } = limits;
     let Events { subscribe } = events;
 
@@ -176,6 +178,8 @@ fn dump(manifest: &Manifest) -> String {
     let _ = writeln!(w, "  cpu: {cpu:?}");
     let _ = writeln!(w, "  call_timeout: {call_timeout:?}");
     let _ = writeln!(w, "  concurrency: {concurrency}");
+    let _ = writeln!(w, "  tasks: {tasks}");
+    let _ = writeln!(w, "  task_timeout: {task_timeout:?}");
     match params {
         Some(params) => {
             let _ = writeln!(w, "params: {params}");

@@ -24,7 +24,7 @@ impl HostCalls for FakeHost {
         self.logs.lock().push(message.to_owned());
     }
     fn progress(&self, _: Progress) {}
-    fn emit(&self, topic: &str, _: Value) -> Result<(), HostCallError> {
+    async fn emit(&self, topic: &str, _: Value) -> Result<(), HostCallError> {
         if topic.starts_with("denied.") {
             Err(HostCallError::NotGranted {
                 plugin: "p".into(),
@@ -202,9 +202,11 @@ async fn a_call_times_out_on_its_deadline_when_the_child_stops_reading() {
     assert!(matches!(err, RequestError::Timeout), "{err:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     let started = Instant::now();
+    let mut frame = Vec::new();
+    plugd_protocol::encode_notification(&mut frame, "params.changed", &json!({}));
     let err = f
         .conn
-        .notify("event", &json!({}), Duration::from_secs(1))
+        .send_frame(frame, Duration::from_secs(1))
         .await
         .unwrap_err();
     assert!(matches!(err, RequestError::Timeout), "{err:?}");
@@ -356,7 +358,7 @@ struct RefusingHost;
 impl HostCalls for RefusingHost {
     fn log(&self, _: LogSource, _: LogLevel, _: &str) {}
     fn progress(&self, _: Progress) {}
-    fn emit(&self, _: &str, _: Value) -> Result<(), HostCallError> {
+    async fn emit(&self, _: &str, _: Value) -> Result<(), HostCallError> {
         Ok(())
     }
     async fn request(&self, method: &str, params: Value) -> Result<Value, HostCallError> {

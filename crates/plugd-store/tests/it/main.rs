@@ -6,6 +6,7 @@ mod kv;
 mod migrations;
 mod model;
 mod params;
+mod work;
 
 use plugd_store::{Commit, Store, StoreConfig};
 use serde_json::Value;

@@ -38,7 +38,7 @@ impl HostCalls for RecordingHost {
             .push((source, level, message.to_owned()));
     }
     fn progress(&self, _progress: Progress) {}
-    fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
+    async fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
         if self.refuse_emit {
             return Err(HostCallError::NotGranted {
                 plugin: "guest".to_owned(),
