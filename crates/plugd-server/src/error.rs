@@ -94,6 +94,8 @@ impl From<HostError> for ApiError {
             },
             HostError::Invalid(_) => StatusCode::BAD_REQUEST,
             HostError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            HostError::NotFound(_) => StatusCode::NOT_FOUND,
+            HostError::Conflict(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &e {

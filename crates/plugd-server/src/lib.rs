@@ -4,7 +4,11 @@
 
 mod dto;
 mod error;
+mod events;
 mod routes;
+mod stream;
+mod tasks;
 
 pub use error::{ApiError, ViolationDto};
 pub use routes::{Readiness, ServerConfig, router};
+pub use stream::Shutdown;

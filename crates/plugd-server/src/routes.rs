@@ -23,6 +23,7 @@ use crate::dto::{
     PluginDto, PluginList, RevisionDto, UnloadedDto,
 };
 use crate::error::ApiError;
+use crate::{events, tasks};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// What `/readyz` reports.
     pub readiness: Readiness,
+    /// Ends the open event and task streams (trigger it when shutting down).
+    pub shutdown: crate::Shutdown,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             max_body: 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             readiness: Readiness::ready(),
+            shutdown: crate::Shutdown::new(),
         }
     }
 }
@@ -77,10 +81,11 @@ impl Readiness {
 
 /// What the handlers share; handlers that need only the host extract `State<Host>`.
 #[derive(Clone)]
-struct AppState {
-    host: Host,
+pub(crate) struct AppState {
+    pub(crate) host: Host,
     readiness: Readiness,
-    max_body: usize,
+    pub(crate) max_body: usize,
+    pub(crate) shutdown: crate::Shutdown,
 }
 
 impl FromRef<AppState> for Host {
@@ -95,6 +100,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         host,
         readiness: config.readiness.clone(),
         max_body: config.max_body,
+        shutdown: config.shutdown.clone(),
     };
     Router::new()
         .route("/healthz", get(health))
@@ -117,6 +123,17 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/plugins/{name}/unload", post(unload))
         .route("/api/v1/plugins/{name}/reload", post(reload))
         .route("/api/v1/gc", post(gc))
+        .route("/api/v1/events", get(events::history).post(events::publish))
+        .route("/api/v1/events/stream", get(events::follow))
+        .route("/api/v1/events/dead", get(events::dead))
+        .route(
+            "/api/v1/events/dead/{plugin}/{seq}/replay",
+            post(events::replay),
+        )
+        .route("/api/v1/tasks", get(tasks::list).post(tasks::submit))
+        .route("/api/v1/tasks/stream", get(tasks::watch))
+        .route("/api/v1/tasks/{id}", get(tasks::show))
+        .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
@@ -222,7 +239,7 @@ async fn call(
 }
 
 /// A body that could not be read: too large (naming the limit), or broken.
-fn body_error(rejection: BytesRejection, max_body: usize) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection, max_body: usize) -> ApiError {
     let status = rejection.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+mod work;
+
 /// The plugin behind the call routes: one action per kind of answer.
 const CALLS_PY: &str = r#"
 import asyncio
