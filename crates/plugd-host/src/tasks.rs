@@ -688,6 +688,13 @@ impl Host {
         }
     }
 
+    /// Sends a task change to the live followers, if any (the view is built only then).
+    fn announce(&self, view: impl FnOnce() -> TaskView) {
+        if self.inner.board.updates.receiver_count() > 0 {
+            let _ = self.inner.board.updates.send(Arc::new(view()));
+        }
+    }
+
     /// Runs one task to its end and records the outcome.
     async fn run_one(&self, slot: Arc<Slot>, queue: Arc<PluginTasks>, id: u64, pending: Pending) {
         let store = match self.store().await {
@@ -712,11 +719,7 @@ impl Host {
                 return;
             }
         };
-        let _ = self
-            .inner
-            .board
-            .updates
-            .send(Arc::new(TaskView::from_record(record.clone())));
+        self.announce(|| TaskView::from_record(record.clone()));
         let outcome = match slot.running() {
             None => Err(RuntimeError::NotRunning {
                 plugin: slot.name.clone(),
@@ -818,13 +821,7 @@ impl Host {
         done.notify_waiters();
         queue.wake.notify_one();
         match recorded {
-            Ok(record) => {
-                let _ = self
-                    .inner
-                    .board
-                    .updates
-                    .send(Arc::new(TaskView::from_record(record)));
-            }
+            Ok(record) => self.announce(|| TaskView::from_record(record)),
             Err(e) => tracing::error!(plugin = %slot.name, "cannot record the end of task {id}: {e}"),
         }
         if let Some(key) = emptied {
