@@ -362,17 +362,29 @@ fn write(
     plugin: &str,
     ops: &[(String, Option<String>)],
 ) -> Result<(), StoreError> {
-    let mut put = conn
-        .prepare_cached("INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value")
-        .sql()?;
-    let mut delete = conn
-        .prepare_cached("DELETE FROM kv WHERE plugin = ?1 AND key = ?2")
-        .sql()?;
+    const PUT: &str = "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value";
+    const DELETE: &str = "DELETE FROM kv WHERE plugin = ?1 AND key = ?2";
+    // Each statement is taken from the cache only if the commit needs it.
+    let (mut put, mut delete) = (None, None);
     for (key, value) in ops {
         match value {
-            Some(value) => put.execute(params![plugin, key, value]).sql()?,
-            None => delete.execute(params![plugin, key]).sql()?,
-        };
+            Some(value) => {
+                if put.is_none() {
+                    put = Some(conn.prepare_cached(PUT).sql()?);
+                }
+                if let Some(put) = &mut put {
+                    put.execute(params![plugin, key, value]).sql()?;
+                }
+            }
+            None => {
+                if delete.is_none() {
+                    delete = Some(conn.prepare_cached(DELETE).sql()?);
+                }
+                if let Some(delete) = &mut delete {
+                    delete.execute(params![plugin, key]).sql()?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -423,22 +435,19 @@ fn row_bytes(key: &str, value: Option<&str>) -> u64 {
 
 /// Drops the oldest commit of the undo stack (the history is held within the quota and depth).
 fn drop_oldest(conn: &Connection, plugin: &str, meta: &mut Meta) -> Result<(), StoreError> {
+    // One statement finds and removes the commit (applied ids are below undone ids, so the
+    // oldest applied commit is the plugin's oldest), a second its keys.
     let (oldest, bytes): (u64, u64) = conn
         .prepare_cached(
-            "SELECT id, bytes FROM kv_commits WHERE plugin = ?1 AND undone = 0 ORDER BY id LIMIT 1",
+            "DELETE FROM kv_commits WHERE plugin = ?1 AND id = (SELECT MIN(id) FROM kv_commits WHERE plugin = ?1 AND undone = 0) RETURNING id, bytes",
         )
         .sql()?
         .query_row([plugin], |row| Ok((row.get(0)?, row.get(1)?)))
         .sql()?;
-    for sql in [
-        "DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id = ?2",
-        "DELETE FROM kv_commits WHERE plugin = ?1 AND id = ?2",
-    ] {
-        conn.prepare_cached(sql)
-            .sql()?
-            .execute(params![plugin, oldest])
-            .sql()?;
-    }
+    conn.prepare_cached("DELETE FROM kv_commit_ops WHERE plugin = ?1 AND id = ?2")
+        .sql()?
+        .execute(params![plugin, oldest])
+        .sql()?;
     meta.applied -= 1;
     meta.history = meta.history.saturating_sub(bytes);
     Ok(())

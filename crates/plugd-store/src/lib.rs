@@ -11,9 +11,11 @@
 #![warn(missing_docs)]
 
 mod error;
+mod events;
 mod kv;
 mod params;
 mod schema;
+mod tasks;
 mod writer;
 
 use std::fmt;
@@ -28,8 +30,10 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::SqlResult;
 pub use crate::error::StoreError;
+pub use crate::events::{Advance, DeadEvent, NewEvent, StoredEvent};
 pub use crate::kv::PAGE_BYTES as KV_PAGE_BYTES;
 pub use crate::schema::SCHEMA_VERSION;
+pub use crate::tasks::{NewTask, TaskEnd, TaskFilter, TaskRecord, TaskState};
 use crate::writer::{Ctx, Job, Op};
 
 /// How far an acknowledged write survives.
@@ -190,6 +194,7 @@ impl Store {
     /// As [`Store::in_memory_for_tests`].
     pub fn in_memory(undo_depth: usize) -> Store {
         let mut conn = Connection::open_in_memory().expect("an in-memory SQLite database");
+        configure(&conn).expect("an in-memory SQLite database takes the store's settings");
         schema::migrate(&mut conn, ":memory:", SCHEMA_VERSION).expect("migrations apply");
         Store::start(conn, Vec::new(), undo_depth).expect("the store's writer thread starts")
     }
@@ -233,7 +238,8 @@ impl Store {
     /// The plugin's current params, `None` if it never had any.
     pub async fn params(&self, plugin: &str) -> Result<Option<Value>, StoreError> {
         let plugin = plugin.to_owned();
-        self.read(move |conn| params::get(conn, &plugin)).await
+        self.read_point(move |conn| params::get(conn, &plugin))
+            .await
     }
 
     /// Stores a new params value (the whole object) and returns its revision (1-based).
@@ -263,7 +269,8 @@ impl Store {
     /// The value of one key, `None` if absent.
     pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Value>, StoreError> {
         let (plugin, key) = (plugin.to_owned(), key.to_owned());
-        self.read(move |conn| kv::get(conn, &plugin, &key)).await
+        self.read_point(move |conn| kv::get(conn, &plugin, &key))
+            .await
     }
 
     /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`, sorted
@@ -366,6 +373,40 @@ impl Store {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// A read of one row by its key: an index lookup of a few pages, which SQLite serves from
+    /// its page cache (or the OS's) in microseconds. When a read connection is free right now it
+    /// runs on the caller's thread, sparing the two thread hops of a blocking task (most of such
+    /// a read's cost); otherwise as [`Store::read`]. Nothing is awaited while the connection is
+    /// out of the pool, so a dropped future cannot leak it.
+    async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        // A read served inline never waits, so a task reading in a loop would never yield:
+        // count it against the task's cooperative budget like any tokio operation.
+        tokio::task::coop::consume_budget().await;
+        if let Some(pool) = &self.inner.reads
+            && let Ok(permit) = pool.permits.try_acquire()
+        {
+            let taken = pool
+                .conns
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop();
+            if let Some(conn) = taken {
+                let result = f(&conn);
+                pool.conns
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(conn);
+                drop(permit);
+                return result;
+            }
+        }
+        self.read(f).await
+    }
+
     /// Runs `f` on a read connection on a blocking thread (or through the writer when there is
     /// no pool).
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -449,7 +490,7 @@ fn open_files(
 }
 
 fn prepare_writer(conn: &mut Connection, durability: Durability) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT).sql()?;
+    configure(conn).sql()?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .sql()?;
@@ -474,8 +515,31 @@ fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    configure(&conn)?;
     Ok(conn)
+}
+
+/// Statements cached per connection: every statement the store runs fits, so none is ever
+/// evicted and compiled again (rusqlite's default is 16; the writer alone runs ~30 kinds).
+const STATEMENT_CACHE: usize = 64;
+
+/// What every connection gets: the lock wait, a statement cache that holds every statement, and
+/// the query planner stability guarantee (QPSG).
+///
+/// Without QPSG, SQLite 3.54 marks a statement whose plan it derived from a bound value (any
+/// `WHERE plugin = ?1 ... ORDER BY`, `LIMIT ?n`) for re-preparation whenever that parameter is
+/// rebound, and rusqlite clears the bindings of every statement it puts back in its cache, which
+/// counts as a rebind: such a statement was compiled again on every use (the oldest-commit lookup
+/// of every kv commit, the params read, undo, redo, list). Our statements are primary-key lookups
+/// and ranges whose plan does not depend on the values, so nothing is lost by fixing the plans.
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
 }
 
 /// Helpers for this crate's migration tests; not part of the API.

@@ -124,7 +124,23 @@ fn run_batch(
     ctx: &Ctx,
 ) -> Result<(), StoreError> {
     let sql = |e: rusqlite::Error| StoreError::Sqlite(e.to_string());
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    conn.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+        .map_err(sql)?;
+    // A request alone in its batch needs no savepoint: if it fails, the whole transaction is
+    // rolled back, which undoes exactly its writes (the usual case with one request in flight).
+    if let [op] = batch {
+        let outcome = if op.apply(conn, ctx) {
+            commit(conn)
+        } else {
+            rollback(conn);
+            Ok(())
+        };
+        if outcome.is_err() {
+            rollback(conn);
+        }
+        return outcome;
+    }
     let outcome = (|| {
         for op in batch.iter_mut() {
             conn.prepare_cached("SAVEPOINT op")
@@ -146,13 +162,27 @@ fn run_batch(
                     .map_err(sql)?;
             }
         }
-        conn.execute_batch("COMMIT").map_err(sql)
+        commit(conn)
     })();
-    if outcome.is_err() && !conn.is_autocommit() {
-        // Best effort: the error that matters is `outcome`.
-        let _ = conn.execute_batch("ROLLBACK");
+    if outcome.is_err() {
+        rollback(conn);
     }
     outcome
+}
+
+fn commit(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(|e| StoreError::Sqlite(e.to_string()))
+}
+
+/// Rolls the open transaction back, if there is one (some errors, such as a full disk, already
+/// rolled it back). Best effort: the error that matters is the one that led here.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -161,4 +191,104 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, ffi};
+
+    use super::*;
+    use crate::{Commit, KvLimits, StoreConfig, kv, params};
+
+    /// Every statement still prepared on `conn` with how often SQLite compiled it again.
+    fn reprepared(conn: &Connection) -> Vec<(String, i32)> {
+        let mut out = Vec::new();
+        // SAFETY: the handle is valid while `conn` lives, nothing else uses the connection
+        // meanwhile, and `sqlite3_next_stmt`/`sqlite3_stmt_status`/`sqlite3_sql` only read.
+        unsafe {
+            let db = conn.handle();
+            let mut stmt = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !stmt.is_null() {
+                let n = ffi::sqlite3_stmt_status(stmt, ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+                let sql = std::ffi::CStr::from_ptr(ffi::sqlite3_sql(stmt))
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((sql, n));
+                stmt = ffi::sqlite3_next_stmt(db, stmt);
+            }
+        }
+        out
+    }
+
+    fn batch<T, F>(conn: &mut Connection, f: F) -> T
+    where
+        F: FnOnce(&Connection, &Ctx) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (job, mut answer) = Job::new(f);
+        let mut ops: Vec<Box<dyn Op>> = vec![Box::new(job)];
+        let ctx = Ctx {
+            now_ms: now_ms(),
+            undo_depth: 5,
+        };
+        let committed = run_batch(conn, &mut ops, &ctx);
+        for op in ops.drain(..) {
+            op.finish(committed.clone());
+        }
+        answer.try_recv().unwrap().unwrap()
+    }
+
+    /// The store's statements are compiled once per connection: none is re-prepared when it is
+    /// used again with other values (SQLite 3.54 did that to every statement whose plan used a
+    /// bound value, through rusqlite's cache clearing the bindings) or evicted from the cache.
+    #[test]
+    fn statements_are_never_compiled_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(dir.path().join("plugd.db"));
+        let (mut writer, readers) = crate::open_files(&config, 1).unwrap();
+        let reader = &readers[0];
+        let limits = KvLimits {
+            quota: 4096,
+            ..KvLimits::default()
+        };
+        for round in 0..40u64 {
+            for plugin in ["a", "b"] {
+                let checked = kv::check(
+                    Commit {
+                        puts: vec![(format!("k{}", round % 7), serde_json::json!(round))],
+                        deletes: vec![format!("k{}", (round + 3) % 7)],
+                        ..Commit::default()
+                    },
+                    &limits,
+                )
+                .unwrap();
+                let p = plugin.to_owned();
+                batch(&mut writer, move |c, ctx| kv::commit(c, ctx, &p, checked));
+                if round % 3 == 0 {
+                    let p = plugin.to_owned();
+                    batch(&mut writer, move |c, _| kv::flip(c, &p, true));
+                }
+                if round % 6 == 0 {
+                    let p = plugin.to_owned();
+                    batch(&mut writer, move |c, _| kv::flip(c, &p, false));
+                }
+                let p = plugin.to_owned();
+                let value = format!("{{\"n\":{round}}}");
+                batch(&mut writer, move |c, ctx| {
+                    params::set(c, ctx, &p, &value, "test")
+                });
+                kv::get(reader, plugin, "k1").unwrap();
+                kv::list(reader, plugin, "k", None, 3 + round as usize % 4).unwrap();
+                kv::list(reader, plugin, "", Some("k2"), 10).unwrap();
+                params::get(reader, plugin).unwrap();
+                params::history(reader, plugin, 1 + round as usize % 3).unwrap();
+            }
+        }
+        for conn in [&writer, reader] {
+            let stats = reprepared(conn);
+            assert!(stats.len() >= 5, "{stats:?}");
+            let again: Vec<_> = stats.iter().filter(|(_, n)| *n > 0).collect();
+            assert!(again.is_empty(), "compiled again: {again:?}");
+        }
+    }
 }

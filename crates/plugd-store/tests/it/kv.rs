@@ -1,6 +1,6 @@
 //! kv behaviour: commits, listing, undo/redo, history depth, usage, isolation, group commit.
 
-use plugd_store::{Commit, CommitId, KvLimits, Store, StoreConfig, StoreError};
+use plugd_store::{Commit, CommitId, Durability, KvLimits, Store, StoreConfig, StoreError};
 use serde_json::json;
 
 use crate::{file_store, puts};
@@ -229,6 +229,30 @@ async fn usage_counts_keys_and_json_and_forget_clears_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_share_batches_and_a_refused_one_fails_alone() {
     let (store, _dir) = file_store().await;
+    concurrent_commits(&store).await;
+}
+
+/// Full durability (`synchronous=FULL`, an fsync per batch): the same answers, ids and grouping,
+/// and everything acknowledged is in the file when it is reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_durability_answers_every_commit_after_its_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/plugd.db");
+    let config = StoreConfig {
+        durability: Durability::Full,
+        ..StoreConfig::new(&path)
+    };
+    let store = Store::open(config.clone()).await.unwrap();
+    concurrent_commits(&store).await;
+    // Dropping the last clone stops the writer after it answered what it had.
+    drop(store);
+    let store = Store::open(config).await.unwrap();
+    let all = store.kv_list("p", "k", None, 1000).await.unwrap();
+    let acknowledged = (0..256).filter(|i| i % 3 != 0).count();
+    assert_eq!(all.len(), acknowledged, "{all:?}");
+}
+
+async fn concurrent_commits(store: &Store) {
     let limits = KvLimits::default();
     store
         .kv_commit("p", puts(&[("gate", json!(0))]), &limits)
