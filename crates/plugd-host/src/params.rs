@@ -44,13 +44,38 @@ impl Host {
     /// Replaces a plugin's params (`PUT`): keys left out take their defaults. Refused with every
     /// violation when the result does not fit the schema; otherwise stored (with history) and
     /// delivered to the running plugin. Returns the new effective value.
+    ///
+    /// Runs under the lifecycle lock, like load, reload, unload and uninstall: the schema that
+    /// validates the change is the one of the generation that receives it, a reload starts its
+    /// new version with the stored value from before or after the change (never between the
+    /// store and the delivery), and an uninstalled plugin (whose params were just removed) gets
+    /// none back.
     pub async fn set_params(
         &self,
         name: &str,
         value: Value,
         source: &str,
     ) -> Result<Value, HostError> {
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        self.set_params_locked(name, value, source).await
+    }
+
+    async fn set_params_locked(
+        &self,
+        name: &str,
+        value: Value,
+        source: &str,
+    ) -> Result<Value, HostError> {
         let slot = self.inner.existing(name)?;
+        if slot.inner.lock().state() == crate::PluginState::Uninstalled {
+            return Err(HostError::NotRunning {
+                plugin: name.to_owned(),
+                state: crate::PluginState::Uninstalled,
+                reason: Some(format!(
+                    "Plugin `{name}` is uninstalled, so it has no params; hint: `plugd load {name}` installs it again"
+                )),
+            });
+        }
         let manifest = current_manifest(&slot)?;
         let full = resolve(&manifest, value).map_err(|violations| HostError::InvalidParams {
             plugin: name.to_owned(),
@@ -81,9 +106,11 @@ impl Host {
         patch: Value,
         source: &str,
     ) -> Result<Value, HostError> {
+        // The read and the write under one lock: two patches cannot lose each other's keys.
+        let _lifecycle = self.inner.lifecycle.lock().await;
         let mut value = self.params(name).await?.value;
         merge_patch(&mut value, patch);
-        self.set_params(name, value, source).await
+        self.set_params_locked(name, value, source).await
     }
 
     /// Every stored change of a plugin's params, newest first.
