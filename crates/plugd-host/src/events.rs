@@ -342,7 +342,9 @@ impl Host {
             None => 0,
         };
         let payload = serde_json::to_string(&payload).map_err(|e| {
-            HostError::Invalid(format!("Event `{topic}` has a payload that is not JSON: {e}"))
+            HostError::Invalid(format!(
+                "Event `{topic}` has a payload that is not JSON: {e}"
+            ))
         })?;
         if payload.len() > MAX_EVENT_PAYLOAD {
             return Err(HostError::Invalid(format!(
@@ -576,7 +578,9 @@ async fn deliver(
             let payload = match RawValue::from_string(event.payload.clone()) {
                 Ok(p) => p,
                 Err(e) => {
-                    advance.dead.push((event.seq, 0, format!("its payload is not JSON: {e}")));
+                    advance
+                        .dead
+                        .push((event.seq, 0, format!("its payload is not JSON: {e}")));
                     advance.cursor = event.seq;
                     handled += 1;
                     continue;
@@ -642,10 +646,7 @@ async fn deliver(
             advance.cursor = event.seq;
             handled += 1;
         }
-        if batch.len() < BATCH
-            && handled == batch.len() as u64
-            && complete > advance.cursor
-        {
+        if batch.len() < BATCH && handled == batch.len() as u64 && complete > advance.cursor {
             advance.cursor = complete;
         }
         if advance.cursor > cursor {
@@ -655,11 +656,12 @@ async fn deliver(
             {
                 Ok(()) => {
                     subscriber.cursor.store(advance.cursor, Ordering::Relaxed);
-                    let _ = subscriber.backlog.fetch_update(
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                        |b| Some(b.saturating_sub(handled)),
-                    );
+                    let _ =
+                        subscriber
+                            .backlog
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                                Some(b.saturating_sub(handled))
+                            });
                 }
                 Err(e) => {
                     // Delivered again later: at least once.

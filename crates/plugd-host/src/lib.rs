@@ -39,17 +39,17 @@ pub use events::{
     DEFAULT_EVENT_BACKLOG, DeadLetter, EMIT_BURST, EMIT_RATE, EVENT_ATTEMPTS, EVENT_BACKOFF,
     EventRecord, MAX_EVENT_PAYLOAD, MAX_HOPS, Published, SubscriberInfo,
 };
-pub use plugd_store::TaskState;
-pub use tasks::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_QUEUE, MAX_TASK_PAYLOAD, TASK_BACKOFF, TaskQuery,
-    TaskSubmit, TaskView,
-};
 pub use gc::Collected;
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};
 pub use params::ParamsView;
+pub use plugd_store::TaskState;
 pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
+pub use tasks::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_QUEUE, MAX_TASK_PAYLOAD, TASK_BACKOFF, TaskQuery,
+    TaskSubmit, TaskView,
+};
 
 /// How the host runs.
 #[derive(Clone, Debug)]

@@ -31,8 +31,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use plugd_manifest::PluginName;
 use plugd_runtime::{
-    AFTER_LAST, LogLevel, LogSource, Progress, RuntimeError, TASK_CANCEL_GRACE, TASK_CANCELLED,
-    TASK_RETRY, TaskRun,
+    AFTER_LAST, LogLevel, LogSource, Progress, RuntimeError, TASK_CANCEL_GRACE, TASK_RETRY, TaskRun,
 };
 use plugd_store::{NewTask, TaskEnd, TaskFilter, TaskRecord, TaskState};
 use serde_json::value::RawValue;
@@ -511,8 +510,8 @@ impl Host {
             Some(Ok(done)) => {
                 let wait = done.notified();
                 // The run records its end within the grace (plus the write).
-                let _ = tokio::time::timeout(TASK_CANCEL_GRACE + Duration::from_secs(5), wait)
-                    .await;
+                let _ =
+                    tokio::time::timeout(TASK_CANCEL_GRACE + Duration::from_secs(5), wait).await;
                 self.task(id).await
             }
             // Between states (a run being recorded): what the store says now.
@@ -792,11 +791,7 @@ impl Host {
                     "Task `{}` ({id}) attempt {} failed{}: {error}",
                     pending.task,
                     record.attempts,
-                    if retry_at.is_some() {
-                        ", retrying"
-                    } else {
-                        ""
-                    }
+                    if retry_at.is_some() { ", retrying" } else { "" }
                 ),
             );
         }
@@ -822,7 +817,9 @@ impl Host {
         queue.wake.notify_one();
         match recorded {
             Ok(record) => self.announce(|| TaskView::from_record(record)),
-            Err(e) => tracing::error!(plugin = %slot.name, "cannot record the end of task {id}: {e}"),
+            Err(e) => {
+                tracing::error!(plugin = %slot.name, "cannot record the end of task {id}: {e}")
+            }
         }
         if let Some(key) = emptied {
             self.queue_after_last(&queue, key).await;
@@ -876,11 +873,15 @@ fn decide(
             }
         }
         Err(RuntimeError::ActionFailed {
-            message, code: Some(code), ..
+            message,
+            code: Some(code),
+            ..
         }) if code == TASK_RETRY => (message, code, true),
         // The handler's own code (`cancelled` without a cancel request: it cancelled itself).
         Err(RuntimeError::ActionFailed {
-            message, code: Some(code), ..
+            message,
+            code: Some(code),
+            ..
         }) => (message, code, false),
         Err(e @ (RuntimeError::Crashed { .. } | RuntimeError::NotRunning { .. })) => {
             (e.to_string(), e.code().to_owned(), true)
@@ -968,7 +969,9 @@ async fn dispatch(
         let started = slot.phase_changed.notified();
         drop(host);
         let wait = match next_due {
-            Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(Duration::from_secs(1)),
+            Some(at) => {
+                Duration::from_millis(at.saturating_sub(now_ms())).min(Duration::from_secs(1))
+            }
             None => Duration::from_secs(1),
         };
         tokio::select! {
@@ -1095,15 +1098,24 @@ mod tests {
         };
         assert!(matches!(
             decide(&name, &p, 1, 3, failed("retry"), None),
-            TaskEnd::Failed { retry_at_ms: Some(_), .. }
+            TaskEnd::Failed {
+                retry_at_ms: Some(_),
+                ..
+            }
         ));
         assert!(matches!(
             decide(&name, &p, 3, 3, failed("retry"), None),
-            TaskEnd::Failed { retry_at_ms: None, .. }
+            TaskEnd::Failed {
+                retry_at_ms: None,
+                ..
+            }
         ));
         assert!(matches!(
             decide(&name, &p, 1, 3, failed("other"), None),
-            TaskEnd::Failed { retry_at_ms: None, .. }
+            TaskEnd::Failed {
+                retry_at_ms: None,
+                ..
+            }
         ));
         let crashed = Err(RuntimeError::Crashed {
             plugin: name.clone(),
@@ -1111,7 +1123,10 @@ mod tests {
         });
         assert!(matches!(
             decide(&name, &p, 1, 3, crashed, None),
-            TaskEnd::Failed { retry_at_ms: Some(_), .. }
+            TaskEnd::Failed {
+                retry_at_ms: Some(_),
+                ..
+            }
         ));
         let timeout = Err(RuntimeError::Timeout {
             plugin: name.clone(),

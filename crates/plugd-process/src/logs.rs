@@ -143,7 +143,11 @@ mod tests {
             self.0.lock().push(message.to_owned());
         }
         fn progress(&self, _: plugd_runtime::Progress) {}
-        async fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), plugd_runtime::HostCallError> {
+        async fn emit(
+            &self,
+            _: &str,
+            _: serde_json::Value,
+        ) -> Result<(), plugd_runtime::HostCallError> {
             Ok(())
         }
         async fn request(

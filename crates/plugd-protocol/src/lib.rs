@@ -10,9 +10,8 @@ mod message;
 pub use framing::{FrameError, FrameReader};
 pub use message::{
     CallParams, CancelParams, DecodeError, EmitParams, EventParams, Hello, HelloAction, InitLimits,
-    TaskRunParams,
-    Initialize, LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, encode_error,
-    encode_notification, encode_request, encode_result,
+    Initialize, LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, TaskRunParams,
+    encode_error, encode_notification, encode_request, encode_result,
 };
 
 /// The protocol version this crate speaks.

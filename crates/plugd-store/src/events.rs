@@ -7,9 +7,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::Store;
 use crate::error::{SqlResult, StoreError};
 use crate::writer::Ctx;
-use crate::Store;
 
 /// An event to append to the log.
 #[derive(Clone, Debug)]
@@ -161,7 +161,11 @@ fn subscription_filter(plugin: &str, patterns: &[String]) -> (String, Vec<String
             // Topics that start with `prefix.` and go on: `prefix.` < topic < `prefix/`.
             args.push(format!("{prefix}."));
             args.push(format!("{prefix}/"));
-            any.push(format!("(topic > ?{} AND topic < ?{})", args.len() - 1, args.len()));
+            any.push(format!(
+                "(topic > ?{} AND topic < ?{})",
+                args.len() - 1,
+                args.len()
+            ));
         } else {
             args.push(pattern.clone());
             any.push(format!("topic = ?{}", args.len()));
@@ -253,7 +257,11 @@ impl Store {
     }
 
     /// Up to `limit` events after `seq`, in order.
-    pub async fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn events_after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |conn| after(conn, seq, limit)).await
     }
 
@@ -344,7 +352,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DeadEvent>, StoreError> {
         let plugin = plugin.map(str::to_owned);
-        self.read(move |conn| dead(conn, plugin.as_deref(), limit)).await
+        self.read(move |conn| dead(conn, plugin.as_deref(), limit))
+            .await
     }
 
     /// Replays a dead letter: removes it and appends a copy of the event for that plugin only
@@ -362,7 +371,9 @@ impl Store {
                 return Ok(None);
             }
             let event = conn
-                .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"))
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+                ))
                 .sql()?
                 .query_row([seq as i64], event_row)
                 .optional()

@@ -26,7 +26,11 @@ impl HostCalls for QuietHost {
         eprintln!("[{source:?} {}] {message}", level.as_str());
     }
     fn progress(&self, _: Progress) {}
-    async fn emit(&self, _: &str, _: serde_json::Value) -> Result<(), plugd_runtime::HostCallError> {
+    async fn emit(
+        &self,
+        _: &str,
+        _: serde_json::Value,
+    ) -> Result<(), plugd_runtime::HostCallError> {
         Ok(())
     }
     async fn request(

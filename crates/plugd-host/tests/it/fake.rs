@@ -49,12 +49,15 @@ pub struct Script {
     /// Emit errors plugins saw, per plugin.
     pub emit_errors: Mutex<HashMap<String, Vec<String>>>,
     /// Task runs, in start order: `(plugin, task, id, attempt, key)`.
-    pub task_runs: Mutex<Vec<(String, String, u64, u32, Option<String>)>>,
+    pub task_runs: Mutex<Vec<TaskRunRecord>>,
     /// Deliveries of topics starting with `fail.` that fail before one succeeds (per plugin);
     /// `u32::MAX`: always.
     pub event_failures: Mutex<HashMap<String, u32>>,
     starts: AtomicUsize,
 }
+
+/// One task run a fake instance started: `(plugin, task, id, attempt, key)`.
+pub type TaskRunRecord = (String, String, u64, u32, Option<String>);
 
 /// One event a fake instance received: `(version, topic, payload)`.
 pub type Received = (String, String, String);

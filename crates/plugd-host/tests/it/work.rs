@@ -52,8 +52,15 @@ async fn undelivered_events_survive_a_restart_of_the_host_in_order() {
     again.gate.add_permits(100);
     let host = f.fake_host(&again);
     host.start().await.unwrap();
-    eventually("the five events arrived", || again.events_of("slowsub").len() == 5).await;
-    let got: Vec<String> = again.events_of("slowsub").into_iter().map(|e| e.2).collect();
+    eventually("the five events arrived", || {
+        again.events_of("slowsub").len() == 5
+    })
+    .await;
+    let got: Vec<String> = again
+        .events_of("slowsub")
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
     assert_eq!(got, ["0", "1", "2", "3", "4"]);
     host.shutdown().await;
 }
@@ -84,7 +91,10 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_can_be_replayed() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].event.seq, first.seq);
     assert_eq!(dead[0].attempts, plugd_host::EVENT_ATTEMPTS);
-    assert!(dead[0].error.contains("the fake handler failed"), "{dead:?}");
+    assert!(
+        dead[0].error.contains("the fake handler failed"),
+        "{dead:?}"
+    );
     let info = host.subscriber_info("sub").unwrap();
     assert_eq!((info.dead, info.failures), (1, 5));
 
@@ -117,7 +127,11 @@ async fn a_subscriber_that_failed_gets_what_it_missed_when_it_runs_again() {
     eventually("failed", || info(&host, "sub").state == PluginState::Failed).await;
     for i in 0..3 {
         let published = host.publish("n.x", json!(i)).await.unwrap();
-        assert_eq!(published.subscribers.len(), 1, "a failed plugin keeps its place");
+        assert_eq!(
+            published.subscribers.len(),
+            1,
+            "a failed plugin keeps its place"
+        );
     }
     host.load("sub").await.unwrap();
     eventually("delivered after the restart", || {
@@ -138,10 +152,16 @@ async fn a_task_runs_and_keeps_its_result() {
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    let submitted = host.submit(task("worker", "ok", json!({"n": 1}))).await.unwrap();
+    let submitted = host
+        .submit(task("worker", "ok", json!({"n": 1})))
+        .await
+        .unwrap();
     assert_eq!(submitted.state, TaskState::Queued);
     let done = wait_state(&host, submitted.id, TaskState::Succeeded).await;
-    assert_eq!(done.result, Some(json!({"payload": {"n": 1}, "attempt": 1})));
+    assert_eq!(
+        done.result,
+        Some(json!({"payload": {"n": 1}, "attempt": 1}))
+    );
     assert_eq!(done.attempts, 1);
     assert!(done.started_ms.is_some() && done.finished_ms.is_some());
     let listed = host
@@ -162,10 +182,16 @@ async fn bad_submits_are_refused_with_the_reason() {
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    let err = host.submit(task("nobody", "ok", json!(1))).await.unwrap_err();
+    let err = host
+        .submit(task("nobody", "ok", json!(1)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "plugin_not_found");
     for bad in ["", "@after_last", "has space", &"x".repeat(65)] {
-        let err = host.submit(task("worker", bad, json!(1))).await.unwrap_err();
+        let err = host
+            .submit(task("worker", bad, json!(1)))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "bad_request", "{bad:?}: {err}");
     }
     let mut t = task("worker", "ok", json!(1));
@@ -213,7 +239,10 @@ async fn retryable_failures_and_crashes_are_retried_up_to_max_attempts() {
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    let flaky = host.submit(task("worker", "flaky", json!({"n": 2}))).await.unwrap();
+    let flaky = host
+        .submit(task("worker", "flaky", json!({"n": 2})))
+        .await
+        .unwrap();
     let final_fail = host.submit(task("worker", "fail", json!(0))).await.unwrap();
     let mut crash = task("worker", "crash", json!(0));
     crash.max_attempts = Some(2);
@@ -221,9 +250,15 @@ async fn retryable_failures_and_crashes_are_retried_up_to_max_attempts() {
     let done = wait_state(&host, flaky.id, TaskState::Succeeded).await;
     assert_eq!(done.attempts, 2, "one retry");
     let failed = wait_state(&host, final_fail.id, TaskState::Failed).await;
-    assert_eq!((failed.attempts, failed.error_code.as_deref()), (1, Some("boom")));
+    assert_eq!(
+        (failed.attempts, failed.error_code.as_deref()),
+        (1, Some("boom"))
+    );
     let crashed = wait_state(&host, crash.id, TaskState::Failed).await;
-    assert_eq!(crashed.attempts, 2, "a crash is retried, up to max_attempts");
+    assert_eq!(
+        crashed.attempts, 2,
+        "a crash is retried, up to max_attempts"
+    );
     assert_eq!(crashed.error_code.as_deref(), Some("plugin_crashed"));
     host.shutdown().await;
 }
@@ -328,7 +363,10 @@ async fn queued_tasks_survive_a_restart_of_the_host() {
     host.start().await.unwrap();
     let blocker = host.submit(task("worker", "wait", json!(0))).await.unwrap();
     wait_state(&host, blocker.id, TaskState::Running).await;
-    let queued = host.submit(task("worker", "ok", json!("later"))).await.unwrap();
+    let queued = host
+        .submit(task("worker", "ok", json!("later")))
+        .await
+        .unwrap();
     host.shutdown().await;
     drop(host);
 
@@ -355,7 +393,10 @@ async fn a_full_task_queue_refuses_the_submitter() {
     for i in 0..3 {
         host.submit(task("worker", "ok", json!(i))).await.unwrap();
     }
-    let err = host.submit(task("worker", "ok", json!(9))).await.unwrap_err();
+    let err = host
+        .submit(task("worker", "ok", json!(9)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "overloaded");
     assert!(err.to_string().contains("3 queued tasks"), "{err}");
     script.gate.add_permits(1);
@@ -370,7 +411,10 @@ async fn progress_reaches_the_task_view_while_it_runs() {
     let host = f.fake_host(&script);
     host.start().await.unwrap();
     let mut updates = host.task_updates();
-    let t = host.submit(task("worker", "progress", json!(0))).await.unwrap();
+    let t = host
+        .submit(task("worker", "progress", json!(0)))
+        .await
+        .unwrap();
     let mut saw_progress = false;
     while let Ok(Ok(update)) = tokio::time::timeout(Duration::from_secs(5), updates.recv()).await {
         if update.id == t.id && update.progress == Some(0.5) {

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use plugd_protocol::{
-    codes, encode_error, encode_notification, encode_request, encode_result, host_codes,
     CallParams, CancelParams, EmitParams, EventParams, Hello, HelloAction, InitLimits, Initialize,
-    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, TaskRunParams,
+    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, TaskRunParams, codes,
+    encode_error, encode_notification, encode_request, encode_result, host_codes,
 };
 use serde_json::json;
 use serde_json::value::RawValue;

@@ -21,9 +21,15 @@ fn patterns(list: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn a_subscriber_reads_what_its_patterns_match_and_a_complete_mark() {
     let (store, _dir) = file_store().await;
-    for (i, topic) in ["image.imported", "image", "image.raw.new", "images.x", "video.new"]
-        .iter()
-        .enumerate()
+    for (i, topic) in [
+        "image.imported",
+        "image",
+        "image.raw.new",
+        "images.x",
+        "video.new",
+    ]
+    .iter()
+    .enumerate()
     {
         store.event_append(event(topic, i as u32)).await.unwrap();
     }
@@ -43,16 +49,36 @@ async fn a_subscriber_reads_what_its_patterns_match_and_a_complete_mark() {
         .events_for("sub", &patterns(&["image", "video.new"]), 0, 100)
         .await
         .unwrap();
-    assert_eq!(topics(&got), ["image", "video.new"], "not another plugin's replay");
-    let (got, _) = store.events_for("other", &patterns(&[]), 0, 100).await.unwrap();
+    assert_eq!(
+        topics(&got),
+        ["image", "video.new"],
+        "not another plugin's replay"
+    );
+    let (got, _) = store
+        .events_for("other", &patterns(&[]), 0, 100)
+        .await
+        .unwrap();
     assert_eq!(topics(&got), ["image"], "its own replay, without patterns");
-    let (got, _) = store.events_for("sub", &patterns(&["*"]), 2, 100).await.unwrap();
-    assert_eq!(got.len(), 3, "after seq 2, all but the other plugin's replay");
+    let (got, _) = store
+        .events_for("sub", &patterns(&["*"]), 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        3,
+        "after seq 2, all but the other plugin's replay"
+    );
     // A page that is full is complete only up to its last event.
-    let (got, complete) = store.events_for("sub", &patterns(&["*"]), 0, 2).await.unwrap();
+    let (got, complete) = store
+        .events_for("sub", &patterns(&["*"]), 0, 2)
+        .await
+        .unwrap();
     assert_eq!((got.len(), complete), (2, 2));
     assert_eq!(
-        store.events_pending("sub", &patterns(&["image.*"]), 1).await.unwrap(),
+        store
+            .events_pending("sub", &patterns(&["image.*"]), 1)
+            .await
+            .unwrap(),
         1
     );
 }
@@ -65,14 +91,29 @@ async fn cursors_start_at_the_end_and_never_move_back() {
     store.event_append(event("a", 2)).await.unwrap();
     assert_eq!(store.event_subscribe("sub").await.unwrap(), 1, "kept");
     store
-        .event_advance("sub", Advance { cursor: 2, dead: vec![] })
+        .event_advance(
+            "sub",
+            Advance {
+                cursor: 2,
+                dead: vec![],
+            },
+        )
         .await
         .unwrap();
     store
-        .event_advance("sub", Advance { cursor: 1, dead: vec![] })
+        .event_advance(
+            "sub",
+            Advance {
+                cursor: 1,
+                dead: vec![],
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(store.event_cursors().await.unwrap(), [("sub".to_owned(), 2)]);
+    assert_eq!(
+        store.event_cursors().await.unwrap(),
+        [("sub".to_owned(), 2)]
+    );
     store.event_unsubscribe("sub").await.unwrap();
     assert!(store.event_cursors().await.unwrap().is_empty());
 }
@@ -99,7 +140,11 @@ async fn dead_letters_are_listed_replayed_once_and_purged() {
     store.purge(dead[0].at_ms).await.unwrap();
     let copy = store.event_replay("sub", seq).await.unwrap().unwrap();
     assert!(copy > seq);
-    assert_eq!(store.event_replay("sub", seq).await.unwrap(), None, "only once");
+    assert_eq!(
+        store.event_replay("sub", seq).await.unwrap(),
+        None,
+        "only once"
+    );
     assert!(store.dead_events(None, 10).await.unwrap().is_empty());
     // Past the retention period dead letters go too.
     store
@@ -124,7 +169,13 @@ async fn purge_keeps_what_a_cursor_still_needs_and_ids_are_never_reused() {
         store.event_append(event("a", n)).await.unwrap();
     }
     store
-        .event_advance("sub", Advance { cursor: 2, dead: vec![] })
+        .event_advance(
+            "sub",
+            Advance {
+                cursor: 2,
+                dead: vec![],
+            },
+        )
         .await
         .unwrap();
     let (events, _, _) = store.purge(u64::MAX / 2).await.unwrap();
@@ -174,7 +225,13 @@ async fn a_task_goes_through_its_states_and_retries_go_back_to_the_queue() {
     assert_eq!(retry.progress, Some(0.5));
     store.task_start(task.id).await.unwrap();
     let done = store
-        .task_end(task.id, TaskEnd::Succeeded { result: "42".into() }, None)
+        .task_end(
+            task.id,
+            TaskEnd::Succeeded {
+                result: "42".into(),
+            },
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
@@ -194,12 +251,21 @@ async fn a_task_goes_through_its_states_and_retries_go_back_to_the_queue() {
 #[tokio::test]
 async fn dedupe_returns_the_queued_task_of_the_key_only() {
     let (store, _dir) = file_store().await;
-    let (first, _) = store.task_insert(new_task("t", Some("k"), true)).await.unwrap();
-    let (again, deduped) = store.task_insert(new_task("t", Some("k"), true)).await.unwrap();
+    let (first, _) = store
+        .task_insert(new_task("t", Some("k"), true))
+        .await
+        .unwrap();
+    let (again, deduped) = store
+        .task_insert(new_task("t", Some("k"), true))
+        .await
+        .unwrap();
     assert!(deduped);
     assert_eq!(again.id, first.id);
     store.task_start(first.id).await.unwrap();
-    let (third, deduped) = store.task_insert(new_task("t", Some("k"), true)).await.unwrap();
+    let (third, deduped) = store
+        .task_insert(new_task("t", Some("k"), true))
+        .await
+        .unwrap();
     assert!(!deduped, "the first is running, not queued");
     assert_ne!(third.id, first.id);
 }
@@ -213,7 +279,10 @@ async fn running_tasks_are_queued_again_after_a_crash() {
     assert_eq!(store.tasks_requeue_running().await.unwrap(), 1);
     let unfinished = store.tasks_unfinished().await.unwrap();
     assert_eq!(
-        unfinished.iter().map(|t| (t.id, t.state, t.attempts)).collect::<Vec<_>>(),
+        unfinished
+            .iter()
+            .map(|t| (t.id, t.state, t.attempts))
+            .collect::<Vec<_>>(),
         [(a.id, TaskState::Queued, 1), (b.id, TaskState::Queued, 0)]
     );
     store.forget_plugin_work("p").await.unwrap();
