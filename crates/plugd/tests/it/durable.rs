@@ -38,7 +38,7 @@ plugin.run()
 "#;
 
 /// `POST path` with a JSON body: the status, or `None` when the server went away.
-fn post(authority: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+pub(crate) fn post(authority: &str, path: &str, body: &str) -> Option<(u16, Value)> {
     let mut stream = TcpStream::connect(authority).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))

@@ -20,6 +20,7 @@ use tempfile::TempDir;
 
 mod config;
 mod durable;
+mod durable_work;
 mod new;
 mod output;
 mod services;
