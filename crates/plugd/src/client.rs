@@ -122,6 +122,63 @@ fn transport_error(server: &str, e: ureq::Error) -> anyhow::Error {
     }
 }
 
+/// How long a stream may stay silent: the server sends a keep-alive comment every 15 s.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Opens a Server-Sent Events stream (`GET path`), resuming after `last_event_id` when given;
+/// an API error (404, 400) is returned as an `Err` like [`json`]'s.
+pub(crate) fn stream(
+    server: &str,
+    path: &str,
+    last_event_id: Option<u64>,
+) -> anyhow::Result<crate::sse::SseReader<impl std::io::BufRead + use<>>> {
+    let url = format!("{}{path}", base_url(server)?);
+    let config = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+        // The body never ends by itself; only silence past the keep-alives means a lost server.
+        .timeout_recv_body(None)
+        .timeout_per_read(Some(STREAM_IDLE))
+        .http_status_as_error(false)
+        .user_agent("plugd-cli")
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let mut request = agent.get(&url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id.to_string());
+    }
+    let response = request.call().map_err(|e| transport_error(server, e))?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if !(200..300).contains(&status) {
+        let body = body
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| transport_error(server, e))?;
+        return Err(api_error(status, &body));
+    }
+    Ok(crate::sse::SseReader::new(std::io::BufReader::new(
+        body.into_reader(),
+    )))
+}
+
+/// The error of a non-2xx answer: the API's message and code.
+fn api_error(status: u16, body: &[u8]) -> anyhow::Error {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return anyhow::anyhow!("The server answered {status} with a non-JSON body");
+    };
+    let code = value
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let message = value
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no message");
+    anyhow::anyhow!("{message} ({code}, HTTP {status})")
+}
+
 /// Sends a request and returns the JSON body of a 2xx answer, or the API error as an `Err`.
 pub(crate) fn json(
     server: &str,
@@ -203,13 +260,9 @@ pub(crate) fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn call(
-    server: &str,
-    plugin: &str,
-    action: &str,
-    payload: Option<&str>,
-    as_json: bool,
-) -> anyhow::Result<ExitCode> {
+/// A JSON payload argument: the text, `-` for stdin, `{}` when absent; checked before anything
+/// is sent.
+pub(crate) fn payload_arg(payload: Option<&str>) -> anyhow::Result<String> {
     let payload = match payload {
         Some("-") => {
             let mut s = String::new();
@@ -226,6 +279,17 @@ pub(crate) fn call(
             "The payload is not valid JSON: {e}; hint: quote it for the shell, e.g. '{{\"name\":\"Ada\"}}'"
         );
     }
+    Ok(payload)
+}
+
+pub(crate) fn call(
+    server: &str,
+    plugin: &str,
+    action: &str,
+    payload: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let payload = payload_arg(payload)?;
     let result = json(
         server,
         "POST",

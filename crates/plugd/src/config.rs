@@ -17,6 +17,11 @@
 //! [services.db]           # `app:db` in a trusted plugin's `permissions.services`
 //! url = "http://127.0.0.1:9000/plugd"   # each call is POSTed here (plain HTTP)
 //! timeout = "5s"          # the default
+//!
+//! [durable]               # events and tasks (the `serve` flags of the same names win)
+//! retention = "7d"        # finished tasks, delivered events, dead letters; "0" keeps forever
+//! event_backlog = 10000   # events a subscriber may have waiting (then 429)
+//! task_queue = 10000      # queued tasks per plugin (then 429)
 //! ```
 //!
 //! Unknown keys are errors, as in manifests. A limit left out keeps its default ceiling.
@@ -35,6 +40,16 @@ pub(crate) struct HostFile {
     pub ceilings: Ceilings,
     /// `[services.NAME]`, sorted by name.
     pub services: Vec<ServiceConfig>,
+    /// `[durable]`.
+    pub durable: Durable,
+}
+
+/// `[durable]`: the bounds and retention of events and tasks (unset: the flag or the default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Durable {
+    pub retention: Option<Duration>,
+    pub event_backlog: Option<u64>,
+    pub task_queue: Option<u64>,
 }
 
 /// An application service that forwards each call to an HTTP endpoint of the application.
@@ -51,7 +66,8 @@ pub(crate) struct ServiceConfig {
 /// How long a service call may take when `timeout` is not given.
 pub(crate) const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const TOP_KEYS: &[&str] = &["ceilings", "services"];
+const TOP_KEYS: &[&str] = &["ceilings", "services", "durable"];
+const DURABLE_KEYS: &[&str] = &["retention", "event_backlog", "task_queue"];
 const SERVICE_KEYS: &[&str] = &["url", "timeout"];
 const LEVELS: &[&str] = &["untrusted", "trusted"];
 const LIMITS: &[&str] = &[
@@ -83,6 +99,10 @@ pub(crate) fn parse(text: &str) -> anyhow::Result<HostFile> {
         let Value::Table(levels) = value else {
             bail!("`{key}` must be a table");
         };
+        if key == "durable" {
+            file.durable = durable(levels).context("In `[durable]`")?;
+            continue;
+        }
         if key == "services" {
             for (name, table) in levels {
                 let service =
@@ -110,6 +130,60 @@ pub(crate) fn parse(text: &str) -> anyhow::Result<HostFile> {
         }
     }
     Ok(file)
+}
+
+fn durable(table: &toml::Table) -> anyhow::Result<Durable> {
+    let mut durable = Durable::default();
+    for (key, value) in table {
+        let count = || -> anyhow::Result<u64> {
+            match value {
+                Value::Integer(n) if *n >= 1 => Ok(*n as u64),
+                _ => bail!("`{key}` must be a whole number of at least 1"),
+            }
+        };
+        match key.as_str() {
+            "retention" => {
+                let text = value
+                    .as_str()
+                    .context("`retention` must be a string like `\"7d\"` or `\"0\"`")?;
+                durable.retention = Some(parse_retention(text).map_err(anyhow::Error::msg)?);
+            }
+            "event_backlog" => durable.event_backlog = Some(count()?),
+            "task_queue" => durable.task_queue = Some(count()?),
+            other => bail!(
+                "unknown key `{other}`; hint: `[durable]` has {}",
+                list(DURABLE_KEYS)
+            ),
+        }
+    }
+    Ok(durable)
+}
+
+/// A retention period: `0` (keep forever), whole days or weeks (`7d`, `2w`), or a duration as
+/// in manifests (`12h`, `30m`, `90s`).
+pub(crate) fn parse_retention(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    for (unit, secs) in [("d", 86_400u64), ("w", 7 * 86_400)] {
+        if let Some(n) = t.strip_suffix(unit)
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+        {
+            return n
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("Invalid retention `{text}`: it is too large"));
+        }
+    }
+    parse_duration(t).map_err(|_| {
+        format!(
+            "Invalid retention `{text}`; hint: write `7d`, `2w`, `12h`, `30m`, or `0` to keep everything forever"
+        )
+    })
 }
 
 fn service(name: &str, table: &Value) -> anyhow::Result<ServiceConfig> {
@@ -267,10 +341,55 @@ mod tests {
     }
 
     #[test]
+    fn durable_sets_retention_and_bounds() {
+        let file =
+            parse("[durable]\nretention = \"2d\"\nevent_backlog = 50\ntask_queue = 7\n").unwrap();
+        assert_eq!(
+            file.durable,
+            Durable {
+                retention: Some(Duration::from_secs(2 * 86_400)),
+                event_backlog: Some(50),
+                task_queue: Some(7),
+            }
+        );
+        assert_eq!(
+            parse("[durable]\nretention = \"0\"\n")
+                .unwrap()
+                .durable
+                .retention,
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            err("[durable]\nbacklog = 5\n"),
+            "In `[durable]`: unknown key `backlog`; hint: `[durable]` has `retention`, `event_backlog`, `task_queue`"
+        );
+        assert_eq!(
+            err("[durable]\ntask_queue = 0\n"),
+            "In `[durable]`: `task_queue` must be a whole number of at least 1"
+        );
+        assert_eq!(
+            err("[durable]\nretention = \"7 days\"\n"),
+            "In `[durable]`: Invalid retention `7 days`; hint: write `7d`, `2w`, `12h`, `30m`, or `0` to keep everything forever"
+        );
+    }
+
+    #[test]
+    fn retention_is_days_weeks_a_duration_or_zero() {
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_retention("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_retention("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_retention("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        for bad in ["", "d", "7", "-1d", "1.5d", "7x", "99999999999999999999d"] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn mistakes_name_the_key_and_the_fix() {
         assert_eq!(
             err("[ceiling.untrusted]\n"),
-            "Unknown key `ceiling`; hint: `plugd.toml` knows `ceilings`, `services`"
+            "Unknown key `ceiling`; hint: `plugd.toml` knows `ceilings`, `services`, `durable`"
         );
         assert_eq!(
             err("[ceilings.signed]\n"),

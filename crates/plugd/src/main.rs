@@ -6,11 +6,14 @@ mod client;
 mod config;
 mod data;
 mod doctor;
+mod events;
 mod new;
 mod output;
 mod paths;
 mod sdk;
 mod serve;
+mod sse;
+mod tasks;
 mod trust;
 
 use std::net::SocketAddr;
@@ -30,6 +33,10 @@ Examples:
   plugd reload my-plugin                         Pick up changes without a restart
   plugd params my-plugin --set threshold=0.7     Change a setting (validated, kept in a history)
   plugd kv my-plugin                             What it stored through the host
+  plugd emit image.imported '{\"path\":\"a.png\"}'  Publish an event to the subscribed plugins
+  plugd events --follow                          Watch events as they are published
+  plugd task submit gallery embed '{}' --wait    Run a background task, with a progress bar
+  plugd tasks --watch                            Live progress of every running task
   plugd uninstall my-plugin                      Stop it and remove its data
   plugd keygen --out signing.key                 Then `plugd sign DIR --key signing.key`
   plugd trust add signing.key.pub                Trust it (in STATE/trust, as `serve` reads it)
@@ -50,7 +57,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// URL of a running `plugd serve`, for `list`, `status` and `call`.
+    /// URL of a running `plugd serve`, for the commands that talk to one (`list`, `call`,
+    /// `emit`, `tasks`, ...).
     #[arg(
         long,
         global = true,
@@ -153,6 +161,75 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Publish an event on a running server: it is stored, then delivered at least once, in
+    /// publish order, to every plugin that subscribes to its topic.
+    #[command(after_help = "Examples:
+  plugd emit image.imported '{\"path\":\"photos/a.png\"}'
+  echo '{\"path\":\"b.png\"}' | plugd emit image.imported -")]
+    Emit {
+        /// The topic, e.g. `image.imported` (topics under `plugd.` are the host's).
+        topic: String,
+        /// JSON payload; `-` reads it from stdin. Defaults to `{}`.
+        payload: Option<String>,
+    },
+    /// List the stored events of a running server (oldest first), or follow them live; show and
+    /// replay dead letters (events a plugin kept failing on).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:
+  plugd events --topic 'image.*'            Stored events whose topic starts with `image.`
+  plugd events --after 120 --limit 50       The 50 events after event 120
+  plugd events --follow                     New events as they are published (Ctrl-C stops)
+  plugd events --follow --after 120         Everything after event 120, then live
+  plugd events dead --plugin gallery        Events `gallery` kept failing on
+  plugd events replay gallery 57            Deliver dead letter 57 to `gallery` again"
+    )]
+    Events {
+        #[command(subcommand)]
+        command: Option<EventsCommand>,
+        /// Only events whose topic matches: a topic, `prefix.*` or `*`.
+        #[arg(long, value_name = "PATTERN")]
+        topic: Option<String>,
+        /// Only events after this seq (the first column).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        /// The most events listed.
+        #[arg(long, default_value_t = 100, conflicts_with = "follow")]
+        limit: usize,
+        /// Keep printing events as they are published, until Ctrl-C (with `--after`: the stored
+        /// ones after that seq first). `--json` prints one event per line.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Submit, show or cancel a background task on a running server.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+    /// List the tasks of a running server, newest first; `--watch` shows live progress bars.
+    #[command(after_help = "Examples:
+  plugd tasks --plugin gallery --state failed   Failed tasks of `gallery`
+  plugd tasks --key index                       Tasks of one key
+  plugd tasks --watch                           A bar per running task until Ctrl-C")]
+    Tasks {
+        /// Only this plugin's tasks.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only tasks in this state: queued, running, succeeded, failed or cancelled.
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled"])]
+        state: Option<String>,
+        /// Only tasks with this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// The most tasks listed.
+        #[arg(long, default_value_t = 50, conflicts_with = "watch")]
+        limit: usize,
+        /// Instead of a table, follow the queued and running tasks live: a progress bar per
+        /// running task and a line per finished one, until Ctrl-C (the tasks go on). Not on a
+        /// terminal, one line per change; with `--json`, one JSON update per line.
+        #[arg(long, conflicts_with = "state")]
+        watch: bool,
+    },
     /// Uninstall a plugin on a running server: stop its running dependants and it, and remove
     /// its data dir, kv, params and staged copies (its package in the plugins directory is never
     /// touched). It stays uninstalled across restarts until `plugd load NAME`.
@@ -216,6 +293,72 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum EventsCommand {
+    /// List dead letters, newest first: events a subscriber's handler kept failing on.
+    Dead {
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The most listed.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Deliver a dead letter again, to that plugin alone, after the events already waiting for it.
+    Replay {
+        /// The plugin.
+        plugin: String,
+        /// The event's seq, as `plugd events dead` shows it.
+        seq: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Submit a task to a plugin's queue. With `--wait`, show its progress and exit with its
+    /// outcome: 0 succeeded (the result is printed), 3 failed, 4 cancelled (the error goes to
+    /// stderr); 1 when plugd cannot be reached or refuses the task.
+    #[command(after_help = "Examples:
+  plugd task submit gallery embed '{\"path\":\"a.png\"}' --key index
+  plugd task submit gallery rebuild --priority --wait
+  plugd task submit gallery embed '{\"path\":\"a.png\"}' --key index --dedupe")]
+    Submit {
+        /// The plugin that runs it.
+        plugin: String,
+        /// The task name (a handler the plugin registered, e.g. `@plugin.task("embed")`).
+        task: String,
+        /// JSON payload; `-` reads it from stdin. Defaults to `{}`.
+        payload: Option<String>,
+        /// Group the task under a key (for `--dedupe` and the plugin's `after_last` hook).
+        #[arg(long)]
+        key: Option<String>,
+        /// Run it before the plugin's normal tasks.
+        #[arg(long)]
+        priority: bool,
+        /// If a task with this `--key` is already queued, return it instead of adding another.
+        #[arg(long, requires = "key")]
+        dedupe: bool,
+        /// Runs before a retryable failure is final (1 to 20; default 3).
+        #[arg(long, value_name = "N")]
+        max_attempts: Option<u32>,
+        /// Wait for the task to finish, with a progress bar; exit 0 succeeded, 3 failed,
+        /// 4 cancelled.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a task: state, attempts, progress, timings, payload, result or error.
+    Show {
+        /// The task id.
+        id: u64,
+    },
+    /// Cancel a task: a queued one at once; a running one is asked to stop, and the answer
+    /// comes once its run is over (saying whether the handler stopped).
+    Cancel {
+        /// The task id.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum TrustCommand {
     /// Trust a public key (`KEY.pub` from `plugd keygen`).
     Add {
@@ -263,8 +406,10 @@ struct ServeArgs {
     log: String,
     /// The host's configuration file, `plugd.toml`: the most a plugin of each trust level may
     /// have (`[ceilings.untrusted]`, `[ceilings.trusted]`: memory, cpu, call_timeout, concurrency,
-    /// disk, storage), and application services (`[services.NAME]`: `url`, `timeout`) that
-    /// trusted plugins call with `app:NAME`. Without it the built-in ceilings apply.
+    /// disk, storage), application services (`[services.NAME]`: `url`, `timeout`) that
+    /// trusted plugins call with `app:NAME`, and the bounds of events and tasks (`[durable]`:
+    /// `retention`, `event_backlog`, `task_queue`; the flags of the same names win). Without it
+    /// the built-in ceilings and defaults apply.
     #[arg(long, env = "PLUGD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// How far an acknowledged write to the store (`STATE/plugd.db`: kv, params) survives:
@@ -275,6 +420,19 @@ struct ServeArgs {
     /// How many kv commits each plugin can undo.
     #[arg(long, value_name = "N", default_value_t = 100)]
     undo_depth: usize,
+    /// How long finished tasks, delivered events and dead letters are kept: a duration like
+    /// `7d`, `12h` or `30m`; `0` keeps them forever. Default `7d` (or `retention` in the config
+    /// file's `[durable]`).
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_retention)]
+    retention: Option<std::time::Duration>,
+    /// Events a subscribing plugin may have waiting before publishing to it is refused (429
+    /// `overloaded`). Default 10000 (or `event_backlog` in `[durable]`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    event_backlog: Option<u64>,
+    /// Queued tasks a plugin may have before a submit is refused (429 `overloaded`). Default
+    /// 10000 (or `task_queue` in `[durable]`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    task_queue: Option<u64>,
 }
 
 /// `--durability`.
@@ -364,6 +522,84 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
             limit.max(1),
             cli.json,
         ),
+        Command::Emit { topic, payload } => {
+            events::emit(&cli.server, &topic, payload.as_deref(), cli.json)
+        }
+        Command::Events {
+            command,
+            topic,
+            after,
+            limit,
+            follow,
+        } => match command {
+            Some(EventsCommand::Dead { plugin, limit }) => {
+                events::dead(&cli.server, plugin.as_deref(), limit.max(1), cli.json)
+            }
+            Some(EventsCommand::Replay { plugin, seq }) => {
+                events::replay(&cli.server, &plugin, seq, cli.json)
+            }
+            None => {
+                let filter = events::Filter {
+                    topic: topic.as_deref(),
+                    after,
+                    limit: limit.max(1),
+                };
+                if follow {
+                    events::follow(&cli.server, &filter, cli.json)
+                } else {
+                    events::history(&cli.server, &filter, cli.json)
+                }
+            }
+        },
+        Command::Task { command } => match command {
+            TaskCommand::Submit {
+                plugin,
+                task,
+                payload,
+                key,
+                priority,
+                dedupe,
+                max_attempts,
+                wait,
+            } => tasks::submit(
+                &cli.server,
+                &tasks::Submit {
+                    plugin: &plugin,
+                    task: &task,
+                    payload: payload.as_deref(),
+                    key: key.as_deref(),
+                    priority,
+                    dedupe,
+                    max_attempts,
+                },
+                wait,
+                cli.json,
+            ),
+            TaskCommand::Show { id } => tasks::show(&cli.server, id, cli.json),
+            TaskCommand::Cancel { id } => tasks::cancel(&cli.server, id, cli.json),
+        },
+        Command::Tasks {
+            plugin,
+            state,
+            key,
+            limit,
+            watch,
+        } => {
+            if watch {
+                tasks::watch(&cli.server, plugin.as_deref(), key.as_deref(), cli.json)
+            } else {
+                tasks::list(
+                    &cli.server,
+                    &tasks::ListFilter {
+                        plugin: plugin.as_deref(),
+                        state: state.as_deref(),
+                        key: key.as_deref(),
+                        limit: limit.max(1),
+                    },
+                    cli.json,
+                )
+            }
+        }
         Command::Uninstall { name, keep_data } => {
             data::uninstall(&cli.server, &name, keep_data, cli.json)
         }

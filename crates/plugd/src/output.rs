@@ -404,7 +404,7 @@ pub(crate) fn kv_table(name: &str, prefix: &str, items: &[Value]) {
 }
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's days-to-civil algorithm.

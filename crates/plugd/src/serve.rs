@@ -61,6 +61,16 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         crate::Durability::Full => plugd_store::Durability::Full,
     };
     config.undo_depth = args.undo_depth;
+    // A flag wins over the config file, which wins over the default.
+    if let Some(retention) = args.retention.or(file.durable.retention) {
+        config.retention = retention;
+    }
+    if let Some(n) = args.event_backlog.or(file.durable.event_backlog) {
+        config.event_backlog = n;
+    }
+    if let Some(n) = args.task_queue.or(file.durable.task_queue) {
+        config.task_queue = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     tracing::info!(
         plugins = %plugins.display(),
         state = %state_dir.display(),
@@ -81,12 +91,14 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     }
     let host = builder.build();
     let readiness = Readiness::pending();
+    let streams = plugd_server::Shutdown::new();
     let app = plugd_server::router(
         host.clone(),
         ServerConfig {
             max_body: args.max_body,
             request_timeout: std::time::Duration::from_secs(args.request_timeout),
             readiness: readiness.clone(),
+            shutdown: streams.clone(),
         },
     );
     // The first line on stdout is the contract with scripts and tests that start plugd on port 0;
@@ -118,6 +130,9 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
             () = shutdown_signal() => {}
             () = start_failed.notified() => {}
         }
+        // Open event and task streams never end by themselves; the graceful shutdown waits for
+        // every open response.
+        streams.trigger();
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)

@@ -26,6 +26,7 @@ mod output;
 mod services;
 mod startup;
 mod state;
+mod work;
 
 /// How long `serve` may take to print a line it owes (the URL, then readiness).
 const LINE_DEADLINE: Duration = Duration::from_secs(60);
@@ -176,6 +177,8 @@ impl Drop for Server {
 struct Run {
     args: Vec<String>,
     success: bool,
+    /// The exit code (`None`: killed by a signal).
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -242,6 +245,7 @@ fn plugd_in(cwd: &Path, args: &[&str]) -> Run {
     Run {
         args: args.iter().map(|a| a.to_string()).collect(),
         success: status.success(),
+        code: status.code(),
         stdout: String::from_utf8(stdout).unwrap(),
         stderr: String::from_utf8(stderr).unwrap(),
     }
