@@ -1,5 +1,6 @@
 //! Host services through the real binary: `plugd params`, `plugd kv`, `plugd uninstall` on the
-//! `gallery` example, and app services from `plugd.toml` forwarded to an HTTP endpoint.
+//! `gallery` example, its background indexing (`plugd emit` -> `embed` tasks -> one rebuild),
+//! and app services from `plugd.toml` forwarded to an HTTP endpoint.
 
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
@@ -249,6 +250,129 @@ fn params_kv_and_uninstall_from_the_cli() {
         &server.cli(&["uninstall", "nope"]),
         &Expect::Err {
             stderr: &["Plugin `nope` is not installed", "plugin_not_found"],
+        },
+    );
+}
+
+/// The issue's example: ten `plugd emit image.imported` give ten `embed` tasks (key `index`), each
+/// with its progress, and the `after_last("index")` hook rebuilds the index from all ten
+/// embeddings once they are done.
+#[test]
+fn gallery_indexes_imported_images_with_one_rebuild_after_the_last_embedding() {
+    let (tmp, plugins) = checkout_copy_of(&["gallery"]);
+    let server = Server::start(&plugins, tmp.path());
+    for i in 0..10 {
+        check(
+            &server.cli(&[
+                "emit",
+                "image.imported",
+                &format!(r#"{{"path":"photos/{i}.png"}}"#),
+            ]),
+            &Expect::Ok {
+                stdout: &["to 1 subscriber: gallery"],
+            },
+        );
+    }
+    // The index is rebuilt once the last embedding finished: poll until it holds all ten.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let index = loop {
+        let index: Value = serde_json::from_str(
+            &server
+                .cli(&["--json", "call", "gallery", "index"])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        if index["value"]["images"] == 10 {
+            break index["value"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no index of 10 images in 60 s: {index}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(index["dims"], 16);
+    let nearest = index["nearest"].as_object().unwrap();
+    assert_eq!(nearest.len(), 10, "{index}");
+    for (path, near) in nearest {
+        assert_ne!(
+            near["path"],
+            json!(path),
+            "an image is not its own neighbour"
+        );
+        assert!(
+            nearest.contains_key(near["path"].as_str().unwrap()),
+            "{index}"
+        );
+        let similarity = near["similarity"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&similarity), "{index}");
+    }
+
+    let listed: Value = serde_json::from_str(
+        &server
+            .cli(&["--json", "tasks", "--plugin", "gallery", "--key", "index"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let tasks = listed["tasks"].as_array().unwrap();
+    let (embeds, hooks): (Vec<&Value>, Vec<&Value>) =
+        tasks.iter().partition(|t| t["task"] == "embed");
+    assert_eq!(embeds.len(), 10, "{listed}");
+    let mut paths: Vec<&str> = embeds
+        .iter()
+        .map(|t| {
+            assert_eq!(t["state"], "succeeded", "{t}");
+            // Its last progress report, kept with the task.
+            assert_eq!(t["progress"], 1.0, "{t}");
+            assert_eq!(t["result"]["dims"], 16, "{t}");
+            t["payload"]["path"].as_str().unwrap()
+        })
+        .collect();
+    paths.sort_unstable();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("photos/{i}.png")).collect();
+    expected.sort_unstable();
+    assert_eq!(paths, expected);
+    // Every rebuild is an after-last run, and the index counts them.
+    assert!(
+        hooks
+            .iter()
+            .all(|t| t["task"] == "@after_last" && t["state"] == "succeeded")
+    );
+    assert_eq!(index["rebuilds"], hooks.len(), "{listed}");
+    // The last rebuild started after every embedding had finished.
+    let last_end = embeds
+        .iter()
+        .map(|t| t["finished_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let last_hook = hooks
+        .iter()
+        .map(|t| t["started_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(last_hook >= last_end, "{listed}");
+    // When every embed was queued before the first one finished (the usual case: each takes
+    // 0.2 s), the count of the key never dropped to zero in between: exactly one rebuild.
+    let last_submit = embeds
+        .iter()
+        .map(|t| t["submitted_ms"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let first_end = embeds
+        .iter()
+        .map(|t| t["finished_ms"].as_u64().unwrap())
+        .min()
+        .unwrap();
+    if last_submit < first_end {
+        assert_eq!(hooks.len(), 1, "one burst, one rebuild: {listed}");
+    }
+    // The embeddings are files in the data dir: the kv (the tags' undo history) is untouched.
+    check(
+        &server.cli(&["kv", "gallery"]),
+        &Expect::Ok {
+            stdout: &["Plugin `gallery` has no kv entries"],
         },
     );
 }
