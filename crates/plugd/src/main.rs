@@ -319,7 +319,7 @@ enum TaskCommand {
     /// stderr); 1 when plugd cannot be reached or refuses the task.
     #[command(after_help = "Examples:
   plugd task submit gallery embed '{\"path\":\"a.png\"}' --key index
-  plugd task submit gallery rebuild --priority --wait
+  plugd task submit gallery embed '{\"path\":\"b.png\"}' --priority --wait
   plugd task submit gallery embed '{\"path\":\"a.png\"}' --key index --dedupe")]
     Submit {
         /// The plugin that runs it.
