@@ -520,7 +520,9 @@ impl Shared {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut ready = match pooled {
             Some(ready) => ready,
-            None => self.instantiate(ctx.started + remaining).await?,
+            // Boxed: instantiation's future is large, and held inline it would make every call's
+            // future (moved a few times per call, pooled or not) as large.
+            None => Box::pin(self.instantiate(ctx.started + remaining)).await?,
         };
         let now = Instant::now();
         let state = ready.store.data_mut();
