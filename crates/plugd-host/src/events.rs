@@ -293,6 +293,17 @@ impl Host {
                 if let Some(s) = &subscriber {
                     s.wake.notify_one();
                 }
+                // Followers of the live stream see the copy too (read back for its payload).
+                if self.inner.bus.live.receiver_count() > 0
+                    && let Ok(found) = self.store().await?.events_after(copy - 1, 1).await
+                    && let Some(event) = found.into_iter().find(|e| e.seq == copy)
+                {
+                    let _ = self
+                        .inner
+                        .bus
+                        .live
+                        .send(Arc::new(EventRecord::from_stored(event)));
+                }
                 Ok(copy)
             }
             Ok(None) => {
@@ -695,8 +706,8 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Whether a subscription pattern matches a topic.
-pub(crate) fn topic_matches(pattern: &str, topic: &str) -> bool {
+/// Whether a subscription pattern (an exact topic, `prefix.*`, or `*`) matches a topic.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     match pattern.strip_suffix(".*") {
         Some(prefix) => {
             topic.len() > prefix.len() + 1

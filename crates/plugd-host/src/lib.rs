@@ -37,7 +37,7 @@ pub use ceilings::{Ceiling, Ceilings};
 pub use error::HostError;
 pub use events::{
     DEFAULT_EVENT_BACKLOG, DeadLetter, EMIT_BURST, EMIT_RATE, EVENT_ATTEMPTS, EVENT_BACKOFF,
-    EventRecord, MAX_EVENT_PAYLOAD, MAX_HOPS, Published, SubscriberInfo,
+    EventRecord, MAX_EVENT_PAYLOAD, MAX_HOPS, Published, SubscriberInfo, topic_matches,
 };
 pub use gc::Collected;
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};

@@ -389,6 +389,8 @@ impl Host {
         let mut view = TaskView::from_record(record);
         view.deduped = deduped;
         if !deduped {
+            // Announced before the dispatcher can start it, so followers see `queued` first.
+            let _ = self.inner.board.updates.send(Arc::new(view.clone()));
             {
                 let mut schedule = queue.schedule.lock();
                 schedule.count_key(&submit.key, false);
@@ -406,7 +408,6 @@ impl Host {
                 );
             }
             queue.wake.notify_one();
-            let _ = self.inner.board.updates.send(Arc::new(view.clone()));
         }
         Ok(view)
     }
@@ -662,6 +663,7 @@ impl Host {
         match store.task_insert(new).await {
             Ok((record, false)) => {
                 let view = TaskView::from_record(record);
+                let _ = self.inner.board.updates.send(Arc::new(view.clone()));
                 {
                     let mut schedule = queue.schedule.lock();
                     schedule.enqueue(
@@ -678,7 +680,6 @@ impl Host {
                     );
                 }
                 queue.wake.notify_one();
-                let _ = self.inner.board.updates.send(Arc::new(view));
             }
             Ok((_, true)) => {}
             Err(e) => {
