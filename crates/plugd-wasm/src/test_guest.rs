@@ -11,12 +11,23 @@
 //! 0.2 a refusal is returned as `{"value": "<reason>"}`); 0.2 only: `client` (error `not_found`
 //! with status 404), `forbidden` (error `denied` with status 403); `host.METHOD` (any method:
 //! asks the host `METHOD` with the payload as params, answered like `ask`). Anything else answers
-//! `unknown_action`. `on-event` logs the topic.
+//! `unknown_action`. `on-event` logs the topic; then, for a topic ending in `.broken`, it traps
+//! (the delivery fails, every time), and for one ending in `.flaky` it traps while it can advance
+//! its counter (see below): the first two deliveries fail, the later ones succeed.
+//!
+//! A *counter* lives in the `kv` service (state must survive a trap, which discards the
+//! instance): advancing it is a `kv.commit` compare-and-set from absent to 1, else from 1 to 2;
+//! it cannot advance past 2, nor without `kv` granted. `on-event` uses the key `flaky.event`,
+//! `run-task` the key `flaky.task`.
 //!
 //! With [`TestGuest::lifecycle`] (0.2) it also exports `lifecycle` (`on-start` logs `on-start`,
 //! or fails with `not_ready` when [`TestGuest::on_start_fails`]; `on-stop` logs `on-stop`;
 //! `on-params-changed` logs the params, and rejects `{"reject":true}` with `bad_params`, 400)
-//! and `tasks` (`run-task` of `echo` echoes, any other task fails with `unknown_task`).
+//! and `tasks`: `run-task` of `echo` returns `{"value": <payload>}`; `progress` reports progress
+//! 0.5 with the message `halfway` (the `host.progress` import), then echoes; `flaky` fails with
+//! the retryable code `retry` while it can advance its counter (its first two runs), then
+//! echoes; `spin` loops forever (for cancel and timeout); any other task fails with
+//! `unknown_task`.
 
 use std::fmt::Write;
 
@@ -175,6 +186,25 @@ impl TestGuest {
         let bad_params_msg = lit(d.lit("params rejected"));
         let unknown_task = lit(d.lit("unknown_task"));
         let unknown_task_msg = lit(d.lit("no such task"));
+        let [progress, flaky] = ["progress", "flaky"].map(|t| d.lit(t));
+        let halfway = lit(d.lit("halfway"));
+        let retry = lit(d.lit("retry"));
+        let retry_msg = lit(d.lit("not yet"));
+        let kv_commit = lit(d.lit("kv.commit"));
+        let flaky_suffix = lit(d.lit(".flaky"));
+        let broken_suffix = lit(d.lit(".broken"));
+        // The two compare-and-set steps of a counter (see the module docs).
+        let mut steps = |key: &str| {
+            let first = d.lit(&format!(
+                r#"{{"puts":{{"{key}":1}},"expect":{{"{key}":null}}}}"#
+            ));
+            let second = d.lit(&format!(
+                r#"{{"puts":{{"{key}":2}},"expect":{{"{key}":1}}}}"#
+            ));
+            format!("{} {}", lit(first), lit(second))
+        };
+        let event_counter = steps("flaky.event");
+        let task_counter = steps("flaky.task");
         let is = |(at, len): (u32, u32)| {
             format!("(call $eq (local.get $a) (local.get $al) (i32.const {at}) (i32.const {len}))")
         };
@@ -186,7 +216,11 @@ impl TestGuest {
         let none = "(i32.const -1)";
         let (emit_import, emit_body) = if v02 {
             (
-                format!(r#"(import "{host}" "emit" (func $emit (param i32 i32 i32 i32 i32)))"#),
+                // `progress` (0.1 has it too) is only called by `run-task`, which is 0.2's.
+                format!(
+                    r#"(import "{host}" "emit" (func $emit (param i32 i32 i32 i32 i32)))
+  (import "{host}" "progress" (func $progress (param i32 f64 i32 i32 i32)))"#
+                ),
                 format!(
                     "(call $emit {emitted} (local.get $p) (local.get $pl) (i32.const 1120))
       (if (i32.load8_u (i32.const 1120))
@@ -243,12 +277,23 @@ impl TestGuest {
     (global.set $heap (i32.const 16384)))
   (func (export "{tasks_if}#run-task") (param $a i32) (param $al i32) (param $p i32) (param $pl i32) (result i32)
     (if {is_echo} (then (return (call $wrap (local.get $p) (local.get $pl)))))
+    (if {is_progress} (then
+      (call $progress (i32.const 1) (f64.const 0.5) (i32.const 1) {halfway})
+      (return (call $wrap (local.get $p) (local.get $pl)))))
+    (if {is_flaky} (then
+      (if (call $advance {task_counter})
+        (then (return (call $err {retry} {retry_msg} {none}))))
+      (return (call $wrap (local.get $p) (local.get $pl)))))
+    (if {is_spin} (then (loop $forever (br $forever)) unreachable))
     (call $err {unknown_task} {unknown_task_msg} {none}))
   (func (export "cabi_post_{tasks_if}#run-task") (param i32)
     (global.set $heap (i32.const 16384)))
 "#,
                 is_reject_params = is(reject_params),
                 is_echo = is(echo),
+                is_progress = is(progress),
+                is_flaky = is(flaky),
+                is_spin = is(spin),
             )
         } else {
             String::new()
@@ -275,6 +320,18 @@ impl TestGuest {
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (i32.const 1))
+  ;; Whether the text at $a ends with the text at $b.
+  (func $ends (param $a i32) (param $al i32) (param $b i32) (param $bl i32) (result i32)
+    (if (i32.lt_u (local.get $al) (local.get $bl)) (then (return (i32.const 0))))
+    (call $eq (i32.add (local.get $a) (i32.sub (local.get $al) (local.get $bl))) (local.get $bl)
+      (local.get $b) (local.get $bl)))
+  ;; Advances a counter (`kv.commit` params of its two steps at $s1 and $s2): 1 when a step
+  ;; took, 0 when it is at its end or `kv` is refused.
+  (func $advance (param $s1 i32) (param $l1 i32) (param $s2 i32) (param $l2 i32) (result i32)
+    (call $request {kv_commit} (local.get $s1) (local.get $l1) (i32.const 1088))
+    (if (i32.eqz (i32.load8_u (i32.const 1088))) (then (return (i32.const 1))))
+    (call $request {kv_commit} (local.get $s2) (local.get $l2) (i32.const 1088))
+    (i32.eqz (i32.load8_u (i32.const 1088))))
   (func $alloc (param $size i32) (result i32)
     (local $ptr i32) (local $end i32) (local $have i32)
     (local.set $ptr (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
@@ -375,8 +432,11 @@ impl TestGuest {
     (call $err {unknown} {unknown_msg} {none}))
   (func (export "cabi_post_{guest}#call") (param i32)
     (global.set $heap (i32.const 16384)))
-  (func (export "{guest}#on-event") (param i32 i32 i32 i32)
-    (call $log (i32.const 1) (local.get 0) (local.get 1))
+  (func (export "{guest}#on-event") (param $t i32) (param $tl i32) (param i32 i32)
+    (call $log (i32.const 1) (local.get $t) (local.get $tl))
+    (if (call $ends (local.get $t) (local.get $tl) {broken_suffix}) (then unreachable))
+    (if (call $ends (local.get $t) (local.get $tl) {flaky_suffix})
+      (then (if (call $advance {event_counter}) (then unreachable))))
     (global.set $heap (i32.const 16384)))
 {lifecycle_exports})
 "#,

@@ -27,6 +27,8 @@ struct RecordingHost {
     /// Events published; `emit` refuses as "not granted" when `refuse_emit`.
     events: Mutex<Vec<(String, serde_json::Value)>>,
     refuse_emit: bool,
+    /// Progress reports, in order.
+    progress: Mutex<Vec<Progress>>,
 }
 
 #[async_trait]
@@ -37,7 +39,9 @@ impl HostCalls for RecordingHost {
             .unwrap()
             .push((source, level, message.to_owned()));
     }
-    fn progress(&self, _progress: Progress) {}
+    fn progress(&self, progress: Progress) {
+        self.progress.lock().unwrap().push(progress);
+    }
     async fn emit(&self, topic: &str, payload: serde_json::Value) -> Result<(), HostCallError> {
         if self.refuse_emit {
             return Err(HostCallError::NotGranted {

@@ -203,3 +203,65 @@ async fn run_task_and_params_changed_reach_the_guest() {
         RuntimeError::Refused { .. }
     ));
 }
+
+#[tokio::test]
+async fn the_test_guest_tasks_report_progress_retry_and_spin() {
+    let env = Env::new();
+    let runtime = env.runtime();
+    let payload = RawValue::from_string(r#"{"t":2}"#.to_owned()).unwrap();
+    // `request` answers: the counter of `flaky` advances, so it asks for a retry.
+    let granting = Arc::new(RecordingHost {
+        answer: Some(serde_json::json!({"commit": 1})),
+        ..RecordingHost::default()
+    });
+    let instance = runtime
+        .start_wasm(
+            env.package("guest", &lifecycle_guest().component(), ""),
+            granting.clone(),
+        )
+        .await
+        .unwrap();
+
+    let done = instance.run_task("progress", &payload, None).await.unwrap();
+    assert_eq!(done.result.get(), r#"{"value":{"t":2}}"#);
+    assert_eq!(
+        *granting.progress.lock().unwrap(),
+        [plugd_runtime::Progress {
+            task: None,
+            fraction: Some(0.5),
+            message: Some("halfway".to_owned()),
+        }]
+    );
+
+    match instance
+        .run_task("flaky", &payload, None)
+        .await
+        .unwrap_err()
+    {
+        RuntimeError::ActionFailed { code, message, .. } => {
+            assert_eq!(
+                (code.as_deref(), message.as_str()),
+                (Some("retry"), "not yet")
+            )
+        }
+        other => panic!("expected a retryable failure, got {other:?}"),
+    }
+
+    let err = instance
+        .run_task("spin", &payload, Some(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Timeout { .. }), "{err:?}");
+
+    // Without `kv` the counter cannot advance: `flaky` succeeds at once.
+    let refusing = Arc::new(RecordingHost::default());
+    let plain = runtime
+        .start_wasm(
+            env.package("refused", &lifecycle_guest().component(), ""),
+            refusing,
+        )
+        .await
+        .unwrap();
+    let done = plain.run_task("flaky", &payload, None).await.unwrap();
+    assert_eq!(done.result.get(), r#"{"value":{"t":2}}"#);
+}
