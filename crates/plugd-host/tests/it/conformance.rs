@@ -1,12 +1,23 @@
 //! One conformance suite for every runtime: each behaviour below runs twice through the host,
 //! once against a Python SDK process plugin (`conformance/plugin.py`) and once against a wasm
-//! component (`plugd_wasm::test_guest`, world `plugd:plugin@0.2.0`), with the same test body. The
-//! two plugins implement the same actions ([`ACTIONS`]) with the same semantics.
+//! component (`plugd_wasm::test_guest`, world `plugd:plugin@0.2.0` with `lifecycle` and
+//! `tasks`), with the same test body. The two plugins implement the same actions ([`ACTIONS`]),
+//! event handling and tasks with the same semantics:
+//! - events: the handler of `conformance.*` logs the topic of every delivery; a topic ending in
+//!   `.broken` always fails, one ending in `.flaky` fails its first two deliveries (a counter in
+//!   `kv`, which state must live in: a trap discards the wasm instance);
+//! - tasks: `echo` returns `{"value": <payload>}`; `progress` reports 0.5 `halfway`, then echoes;
+//!   `flaky` fails retryably (`retry`) on its first two runs (a counter in `kv`), then echoes;
+//!   `spin` never finishes; there is no other task.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plugd_host::{Host, HostConfig, HostError, PluginState};
+use plugd_host::{
+    DEFAULT_MAX_ATTEMPTS, EVENT_ATTEMPTS, Host, HostConfig, HostError, PluginState, TaskState,
+    TaskSubmit, TaskView,
+};
 use plugd_process::{ProcessConfig, ProcessRuntime, SandboxConfig};
 use plugd_runtime::{LogSource, RuntimeError};
 use plugd_wasm::{WasmConfig, WasmRuntime};
@@ -85,6 +96,14 @@ conformance! {
     plugins_call_their_dependencies,
     refused_emit_is_visible_to_the_plugin,
     ungranted_service_is_refused_to_the_guest,
+    events_arrive_in_publish_order,
+    failing_event_is_delivered_again_until_it_succeeds,
+    event_failing_past_its_budget_is_dead_lettered,
+    task_returns_its_result,
+    task_progress_reaches_the_task,
+    retryable_task_failure_is_retried_until_it_succeeds,
+    cancelled_running_task_ends_cancelled_and_stopped,
+    unknown_task_is_task_not_found,
 }
 
 /// Which runtime the plugin under test runs on.
@@ -127,6 +146,8 @@ impl Env {
                     fail_code: FAIL_CODE.into(),
                     fail_message: FAIL_MESSAGE.into(),
                     log_line: LOG_LINE.into(),
+                    // `tasks` comes with `lifecycle` (whose `on-start` only logs).
+                    lifecycle: true,
                     ..plugd_wasm::test_guest::TestGuest::new("0.2.0")
                 };
                 std::fs::write(dir.join("plugin.wasm"), guest.component()).unwrap();
@@ -375,11 +396,15 @@ async fn crash_fails_the_call_and_the_plugin_recovers(flavor: Flavor) {
 
 async fn published_events_reach_the_subscriber(flavor: Flavor) {
     let env = Env::start(flavor, DEFAULT_LIMITS).await;
-    assert_eq!(env.host.publish("elsewhere.ping", json!({}))
+    assert_eq!(
+        env.host
+            .publish("elsewhere.ping", json!({}))
             .await
             .unwrap()
             .subscribers
-            .len(), 0);
+            .len(),
+        0
+    );
     assert_eq!(
         env.host
             .publish("conformance.ping", json!({"n": 1}))
@@ -581,4 +606,330 @@ fn plugin_log_lines(host: &Host) -> Vec<String> {
         .filter(|l| l.source == LogSource::Plugin)
         .map(|l| l.message)
         .collect()
+}
+
+/// The manifest table granting `kv`, where the flaky handlers keep their counters.
+const KV: &str = "[permissions]\nservices = [\"kv\"]\n";
+
+/// The topics of the deliveries the plugin got, in order (its event handler logs each).
+fn deliveries(host: &Host) -> Vec<String> {
+    plugin_log_lines(host)
+        .into_iter()
+        .filter(|l| l.starts_with("conformance."))
+        .collect()
+}
+
+/// Polls (at most 30 s) until `probe` answers something.
+async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    for _ in 0..1500 {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn submit(env: &Env, task: &str, payload: Value) -> TaskView {
+    submit_with(env, TaskSubmit::new(PLUGIN, task, payload)).await
+}
+
+async fn submit_with(env: &Env, submit: TaskSubmit) -> TaskView {
+    let view = env.host.submit(submit).await.unwrap();
+    assert_eq!(view.state, TaskState::Queued, "{view:?}");
+    view
+}
+
+/// The task once it finished (succeeded, failed or cancelled).
+async fn finished(env: &Env, id: u64) -> TaskView {
+    poll("the task to finish", || async {
+        let view = env.host.task(id).await.unwrap();
+        view.state.is_finished().then_some(view)
+    })
+    .await
+}
+
+async fn events_arrive_in_publish_order(flavor: Flavor) {
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let topics: Vec<String> = (0..20).map(|i| format!("conformance.seq.{i}")).collect();
+    let mut last = 0;
+    for topic in &topics {
+        let published = env
+            .host
+            .publish(topic, json!({"topic": topic}))
+            .await
+            .unwrap();
+        assert!(published.seq > last, "{published:?} after {last}");
+        last = published.seq;
+    }
+    // Handled: the cursor moved past the last one, and the backlog (taken off after the
+    // cursor's write) is empty.
+    crate::support::eventually("every event handled", || {
+        let info = env.host.subscriber_info(PLUGIN).unwrap();
+        info.cursor >= last && info.backlog == 0 && deliveries(&env.host).len() >= topics.len()
+    })
+    .await;
+    assert_eq!(deliveries(&env.host), topics, "each once, in publish order");
+    let info = env.host.subscriber_info(PLUGIN).unwrap();
+    assert_eq!(
+        (info.delivered, info.failures, info.dead),
+        (20, 0, 0),
+        "{info:?}"
+    );
+}
+
+async fn failing_event_is_delivered_again_until_it_succeeds(flavor: Flavor) {
+    let env = Env::start_with(flavor, DEFAULT_LIMITS, KV, false).await;
+    let flaky = env
+        .host
+        .publish("conformance.flaky", json!({"n": 1}))
+        .await
+        .unwrap();
+    let after = env
+        .host
+        .publish("conformance.after", json!({"n": 2}))
+        .await
+        .unwrap();
+    crate::support::eventually("the later event handled", || {
+        env.host.subscriber_info(PLUGIN).unwrap().cursor >= after.seq
+            && deliveries(&env.host).len() >= 4
+    })
+    .await;
+    // At least once: delivered again after each failure until the handler succeeded, and the
+    // later event held until then (publish order).
+    assert_eq!(
+        deliveries(&env.host),
+        [
+            "conformance.flaky",
+            "conformance.flaky",
+            "conformance.flaky",
+            "conformance.after"
+        ]
+    );
+    let info = env.host.subscriber_info(PLUGIN).unwrap();
+    assert_eq!(
+        (info.delivered, info.failures, info.dead),
+        (2, 2, 0),
+        "{info:?}"
+    );
+    assert!(
+        env.host
+            .dead_events(Some(PLUGIN), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let log = log_text(&env.host, PLUGIN);
+    for attempt in [1, 2] {
+        let retried = format!(
+            "Event `conformance.flaky` (seq {}) failed (attempt {attempt} of {EVENT_ATTEMPTS}",
+            flaky.seq
+        );
+        assert!(log.contains(&retried), "no `{retried}` in:\n{log}");
+    }
+}
+
+async fn event_failing_past_its_budget_is_dead_lettered(flavor: Flavor) {
+    // Five failed deliveries take 0.2 + 0.4 + 0.8 + 1.6 s of backoff.
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let broken = env
+        .host
+        .publish("conformance.broken", json!({"n": 1}))
+        .await
+        .unwrap();
+    let after = env
+        .host
+        .publish("conformance.after", json!({"n": 2}))
+        .await
+        .unwrap();
+    let dead = poll("the dead letter", || async {
+        let dead = env.host.dead_events(Some(PLUGIN), 10).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0];
+    assert_eq!(
+        (
+            letter.plugin.as_str(),
+            letter.event.seq,
+            letter.event.topic.as_str(),
+            letter.event.payload.get(),
+            letter.attempts
+        ),
+        (
+            PLUGIN,
+            broken.seq,
+            "conformance.broken",
+            r#"{"n":1}"#,
+            EVENT_ATTEMPTS
+        )
+    );
+    // Then delivery went on with the next event.
+    let mut expected = vec!["conformance.broken"; EVENT_ATTEMPTS as usize];
+    expected.push("conformance.after");
+    crate::support::eventually("the later event handled", || {
+        env.host.subscriber_info(PLUGIN).unwrap().cursor >= after.seq
+            && deliveries(&env.host).len() >= expected.len()
+    })
+    .await;
+    assert_eq!(deliveries(&env.host), expected);
+    let info = env.host.subscriber_info(PLUGIN).unwrap();
+    assert_eq!(
+        (info.delivered, info.failures, info.dead),
+        (1, u64::from(EVENT_ATTEMPTS), 1),
+        "{info:?}"
+    );
+}
+
+async fn task_returns_its_result(flavor: Flavor) {
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let payload = json!({"n": 1, "text": "héllo ✓", "list": [1, null, true]});
+    let submitted = submit(&env, "echo", payload.clone()).await;
+    let done = finished(&env, submitted.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(done.result, Some(json!({"value": payload})));
+    assert_eq!(
+        (
+            done.attempts,
+            done.error.as_deref(),
+            done.error_code.as_deref()
+        ),
+        (1, None, None)
+    );
+    assert!(
+        done.started_ms.is_some() && done.finished_ms.is_some(),
+        "{done:?}"
+    );
+}
+
+async fn task_progress_reaches_the_task(flavor: Flavor) {
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let mut updates = env.host.task_updates();
+    let submitted = submit(&env, "progress", json!({"p": 1})).await;
+    // Live, while it runs.
+    let reported = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match updates.recv().await {
+                Ok(view)
+                    if view.id == submitted.id
+                        && view.state == TaskState::Running
+                        && view.progress.is_some() =>
+                {
+                    return view;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("the task updates ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a progress update of the running task");
+    assert_eq!(
+        (reported.progress, reported.message.as_deref()),
+        (Some(0.5), Some("halfway"))
+    );
+    // And kept with the finished task.
+    let done = finished(&env, submitted.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(
+        (done.progress, done.message.as_deref()),
+        (Some(0.5), Some("halfway"))
+    );
+    assert_eq!(done.result, Some(json!({"value": {"p": 1}})));
+}
+
+async fn retryable_task_failure_is_retried_until_it_succeeds(flavor: Flavor) {
+    let env = Env::start_with(flavor, DEFAULT_LIMITS, KV, false).await;
+    // With one attempt allowed, a retryable failure is final.
+    let once = submit_with(
+        &env,
+        TaskSubmit {
+            max_attempts: Some(1),
+            ..TaskSubmit::new(PLUGIN, "flaky", json!({"try": 1}))
+        },
+    )
+    .await;
+    let failed = finished(&env, once.id).await;
+    assert_eq!(failed.state, TaskState::Failed, "{failed:?}");
+    assert_eq!(
+        (
+            failed.attempts,
+            failed.error_code.as_deref(),
+            failed.error.as_deref()
+        ),
+        (1, Some("retry"), Some("not yet"))
+    );
+    // The handler fails once more (its second run overall), and the host runs it again.
+    let retried = submit(&env, "flaky", json!({"try": 2})).await;
+    let done = finished(&env, retried.id).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert_eq!(
+        (done.attempts, done.max_attempts),
+        (2, DEFAULT_MAX_ATTEMPTS)
+    );
+    assert_eq!(done.result, Some(json!({"value": {"try": 2}})));
+    let log = log_text(&env.host, PLUGIN);
+    let line = format!(
+        "Task `flaky` ({}) attempt 1 failed, retrying: not yet",
+        retried.id
+    );
+    assert!(log.contains(&line), "no `{line}` in:\n{log}");
+}
+
+async fn cancelled_running_task_ends_cancelled_and_stopped(flavor: Flavor) {
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let spinning = submit(&env, "spin", json!({})).await;
+    poll("the task to run", || async {
+        let view = env.host.task(spinning.id).await.unwrap();
+        (view.state == TaskState::Running).then_some(())
+    })
+    .await;
+    let cancelled = env.host.cancel_task(spinning.id, "the test").await.unwrap();
+    assert_eq!(
+        (
+            cancelled.state,
+            cancelled.stopped,
+            cancelled.error_code.as_deref(),
+            cancelled.error.as_deref()
+        ),
+        (
+            TaskState::Cancelled,
+            Some(true),
+            Some("cancelled"),
+            Some("Cancelled by the test while it ran; the handler stopped")
+        ),
+        "{cancelled:?}"
+    );
+    assert_eq!(cancelled.attempts, 1);
+    // Finished: a second cancel is a conflict.
+    let again = env
+        .host
+        .cancel_task(spinning.id, "the test")
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), "conflict", "{again}");
+    // The plugin serves calls and runs tasks again.
+    env.serves_the_next_call().await;
+    let next = submit(&env, "echo", json!(7)).await;
+    assert_eq!(
+        finished(&env, next.id).await.result,
+        Some(json!({"value": 7}))
+    );
+}
+
+async fn unknown_task_is_task_not_found(flavor: Flavor) {
+    let env = Env::start(flavor, DEFAULT_LIMITS).await;
+    let submitted = submit(&env, "nope", json!({})).await;
+    let done = finished(&env, submitted.id).await;
+    assert_eq!(
+        (done.state, done.attempts, done.error_code.as_deref()),
+        (TaskState::Failed, 1, Some("task_not_found")),
+        "{done:?}"
+    );
+    env.serves_the_next_call().await;
 }

@@ -1,11 +1,12 @@
-"""The conformance suite's process plugin: the twin of `guest.rs`, action for action."""
+"""The conformance suite's process plugin: the twin of the wasm test guest
+(`plugd_wasm::test_guest`), action for action, task for task, event handler for event handler."""
 
 import asyncio
 import dataclasses
 import logging
 import os
 
-from plugd import ClientError, HostError, Plugin
+from plugd import ClientError, HostError, Plugin, Retry
 
 plugin = Plugin()
 
@@ -102,9 +103,55 @@ for _method in ["kv.get", "kv.set", "kv.commit", "kv.undo", "plugin.call"]:
     plugin.action(name="host." + _method, description=f"Asks the host `{_method}`")(_make(_method))
 
 
+async def _advance(counter):
+    """Advances a counter in kv (state that outlives a failed run): compare-and-set from absent
+    to 1, else from 1 to 2. True when a step took; False at its end (or without `kv`)."""
+    for before, after in [(None, 1), (1, 2)]:
+        try:
+            await plugin.request("kv.commit", {"puts": {counter: after}, "expect": {counter: before}})
+            return True
+        except HostError:
+            pass
+    return False
+
+
+class EventFailed(Exception):
+    code = "event_failed"
+
+
 @plugin.on_event("conformance.*")
 async def on_event(topic, payload):
+    # Every delivery is logged, failed ones too.
     logging.info(topic)
+    if topic.endswith(".broken"):
+        raise EventFailed("this handler always fails")
+    # The first two deliveries fail, the later ones succeed.
+    if topic.endswith(".flaky") and await _advance("flaky.event"):
+        raise EventFailed("this handler fails twice")
+
+
+@plugin.task("echo")
+async def echo_task(payload):
+    return {"value": payload}
+
+
+@plugin.task("progress")
+async def progress_task(payload, ctx):
+    ctx.progress(0.5, "halfway")
+    return {"value": payload}
+
+
+@plugin.task("flaky")
+async def flaky_task(payload):
+    # The first two runs fail (retryable), the later ones succeed.
+    if await _advance("flaky.task"):
+        raise Retry("not yet")
+    return {"value": payload}
+
+
+@plugin.task("spin")
+async def spin_task(payload):
+    await asyncio.sleep(3600)
 
 
 plugin.run()
