@@ -256,7 +256,15 @@ impl Instance for WasmInstance {
     async fn run_task(&self, run: TaskRun) -> Result<Outcome, RuntimeError> {
         let task = run.task.clone();
         tokio::select! {
-            outcome = self.run_task_as(&run.task, &run.payload, Some(run.timeout), Some(run.id)) => outcome,
+            // A guest answers `unknown_task` for a task it lacks (`wit/plugd-0.2.wit`).
+            outcome = self.run_task_as(&run.task, &run.payload, Some(run.timeout), Some(run.id)) => match outcome {
+                Err(RuntimeError::ActionFailed { plugin, action, code: Some(code), .. })
+                    if code == "unknown_task" =>
+                {
+                    Err(RuntimeError::UnknownAction { plugin, action })
+                }
+                other => other,
+            },
             _ = run.cancel.cancelled() => Err(RuntimeError::ActionFailed {
                 plugin: self.shared.plugin.clone(),
                 action: task,
