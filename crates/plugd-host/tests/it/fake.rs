@@ -267,10 +267,18 @@ impl Instance for FakeInstance {
                 fraction: Some(0.5),
                 message: Some("half".into()),
             }),
+            // Like a real runtime, it gives up at the run's deadline (`limits.task_timeout`).
             "wait" => {
                 tokio::select! {
                     permit = self.script.gate.acquire() => permit.unwrap().forget(),
                     _ = run.cancel.cancelled() => return failed(plugd_runtime::TASK_CANCELLED),
+                    _ = tokio::time::sleep(run.timeout) => {
+                        return Err(RuntimeError::Timeout {
+                            plugin,
+                            action: run.task.clone(),
+                            timeout: run.timeout,
+                        });
+                    }
                 }
             }
             _ => {

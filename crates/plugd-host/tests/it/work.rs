@@ -429,3 +429,23 @@ async fn progress_reaches_the_task_view_while_it_runs() {
     assert!(saw_progress);
     host.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_task_past_its_timeout_fails_for_good() {
+    let f = Fixture::new();
+    f.fake_plugin(
+        "worker",
+        "1.0.0",
+        &[],
+        "[limits]\ntask_timeout = \"200ms\"\n",
+    );
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let t = host.submit(task("worker", "wait", json!(0))).await.unwrap();
+    let failed = wait_state(&host, t.id, TaskState::Failed).await;
+    assert_eq!(failed.error_code.as_deref(), Some("task_timeout"));
+    assert_eq!(failed.attempts, 1, "a timeout is not retried");
+    assert!(failed.error.unwrap().contains("limits.task_timeout"));
+    host.shutdown().await;
+}
