@@ -6,13 +6,16 @@
 #   CALLS=50000 DURATION=30s bench/run.sh
 #   SKIP_BUILD=1 SKIP_HTTP=1 bench/run.sh
 #   SERVICES=1 bench/run.sh      # also host services (issue 10): kv.set, group commit, start-up
+#   WORK=1 bench/run.sh          # also durable tasks and events (issue 11)
 #
 # Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
 # make the Python SDK importable by plugins (a throw-away venv with a `.pth` to `sdk/python/src`,
 # nothing installed system-wide), run `plugd-bench latency`, `sdk/python/bench_sdk.py` and
 # `plugd-bench wasm` (in-process wasm calls, start-up of 1,000 wasm plugins), with `SERVICES=1`
 # `plugd-bench services` (kv.set vs echo, durable commits/s next to bare SQLite, start-up of 100
-# plugins on an empty and a ~100 MB store; a minute or two, off by default), optionally the
+# plugins on an empty and a ~100 MB store; a minute or two, off by default), with `WORK=1`
+# `plugd-bench work` (durable tasks and events per second, publish-to-handler latency, next to
+# the plain calls of the same wasm and Python plugins; about a minute, off by default), optionally the
 # Extism peer, then `wrk` against `plugd serve` (`/plugin/hello/echo`, `/plugin/rustecho/echo`,
 # `/plugin/hello-c-wasm/echo`) and against the bare axum echo (`plugd-bench axum-echo`). Servers
 # are stopped on exit, even on failure.
@@ -39,6 +42,7 @@ EXTISM_TARGET_DIR=${EXTISM_TARGET_DIR:-$ROOT/target/extism}
 SERVICES=${SERVICES:-}          # 1: run `plugd-bench services` (issue 10)
 SERVICES_CALLS=${SERVICES_CALLS:-20000}  # calls per services case and durability mode
 STORE_MB=${STORE_MB:-100}      # kv written into the second store before the start-up timing
+WORK=${WORK:-}                  # 1: run `plugd-bench work` (issue 11)
 DURATION=${DURATION:-10s}      # wrk -d
 CONNECTIONS=${CONNECTIONS:-16} # wrk -c
 THREADS=${THREADS:-1}          # wrk -t
@@ -154,6 +158,12 @@ if [ -n "$SERVICES" ]; then
     # The scratch state goes under $SCRATCH: the disk of TMPDIR is the one measured.
     "$BENCH" services --repo "$ROOT" -n "$SERVICES_CALLS" --in-flight "$IN_FLIGHT" \
         --payload "$PAYLOAD" --store-mb "$STORE_MB" --dir "$SCRATCH" | tee "$SCRATCH/services.txt"
+fi
+
+# --- durable tasks and events (issue 11) -------------------------------------------------------
+if [ -n "$WORK" ]; then
+    section "Durable tasks and events: tasks/s and events/s (wasm and Python no-op handlers) vs their plain calls, publish-to-handler latency"
+    "$BENCH" work --repo "$ROOT" --in-flight "$IN_FLIGHT" --dir "$SCRATCH" | tee "$SCRATCH/work.txt"
 fi
 
 [ -n "${SKIP_HTTP:-}" ] && exit 0

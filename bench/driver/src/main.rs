@@ -7,6 +7,9 @@
 //! - `services`: host services (issue 10): a Python plugin's `kv.set` next to its echo, durable
 //!   kv commits per second in both durability modes next to bare SQLite, and host start-up with
 //!   100 plugins on an empty and on a ~100 MB store;
+//! - `work`: durable tasks and events (issue 11): tasks end to end and event delivery per
+//!   second, publish-to-handler latency, next to the plain calls of the same wasm and Python
+//!   plugins;
 //! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
 //! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
@@ -18,6 +21,7 @@ mod plugins;
 mod services;
 mod stats;
 mod wasm;
+mod work;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +41,9 @@ Usage:
   plugd-bench services [--repo DIR] [-n CALLS] [--warmup CALLS] [--in-flight N] [--rounds N]
                        [--payload JSON] [--plugins N] [--store-mb MB] [--start-rounds N]
                        [--dir DIR] [--cases LIST] [--modes process,full]
+  plugd-bench work [--repo DIR] [-n CALLS] [--tasks N] [--events N] [--latency N]
+                   [--warmup N] [--in-flight N] [--rounds N] [--dir DIR]
+                   [--durability process|full]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
@@ -164,6 +171,36 @@ fn run() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async { tokio::spawn(services::run(config)).await? })?;
+        }
+        "work" => {
+            let config = work::Config {
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
+                calls: args.parsed("-n")?.unwrap_or(20_000),
+                tasks: args.parsed("--tasks")?.unwrap_or(20_000),
+                events: args.parsed("--events")?.unwrap_or(20_000),
+                latency: args.parsed("--latency")?.unwrap_or(2_000),
+                warmup: args.parsed("--warmup")?.unwrap_or(1_000),
+                in_flight: args.parsed("--in-flight")?.unwrap_or(64),
+                rounds: args.parsed("--rounds")?.unwrap_or(5),
+                dir: args
+                    .value("--dir")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir),
+                durability: match args.value("--durability")?.as_deref() {
+                    None | Some("process") => plugd_store::Durability::Process,
+                    Some("full") => plugd_store::Durability::Full,
+                    Some(other) => bail!("Unknown durability `{other}`; hint: use process or full"),
+                },
+            };
+            args.finish()?;
+            // The same flavour as `plugd serve`; the cases start on a worker, like a handler's.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { tokio::spawn(work::run(config)).await? })?;
         }
         "axum-echo" => {
             let listen: SocketAddr = args
