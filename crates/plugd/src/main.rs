@@ -466,6 +466,15 @@ fn parse_env_pair(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A client command piped into `head` should end quietly when the pipe closes, as other
+    // Unix tools do, instead of panicking in `println!`. The server keeps Rust's default
+    // (SIGPIPE ignored), so a client that hangs up is an error on that socket, not a kill.
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: restoring the default disposition of one signal at start, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = paths::Paths::resolve(&cli.state_dir, cli.trust_dir.as_deref())
         .and_then(|paths| run(cli, paths));
     match result {
