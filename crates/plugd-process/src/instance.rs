@@ -926,6 +926,11 @@ impl Instance for ProcessInstance {
         let state = self.shared.state.lock();
         let mut details = state.details.clone();
         // The connection's bounded queues, so an operator (and the hostile tests) can see them.
+        // Calls holding a concurrency slot now (sent to the child, not waiting for a slot).
+        details.push((
+            "calls.running".into(),
+            self.shared.slots.in_use().to_string(),
+        ));
         if let Some(conn) = conn {
             details.push(("protocol.pending".into(), conn.pending_len().to_string()));
             details.push((

@@ -310,6 +310,11 @@ impl Instance for WasmInstance {
                     "faulted_instances".to_owned(),
                     shared.faults.load(Ordering::Relaxed).to_string(),
                 ),
+                // Calls holding a concurrency slot now (inside the guest, not waiting).
+                (
+                    "calls.running".to_owned(),
+                    shared.slots.in_use().to_string(),
+                ),
             ],
         }
     }
