@@ -25,6 +25,10 @@ pub struct Ceiling {
     pub disk: Option<u64>,
     /// Bytes in the plugin's kv store.
     pub storage: Option<u64>,
+    /// Background tasks running at once.
+    pub tasks: Option<u32>,
+    /// Wall-clock time one task run may take.
+    pub task_timeout: Option<Duration>,
 }
 
 /// Ceilings per trust level.
@@ -47,6 +51,8 @@ impl Default for Ceilings {
                 concurrency: Some(256),
                 disk: Some(1024 * MIB),
                 storage: Some(256 * MIB),
+                tasks: Some(16),
+                task_timeout: Some(Duration::from_secs(3600)),
             },
             trusted: Ceiling {
                 memory: Some(8192 * MIB),
@@ -55,6 +61,8 @@ impl Default for Ceilings {
                 concurrency: None,
                 disk: Some(100 * 1024 * MIB),
                 storage: Some(10 * 1024 * MIB),
+                tasks: None,
+                task_timeout: None,
             },
         }
     }
@@ -128,6 +136,22 @@ pub(crate) fn clamp(manifest: &mut Manifest, trust: &TrustLevel, ceiling: &Ceili
         note("storage", bytes(limits.storage), bytes(max));
         limits.storage = max;
     }
+    if let Some(max) = ceiling.tasks
+        && limits.tasks > max
+    {
+        note("tasks", limits.tasks.to_string(), max.to_string());
+        limits.tasks = max;
+    }
+    if let Some(max) = ceiling.task_timeout
+        && limits.task_timeout > max
+    {
+        note(
+            "task_timeout",
+            format!("{:?}", limits.task_timeout),
+            format!("{max:?}"),
+        );
+        limits.task_timeout = max;
+    }
     clamped
 }
 
@@ -181,5 +205,19 @@ mod tests {
         assert_eq!(m.limits.memory, 8 << 30);
         assert_eq!(m.limits.call_timeout, Duration::from_secs(3600));
         assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn task_limits_have_ceilings_too() {
+        let mut m = manifest("tasks = 64\ntask_timeout = \"24h\"");
+        let notes = clamp(
+            &mut m,
+            &TrustLevel::Untrusted,
+            &Ceilings::default().untrusted,
+        );
+        assert_eq!(m.limits.tasks, 16);
+        assert_eq!(m.limits.task_timeout, Duration::from_secs(3600));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("limits.tasks"), "{notes:?}");
     }
 }

@@ -407,8 +407,15 @@ impl WasmInstance {
         };
         let run = async {
             let mut lease = shared.lease(&ctx).await?;
+            if id.is_some() {
+                // A task of the host's queue is bounded by its own timeout
+                // (`limits.task_timeout`), not by the per-call CPU budget `limits.cpu`.
+                lease.cpu_bound = false;
+                let state = lease.ready.store.data_mut();
+                state.task = id;
+                state.stop = state.deadline;
+            }
             let ready = &mut lease.ready;
-            ready.store.data_mut().task = id;
             let answer = ready
                 .exports
                 .run_task(&mut ready.store, task, payload.get())

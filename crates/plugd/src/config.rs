@@ -77,6 +77,8 @@ const LIMITS: &[&str] = &[
     "concurrency",
     "disk",
     "storage",
+    "tasks",
+    "task_timeout",
 ];
 
 /// Reads `plugd.toml`.
@@ -255,11 +257,17 @@ fn set(ceiling: &mut Ceiling, name: &str, value: &Value) -> anyhow::Result<()> {
         "storage" => ceiling.storage = size()?,
         "cpu" => ceiling.cpu = duration()?,
         "call_timeout" => ceiling.call_timeout = duration()?,
-        "concurrency" => {
-            ceiling.concurrency = match value {
+        "task_timeout" => ceiling.task_timeout = duration()?,
+        "concurrency" | "tasks" => {
+            let count = match value {
                 _ if none => None,
                 Value::Integer(n) if (1..=i64::from(u32::MAX)).contains(n) => Some(*n as u32),
                 _ => bail!("expected a whole number of at least 1, or `\"none\"`"),
+            };
+            if name == "tasks" {
+                ceiling.tasks = count;
+            } else {
+                ceiling.concurrency = count;
             }
         }
         other => bail!(
@@ -295,6 +303,7 @@ mod tests {
         let defaults = Ceilings::default();
         assert_eq!(file.ceilings.untrusted.memory, Some(64 << 20));
         assert_eq!(file.ceilings.untrusted.concurrency, Some(8));
+        assert_eq!(file.ceilings.untrusted.tasks, Some(16), "the built-in default stays");
         assert_eq!(file.ceilings.untrusted.call_timeout, None);
         assert_eq!(file.ceilings.untrusted.disk, defaults.untrusted.disk);
         assert_eq!(file.ceilings.trusted.disk, Some(2 << 30));
@@ -397,7 +406,7 @@ mod tests {
         );
         assert_eq!(
             err("[ceilings.untrusted]\nram = \"1GiB\"\n"),
-            "In `[ceilings.untrusted]`, key `ram`: unknown limit `ram`; hint: ceilings exist for `memory`, `cpu`, `call_timeout`, `concurrency`, `disk`, `storage`"
+            "In `[ceilings.untrusted]`, key `ram`: unknown limit `ram`; hint: ceilings exist for `memory`, `cpu`, `call_timeout`, `concurrency`, `disk`, `storage`, `tasks`, `task_timeout`"
         );
         assert!(
             err("[ceilings.untrusted]\nmemory = \"12XB\"\n")
