@@ -303,7 +303,11 @@ mod tests {
         let defaults = Ceilings::default();
         assert_eq!(file.ceilings.untrusted.memory, Some(64 << 20));
         assert_eq!(file.ceilings.untrusted.concurrency, Some(8));
-        assert_eq!(file.ceilings.untrusted.tasks, Some(16), "the built-in default stays");
+        assert_eq!(
+            file.ceilings.untrusted.tasks,
+            Some(16),
+            "the built-in default stays"
+        );
         assert_eq!(file.ceilings.untrusted.call_timeout, None);
         assert_eq!(file.ceilings.untrusted.disk, defaults.untrusted.disk);
         assert_eq!(file.ceilings.trusted.disk, Some(2 << 30));
