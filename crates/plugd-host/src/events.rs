@@ -37,7 +37,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::{PluginState, Slot};
-use crate::{Host, HostError};
+use crate::{Host, HostError, now_ms};
 
 /// How many times an event may cause another event.
 pub const MAX_HOPS: u8 = 8;
@@ -716,13 +716,6 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
         }
         None => pattern == topic || pattern == "*",
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

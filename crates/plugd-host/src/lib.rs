@@ -114,6 +114,14 @@ impl HostConfig {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 before it): the time stamps of events and tasks.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The default of [`HostConfig::retention`]: 7 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 

@@ -39,7 +39,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Slot;
-use crate::{Host, HostError};
+use crate::{Host, HostError, now_ms};
 
 /// Default attempts of a task before a retryable failure is final.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -1005,13 +1005,6 @@ fn task_not_found(id: u64) -> HostError {
     HostError::NotFound(format!(
         "There is no task {id}; hint: `plugd tasks` lists the tasks (finished ones are kept for the retention period)"
     ))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

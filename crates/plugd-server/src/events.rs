@@ -26,7 +26,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use bytes::Bytes;
 use futures::Stream;
-use plugd_host::{DeadLetter, EventRecord, Host};
+use plugd_host::{DeadLetter, EventRecord, Host, topic_matches};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -323,19 +323,6 @@ impl Follow {
                 return;
             }
         }
-    }
-}
-
-/// Whether a topic pattern (`topic`, `prefix.*` or `*`, as in `docs/protocol.md`) matches a
-/// topic (the host's rule).
-pub(crate) fn topic_matches(pattern: &str, topic: &str) -> bool {
-    match pattern.strip_suffix(".*") {
-        Some(prefix) => {
-            topic.len() > prefix.len() + 1
-                && topic.starts_with(prefix)
-                && topic.as_bytes()[prefix.len()] == b'.'
-        }
-        None => pattern == topic || pattern == "*",
     }
 }
 
