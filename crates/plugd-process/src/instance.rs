@@ -101,6 +101,8 @@ struct State {
     actions: Vec<ActionInfo>,
     known_actions: Arc<HashSet<String>>,
     details: Vec<(String, String)>,
+    /// The restart scheduled after a crash, while it waits.
+    backoff: Option<plugd_runtime::Backoff>,
 }
 
 /// A child that completed the handshake.
@@ -580,13 +582,23 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
                 shared.stopped.send_replace(true);
                 return;
             }
+            // Jitter (±20 %) keeps plugins that crashed together from restarting in lockstep.
+            let delay = jittered(backoff);
+            shared.state.lock().backoff = Some(plugd_runtime::Backoff {
+                next_attempt: std::time::SystemTime::now() + delay,
+                delay,
+                crashes: crashes.len() as u32,
+                budget: policy.max_crashes,
+                window: policy.window,
+            });
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = stop_requested(&mut stop_rx) => {
                     shared.stopped.send_replace(true);
                     return;
                 }
             }
+            shared.state.lock().backoff = None;
             backoff = (backoff * 2).min(policy.max_backoff);
             // A stop during the handshake drops the launch: the child is killed on drop
             // (`kill_on_drop`), its cgroup with its sandbox.
@@ -625,6 +637,11 @@ async fn supervise(shared: Arc<Shared>, mut running: Running) {
         }
     }
     shared.stopped.send_replace(true);
+}
+
+/// `delay` ± 20 %, uniformly.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// Resolves with the grace period once a stop is requested.
@@ -946,6 +963,7 @@ impl Instance for ProcessInstance {
             pid: state.pid,
             late_replies: self.shared.late_replies.load(Ordering::Relaxed),
             details,
+            backoff: state.backoff.clone(),
         }
     }
 

@@ -127,6 +127,24 @@ pub struct InstanceStatus {
     pub late_replies: u64,
     /// Free-form runtime details shown in status (e.g. sandbox layers achieved).
     pub details: Vec<(String, String)>,
+    /// The restart scheduled after a crash, while the instance waits for it.
+    pub backoff: Option<Backoff>,
+}
+
+/// A restart a runtime has scheduled after a crash: when, and how much of the crash budget is
+/// spent (the instance is given up after `budget` crashes within `window`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// When the next restart is attempted.
+    pub next_attempt: std::time::SystemTime,
+    /// The delay chosen before it (exponential, with jitter).
+    pub delay: Duration,
+    /// Crashes within the current window, this one included.
+    pub crashes: u32,
+    /// Crashes within `window` after which the instance is given up.
+    pub budget: u32,
+    /// The window of the crash budget.
+    pub window: Duration,
 }
 
 /// Whether an instance serves, is recovering, or has been given up. Runtimes push every change

@@ -316,6 +316,8 @@ impl Instance for WasmInstance {
                     shared.slots.in_use().to_string(),
                 ),
             ],
+            // A trapped instance is replaced before the next call: nothing waits to restart.
+            backoff: None,
         }
     }
 
