@@ -11,10 +11,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use plugd_manifest::PluginName;
 use plugd_protocol::{
-    CancelParams, EmitParams, FrameReader, LogParams, Message, ProgressParams, RpcError, codes,
-    encode_error, encode_notification, encode_request, encode_result, host_codes,
+    CancelParams, EmitParams, FrameReader, LogParams, Message, ProgressParams, RpcError,
+    StartedParams, codes, encode_error, encode_notification, encode_request, encode_result,
+    host_codes,
 };
-use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, Progress};
+use plugd_runtime::{HostCallError, HostCalls, LogLevel, LogSource, MAX_LOG_LINE, Progress};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
@@ -54,6 +55,10 @@ const PLUGIN_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = Result<Box<RawValue>, RpcError>;
+
+/// What the child's `started` said: `Ok` when its `on_start` hooks succeeded, else why the start
+/// fails (a sentence naming `on_start`, with the child's error capped and escaped).
+pub(crate) type Started = Result<(), String>;
 
 /// Why a connection closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +164,9 @@ pub(crate) struct Connection {
     late_replies: Arc<AtomicU64>,
     closed: watch::Sender<Option<Closed>>,
     host_requests: Arc<Semaphore>,
+    /// Where the child's `started` goes while the start waits for it (see
+    /// [`Connection::expect_started`]); dropped when the connection closes.
+    started: Mutex<Option<oneshot::Sender<Started>>>,
 }
 
 impl Connection {
@@ -185,6 +193,7 @@ impl Connection {
             late_replies,
             closed: watch::channel(None).0,
             host_requests: Arc::new(Semaphore::new(MAX_HOST_REQUESTS)),
+            started: Mutex::new(None),
         });
         let closed = conn.closed.subscribe();
         tokio::spawn(write_loop(rx, outbox, closed, Arc::downgrade(&conn)));
@@ -353,6 +362,45 @@ impl Connection {
         self.out.try_send(frame).is_ok()
     }
 
+    /// Arms the wait for the child's `started` notification (a child whose `hello` said
+    /// `on_start`); call it before the read loop runs. The receiver gets what `started` said, or
+    /// an error when the connection closes first.
+    pub(crate) fn expect_started(&self) -> oneshot::Receiver<Started> {
+        let (tx, rx) = oneshot::channel();
+        *self.started.lock() = Some(tx);
+        if self.closed.borrow().is_some() {
+            self.started.lock().take();
+        }
+        rx
+    }
+
+    /// The child's `started`: hands it to the waiting start, or logs it when nobody waits (it
+    /// did not announce `on_start`, or said `started` twice).
+    fn on_started(&self, host: &dyn HostCalls, params: &RawValue) {
+        let Some(tx) = self.started.lock().take() else {
+            host.log(
+                LogSource::Runtime,
+                LogLevel::Warn,
+                "Ignored `started` from the plugin: nothing waits for it (it did not say `on_start` in `hello`, or said `started` twice)",
+            );
+            return;
+        };
+        let outcome = match serde_json::from_str::<StartedParams>(params.get()) {
+            Ok(StartedParams { error: None }) => Ok(()),
+            Ok(StartedParams { error: Some(error) }) if error.trim().is_empty() => {
+                Err("`on_start` failed (it gave no reason)".to_owned())
+            }
+            Ok(StartedParams { error: Some(error) }) => {
+                Err(format!("`on_start` failed: {}", plugin_text(&error)))
+            }
+            Err(e) => Err(format!(
+                "its `started` notification is malformed: {}",
+                plugin_text(&e.to_string())
+            )),
+        };
+        let _ = tx.send(outcome);
+    }
+
     /// Marks the connection closed and fails every pending request. The first reason wins.
     pub(crate) fn close(&self, closed: Closed) {
         self.closed.send_if_modified(|current| {
@@ -365,6 +413,7 @@ impl Connection {
         });
         // Dropping the senders wakes every waiting caller with `Closed`.
         self.pending.lock().clear();
+        self.started.lock().take();
     }
 
     fn close_info(&self) -> Closed {
@@ -565,6 +614,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(
         };
         match message {
             Message::Response { id, result } => conn.deliver(id, result),
+            Message::Notification { method, params } if method == "started" => {
+                conn.on_started(&*host, &params)
+            }
             Message::Notification { method, params } => {
                 notification(&host, plugin.as_str(), &method, &params)
             }
@@ -663,6 +715,24 @@ fn notification(host: &Arc<dyn HostCalls>, plugin: &str, method: &str, params: &
             &format!("Ignored unknown notification `{other}` from the plugin"),
         ),
     }
+}
+
+/// Text from the child for a host message: cut after about [`MAX_LOG_LINE`] bytes, control
+/// characters escaped (a multi-line exception message stays on one line).
+fn plugin_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LOG_LINE));
+    for c in text.chars() {
+        if out.len() >= MAX_LOG_LINE {
+            out.push_str(crate::logs::CUT_MARK);
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn bad_notification(host: &dyn HostCalls, method: &str, error: &serde_json::Error) {

@@ -26,7 +26,7 @@ use tokio::process::Child;
 use tokio::sync::{Notify, watch};
 
 use crate::ProcessConfig;
-use crate::conn::{Closed, Connection, RequestError, STREAM_ENDED, read_loop};
+use crate::conn::{Closed, Connection, RequestError, STREAM_ENDED, Started, read_loop};
 use crate::logs::{Tail, capture};
 use crate::spawn::{Spawned, describe_exit, kill_group, spawn};
 
@@ -171,7 +171,8 @@ impl ProcessInstance {
 }
 
 impl Shared {
-    /// Spawns a child and completes the handshake.
+    /// Spawns a child and completes the handshake; a child whose `hello` said `on_start` is
+    /// ready only once it said `started` (its hooks ran), all within the start timeout.
     async fn launch(self: &Arc<Self>) -> Result<Running, String> {
         let Spawned {
             mut child,
@@ -198,7 +199,10 @@ impl Shared {
         let (read_half, write_half) = socket.into_split();
         let mut reader = FrameReader::new(BufReader::new(read_half), self.config.max_frame);
 
+        // One deadline for the whole start: the handshake and, for a child with `on_start`
+        // hooks, the wait for its `started`.
         let timeout = self.config.start_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let hello = tokio::select! {
             frame = tokio::time::timeout(timeout, reader.next_frame()) => match frame {
                 Err(_) => Err(format!("it did not say `hello` within {timeout:?}; hint: is it built with a plugd SDK, and does it use fd 3?")),
@@ -332,12 +336,28 @@ impl Shared {
             state.actions = actions;
         }
 
+        // Armed before the read loop runs, so a `started` cannot slip past it.
+        let started = hello.on_start.then(|| conn.expect_started());
         tokio::spawn(read_loop(
             conn.clone(),
             reader,
             self.host.clone(),
             self.plugin.clone(),
         ));
+        if let Some(started) = started {
+            // The read loop serves the child's requests meanwhile (its hooks may use the host's
+            // services), but nothing is sent to it before `started`: it is installed after.
+            // A start that fails or is abandoned (the launch dropped by a stop) closes the
+            // connection, which ends the read loop.
+            let mut guard = CloseOnDrop(Some(conn.clone()));
+            if let Err(reason) =
+                wait_started(started, &mut child, &conn, &tail, deadline, timeout).await
+            {
+                kill_and_reap(&mut child).await;
+                return Err(reason);
+            }
+            guard.0 = None;
+        }
         self.state.lock().details = layers;
         Ok(Running {
             child,
@@ -411,6 +431,63 @@ impl Shared {
         RuntimeError::NotRunning {
             plugin: self.plugin.clone(),
             reason,
+        }
+    }
+}
+
+/// Closes a connection when dropped, unless disarmed (`.0 = None`).
+struct CloseOnDrop(Option<Arc<Connection>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.close(Closed::new("its start failed"));
+        }
+    }
+}
+
+/// Waits until `deadline` for the `started` of a child whose `hello` said `on_start`; ends early
+/// when the child exits or its connection closes. `Err` is the reason the start fails.
+async fn wait_started(
+    mut started: tokio::sync::oneshot::Receiver<Started>,
+    child: &mut Child,
+    conn: &Connection,
+    tail: &Tail,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(), String> {
+    tokio::select! {
+        // A `started` read before the exit below is seen wins over it.
+        biased;
+        outcome = tokio::time::timeout_at(deadline, &mut started) => match outcome {
+            Ok(Ok(outcome)) => outcome,
+            // The connection closed: usually the child is exiting; report how.
+            Ok(Err(_)) => {
+                let closed = conn.closed().await;
+                if !closed.reason.starts_with(STREAM_ENDED) {
+                    return Err(format!("{} before saying `started`", closed.reason));
+                }
+                match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+                    Ok(Ok(status)) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(with_tail(format!("it {} while its `on_start` ran", describe_exit(status)), tail))
+                    }
+                    _ => Err("it closed its protocol socket while its `on_start` ran".to_owned()),
+                }
+            }
+            Err(_) => Err(format!(
+                "its `on_start` did not finish within the start timeout ({timeout:?}); hint: make `on_start` faster (move slow work into a background task); the start timeout is the host's (`ProcessConfig::start_timeout`), not a limit of `plugin.toml`"
+            )),
+        },
+        status = child.wait() => {
+            // Let the read loop and the stderr reader catch up: a child may say why it failed
+            // and exit at once.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(Err(reason)) = started.try_recv() {
+                return Err(reason);
+            }
+            let how = status.map(describe_exit).unwrap_or_else(|e| format!("could not be waited for: {e}"));
+            Err(with_tail(format!("it {how} while its `on_start` ran"), tail))
         }
     }
 }

@@ -26,7 +26,8 @@ pub struct ProcessConfig {
     /// `permissions.env`). Defaults to [`CHILD_PATH`], `LANG=C.UTF-8`,
     /// `PYTHONUNBUFFERED=1` and `PYTHONDONTWRITEBYTECODE=1`.
     pub base_env: Vec<(OsString, OsString)>,
-    /// How long a child may take to say `hello`.
+    /// How long a child may take to start: to say `hello` and, when it has `on_start` hooks, to
+    /// say `started` after them (one deadline for both).
     pub start_timeout: Duration,
     /// How often a running child is pinged.
     pub ping_interval: Duration,

@@ -10,8 +10,8 @@ mod message;
 pub use framing::{FrameError, FrameReader};
 pub use message::{
     CallParams, CancelParams, DecodeError, EmitParams, EventParams, Hello, HelloAction, InitLimits,
-    Initialize, LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, TaskRunParams,
-    encode_error, encode_notification, encode_request, encode_result,
+    Initialize, LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, StartedParams,
+    TaskRunParams, encode_error, encode_notification, encode_request, encode_result,
 };
 
 /// The protocol version this crate speaks.

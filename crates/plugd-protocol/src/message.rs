@@ -206,6 +206,11 @@ pub struct Hello {
     /// Actions the child offers; overrides the manifest list when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actions: Option<Vec<HelloAction>>,
+    /// The child runs `on_start` hooks after the `initialize` answer and says `started` when
+    /// they are done; the host sends it no call, event or task before then. Absent (`false`)
+    /// for a child without hooks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_start: bool,
 }
 
 /// One action announced in `hello`.
@@ -337,6 +342,16 @@ pub struct ProgressParams {
     /// Human message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// `started` params (child → host, a notification after its `on_start` hooks ran, sent only by
+/// a child whose `hello` said `on_start`): `error` is absent when every hook succeeded, else it
+/// says why the first failing one failed (`ValueError: ...`), and the start fails with it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StartedParams {
+    /// Why `on_start` failed; `None` when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `emit` params (child → host).

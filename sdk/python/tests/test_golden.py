@@ -33,7 +33,8 @@ def test_every_golden_file_is_replayed_here():
                 "client_error", "log", "progress", "emit", "emit_result", "emit_refused",
                 "event", "cancel", "shutdown", "call_chain", "params_changed", "result_full",
                 "service_error", "event_result", "event_error", "progress_task", "task_run",
-                "task_result", "task_retry", "task_cancelled", "task_after_last"}
+                "task_result", "task_retry", "task_cancelled", "task_after_last",
+                "hello_on_start", "started", "started_error"}
     replayed |= {name for name, _ in SERVICES} | {a for _, answers in SERVICES for a in answers}
     assert {p.stem for p in GOLDEN.glob("*.json")} == replayed
 
@@ -50,6 +51,24 @@ def golden_host(make_host):
     assert want["params"]["actions"][0] in hello["params"]["actions"]
     h.send_raw(raw("initialize"))
     return h
+
+
+@pytest.mark.parametrize("hooks, want", [("ok", "started"), ("fail", "started_error")])
+def test_hello_on_start_and_started(make_host, hooks, want):
+    # A plugin with `on_start` hooks says so in `hello` (the plain `hello` above does not), and
+    # sends `started` after the `initialize` answer: `{}`, or the first hook's failure.
+    assert "on_start" not in golden("hello")["params"]
+    h = make_host(PLUGINS / "lifecycle_plugin.py", handshake=False, name="hello",
+                  env={"HOOKS": hooks})
+    hello = h.wait(lambda: h.requests and h.requests[0], what="`hello`")
+    golden_hello = golden("hello_on_start")
+    assert hello["id"] == golden_hello["id"]
+    assert {k: hello["params"][k] for k in ("protocol", "on_start")} == {
+        k: golden_hello["params"][k] for k in ("protocol", "on_start")}
+    h.send_raw(raw("initialize"))
+    started = h.wait(lambda: [n for n in h.notifications if n["method"] == "started"],
+                     what="`started`")
+    assert started == [golden(want)]
 
 
 def test_initialize_is_applied(golden_host):

@@ -470,3 +470,40 @@ async fn a_plugin_call_may_take_as_long_as_its_context_deadline() {
     assert_eq!(frame["error"]["data"]["code"], "timeout", "{frame}");
     assert_eq!(took, Duration::from_secs(600));
 }
+
+#[tokio::test]
+async fn started_reaches_the_waiting_start_once_and_a_close_ends_the_wait() {
+    let mut f = fixture();
+    let started = f.conn.expect_started();
+    // The child's text stays on one line and within the log cap.
+    f.send(json!({"jsonrpc": "2.0", "method": "started", "params": {"error": format!("ValueError: bad\nline {}", "x".repeat(2 * MAX_LOG_LINE))}}))
+        .await;
+    let reason = started.await.unwrap().unwrap_err();
+    assert!(
+        reason.starts_with("`on_start` failed: ValueError: bad\\nline xxx"),
+        "{reason}"
+    );
+    assert!(reason.ends_with(crate::logs::CUT_MARK), "{reason}");
+    assert!(reason.len() < MAX_LOG_LINE + 100, "{}", reason.len());
+
+    // Nobody waits any more: a second `started` is only logged.
+    f.send(json!({"jsonrpc": "2.0", "method": "started", "params": {}}))
+        .await;
+    f.send(json!({"jsonrpc": "2.0", "id": 1, "method": "emit", "params": {"topic": "ok.x"}}))
+        .await;
+    assert_eq!(f.next().await["id"], 1);
+    let logs = f.host.logs.lock().clone();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(logs[0].starts_with("Ignored `started`"), "{logs:?}");
+
+    let started = f.conn.expect_started();
+    f.send(json!({"jsonrpc": "2.0", "method": "started", "params": {}}))
+        .await;
+    assert_eq!(started.await.unwrap(), Ok(()));
+
+    // A close ends a wait that is under way, and one armed after it at once.
+    let started = f.conn.expect_started();
+    f.conn.close(Closed::new("it crashed"));
+    assert!(started.await.is_err());
+    assert!(f.conn.expect_started().await.is_err());
+}

@@ -9,6 +9,8 @@ use plugd_process::{ProcessConfig, ProcessRuntime};
 use plugd_runtime::{Health, Instance, InstanceSpec, Invocation, NullHost, Runtime, RuntimeError};
 use serde_json::value::RawValue;
 
+mod lifecycle;
+
 /// Says `hello`, reads `initialize`, and offers `send`/`recv` to the rest of the script.
 const PRELUDE: &str = r#"
 import json, os, signal, socket, sys, time

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use plugd_protocol::{
     CallParams, CancelParams, EmitParams, EventParams, Hello, HelloAction, InitLimits, Initialize,
-    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, TaskRunParams, codes,
-    encode_error, encode_notification, encode_request, encode_result, host_codes,
+    LogParams, Message, ParamsChangedParams, ProgressParams, RpcError, StartedParams,
+    TaskRunParams, codes, encode_error, encode_notification, encode_request, encode_result,
+    host_codes,
 };
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -40,6 +41,37 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                     name: "greet".into(),
                     description: "Greets someone".into(),
                 }]),
+                on_start: false,
+            },
+        )
+    });
+    // A child with `on_start` hooks says so in `hello`, and after the `initialize` answer sends
+    // `started` once they ran: `{}` when they succeeded, the first failure otherwise.
+    add("hello_on_start", &|b| {
+        encode_request(
+            b,
+            1,
+            "hello",
+            &Hello {
+                protocol: 1,
+                sdk: Some("python/0.1.0".into()),
+                actions: Some(vec![HelloAction {
+                    name: "greet".into(),
+                    description: "Greets someone".into(),
+                }]),
+                on_start: true,
+            },
+        )
+    });
+    add("started", &|b| {
+        encode_notification(b, "started", &StartedParams::default())
+    });
+    add("started_error", &|b| {
+        encode_notification(
+            b,
+            "started",
+            &StartedParams {
+                error: Some("ValueError: no model in the data dir".into()),
             },
         )
     });
@@ -488,6 +520,8 @@ fn golden_frames_decode_as_what_they_are() {
         let want = match name {
             "hello" | "call" | "ping" | "emit" | "event" => format!("request {name}"),
             "call_chain" => "request call".to_owned(),
+            "hello_on_start" => "request hello".to_owned(),
+            "started" | "started_error" => "notification started".to_owned(),
             "task_run" | "task_after_last" => "request task.run".to_owned(),
             "log" | "progress" | "cancel" | "shutdown" => format!("notification {name}"),
             "progress_task" => "notification progress".to_owned(),
@@ -508,7 +542,11 @@ fn golden_frames_decode_as_what_they_are() {
             message
         {
             let parsed = match method.as_str() {
-                "hello" => serde_json::from_str::<Hello>(params.get()).map(|_| ()),
+                "hello" => serde_json::from_str::<Hello>(params.get())
+                    .map(|h| assert_eq!(h.on_start, name == "hello_on_start", "{name}")),
+                "started" => serde_json::from_str::<StartedParams>(params.get()).map(|p| {
+                    assert_eq!(p.error.is_some(), name == "started_error", "{name}");
+                }),
                 "log" => serde_json::from_str::<LogParams>(params.get()).map(|_| ()),
                 "progress" => serde_json::from_str::<ProgressParams>(params.get()).map(|p| {
                     let want = if name == "progress_task" {

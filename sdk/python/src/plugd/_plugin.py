@@ -260,6 +260,45 @@ class _Subscription:
         return topic.startswith(self.prefix)
 
 
+@dataclasses.dataclass
+class _Hook:
+    """An `on_start` or `on_stop` hook."""
+    kind: str  # "on_start" or "on_stop"
+    fn: Callable[..., Any]
+    is_async: bool
+    with_plugin: bool  # it takes one positional parameter: the `Plugin`
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
+def _make_hook(kind: str, fn: Any) -> _Hook:
+    if not callable(fn):
+        raise TypeError(f"`@plugin.{kind}` decorates a function, not {type(fn).__name__}")
+    positional = required = 0
+    varargs = False
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        params = []  # type: ignore[assignment]
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            varargs = True
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+            if p.default is p.empty:
+                required += 1
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            required += 2  # cannot be called with what a hook gets
+    if required > 1:
+        raise TypeError(
+            f"`{kind}` hook `{getattr(fn, '__name__', fn)}` needs {required} arguments; hint: a "
+            "hook takes no argument, or one (the plugin)")
+    return _Hook(kind=kind, fn=fn, is_async=inspect.iscoroutinefunction(fn),
+                 with_plugin=varargs or positional >= 1)
+
+
 class _HostLogHandler(logging.Handler):
     """Sends log records to the host as `log` notifications (buffered until connected)."""
 
@@ -295,8 +334,9 @@ class _HostLogHandler(logging.Handler):
 class Plugin:
     """A plugd process plugin.
 
-    Register actions with `@plugin.action()`, event handlers with `@plugin.on_event(topic)`, then
-    call `plugin.run()`. The name, version, params and data dir come from the host at start.
+    Register actions with `@plugin.action()`, event handlers with `@plugin.on_event(topic)`,
+    lifecycle hooks with `@plugin.on_start` / `@plugin.on_stop`, then call `plugin.run()`. The
+    name, version, params and data dir come from the host at start.
     """
 
     def __init__(self, *, max_workers: Optional[int] = None, eager: bool = True) -> None:
@@ -318,6 +358,9 @@ class Plugin:
         self._actions: Dict[str, _Action] = {}
         self._subscriptions: List[_Subscription] = []
         self._params_handler: Optional[Tuple[Callable[..., Any], bool]] = None
+        self._start_hooks: List[_Hook] = []
+        self._stop_hooks: List[_Hook] = []
+        self._started_ok = True  # the `on_start` hooks succeeded (or there are none)
         self._max_workers = max_workers
         self._eager = eager
 
@@ -430,6 +473,37 @@ class Plugin:
         """Registers a handler ``(params)`` (``def`` or ``async def``) called with the new params
         after `plugin.params` was replaced by a `params.changed` from the host."""
         self._params_handler = (fn, inspect.iscoroutinefunction(fn))
+        return fn
+
+    def on_start(self, fn: Any = None) -> Any:
+        """Registers a hook (``def`` or ``async def``, taking no argument or one: the plugin) run
+        once the host answered the handshake, before it sends any call, event or task.
+
+        Hooks run one after another in registration order (sync ones in the thread pool), with
+        `plugin.params`, `plugin.data_dir` and the host's services (`plugin.kv`, `plugin.call`,
+        ...) available. The plugin is ready once they all returned; an exception fails the
+        plugin's start with its type and message (the traceback goes to the plugin's log), and
+        the hooks after it do not run. They must finish within the host's start timeout
+        (10 s by default): start long work as a background task instead.
+        """
+        if fn is None:
+            return self.on_start  # used as `@plugin.on_start()`
+        self._start_hooks.append(_make_hook("on_start", fn))
+        return fn
+
+    def on_stop(self, fn: Any = None) -> Any:
+        """Registers a hook (``def`` or ``async def``, taking no argument or one: the plugin) run
+        when the host stops the plugin (`shutdown`), after the calls, events and tasks in flight
+        finished and before the process exits.
+
+        Hooks run one after another in registration order; an exception is logged and the next
+        hook still runs. The host's services can still be used. They run only after a
+        successful start, and not when the host vanished (EOF). The host kills the process at
+        the end of its stop grace period, so keep them short.
+        """
+        if fn is None:
+            return self.on_stop  # used as `@plugin.on_stop()`
+        self._stop_hooks.append(_make_hook("on_stop", fn))
         return fn
 
     def task(self, name: Any = None, *, input: Any = None) -> Any:
@@ -667,7 +741,8 @@ class Plugin:
     # ------------------------------------------------------------------ entry point
 
     def run(self) -> None:
-        """Connects to fd `PLUGD_FD`, says hello, serves until `shutdown` or EOF, then exits.
+        """Connects to fd `PLUGD_FD`, says hello, runs the `on_start` hooks, serves until
+        `shutdown` (then runs the `on_stop` hooks) or EOF, then exits.
 
         Exit codes: 0 after `shutdown` or EOF, 2 when not started by plugd, 3 when the host
         refused the handshake.
@@ -726,11 +801,15 @@ class Plugin:
         self._sock = sock
         self._fd = sock.fileno()
         loop.add_reader(self._fd, self._on_readable)
-        hello = self._send_request("hello", {
+        hello_params: Dict[str, Any] = {
             "protocol": PROTOCOL_VERSION,
             "sdk": f"python/{__version__}",
             "actions": self.actions,
-        })
+        }
+        if self._start_hooks:
+            # The host then waits for `started` before it sends any work.
+            hello_params["on_start"] = True
+        hello = self._send_request("hello", hello_params)
         self._hello_id = self._next_id
         try:
             init = await hello
@@ -744,7 +823,12 @@ class Plugin:
             return EXIT_OK
         # `_on_response` already applied `init` (see there), before any later frame.
         del init
+        if self._start_hooks:
+            self._started_ok = await self._lifecycle(self._run_start_hooks())
         code = await self._exit
+        if self._shutting_down and self._started_ok and self._stop_hooks and not self._closed:
+            await self._lifecycle(self._run_stop_hooks())
+            await self._flush()
         self._close()
         # Let handlers cancelled by `_close` (EOF) unwind, so none is destroyed while pending.
         tasks = [t for t in list(self._inflight.values()) + list(self._background)
@@ -752,6 +836,72 @@ class Plugin:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
         return code
+
+    # ------------------------------------------------------------------ on_start / on_stop
+
+    async def _lifecycle(self, coro: Any) -> bool:
+        """Runs the hooks of `coro` in a Task counted with the background work, so the socket
+        closing (EOF) cancels it and a `shutdown` waits for it. False when it was cancelled."""
+        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        self._background.add(task)
+        try:
+            return bool(await task)
+        except asyncio.CancelledError:
+            return False
+        finally:
+            self._background.discard(task)
+            if self._shutting_down:
+                self._maybe_finish()
+
+    async def _run_hook(self, hook: _Hook) -> None:
+        args = (self,) if hook.with_plugin else ()
+        if hook.is_async:
+            await hook.fn(*args)
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._max_workers or DEFAULT_WORKERS, thread_name_prefix="plugd-action")
+        result = await self._loop.run_in_executor(  # type: ignore[union-attr]
+            self._executor, hook.fn, *args)
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            await result
+
+    async def _run_start_hooks(self) -> bool:
+        """Runs the `on_start` hooks in order, stopping at the first that raises, then tells the
+        host `started` (with the error, if any). True when they all succeeded."""
+        error: Optional[str] = None
+        for hook in self._start_hooks:
+            try:
+                await self._run_hook(hook)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and self._closed:
+                    raise  # the host went away: nobody to tell
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self.log.error("`on_start` hook `%s` failed: %s", hook.name, error,
+                               exc_info=(type(exc), exc, exc.__traceback__))
+                break
+        self._notify("started", {} if error is None else {"error": error})
+        return error is None
+
+    async def _run_stop_hooks(self) -> bool:
+        """Runs every `on_stop` hook in order; one that raises is logged and the next runs."""
+        for hook in self._stop_hooks:
+            try:
+                await self._run_hook(hook)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and self._closed:
+                    raise
+                self.log.error("`on_stop` hook `%s` failed: %s: %s", hook.name,
+                               type(exc).__name__, exc,
+                               exc_info=(type(exc), exc, exc.__traceback__))
+        return True
+
+    async def _flush(self, timeout: float = 1.0) -> None:
+        """Waits (at most ``timeout``) until what was queued for the socket is written."""
+        await asyncio.sleep(0)  # records logged by a worker thread are queued on the loop
+        end = time.monotonic() + timeout
+        while self._wbuf and not self._closed and time.monotonic() < end:
+            await asyncio.sleep(0.01)
 
     def _on_initialized(self, init: Any) -> None:
         self._apply_initialize(init if isinstance(init, dict) else {})
