@@ -10,6 +10,9 @@
 //! - `work`: durable tasks and events (issue 11): tasks end to end and event delivery per
 //!   second, publish-to-handler latency, next to the plain calls of the same wasm and Python
 //!   plugins;
+//! - `reload`: hot reload (issue 12): from a file written into the plugins directory to the new
+//!   version answering, for a Python plugin and a C wasm component;
+//! - `rewrite DIR`: rewrites a package every so often, for `run.sh` to run beside `wrk`;
 //! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
 //! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
@@ -18,6 +21,7 @@ mod echo;
 mod fake_child;
 mod latency;
 mod plugins;
+mod reload;
 mod services;
 mod stats;
 mod wasm;
@@ -44,6 +48,9 @@ Usage:
   plugd-bench work [--repo DIR] [-n CALLS] [--tasks N] [--events N] [--latency N]
                    [--warmup N] [--in-flight N] [--rounds N] [--dir DIR]
                    [--durability process|full]
+  plugd-bench reload [--repo DIR] [--swaps N] [--interval-ms MS] [--dir DIR]
+                     [--cases python,wasm]
+  plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
@@ -201,6 +208,47 @@ fn run() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async { tokio::spawn(work::run(config)).await? })?;
+        }
+        "reload" => {
+            let config = reload::Config {
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
+                swaps: args.parsed("--swaps")?.unwrap_or(50),
+                interval: std::time::Duration::from_millis(
+                    args.parsed("--interval-ms")?.unwrap_or(500),
+                ),
+                dir: args
+                    .value("--dir")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir),
+                cases: args
+                    .value("--cases")?
+                    .unwrap_or_else(|| "python,wasm".into())
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            args.finish()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { tokio::spawn(reload::run(config)).await? })?;
+        }
+        "rewrite" => {
+            let repo = args
+                .value("--repo")?
+                .map(PathBuf::from)
+                .unwrap_or_else(default_repo);
+            let times = args.parsed("--times")?.unwrap_or(50);
+            let interval =
+                std::time::Duration::from_millis(args.parsed("--interval-ms")?.unwrap_or(500));
+            let dir = args
+                .positional()
+                .context("`rewrite` needs a package directory")?;
+            args.finish()?;
+            reload::rewrite(&repo, std::path::Path::new(&dir), times, interval)?;
         }
         "axum-echo" => {
             let listen: SocketAddr = args

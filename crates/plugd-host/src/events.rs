@@ -331,6 +331,25 @@ impl Host {
         payload: serde_json::Value,
     ) -> Result<Published, HostError> {
         check_topic(topic)?;
+        self.publish_checked(sender, topic, payload).await
+    }
+
+    /// Publishes one of the host's own events (a topic under `plugd.`, which plugins and apps
+    /// cannot publish). A failure is logged, never passed on: the host's events report what
+    /// happened, they must not make it fail.
+    pub(crate) async fn publish_host(&self, topic: &str, payload: serde_json::Value) {
+        debug_assert!(topic.starts_with("plugd."));
+        if let Err(e) = self.publish_checked(None, topic, payload).await {
+            tracing::warn!("cannot publish `{topic}`: {e}");
+        }
+    }
+
+    async fn publish_checked(
+        &self,
+        sender: Option<&Arc<Slot>>,
+        topic: &str,
+        payload: serde_json::Value,
+    ) -> Result<Published, HostError> {
         let hops = match sender {
             Some(slot) => {
                 let hops = slot

@@ -21,7 +21,9 @@ mod quota;
 mod registry;
 mod results;
 mod services;
+mod supervision;
 mod tasks;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,13 +45,16 @@ pub use gc::Collected;
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};
 pub use params::ParamsView;
+pub use plugd_runtime::Backoff;
 pub use plugd_store::TaskState;
 pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
+pub use supervision::{Fault, KEPT as SUPERVISION_KEPT, RELOAD_FAILED, Swap, Trigger};
 pub use tasks::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_QUEUE, MAX_TASK_PAYLOAD, TASK_BACKOFF, TaskQuery,
     TaskSubmit, TaskView,
 };
+pub use watch::{WatchConfig, WatchMode, Watching};
 
 /// How the host runs.
 #[derive(Clone, Debug)]

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
 use parking_lot::RwLock;
 use plugd_manifest::{ActionName, JSON_MANIFEST, Manifest, PluginName, RuntimeKind, TOML_MANIFEST};
@@ -21,6 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::registry::{Generation, InFlight, PluginInfo, PluginState, Problem, Slot, TrustLevel};
 use crate::services::PluginServices;
+use crate::supervision::{Swap, Trigger};
 use crate::{Host, HostConfig, HostError, LogLine};
 
 pub(crate) struct HostInner {
@@ -106,6 +108,15 @@ impl CallOptions {
             chain: Vec::new(),
         }
     }
+}
+
+/// What a reload attempt learned, for the supervision record.
+#[derive(Default)]
+struct Attempt {
+    /// The version it tried to start.
+    to: Option<plugd_manifest::Version>,
+    /// When the new version began to serve.
+    switched: Option<Instant>,
 }
 
 /// A package that was verified and staged, ready to start: staged once, started from that copy.
@@ -292,6 +303,11 @@ impl Host {
         result
     }
 
+    /// The plugins directory this host loads from.
+    pub fn plugins_dir(&self) -> &Path {
+        &self.inner.config.plugins_dir
+    }
+
     /// Every known plugin, sorted by name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         self.inner.slots.read().values().map(|s| s.info()).collect()
@@ -358,7 +374,74 @@ impl Host {
     /// running when their requirement still holds, and are stopped with the reason when it
     /// breaks. A plugin that is not running is simply loaded.
     pub async fn reload(&self, name: &str) -> Result<PluginInfo, HostError> {
+        self.swap_version(name, Trigger::Reload).await
+    }
+
+    /// Restarts a plugin: a reload (blue/green, from the package as it is on disk now) that the
+    /// supervision record shows as a restart. It also clears a `failed` state, including a crash
+    /// loop its runtime gave up on: the new instance starts with a fresh crash budget.
+    pub async fn restart(&self, name: &str) -> Result<PluginInfo, HostError> {
+        self.swap_version(name, Trigger::Restart).await
+    }
+
+    /// [`Host::reload`] with what asked for it, recorded in the supervision record; a failure is
+    /// also logged and published as `plugd.plugin.reload_failed`.
+    pub(crate) async fn swap_version(
+        &self,
+        name: &str,
+        trigger: Trigger,
+    ) -> Result<PluginInfo, HostError> {
         let mut resolution = self.inner.lifecycle.lock().await;
+        let at = SystemTime::now();
+        let began = Instant::now();
+        let from = self
+            .inner
+            .slot(name)
+            .and_then(|s| s.running())
+            .map(|g| g.manifest.version.clone());
+        let mut attempt = Attempt::default();
+        let result = self
+            .reload_locked(&mut resolution, name, &mut attempt)
+            .await;
+        drop(resolution);
+        let Some(slot) = self.inner.slot(name) else {
+            return result;
+        };
+        let took = attempt.switched.unwrap_or_else(Instant::now) - began;
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        slot.supervision.lock().swap(Swap {
+            at,
+            trigger,
+            from: from.clone(),
+            to: attempt.to.clone(),
+            took,
+            outcome: outcome.clone(),
+        });
+        if let Err(reason) = outcome {
+            slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
+            tracing::warn!(plugin = %slot.name, trigger = trigger.as_str(), "{reason}");
+            self.publish_host(
+                crate::supervision::RELOAD_FAILED,
+                serde_json::json!({
+                    "plugin": slot.name.as_str(),
+                    "trigger": trigger.as_str(),
+                    "running": from.map(|v| v.to_string()),
+                    "version": attempt.to.map(|v| v.to_string()),
+                    "reason": reason,
+                }),
+            )
+            .await;
+        }
+        // The answer shows this swap in the record.
+        result.and_then(|_| self.plugin(name))
+    }
+
+    async fn reload_locked(
+        &self,
+        resolution: &mut Resolution,
+        name: &str,
+        attempt: &mut Attempt,
+    ) -> Result<PluginInfo, HostError> {
         let fresh = self.plan_from_disk().await?;
         let keeps_serving = |reason: &dyn std::fmt::Display| {
             HostError::CannotLoad(format!(
@@ -371,7 +454,7 @@ impl Host {
         let Some(slot) = self.inner.slot(name) else {
             // Not known yet: a reload of a new package is a load.
             *resolution = self.apply_plan(fresh);
-            self.ensure_running(&resolution, name).await?;
+            self.ensure_running(resolution, name).await?;
             return self.plugin(name);
         };
         let new_manifest = match fresh.found.get(&pname) {
@@ -392,7 +475,10 @@ impl Host {
             Some(Found {
                 dir,
                 manifest: Ok(manifest),
-            }) => (dir.clone(), manifest.clone()),
+            }) => {
+                attempt.to = Some(manifest.version.clone());
+                (dir.clone(), manifest.clone())
+            }
         };
         if let Some(error) = fresh.resolution.failed().get(&pname) {
             return Err(keeps_serving(error));
@@ -404,7 +490,7 @@ impl Host {
         }
         if slot.running().is_none() {
             *resolution = self.apply_plan(fresh);
-            self.ensure_running(&resolution, name).await?;
+            self.ensure_running(resolution, name).await?;
             return self.plugin(name);
         }
         // The new version's dependencies must be running before it starts.
@@ -435,6 +521,7 @@ impl Host {
             inner.manifest = Some(Arc::new(manifest));
             inner.swap(generation.clone())
         };
+        attempt.switched = Some(Instant::now());
         slot.phase_changed.notify_waiters();
         self.watch_health(&slot, &generation);
         self.watch_disk(&slot, generation.id, generation.manifest.limits.disk);
@@ -466,6 +553,25 @@ impl Host {
         }
         self.collect_quietly().await;
         self.plugin(name)
+    }
+
+    /// Stops a plugin whose package left the plugins directory (and its running dependants).
+    pub(crate) async fn remove_package(&self, name: &str) {
+        let resolution = self.inner.lifecycle.lock().await;
+        let Some(slot) = self.inner.slot(name) else {
+            return;
+        };
+        self.stop_with_dependants(&resolution, &slot, "removed from the plugins directory")
+            .await;
+        self.unsubscribe(&slot.name).await;
+    }
+
+    /// Re-reads the plugins directory, so listings show what is there now (new problems, new
+    /// plugins), without starting or stopping anything.
+    pub(crate) async fn rescan(&self) -> Result<(), HostError> {
+        let mut resolution = self.inner.lifecycle.lock().await;
+        *resolution = self.refresh().await?;
+        Ok(())
     }
 
     /// Uninstalls a plugin: stops its running dependants and it, removes its data dir, kv,
@@ -790,6 +896,11 @@ impl Host {
         tokio::spawn(async move {
             loop {
                 let current = health.borrow_and_update().clone();
+                if let Health::Recovering { reason } = &current
+                    && let Some(slot) = slot.upgrade()
+                {
+                    slot.supervision.lock().fault(reason.clone());
+                }
                 if let Health::Dead { reason } = current {
                     let (Some(inner), Some(slot)) = (host.upgrade(), slot.upgrade()) else {
                         return;
@@ -813,6 +924,7 @@ impl Host {
         let Some(generation) = running else {
             return;
         };
+        slot.supervision.lock().fault(reason.clone());
         slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
         tracing::error!(plugin = %slot.name, "plugin failed: {reason}");
         self.stop_generation(slot, generation, &reason).await;

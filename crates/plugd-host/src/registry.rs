@@ -130,6 +130,14 @@ pub struct PluginInfo {
     /// What the operator should know about how the running version was started (limits clamped
     /// to a ceiling, params reset to defaults).
     pub notes: Vec<String>,
+    /// Faults its runtime reported (crashes, failed restarts), oldest first, the newest
+    /// [`crate::SUPERVISION_KEPT`] across every version.
+    pub faults: Vec<crate::Fault>,
+    /// The restart the runtime has scheduled after a crash, while it waits.
+    pub backoff: Option<plugd_runtime::Backoff>,
+    /// Version swaps (reloads, restarts) and failed attempts, oldest first, the newest
+    /// [`crate::SUPERVISION_KEPT`].
+    pub swaps: Vec<crate::Swap>,
 }
 
 /// Whether a package was signed by a key in the trust store.
@@ -231,6 +239,8 @@ pub(crate) struct Slot {
     /// Notified when a generation starts serving (start or reload): event delivery and the task
     /// dispatcher wait on it.
     pub phase_changed: Notify,
+    /// Faults and version swaps, across generations.
+    pub supervision: Mutex<crate::supervision::Record>,
 }
 
 pub(crate) struct SlotInner {
@@ -422,6 +432,7 @@ impl Slot {
                 crate::events::EMIT_BURST,
             )),
             phase_changed: Notify::new(),
+            supervision: Mutex::new(Default::default()),
         })
     }
 
@@ -477,6 +488,7 @@ impl Slot {
     }
 
     pub(crate) fn info(&self) -> PluginInfo {
+        let supervision = self.supervision.lock().clone();
         let inner = self.inner.lock();
         let generation = inner.running();
         let status = generation.map(|g| g.instance.status()).unwrap_or_default();
@@ -520,6 +532,9 @@ impl Slot {
             disk_used: self.disk_used.load(Ordering::Relaxed),
             limits: generation.map(|g| g.manifest.limits.clone()),
             notes: generation.map(|g| g.notes.clone()).unwrap_or_default(),
+            faults: supervision.faults.iter().cloned().collect(),
+            backoff: status.backoff,
+            swaps: supervision.swaps.iter().cloned().collect(),
         }
     }
 }

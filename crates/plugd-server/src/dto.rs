@@ -53,6 +53,94 @@ pub(crate) struct PluginDto {
     pub package: String,
     /// The limits in force for the running version (after trust policy and ceilings).
     pub limits: Option<LimitsDto>,
+    /// Crashes and failed restarts, reloads and restarts: the supervision record.
+    pub supervision: SupervisionDto,
+}
+
+/// What the host and the runtime did to keep a plugin serving.
+#[derive(Serialize)]
+pub(crate) struct SupervisionDto {
+    /// Faults the runtime reported (crashes, failed restarts), oldest first, the newest 20.
+    pub faults: Vec<FaultDto>,
+    /// The restart the runtime has scheduled after a crash, while it waits.
+    pub backoff: Option<BackoffDto>,
+    /// Version swaps (reload, restart, a change seen by the watcher), oldest first, the newest 20.
+    pub swaps: Vec<SwapDto>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct FaultDto {
+    pub at_ms: u64,
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BackoffDto {
+    /// When the next restart is attempted, milliseconds since the Unix epoch.
+    pub next_attempt_ms: u64,
+    pub delay_ms: u64,
+    /// Crashes within the current window, the last one included.
+    pub crashes: u32,
+    /// Crashes within the window after which the plugin is given up (`failed`).
+    pub budget: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SwapDto {
+    pub at_ms: u64,
+    /// `reload`, `restart` or `watch`.
+    pub trigger: &'static str,
+    /// The version serving before (null: none was running).
+    pub from: Option<String>,
+    /// The version it tried to start (null: its manifest could not be read).
+    pub to: Option<String>,
+    /// From the start of the attempt to the new version serving, or to the failure.
+    pub took_ms: f64,
+    pub ok: bool,
+    /// Why it failed; the version in `from` kept serving.
+    pub error: Option<String>,
+}
+
+fn epoch_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl SupervisionDto {
+    fn new(p: &PluginInfo) -> Self {
+        SupervisionDto {
+            faults: p
+                .faults
+                .iter()
+                .map(|f| FaultDto {
+                    at_ms: epoch_ms(f.at),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+            backoff: p.backoff.as_ref().map(|b| BackoffDto {
+                next_attempt_ms: epoch_ms(b.next_attempt),
+                delay_ms: b.delay.as_millis() as u64,
+                crashes: b.crashes,
+                budget: b.budget,
+                window_ms: b.window.as_millis() as u64,
+            }),
+            swaps: p
+                .swaps
+                .iter()
+                .map(|s| SwapDto {
+                    at_ms: epoch_ms(s.at),
+                    trigger: s.trigger.as_str(),
+                    from: s.from.as_ref().map(|v| v.to_string()),
+                    to: s.to.as_ref().map(|v| v.to_string()),
+                    took_ms: s.took.as_secs_f64() * 1000.0,
+                    ok: s.outcome.is_ok(),
+                    error: s.outcome.as_ref().err().cloned(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The answer to an unload: the plugin, plus the running dependants it stopped first.
@@ -111,7 +199,9 @@ pub(crate) struct MetricsDto {
 impl From<PluginInfo> for PluginDto {
     fn from(p: PluginInfo) -> Self {
         let m = p.manifest.as_deref();
+        let supervision = SupervisionDto::new(&p);
         PluginDto {
+            supervision,
             name: p.name.to_string(),
             version: m.map(|m| m.version.to_string()),
             description: m.map(|m| m.description.clone()),
@@ -204,11 +294,7 @@ impl From<LogLine> for LogLineDto {
     fn from(l: LogLine) -> Self {
         use plugd_runtime::LogSource;
         LogLineDto {
-            at_ms: l
-                .at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            at_ms: epoch_ms(l.at),
             source: match l.source {
                 LogSource::Plugin => "plugin",
                 LogSource::Stdout => "stdout",

@@ -124,6 +124,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/plugins/{name}/load", post(load))
         .route("/api/v1/plugins/{name}/unload", post(unload))
         .route("/api/v1/plugins/{name}/reload", post(reload))
+        .route("/api/v1/plugins/{name}/restart", post(restart))
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/events", get(events::history).post(events::publish))
         .route("/api/v1/events/stream", get(events::follow))
@@ -449,6 +450,13 @@ async fn reload(
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
     Ok(Json(host.reload(&name).await?.into()))
+}
+
+async fn restart(
+    State(host): State<Host>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginDto>, ApiError> {
+    Ok(Json(host.restart(&name).await?.into()))
 }
 
 async fn gc(State(host): State<Host>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -27,10 +27,12 @@ const EXAMPLES: &str = "\
 Examples:
   plugd new my-plugin --dir plugins/my-plugin    Scaffold a Python plugin
   plugd serve --plugins plugins                  Serve it on 127.0.0.1:8080 (state in ./.plugd)
+  plugd dev plugins/my-plugin                    Serve one plugin, reloading it as you edit
   plugd list                                     What runs, and why not
   plugd call my-plugin hello '{\"name\":\"Ada\"}'    Call an action
   plugd status my-plugin                         Details and recent logs
   plugd reload my-plugin                         Pick up changes without a restart
+  plugd restart my-plugin                        Fresh instance; clears a crash loop's `failed`
   plugd params my-plugin --set threshold=0.7     Change a setting (validated, kept in a history)
   plugd kv my-plugin                             What it stored through the host
   plugd emit image.imported '{\"path\":\"a.png\"}'  Publish an event to the subscribed plugins
@@ -86,6 +88,13 @@ struct Cli {
 enum Command {
     /// Discover the plugins in a directory, start them and serve the HTTP API.
     Serve(ServeArgs),
+    /// Serve one plugin under development: its package is watched (a change is verified and
+    /// swapped in without dropping a call; a broken change leaves the running version serving)
+    /// and its log lines, debug included, are shown in the terminal.
+    #[command(after_help = "Examples:
+  plugd dev plugins/my-plugin                    Serve it on 127.0.0.1:8080, reload on save
+  plugd dev . --listen 127.0.0.1:0               From inside the package, on any free port")]
+    Dev(DevArgs),
     /// List the plugins of a running server.
     List,
     /// Show the status of one plugin (or all) of a running server, with recent logs.
@@ -121,6 +130,13 @@ enum Command {
     /// Reload a plugin from disk on a running server: verify and resolve the package as it is
     /// now and start that version; if it cannot load, the running version keeps serving.
     Reload {
+        /// Plugin name.
+        name: String,
+    },
+    /// Restart a plugin on a running server: a fresh instance from the package on disk, started
+    /// beside the old one, which keeps serving until it answers. Clears a `failed` state (a
+    /// crash loop that spent its restart budget) with a fresh budget.
+    Restart {
         /// Plugin name.
         name: String,
     },
@@ -382,6 +398,25 @@ struct ServeArgs {
     /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
     #[arg(long, env = "PLUGD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Watch the plugins directory: a package added is loaded, a package changed is reloaded
+    /// (blue/green: verified, started beside the running version, then swapped in; a broken
+    /// change leaves the running version serving), a package removed is unloaded. Debounced;
+    /// editor temp files, `__pycache__` and `.git` are ignored. Off by default, so a build writing
+    /// into a production checkout never reloads anything.
+    #[arg(long, env = "PLUGD_WATCH")]
+    watch: bool,
+    /// Watch by polling every MS milliseconds instead of with inotify (file systems without
+    /// inotify, e.g. some network mounts); implies `--watch`. Without it plugd falls back to
+    /// polling every 500 ms by itself when inotify cannot watch (limit reached).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    watch_poll: Option<u64>,
+    /// How long a package must stay unchanged before the watcher reloads it, in milliseconds
+    /// (a `git checkout` of many files becomes one reload per plugin).
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    watch_debounce: u64,
+    /// Development mode: `--watch`, and every plugin log line, debug included, in the terminal.
+    #[arg(long)]
+    dev: bool,
     /// Refuse unsigned packages and packages signed by keys not in the trust store, and plugins
     /// whose sandbox layers are not all available on this kernel.
     #[arg(long, env = "PLUGD_STRICT")]
@@ -435,6 +470,38 @@ struct ServeArgs {
     task_queue: Option<u64>,
 }
 
+/// `plugd dev`: the options of `serve` that make sense for one plugin.
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// The plugin's package directory (with `plugin.toml` or `plugin.json`).
+    dir: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
+    #[arg(long, env = "PLUGD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Run the plugin's process without the kernel sandbox.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// Refuse the package unless it is signed by a trusted key, as `serve --strict` would.
+    #[arg(long, conflicts_with = "no_sandbox")]
+    strict: bool,
+    /// Extra environment for the plugin process, `KEY=VALUE` (repeatable).
+    #[arg(long = "child-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    child_env: Vec<(String, String)>,
+    /// Watch by polling every MS milliseconds instead of with inotify.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    watch_poll: Option<u64>,
+    /// The host's configuration file (`plugd.toml`), as for `serve`.
+    #[arg(long, env = "PLUGD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Parses `serve`'s arguments alone, for `plugd dev` to start from `serve`'s defaults.
+#[derive(Parser, Debug)]
+struct ServeOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
 /// `--durability`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Durability {
@@ -469,7 +536,7 @@ fn main() -> ExitCode {
     // A client command piped into `head` should end quietly when the pipe closes, as other
     // Unix tools do, instead of panicking in `println!`. The server keeps Rust's default
     // (SIGPIPE ignored), so a client that hangs up is an error on that socket, not a kill.
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         // SAFETY: restoring the default disposition of one signal at start, before any thread.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -490,6 +557,10 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
     let trust_dir = &paths.trust_dir;
     match cli.command {
         Command::Serve(args) => serve::run(args, paths.clone()),
+        Command::Dev(dev) => {
+            let (args, paths) = serve::dev_args(dev, paths)?;
+            serve::run(args, paths)
+        }
         Command::List => client::list(&cli.server, cli.json),
         Command::Status { name, logs } => {
             client::status(&cli.server, name.as_deref(), logs, cli.json)
@@ -502,6 +573,7 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::Load { name } => client::lifecycle(&cli.server, &name, "load", cli.json),
         Command::Unload { name } => client::lifecycle(&cli.server, &name, "unload", cli.json),
         Command::Reload { name } => client::lifecycle(&cli.server, &name, "reload", cli.json),
+        Command::Restart { name } => client::lifecycle(&cli.server, &name, "restart", cli.json),
         Command::Params {
             name,
             set,

@@ -191,6 +191,7 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     for a in p["actions"].as_array().into_iter().flatten() {
         println!("  action {:<16} {}", s(&a["name"]), s(&a["description"]));
     }
+    supervision(&p["supervision"], &text);
     if let Some(lines) = logs.and_then(Value::as_array).filter(|l| !l.is_empty()) {
         println!("  recent logs:");
         for l in lines {
@@ -199,6 +200,58 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
                 s(&l["source"]),
                 s(&l["level"]),
                 indent(&text(&l["message"]), 6)
+            );
+        }
+    }
+}
+
+/// The supervision record: the scheduled restart, the last crashes, the reload history (the
+/// newest five of each; `--json` has all the host keeps).
+fn supervision(sv: &Value, text: &dyn Fn(&Value) -> String) {
+    const SHOWN: usize = 5;
+    let b = &sv["backoff"];
+    if b.is_object() {
+        println!(
+            "  restarting at {} UTC (after {} ms; crash {} of {} allowed within {} s)",
+            utc(b["next_attempt_ms"].as_u64().unwrap_or(0)),
+            b["delay_ms"],
+            b["crashes"],
+            b["budget"],
+            b["window_ms"].as_u64().unwrap_or(0) / 1000
+        );
+    }
+    let newest = |key: &str| -> Vec<Value> {
+        let all = sv[key].as_array().cloned().unwrap_or_default();
+        let skip = all.len().saturating_sub(SHOWN);
+        all.into_iter().skip(skip).collect()
+    };
+    let faults = newest("faults");
+    if !faults.is_empty() {
+        println!("  recent faults:");
+        for f in faults {
+            println!(
+                "    {}  {}",
+                utc(f["at_ms"].as_u64().unwrap_or(0)),
+                indent(&text(&f["reason"]), 6)
+            );
+        }
+    }
+    let swaps = newest("swaps");
+    if !swaps.is_empty() {
+        println!("  reloads:");
+        for w in swaps {
+            let version = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let outcome = if w["ok"].as_bool() == Some(true) {
+                format!("in {:.1} ms", w["took_ms"].as_f64().unwrap_or(0.0))
+            } else {
+                format!("FAILED: {}", indent(&text(&w["error"]), 6))
+            };
+            println!(
+                "    {}  {:<7} {} -> {}  {outcome}",
+                utc(w["at_ms"].as_u64().unwrap_or(0)),
+                s(&w["trigger"]),
+                version(&w["from"]),
+                version(&w["to"]),
             );
         }
     }

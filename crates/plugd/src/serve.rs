@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
-use plugd_host::{Host, HostConfig, PluginState};
+use clap::Parser;
+use plugd_host::{Host, HostConfig, PluginState, WatchConfig};
+use plugd_manifest::{JSON_MANIFEST, TOML_MANIFEST};
 use plugd_process::{ProcessConfig, ProcessRuntime, SandboxConfig};
 use plugd_server::{Readiness, ServerConfig};
 use plugd_wasm::{WasmConfig, WasmRuntime};
@@ -16,8 +19,14 @@ use crate::ServeArgs;
 use crate::paths::{Paths, absolute, untraversable_ancestor};
 
 pub(crate) fn run(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
+    // `--dev` shows every plugin log line, debug included, whatever the host's own level.
+    let log = if args.dev {
+        format!("{},plugd::plugin=debug", args.log)
+    } else {
+        args.log.clone()
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log))
         .context("Invalid `--log` filter")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -108,13 +117,30 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     // A start that fails as a whole (e.g. the plugins dir cannot be read) stops the server.
     let start_failed = Arc::new(Notify::new());
     let start_error = Arc::new(Mutex::new(None));
+    let watching = Arc::new(Mutex::new(None));
+    let watch = watch_config(&args);
     tokio::spawn({
-        let (host, start_failed, start_error) =
-            (host.clone(), start_failed.clone(), start_error.clone());
+        let (host, start_failed, start_error, watching) = (
+            host.clone(),
+            start_failed.clone(),
+            start_error.clone(),
+            watching.clone(),
+        );
         async move {
             match host.start().await {
                 Ok(()) => {
                     report(&host);
+                    // Watching begins once the first wave is up: a change made meanwhile is
+                    // picked up by that start itself.
+                    if let Some(config) = watch {
+                        match host.watch(config) {
+                            Ok(w) => {
+                                tracing::info!(mode = ?w.mode(), plugins = %host.plugins_dir().display(), "watching for changes");
+                                *watching.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+                            }
+                            Err(e) => tracing::error!("Cannot watch the plugins directory: {e}"),
+                        }
+                    }
                     readiness.set_ready();
                     print_ready(&host);
                 }
@@ -139,12 +165,94 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         .await?;
     // `shutdown` waits for a start still in progress (each plugin start has its own deadline),
     // so no plugin is left running.
+    // No reload may begin while the plugins stop.
+    drop(watching.lock().unwrap_or_else(|p| p.into_inner()).take());
     tracing::info!("shutting down: stopping plugins");
     host.shutdown().await;
     if let Some(e) = start_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(anyhow::Error::new(e).context("Cannot start the plugins"));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The watcher's settings, if `--watch`, `--watch-poll` or `--dev` asks for one.
+fn watch_config(args: &ServeArgs) -> Option<WatchConfig> {
+    if !(args.watch || args.dev || args.watch_poll.is_some()) {
+        return None;
+    }
+    let mut config = WatchConfig::default();
+    config.debounce = Duration::from_millis(args.watch_debounce);
+    config.poll = args.watch_poll.map(Duration::from_millis);
+    Some(config)
+}
+
+/// `plugd dev DIR`: `serve --dev` of a plugins directory holding only a link to `DIR`, kept in
+/// the state dir (`STATE/dev-plugins`). A state dir inside the package (`plugd dev .` with the
+/// default `./.plugd`) would become part of the package, so it moves to the temp dir.
+pub(crate) fn dev_args(
+    dev: crate::DevArgs,
+    mut paths: Paths,
+) -> anyhow::Result<(ServeArgs, Paths)> {
+    let dir = absolute(&dev.dir)?;
+    if !(dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file()) {
+        anyhow::bail!(
+            "`{}` is not a plugin package: it has no `{TOML_MANIFEST}` or `{JSON_MANIFEST}`; hint: scaffold one with `plugd new NAME --dir {}`",
+            dir.display(),
+            dev.dir.display()
+        );
+    }
+    let real = std::fs::canonicalize(&dir)
+        .with_context(|| format!("Cannot resolve `{}`", dir.display()))?;
+    let link_name = real
+        .file_name()
+        .context("The package directory has no name")?
+        .to_owned();
+    let state_real = std::fs::canonicalize(&paths.state_dir).unwrap_or(paths.state_dir.clone());
+    if state_real.starts_with(&real) || paths.state_dir.starts_with(&real) {
+        let moved = std::env::temp_dir().join("plugd-dev").join(&link_name);
+        eprintln!(
+            "plugd dev: the state dir `{}` is inside the package; using `{}` instead (pass `--state-dir` to choose)",
+            paths.state_dir.display(),
+            moved.display()
+        );
+        if paths.trust_dir == paths.state_dir.join("trust") {
+            paths.trust_dir = moved.join("trust");
+        }
+        paths.state_dir = moved;
+    }
+    let plugins = paths.state_dir.join("dev-plugins");
+    std::fs::create_dir_all(&plugins)
+        .with_context(|| format!("Cannot create `{}`", plugins.display()))?;
+    // Only links live here (one per `plugd dev` run); anything else is not ours to delete.
+    for entry in std::fs::read_dir(&plugins)? {
+        let entry = entry?;
+        if entry.file_type()?.is_symlink() {
+            std::fs::remove_file(entry.path())?;
+        } else {
+            anyhow::bail!(
+                "`{}` holds `{}`, which is not a link `plugd dev` made; hint: remove it",
+                plugins.display(),
+                entry.file_name().to_string_lossy()
+            );
+        }
+    }
+    std::os::unix::fs::symlink(&real, plugins.join(&link_name)).with_context(|| {
+        format!(
+            "Cannot link `{}` into `{}`",
+            real.display(),
+            plugins.display()
+        )
+    })?;
+    let mut args = crate::ServeOnly::try_parse_from(["plugd dev"])?.args;
+    args.plugins = plugins;
+    args.listen = dev.listen;
+    args.no_sandbox = dev.no_sandbox;
+    args.strict = dev.strict;
+    args.child_env = dev.child_env;
+    args.watch_poll = dev.watch_poll;
+    args.config = dev.config;
+    args.dev = true;
+    Ok((args, paths))
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -80,8 +80,13 @@ static void *err(const char *code, const char *msg) {
 static const char DESCRIBE[] =
     "{\"actions\":["
     "{\"name\":\"echo\",\"description\":\"Returns the payload unchanged\"},"
-    "{\"name\":\"checksum\",\"description\":\"FNV-1a (32 bit) of the payload's JSON text\"}"
+    "{\"name\":\"checksum\",\"description\":\"FNV-1a (32 bit) of the payload's JSON text\"},"
+    "{\"name\":\"build\",\"description\":\"Names this build of the component\"}"
     "]}";
+
+/* The answer of `build`. The hot-reload tests and benchmarks make a second, different component
+ * from this one by replacing `build-A` with `build-B` in the binary: keep the marker unique. */
+static const char BUILD[] = "{\"value\":{\"build\":\"build-A\"}}";
 
 __attribute__((export_name(GUEST "#describe")))
 void *guest_describe(void) {
@@ -110,6 +115,10 @@ void *guest_call(const char *action, size_t action_len, const char *payload, siz
         while (nd) { char c = digits[--nd]; put(&b, &c, 1); }
         puts_(&b, "}}");
         host_log(0, "checksum computed", 17);
+        return ok(b);
+    }
+    if (str_is(action, action_len, "build")) {
+        buf_t b = { (char *)BUILD, sizeof(BUILD) - 1 };
         return ok(b);
     }
     return err("unknown_action", "no such action");

@@ -12,4 +12,5 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod trust;
+mod watch;
 mod work;

@@ -23,6 +23,7 @@ mod durable;
 mod durable_work;
 mod new;
 mod output;
+mod reload;
 mod services;
 mod startup;
 mod state;
@@ -69,9 +70,33 @@ impl Server {
     /// Starts `plugd serve` like [`Server::spawn`] but returns as soon as it listens (the URL is
     /// its first line of output), while plugins may still be starting.
     fn spawn_unready(cwd: &Path, args: &[&OsStr], log: &Path) -> Server {
+        Server::spawn_command_unready(cwd, "serve", args, &[], log)
+    }
+
+    /// [`Server::spawn`] of another serving command (`dev`), with extra environment.
+    fn spawn_command(
+        cwd: &Path,
+        command: &str,
+        args: &[&OsStr],
+        env: &[(&str, &OsStr)],
+        log: &Path,
+    ) -> Server {
+        let mut server = Server::spawn_command_unready(cwd, command, args, env, log);
+        server.wait_ready();
+        server
+    }
+
+    fn spawn_command_unready(
+        cwd: &Path,
+        command: &str,
+        args: &[&OsStr],
+        env: &[(&str, &OsStr)],
+        log: &Path,
+    ) -> Server {
         let stderr = log.to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_plugd"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args([command, "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .args(args)
             .current_dir(cwd)
             .env_remove("PLUGD_STATE_DIR")
