@@ -6,6 +6,8 @@
 #   CALLS=50000 DURATION=30s bench/run.sh
 #   SKIP_BUILD=1 SKIP_HTTP=1 bench/run.sh
 #   SERVICES=1 bench/run.sh      # also host services (issue 10): kv.set, group commit, start-up
+#   RELOAD=1 RELOAD_ONLY=1 bench/run.sh   # hot reload only (issue 12): write -> answer, wrk under rewrites
+#   PROFILE=dev SKIP_BUILD=1 ...  # measure the dev-profile binaries in target/debug
 #   WORK=1 bench/run.sh          # also durable tasks and events (issue 11)
 #
 # Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
@@ -43,6 +45,11 @@ SERVICES=${SERVICES:-}          # 1: run `plugd-bench services` (issue 10)
 SERVICES_CALLS=${SERVICES_CALLS:-20000}  # calls per services case and durability mode
 STORE_MB=${STORE_MB:-100}      # kv written into the second store before the start-up timing
 WORK=${WORK:-}                  # 1: run `plugd-bench work` (issue 11)
+RELOAD=${RELOAD:-}              # 1: run `plugd-bench reload` and wrk under rewrites (issue 12)
+RELOAD_ONLY=${RELOAD_ONLY:-}    # 1: only the build and the reload section
+SWAPS=${SWAPS:-50}              # rewrites per reload case, one every 0.5 s
+PROFILE=${PROFILE:-release}     # cargo profile of the binaries measured (`dev`: target/debug)
+OUT_DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 DURATION=${DURATION:-10s}      # wrk -d
 CONNECTIONS=${CONNECTIONS:-16} # wrk -c
 THREADS=${THREADS:-1}          # wrk -t
@@ -93,8 +100,8 @@ command -v python3 >/dev/null || { echo "python3 is missing; hint: apt-get insta
 
 # --- build -------------------------------------------------------------------------------------
 if [ -z "${SKIP_BUILD:-}" ]; then
-    section "Building (release)"
-    cargo build --release -p plugd -p plugd-bench
+    section "Building ($PROFILE)"
+    cargo build --profile "$PROFILE" -p plugd -p plugd-bench
     if [ -n "$WITH_EXTISM" ]; then
         cargo build --release --manifest-path bench/extism/Cargo.toml --target-dir "$EXTISM_TARGET_DIR"
     fi
@@ -105,8 +112,8 @@ if [ -f examples/plugins/hello-c-wasm/plugin.wasm ]; then
 else
     echo "examples/plugins/hello-c-wasm/plugin.wasm is missing: wasm cases skipped; hint: run examples/plugins/build.sh" >&2
 fi
-PLUGD=$ROOT/target/release/plugd
-BENCH=$ROOT/target/release/plugd-bench
+PLUGD=$ROOT/target/$OUT_DIR/plugd
+BENCH=$ROOT/target/$OUT_DIR/plugd-bench
 
 # --- Python SDK for the plugins ----------------------------------------------------------------
 # Plugins run from a staged copy of their package in a clean environment, so `import plugd` must
@@ -129,6 +136,7 @@ echo "python:  $(python3 --version 2>&1)"
 echo "wrk:     $(wrk -v 2>&1 | head -1)"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work skews every number below)"
 
+if [ -z "$RELOAD_ONLY" ]; then
 # --- in-process latency ------------------------------------------------------------------------
 section "Latency through plugd-host vs raw pipe ($CALLS calls, 1 and $IN_FLIGHT in flight)"
 "$BENCH" latency --repo "$ROOT" -n "$CALLS" --in-flight "$IN_FLIGHT" --payload "$PAYLOAD" \
@@ -166,7 +174,8 @@ if [ -n "$WORK" ]; then
     "$BENCH" work --repo "$ROOT" --in-flight "$IN_FLIGHT" --dir "$SCRATCH" | tee "$SCRATCH/work.txt"
 fi
 
-[ -n "${SKIP_HTTP:-}" ] && exit 0
+fi
+[ -n "${SKIP_HTTP:-}" ] && [ -z "$RELOAD" ] && exit 0
 
 # --- HTTP --------------------------------------------------------------------------------------
 # Starts a server in the background, waits for its `... listening on http://ADDR` line and sets
@@ -212,6 +221,50 @@ run_wrk() {
         | tee "$SCRATCH/wrk-$name.txt"
 }
 
+rps() { awk '/^Requests\/sec:/ {print $2}' "$SCRATCH/wrk-$1.txt"; }
+pct() { awk -v p="$2" '$1 == p {print $2}' "$SCRATCH/wrk-$1.txt"; }
+errors() {
+    awk '/Non-2xx or 3xx responses:/ {n += $NF}
+         /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10}
+         END {print n + 0}' \
+        "$SCRATCH/wrk-$1.txt"
+}
+
+# --- hot reload (issue 12) ---------------------------------------------------------------------
+if [ -n "$RELOAD" ]; then
+    section "Hot reload: file write -> new version answering ($SWAPS swaps per case, one every 0.5 s)"
+    "$BENCH" reload --repo "$ROOT" --swaps "$SWAPS" --dir "$SCRATCH" | tee "$SCRATCH/reload.txt"
+
+    RELOAD_SECS=$(( SWAPS / 2 ))
+    section "Hot reload under load: wrk -c$CONNECTIONS -d${RELOAD_SECS}s, without and with $SWAPS rewrites every 0.5 s"
+    "$BENCH" make-plugins --repo "$ROOT" "$SCRATCH/reload-plugins"
+    start_server plugd-watch "$PLUGD" serve --watch --plugins "$SCRATCH/reload-plugins" \
+        --listen 127.0.0.1:0 --state-dir "$SCRATCH/reload-state"
+    WATCH_URL=$URL
+    sleep 2
+    RELOAD_CASES=hello
+    [ -n "$HAVE_WASM" ] && RELOAD_CASES="hello hello-c-wasm"
+    for case in $RELOAD_CASES; do
+        DURATION=${RELOAD_SECS}s run_wrk "reload-base-$case" "$WATCH_URL/plugin/$case/echo"
+        "$BENCH" rewrite --repo "$ROOT" "$SCRATCH/reload-plugins/$case" --times "$SWAPS" \
+            --interval-ms 500 &
+        REWRITER=$!
+        DURATION=${RELOAD_SECS}s run_wrk "reload-swap-$case" "$WATCH_URL/plugin/$case/echo"
+        wait "$REWRITER"
+    done
+    printf '\n%-34s %12s %10s %10s %8s\n' "reload under wrk -c$CONNECTIONS" "req/s" "p50" "p99" "errors"
+    for case in $RELOAD_CASES; do
+        for run in base swap; do
+            name="reload-$run-$case"
+            printf '%-34s %12s %10s %10s %8s\n' "$name" "$(rps "$name")" "$(pct "$name" 50%)" "$(pct "$name" 99%)" "$(errors "$name")"
+        done
+        awk -v b="$(rps "reload-base-$case")" -v s="$(rps "reload-swap-$case")" -v e="$(errors "reload-swap-$case")" -v c="$case" 'BEGIN {
+            printf "target: %s under %d rewrites: 0 errors and >= 0.8x throughput: %s (%d errors, %.2fx)\n", c, '"$SWAPS"', (e == 0 && s >= 0.8 * b ? "met" : "MISSED"), e, s / b
+        }'
+    done
+    [ -n "$RELOAD_ONLY" ] && exit 0
+fi
+
 section "HTTP: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, POST ${#PAYLOAD}-byte JSON"
 "$BENCH" make-plugins --repo "$ROOT" "$SCRATCH/plugins"
 start_server plugd "$PLUGD" serve --plugins "$SCRATCH/plugins" \
@@ -230,15 +283,6 @@ fi
 run_wrk axum-echo "$AXUM_URL/echo"
 
 # --- summary -----------------------------------------------------------------------------------
-rps() { awk '/^Requests\/sec:/ {print $2}' "$SCRATCH/wrk-$1.txt"; }
-pct() { awk -v p="$2" '$1 == p {print $2}' "$SCRATCH/wrk-$1.txt"; }
-errors() {
-    awk '/Non-2xx or 3xx responses:/ {n += $NF}
-         /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10}
-         END {print n + 0}' \
-        "$SCRATCH/wrk-$1.txt"
-}
-
 section "Summary"
 grep -E '^(target|host overhead|Python SDK overhead)' "$SCRATCH/latency.txt" || true
 if [ -f "$SCRATCH/wasm.txt" ]; then grep -E '^(target|host start)' "$SCRATCH/wasm.txt" || true; fi
