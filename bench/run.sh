@@ -251,6 +251,12 @@ if [ -n "$RELOAD" ]; then
         REWRITER=$!
         DURATION=${RELOAD_SECS}s run_wrk "reload-swap-$case" "$WATCH_URL/plugin/$case/echo"
         wait "$REWRITER"
+        # The swaps happened: the record keeps the newest 20, each must be a success.
+        "$PLUGD" --server "$WATCH_URL" --json status "$case" | python3 -c '
+import json, sys
+swaps = json.load(sys.stdin)["plugin"]["supervision"]["swaps"]
+print(f"    swaps on record (newest 20 kept): {len(swaps)}, failed: {sum(not s[\"ok\"] for s in swaps)}, "
+      f"p50 swap {sorted(s[\"took_ms\"] for s in swaps)[len(swaps) // 2]:.1f} ms")'
     done
     printf '\n%-34s %12s %10s %10s %8s\n' "reload under wrk -c$CONNECTIONS" "req/s" "p50" "p99" "errors"
     for case in $RELOAD_CASES; do

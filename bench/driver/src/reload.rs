@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 use plugd_host::{Host, HostConfig, PluginState, WatchConfig};
@@ -155,14 +155,21 @@ async fn until_answer(
     }
 }
 
-/// The newest swap the host recorded for `plugin`, checked to be a success.
-fn last_swap(host: &Host, plugin: &str) -> anyhow::Result<Duration> {
-    let info = host.plugin(plugin)?;
-    let swap = info.swaps.last().context("no swap recorded")?;
-    if let Err(e) = &swap.outcome {
-        bail!("The swap of `{plugin}` failed: {e}");
+/// The swap the host recorded for `plugin` that began after `since` (it is recorded once the old
+/// version has drained and stopped, a little after the new one answers), checked to be a success.
+async fn last_swap(host: &Host, plugin: &str, since: SystemTime) -> anyhow::Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = host.plugin(plugin)?;
+        if let Some(swap) = info.swaps.last().filter(|s| s.at >= since) {
+            if let Err(e) = &swap.outcome {
+                bail!("The swap of `{plugin}` failed: {e}");
+            }
+            return Ok(swap.took);
+        }
+        ensure!(Instant::now() < deadline, "No swap of `{plugin}` recorded");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok(swap.took)
 }
 
 fn row(name: &str, mut samples: Vec<Duration>) {
@@ -201,10 +208,10 @@ async fn python(config: &Config, scratch: &Path) -> anyhow::Result<()> {
         let (mut answer, mut swap) = (Vec::new(), Vec::new());
         for n in 1..=config.swaps {
             let next = Instant::now() + config.interval;
-            let since = Instant::now();
+            let (since, wall) = (Instant::now(), SystemTime::now());
             replace(&dir.join("main.py"), gen_py(n).as_bytes())?;
             answer.push(until_answer(&host, "gen", "which", &format!("\"generation\":{n}}}"), since).await?);
-            swap.push(last_swap(&host, "gen")?);
+            swap.push(last_swap(&host, "gen", wall).await?);
             tokio::time::sleep_until(next.into()).await;
         }
         let watch = p50(&answer) - p50(&swap);
@@ -239,7 +246,7 @@ async fn wasm(config: &Config, scratch: &Path) -> anyhow::Result<()> {
         for n in 1..=config.swaps {
             let next = Instant::now() + config.interval;
             let i = n % 2;
-            let since = Instant::now();
+            let (since, wall) = (Instant::now(), SystemTime::now());
             replace(&dir.join("plugin.wasm"), &builds[i])?;
             let want = if i == 0 { "build-A" } else { "build-B" };
             let took = until_answer(&host, HELLO_C_WASM, "build", want, since).await?;
@@ -248,7 +255,7 @@ async fn wasm(config: &Config, scratch: &Path) -> anyhow::Result<()> {
                 first.push(took);
             } else {
                 answer.push(took);
-                swap.push(last_swap(&host, HELLO_C_WASM)?);
+                swap.push(last_swap(&host, HELLO_C_WASM, wall).await?);
             }
             tokio::time::sleep_until(next.into()).await;
         }
