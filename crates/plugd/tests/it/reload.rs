@@ -192,7 +192,10 @@ fn swaps_recorded(server: &Server, name: &str, n: usize) -> Value {
             assert_eq!(len, n, "{record:#}");
             return record;
         }
-        assert!(Instant::now() < deadline, "{len} swaps, not {n}: {record:#}");
+        assert!(
+            Instant::now() < deadline,
+            "{len} swaps, not {n}: {record:#}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
