@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use plugd_manifest::{JSON_MANIFEST, Manifest, TOML_MANIFEST};
 use tokio::sync::Notify;
 
+use crate::registry::PluginState;
 use crate::supervision::Trigger;
 use crate::{Host, HostError};
 
@@ -109,7 +110,13 @@ impl Host {
             .read()
             .values()
             .find(|s| s.inner.lock().dir == dir)
-            .map(|s| s.name.clone());
+            .map(|s| (s.name.clone(), s.inner.lock().state()));
+        // The operator uninstalled it: an edit does not reinstall it (`load NAME` does).
+        if let Some((name, PluginState::Uninstalled)) = &known {
+            tracing::info!(plugin = %name, "package changed, but the plugin is uninstalled: not loading it; hint: `plugd load {name}`");
+            return;
+        }
+        let known = known.map(|(name, _)| name);
         let has_manifest = dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file();
         if !has_manifest {
             if let Some(name) = known {

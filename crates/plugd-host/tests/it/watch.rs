@@ -243,3 +243,25 @@ async fn faults_are_recorded_with_their_time_and_restart_clears_a_failed_plugin(
     // The record outlives the instance it was about.
     assert_eq!(restarted.faults.len(), 2);
 }
+
+#[tokio::test]
+async fn an_uninstalled_plugin_is_not_reinstalled_by_an_edit() {
+    let f = Fixture::new();
+    f.fake_plugin("a", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    host.uninstall("a", false).await.unwrap();
+    let _watching = host.watch(WatchConfig::default()).unwrap();
+    f.fake_plugin("a", "1.1.0", &[], "");
+    // Changes apply in the order they settled (by name within one tick): once `b` runs, the
+    // edit of `a`, written first, was handled.
+    f.fake_plugin("b", "1.0.0", &[], "");
+    eventually("b running", || {
+        host.plugin("b")
+            .is_ok_and(|p| p.state == PluginState::Running)
+    })
+    .await;
+    assert_eq!(info(&host, "a").state, PluginState::Uninstalled);
+    assert!(watch_swaps(&host, "a").is_empty());
+}
