@@ -25,13 +25,15 @@ impl Host {
     /// operations in progress, so nothing being staged or started is touched.
     pub async fn collect_garbage(&self) -> Result<Collected, HostError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
-        self.collect_locked().await
+        self.collect_locked(Scope::All).await
     }
 
     /// [`Host::collect_garbage`] for callers that hold the lifecycle lock; failures are logged,
-    /// never fatal to the operation that triggered the collection.
-    pub(crate) async fn collect_quietly(&self) {
-        match self.collect_locked().await {
+    /// never fatal to the operation that triggered the collection. `Scope::Packages` leaves the
+    /// runtimes' compiled code alone: after a reload, the version just replaced is the likeliest
+    /// next one (an undo, a rollback, an A/B swap), and recompiling it would cost the next swap.
+    pub(crate) async fn collect_quietly(&self, scope: Scope) {
+        match self.collect_locked(scope).await {
             Ok(c) if !c.packages.is_empty() || c.runtime_bytes > 0 => tracing::info!(
                 packages = c.packages.len(),
                 package_bytes = c.package_bytes,
@@ -43,7 +45,7 @@ impl Host {
         }
     }
 
-    async fn collect_locked(&self) -> Result<Collected, HostError> {
+    async fn collect_locked(&self, scope: Scope) -> Result<Collected, HostError> {
         let keep: HashSet<PathBuf> = self
             .inner
             .slots
@@ -58,7 +60,11 @@ impl Host {
             .map_err(|e| HostError::Io(format!("Garbage collection failed: {e}")))?
             .map_err(|e| HostError::Io(format!("Garbage collection failed: {e}")))?;
         let mut runtime_bytes = 0;
-        for runtime in self.inner.runtimes.values() {
+        let runtimes = match scope {
+            Scope::All => self.inner.runtimes.values().collect(),
+            Scope::Packages => Vec::new(),
+        };
+        for runtime in runtimes {
             runtime_bytes += runtime
                 .collect_garbage()
                 .await
@@ -70,4 +76,13 @@ impl Host {
             runtime_bytes,
         })
     }
+}
+
+/// What a collection removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Staged copies and the runtimes' unused compiled code.
+    All,
+    /// Staged copies only.
+    Packages,
 }

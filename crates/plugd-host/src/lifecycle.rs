@@ -204,7 +204,7 @@ impl Host {
         }
         self.start_retention();
         // What a previous run left (old staged copies, compiled code) goes now.
-        self.collect_quietly().await;
+        self.collect_quietly(crate::gc::Scope::All).await;
         Ok(())
     }
 
@@ -551,7 +551,7 @@ impl Host {
         if let Some(old) = old {
             self.drain_and_stop(&slot, old).await;
         }
-        self.collect_quietly().await;
+        self.collect_quietly(crate::gc::Scope::Packages).await;
         self.plugin(name)
     }
 
@@ -611,7 +611,7 @@ impl Host {
                 "Uninstalled; its data dir, kv and params were removed"
             },
         );
-        self.collect_quietly().await;
+        self.collect_quietly(crate::gc::Scope::All).await;
         Ok(Unloaded {
             plugin: slot.info(),
             also_stopped,

@@ -53,6 +53,8 @@ pub struct Script {
     /// Deliveries of topics starting with `fail.` that fail before one succeeds (per plugin);
     /// `u32::MAX`: always.
     pub event_failures: Mutex<HashMap<String, u32>>,
+    /// Times the host asked the runtime to collect its unused compiled code.
+    pub collections: AtomicUsize,
     starts: AtomicUsize,
 }
 
@@ -66,6 +68,7 @@ impl Script {
     pub fn new() -> Arc<Self> {
         Arc::new(Script {
             fail_start: Default::default(),
+            collections: Default::default(),
             gate: Arc::new(Semaphore::new(0)),
             live_calls: Default::default(),
             health: Default::default(),
@@ -106,6 +109,11 @@ pub struct FakeRuntime {
 impl Runtime for FakeRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Process
+    }
+
+    async fn collect_garbage(&self) -> Result<u64, String> {
+        self.script.collections.fetch_add(1, Ordering::SeqCst);
+        Ok(0)
     }
 
     async fn start(

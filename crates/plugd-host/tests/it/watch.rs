@@ -1,6 +1,7 @@
 //! Hot reload from disk (`Host::watch`) and the supervision record, through the fake runtime:
 //! real packages on disk, real inotify (and polling), no child processes.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use plugd_host::{Host, PluginState, Trigger, WatchConfig, WatchMode};
@@ -264,4 +265,21 @@ async fn an_uninstalled_plugin_is_not_reinstalled_by_an_edit() {
     .await;
     assert_eq!(info(&host, "a").state, PluginState::Uninstalled);
     assert!(watch_swaps(&host, "a").is_empty());
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_compiled_code_of_the_version_it_replaced() {
+    let f = Fixture::new();
+    f.fake_plugin("a", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let at_start = script.collections.load(Ordering::SeqCst);
+    assert!(at_start > 0, "the start collects what a previous run left");
+    f.fake_plugin("a", "1.1.0", &[], "");
+    host.reload("a").await.unwrap();
+    // Staged copies go, compiled code stays: swapping back must not recompile.
+    assert_eq!(script.collections.load(Ordering::SeqCst), at_start);
+    host.collect_garbage().await.unwrap();
+    assert_eq!(script.collections.load(Ordering::SeqCst), at_start + 1);
 }
