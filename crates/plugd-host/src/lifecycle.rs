@@ -452,8 +452,15 @@ impl Host {
             name: name.to_owned(),
         })?;
         let Some(slot) = self.inner.slot(name) else {
-            // Not known yet: a reload of a new package is a load.
+            // Not known yet: a reload of a new package is a load, unless the operator
+            // uninstalled it (in an earlier run): `plugd load NAME` reinstalls.
+            let uninstalled = fresh.uninstalled.contains(name);
             *resolution = self.apply_plan(fresh);
+            if uninstalled {
+                return Err(HostError::CannotLoad(format!(
+                    "Plugin `{name}` is uninstalled; hint: `plugd load {name}` installs and starts it again"
+                )));
+            }
             self.ensure_running(resolution, name).await?;
             return self.plugin(name);
         };

@@ -324,7 +324,13 @@ async fn apply_changes(host: Host, root: PathBuf, pending: Arc<Pending>, debounc
             for entry in &ready {
                 changed.remove(entry);
             }
-            let next = changed.values().map(|at| *at + debounce).min();
+            let next = changed
+                .values()
+                .map(|at| {
+                    at.checked_add(debounce)
+                        .unwrap_or(*at + Duration::from_secs(3600))
+                })
+                .min();
             (ready, next)
         };
         let mut ready = ready;

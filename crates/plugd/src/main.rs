@@ -408,11 +408,11 @@ struct ServeArgs {
     /// Watch by polling every MS milliseconds instead of with inotify (file systems without
     /// inotify, e.g. some network mounts); implies `--watch`. Without it plugd falls back to
     /// polling every 500 ms by itself when inotify cannot watch (limit reached).
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
     watch_poll: Option<u64>,
     /// How long a package must stay unchanged before the watcher reloads it, in milliseconds
     /// (a `git checkout` of many files becomes one reload per plugin).
-    #[arg(long, value_name = "MS", default_value_t = 20)]
+    #[arg(long, value_name = "MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     watch_debounce: u64,
     /// Development mode: `--watch`, and every plugin log line, debug included, in the terminal.
     #[arg(long)]
@@ -488,7 +488,7 @@ struct DevArgs {
     #[arg(long = "child-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     child_env: Vec<(String, String)>,
     /// Watch by polling every MS milliseconds instead of with inotify.
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
     watch_poll: Option<u64>,
     /// The host's configuration file (`plugd.toml`), as for `serve`.
     #[arg(long, env = "PLUGD_CONFIG", value_name = "FILE")]
