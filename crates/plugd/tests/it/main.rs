@@ -62,9 +62,7 @@ impl Server {
     /// Starts `plugd serve --listen 127.0.0.1:0 ARGS...` in `cwd`, its log in `log`, and waits
     /// until its first start wave is done.
     fn spawn(cwd: &Path, args: &[&OsStr], log: &Path) -> Server {
-        let mut server = Server::spawn_unready(cwd, args, log);
-        server.wait_ready();
-        server
+        Server::spawn_command(cwd, "serve", args, &[], log)
     }
 
     /// Starts `plugd serve` like [`Server::spawn`] but returns as soon as it listens (the URL is
