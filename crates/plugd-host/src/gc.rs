@@ -1,5 +1,5 @@
 //! Garbage collection of what plugins leave on disk: staged package copies that no running
-//! version uses (each reload makes one) and the runtimes' caches (compiled wasm). Runs at start,
+//! or draining version uses (each reload makes one) and the runtimes' caches (compiled wasm). Runs at start,
 //! after each reload, and on demand (`plugd gc`).
 
 use std::collections::HashSet;
@@ -51,7 +51,10 @@ impl Host {
             .slots
             .read()
             .values()
-            .filter_map(|slot| slot.running())
+            .flat_map(|slot| {
+                let draining = slot.draining.lock().clone();
+                slot.running().into_iter().chain(draining)
+            })
             .map(|generation| generation.package_dir.clone())
             .collect();
         let root = self.inner.config.staging_dir();

@@ -512,6 +512,8 @@ impl Host {
                 )));
             }
         }
+        // Running plugins that depend on this one: the only ones whose fate this reload decides.
+        let dependants = resolution.dependants(name);
         let (dir, manifest) = new_manifest;
         let staged = self
             .stage(&pname, &dir, &manifest)
@@ -536,9 +538,14 @@ impl Host {
         self.subscribe(&slot, generation.manifest.events.subscribe.clone())
             .await;
         *resolution = self.apply_plan(fresh);
-        // Running plugins the new plan cannot hold (a dependant whose requirement the new version
-        // breaks) stop, with the reason; every other plugin keeps running untouched.
+        // Dependants the new plan cannot hold (their requirement the new version breaks) stop,
+        // with the reason. Every other plugin keeps running untouched, even one the new plan
+        // fails for its own reasons (a copy of it dropped beside it, its own package edited into
+        // a broken state): those take effect when that plugin itself is reloaded or restarted.
         for (other, error) in resolution.failed() {
+            if !dependants.contains(other) {
+                continue;
+            }
             let Some(oslot) = self.inner.slot(other.as_str()) else {
                 continue;
             };
@@ -556,7 +563,12 @@ impl Host {
             }
         }
         if let Some(old) = old {
-            self.drain_and_stop(&slot, old).await;
+            // The replaced version drains outside the lifecycle lock: its calls may run for their
+            // whole deadline, and other plugins' operations must not wait for them.
+            slot.draining.lock().push(old.clone());
+            let host = self.clone();
+            let slot = slot.clone();
+            tokio::spawn(async move { host.drain_and_stop(&slot, old).await });
         }
         self.collect_quietly(crate::gc::Scope::Packages).await;
         self.plugin(name)
@@ -988,7 +1000,13 @@ impl Host {
     }
 
     /// Stops one plugin if it runs. Idempotent.
+    /// Versions a reload replaced that are still draining stop with it.
     async fn stop_slot(&self, slot: &Arc<Slot>, reason: &str) {
+        let draining = std::mem::take(&mut *slot.draining.lock());
+        let replaced = draining
+            .into_iter()
+            .map(|old| self.stop_generation(slot, old, reason));
+        futures::future::join_all(replaced).await;
         let running = slot.inner.lock().begin_stop(reason);
         let Some(generation) = running else {
             return;
@@ -1012,10 +1030,21 @@ impl Host {
     }
 
     /// Lets the calls running on a replaced generation finish (at most its call deadline plus
-    /// the stop grace), then stops it.
+    /// the stop grace), then stops it, unless a stop of the plugin took it out of the slot's
+    /// `draining` list (and stopped it) first.
     async fn drain_and_stop(&self, slot: &Slot, old: Arc<Generation>) {
         let deadline = old.manifest.limits.call_timeout + self.inner.config.stop_grace;
-        if tokio::time::timeout(deadline, old.drained()).await.is_err() {
+        let timed_out = tokio::time::timeout(deadline, old.drained()).await.is_err();
+        let ours = {
+            let mut draining = slot.draining.lock();
+            let before = draining.len();
+            draining.retain(|g| !Arc::ptr_eq(g, &old));
+            draining.len() < before
+        };
+        if !ours {
+            return;
+        }
+        if timed_out {
             slot.push_log(
                 LogSource::Runtime,
                 LogLevel::Warn,
@@ -1027,6 +1056,10 @@ impl Host {
         }
         self.stop_generation(slot, old, "replaced by a reload")
             .await;
+        // Its staged copy is garbage now; collect under the lock, so nothing being staged is
+        // touched.
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        self.collect_quietly(crate::gc::Scope::Packages).await;
     }
 
     /// Re-reads the plugins directory and applies it to the registry (running plugins keep

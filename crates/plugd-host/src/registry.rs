@@ -241,6 +241,9 @@ pub(crate) struct Slot {
     pub phase_changed: Notify,
     /// Faults and version swaps, across generations.
     pub supervision: Mutex<crate::supervision::Record>,
+    /// Generations replaced by a reload whose calls are still finishing. Whoever takes one out
+    /// of this list stops it: the drain task when its calls are done, or a stop of the plugin.
+    pub draining: Mutex<Vec<Arc<Generation>>>,
 }
 
 pub(crate) struct SlotInner {
@@ -432,6 +435,7 @@ impl Slot {
                 crate::events::EMIT_BURST,
             )),
             phase_changed: Notify::new(),
+            draining: Mutex::new(Vec::new()),
             supervision: Mutex::new(Default::default()),
         })
     }

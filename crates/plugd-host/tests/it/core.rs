@@ -170,28 +170,72 @@ async fn a_reload_drops_no_call_and_drains_the_old_version() {
         .collect();
     eventually("calls running", || info(&host, "a").in_flight == 3).await;
     f.fake_plugin("a", "2.0.0", &[], "");
-    let h = host.clone();
-    let reload = tokio::spawn(async move { h.reload("a").await });
+    f.fake_plugin("b", "1.0.0", &[], "");
+    // The reload returns once the new version serves: the old one drains outside the lifecycle
+    // lock, so other plugins' operations do not wait for its calls (up to their deadline).
+    let reloaded = tokio::time::timeout(Duration::from_secs(5), host.reload("a")).await;
+    assert!(reloaded.expect("the reload waited for the drain").is_ok());
+    let loaded = tokio::time::timeout(Duration::from_secs(5), host.load("b")).await;
+    assert!(
+        loaded
+            .expect("a load waited for another plugin's drain")
+            .is_ok()
+    );
     // New calls already go to the new version while the old one drains.
-    eventually("switched", || {
-        info(&host, "a").manifest.unwrap().version.to_string() == "2.0.0"
-    })
-    .await;
     let fresh = call(&host, "a", "echo", "1").await.unwrap();
     assert!(fresh.contains("2.0.0"), "{fresh}");
     assert!(
         script.stopped.lock().is_empty(),
         "the old version drains first"
     );
+    // Garbage collection keeps the package the draining version runs from (a, its new
+    // version, and b: three staged copies).
+    let collected = host.collect_garbage().await.unwrap();
+    assert!(collected.packages.is_empty(), "{:?}", collected.packages);
+    let staged = std::fs::read_dir(f.dir.path().join("state/packages")).unwrap();
+    assert_eq!(staged.count(), 3);
     script.gate.add_permits(3);
     for h in held {
         let answer = h.await.unwrap().unwrap();
         assert!(answer.contains("1.0.0"), "{answer}");
     }
-    reload.await.unwrap().unwrap();
+    eventually("the old version stopped", || {
+        !script.stopped.lock().is_empty()
+    })
+    .await;
     let stopped = script.stopped.lock().clone();
     assert_eq!(stopped.len(), 1);
     assert!(stopped[0].starts_with("a@1.0.0#"), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn a_draining_version_stops_with_its_plugin() {
+    let f = Fixture::new();
+    f.fake_plugin("a", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let h = host.clone();
+    let held = tokio::spawn(async move { call(&h, "a", "wait", "7").await });
+    eventually("call running", || info(&host, "a").in_flight == 1).await;
+    f.fake_plugin("a", "2.0.0", &[], "");
+    host.reload("a").await.unwrap();
+    // Unloading stops the running version and the draining one, without waiting for its call.
+    tokio::time::timeout(Duration::from_secs(5), host.unload("a"))
+        .await
+        .expect("the unload waited for the drain")
+        .unwrap();
+    let mut stopped = script.stopped.lock().clone();
+    stopped.sort();
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    assert!(stopped[0].starts_with("a@1.0.0#"), "{stopped:?}");
+    assert!(stopped[1].starts_with("a@2.0.0#"), "{stopped:?}");
+    // The held call ends (the fake's gate opens); the drain task finds nothing left to stop.
+    script.gate.add_permits(1);
+    let _ = held.await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(script.stopped.lock().len(), 2, "stopped once each");
+    host.shutdown().await;
 }
 
 #[tokio::test]
@@ -585,8 +629,9 @@ async fn reloads_leave_one_staged_copy_and_gc_removes_unused_ones() {
         f.fake_plugin("a", v, &[], "");
         host.reload("a").await.unwrap();
     }
+    // Each replaced version's copy goes once it has drained and stopped.
+    eventually("replaced copies collected", || staged().len() == 1).await;
     let left = staged();
-    assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].starts_with("a-1.3.0-"), "{left:?}");
     // Once nothing runs from it, an explicit collection removes it.
     host.unload("a").await.unwrap();
@@ -774,7 +819,7 @@ default = "fast"
 /// serves, is validated by the new version's schema and delivered to it; an uninstalled plugin
 /// takes no params (its stored ones were just removed; a reinstall starts clean).
 #[tokio::test]
-async fn a_params_change_waits_for_a_reload_and_meets_the_new_schema() {
+async fn a_params_change_meets_the_schema_of_the_version_that_serves() {
     use serde_json::json;
     let f = Fixture::new();
     let params = "[params]\ntype = \"object\"\n[params.properties.batch_size]\ntype = \"integer\"\nminimum = 1\ndefault = 8\n";
@@ -782,7 +827,7 @@ async fn a_params_change_waits_for_a_reload_and_meets_the_new_schema() {
     let script = Script::new();
     let host = f.fake_host(&script);
     host.start().await.unwrap();
-    // A call holds the old version, so the reload stays in its drain (holding the lock).
+    // A call holds the old version, so it stays draining after the reload switched.
     let h = host.clone();
     let held = tokio::spawn(async move { call(&h, "gallery", "wait", "1").await });
     eventually("call running", || info(&host, "gallery").in_flight == 1).await;
@@ -792,29 +837,16 @@ async fn a_params_change_waits_for_a_reload_and_meets_the_new_schema() {
         &[],
         &params.replace("minimum = 1", "minimum = 1\nmaximum = 16"),
     );
-    let h = host.clone();
-    let reload = tokio::spawn(async move { h.reload("gallery").await });
-    eventually("switched", || {
-        info(&host, "gallery").manifest.unwrap().version.to_string() == "2.0.0"
-    })
-    .await;
-    // 32 fits version 1's schema, not version 2's.
-    let h = host.clone();
-    let mut change = tokio::spawn(async move {
-        h.set_params("gallery", json!({"batch_size": 32}), "test")
-            .await
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut change)
-            .await
-            .is_err(),
-        "the change waits while the reload drains the old version"
-    );
+    host.reload("gallery").await.unwrap();
+    // 32 fits version 1's schema, not version 2's: a change made while version 1 drains is
+    // checked against the version that serves.
+    let refused = host
+        .set_params("gallery", json!({"batch_size": 32}), "test")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "bad_params", "{refused}");
     script.gate.add_permits(1);
     held.await.unwrap().unwrap();
-    reload.await.unwrap().unwrap();
-    let refused = change.await.unwrap().unwrap_err();
-    assert_eq!(refused.code(), "bad_params", "{refused}");
     assert!(host.params_history("gallery", 10).await.unwrap().is_empty());
     let fits = host
         .set_params("gallery", json!({"batch_size": 12}), "test")
@@ -1047,4 +1079,41 @@ async fn uninstall_removes_the_data_and_keeps_the_plugin_down_until_load() {
         f.plugins().join("store/plugin.toml").exists(),
         "the package is the operator's"
     );
+}
+
+#[tokio::test]
+async fn a_copy_dropped_beside_a_running_plugin_stops_nothing() {
+    let f = Fixture::new();
+    f.fake_plugin("a", "1.0.0", &[], "");
+    f.fake_plugin("b", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let copy = f.plugins().join("a-copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::copy(f.plugins().join("a/plugin.toml"), copy.join("plugin.toml")).unwrap();
+
+    // Reloading another plugin leaves `a` serving: the duplicate is `a`'s business.
+    f.fake_plugin("b", "1.1.0", &[], "");
+    host.reload("b").await.unwrap();
+    assert_eq!(info(&host, "a").state, PluginState::Running);
+    assert!(
+        call(&host, "a", "echo", "1")
+            .await
+            .unwrap()
+            .contains("1.0.0")
+    );
+    assert!(script.stopped.lock().iter().all(|s| !s.starts_with("a@")));
+
+    // Reloading `a` itself is refused, naming both directories; the running version serves on.
+    let err = host.reload("a").await.unwrap_err().to_string();
+    assert!(err.contains("keeps serving"), "{err}");
+    assert!(err.contains("a-copy"), "{err}");
+    assert!(
+        call(&host, "a", "echo", "1")
+            .await
+            .unwrap()
+            .contains("1.0.0")
+    );
+    host.shutdown().await;
 }
