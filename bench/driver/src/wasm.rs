@@ -355,6 +355,8 @@ fn spec(source: &Path, scratch: &Path, name: &str) -> anyhow::Result<InstanceSpe
         package_dir: source.to_path_buf(),
         data_dir,
         params: serde_json::json!({}),
+        python_env: None,
+        http_socket: None,
     })
 }
 

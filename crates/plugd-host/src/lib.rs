@@ -12,11 +12,13 @@ mod ceilings;
 mod error;
 mod events;
 mod gc;
+mod http;
 mod kv;
 mod lifecycle;
 mod logs;
 mod params;
 mod policy;
+mod pyenv;
 mod quota;
 mod registry;
 mod results;
@@ -42,6 +44,7 @@ pub use events::{
     EventRecord, MAX_EVENT_PAYLOAD, MAX_HOPS, Published, SubscriberInfo, topic_matches,
 };
 pub use gc::Collected;
+pub use http::{HttpEndpoint, HttpRoute, MAX_SOCKET_PATH};
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};
 pub use params::ParamsView;

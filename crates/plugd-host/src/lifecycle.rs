@@ -124,6 +124,8 @@ pub(crate) struct Staged {
     manifest: Arc<Manifest>,
     dir: PathBuf,
     trust: TrustLevel,
+    /// The private Python environment built for the package's dependencies, if it has any.
+    python_env: Option<PathBuf>,
 }
 
 impl Host {
@@ -132,6 +134,8 @@ impl Host {
     /// is marked failed with its reason and takes down only its dependants; the rest serve.
     pub async fn start(&self) -> Result<(), HostError> {
         let mut resolution = self.inner.lifecycle.lock().await;
+        // Sockets of an earlier run's plugins (their processes are gone).
+        self.clear_http_sockets();
         *resolution = self.refresh().await?;
         let waves = resolution.waves().to_vec();
         for wave in waves {
@@ -798,6 +802,7 @@ impl Host {
             manifest,
             dir,
             trust,
+            python_env,
         } = staged;
         let Some(runtime) = self.inner.runtimes.get(&manifest.runtime).cloned() else {
             return Err(format!(
@@ -837,11 +842,23 @@ impl Host {
             tracing::warn!(plugin = %slot.name, "{note}");
         }
         let notes: Vec<String> = clamped.into_iter().chain(params_note).collect();
+        let id = slot.inner.lock().next_generation();
+        let http_socket = match &granted.http {
+            Some(http) => {
+                if let Some(mount) = &http.mount {
+                    self.check_mount(&slot.name, mount)?;
+                }
+                Some(self.http_socket_path(&slot.name)?)
+            }
+            None => None,
+        };
         let spec = InstanceSpec {
             params,
             manifest: granted.clone(),
             package_dir: dir.clone(),
             data_dir,
+            python_env,
+            http_socket: http_socket.clone(),
         };
         let services = Arc::new(PluginServices::new(self, slot, &manifest, granted.clone()));
         let instance = runtime
@@ -876,9 +893,9 @@ impl Host {
                 tracing::warn!(plugin = %slot.name, "{warning}");
             }
         }
-        let id = slot.inner.lock().next_generation();
         Ok(Arc::new(Generation {
             id,
+            http_socket,
             notes,
             package_dir: dir,
             instance,
@@ -992,10 +1009,14 @@ impl Host {
             },
             Trust::Unsigned => TrustLevel::Untrusted,
         };
+        let python_env = self
+            .python_env(name, staged.dir(), &manifest, &trust)
+            .await?;
         Ok(Staged {
             manifest: Arc::new(manifest),
             dir: staged.dir().to_owned(),
             trust,
+            python_env,
         })
     }
 
@@ -1018,6 +1039,7 @@ impl Host {
     /// Stops one generation (already detached from the slot's phase) and logs it.
     async fn stop_generation(&self, slot: &Slot, generation: Arc<Generation>, reason: &str) {
         generation.instance.stop(self.inner.config.stop_grace).await;
+        Self::remove_http_socket(&generation);
         slot.push_log(
             LogSource::Runtime,
             LogLevel::Info,

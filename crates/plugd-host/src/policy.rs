@@ -38,6 +38,12 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
                 "Denied application service `app:{app}` for untrusted plugin `{name}`; hint: sign the package"
             ));
         }
+        if let Some(port) = granted.http.as_mut().and_then(|h| h.expose.take()) {
+            denials.push(format!(
+                "Denied `[http] expose = {port}` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+            ));
+        }
+        let perms = &mut granted.permissions;
         perms.services.retain(|s| {
             let ok = UNTRUSTED_SERVICES.contains(s);
             if !ok {
@@ -68,6 +74,9 @@ entry = ["python3", "main.py"]
 net.connect = ["api.example.org:443"]
 env = ["TOKEN"]
 services = ["kv", "events", "tasks", "plugins", "http", "app:db"]
+[http]
+mount = "/net"
+expose = 10000
 "#,
         )
         .unwrap();
@@ -78,6 +87,19 @@ services = ["kv", "events", "tasks", "plugins", "http", "app:db"]
         let (untrusted, denials) = effective(&manifest, &TrustLevel::Untrusted);
         assert!(untrusted.permissions.net_connect.is_empty());
         assert!(untrusted.permissions.env.is_empty());
+        let http = untrusted.http.as_ref().unwrap();
+        assert_eq!(http.expose, None, "an untrusted plugin is never exposed");
+        assert_eq!(
+            http.mount.as_deref(),
+            Some("/net"),
+            "mounting needs no trust"
+        );
+        assert!(
+            denials
+                .iter()
+                .any(|d| d.contains("`[http] expose = 10000`")),
+            "{denials:?}"
+        );
         assert_eq!(
             untrusted.permissions.services,
             [

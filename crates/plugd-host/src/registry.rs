@@ -160,6 +160,9 @@ pub(crate) struct Generation {
     pub instance: Arc<dyn Instance>,
     /// The verified, staged copy it runs from (kept by garbage collection while it runs).
     pub package_dir: PathBuf,
+    /// The Unix socket of its HTTP side (`[http]`), one per generation, so a reload switches
+    /// HTTP traffic in the same step as calls.
+    pub http_socket: Option<PathBuf>,
     /// What the operator should know about how it was started (clamped limits, params reset).
     pub notes: Vec<String>,
     /// The manifest as granted (permissions narrowed by trust).

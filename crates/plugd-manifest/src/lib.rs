@@ -144,6 +144,10 @@ pub struct Manifest {
     pub actions: Vec<ActionSpec>,
     /// Event subscriptions.
     pub events: Events,
+    /// Python dependencies (`[python]`); the package's `requirements.txt` is read by the host.
+    pub python: Python,
+    /// The plugin's own HTTP side (`[http]`), if it serves one.
+    pub http: Option<Http>,
     /// Which file this came from.
     pub format: ManifestFormat,
     /// Non-fatal findings (e.g. ignored seed keys), each a user-facing sentence.
@@ -226,6 +230,40 @@ pub struct Events {
     /// Topics this plugin receives (exact match, or a prefix ending in `.*`).
     pub subscribe: Vec<String>,
 }
+
+/// Python dependencies of a process plugin.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Python {
+    /// Requirement specifiers (PEP 508, like `fastapi>=0.110`), as written. Options (`-r`,
+    /// `--index-url`, `-e`) are refused. Empty: none here (the package may still ship a
+    /// `requirements.txt`).
+    pub requirements: Vec<String>,
+}
+
+/// The plugin serves HTTP (and WebSocket) itself; the host proxies to it over a Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http {
+    /// Extra path prefix on the host's server, like `/client-manager` (the plugin is always
+    /// reachable under `/plugins/NAME`). Starts with `/`, no trailing `/`, never a path the
+    /// host serves itself (see [`RESERVED_PATHS`]).
+    pub mount: Option<String>,
+    /// A TCP port the host listens on and forwards to the plugin, when the operator allows it.
+    pub expose: Option<u16>,
+    /// A path of the plugin's HTTP side the host polls for its health, like `/health`.
+    pub health: Option<String>,
+}
+
+/// First path segments the host serves itself: no plugin's `[http] mount` may start with one.
+pub const RESERVED_PATHS: &[&str] = &[
+    "/api",
+    "/plugin",
+    "/plugins",
+    "/ui",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+];
 
 impl Default for Limits {
     fn default() -> Self {

@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 use crate::suggest::did_you_mean;
 use crate::units::{DURATION_HINT, SIZE_HINT};
 use crate::{
-    ActionName, ActionSpec, Events, Limits, Manifest, ManifestError, ManifestFormat, Permissions,
-    PluginKind, PluginName, RuntimeKind, SCHEMA_VERSION, Schema, Service, Version, VersionReq,
+    ActionName, ActionSpec, Events, Http, Limits, Manifest, ManifestError, ManifestFormat,
+    Permissions, PluginKind, PluginName, Python, RuntimeKind, SCHEMA_VERSION, Schema, Service,
+    Version, VersionReq,
 };
 
 /// The seed's implicit entry, used when `plugin.json` has none.
@@ -29,6 +30,8 @@ const TOML_TOP_KEYS: &[&str] = &[
     "params",
     "actions",
     "events",
+    "python",
+    "http",
 ];
 const PLUGIN_KEYS: &[&str] = &[
     "name",
@@ -55,6 +58,8 @@ const JSON_TOP_KEYS: &[&str] = &[
     "params",
     "actions",
     "events",
+    "python",
+    "http",
 ];
 const PERMISSION_KEYS: &[&str] = &["fs.read", "net.connect", "env", "services", "imports"];
 const LIMIT_KEYS: &[&str] = &[
@@ -69,6 +74,8 @@ const LIMIT_KEYS: &[&str] = &[
 ];
 const ACTION_KEYS: &[&str] = &["name", "description", "input", "hooks"];
 const EVENT_KEYS: &[&str] = &["subscribe"];
+const PYTHON_KEYS: &[&str] = &["requirements"];
+const HTTP_KEYS: &[&str] = &["mount", "expose", "health"];
 
 /// Every key the reader accepts, as dotted paths (`limits.memory`, `actions.input`): the top-level
 /// keys of the format, then the keys of each sub-table. `dependencies` and `params` are free-form
@@ -86,6 +93,8 @@ pub(crate) fn known_keys(format: ManifestFormat) -> Vec<String> {
             "limits" => LIMIT_KEYS,
             "actions" => ACTION_KEYS,
             "events" => EVENT_KEYS,
+            "python" => PYTHON_KEYS,
+            "http" => HTTP_KEYS,
             _ => {
                 keys.push((*top).to_owned());
                 continue;
@@ -401,6 +410,14 @@ impl Reader {
             Some(t) => events(&t)?,
             None => Events::default(),
         };
+        let python = match top.table("python", top.child_label("python"))? {
+            Some(t) => python(&t, identity.runtime)?,
+            None => Python::default(),
+        };
+        let http = match top.table("http", top.child_label("http"))? {
+            Some(t) => Some(http(&t, identity.runtime)?),
+            None => None,
+        };
         let Identity {
             name,
             version,
@@ -425,6 +442,8 @@ impl Reader {
             params,
             actions,
             events,
+            python,
+            http,
             format: self.format,
             warnings: self.warnings,
             params_schema,
@@ -1054,6 +1073,112 @@ fn events(t: &Table<'_>) -> R<Events> {
         )));
     }
     Ok(Events { subscribe })
+}
+
+fn python(t: &Table<'_>, runtime: RuntimeKind) -> R<Python> {
+    t.deny_unknown(PYTHON_KEYS)?;
+    if runtime != RuntimeKind::Process {
+        return Err(Invalid::new(format!(
+            "{} is for process plugins; this plugin's runtime is `{runtime}`",
+            t.label
+        ))
+        .hint("a wasm component carries its dependencies inside it: remove the table"));
+    }
+    let requirements = t.strings("requirements")?;
+    for req in &requirements {
+        let trimmed = req.trim();
+        if trimmed.is_empty() || trimmed.contains(['\n', '\r']) {
+            return Err(Invalid::new(format!(
+                "Invalid requirement `{}` in `requirements` of {}: it must be one non-blank line",
+                req.escape_debug(),
+                t.label
+            )));
+        }
+        if trimmed.starts_with('-') {
+            return Err(Invalid::new(format!(
+                "Requirement `{trimmed}` in `requirements` of {} is an installer option, which plugd does not pass on",
+                t.label
+            ))
+            .hint("list package requirements only, like `fastapi>=0.110`; plugd resolves them from the index it is configured with"));
+        }
+    }
+    Ok(Python { requirements })
+}
+
+fn http(t: &Table<'_>, runtime: RuntimeKind) -> R<Http> {
+    t.deny_unknown(HTTP_KEYS)?;
+    if runtime != RuntimeKind::Process {
+        return Err(Invalid::new(format!(
+            "{} is for process plugins; wasm components cannot serve HTTP in plugd yet",
+            t.label
+        ))
+        .hint("serve HTTP from a process plugin (Python: `plugin.serve_asgi(app)`), or remove the table"));
+    }
+    let path = |key: &str| -> R<Option<String>> {
+        let Some(p) = t.string(key)? else {
+            return Ok(None);
+        };
+        let valid = p.starts_with('/')
+            && p.len() > 1
+            && !p.ends_with('/')
+            && p[1..].split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+            });
+        if !valid {
+            return Err(Invalid::new(format!(
+                "Invalid path `{p}` for `{key}` in {}",
+                t.label
+            ))
+            .hint("write an absolute URL path like `/client-manager`: `/`-separated segments of letters, digits, `-`, `.`, `_` and `~`, no trailing `/`"));
+        }
+        Ok(Some(p.to_owned()))
+    };
+    let mount = path("mount")?;
+    if let Some(m) = &mount {
+        let first = m
+            .split('/')
+            .nth(1)
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        if crate::RESERVED_PATHS.contains(&first.as_str()) {
+            return Err(Invalid::new(format!(
+                "`mount = \"{m}\"` in {} would shadow `{first}`, which the host serves itself",
+                t.label
+            ))
+            .hint(format!(
+                "pick another prefix; the host keeps {}",
+                crate::RESERVED_PATHS
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let expose = match t.get("expose") {
+        None => None,
+        Some(Value::Number(n)) => match n.as_u64().filter(|p| (1..=65535).contains(p)) {
+            Some(port) => Some(port as u16),
+            None => {
+                return Err(Invalid::new(format!(
+                    "Key `expose` in {} must be a TCP port from 1 to 65535, found `{n}`",
+                    t.label
+                )));
+            }
+        },
+        Some(other) => return Err(t.type_error("expose", "a TCP port number", other)),
+    };
+    let health = path("health")?;
+    Ok(Http {
+        mount,
+        expose,
+        health,
+    })
 }
 
 /// `word(.word)*` with an optional trailing `.*`; words are `[a-z0-9_-]+`.

@@ -2,7 +2,7 @@
 //! group, and death with the host.
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,6 +34,16 @@ pub(crate) fn resolve_program(
         return Err("its manifest has an empty `entry`".to_owned());
     };
     let args = entry[1..].to_vec();
+    // A program the plugin's own Python environment provides (its `python3`, a console script)
+    // comes first.
+    if let Some(env) = &spec.python_env
+        && !program.contains('/')
+    {
+        let candidate = env.join("bin").join(program);
+        if is_executable(&candidate) {
+            return Ok((candidate, args));
+        }
+    }
     if program.contains('/') {
         let path = spec.package_dir.join(program);
         if !path.is_file() {
@@ -73,6 +83,35 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     let (parent_end, child_end) =
         StdUnixStream::pair().map_err(|e| format!("cannot create its socket pair: {e}"))?;
 
+    // The HTTP side's listening socket: bound here (a stale file from a crashed child goes
+    // first), handed to the child as fd 4; the host connects to the path.
+    let http_listener = match &spec.http_socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+                format!("cannot listen on its HTTP socket `{}`: {e}", path.display())
+            })?;
+            // Above the fds the child hook moves into place (3 and 4), so neither `dup2`
+            // overwrites it before it is copied.
+            let high = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| {
+                    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one we own.
+                    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+                    if raw < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+                    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+                })
+                .map_err(|e| format!("cannot pass its HTTP socket: {e}"))?;
+            Some(high)
+        }
+        None => None,
+    };
+    let http_fd = http_listener.as_ref().map(|l| l.as_raw_fd());
+
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .current_dir(&spec.package_dir)
@@ -93,6 +132,23 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(env) = &spec.python_env {
+        let base_path = config
+            .base_env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let mut path = std::ffi::OsString::from(env.join("bin"));
+        if !base_path.is_empty() {
+            path.push(":");
+            path.push(base_path);
+        }
+        cmd.env("PATH", path).env("VIRTUAL_ENV", env);
+    }
+    if http_fd.is_some() {
+        cmd.env("PLUGD_HTTP_FD", plugd_protocol::HTTP_FD.to_string());
+    }
     for name in &spec.manifest.permissions.env {
         if let Some(value) = std::env::var_os(name) {
             cmd.env(name, value);
@@ -120,6 +176,19 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
                 }
             } else if libc::dup2(child_fd, fd) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(listener) = http_fd {
+                let target = plugd_protocol::HTTP_FD;
+                if listener == target {
+                    let flags = libc::fcntl(target, libc::F_GETFD);
+                    if flags < 0
+                        || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(listener, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -166,6 +235,8 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .spawn()
         .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
     drop(child_end);
+    // The child holds the listener now; when it dies, connections are refused at once.
+    drop(http_listener);
     parent_end
         .set_nonblocking(true)
         .map_err(|e| format!("socket setup failed: {e}"))?;
@@ -210,6 +281,8 @@ fn sandbox_policy(
     let manifest = &spec.manifest;
     let mut policy = SandboxPolicy::new(manifest.name.as_str(), &spec.package_dir, &spec.data_dir);
     policy.read_paths = sandbox.read_paths.clone();
+    // The plugin's Python environment: read-only, like the package.
+    policy.read_paths.extend(spec.python_env.iter().cloned());
     // Whatever the base environment puts on `PYTHONPATH` (e.g. the host-provided SDK) must be
     // readable too.
     for (key, value) in &config.base_env {

@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// The file descriptor the child finds its end of the socket pair on.
 pub const CHILD_FD: i32 = 3;
 
+/// The file descriptor a plugin with an `[http]` table finds its listening Unix socket on (also
+/// named by the environment variable `PLUGD_HTTP_FD`): it accepts the host's proxied HTTP
+/// connections there.
+pub const HTTP_FD: i32 = 4;
+
 /// JSON-RPC error codes used by plugd (see `docs/protocol.md`).
 pub mod codes {
     /// Malformed JSON.

@@ -35,6 +35,13 @@ pub struct InstanceSpec {
     pub data_dir: PathBuf,
     /// The plugin's current settings (JSON object).
     pub params: serde_json::Value,
+    /// A private Python environment built for the plugin's dependencies (a venv root, read-only
+    /// to the plugin); process runtime only.
+    pub python_env: Option<PathBuf>,
+    /// Where the runtime binds the Unix socket of the plugin's HTTP side (`[http]`): it listens
+    /// there and hands the listening descriptor to the plugin; the host connects to the path.
+    /// Process runtime only.
+    pub http_socket: Option<PathBuf>,
 }
 
 /// One call of an action.

@@ -31,6 +31,8 @@ fn spec(root: &Path, name: &str, wasm: &[u8]) -> InstanceSpec {
         package_dir: dir,
         data_dir,
         params: serde_json::json!({}),
+        python_env: None,
+        http_socket: None,
     }
 }
 

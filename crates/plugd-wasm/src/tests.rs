@@ -25,6 +25,8 @@ fn spec(root: &std::path::Path, name: &str, wasm: &[u8]) -> InstanceSpec {
         package_dir,
         data_dir,
         params: serde_json::json!({}),
+        python_env: None,
+        http_socket: None,
     }
 }
 

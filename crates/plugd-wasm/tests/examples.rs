@@ -60,6 +60,8 @@ async fn start(runtime: &WasmRuntime, name: &str, data: &Path) -> Arc<WasmInstan
         package_dir: dir,
         data_dir,
         params: serde_json::json!({}),
+        python_env: None,
+        http_socket: None,
     };
     runtime.start_wasm(spec, Arc::new(QuietHost)).await.unwrap()
 }

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use expect_test::expect_file;
-use plugd_manifest::{ActionSpec, Events, Limits, Manifest, ManifestError, Permissions, Schema};
+use plugd_manifest::{
+    ActionSpec, Events, Http, Limits, Manifest, ManifestError, Permissions, Schema,
+};
 
 fn ui_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui")
@@ -124,6 +126,8 @@ fn dump(manifest: &Manifest) -> String {
         params,
         actions,
         events,
+        python,
+        http,
         format,
         warnings,
         ..
@@ -189,6 +193,22 @@ fn dump(manifest: &Manifest) -> String {
         }
     }
     let _ = writeln!(w, "default params: {}", manifest.default_params());
+    let _ = writeln!(w, "python requirements: {:?}", python.requirements);
+    match http {
+        Some(Http {
+            mount,
+            expose,
+            health,
+        }) => {
+            let _ = writeln!(
+                w,
+                "http: mount {mount:?}, expose {expose:?}, health {health:?}"
+            );
+        }
+        None => {
+            let _ = writeln!(w, "http: none");
+        }
+    }
     let _ = writeln!(w, "actions:");
     for ActionSpec {
         name,

@@ -128,6 +128,8 @@ async fn start_sdk_with(
         package_dir: package,
         data_dir: data,
         params: json!({}),
+        python_env: None,
+        http_socket: None,
     };
     let started = Instant::now();
     let instance = ProcessRuntime::new(config).start(spec, host.clone()).await;

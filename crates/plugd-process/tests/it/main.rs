@@ -59,6 +59,8 @@ async fn start_with(
         package_dir: package,
         data_dir: data,
         params,
+        python_env: None,
+        http_socket: None,
     };
     let instance = ProcessRuntime::new(config)
         .start(spec, Arc::new(NullHost))

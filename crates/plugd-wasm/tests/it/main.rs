@@ -123,6 +123,8 @@ impl Env {
             package_dir,
             data_dir,
             params: serde_json::json!({}),
+            python_env: None,
+            http_socket: None,
         }
     }
 }
