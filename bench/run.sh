@@ -9,6 +9,7 @@
 #   RELOAD=1 RELOAD_ONLY=1 bench/run.sh   # hot reload only (issue 12): write -> answer, wrk under rewrites
 #   PROFILE=dev SKIP_BUILD=1 ...  # measure the dev-profile binaries in target/debug
 #   WORK=1 bench/run.sh          # also durable tasks and events (issue 11)
+#   PROXY=1 PROXY_ONLY=1 bench/run.sh     # plugins' own HTTP only (issue 13): proxy vs uvicorn direct
 #
 # Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
 # make the Python SDK importable by plugins (a throw-away venv with a `.pth` to `sdk/python/src`,
@@ -48,6 +49,9 @@ WORK=${WORK:-}                  # 1: run `plugd-bench work` (issue 11)
 RELOAD=${RELOAD:-}              # 1: run `plugd-bench reload` and wrk under rewrites (issue 12)
 RELOAD_ONLY=${RELOAD_ONLY:-}    # 1: only the build and the reload section
 SWAPS=${SWAPS:-50}              # rewrites per reload case, one every 0.5 s
+PROXY=${PROXY:-}                # 1: client-manager through plugd's proxy vs uvicorn direct (issue 13)
+PROXY_ONLY=${PROXY_ONLY:-}      # 1: only the build and the proxy section
+WS_MESSAGES=${WS_MESSAGES:-5000} # WebSocket echo round trips per case
 PROFILE=${PROFILE:-release}     # cargo profile of the binaries measured (`dev`: target/debug)
 OUT_DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 DURATION=${DURATION:-10s}      # wrk -d
@@ -136,7 +140,7 @@ echo "python:  $(python3 --version 2>&1)"
 echo "wrk:     $(wrk -v 2>&1 | head -1)"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work skews every number below)"
 
-if [ -z "$RELOAD_ONLY" ]; then
+if [ -z "$RELOAD_ONLY" ] && [ -z "$PROXY_ONLY" ]; then
 # --- in-process latency ------------------------------------------------------------------------
 section "Latency through plugd-host vs raw pipe ($CALLS calls, 1 and $IN_FLIGHT in flight)"
 "$BENCH" latency --repo "$ROOT" -n "$CALLS" --in-flight "$IN_FLIGHT" --payload "$PAYLOAD" \
@@ -175,7 +179,7 @@ if [ -n "$WORK" ]; then
 fi
 
 fi
-[ -n "${SKIP_HTTP:-}" ] && [ -z "$RELOAD" ] && exit 0
+[ -n "${SKIP_HTTP:-}" ] && [ -z "$RELOAD" ] && [ -z "$PROXY" ] && exit 0
 
 # --- HTTP --------------------------------------------------------------------------------------
 # Starts a server in the background, waits for its `... listening on http://ADDR` line and sets
@@ -269,6 +273,57 @@ print(f"    swaps on record (newest 20 kept): {len(swaps)}, failed: {sum(not s[\
         }'
     done
     [ -n "$RELOAD_ONLY" ] && exit 0
+fi
+
+# --- plugins' own HTTP (issue 13) -----------------------------------------------------------------
+if [ -n "$PROXY" ]; then
+    section "Plugins' own HTTP: client-manager through plugd's proxy vs the same app on uvicorn directly"
+    mkdir -p "$SCRATCH/proxy-plugins"
+    cp -r examples/plugins/client-manager "$SCRATCH/proxy-plugins/"
+    rm -rf "$SCRATCH/proxy-plugins/client-manager/__pycache__"
+    began=$(date +%s.%N)
+    start_server plugd-proxy "$PLUGD" serve --plugins "$SCRATCH/proxy-plugins" \
+        --listen 127.0.0.1:0 --state-dir "$SCRATCH/proxy-state"
+    PROXY_URL=$URL
+    for _ in $(seq 1200); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$PROXY_URL/plugins/client-manager/health")" = 200 ] && break
+        sleep 0.1
+    done
+    awk -v a="$began" -v b="$(date +%s.%N)" 'BEGIN {printf "client-manager serving after %.1f s (its environment built cold)\n", b - a}'
+    ENV_DIR=$(find "$SCRATCH/proxy-state/envs" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | head -1)
+    DIRECT_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    (cd examples/plugins/client-manager && exec "$ENV_DIR/bin/python3" -m uvicorn --factory client_manager:create_app \
+        --host 127.0.0.1 --port "$DIRECT_PORT" --no-access-log --log-level warning) \
+        >"$SCRATCH/uvicorn.out" 2>"$SCRATCH/uvicorn.err" &
+    SERVER_PIDS+=("$!")
+    DIRECT_URL=http://127.0.0.1:$DIRECT_PORT
+    for _ in $(seq 100); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$DIRECT_URL/health")" = 200 ] && break
+        sleep 0.1
+    done
+    for case in proxy direct; do
+        url=$PROXY_URL/plugins/client-manager/health
+        [ $case = direct ] && url=$DIRECT_URL/health
+        echo "--- http-$case: GET $url"
+        wrk "-t$THREADS" "-c$CONNECTIONS" "-d$DURATION" --latency "$url" | tee "$SCRATCH/wrk-http-$case.txt"
+    done
+    "$BENCH" ws-echo -n "$WS_MESSAGES" "${PROXY_URL/http/ws}/plugins/client-manager/ws-echo" \
+        "${DIRECT_URL/http/ws}/ws-echo" | tee "$SCRATCH/ws.txt"
+    printf '\n%-34s %12s %10s %10s %8s\n' "GET /health (wrk -c$CONNECTIONS)" "req/s" "p50" "p99" "errors"
+    for name in http-proxy http-direct; do
+        printf '%-34s %12s %10s %10s %8s\n' "$name" "$(rps "$name")" "$(pct "$name" 50%)" "$(pct "$name" 99%)" "$(errors "$name")"
+    done
+    awk -v p="$(rps http-proxy)" -v d="$(rps http-direct)" 'BEGIN {
+        printf "target: GET /health through the proxy >= 0.8x uvicorn direct: %s (%.2fx)\n", (p >= 0.8 * d ? "met" : "MISSED"), p / d
+    }'
+    python3 - "$SCRATCH/ws.txt" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+proxy, direct = rows[0]["p50_us"], rows[1]["p50_us"]
+verdict = "met" if proxy <= 1.2 * direct else "MISSED"
+print(f"target: WebSocket echo p50 through the proxy <= 1.2x direct: {verdict} ({proxy:.0f} vs {direct:.0f} us, {proxy / direct:.2f}x)")
+PY
+    [ -n "$PROXY_ONLY" ] && exit 0
 fi
 
 section "HTTP: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, POST ${#PAYLOAD}-byte JSON"

@@ -12,6 +12,8 @@
 //!   plugins;
 //! - `reload`: hot reload (issue 12): from a file written into the plugins directory to the new
 //!   version answering, for a Python plugin and a C wasm component;
+//! - `ws-echo URL...`: WebSocket echo round trips (issue 13), e.g. through plugd's proxy and
+//!   straight to the app;
 //! - `rewrite DIR`: rewrites a package every so often, for `run.sh` to run beside `wrk`;
 //! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
@@ -26,6 +28,7 @@ mod services;
 mod stats;
 mod wasm;
 mod work;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +54,7 @@ Usage:
   plugd-bench reload [--repo DIR] [--swaps N] [--interval-ms MS] [--dir DIR]
                      [--cases python,wasm]
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
+  plugd-bench ws-echo URL... [-n N] [--warmup N] [--size BYTES]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
@@ -249,6 +253,18 @@ fn run() -> anyhow::Result<ExitCode> {
                 .context("`rewrite` needs a package directory")?;
             args.finish()?;
             reload::rewrite(&repo, std::path::Path::new(&dir), times, interval)?;
+        }
+        "ws-echo" => {
+            let n = args.parsed("-n")?.unwrap_or(5_000);
+            let warmup = args.parsed("--warmup")?.unwrap_or(500);
+            let size = args.parsed("--size")?.unwrap_or(64);
+            let mut urls = Vec::new();
+            while let Some(url) = args.positional() {
+                urls.push(url);
+            }
+            args.finish()?;
+            anyhow::ensure!(!urls.is_empty(), "`ws-echo` needs at least one ws:// URL");
+            ws::run(&urls, n, warmup, size)?;
         }
         "axum-echo" => {
             let listen: SocketAddr = args

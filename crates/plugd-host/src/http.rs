@@ -30,6 +30,14 @@ pub struct HttpEndpoint {
     generation: Arc<Generation>,
 }
 
+impl HttpEndpoint {
+    /// Resolves when the generation this lease points to stops (a connection still relayed to
+    /// it must end then).
+    pub async fn halted(&self) {
+        self.generation.halted.cancelled().await;
+    }
+}
+
 impl Drop for HttpEndpoint {
     fn drop(&mut self) {
         if self.generation.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -135,8 +143,9 @@ impl Host {
         })
     }
 
-    /// Refuses to start `name` with `mount` when another plugin that runs (or is starting) has
-    /// a mount that overlaps it (one is a segment-wise prefix of the other).
+    /// Refuses to start `name` with `mount` when another plugin has an overlapping mount (one
+    /// is a segment-wise prefix of the other) and runs, or is starting and sorts before `name`
+    /// (plugins of one wave start together: the first name wins, whatever the timing).
     pub(crate) fn check_mount(&self, name: &PluginName, mount: &str) -> Result<(), String> {
         let overlaps = |a: &str, b: &str| {
             let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
@@ -147,18 +156,50 @@ impl Host {
             if slot.name == *name {
                 continue;
             }
-            let Some(generation) = slot.running() else {
-                continue;
+            let other = {
+                let inner = slot.inner.lock();
+                let manifest = match (inner.running(), inner.state()) {
+                    (Some(generation), _) => Some(generation.manifest.clone()),
+                    (None, crate::PluginState::Starting) if slot.name < *name => {
+                        inner.manifest.clone()
+                    }
+                    _ => None,
+                };
+                manifest.and_then(|m| m.http.as_ref().and_then(|h| h.mount.clone()))
             };
-            if let Some(other) = generation
-                .manifest
-                .http
-                .as_ref()
-                .and_then(|h| h.mount.as_ref())
-                && overlaps(mount, other)
+            if let Some(other) = other
+                && overlaps(mount, &other)
             {
                 return Err(format!(
                     "Plugin `{name}` cannot mount its HTTP side at `{mount}`: plugin `{}` is mounted at `{other}`; hint: change `[http] mount` of one of them",
+                    slot.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses to start `name` exposed on `port` when another plugin exposed on the same port
+    /// runs, or is starting and sorts before `name` (as [`Host::check_mount`]).
+    pub(crate) fn check_expose(&self, name: &PluginName, port: u16) -> Result<(), String> {
+        for slot in self.inner.slots.read().values() {
+            if slot.name == *name {
+                continue;
+            }
+            let other = {
+                let inner = slot.inner.lock();
+                match (inner.running(), inner.state()) {
+                    (Some(generation), _) => {
+                        generation.manifest.http.as_ref().and_then(|h| h.expose)
+                    }
+                    // A starting plugin's manifest is not narrowed by trust yet: only a trusted
+                    // one can be exposed, and this one may not be; the running check catches it.
+                    _ => None,
+                }
+            };
+            if other == Some(port) {
+                return Err(format!(
+                    "Plugin `{name}` cannot be exposed on port {port}: plugin `{}` is; hint: change `[http] expose` of one of them, or move one with `plugd serve --expose NAME=PORT`",
                     slot.name
                 ));
             }

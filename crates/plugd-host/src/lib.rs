@@ -18,7 +18,7 @@ mod lifecycle;
 mod logs;
 mod params;
 mod policy;
-mod pyenv;
+pub mod pyenv;
 mod quota;
 mod registry;
 mod results;
@@ -50,6 +50,7 @@ pub use lifecycle::{CallOptions, Unloaded};
 pub use params::ParamsView;
 pub use plugd_runtime::Backoff;
 pub use plugd_store::TaskState;
+pub use pyenv::PythonConfig;
 pub use quota::dir_usage;
 pub use registry::{LogLine, PluginInfo, PluginState, Problem, TrustLevel};
 pub use supervision::{Fault, KEPT as SUPERVISION_KEPT, RELOAD_FAILED, Swap, Trigger};
@@ -88,6 +89,9 @@ pub struct HostConfig {
     pub task_queue: usize,
     /// How long finished tasks, delivered events and dead letters are kept (zero: forever).
     pub retention: Duration,
+    /// Where `uv` comes from and which index it uses for plugins' Python dependencies
+    /// (environments in `STATE/envs`, see `docs/python-deps.md`).
+    pub python: PythonConfig,
 }
 
 impl HostConfig {
@@ -108,6 +112,7 @@ impl HostConfig {
             event_backlog: events::DEFAULT_EVENT_BACKLOG,
             task_queue: tasks::DEFAULT_TASK_QUEUE,
             retention: DEFAULT_RETENTION,
+            python: PythonConfig::default(),
         }
     }
 

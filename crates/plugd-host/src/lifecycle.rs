@@ -848,6 +848,9 @@ impl Host {
                 if let Some(mount) = &http.mount {
                     self.check_mount(&slot.name, mount)?;
                 }
+                if let Some(port) = http.expose {
+                    self.check_expose(&slot.name, port)?;
+                }
                 Some(self.http_socket_path(&slot.name)?)
             }
             None => None,
@@ -857,7 +860,7 @@ impl Host {
             manifest: granted.clone(),
             package_dir: dir.clone(),
             data_dir,
-            python_env,
+            python_env: python_env.clone(),
             http_socket: http_socket.clone(),
         };
         let services = Arc::new(PluginServices::new(self, slot, &manifest, granted.clone()));
@@ -898,11 +901,13 @@ impl Host {
             http_socket,
             notes,
             package_dir: dir,
+            python_env,
             instance,
             manifest: granted,
             trust,
             in_flight: Default::default(),
             idle: Default::default(),
+            halted: Default::default(),
         }))
     }
 
@@ -1039,6 +1044,7 @@ impl Host {
     /// Stops one generation (already detached from the slot's phase) and logs it.
     async fn stop_generation(&self, slot: &Slot, generation: Arc<Generation>, reason: &str) {
         generation.instance.stop(self.inner.config.stop_grace).await;
+        generation.halted.cancel();
         Self::remove_http_socket(&generation);
         slot.push_log(
             LogSource::Runtime,

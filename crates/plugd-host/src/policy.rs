@@ -38,10 +38,19 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
                 "Denied application service `app:{app}` for untrusted plugin `{name}`; hint: sign the package"
             ));
         }
-        if let Some(port) = granted.http.as_mut().and_then(|h| h.expose.take()) {
-            denials.push(format!(
-                "Denied `[http] expose = {port}` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
-            ));
+        // An untrusted plugin's HTTP side lives under `/plugins/NAME` only: a mount or a port
+        // would let it squat a path or port a trusted plugin (or the operator) means to use.
+        if let Some(http) = granted.http.as_mut() {
+            if let Some(port) = http.expose.take() {
+                denials.push(format!(
+                    "Denied `[http] expose = {port}` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+                ));
+            }
+            if let Some(mount) = http.mount.take() {
+                denials.push(format!(
+                    "Denied `[http] mount = \"{mount}\"` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+                ));
+            }
         }
         let perms = &mut granted.permissions;
         perms.services.retain(|s| {
@@ -89,17 +98,7 @@ expose = 10000
         assert!(untrusted.permissions.env.is_empty());
         let http = untrusted.http.as_ref().unwrap();
         assert_eq!(http.expose, None, "an untrusted plugin is never exposed");
-        assert_eq!(
-            http.mount.as_deref(),
-            Some("/net"),
-            "mounting needs no trust"
-        );
-        assert!(
-            denials
-                .iter()
-                .any(|d| d.contains("`[http] expose = 10000`")),
-            "{denials:?}"
-        );
+        assert_eq!(http.mount, None, "an untrusted plugin never mounts");
         assert_eq!(
             untrusted.permissions.services,
             [
@@ -116,6 +115,8 @@ expose = 10000
                 "Denied `net.connect` to `api.example.org:443` for untrusted plugin `net`; hint: sign the package and add the key with `plugd trust add`",
                 "Denied environment variable `TOKEN` for untrusted plugin `net`; hint: sign the package",
                 "Denied application service `app:db` for untrusted plugin `net`; hint: sign the package",
+                "Denied `[http] expose = 10000` for untrusted plugin `net`: it stays reachable under `/plugins/net` only; hint: sign the package",
+                "Denied `[http] mount = \"/net\"` for untrusted plugin `net`: it stays reachable under `/plugins/net` only; hint: sign the package",
                 "Denied service `http` for untrusted plugin `net`; hint: sign the package",
             ]
         );

@@ -127,6 +127,9 @@ pub struct PluginInfo {
     pub disk_used: u64,
     /// The limits in force for the running version (after trust policy and ceilings).
     pub limits: Option<plugd_manifest::Limits>,
+    /// Its `[http]` table as granted to the running version (an untrusted plugin has no mount
+    /// or exposed port), else as its manifest asks.
+    pub http: Option<plugd_manifest::Http>,
     /// What the operator should know about how the running version was started (limits clamped
     /// to a ceiling, params reset to defaults).
     pub notes: Vec<String>,
@@ -160,6 +163,9 @@ pub(crate) struct Generation {
     pub instance: Arc<dyn Instance>,
     /// The verified, staged copy it runs from (kept by garbage collection while it runs).
     pub package_dir: PathBuf,
+    /// The Python environment it runs with (`STATE/envs/<hash>`; kept by garbage collection
+    /// while it runs).
+    pub python_env: Option<PathBuf>,
     /// The Unix socket of its HTTP side (`[http]`), one per generation, so a reload switches
     /// HTTP traffic in the same step as calls.
     pub http_socket: Option<PathBuf>,
@@ -172,6 +178,8 @@ pub(crate) struct Generation {
     /// reaches zero (or its drain deadline passes).
     pub in_flight: AtomicU64,
     pub idle: Notify,
+    /// Cancelled when this generation stops: proxied WebSockets still relayed to it end then.
+    pub halted: tokio_util::sync::CancellationToken,
 }
 
 impl Generation {
@@ -538,6 +546,10 @@ impl Slot {
             trust: inner.trust.clone(),
             disk_used: self.disk_used.load(Ordering::Relaxed),
             limits: generation.map(|g| g.manifest.limits.clone()),
+            http: match generation {
+                Some(g) => g.manifest.http.clone(),
+                None => inner.manifest.as_ref().and_then(|m| m.http.clone()),
+            },
             notes: generation.map(|g| g.notes.clone()).unwrap_or_default(),
             faults: supervision.faults.iter().cloned().collect(),
             backoff: status.backoff,

@@ -263,6 +263,7 @@ pub const RESERVED_PATHS: &[&str] = &[
     "/healthz",
     "/readyz",
     "/openapi.json",
+    "/.well-known",
 ];
 
 impl Default for Limits {

@@ -55,6 +55,45 @@ pub(crate) struct PluginDto {
     pub limits: Option<LimitsDto>,
     /// Crashes and failed restarts, reloads and restarts: the supervision record.
     pub supervision: SupervisionDto,
+    /// The plugin's own HTTP side (`[http]`), if it has one.
+    pub http: Option<HttpDto>,
+}
+
+/// Where a plugin's HTTP side is reached, and its last health check.
+#[derive(Serialize)]
+pub(crate) struct HttpDto {
+    /// Always: `/plugins/NAME`.
+    pub path: String,
+    pub mount: Option<String>,
+    /// The port its manifest asks to be exposed on (whether the operator allowed it is the
+    /// server's `--allow-expose`).
+    pub expose: Option<u16>,
+    pub health_path: Option<String>,
+    /// The last check of `health_path` (every 10 s while it runs).
+    pub health: Option<HttpHealthDto>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct HttpHealthDto {
+    pub ok: bool,
+    pub detail: String,
+    pub checked_at_ms: u64,
+}
+
+impl PluginDto {
+    /// With the proxy's last health check of its HTTP side.
+    pub(crate) fn with_health(mut self, proxy: &crate::Proxy) -> Self {
+        if let Some(http) = &mut self.http
+            && self.state == "running"
+        {
+            http.health = proxy.health_of(&self.name).map(|h| HttpHealthDto {
+                ok: h.ok,
+                detail: h.detail,
+                checked_at_ms: h.checked_at_ms,
+            });
+        }
+        self
+    }
 }
 
 /// What the host and the runtime did to keep a plugin serving.
@@ -200,8 +239,16 @@ impl From<PluginInfo> for PluginDto {
     fn from(p: PluginInfo) -> Self {
         let m = p.manifest.as_deref();
         let supervision = SupervisionDto::new(&p);
+        let http = p.http.as_ref().map(|h| HttpDto {
+            path: format!("/plugins/{}", p.name),
+            mount: h.mount.clone(),
+            expose: h.expose,
+            health_path: h.health.clone(),
+            health: None,
+        });
         PluginDto {
             supervision,
+            http,
             name: p.name.to_string(),
             version: m.map(|m| m.version.to_string()),
             description: m.map(|m| m.description.clone()),

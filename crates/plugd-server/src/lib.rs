@@ -5,10 +5,12 @@
 mod dto;
 mod error;
 mod events;
+mod proxy;
 mod routes;
 mod stream;
 mod tasks;
 
 pub use error::{ApiError, ViolationDto};
-pub use routes::{Readiness, ServerConfig, router};
+pub use proxy::{HttpHealth, Proxy, ProxyConfig};
+pub use routes::{Readiness, ServerConfig, exposed_router, router};
 pub use stream::Shutdown;

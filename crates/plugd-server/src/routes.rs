@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
 use plugd_host::{Host, PluginState};
@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub readiness: Readiness,
     /// Ends the open event and task streams (trigger it when shutting down).
     pub shutdown: crate::Shutdown,
+    /// The proxy to plugins' own HTTP servers (`/plugins/NAME/...`, mounts).
+    pub proxy: crate::Proxy,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             readiness: Readiness::ready(),
             shutdown: crate::Shutdown::new(),
+            proxy: crate::Proxy::new(crate::ProxyConfig::default()),
         }
     }
 }
@@ -87,6 +90,7 @@ pub(crate) struct AppState {
     readiness: Readiness,
     pub(crate) max_body: usize,
     pub(crate) shutdown: crate::Shutdown,
+    pub(crate) proxy: crate::Proxy,
 }
 
 impl FromRef<AppState> for Host {
@@ -102,7 +106,13 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         readiness: config.readiness.clone(),
         max_body: config.max_body,
         shutdown: config.shutdown.clone(),
+        proxy: config.proxy.clone(),
     };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        config
+            .proxy
+            .spawn_health_checks(state.host.clone(), config.shutdown.clone());
+    }
     let timeout = config.request_timeout;
     Router::new()
         .route("/healthz", get(health))
@@ -137,7 +147,10 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/tasks/stream", get(tasks::watch))
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .fallback(not_found)
+        .route("/plugins/{name}", any(plugin_http))
+        .route("/plugins/{name}/", any(plugin_http))
+        .route("/plugins/{name}/{*rest}", any(plugin_http))
+        .fallback(mounted_or_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // One layer made of all four: `Router::layer` boxes each layer it is given around every
         // route, and a request then clones (allocates) every boxed level below it, so stacking
@@ -157,6 +170,81 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
                 .layer(DefaultBodyLimit::max(config.max_body)),
         )
         .with_state(state)
+}
+
+/// `/plugins/NAME/...`: the plugin's own HTTP side.
+async fn plugin_http(
+    State(state): State<AppState>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    req: axum::extract::Request,
+) -> Response {
+    let name = params.get("name").cloned().unwrap_or_default();
+    let prefix = format!("/plugins/{name}");
+    // The prefix is stripped from the raw path: a name written percent-encoded would not match.
+    let raw = req.uri().path();
+    if !(raw == prefix || raw.starts_with(&format!("{prefix}/"))) {
+        return not_found(req.uri().clone()).await.into_response();
+    }
+    state.proxy.forward(&state.host, &name, &prefix, req).await
+}
+
+/// A path no route has: a plugin's `[http] mount`, or 404.
+async fn mounted_or_not_found(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+) -> Response {
+    match state.host.http_mounted(req.uri().path()) {
+        Some((plugin, mount)) => {
+            state
+                .proxy
+                .forward(&state.host, plugin.as_str(), &mount, req)
+                .await
+        }
+        None => not_found(req.uri().clone()).await.into_response(),
+    }
+}
+
+/// The router of one exposed port (`plugd serve --allow-expose PORT`): every request goes to the
+/// running plugin exposed on it, unprefixed. `remap` holds the operator's `--expose NAME=PORT`.
+pub fn exposed_router(
+    host: Host,
+    proxy: crate::Proxy,
+    port: u16,
+    remap: std::collections::BTreeMap<String, u16>,
+) -> Router {
+    let handler = move |req: axum::extract::Request| {
+        let (host, proxy, remap) = (host.clone(), proxy.clone(), remap.clone());
+        async move {
+            // `--expose NAME=PORT` reserves PORT for NAME; otherwise the plugin that declares
+            // PORT (the host starts at most one of those).
+            let reserved = remap
+                .iter()
+                .find(|(_, p)| **p == port)
+                .map(|(n, _)| n.clone());
+            let target = host.http_routes().into_iter().find(|route| {
+                let Some(declared) = route.expose else {
+                    return false;
+                };
+                match (&reserved, remap.get(route.plugin.as_str())) {
+                    (Some(owner), _) => owner == route.plugin.as_str(),
+                    (None, Some(_)) => false,
+                    (None, None) => declared == port,
+                }
+            });
+            match target {
+                Some(route) => proxy.forward(&host, route.plugin.as_str(), "", req).await,
+                None => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_exposed",
+                    format!(
+                        "No running plugin is exposed on port {port}; hint: `plugd status` shows which plugins serve HTTP"
+                    ),
+                )
+                .into_response(),
+            }
+        }
+    };
+    Router::new().fallback(handler)
 }
 
 fn timeout_as_json(response: Response, timeout: Duration) -> Response {
@@ -262,18 +350,25 @@ pub(crate) fn body_error(rejection: BytesRejection, max_body: usize) -> ApiError
     }
 }
 
-async fn list(State(host): State<Host>) -> Json<PluginList> {
+async fn list(State(state): State<AppState>) -> Json<PluginList> {
+    let host = &state.host;
     Json(PluginList {
-        plugins: host.plugins().into_iter().map(PluginDto::from).collect(),
+        plugins: host
+            .plugins()
+            .into_iter()
+            .map(|p| PluginDto::from(p).with_health(&state.proxy))
+            .collect(),
         problems: host.problems().into_iter().map(Into::into).collect(),
     })
 }
 
 async fn show(
-    State(host): State<Host>,
+    State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
-    Ok(Json(host.plugin(&name)?.into()))
+    Ok(Json(
+        PluginDto::from(state.host.plugin(&name)?).with_health(&state.proxy),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -465,6 +560,8 @@ async fn gc(State(host): State<Host>) -> Result<Json<serde_json::Value>, ApiErro
         "packages": c.packages.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "package_bytes": c.package_bytes,
         "runtime_bytes": c.runtime_bytes,
+        "envs": c.envs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "env_bytes": c.env_bytes,
     })))
 }
 

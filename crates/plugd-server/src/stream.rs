@@ -37,7 +37,7 @@ impl Shutdown {
     }
 
     /// Resolves once triggered.
-    pub(crate) async fn wait(&self) {
+    pub async fn wait(&self) {
         let mut rx = self.0.subscribe();
         // The sender lives as long as `self`: `wait_for` can only end by the value.
         let _ = rx.wait_for(|stop| *stop).await;

@@ -333,11 +333,14 @@ pub(crate) fn gc(server: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let copies = answer["packages"].as_array().map_or(0, Vec::len);
+    let envs = answer["envs"].as_array().map_or(0, Vec::len);
     let mib = |key: &str| answer[key].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
     println!(
-        "Removed {copies} staged package cop{} ({:.1} MiB) and {:.1} MiB of compiled code",
+        "Removed {copies} staged package cop{} ({:.1} MiB), {envs} Python environment{} ({:.1} MiB) and {:.1} MiB of compiled code",
         if copies == 1 { "y" } else { "ies" },
         mib("package_bytes"),
+        if envs == 1 { "" } else { "s" },
+        mib("env_bytes"),
         mib("runtime_bytes")
     );
     Ok(ExitCode::SUCCESS)

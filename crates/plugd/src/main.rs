@@ -7,6 +7,7 @@ mod config;
 mod data;
 mod doctor;
 mod events;
+mod lock;
 mod new;
 mod output;
 mod paths;
@@ -87,7 +88,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Discover the plugins in a directory, start them and serve the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Serve one plugin under development: its package is watched (a change is verified and
     /// swapped in without dropping a call; a broken change leaves the running version serving)
     /// and its log lines, debug included, are shown in the terminal.
@@ -294,6 +295,20 @@ enum Command {
     /// Remove, on a running server, the staged package copies and compiled code that no running
     /// plugin uses (the server also does this at start and after each reload).
     Gc,
+    /// Resolve a package's Python requirements (`[python] requirements` in `plugin.toml`, or
+    /// `requirements.txt`) with `uv` into `DIR/requirements.lock`: exact versions and hashes,
+    /// wheels only, headed by the hash of the requirements it was made from. `serve` installs
+    /// from it without resolving; `serve --strict` requires it. Sign the package afterwards.
+    #[command(after_help = "Examples:
+  plugd lock plugins/my-plugin                         Pin from PyPI
+  plugd lock plugins/my-plugin --index-url URL         Pin from another index
+  plugd lock plugins/my-plugin --no-index --find-links wheels/")]
+    Lock {
+        /// The package directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        python: lock::PythonArgs,
+    },
     /// Create a new plugin from a template.
     New {
         /// Plugin name (lower-case letters, digits, `-`, `_`); also the directory created.
@@ -431,6 +446,27 @@ struct ServeArgs {
     /// `limits.call_timeout`); past it the client gets 504 `request_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     request_timeout: u64,
+    /// Let a plugin whose manifest has `[http] expose = PORT` be reached on that TCP port
+    /// (repeatable). plugd listens on it (on `--expose-bind`) and forwards to the plugin's HTTP
+    /// side; untrusted plugins are never exposed.
+    #[arg(long = "allow-expose", value_name = "PORT")]
+    allow_expose: Vec<u16>,
+    /// Expose plugin NAME (its manifest must have `[http] expose`) on PORT instead of the port its
+    /// manifest asks for (repeatable); implies `--allow-expose PORT`.
+    #[arg(long = "expose", value_name = "NAME=PORT", value_parser = parse_expose)]
+    expose: Vec<(String, u16)>,
+    /// The address exposed ports listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    expose_bind: std::net::IpAddr,
+    /// Largest request body forwarded to a plugin's HTTP side (`/plugins/NAME/...`, mounts,
+    /// exposed ports), in bytes; larger bodies get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    http_max_body: u64,
+    /// How long a plugin's HTTP side may take to send its response headers, in seconds; then the
+    /// client gets 504 `plugin_timeout`. Streaming bodies (SSE, downloads) and WebSockets are
+    /// not cut by it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    http_timeout: u64,
     /// Extra environment for every plugin process, `KEY=VALUE` (repeatable). Plugins otherwise
     /// get a clean environment: `PATH`, `LANG`, the `PLUGD_*` variables and what their
     /// manifest's `permissions.env` lists.
@@ -468,6 +504,9 @@ struct ServeArgs {
     /// 10000 (or `task_queue` in `[durable]`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     task_queue: Option<u64>,
+    /// How plugins' Python dependencies are installed (`uv`, the index).
+    #[command(flatten)]
+    python: lock::PythonArgs,
 }
 
 /// `plugd dev`: the options of `serve` that make sense for one plugin.
@@ -524,6 +563,19 @@ pub(crate) enum Lang {
     PythonWasm,
 }
 
+fn parse_expose(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=PORT, like `client-manager=10001`"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("`{port}` in `{s}` is not a TCP port (1 to 65535)"))?;
+    plugd_manifest::PluginName::new(name).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), port))
+}
+
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -556,7 +608,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
     let trust_dir = &paths.trust_dir;
     match cli.command {
-        Command::Serve(args) => serve::run(args, paths.clone()),
+        Command::Serve(args) => serve::run(*args, paths.clone()),
         Command::Dev(dev) => {
             let (args, paths) = serve::dev_args(dev, paths)?;
             serve::run(args, paths)
@@ -687,6 +739,7 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::New { name, lang, dir } => new::run(&name, lang, dir),
         Command::Doctor => doctor::run(&cli.server, cli.json),
         Command::Gc => client::gc(&cli.server, cli.json),
+        Command::Lock { dir, python } => lock::run(dir, &python, &paths, cli.json),
         Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
         Command::Verify { dir, key, strict } => {

@@ -191,6 +191,7 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     for a in p["actions"].as_array().into_iter().flatten() {
         println!("  action {:<16} {}", s(&a["name"]), s(&a["description"]));
     }
+    http(&p["http"], &text);
     supervision(&p["supervision"], &text);
     if let Some(lines) = logs.and_then(Value::as_array).filter(|l| !l.is_empty()) {
         println!("  recent logs:");
@@ -202,6 +203,40 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
                 indent(&text(&l["message"]), 6)
             );
         }
+    }
+}
+
+/// The plugin's own HTTP side: where it is reached, and its last health check.
+fn http(h: &Value, text: &dyn Fn(&Value) -> String) {
+    if !h.is_object() {
+        return;
+    }
+    let mut at: Vec<String> = vec![text(&h["path"])];
+    if let Some(mount) = h["mount"].as_str() {
+        at.push(mount.to_owned());
+    }
+    let expose = h["expose"]
+        .as_u64()
+        .map(|p| format!("   exposed on port {p} (where the server allows it)"))
+        .unwrap_or_default();
+    println!("  http: {}{expose}", at.join(", "));
+    if let Some(path) = h["health_path"].as_str() {
+        let health = &h["health"];
+        let status = if health.is_object() {
+            let verdict = if health["ok"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "FAILING"
+            };
+            format!(
+                "{verdict}: {} (at {} UTC)",
+                text(&health["detail"]),
+                utc(health["checked_at_ms"].as_u64().unwrap_or(0))
+            )
+        } else {
+            "not checked yet".to_owned()
+        };
+        println!("  http health ({path}): {status}");
     }
 }
 

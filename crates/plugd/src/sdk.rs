@@ -12,6 +12,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/python/src/plugd/__init__.py"),
     ),
     (
+        "_asgi.py",
+        include_str!("../../../sdk/python/src/plugd/_asgi.py"),
+    ),
+    (
         "_plugin.py",
         include_str!("../../../sdk/python/src/plugd/_plugin.py"),
     ),

@@ -51,6 +51,23 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
             args.plugins.display()
         );
     }
+    // One server per state dir: two would share plugin data, sockets and the store's writer.
+    let lock_path = state_dir.join("serve.lock");
+    let state_lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("Cannot create `{}`", lock_path.display()))?;
+    if let Err(e) = state_lock.try_lock() {
+        match e {
+            std::fs::TryLockError::WouldBlock => anyhow::bail!(
+                "Another `plugd serve` (or `plugd dev`) is using the state dir `{}`; hint: stop it, or pass another `--state-dir`",
+                state_dir.display()
+            ),
+            std::fs::TryLockError::Error(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("Cannot lock `{}`", lock_path.display()))
+                );
+            }
+        }
+    }
     check_reachable(&args, state_dir)?;
     // Bind before anything slow, so a busy port is reported at once and the API (health,
     // readiness, plugin states) answers while the plugins start.
@@ -70,6 +87,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         crate::Durability::Full => plugd_store::Durability::Full,
     };
     config.undo_depth = args.undo_depth;
+    config.python = args.python.config()?;
     // A flag wins over the config file, which wins over the default.
     if let Some(retention) = args.retention.or(file.durable.retention) {
         config.retention = retention;
@@ -101,6 +119,11 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     let host = builder.build();
     let readiness = Readiness::pending();
     let streams = plugd_server::Shutdown::new();
+    let proxy = plugd_server::Proxy::new(plugd_server::ProxyConfig {
+        max_body: args.http_max_body,
+        timeout: Duration::from_secs(args.http_timeout),
+        ..Default::default()
+    });
     let app = plugd_server::router(
         host.clone(),
         ServerConfig {
@@ -108,8 +131,10 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
             request_timeout: std::time::Duration::from_secs(args.request_timeout),
             readiness: readiness.clone(),
             shutdown: streams.clone(),
+            proxy: proxy.clone(),
         },
     );
+    let exposed = expose(&args, &host, &proxy, &streams).await?;
     // The first line on stdout is the contract with scripts and tests that start plugd on port 0;
     // the second (`plugd ready`) says the first start wave is done.
     println!("plugd listening on http://{addr}");
@@ -160,9 +185,15 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         // every open response.
         streams.trigger();
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await?;
+    for server in exposed {
+        server.abort();
+    }
     // `shutdown` waits for a start still in progress (each plugin start has its own deadline),
     // so no plugin is left running.
     // No reload may begin while the plugins stop.
@@ -172,7 +203,54 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     if let Some(e) = start_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(anyhow::Error::new(e).context("Cannot start the plugins"));
     }
+    drop(state_lock);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds every port the operator lets plugins expose (`--allow-expose`, `--expose NAME=PORT`)
+/// and serves each with the proxy; returns the servers' tasks.
+async fn expose(
+    args: &ServeArgs,
+    host: &Host,
+    proxy: &plugd_server::Proxy,
+    shutdown: &plugd_server::Shutdown,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut remap: std::collections::BTreeMap<String, u16> = std::collections::BTreeMap::new();
+    for (name, port) in &args.expose {
+        if let Some((other, _)) = remap.iter().find(|(_, p)| *p == port) {
+            anyhow::bail!(
+                "`--expose {name}={port}` and `--expose {other}={port}` give one port to two plugins; hint: pick another port for one of them"
+            );
+        }
+        if remap.insert(name.clone(), *port).is_some() {
+            anyhow::bail!("`--expose {name}=...` is given twice; hint: keep one");
+        }
+    }
+    let mut ports: Vec<u16> = args.allow_expose.clone();
+    ports.extend(remap.values().copied());
+    ports.sort_unstable();
+    ports.dedup();
+    let mut servers = Vec::new();
+    for port in ports {
+        let addr = std::net::SocketAddr::new(args.expose_bind, port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("Cannot listen on {addr} for exposed plugins; hint: another program uses the port, or pick another with `--expose NAME=PORT`")
+        })?;
+        tracing::info!(%addr, "exposing plugins' HTTP on this port");
+        let app = plugd_server::exposed_router(host.clone(), proxy.clone(), port, remap.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let stop = shutdown.clone();
+        servers.push(tokio::spawn(async move {
+            let done = async move { stop.wait().await };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(done)
+                .await
+            {
+                tracing::error!(%addr, "exposed port failed: {e}");
+            }
+        }));
+    }
+    Ok(servers)
 }
 
 /// The watcher's settings, if `--watch`, `--watch-poll` or `--dev` asks for one.

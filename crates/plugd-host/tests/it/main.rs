@@ -11,6 +11,7 @@ mod core;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod pyenv;
 mod trust;
 mod watch;
 mod work;

@@ -21,6 +21,8 @@ use tempfile::TempDir;
 mod config;
 mod durable;
 mod durable_work;
+mod http;
+mod lock;
 mod new;
 mod output;
 mod reload;

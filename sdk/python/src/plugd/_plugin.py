@@ -38,12 +38,15 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ._types import (ActionResult, ClientError, Group, HostError, Notification,
                      NotificationAction)
 from ._validate import ValidationFailed, make_validator
 from ._version import __version__
+
+if TYPE_CHECKING:  # imported when `serve_asgi` is called
+    from ._asgi import AsgiServer
 
 __all__ = ["Kv", "KvSync", "Plugin", "PROTOCOL_VERSION", "TaskContext", "TaskId"]
 
@@ -60,6 +63,8 @@ CLIENT_ERROR = -32004
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
+# The HTTP server of `serve_asgi` stopped by itself: the host restarts the plugin as after a crash.
+EXIT_HTTP_STOPPED = 1
 
 DEFAULT_WORKERS = 16
 # How long a sync handler's `plugin.emit` waits for the host's answer (it answers at once).
@@ -361,6 +366,8 @@ class Plugin:
         self._start_hooks: List[_Hook] = []
         self._stop_hooks: List[_Hook] = []
         self._started_ok = True  # the `on_start` hooks succeeded (or there are none)
+        self._asgi: Optional[AsgiServer] = None  # `serve_asgi`
+        self._finish_code = EXIT_OK  # the exit code once everything in flight is done
         self._max_workers = max_workers
         self._eager = eager
 
@@ -738,6 +745,67 @@ class Plugin:
         params = _submit_params(task, payload, key, priority, dedupe, max_attempts)
         return _task_id(self._blocking(lambda: self.request("task.submit", params)))
 
+    # ------------------------------------------------------------------ HTTP
+
+    def serve_asgi(self, app: Any, *, shutdown_timeout: Optional[float] = 2.0,
+                   **options: Any) -> None:
+        """Serves the ASGI ``app`` (FastAPI, Starlette, any ASGI 3 callable) beside the actions.
+
+        Call it before `plugin.run()`. The plugin needs an `[http]` table in plugin.toml: plugd
+        then hands it a listening socket (fd `PLUGD_HTTP_FD`) and proxies
+        `/plugins/NAME/...` and the mount path to it, prefix stripped; the SDK sets the ASGI
+        `root_path` from the `X-Forwarded-Prefix` the host adds. The app runs in uvicorn,
+        imported from the plugin's environment (add `uvicorn` to its requirements), in the same
+        event loop as the actions. It starts after the `on_start` hooks; the plugin is ready
+        once it accepts connections, and a failing startup (its lifespan startup raised, ...)
+        fails the plugin's start with the reason. On `shutdown` it stops accepting connections,
+        lets the requests in flight finish (at most ``shutdown_timeout`` seconds, then they are
+        cancelled; `None`: no limit but the host's stop grace), runs the app's lifespan
+        shutdown, and then the `on_stop` hooks run.
+
+        ``options`` go to `uvicorn.Config` (e.g. `ws_max_size`, `timeout_keep_alive`,
+        `log_level`, `access_log=True`), except where it listens. A missing uvicorn or
+        `PLUGD_HTTP_FD` is reported when the plugin starts, as a failed start naming the fix.
+        """
+        if not callable(app):
+            raise TypeError(f"serve_asgi takes an ASGI app, not {type(app).__name__}")
+        if self._asgi is not None:
+            raise RuntimeError("serve_asgi was already called: a plugin serves one app")
+        if self._loop is not None:
+            raise RuntimeError("serve_asgi must be called before `plugin.run()`")
+        from ._asgi import AsgiServer, check_options
+
+        check_options(options)
+        self._asgi = AsgiServer(app, shutdown_timeout, options)
+
+    async def _start_http(self) -> Optional[str]:
+        asgi = self._asgi
+        assert asgi is not None
+
+        def track(task: "asyncio.Task[None]") -> None:
+            self._background.add(task)
+            task.add_done_callback(self._http_done)
+
+        return await asgi.start(track)
+
+    def _http_done(self, task: "asyncio.Task[None]") -> None:
+        self._background.discard(task)
+        reason = "it returned"
+        if task.cancelled():
+            reason = "it was cancelled"
+        else:
+            exc = task.exception()
+            if exc is not None:
+                reason = f"{type(exc).__name__}: {exc}"
+        asgi = self._asgi
+        if asgi is not None and asgi.ready and not self._shutting_down and not self._closed:
+            # Serving stopped by itself: end the process, so the host restarts the plugin.
+            self.log.error("The HTTP server stopped (%s); the plugin exits", reason)
+            self._finish_code = EXIT_HTTP_STOPPED
+            self._shutting_down = True
+        if self._shutting_down:
+            self._maybe_finish()
+
     # ------------------------------------------------------------------ entry point
 
     def run(self) -> None:
@@ -806,7 +874,7 @@ class Plugin:
             "sdk": f"python/{__version__}",
             "actions": self.actions,
         }
-        if self._start_hooks:
+        if self._start_hooks or self._asgi is not None:
             # The host then waits for `started` before it sends any work.
             hello_params["on_start"] = True
         hello = self._send_request("hello", hello_params)
@@ -823,7 +891,7 @@ class Plugin:
             return EXIT_OK
         # `_on_response` already applied `init` (see there), before any later frame.
         del init
-        if self._start_hooks:
+        if self._start_hooks or self._asgi is not None:
             self._started_ok = await self._lifecycle(self._run_start_hooks())
         code = await self._exit
         if self._shutting_down and self._started_ok and self._stop_hooks and not self._closed:
@@ -880,6 +948,12 @@ class Plugin:
                 self.log.error("`on_start` hook `%s` failed: %s", hook.name, error,
                                exc_info=(type(exc), exc, exc.__traceback__))
                 break
+        if error is None and self._asgi is not None and not self._shutting_down:
+            # The app starts after the hooks (it may use what they set up); the plugin is
+            # ready once it accepts connections.
+            error = await self._start_http()
+            if error is not None:
+                self.log.error("serve_asgi: %s", error)
         self._notify("started", {} if error is None else {"error": error})
         return error is None
 
@@ -1460,11 +1534,13 @@ class Plugin:
 
     def _on_shutdown(self) -> None:
         self._shutting_down = True
+        if self._asgi is not None:
+            self._asgi.stop()  # its task is in `_background`: the exit waits for it
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
         if not self._inflight and not self._background:
-            self._finish(EXIT_OK)
+            self._finish(self._finish_code)
 
     # ------------------------------------------------------------------ writing
 

@@ -1,0 +1,275 @@
+"""`plugin.serve_asgi(app)`: an ASGI app served by uvicorn on the listening socket the host hands
+over as fd `PLUGD_HTTP_FD`, in the same event loop as the protocol.
+
+uvicorn comes from the plugin's own environment and is imported only when `serve_asgi` is
+called: the SDK itself stays standard library only. The host proxies `/plugins/NAME/...` and
+`/MOUNT/...` to the socket with the prefix stripped and says which prefix in
+`X-Forwarded-Prefix`; `ForwardedPrefix` turns that into the ASGI `root_path`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, Optional
+from urllib.parse import unquote
+
+HTTP_FD_VAR = "PLUGD_HTTP_FD"
+
+NO_HTTP_FD = (
+    "serve_asgi needs the HTTP socket plugd gives a plugin with an `[http]` table, but "
+    f"`{HTTP_FD_VAR}` is not set; hint: add `[http]` to plugin.toml (for example "
+    '`[http]` with `mount = "/NAME"`)')
+NO_UVICORN = (
+    "serve_asgi needs uvicorn in the plugin's environment; hint: add `uvicorn` to "
+    "`[python] requirements` or requirements.txt")
+
+# Seconds an idle keep-alive connection stays open (see `AsgiServer._config`).
+KEEP_ALIVE = 40
+
+# Options `serve_asgi` decides itself: where to listen, and no reloader or workers.
+_RESERVED = ("fd", "uds", "host", "port", "reload", "workers")
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class ForwardedPrefix:
+    """Pure ASGI middleware in front of the plugin's app.
+
+    - `http` and `websocket`: `X-Forwarded-Prefix: /plugins/NAME` (set by the host, which
+      drops one a client sent) becomes the scope's `root_path`, and is put in front of `path`
+      and `raw_path` as uvicorn's own `--root-path` does (Starlette routes on `path` minus
+      `root_path`), so `request.url_for(...)` and FastAPI's docs links carry the prefix.
+      `X-Forwarded-Host` replaces the `host` header, so absolute URLs name the host's address.
+    - `lifespan`: remembers why the app's startup failed, for the plugin's `started`.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.startup_error: Optional[str] = None
+
+    async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> Any:
+        kind = scope.get("type")
+        if kind == "http" or kind == "websocket":
+            prefix = host = None
+            for name, value in scope.get("headers") or ():
+                if name == b"x-forwarded-prefix":
+                    prefix = value
+                elif name == b"x-forwarded-host":
+                    host = value
+            if prefix is not None:
+                _apply_prefix(scope, prefix)
+            if host is not None:
+                _apply_host(scope, host)
+            return await self.app(scope, receive, send)
+        if kind == "lifespan":
+            return await self._lifespan(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Dict[str, Any], receive: Any, send: Any) -> Any:
+        failed: Optional[str] = None
+
+        async def watch(message: Dict[str, Any]) -> Any:
+            nonlocal failed
+            if message.get("type") == "lifespan.startup.failed":
+                failed = str(message.get("message") or "")
+                lines = [ln for ln in failed.strip().splitlines() if ln.strip()]
+                # Starlette sends the whole traceback: its last line is the exception.
+                self.startup_error = lines[-1].strip() if lines else (
+                    "the app's lifespan startup failed")
+            return await send(message)
+
+        try:
+            return await self.app(scope, receive, watch)
+        except BaseException as exc:
+            if failed is not None:  # the exception that failed the startup: say that one
+                self.startup_error = _error_text(exc)
+            raise
+
+
+def _apply_prefix(scope: Dict[str, Any], raw: bytes) -> None:
+    raw = raw.strip().rstrip(b"/")
+    if not raw.startswith(b"/"):
+        return  # empty (served at the root) or not a path: leave the scope as it is
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return
+    prefix = unquote(text)
+    scope["root_path"] = prefix + (scope.get("root_path") or "")
+    scope["path"] = prefix + scope.get("path", "")
+    raw_path = scope.get("raw_path")
+    if raw_path is not None:
+        scope["raw_path"] = raw + raw_path
+
+
+def _apply_host(scope: Dict[str, Any], value: bytes) -> None:
+    value = value.split(b",", 1)[0].strip()
+    if not value:
+        return
+    headers = [(n, v) for n, v in scope["headers"] if n != b"host"]
+    headers.append((b"host", value))
+    scope["headers"] = headers
+
+
+def _stderr_logging() -> None:
+    """uvicorn's log lines go to stderr (the host captures it as the plugin's log), not through
+    the root logger's handler that sends records to the host over the protocol. Warnings and
+    errors only unless `log_level` says otherwise: the host records stderr lines as warnings,
+    and uvicorn's info lines (one per WebSocket connection) would flood the log."""
+    logger = logging.getLogger("uvicorn")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)  # `log_level` sets the levels of its children
+    logger.propagate = False
+
+
+def check_options(options: Dict[str, Any]) -> None:
+    reserved = [k for k in _RESERVED if k in options]
+    if reserved:
+        raise TypeError(
+            f"serve_asgi does not take {', '.join(f'`{k}`' for k in reserved)}: the app is "
+            f"served on the socket plugd hands over (`{HTTP_FD_VAR}`)")
+
+
+class AsgiServer:
+    """One uvicorn server for `plugin.serve_asgi`."""
+
+    def __init__(self, app: Any, shutdown_timeout: Optional[float],
+                 options: Dict[str, Any]) -> None:
+        self.app = ForwardedPrefix(app)
+        self.shutdown_timeout = shutdown_timeout
+        self.options = options
+        self.server: Any = None
+        self.task: Optional["asyncio.Task[None]"] = None
+        self.ready = False
+        self.stopping = False
+        # Why `serve_asgi` cannot work here, found when it was called; reported at start.
+        self.error: Optional[str] = None
+        self.uvicorn: Any = None
+        fd_text = os.environ.get(HTTP_FD_VAR)
+        if not fd_text:
+            self.error = NO_HTTP_FD
+            return
+        try:
+            self.fd = int(fd_text)
+        except ValueError:
+            self.error = f"`{HTTP_FD_VAR}={fd_text}` is not a file descriptor number"
+            return
+        try:
+            import uvicorn  # the plugin's environment, not the SDK's
+        except ImportError:
+            self.error = NO_UVICORN
+            return
+        self.uvicorn = uvicorn
+
+    def _config(self) -> Any:
+        options: Dict[str, Any] = {
+            "lifespan": "auto",
+            "log_config": None,
+            "access_log": False,
+            # Only the host can connect to this socket, and it replaces any X-Forwarded-For /
+            # -Proto a client sent: trust them (a Unix socket peer has no address to check).
+            "proxy_headers": True,
+            "forwarded_allow_ips": "*",
+            "timeout_graceful_shutdown": self.shutdown_timeout,
+            # Idle connections from the host's pool (which drops them after 30 s) stay open
+            # longer than that, so it is always the host that closes one, never a race with a
+            # request it is sending (uvicorn's default is 5 s).
+            "timeout_keep_alive": KEEP_ALIVE,
+        }
+        options.update(self.options)
+        if options.get("log_config") is None:
+            _stderr_logging()
+        return self.uvicorn.Config(self.app, fd=self.fd, **options)
+
+    async def start(self, track: Callable[["asyncio.Task[None]"], None]) -> Optional[str]:
+        """Starts serving in a task (given to ``track`` at once); returns None once uvicorn
+        accepts connections, else why it could not (the app's lifespan startup failed, the
+        socket is unusable, ...)."""
+        if self.error is not None:
+            return self.error
+        loop = asyncio.get_running_loop()
+        try:
+            config = self._config()
+            server = _server_class(self.uvicorn)(config)
+        except Exception as exc:
+            return f"serve_asgi could not configure uvicorn: {_error_text(exc)}"
+        ready: "asyncio.Future[None]" = loop.create_future()
+        server.plugd_ready = ready
+        self.server = server
+        self.task = loop.create_task(self._serve(server))
+        track(self.task)
+        await asyncio.wait({self.task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            self.ready = True
+            return None
+        if server.should_exit and self.stopping:
+            return "the plugin was stopped while its HTTP app was starting"
+        failure = None
+        if not self.task.cancelled():
+            exc = self.task.exception()
+            if exc is not None and not isinstance(exc, _StartupFailed):
+                failure = _error_text(exc)
+        if self.app.startup_error:
+            return f"the HTTP app's startup failed: {self.app.startup_error}"
+        return f"the HTTP app failed to start: {failure or 'see the log'}"
+
+    async def _serve(self, server: Any) -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:
+            # uvicorn calls `sys.exit(3)` when the app's lifespan startup failed: it must end
+            # this task, not the process.
+            raise _StartupFailed(f"uvicorn exited ({exc.code})") from None
+
+    def stop(self) -> None:
+        """Graceful stop: no new connections, requests in flight finish (at most
+        `shutdown_timeout` seconds, then they are cancelled), then the app's lifespan
+        shutdown runs."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+class _StartupFailed(Exception):
+    pass
+
+
+_server_classes: Dict[int, Any] = {}
+
+
+def _server_class(uvicorn: Any) -> Any:
+    cls = _server_classes.get(id(uvicorn))
+    if cls is not None:
+        return cls
+
+    class Server(uvicorn.Server):  # type: ignore[misc, name-defined]
+        """uvicorn's server without its signal handlers: SIGTERM/SIGINT keep what they do in
+        every plugd plugin (the host sends SIGTERM only at the end of the stop grace, and a
+        stop is the protocol's `shutdown`)."""
+
+        plugd_ready: "Optional[asyncio.Future[None]]" = None
+
+        def capture_signals(self) -> Any:  # uvicorn >= 0.29
+            return contextlib.nullcontext()
+
+        def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+            pass
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            ready = self.plugd_ready
+            if self.started and ready is not None and not ready.done():
+                ready.set_result(None)
+
+    _server_classes[id(uvicorn)] = Server
+    return Server

@@ -1,0 +1,210 @@
+"""`plugin.serve_asgi(app)`: a plain ASGI app served by uvicorn on the listening socket the host
+hands over as fd 4 (`PLUGD_HTTP_FD`), beside the actions, with `root_path` from
+`X-Forwarded-Prefix`, a start that fails with the app, and a graceful stop on `shutdown`.
+
+Needs `uvicorn` and `websockets` in the test interpreter (see sdk/python/README.md)."""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from websockets.sync.client import unix_connect
+
+from conftest import PLUGINS
+from plugd import Plugin
+from plugd._asgi import NO_HTTP_FD, NO_UVICORN, ForwardedPrefix
+from unixhttp import Listener, get_json, request
+
+ASGI = PLUGINS / "asgi_plugin.py"
+
+
+def ok(resp):
+    assert "error" not in resp, resp
+    return resp["result"]
+
+
+def started(h, timeout=10.0):
+    return h.wait(lambda: h.notifications_of("started"), timeout, what="`started`")[0]
+
+
+def wait_stderr(h, text, timeout=10.0, stream="stderr"):
+    """Waits until the plugin wrote ``text`` to stderr (or stdout), which another thread
+    reads; returns all it wrote there."""
+    deadline = time.monotonic() + timeout
+    while text not in getattr(h, stream):
+        assert time.monotonic() < deadline, f"{text!r} not in {stream}:\n{getattr(h, stream)}"
+        time.sleep(0.02)
+    return getattr(h, stream)
+
+
+@pytest.fixture
+def listener():
+    sock = Listener()
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def asgi_host(make_host, listener):
+    def start(env=None, http=True):
+        h = make_host(ASGI, env=env, http_sock=listener.sock if http else None)
+        return h
+    return start
+
+
+def test_http_and_actions_are_served_together(asgi_host, listener):
+    h = asgi_host()
+    assert h.requests[0]["params"]["on_start"] is True  # the host waits for `started`
+    assert started(h) == {}
+
+    # Straight to the socket (no prefix): the app is at the root.
+    got = get_json(listener.path, "/hello?x=1")
+    assert got["path"] == "/hello" and got["root_path"] == "" and got["raw_path"] == "/hello"
+    assert got["lifespan"] == "started after hook ran"  # after the `on_start` hooks
+
+    # Through the host: the prefix comes in X-Forwarded-Prefix and becomes the root_path (and,
+    # as with uvicorn's --root-path, the front of `path`).
+    got = get_json(listener.path, "/api/items", method="POST", body=b'{"a": 1}', headers={
+        "X-Forwarded-Prefix": "/plugins/test", "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "plugd.example:8080",
+        "Content-Type": "application/json"})
+    assert got["method"] == "POST" and got["body"] == '{"a": 1}'
+    assert got["root_path"] == "/plugins/test"
+    assert got["path"] == "/plugins/test/api/items"
+    assert got["raw_path"] == "/plugins/test/api/items"
+    assert got["scheme"] == "https"
+    assert got["client"][0] == "203.0.113.9"
+    assert got["host"] == "plugd.example:8080"
+
+    got = get_json(listener.path, "/x", headers={"X-Forwarded-Prefix": "/client-manager/"})
+    assert got["root_path"] == "/client-manager" and got["path"] == "/client-manager/x"
+
+    # A WebSocket gets the same treatment.
+    with unix_connect(listener.path, "ws://localhost/ws/a%20b",
+                      additional_headers={"X-Forwarded-Prefix": "/client-manager"}) as ws:
+        hello = json.loads(ws.recv(timeout=5))
+        assert hello["type"] == "websocket"
+        assert hello["root_path"] == "/client-manager"
+        assert hello["path"] == "/client-manager/ws/a b"
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "echo: hi"
+
+    # The actions answer meanwhile, from the same event loop.
+    value = ok(h.call("http_state"))["value"]
+    assert value["requests"] == 3 and value["websockets"] == 1
+
+    # uvicorn's log lines go to stderr (warnings and errors by default: see the failing
+    # startup below), never to the host as `log` notifications.
+    assert "connection open" not in h.stderr and "Uvicorn running" not in h.stderr
+    assert not [p for p in h.notifications_of("log") if "uvicorn" in p.get("logger", "")]
+
+
+def test_shutdown_finishes_requests_in_flight_then_runs_the_stop_hooks(asgi_host, listener):
+    h = asgi_host()
+    assert started(h) == {}
+    result = {}
+
+    def slow():
+        result["resp"] = request(listener.path, "GET", "/slow?sleep_ms=600")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.monotonic() + 10
+    while ok(h.call("http_state"))["value"]["requests"] < 1:  # the slow request is in the app
+        assert time.monotonic() < deadline, h.stderr
+        time.sleep(0.02)
+    began = time.monotonic()
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+    t.join(5)
+    status, _, body = result["resp"]
+    assert status == 200 and json.loads(body)["path"] == "/slow"  # it finished
+    assert time.monotonic() - began < 5
+    out = wait_stderr(h, "on_stop ran after 1 requests", stream="stdout")
+    # The app's lifespan shutdown, then the plugin's `on_stop` hooks.
+    assert out.index("lifespan shutdown") < out.index("on_stop ran after 1 requests"), out
+
+
+def test_a_failing_app_startup_fails_the_start(asgi_host):
+    h = asgi_host(env={"FAIL_STARTUP": "1"})
+    assert started(h) == {
+        "error": "the HTTP app's startup failed: RuntimeError: the database is down"}
+    wait_stderr(h, "the database is down")  # uvicorn logged the traceback
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+    assert "on_stop ran" not in h.stdout  # stop hooks run only after a successful start
+
+
+def test_without_uvicorn_the_start_fails_naming_the_fix(asgi_host):
+    h = asgi_host(env={"NO_UVICORN": "1"})
+    assert started(h) == {"error": NO_UVICORN}
+    assert NO_UVICORN == ("serve_asgi needs uvicorn in the plugin's environment; hint: add "
+                          "`uvicorn` to `[python] requirements` or requirements.txt")
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+
+
+def test_without_an_http_table_the_start_fails_naming_the_fix(asgi_host):
+    h = asgi_host(http=False)
+    error = started(h)["error"]
+    assert error == NO_HTTP_FD
+    assert "`PLUGD_HTTP_FD` is not set" in error and "add `[http]` to plugin.toml" in error
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+
+
+def test_a_server_that_stops_by_itself_ends_the_plugin(asgi_host, listener):
+    # uvicorn's `limit_max_requests` (an option passed through) stops serving after one
+    # request: the plugin exits 1 so that the host restarts it.
+    h = asgi_host(env={"MAX_REQUESTS": "1"})
+    assert started(h) == {}
+    assert get_json(listener.path, "/once")["path"] == "/once"
+    assert h.exit_code() == 1
+    h.wait_notification("log", lambda p: "The HTTP server stopped" in p["message"])
+    wait_stderr(h, "on_stop ran after 1 requests", stream="stdout")
+
+
+async def _noop_app(scope, receive, send):
+    pass
+
+
+def test_serve_asgi_argument_errors():
+    p = Plugin()
+    with pytest.raises(TypeError, match="ASGI app"):
+        p.serve_asgi(None)
+    with pytest.raises(TypeError, match="`port`, `host`|`host`, `port`"):
+        p.serve_asgi(_noop_app, port=8000, host="0.0.0.0")
+    p.serve_asgi(_noop_app)
+    with pytest.raises(RuntimeError, match="already called"):
+        p.serve_asgi(_noop_app)
+
+
+def test_forwarded_prefix_sets_the_root_path():
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    mw = ForwardedPrefix(app)
+
+    def run(headers, kind="http", path="/a/b", raw=b"/a/b"):
+        scope = {"type": kind, "path": path, "raw_path": raw, "root_path": "",
+                 "headers": [(b"host", b"sock")] + headers}
+        asyncio.run(mw(scope, None, None))
+        return seen[-1]
+
+    s = run([(b"x-forwarded-prefix", b"/plugins/cm")])
+    assert (s["root_path"], s["path"], s["raw_path"]) == ("/plugins/cm", "/plugins/cm/a/b",
+                                                          b"/plugins/cm/a/b")
+    s = run([(b"x-forwarded-prefix", b"/my%20app/")], kind="websocket")
+    assert (s["root_path"], s["path"], s["raw_path"]) == ("/my app", "/my app/a/b",
+                                                          b"/my%20app/a/b")
+    for bad in (b"", b"/", b"relative", b"\xff"):
+        s = run([(b"x-forwarded-prefix", bad)])
+        assert (s["root_path"], s["path"]) == ("", "/a/b"), bad
+    s = run([(b"x-forwarded-host", b"example.org, proxy")])
+    assert s["headers"] == [(b"x-forwarded-host", b"example.org, proxy"), (b"host", b"example.org")]
+    s = run([])
+    assert (s["root_path"], s["headers"]) == ("", [(b"host", b"sock")])

@@ -1,0 +1,59 @@
+"""HTTP over a Unix socket with the standard library, and the listening socket the host hands a
+plugin with an `[http]` table (fd 4)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def request(path: str, method: str, target: str, body: Optional[bytes] = None,
+            headers: Optional[Dict[str, str]] = None,
+            timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+    """One request on a new connection: status, headers (lower-case names), body."""
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def get_json(path: str, target: str, **kw: Any) -> Any:
+    status, _, body = request(path, kw.pop("method", "GET"), target, **kw)
+    assert status == 200, (status, body)
+    return json.loads(body)
+
+
+class Listener:
+    """A listening Unix socket in a short temporary directory (socket paths are limited to 108
+    bytes, and pytest's tmp_path can be longer)."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="plugd-http-")
+        self.path = os.path.join(self.dir, "http.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(64)
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
