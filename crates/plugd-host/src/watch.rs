@@ -110,13 +110,25 @@ impl Host {
             .read()
             .values()
             .find(|s| s.inner.lock().dir == dir)
-            .map(|s| (s.name.clone(), s.inner.lock().state()));
+            .map(|s| {
+                let inner = s.inner.lock();
+                let unloaded = inner.state() == PluginState::Stopped
+                    && inner.phase().reason().is_some_and(operator_stopped);
+                (s.name.clone(), inner.state(), unloaded)
+            });
         // The operator uninstalled it: an edit does not reinstall it (`load NAME` does).
-        if let Some((name, PluginState::Uninstalled)) = &known {
+        if let Some((name, PluginState::Uninstalled, _)) = &known {
             tracing::info!(plugin = %name, "package changed, but the plugin is uninstalled: not loading it; hint: `plugd load {name}`");
             return;
         }
-        let known = known.map(|(name, _)| name);
+        // The operator unloaded it (or a dependency of it): an edit does not start it again.
+        if let Some((name, _, true)) = &known
+            && (dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file())
+        {
+            tracing::info!(plugin = %name, "package changed, but the plugin was unloaded: not starting it; hint: `plugd load {name}`");
+            return;
+        }
+        let known = known.map(|(name, _, _)| name);
         let has_manifest = dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file();
         if !has_manifest {
             if let Some(name) = known {
@@ -154,6 +166,11 @@ impl Host {
         // Failures are in the supervision record, the plugin's log and the event.
         let _ = self.swap_version(&name, Trigger::Watch).await;
     }
+}
+
+/// Whether a stop reason is the operator's `unload` of the plugin or of a dependency of it.
+fn operator_stopped(reason: &str) -> bool {
+    reason == "unloaded" || (reason.starts_with("its dependency `") && reason.ends_with("` was unloaded"))
 }
 
 /// Starts inotify on `root` (or polling when asked, or when inotify cannot watch).

@@ -268,6 +268,36 @@ async fn an_uninstalled_plugin_is_not_reinstalled_by_an_edit() {
 }
 
 #[tokio::test]
+async fn an_unloaded_plugin_and_its_dependants_are_not_started_by_an_edit() {
+    let f = Fixture::new();
+    f.fake_plugin("a", "1.0.0", &[], "");
+    f.fake_plugin("user", "1.0.0", &[("a", "^1")], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    host.unload("a").await.unwrap();
+    let _watching = host.watch(WatchConfig::default()).unwrap();
+    f.fake_plugin("a", "1.1.0", &[], "");
+    f.fake_plugin("user", "1.1.0", &[("a", "^1")], "");
+    // Changes apply in settle order (by name within a tick): once `z` runs, both edits were
+    // handled.
+    f.fake_plugin("z", "1.0.0", &[], "");
+    eventually("z running", || {
+        host.plugin("z")
+            .is_ok_and(|p| p.state == PluginState::Running)
+    })
+    .await;
+    for name in ["a", "user"] {
+        assert_eq!(info(&host, name).state, PluginState::Stopped, "{name}");
+        assert!(watch_swaps(&host, name).is_empty(), "{name}");
+    }
+    // `load` brings it back, with the edited version.
+    host.load("user").await.unwrap();
+    assert_eq!(version(&host, "a"), "1.1.0");
+    assert_eq!(version(&host, "user"), "1.1.0");
+}
+
+#[tokio::test]
 async fn a_reload_keeps_the_compiled_code_of_the_version_it_replaced() {
     let f = Fixture::new();
     f.fake_plugin("a", "1.0.0", &[], "");
