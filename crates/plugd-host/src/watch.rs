@@ -170,7 +170,8 @@ impl Host {
 
 /// Whether a stop reason is the operator's `unload` of the plugin or of a dependency of it.
 fn operator_stopped(reason: &str) -> bool {
-    reason == "unloaded" || (reason.starts_with("its dependency `") && reason.ends_with("` was unloaded"))
+    reason == "unloaded"
+        || (reason.starts_with("its dependency `") && reason.ends_with("` was unloaded"))
 }
 
 /// Starts inotify on `root` (or polling when asked, or when inotify cannot watch).

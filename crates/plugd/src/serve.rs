@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use plugd_host::{Host, HostConfig, PluginState, WatchConfig};
 use plugd_manifest::{JSON_MANIFEST, TOML_MANIFEST};
@@ -185,8 +186,12 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         // every open response.
         streams.trigger();
     };
+    // No Nagle: a proxied response is written as it streams (head, then body frames), and a
+    // small write held back until the client's delayed ACK costs 40 ms.
     axum::serve(
-        listener,
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(stop)
@@ -242,6 +247,9 @@ async fn expose(
         let stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             let done = async move { stop.wait().await };
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(done)
                 .await
