@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Server, open_tempdir, plugd};
+use crate::{Server, open_tempdir};
 
 /// A plugin serving HTTP with the standard library on fd 4 (and one action through the SDK).
 const WEB_PY: &str = r#"import base64, hashlib, json, os, socket, struct, threading, time
@@ -156,24 +156,6 @@ fn web_plugin(plugins: &Path, name: &str, http: &str) {
     std::fs::write(dir.join("main.py"), WEB_PY).unwrap();
 }
 
-/// Signs the packages `names` with a fresh key and trusts it in `state`'s trust store.
-fn sign_and_trust(tmp: &Path, plugins: &Path, state: &Path, names: &[&str]) {
-    let key = tmp.join("signing.key");
-    let (key, state_arg) = (key.to_str().unwrap(), state.to_str().unwrap());
-    plugd(&["keygen", "--out", key]).ok();
-    for name in names {
-        plugd(&["sign", plugins.join(name).to_str().unwrap(), "--key", key]).ok();
-    }
-    plugd(&[
-        "--state-dir",
-        state_arg,
-        "trust",
-        "add",
-        &format!("{key}.pub"),
-    ])
-    .ok();
-}
-
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
@@ -290,7 +272,7 @@ fn a_plugin_serves_http_under_its_path_and_its_mount_with_clean_headers() {
     web_plugin(&plugins, "other", "mount = \"/other\"\n");
     // Its mount would take `/web-app/...` away from `web`: it does not start, and says why.
     web_plugin(&plugins, "web-sub", "mount = \"/web-app/sub\"\n");
-    sign_and_trust(
+    crate::sign_and_trust(
         tmp.path(),
         &plugins,
         &tmp.path().join("state"),
@@ -596,7 +578,7 @@ fn an_exposed_port_serves_a_trusted_plugin_and_never_an_untrusted_one() {
     );
     // `web` and `moved` are signed and trusted; `stranger` is not.
     let state = tmp.path().join("state");
-    sign_and_trust(tmp.path(), &plugins, &state, &["web", "moved"]);
+    crate::sign_and_trust(tmp.path(), &plugins, &state, &["web", "moved"]);
     let server = Server::spawn(
         tmp.path(),
         &[
@@ -661,7 +643,7 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     );
     let _ = std::fs::remove_dir_all(plugins.join("client-manager/__pycache__"));
     let state = tmp.path().join("state");
-    sign_and_trust(tmp.path(), &plugins, &state, &["client-manager"]);
+    crate::sign_and_trust(tmp.path(), &plugins, &state, &["client-manager"]);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -752,3 +752,21 @@ fn sigterm_stops_serve_and_its_plugins() {
     let log = server.log();
     assert!(log.contains("stopping plugins"), "{log}");
 }
+
+/// Signs the packages `names` with a fresh key and trusts it in `state`'s trust store.
+pub(crate) fn sign_and_trust(tmp: &Path, plugins: &Path, state: &Path, names: &[&str]) {
+    let key = tmp.join("signing.key");
+    let (key, state_arg) = (key.to_str().unwrap(), state.to_str().unwrap());
+    plugd(&["keygen", "--out", key]).ok();
+    for name in names {
+        plugd(&["sign", plugins.join(name).to_str().unwrap(), "--key", key]).ok();
+    }
+    plugd(&[
+        "--state-dir",
+        state_arg,
+        "trust",
+        "add",
+        &format!("{key}.pub"),
+    ])
+    .ok();
+}

@@ -624,18 +624,7 @@ fn a_signed_plugin_calls_an_app_service_of_plugd_toml() {
     std::fs::write(dir.join("main.py"), REPORTER_PY).unwrap();
     // App services are for trusted plugins: sign it and trust the key in the server's state dir.
     let state = tmp.path().join("state");
-    let key = tmp.path().join("signing.key");
-    let (key, state_arg) = (key.to_str().unwrap(), state.to_str().unwrap());
-    plugd(&["keygen", "--out", key]).ok();
-    plugd(&["sign", dir.to_str().unwrap(), "--key", key]).ok();
-    plugd(&[
-        "--state-dir",
-        state_arg,
-        "trust",
-        "add",
-        &format!("{key}.pub"),
-    ])
-    .ok();
+    crate::sign_and_trust(tmp.path(), &plugins, &state, &["reporter"]);
 
     let (url, received) = fake_app();
     // `down` points at a port nothing listens on.
