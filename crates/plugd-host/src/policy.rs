@@ -38,6 +38,17 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
                 "Denied application service `app:{app}` for untrusted plugin `{name}`; hint: sign the package"
             ));
         }
+        // The host's own events (`plugd.*`: reload failures with other plugins' error output
+        // and host paths) are for the operator and trusted plugins.
+        granted.events.subscribe.retain(|pattern| {
+            let host_topic = pattern == "plugd.*" || pattern.starts_with("plugd.");
+            if host_topic {
+                denials.push(format!(
+                    "Denied the subscription to `{pattern}` for untrusted plugin `{name}`: host events are for trusted plugins; hint: sign the package"
+                ));
+            }
+            !host_topic
+        });
         // An untrusted plugin's HTTP side lives under `/plugins/NAME` only: a mount or a port
         // would let it squat a path or port a trusted plugin (or the operator) means to use.
         if let Some(http) = granted.http.as_mut() {
@@ -86,6 +97,8 @@ services = ["kv", "events", "tasks", "plugins", "http", "app:db"]
 [http]
 mount = "/net"
 expose = 10000
+[events]
+subscribe = ["image.*", "plugd.*", "plugd.plugin.reload_failed"]
 "#,
         )
         .unwrap();
@@ -99,6 +112,7 @@ expose = 10000
         let http = untrusted.http.as_ref().unwrap();
         assert_eq!(http.expose, None, "an untrusted plugin is never exposed");
         assert_eq!(http.mount, None, "an untrusted plugin never mounts");
+        assert_eq!(untrusted.events.subscribe, ["image.*"]);
         assert_eq!(
             untrusted.permissions.services,
             [
@@ -115,6 +129,8 @@ expose = 10000
                 "Denied `net.connect` to `api.example.org:443` for untrusted plugin `net`; hint: sign the package and add the key with `plugd trust add`",
                 "Denied environment variable `TOKEN` for untrusted plugin `net`; hint: sign the package",
                 "Denied application service `app:db` for untrusted plugin `net`; hint: sign the package",
+                "Denied the subscription to `plugd.*` for untrusted plugin `net`: host events are for trusted plugins; hint: sign the package",
+                "Denied the subscription to `plugd.plugin.reload_failed` for untrusted plugin `net`: host events are for trusted plugins; hint: sign the package",
                 "Denied `[http] expose = 10000` for untrusted plugin `net`: it stays reachable under `/plugins/net` only; hint: sign the package",
                 "Denied `[http] mount = \"/net\"` for untrusted plugin `net`: it stays reachable under `/plugins/net` only; hint: sign the package",
                 "Denied service `http` for untrusted plugin `net`; hint: sign the package",
