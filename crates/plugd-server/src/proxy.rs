@@ -187,6 +187,11 @@ impl Proxy {
                     format!("Cannot forward this path: {e}"),
                 )
             })?;
+        // Always HTTP/1.1 to the plugin, whatever the client spoke: an HTTP/1.0 request would
+        // make the plugin close the pooled connection after its answer, and the next request
+        // picking that connection from the pool would fail (502) if it won the race with the
+        // close.
+        parts.version = axum::http::Version::HTTP_11;
         let original_host = parts.headers.get(header::HOST).cloned();
         clean_hop_by_hop(&mut parts.headers);
         // Always a `Host` the client gave (or a neutral one): never one derived from the URI,

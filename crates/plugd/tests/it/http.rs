@@ -43,7 +43,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/echo"):
             headers = {k.lower(): v for k, v in self.headers.items()}
-            self.reply(200, {"path": self.path, "headers": headers, "plugin": os.environ["PLUGD_PLUGIN"]})
+            self.reply(200, {"path": self.path, "headers": headers, "plugin": os.environ["PLUGD_PLUGIN"], "version": self.request_version})
         elif self.path == "/health":
             self.reply(200, {"status": "ok"})
         elif self.path == "/sse":
@@ -344,11 +344,15 @@ fn a_plugin_serves_http_under_its_path_and_its_mount_with_clean_headers() {
     // one, never the host's socket path.
     let bare = request(&at, "GET /plugins/web/echo HTTP/1.0\r\n\r\n", b"");
     assert_eq!(bare.json()["headers"]["host"], "localhost");
+    // The plugin is always spoken to in HTTP/1.1: an HTTP/1.0 request would make it close the
+    // pooled connection, and the next request could pick that connection up as it closes.
+    assert_eq!(bare.json()["version"], "HTTP/1.1");
     let sly = request(
         &at,
         &format!("GET /plugins/web/echo HTTP/1.1\r\nHost: {at}\r\nConnection: close, host\r\n\r\n"),
         b"",
     );
+    assert_eq!(sly.status, 200, "{}", String::from_utf8_lossy(&sly.body));
     assert_eq!(sly.json()["headers"]["host"], at.as_str());
 
     // Actions still answer beside the HTTP side.
