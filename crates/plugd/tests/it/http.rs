@@ -156,8 +156,32 @@ fn web_plugin(plugins: &Path, name: &str, http: &str) {
     std::fs::write(dir.join("main.py"), WEB_PY).unwrap();
 }
 
-fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
+/// `plugd serve` of `TMP/plugins` with its state in `TMP/state`, plus `extra` flags.
+fn serve(tmp: &Path, extra: &[&str]) -> Server {
+    let (plugins, state) = (tmp.join("plugins"), tmp.join("state"));
+    let mut args = vec![
+        OsStr::new("--plugins"),
+        plugins.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    Server::spawn(tmp, &args, &tmp.join("serve.log"))
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Polls `done` until it holds; fails naming `what` after `limit`.
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: status, headers (lower-case names), body.
@@ -397,18 +421,7 @@ fn bodies_stream_both_ways_and_websockets_are_relayed() {
     let tmp = open_tempdir();
     let plugins = tmp.path().join("plugins");
     web_plugin(&plugins, "web", "");
-    let server = Server::spawn(
-        tmp.path(),
-        &[
-            os("--plugins"),
-            plugins.as_os_str(),
-            os("--state-dir"),
-            tmp.path().join("state").as_os_str(),
-            os("--http-max-body"),
-            os("100000"),
-        ],
-        &tmp.path().join("serve.log"),
-    );
+    let server = serve(tmp.path(), &["--http-max-body", "100000"]);
     let at = authority(&server);
 
     // A slow upload, chunked, in ten pieces with pauses: it reaches the plugin whole.
@@ -514,18 +527,7 @@ fn a_plugin_that_hangs_or_dies_mid_request_gets_504_or_502_and_its_neighbour_ser
     let plugins = tmp.path().join("plugins");
     web_plugin(&plugins, "web", "");
     web_plugin(&plugins, "other", "");
-    let server = Server::spawn(
-        tmp.path(),
-        &[
-            os("--plugins"),
-            plugins.as_os_str(),
-            os("--state-dir"),
-            tmp.path().join("state").as_os_str(),
-            os("--http-timeout"),
-            os("1"),
-        ],
-        &tmp.path().join("serve.log"),
-    );
+    let server = serve(tmp.path(), &["--http-timeout", "1"]);
     let at = authority(&server);
 
     let hang = get(&at, "/plugins/web/hang");
@@ -554,25 +556,16 @@ fn a_plugin_that_hangs_or_dies_mid_request_gets_504_or_502_and_its_neighbour_ser
     // The neighbour never noticed.
     assert_eq!(get(&at, "/plugins/other/echo").json()["plugin"], "other");
     // The crashed plugin is restarted by its runtime and serves HTTP again.
-    let started = Instant::now();
-    while get(&at, "/plugins/web/health").status != 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "web never served again"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("web never served again", Duration::from_secs(30), || {
+        get(&at, "/plugins/web/health").status == 200
+    });
 }
 
 #[test]
 fn an_exposed_port_serves_a_trusted_plugin_and_never_an_untrusted_one() {
     let tmp = open_tempdir();
     let plugins = tmp.path().join("plugins");
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let (port, remapped, untrusted_port) = (free(), free(), free());
+    let (port, remapped, untrusted_port) = (free_port(), free_port(), free_port());
     web_plugin(&plugins, "web", &format!("expose = {port}\n"));
     web_plugin(&plugins, "moved", &format!("expose = {port}\n"));
     web_plugin(
@@ -583,21 +576,16 @@ fn an_exposed_port_serves_a_trusted_plugin_and_never_an_untrusted_one() {
     // `web` and `moved` are signed and trusted; `stranger` is not.
     let state = tmp.path().join("state");
     crate::sign_and_trust(tmp.path(), &plugins, &state, &["web", "moved"]);
-    let server = Server::spawn(
+    let server = serve(
         tmp.path(),
         &[
-            os("--plugins"),
-            plugins.as_os_str(),
-            os("--state-dir"),
-            state.as_os_str(),
-            os("--allow-expose"),
-            OsStr::new(&port.to_string()),
-            os("--allow-expose"),
-            OsStr::new(&untrusted_port.to_string()),
-            os("--expose"),
-            OsStr::new(&format!("moved={remapped}")),
+            "--allow-expose",
+            &port.to_string(),
+            "--allow-expose",
+            &untrusted_port.to_string(),
+            "--expose",
+            &format!("moved={remapped}"),
         ],
-        &tmp.path().join("serve.log"),
     );
 
     // The exposed port goes straight to the plugin, unprefixed.
@@ -648,22 +636,8 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     let _ = std::fs::remove_dir_all(plugins.join("client-manager/__pycache__"));
     let state = tmp.path().join("state");
     crate::sign_and_trust(tmp.path(), &plugins, &state, &["client-manager"]);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let server = Server::spawn(
-        tmp.path(),
-        &[
-            os("--plugins"),
-            plugins.as_os_str(),
-            os("--state-dir"),
-            state.as_os_str(),
-            os("--expose"),
-            OsStr::new(&format!("client-manager={port}")),
-        ],
-        &tmp.path().join("serve.log"),
-    );
+    let port = free_port();
+    let server = serve(tmp.path(), &["--expose", &format!("client-manager={port}")]);
     let at = authority(&server);
     let states = server.states();
     assert_eq!(
@@ -738,12 +712,7 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     // Clients that leave are unregistered.
     alice.close(None).unwrap();
     bob.close(None).unwrap();
-    let started = Instant::now();
-    while get(&at, "/plugins/client-manager/health").json()["clients"] != 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "clients never left"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("clients never left", Duration::from_secs(10), || {
+        get(&at, "/plugins/client-manager/health").json()["clients"] == 0
+    });
 }
