@@ -2,14 +2,18 @@
 //! that knows HTTP; its DTOs live in `dto`, its error bodies in `error`.
 #![warn(missing_docs)]
 
+pub mod auth;
 mod dto;
 mod error;
 mod events;
+mod metrics;
 mod proxy;
 mod routes;
 mod stream;
 mod tasks;
+mod ui;
 
+pub use auth::{Auth, AuthConfig, AuthMode};
 pub use error::{ApiError, ViolationDto};
 pub use proxy::{HttpHealth, Proxy, ProxyConfig};
 pub use routes::{Readiness, ServerConfig, exposed_router, router};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
 use plugd_host::{Host, PluginState};
@@ -24,7 +24,7 @@ use crate::dto::{
     PluginDto, PluginList, RevisionDto, UnloadedDto,
 };
 use crate::error::ApiError;
-use crate::{events, tasks};
+use crate::{auth, events, tasks};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub shutdown: crate::Shutdown,
     /// The proxy to plugins' own HTTP servers (`/plugins/NAME/...`, mounts).
     pub proxy: crate::Proxy,
+    /// When requests need a token.
+    pub auth: crate::AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             readiness: Readiness::ready(),
             shutdown: crate::Shutdown::new(),
             proxy: crate::Proxy::new(crate::ProxyConfig::default()),
+            auth: crate::AuthConfig::default(),
         }
     }
 }
@@ -91,6 +94,13 @@ pub(crate) struct AppState {
     pub(crate) max_body: usize,
     pub(crate) shutdown: crate::Shutdown,
     pub(crate) proxy: crate::Proxy,
+    pub(crate) auth: crate::Auth,
+}
+
+impl FromRef<AppState> for crate::Auth {
+    fn from_ref(state: &AppState) -> crate::Auth {
+        state.auth.clone()
+    }
 }
 
 impl FromRef<AppState> for Host {
@@ -101,7 +111,9 @@ impl FromRef<AppState> for Host {
 
 /// The whole API as an axum router.
 pub fn router(host: Host, config: ServerConfig) -> Router {
+    let auth = crate::Auth::new(host.clone(), config.auth.clone());
     let state = AppState {
+        auth: auth.clone(),
         host,
         readiness: config.readiness.clone(),
         max_body: config.max_body,
@@ -112,6 +124,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         config
             .proxy
             .spawn_health_checks(state.host.clone(), config.shutdown.clone());
+        auth.spawn_refresh(config.shutdown.clone());
     }
     let timeout = config.request_timeout;
     Router::new()
@@ -147,6 +160,17 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/tasks/stream", get(tasks::watch))
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/metrics", get(crate::metrics::handler))
+        .route(
+            "/api/v1/session",
+            get(auth::session).post(auth::log_in).delete(auth::log_out),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(auth::list_tokens).post(auth::create_token),
+        )
+        .route("/api/v1/tokens/{which}", delete(auth::revoke_token))
+        .merge(crate::ui::routes())
         .route("/plugins/{name}", any(plugin_http))
         .route("/plugins/{name}/", any(plugin_http))
         .route("/plugins/{name}/{*rest}", any(plugin_http))
@@ -167,7 +191,9 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
                     StatusCode::REQUEST_TIMEOUT,
                     timeout,
                 ))
-                .layer(DefaultBodyLimit::max(config.max_body)),
+                .layer(DefaultBodyLimit::max(config.max_body))
+                // Inside the timeout: a store lookup of an unknown token is bounded too.
+                .layer(middleware::from_fn_with_state(auth, auth::check)),
         )
         .with_state(state)
 }

@@ -67,6 +67,14 @@ pub enum StoreError {
         /// The first key whose expectation failed, escaped and shortened for display.
         key: String,
     },
+    /// A token with this name exists already; nothing was written.
+    #[error(
+        "A token named `{name}` exists already; hint: pick another `--name`, or revoke the old one with `plugd token revoke {name}`"
+    )]
+    TokenNameTaken {
+        /// The name.
+        name: String,
+    },
     /// The write queue stayed full for the whole send deadline; nothing was written.
     #[error("The store is busy: its write queue stayed full for {waited_ms} ms; hint: retry later")]
     Busy {
@@ -117,7 +125,7 @@ impl StoreError {
             | StoreError::DuplicateKey { .. }
             | StoreError::EmptyCommit => "bad_request",
             StoreError::QuotaExceeded { .. } => "limit_exceeded",
-            StoreError::Conflict { .. } => "conflict",
+            StoreError::Conflict { .. } | StoreError::TokenNameTaken { .. } => "conflict",
             StoreError::Busy { .. } => "overloaded",
             StoreError::Closed
             | StoreError::SchemaTooNew { .. }

@@ -16,6 +16,7 @@ mod kv;
 mod params;
 mod schema;
 mod tasks;
+mod tokens;
 mod writer;
 
 use std::fmt;
@@ -34,6 +35,7 @@ pub use crate::events::{Advance, DeadEvent, NewEvent, StoredEvent};
 pub use crate::kv::PAGE_BYTES as KV_PAGE_BYTES;
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::tasks::{NewTask, TaskEnd, TaskFilter, TaskRecord, TaskState};
+pub use crate::tokens::TokenRecord;
 use crate::writer::{Ctx, Job, Op};
 
 /// How far an acknowledged write survives.
@@ -346,6 +348,32 @@ impl Store {
     /// Every plugin marked uninstalled, sorted by name.
     pub async fn uninstalled(&self) -> Result<Vec<String>, StoreError> {
         self.read(params::uninstalled).await
+    }
+
+    /// Stores a new token (its `created_at_ms` is set here) and returns it as stored. A name
+    /// that is taken is refused with [`StoreError::TokenNameTaken`].
+    pub async fn create_token(&self, token: TokenRecord) -> Result<TokenRecord, StoreError> {
+        self.write(move |conn, ctx| tokens::insert(conn, ctx, &token))
+            .await
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(tokens::list).await
+    }
+
+    /// The token whose secret hashes to `hash`, if any (expired ones included: the caller
+    /// checks the expiry).
+    pub async fn token_by_hash(&self, hash: [u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.read_point(move |conn| tokens::by_hash(conn, &hash))
+            .await
+    }
+
+    /// Deletes the token whose id or name is `which`; returns it, `None` if there is none.
+    pub async fn revoke_token(&self, which: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let which = which.to_owned();
+        self.write(move |conn, _| tokens::revoke(conn, &which))
+            .await
     }
 
     /// Queues `f` for the writer and waits until its batch is committed. Cancel-safe: a dropped

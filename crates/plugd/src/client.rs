@@ -21,6 +21,17 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(660);
 /// The largest response read: above the host's 16 MiB frame cap.
 const MAX_RESPONSE: u64 = 64 << 20;
 
+/// The API token every request carries (`--token` / `PLUGD_TOKEN`), set once by `main`.
+pub(crate) static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Adds `Authorization: Bearer TOKEN` when a token was given.
+fn authorized<B>(request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match TOKEN.get() {
+        Some(token) => request.header("authorization", format!("Bearer {token}")),
+        None => request,
+    }
+}
+
 /// A decoded HTTP response.
 struct Response {
     status: u16,
@@ -69,23 +80,21 @@ fn request(
     let agent = ureq::Agent::new_with_config(config);
     let body = body.unwrap_or_default();
     let sent = match method {
-        "GET" => agent.get(&url).header("accept", "application/json").call(),
-        "DELETE" => agent
-            .delete(&url)
+        "GET" => authorized(agent.get(&url))
             .header("accept", "application/json")
             .call(),
-        "PUT" => agent
-            .put(&url)
+        "DELETE" => authorized(agent.delete(&url))
+            .header("accept", "application/json")
+            .call(),
+        "PUT" => authorized(agent.put(&url))
             .header("accept", "application/json")
             .header("content-type", "application/json")
             .send(body),
-        "PATCH" => agent
-            .patch(&url)
+        "PATCH" => authorized(agent.patch(&url))
             .header("accept", "application/json")
             .header("content-type", "application/json")
             .send(body),
-        _ => agent
-            .post(&url)
+        _ => authorized(agent.post(&url))
             .header("accept", "application/json")
             .header("content-type", "application/json")
             .send(body),
@@ -143,7 +152,7 @@ pub(crate) fn stream(
         .user_agent("plugd-cli")
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    let mut request = agent.get(&url).header("accept", "text/event-stream");
+    let mut request = authorized(agent.get(&url)).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id.to_string());
     }

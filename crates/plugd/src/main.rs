@@ -15,6 +15,7 @@ mod sdk;
 mod serve;
 mod sse;
 mod tasks;
+mod token;
 mod trust;
 
 use std::net::SocketAddr;
@@ -80,6 +81,11 @@ struct Cli {
     /// `STATE_DIR/trust`).
     #[arg(long, global = true, env = "PLUGD_TRUST_DIR")]
     trust_dir: Option<PathBuf>,
+
+    /// API token for the commands that talk to a server (sent as `Authorization: Bearer`).
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, global = true, env = "PLUGD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -285,6 +291,26 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Manage API tokens: on the state dir's store (works before the server runs; a running
+    /// server sees a new token at once), or on a running server with `--remote`.
+    #[command(after_help = "Examples:
+  plugd token create --name admin --scope admin            The first token, before `plugd serve`
+  plugd token create --name ci --scope 'call:hello' --scope read --expires 30d
+  plugd token create --name grafana --scope read --remote  Through the server (needs PLUGD_TOKEN)
+  plugd token list
+  plugd token revoke ci
+
+Scopes: admin, read (listings, status, logs, params, events, tasks, metrics), call:PLUGIN,
+call:PLUGIN/ACTION, call:*, events:publish, tasks:submit, params:write, kv:read, scripts:run,
+http:PLUGIN, http:*.")]
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Act on the running server at `--server` (with an admin `PLUGD_TOKEN`) instead of the
+        /// state dir's store.
+        #[arg(long, global = true)]
+        remote: bool,
+    },
     /// Manage the trust store (the public keys whose signatures are trusted).
     Trust {
         #[command(subcommand)]
@@ -386,6 +412,31 @@ enum TaskCommand {
     Cancel {
         /// The task id.
         id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print it (once: only its hash is stored).
+    Create {
+        /// A name for it, unique among tokens (who or what uses it).
+        #[arg(long)]
+        name: String,
+        /// What it may do (repeatable): admin, read, call:PLUGIN[/ACTION], events:publish,
+        /// tasks:submit, params:write, kv:read, scripts:run, http:PLUGIN.
+        #[arg(long = "scope", value_name = "SCOPE", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. `30d`, `2w`, `12h`; without it the token never expires.
+        #[arg(long, value_name = "DURATION", value_parser = token::parse_expires)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token by id or name.
+    Revoke {
+        /// The token's id or name, as `plugd token list` shows them.
+        #[arg(value_name = "ID|NAME")]
+        which: String,
     },
 }
 
@@ -507,6 +558,23 @@ struct ServeArgs {
     /// How plugins' Python dependencies are installed (`uv`, the index).
     #[command(flatten)]
     python: lock::PythonArgs,
+    /// When API requests need a token (`plugd token create`): `auto` as soon as one token
+    /// exists; `required` always. Default: `auto` on a loopback `--listen` address, `required`
+    /// on any other.
+    #[arg(long, value_enum, env = "PLUGD_AUTH")]
+    auth: Option<AuthArg>,
+    /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
+    #[arg(long)]
+    metrics_public: bool,
+}
+
+/// `--auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AuthArg {
+    /// A token is needed as soon as one exists.
+    Auto,
+    /// A token is always needed.
+    Required,
 }
 
 /// `plugd dev`: the options of `serve` that make sense for one plugin.
@@ -593,6 +661,14 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    }
+    if let Some(token) = cli
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let _ = client::TOKEN.set(token.to_owned());
     }
     let result = paths::Paths::resolve(&cli.state_dir, cli.trust_dir.as_deref())
         .and_then(|paths| run(cli, paths));
@@ -744,6 +820,22 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
         Command::Verify { dir, key, strict } => {
             trust::verify(&dir, key.as_deref(), trust_dir, strict, cli.json)
+        }
+        Command::Token { command, remote } => {
+            let target = if remote {
+                token::Target::Remote(&cli.server)
+            } else {
+                token::Target::Offline(&paths)
+            };
+            match command {
+                TokenCommand::Create {
+                    name,
+                    scopes,
+                    expires,
+                } => token::create(target, &name, &scopes, expires, cli.json),
+                TokenCommand::List => token::list(target, cli.json),
+                TokenCommand::Revoke { which } => token::revoke(target, &which, cli.json),
+            }
         }
         Command::Trust { command } => match command {
             TrustCommand::Add { key } => trust::add(trust_dir, &key, cli.json),

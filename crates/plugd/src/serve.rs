@@ -133,6 +133,10 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
             readiness: readiness.clone(),
             shutdown: streams.clone(),
             proxy: proxy.clone(),
+            auth: plugd_server::AuthConfig {
+                mode: auth_mode(&args),
+                metrics_public: args.metrics_public,
+            },
         },
     );
     let exposed = expose(&args, &host, &proxy, &streams).await?;
@@ -210,6 +214,16 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
     }
     drop(state_lock);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--auth`, defaulting to `required` off loopback.
+fn auth_mode(args: &ServeArgs) -> plugd_server::AuthMode {
+    match args.auth {
+        Some(crate::AuthArg::Required) => plugd_server::AuthMode::Required,
+        Some(crate::AuthArg::Auto) => plugd_server::AuthMode::Auto,
+        None if args.listen.ip().is_loopback() => plugd_server::AuthMode::Auto,
+        None => plugd_server::AuthMode::Required,
+    }
 }
 
 /// Binds every port the operator lets plugins expose (`--allow-expose`, `--expose NAME=PORT`)

@@ -6,6 +6,7 @@ mod kv;
 mod migrations;
 mod model;
 mod params;
+mod tokens;
 mod work;
 
 use plugd_store::{Commit, Store, StoreConfig};

@@ -143,7 +143,7 @@ async def ping(payload):
 plugin.run()
 "#;
 
-fn web_plugin(plugins: &Path, name: &str, http: &str) {
+pub(crate) fn web_plugin(plugins: &Path, name: &str, http: &str) {
     let dir = plugins.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -185,19 +185,19 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: status, headers (lower-case names), body.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -264,7 +264,7 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Answer {
     }
 }
 
-fn request(authority: &str, head: &str, body: &[u8]) -> Answer {
+pub(crate) fn request(authority: &str, head: &str, body: &[u8]) -> Answer {
     let mut stream = connect(authority);
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body).unwrap();

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod auth;
 mod config;
 mod durable;
 mod durable_work;
@@ -262,6 +263,7 @@ fn plugd_in(cwd: &Path, args: &[&str]) -> Run {
         .args(args)
         .current_dir(cwd)
         .env_remove("PLUGD_SERVER")
+        .env_remove("PLUGD_TOKEN")
         .env_remove("PLUGD_STATE_DIR")
         .env_remove("PLUGD_TRUST_DIR")
         .stdin(Stdio::null())
