@@ -35,7 +35,10 @@ async fn a_token_is_found_by_its_hash_listed_and_revoked_by_id_or_name() {
     assert_eq!(names, ["ci", "ui"]);
 
     assert_eq!(store.revoke_token("ui").await.unwrap().unwrap().id, "bbbb");
-    assert_eq!(store.revoke_token("aaaa").await.unwrap().unwrap().name, "ci");
+    assert_eq!(
+        store.revoke_token("aaaa").await.unwrap().unwrap().name,
+        "ci"
+    );
     assert_eq!(store.revoke_token("aaaa").await.unwrap(), None);
     assert!(store.tokens().await.unwrap().is_empty());
     assert_eq!(store.token_by_hash([1; 32]).await.unwrap(), None);
@@ -45,7 +48,10 @@ async fn a_token_is_found_by_its_hash_listed_and_revoked_by_id_or_name() {
 async fn a_taken_name_is_refused_and_nothing_is_written() {
     let (store, _dir) = super::file_store().await;
     store.create_token(token("aaaa", "ci", 1)).await.unwrap();
-    let err = store.create_token(token("cccc", "ci", 3)).await.unwrap_err();
+    let err = store
+        .create_token(token("cccc", "ci", 3))
+        .await
+        .unwrap_err();
     assert_eq!(err, StoreError::TokenNameTaken { name: "ci".into() });
     assert_eq!(err.code(), "conflict");
     assert!(err.to_string().contains("plugd token revoke ci"), "{err}");
@@ -59,7 +65,10 @@ async fn a_token_created_by_another_store_on_the_file_is_found() {
     let offline = Store::open(StoreConfig::new(dir.path().join("state/plugd.db")))
         .await
         .unwrap();
-    offline.create_token(token("dddd", "late", 4)).await.unwrap();
+    offline
+        .create_token(token("dddd", "late", 4))
+        .await
+        .unwrap();
     drop(offline);
     assert_eq!(
         server.token_by_hash([4; 32]).await.unwrap().unwrap().name,
