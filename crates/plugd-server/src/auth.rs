@@ -764,13 +764,13 @@ fn forbidden(grant: &Grant, scope: &Scope) -> Response {
 
 // ---- routes: the session (dashboard log-in) and token management ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct LogIn {
     token: String,
 }
 
 /// Who a credential is, as the session routes answer.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Whoami {
     auth_required: bool,
     id: Option<String>,
@@ -799,6 +799,9 @@ fn whoami(auth: &Auth, grant: Option<&Grant>) -> Whoami {
 }
 
 /// `GET /api/v1/session`: who the request's credential is; 401 when auth is on without one.
+#[utoipa::path(get, path = "/api/v1/session", tag = "auth",
+    description = "Who the request's credential is. With auth off: `auth_required` false and the `admin` scope. No credential needed (401 when auth is on without one).",
+    responses((status = 200, description = "The caller", body = Whoami), (status = 401, description = "`unauthorized`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn session(
     State(auth): State<Auth>,
     Extension(caller): Extension<Caller>,
@@ -810,6 +813,10 @@ pub(crate) async fn session(
 }
 
 /// `POST /api/v1/session {"token"}`: a session cookie for the dashboard.
+#[utoipa::path(post, path = "/api/v1/session", tag = "auth",
+    description = "Trades a token for the dashboard's session cookie (HttpOnly, SameSite=Strict). No credential needed.",
+    request_body(content = LogIn, content_type = "application/json"),
+    responses((status = 200, description = "Logged in; `Set-Cookie: plugd_session=...`", body = Whoami), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 401, description = "`invalid_token`", body = crate::openapi::ErrorBody), (status = 503, description = "The store is busy", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn log_in(
     State(auth): State<Auth>,
     body: Result<Json<LogIn>, axum::extract::rejection::JsonRejection>,
@@ -840,6 +847,9 @@ pub(crate) async fn log_in(
 }
 
 /// `DELETE /api/v1/session`: ends the session and clears the cookie.
+#[utoipa::path(delete, path = "/api/v1/session", tag = "auth",
+    description = "Ends the session and clears the cookie. No credential needed.",
+    responses((status = 204, description = "Logged out")))]
 pub(crate) async fn log_out(State(auth): State<Auth>, headers: HeaderMap) -> Response {
     if let Some(id) = session_cookie(&headers) {
         auth.close_session(id);
@@ -856,7 +866,7 @@ pub(crate) async fn log_out(State(auth): State<Auth>, headers: HeaderMap) -> Res
 }
 
 /// A token as listings show it (never its secret or hash).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenDto {
     id: String,
     name: String,
@@ -879,12 +889,15 @@ impl From<&TokenRecord> for TokenDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenList {
     tokens: Vec<TokenDto>,
 }
 
 /// `GET /api/v1/tokens`.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "auth",
+    description = "Every token (never a secret). Scope: `admin`.",
+    responses((status = 200, description = "Tokens", body = TokenList)))]
 pub(crate) async fn list_tokens(State(auth): State<Auth>) -> Result<Json<TokenList>, ApiError> {
     let tokens = auth.store().await?.tokens().await.map_err(store_error)?;
     Ok(Json(TokenList {
@@ -892,7 +905,7 @@ pub(crate) async fn list_tokens(State(auth): State<Auth>) -> Result<Json<TokenLi
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewToken {
     name: String,
     scopes: Vec<String>,
@@ -901,7 +914,7 @@ pub(crate) struct NewToken {
 }
 
 /// A created token: the only answer that carries the secret.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct CreatedToken {
     token: String,
     #[serde(flatten)]
@@ -909,6 +922,10 @@ pub(crate) struct CreatedToken {
 }
 
 /// `POST /api/v1/tokens {"name", "scopes", "expires_in_s"?}` → 201 with the secret.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "auth",
+    description = "Creates a token; the answer is the only time its secret is shown. Scope: `admin`.",
+    request_body(content = NewToken, content_type = "application/json"),
+    responses((status = 201, description = "Created, with `token`", body = CreatedToken), (status = 400, description = "`bad_request`: bad name or scope", body = crate::openapi::ErrorBody), (status = 409, description = "`conflict`: the name is taken", body = crate::openapi::ErrorBody), (status = 503, description = "Busy", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn create_token(
     State(auth): State<Auth>,
     body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
@@ -949,6 +966,10 @@ pub(crate) async fn create_token(
 }
 
 /// `DELETE /api/v1/tokens/{id_or_name}`: revokes at once (its sessions end with it).
+#[utoipa::path(delete, path = "/api/v1/tokens/{which}", tag = "auth",
+    description = "Revokes a token at once (its sessions end with it). Scope: `admin`.",
+    params(("which" = String, Path, description = "The token's id or name")),
+    responses((status = 200, description = "The revoked token", body = TokenDto), (status = 404, description = "`token_not_found`", body = crate::openapi::ErrorBody), (status = 503, description = "Busy", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn revoke_token(
     State(auth): State<Auth>,
     Path(which): Path<String>,

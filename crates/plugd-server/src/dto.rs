@@ -2,15 +2,16 @@
 
 use plugd_host::{LogLine, PluginInfo, Problem, TrustLevel};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct PluginList {
     pub plugins: Vec<PluginDto>,
     /// Packages that could not be read at all.
     pub problems: Vec<ProblemDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct ProblemDto {
     pub path: String,
     pub message: String,
@@ -25,7 +26,7 @@ impl From<Problem> for ProblemDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct PluginDto {
     pub name: String,
     pub version: Option<String>,
@@ -60,7 +61,7 @@ pub(crate) struct PluginDto {
 }
 
 /// Where a plugin's HTTP side is reached, and its last health check.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct HttpDto {
     /// Always: `/plugins/NAME`.
     pub path: String,
@@ -73,7 +74,7 @@ pub(crate) struct HttpDto {
     pub health: Option<HttpHealthDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct HttpHealthDto {
     pub ok: bool,
     pub detail: String,
@@ -97,7 +98,7 @@ impl PluginDto {
 }
 
 /// What the host and the runtime did to keep a plugin serving.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct SupervisionDto {
     /// Faults the runtime reported (crashes, failed restarts), oldest first, the newest 20.
     pub faults: Vec<FaultDto>,
@@ -107,13 +108,13 @@ pub(crate) struct SupervisionDto {
     pub swaps: Vec<SwapDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct FaultDto {
     pub at_ms: u64,
     pub reason: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct BackoffDto {
     /// When the next restart is attempted, milliseconds since the Unix epoch.
     pub next_attempt_ms: u64,
@@ -125,7 +126,7 @@ pub(crate) struct BackoffDto {
     pub window_ms: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct SwapDto {
     pub at_ms: u64,
     /// `reload`, `restart` or `watch`.
@@ -183,7 +184,7 @@ impl SupervisionDto {
 }
 
 /// The answer to an unload: the plugin, plus the running dependants it stopped first.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct UnloadedDto {
     #[serde(flatten)]
     pub plugin: PluginDto,
@@ -199,7 +200,7 @@ impl From<plugd_host::Unloaded> for UnloadedDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct LimitsDto {
     pub memory: u64,
     pub disk: u64,
@@ -208,13 +209,13 @@ pub(crate) struct LimitsDto {
     pub concurrency: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct DependencyDto {
     pub name: String,
     pub requirement: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct ActionDto {
     pub name: String,
     pub description: String,
@@ -223,7 +224,7 @@ pub(crate) struct ActionDto {
     pub input: Option<serde_json::Value>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct MetricsDto {
     pub calls: u64,
     pub errors: u64,
@@ -322,13 +323,13 @@ impl From<PluginInfo> for PluginDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct LogsDto {
     pub plugin: String,
     pub lines: Vec<LogLineDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct LogLineDto {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -354,13 +355,13 @@ impl From<LogLine> for LogLineDto {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Health {
     pub status: &'static str,
     pub plugins: HealthCounts,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct HealthCounts {
     pub total: usize,
     pub running: usize,
@@ -368,21 +369,21 @@ pub(crate) struct HealthCounts {
 }
 
 /// `GET /api/v1/plugins/{name}/params`: the effective value and the schema it must fit.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct ParamsDto {
     pub params: serde_json::Value,
     pub schema: Option<serde_json::Value>,
 }
 
 /// `GET /api/v1/plugins/{name}/params/history`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct ParamsHistoryDto {
     pub plugin: String,
     /// Newest first.
     pub revisions: Vec<RevisionDto>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct RevisionDto {
     pub revision: u64,
     pub params: serde_json::Value,
@@ -405,13 +406,13 @@ impl From<plugd_store::ParamsRevision> for RevisionDto {
 
 /// `GET /api/v1/plugins/{name}/kv`: one page, sorted by key; `next` is the `after` of the next
 /// page (`null`: no more).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct KvPageDto {
     pub items: Vec<KvItemDto>,
     pub next: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct KvItemDto {
     pub key: String,
     pub value: serde_json::Value,

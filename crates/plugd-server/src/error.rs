@@ -23,7 +23,7 @@ pub struct ApiError {
 }
 
 /// One way a value breaks a schema, as the error body lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ViolationDto {
     /// JSON pointer into the value (`""` for the value itself).
     pub pointer: String,

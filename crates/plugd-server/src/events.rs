@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::routes::AppState;
@@ -44,10 +45,11 @@ const CATCH_UP_PAGE: usize = 256;
 const MAX_PATTERN: usize = 256;
 
 /// An event as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct EventDto<'a> {
     pub seq: u64,
     pub topic: &'a str,
+    #[schema(value_type = Object)]
     pub payload: &'a RawValue,
     /// The plugin that published it (`null`: an application).
     pub source: Option<&'a str>,
@@ -70,8 +72,8 @@ impl<'a> From<&'a EventRecord> for EventDto<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct DeadLetterDto<'a> {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeadLetterDto<'a> {
     plugin: &'a str,
     event: EventDto<'a>,
     attempts: u32,
@@ -91,6 +93,40 @@ impl<'a> From<&'a DeadLetter> for DeadLetterDto<'a> {
     }
 }
 
+/// `POST /api/v1/events` body, for the API document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PublishDoc {
+    /// e.g. `image.imported` (topics under `plugd.` are the host's).
+    topic: String,
+    /// Defaults to `{}`.
+    payload: Option<serde_json::Value>,
+}
+
+/// A published event, for the API document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PublishedDoc {
+    seq: u64,
+    subscribers: Vec<String>,
+}
+
+/// A page of events, for the API document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct EventPageDoc<'a> {
+    events: Vec<EventDto<'a>>,
+    /// The seq to pass as `after` for the next page.
+    next: u64,
+}
+
+/// Dead letters, for the API document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct DeadLettersDoc<'a> {
+    dead_letters: Vec<DeadLetterDto<'a>>,
+}
+
 const PUBLISH_SHAPE: &str =
     r#"{"topic": "image.imported", "payload": {...}} (`payload` defaults to {})"#;
 
@@ -107,6 +143,10 @@ pub(crate) fn empty_object() -> Value {
 }
 
 /// `POST /api/v1/events`.
+#[utoipa::path(post, path = "/api/v1/events", tag = "events",
+    description = "Publishes an event: stored, then delivered at least once, in publish order, to every subscribed plugin. Scope: `events:publish`.",
+    request_body(content = PublishDoc, content_type = "application/json"),
+    responses((status = 202, description = "Stored; `seq` and the subscribers it goes to", body = PublishedDoc), (status = 400, description = "`bad_request` or `bad_json`", body = crate::openapi::ErrorBody), (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody), (status = 429, description = "`overloaded`: a subscriber's backlog is full", body = crate::openapi::ErrorBody), (status = 503, description = "The store is busy", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -130,6 +170,10 @@ pub(crate) struct HistoryQuery {
 }
 
 /// `GET /api/v1/events`: the log after `after`, oldest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    description = "Stored events after `after`, oldest first. Scope: `read`.",
+    params(("after" = Option<u64>, Query, description = "Only events after this seq"), ("topic" = Option<String>, Query, description = "A topic, `prefix.*` or `*`"), ("limit" = Option<usize>, Query, description = "Most events (default 100, at most 1000)")),
+    responses((status = 200, description = "Events and the seq to continue after", body = EventPageDoc<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn history(
     State(host): State<Host>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
@@ -155,6 +199,10 @@ pub(crate) struct DeadQuery {
 }
 
 /// `GET /api/v1/events/dead`.
+#[utoipa::path(get, path = "/api/v1/events/dead", tag = "events",
+    description = "Dead letters, newest first: events a subscriber's handler kept failing on. Scope: `read`.",
+    params(("plugin" = Option<String>, Query, description = "Only this plugin's"), ("limit" = Option<usize>, Query, description = "Most listed")),
+    responses((status = 200, description = "Dead letters", body = DeadLettersDoc<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn dead(
     State(host): State<Host>,
     query: Result<Query<DeadQuery>, QueryRejection>,
@@ -168,6 +216,10 @@ pub(crate) async fn dead(
 }
 
 /// `POST /api/v1/events/dead/{plugin}/{seq}/replay`.
+#[utoipa::path(post, path = "/api/v1/events/dead/{plugin}/{seq}/replay", tag = "events",
+    description = "Delivers a dead letter again, to that plugin alone. Scope: `admin`.",
+    params(("plugin" = String, Path, description = "The subscriber"), ("seq" = u64, Path, description = "The event's seq")),
+    responses((status = 202, description = "Queued again", body = Object), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "No such dead letter or plugin", body = crate::openapi::ErrorBody), (status = 409, description = "`conflict`", body = crate::openapi::ErrorBody), (status = 429, description = "`overloaded`", body = crate::openapi::ErrorBody), (status = 503, description = "Busy", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn replay(
     State(host): State<Host>,
     path: Result<Path<(String, u64)>, PathRejection>,
@@ -187,6 +239,10 @@ pub(crate) struct FollowQuery {
 }
 
 /// `GET /api/v1/events/stream`.
+#[utoipa::path(get, path = "/api/v1/events/stream", tag = "events",
+    description = "Server-Sent Events: each published event (`id` is its seq; resume with `Last-Event-ID` or `after`). Scope: `read`.",
+    params(("topic" = Option<String>, Query, description = "A topic, `prefix.*` or `*`"), ("after" = Option<u64>, Query, description = "Stored events after this seq first")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn follow(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -7,6 +7,7 @@ mod dto;
 mod error;
 mod events;
 mod metrics;
+mod openapi;
 mod proxy;
 mod routes;
 mod stream;

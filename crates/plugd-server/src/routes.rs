@@ -19,6 +19,7 @@ use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+#[allow(unused_imports)] // named by the OpenAPI attributes
 use crate::dto::{
     Health, HealthCounts, KvItemDto, KvPageDto, LogLineDto, LogsDto, ParamsDto, ParamsHistoryDto,
     PluginDto, PluginList, RevisionDto, UnloadedDto,
@@ -132,7 +133,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/readyz", get(ready))
         .route("/plugin/{name}/{action}", post(call))
         .route("/api/v1/plugins", get(list))
-        .route("/api/admin/v1/plugins", get(list))
+        .route("/api/admin/v1/plugins", get(list_admin))
         .route("/api/v1/plugins/{name}", get(show).delete(uninstall))
         .route("/api/v1/plugins/{name}/logs", get(logs))
         .route(
@@ -141,7 +142,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         )
         .route("/api/v1/plugins/{name}/params/history", get(params_history))
         .route("/api/v1/plugins/{name}/kv", get(kv))
-        .route("/api/v1/plugins/{name}/actions/{action}", post(call))
+        .route("/api/v1/plugins/{name}/actions/{action}", post(call_v1))
         // One route per operation (not `{op}`), so `GET /api/v1/plugins/NAME/anything` is a 404,
         // not a 405 for a route that does not exist.
         .route("/api/v1/plugins/{name}/load", post(load))
@@ -161,6 +162,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/metrics", get(crate::metrics::handler))
+        .route("/api/v1/openapi.json", get(crate::openapi::openapi))
         .route(
             "/api/v1/session",
             get(auth::session).post(auth::log_in).delete(auth::log_out),
@@ -198,8 +200,21 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .with_state(state)
 }
 
+/// `/plugins/NAME`: the root of the plugin's own HTTP side (documented apart: OpenAPI has no
+/// empty path parameter).
+#[utoipa::path(get, path = "/plugins/{name}", tag = "plugin-http",
+    description = "The plugin's own HTTP server (`[http]` in its manifest), any method, forwarded as is. Scope: `http:PLUGIN`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "Whatever the plugin's HTTP server answers (any status)"), (status = "4XX", description = "The plugin's own client errors, or 404 `plugin_not_found` / 413", body = crate::openapi::ErrorBody), (status = 502, description = "`plugin_unreachable`", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running` or the plugin has no HTTP side", body = crate::openapi::ErrorBody), (status = 504, description = "`plugin_timeout`", body = crate::openapi::ErrorBody)))]
+#[allow(dead_code)]
+pub(crate) fn plugin_http_root() {}
+
 /// `/plugins/NAME/...`: the plugin's own HTTP side.
-async fn plugin_http(
+#[utoipa::path(get, path = "/plugins/{name}/{rest}", tag = "plugin-http",
+    description = "A path of the plugin's own HTTP server, any method, forwarded with the prefix stripped (sent as `X-Forwarded-Prefix`). Scope: `http:PLUGIN`.",
+    params(("name" = String, Path, description = "Plugin name"), ("rest" = String, Path, description = "The path below the plugin's prefix")),
+    responses((status = 200, description = "Whatever the plugin's HTTP server answers (any status)"), (status = "4XX", description = "The plugin's own client errors, or 404 `plugin_not_found` / 413", body = crate::openapi::ErrorBody), (status = 502, description = "`plugin_unreachable`", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running` or the plugin has no HTTP side", body = crate::openapi::ErrorBody), (status = 504, description = "`plugin_timeout`", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn plugin_http(
     State(state): State<AppState>,
     Path(params): Path<std::collections::HashMap<String, String>>,
     req: axum::extract::Request,
@@ -302,16 +317,22 @@ fn counts(host: &Host) -> HealthCounts {
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    description = "Liveness: answers as soon as the port is bound, while plugins may still be starting. No credential needed.",
+    responses((status = 200, description = "Alive, with plugin counts", body = Health)))]
 /// Liveness: answers as soon as the port is bound, while plugins may still be starting.
-async fn health(State(host): State<Host>) -> Json<Health> {
+pub(crate) async fn health(State(host): State<Host>) -> Json<Health> {
     Json(Health {
         status: "ok",
         plugins: counts(&host),
     })
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    description = "Readiness: 503 `starting` until the first start wave is done. No credential needed.",
+    responses((status = 200, description = "Ready", body = Health), (status = 503, description = "Still starting", body = Health)))]
 /// Readiness: 503 `starting` until the first start wave is done, then 200 `ready`.
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let plugins = counts(&state.host);
     if state.readiness.is_ready() {
         (
@@ -332,7 +353,22 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     }
 }
 
-async fn call(
+#[utoipa::path(post, path = "/plugin/{name}/{action}", tag = "calls",
+    description = "Calls a plugin action with a JSON payload (an empty body is `{}`). Scope: `call:PLUGIN` or `call:PLUGIN/ACTION`.",
+    params(("name" = String, Path, description = "Plugin name"), ("action" = String, Path, description = "Action name")),
+    request_body(content = Object, content_type = "application/json", description = "The action's input"),
+    responses(
+        (status = 200, description = "The action's JSON result", content_type = "application/json", body = Object),
+        (status = 400, description = "`bad_json`, `bad_payload` (the input breaks the action's schema)", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`plugin_not_found` or `unknown_action`", body = crate::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody),
+        (status = "4XX", description = "A client error the plugin chose (`code` is the plugin's)", body = crate::openapi::ErrorBody),
+        (status = 429, description = "`overloaded` or the plugin's concurrency limit", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The plugin failed, crashed or answered badly", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody),
+        (status = 504, description = "`timeout` (the plugin's `call_timeout`) or `request_timeout`", body = crate::openapi::ErrorBody),
+    ))]
+pub(crate) async fn call(
     State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
@@ -360,6 +396,30 @@ async fn call(
     Ok(response)
 }
 
+/// `POST /api/v1/plugins/{name}/actions/{action}`: the same call under the versioned prefix.
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/actions/{action}", tag = "calls",
+    description = "Same as `POST /plugin/{name}/{action}`. Scope: `call:PLUGIN` or `call:PLUGIN/ACTION`.",
+    params(("name" = String, Path, description = "Plugin name"), ("action" = String, Path, description = "Action name")),
+    request_body(content = Object, content_type = "application/json", description = "The action's input"),
+    responses(
+        (status = 200, description = "The action's JSON result", content_type = "application/json", body = Object),
+        (status = 400, description = "`bad_json`, `bad_payload` (the input breaks the action's schema)", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`plugin_not_found` or `unknown_action`", body = crate::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody),
+        (status = "4XX", description = "A client error the plugin chose (`code` is the plugin's)", body = crate::openapi::ErrorBody),
+        (status = 429, description = "`overloaded` or the plugin's concurrency limit", body = crate::openapi::ErrorBody),
+        (status = 502, description = "The plugin failed, crashed or answered badly", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody),
+        (status = 504, description = "`timeout` (the plugin's `call_timeout`) or `request_timeout`", body = crate::openapi::ErrorBody),
+    ))]
+pub(crate) async fn call_v1(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    call(state, path, body).await
+}
+
 /// A body that could not be read: too large (naming the limit), or broken.
 pub(crate) fn body_error(rejection: BytesRejection, max_body: usize) -> ApiError {
     let status = rejection.status();
@@ -376,7 +436,10 @@ pub(crate) fn body_error(rejection: BytesRejection, max_body: usize) -> ApiError
     }
 }
 
-async fn list(State(state): State<AppState>) -> Json<PluginList> {
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins",
+    description = "Every plugin with its state, and the packages that could not be read. Scope: `read`.",
+    responses((status = 200, description = "The plugins", body = PluginList)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Json<PluginList> {
     let host = &state.host;
     Json(PluginList {
         plugins: host
@@ -388,7 +451,19 @@ async fn list(State(state): State<AppState>) -> Json<PluginList> {
     })
 }
 
-async fn show(
+/// `GET /api/admin/v1/plugins`: the listing under its older path.
+#[utoipa::path(get, path = "/api/admin/v1/plugins", tag = "plugins",
+    description = "Same as `GET /api/v1/plugins` (kept for older clients). Scope: `read`.",
+    responses((status = 200, description = "The plugins", body = PluginList)))]
+pub(crate) async fn list_admin(state: State<AppState>) -> Json<PluginList> {
+    list(state).await
+}
+
+#[utoipa::path(get, path = "/api/v1/plugins/{name}", tag = "plugins",
+    description = "One plugin: state, version, trust, limits, supervision, metrics. Scope: `read`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "The plugin", body = PluginDto), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
@@ -398,11 +473,15 @@ async fn show(
 }
 
 #[derive(Deserialize)]
-struct LogsQuery {
+pub(crate) struct LogsQuery {
     limit: Option<usize>,
 }
 
-async fn logs(
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/logs", tag = "plugins",
+    description = "The plugin's recent log lines, oldest first. Scope: `read`.",
+    params(("name" = String, Path, description = "Plugin name"), ("limit" = Option<usize>, Query, description = "Most lines (default 100)")),
+    responses((status = 200, description = "Log lines", body = LogsDto), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn logs(
     State(host): State<Host>,
     Path(name): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
@@ -415,14 +494,22 @@ async fn logs(
     }))
 }
 
-async fn load(
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/load", tag = "plugins",
+    description = "Re-scans the plugins directory, starts the plugin's missing dependencies, then the plugin. Scope: `admin`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "The plugin after the operation", body = PluginDto), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`cannot_load`: the package or a dependency cannot be loaded", body = crate::openapi::ErrorBody), (status = 502, description = "The plugin failed to start", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody), (status = 504, description = "A start or stop took too long", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn load(
     State(host): State<Host>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
     Ok(Json(host.load(&name).await?.into()))
 }
 
-async fn unload(
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/unload", tag = "plugins",
+    description = "Stops the plugin's running dependants, then the plugin. Scope: `admin`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "The plugin, and which dependants were stopped", body = UnloadedDto), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`cannot_load`: the package or a dependency cannot be loaded", body = crate::openapi::ErrorBody), (status = 502, description = "The plugin failed to start", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody), (status = 504, description = "A start or stop took too long", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn unload(
     State(host): State<Host>,
     Path(name): Path<String>,
 ) -> Result<Json<UnloadedDto>, ApiError> {
@@ -430,14 +517,18 @@ async fn unload(
 }
 
 #[derive(Deserialize)]
-struct UninstallQuery {
+pub(crate) struct UninstallQuery {
     #[serde(default)]
     keep_data: bool,
 }
 
 /// `DELETE /api/v1/plugins/{name}?keep_data=true|false`: stops the plugin (and its running
 /// dependants) and forgets it until `load`; its data goes too unless `keep_data`.
-async fn uninstall(
+#[utoipa::path(delete, path = "/api/v1/plugins/{name}", tag = "plugins",
+    description = "Stops the plugin (and its running dependants) and forgets it until `load`; its data goes too unless `keep_data`. Scope: `admin`.",
+    params(("name" = String, Path, description = "Plugin name"), ("keep_data" = Option<bool>, Query, description = "Keep its data dir, kv and params")),
+    responses((status = 200, description = "The plugin, and which dependants were stopped", body = UnloadedDto), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`cannot_load`: the package or a dependency cannot be loaded", body = crate::openapi::ErrorBody), (status = 502, description = "The plugin failed to start", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody), (status = 504, description = "A start or stop took too long", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn uninstall(
     State(host): State<Host>,
     Path(name): Path<String>,
     query: Result<Query<UninstallQuery>, QueryRejection>,
@@ -475,7 +566,11 @@ fn json_body(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Val
     })
 }
 
-async fn params(
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/params", tag = "data",
+    description = "The plugin's params and the JSON Schema they follow. Scope: `read`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "Params and schema", body = ParamsDto), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 503, description = "The store is busy", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn params(
     State(host): State<Host>,
     Path(name): Path<String>,
 ) -> Result<Json<ParamsDto>, ApiError> {
@@ -487,7 +582,11 @@ async fn params(
 }
 
 /// `PUT`: the body replaces the params (keys left out take their defaults).
-async fn put_params(
+#[utoipa::path(put, path = "/api/v1/plugins/{name}/params", tag = "data",
+    description = "Replaces the params (keys left out take their defaults); validated whole against the schema. Scope: `params:write`.",
+    params(("name" = String, Path, description = "Plugin name")), request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "The params as stored", body = Object), (status = 400, description = "`bad_json` or `bad_params` (with `violations`)", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`conflict`", body = crate::openapi::ErrorBody), (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody), (status = 429, description = "`overloaded`", body = crate::openapi::ErrorBody), (status = 503, description = "The store is busy", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn put_params(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -502,7 +601,11 @@ async fn put_params(
 }
 
 /// `PATCH`: the body is a JSON merge patch (RFC 7396; `null` resets a key to its default).
-async fn patch_params(
+#[utoipa::path(patch, path = "/api/v1/plugins/{name}/params", tag = "data",
+    description = "Changes params with a JSON merge patch (RFC 7396; `null` resets a key). Scope: `params:write`.",
+    params(("name" = String, Path, description = "Plugin name")), request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "The params as stored", body = Object), (status = 400, description = "`bad_json` or `bad_params` (with `violations`)", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`conflict`", body = crate::openapi::ErrorBody), (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody), (status = 429, description = "`overloaded`", body = crate::openapi::ErrorBody), (status = 503, description = "The store is busy", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn patch_params(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -517,14 +620,18 @@ async fn patch_params(
 }
 
 #[derive(Deserialize)]
-struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     limit: Option<usize>,
 }
 
 /// The most revisions one history request returns.
 const MAX_HISTORY: usize = 1000;
 
-async fn params_history(
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/params/history", tag = "data",
+    description = "Stored params changes, newest first. Scope: `read`.",
+    params(("name" = String, Path, description = "Plugin name"), ("limit" = Option<usize>, Query, description = "Most revisions (default 20, at most 1000)")),
+    responses((status = 200, description = "Revisions", body = ParamsHistoryDto), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn params_history(
     State(host): State<Host>,
     Path(name): Path<String>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
@@ -539,15 +646,19 @@ async fn params_history(
 }
 
 #[derive(Deserialize)]
-struct KvQuery {
+pub(crate) struct KvQuery {
     #[serde(default)]
     prefix: String,
     after: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/kv", tag = "data",
+    description = "A page of the plugin's kv entries, sorted by key. Scope: `kv:read`.",
+    params(("name" = String, Path, description = "Plugin name"), ("prefix" = Option<String>, Query, description = "Only keys starting with this"), ("after" = Option<String>, Query, description = "Keys after this one (the previous page's `next`)"), ("limit" = Option<usize>, Query, description = "Most entries")),
+    responses((status = 200, description = "Entries", body = KvPageDto), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
 /// A read-only page of a plugin's kv entries.
-async fn kv(
+pub(crate) async fn kv(
     State(host): State<Host>,
     Path(name): Path<String>,
     query: Result<Query<KvQuery>, QueryRejection>,
@@ -566,21 +677,32 @@ async fn kv(
     }))
 }
 
-async fn reload(
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/reload", tag = "plugins",
+    description = "Verifies and resolves the package as it is on disk and swaps that version in without dropping a call; if it cannot load, the running version keeps serving. Scope: `admin`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "The plugin after the operation", body = PluginDto), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`cannot_load`: the package or a dependency cannot be loaded", body = crate::openapi::ErrorBody), (status = 502, description = "The plugin failed to start", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody), (status = 504, description = "A start or stop took too long", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn reload(
     State(host): State<Host>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
     Ok(Json(host.reload(&name).await?.into()))
 }
 
-async fn restart(
+#[utoipa::path(post, path = "/api/v1/plugins/{name}/restart", tag = "plugins",
+    description = "A fresh instance from the package on disk, started beside the old one; clears `failed`. Scope: `admin`.",
+    params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "The plugin after the operation", body = PluginDto), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`cannot_load`: the package or a dependency cannot be loaded", body = crate::openapi::ErrorBody), (status = 502, description = "The plugin failed to start", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running`", body = crate::openapi::ErrorBody), (status = 504, description = "A start or stop took too long", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn restart(
     State(host): State<Host>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDto>, ApiError> {
     Ok(Json(host.restart(&name).await?.into()))
 }
 
-async fn gc(State(host): State<Host>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/api/v1/gc", tag = "plugins",
+    description = "Removes staged package copies, compiled code and Python environments no running plugin uses. Scope: `admin`.",
+    responses((status = 200, description = "What was removed", body = Object), (status = 503, description = "Busy", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn gc(State(host): State<Host>) -> Result<Json<serde_json::Value>, ApiError> {
     let c = host.collect_garbage().await?;
     Ok(Json(serde_json::json!({
         "packages": c.packages.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::routes::AppState;
@@ -43,7 +44,7 @@ const MAX_TASKS: usize = 1000;
 const MAX_REMEMBERED: usize = 100_000;
 
 /// A task as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct TaskDto<'a> {
     pub id: u64,
     pub plugin: &'a str,
@@ -102,13 +103,39 @@ impl<'a> From<&'a TaskView> for TaskDto<'a> {
 }
 
 /// A progress report, as the stream sends it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ProgressDto<'a> {
     id: u64,
     plugin: &'a str,
     state: &'static str,
     progress: Option<f64>,
     message: Option<&'a str>,
+}
+
+/// `POST /api/v1/tasks` body, for the API document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SubmitDoc {
+    plugin: String,
+    /// A task handler the plugin registered.
+    task: String,
+    /// Defaults to `{}`.
+    payload: Option<Value>,
+    key: Option<String>,
+    priority: Option<bool>,
+    /// With `key`: return the queued task of that key instead of adding one.
+    dedupe: Option<bool>,
+    /// 1 to 20 (default 3).
+    max_attempts: Option<u32>,
+}
+
+/// A page of tasks, for the API document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct TaskPageDoc<'a> {
+    tasks: Vec<TaskDto<'a>>,
+    /// The id to pass as `before` for the next page (`null`: no more).
+    next: Option<u64>,
 }
 
 const SUBMIT_SHAPE: &str = r#"{"plugin": "gallery", "task": "embed", "payload": {...}} with optional "key", "priority", "dedupe" and "max_attempts""#;
@@ -129,6 +156,10 @@ struct SubmitBody {
 }
 
 /// `POST /api/v1/tasks`.
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks",
+    description = "Submits a background task to a plugin's queue. Scope: `tasks:submit`.",
+    request_body(content = SubmitDoc, content_type = "application/json"),
+    responses((status = 201, description = "Queued", body = TaskDto<'_>), (status = 200, description = "`dedupe`: the queued task of that key", body = TaskDto<'_>), (status = 400, description = "`bad_request` or `bad_json`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found` or unknown task", body = crate::openapi::ErrorBody), (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody), (status = 429, description = "`overloaded`: the plugin's queue is full", body = crate::openapi::ErrorBody), (status = 503, description = "Busy", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -175,6 +206,10 @@ pub(crate) struct ListQuery {
 }
 
 /// `GET /api/v1/tasks`.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
+    description = "Tasks, newest first. Scope: `read`.",
+    params(("plugin" = Option<String>, Query, description = "Only this plugin's"), ("state" = Option<String>, Query, description = "queued, running, succeeded, failed or cancelled"), ("key" = Option<String>, Query, description = "Only this key's"), ("before" = Option<u64>, Query, description = "Only ids below this (the previous page's `next`)"), ("limit" = Option<usize>, Query, description = "Most tasks (default 100, at most 1000)")),
+    responses((status = 200, description = "Tasks", body = TaskPageDoc<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list(
     State(host): State<Host>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -217,6 +252,10 @@ fn parse_state(text: &str) -> Result<TaskState, ApiError> {
 }
 
 /// `GET /api/v1/tasks/{id}`.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks",
+    description = "One task: state, attempts, progress, timings, payload, result or error. Scope: `read`.",
+    params(("id" = u64, Path, description = "Task id")),
+    responses((status = 200, description = "The task", body = TaskDto<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`task_not_found`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn show(
     State(host): State<Host>,
     path: Result<Path<u64>, PathRejection>,
@@ -229,6 +268,10 @@ pub(crate) async fn show(
 }
 
 /// `POST /api/v1/tasks/{id}/cancel`.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+    description = "Cancels a task: a queued one at once; a running one is asked to stop and the answer comes when its run is over. Scope: `tasks:submit`.",
+    params(("id" = u64, Path, description = "Task id")),
+    responses((status = 200, description = "The task after the cancel", body = TaskDto<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`task_not_found`", body = crate::openapi::ErrorBody), (status = 409, description = "`conflict`: already finished", body = crate::openapi::ErrorBody), (status = 503, description = "Busy", body = crate::openapi::ErrorBody), (status = 504, description = "The run did not end in time", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn cancel(
     State(host): State<Host>,
     headers: HeaderMap,
@@ -265,6 +308,10 @@ impl Filter {
 }
 
 /// `GET /api/v1/tasks/stream`.
+#[utoipa::path(get, path = "/api/v1/tasks/stream", tag = "tasks",
+    description = "Server-Sent Events: task updates and progress, starting with the queued and running tasks. Scope: `read`.",
+    params(("plugin" = Option<String>, Query, description = "Only this plugin's tasks"), ("id" = Option<u64>, Query, description = "Only this task")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn watch(
     State(state): State<AppState>,
     query: Result<Query<WatchQuery>, QueryRejection>,
