@@ -64,8 +64,7 @@ pub(crate) async fn plugin_call(
         ));
     };
     if !manifest.dependencies.contains_key(&callee) {
-        slot.denials
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slot.deny("plugin_call");
         let message = format!(
             "Plugin `{caller}` may call only the plugins it depends on, and `{callee}` is not in its `[dependencies]`; hint: add `{callee} = \"*\"` (or a version requirement) there"
         );

@@ -64,10 +64,19 @@ impl HostError {
     /// errors).
     pub fn code(&self) -> &str {
         match self {
+            HostError::Runtime(e) => e.code(),
+            other => other.kind(),
+        }
+    }
+
+    /// The bounded form of [`HostError::code`], for metric labels: the same code, except that
+    /// a plugin's own client error code is `client_error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
             HostError::PluginNotFound { .. } => "plugin_not_found",
             HostError::NotRunning { .. } => "plugin_not_running",
             HostError::CannotLoad(_) => "plugin_cannot_load",
-            HostError::Runtime(e) => e.code(),
+            HostError::Runtime(e) => crate::telemetry::runtime_kind(e),
             HostError::Invalid(_) => "bad_request",
             HostError::InvalidParams { .. } => "bad_params",
             HostError::Store(e) => e.code(),

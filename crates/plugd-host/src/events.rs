@@ -427,6 +427,7 @@ impl Host {
                 return Err(e.into());
             }
         };
+        crate::telemetry::published();
         for r in &reserved {
             r.wake.notify_one();
         }
@@ -634,6 +635,7 @@ async fn deliver(
                 let problem = match outcome {
                     Ok(Ok(())) => {
                         subscriber.delivered.fetch_add(1, Ordering::Relaxed);
+                        slot.handles().delivered.increment(1);
                         break;
                     }
                     // Not the event's fault: wait for the plugin to serve again, uncounted.
@@ -685,6 +687,10 @@ async fn deliver(
                 .await
             {
                 Ok(()) => {
+                    // Counted once stored: a batch that is delivered again is not counted twice.
+                    if !advance.dead.is_empty() {
+                        slot.handles().dead.increment(advance.dead.len() as u64);
+                    }
                     subscriber.cursor.store(advance.cursor, Ordering::Relaxed);
                     let _ =
                         subscriber

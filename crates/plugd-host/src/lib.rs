@@ -25,6 +25,7 @@ mod results;
 mod services;
 mod supervision;
 mod tasks;
+mod telemetry;
 mod watch;
 
 use std::collections::HashMap;
@@ -58,6 +59,7 @@ pub use tasks::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_QUEUE, MAX_TASK_PAYLOAD, TASK_BACKOFF, TaskQuery,
     TaskSubmit, TaskView,
 };
+pub use telemetry::describe_metrics;
 pub use watch::{WatchConfig, WatchMode, Watching};
 
 /// How the host runs.

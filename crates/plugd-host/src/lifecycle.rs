@@ -19,10 +19,12 @@ use plugd_runtime::{
 };
 use plugd_trust::{KeySource, Trust, TrustPolicy, TrustStore, stage_package};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::registry::{Generation, InFlight, PluginInfo, PluginState, Problem, Slot, TrustLevel};
 use crate::services::PluginServices;
 use crate::supervision::{Swap, Trigger};
+use crate::telemetry::CallRecord;
 use crate::{Host, HostConfig, HostError, LogLine};
 
 pub(crate) struct HostInner {
@@ -248,6 +250,10 @@ impl Host {
     }
 
     /// [`Host::call`] with options (a deadline shorter than the manifest's `call_timeout`).
+    ///
+    /// Each call of an installed plugin runs in a `call` span (`plugin`, `action`, and on
+    /// completion `outcome` and `duration_ms`) and is counted in the call metrics (see
+    /// `docs/metrics.md`), also when the caller drops it (`cancelled`).
     pub async fn call_with(
         &self,
         plugin: &str,
@@ -256,6 +262,36 @@ impl Host {
         options: CallOptions,
     ) -> Result<Outcome, HostError> {
         let slot = self.inner.existing(plugin)?;
+        let running = {
+            let inner = slot.inner.lock();
+            match inner.running() {
+                Some(generation) => Ok(generation.clone()),
+                None => Err(HostError::NotRunning {
+                    plugin: plugin.to_owned(),
+                    state: inner.state(),
+                    reason: inner.phase().reason().map(str::to_owned),
+                }),
+            }
+        };
+        let record = CallRecord::begin(&slot, running.as_deref().ok(), action);
+        let result = self
+            .call_running(&slot, running, &record, action, payload, options)
+            .instrument(record.span().clone())
+            .await;
+        record.finish(&result);
+        result
+    }
+
+    /// The call itself, on the generation that was running when it arrived.
+    async fn call_running(
+        &self,
+        slot: &Arc<Slot>,
+        running: Result<Arc<Generation>, HostError>,
+        record: &CallRecord,
+        action: &str,
+        payload: Box<RawValue>,
+        options: CallOptions,
+    ) -> Result<Outcome, HostError> {
         let action_name = action;
         let action = ActionName::new(action).map_err(|_| {
             HostError::Runtime(RuntimeError::UnknownAction {
@@ -263,21 +299,9 @@ impl Host {
                 action: action.to_owned(),
             })
         })?;
-        let generation = {
-            let inner = slot.inner.lock();
-            match inner.running() {
-                Some(generation) => generation.clone(),
-                None => {
-                    return Err(HostError::NotRunning {
-                        plugin: plugin.to_owned(),
-                        state: inner.state(),
-                        reason: inner.phase().reason().map(str::to_owned),
-                    });
-                }
-            }
-        };
+        let generation = running?;
         check_payload(&slot.name, &generation.manifest, &action, &payload)?;
-        let guard = InFlight::enter(slot.clone(), generation.clone());
+        let guard = InFlight::enter(slot.clone(), generation.clone(), record.plugin().clone());
         let result = generation
             .instance
             .call(Invocation {
@@ -297,6 +321,7 @@ impl Host {
                 Ok(()) => Ok(outcome),
                 Err(problem) => Err(HostError::BadResult(format!(
                     "Plugin `{plugin}` answered `{action}` with a result that breaks the result shape: {problem}; hint: see the result shape in `docs/protocol.md`",
+                    plugin = slot.name,
                     action = action_name,
                 ))),
             }
@@ -519,14 +544,13 @@ impl Host {
         // Running plugins that depend on this one: the only ones whose fate this reload decides.
         let dependants = resolution.dependants(name);
         let (dir, manifest) = new_manifest;
-        let staged = self
-            .stage(&pname, &dir, &manifest)
-            .await
-            .map_err(|reason| keeps_serving(&reason))?;
-        let generation = self
-            .launch(&slot, staged)
-            .await
-            .map_err(|reason| keeps_serving(&reason))?;
+        let began = Instant::now();
+        let launched = match self.stage(&pname, &dir, &manifest).await {
+            Ok(staged) => self.launch(&slot, staged).await,
+            Err(reason) => Err(reason),
+        };
+        crate::telemetry::loaded(&slot, began, launched.is_ok());
+        let generation = launched.map_err(|reason| keeps_serving(&reason))?;
         // Switch: from here on every call goes to the new version.
         let old = {
             let mut inner = slot.inner.lock();
@@ -766,7 +790,9 @@ impl Host {
             inner.begin_start();
             (manifest, inner.dir.clone())
         };
+        let began = Instant::now();
         let fail = |reason: String| {
+            crate::telemetry::loaded(slot, began, false);
             slot.inner.lock().fail(reason.clone());
             slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
             tracing::error!(plugin = %slot.name, "{reason}");
@@ -782,6 +808,7 @@ impl Host {
         slot.inner.lock().manifest = Some(staged.manifest.clone());
         match self.launch(slot, staged).await {
             Ok(generation) => {
+                crate::telemetry::loaded(slot, began, true);
                 slot.inner.lock().started(generation.clone());
                 slot.phase_changed.notify_waiters();
                 self.watch_health(slot, &generation);
@@ -823,8 +850,8 @@ impl Host {
             slot.push_log(LogSource::Runtime, LogLevel::Warn, warning);
             tracing::warn!(plugin = %slot.name, "{warning}");
         }
-        for denial in &denials {
-            slot.denials.fetch_add(1, Ordering::Relaxed);
+        for (kind, denial) in &denials {
+            slot.deny(kind);
             slot.push_log(LogSource::Runtime, LogLevel::Warn, denial);
             tracing::warn!(plugin = %slot.name, "{denial}");
         }
@@ -908,6 +935,9 @@ impl Host {
             in_flight: Default::default(),
             idle: Default::default(),
             halted: Default::default(),
+            call_metrics: Default::default(),
+            seen_restarts: Default::default(),
+            seen_late_replies: Default::default(),
         }))
     }
 
@@ -934,9 +964,14 @@ impl Host {
         let host = Arc::downgrade(&self.inner);
         let slot = Arc::downgrade(slot);
         let id = generation.id;
+        let watched = Arc::downgrade(generation);
         tokio::spawn(async move {
             loop {
                 let current = health.borrow_and_update().clone();
+                // A restart after a crash shows as a health change: count it now.
+                if let (Some(slot), Some(generation)) = (slot.upgrade(), watched.upgrade()) {
+                    crate::telemetry::sync_runtime_counters(&slot, &generation);
+                }
                 if let Health::Recovering { reason } = &current
                     && let Some(slot) = slot.upgrade()
                 {
@@ -1044,6 +1079,8 @@ impl Host {
     /// Stops one generation (already detached from the slot's phase) and logs it.
     async fn stop_generation(&self, slot: &Slot, generation: Arc<Generation>, reason: &str) {
         generation.instance.stop(self.inner.config.stop_grace).await;
+        // What its runtime counted since the last look, before the generation is gone.
+        crate::telemetry::sync_runtime_counters(slot, &generation);
         generation.halted.cancel();
         Self::remove_http_socket(&generation);
         slot.push_log(

@@ -68,13 +68,11 @@ impl Host {
     ) -> Result<Value, HostError> {
         let slot = self.inner.existing(name)?;
         if slot.inner.lock().state() == crate::PluginState::Uninstalled {
-            return Err(HostError::NotRunning {
-                plugin: name.to_owned(),
-                state: crate::PluginState::Uninstalled,
-                reason: Some(format!(
-                    "Plugin `{name}` is uninstalled, so it has no params; hint: `plugd load {name}` installs it again"
-                )),
-            });
+            // A conflict with the plugin's state (409), not a server fault: nothing will
+            // change by retrying until someone installs it again.
+            return Err(HostError::Conflict(format!(
+                "Plugin `{name}` is uninstalled, so it has no params; hint: `plugd load {name}` installs it again"
+            )));
         }
         let manifest = current_manifest(&slot)?;
         let full = resolve(&manifest, value).map_err(|violations| HostError::InvalidParams {

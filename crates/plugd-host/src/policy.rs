@@ -15,27 +15,39 @@ pub(crate) const UNTRUSTED_SERVICES: &[Service] = &[
     Service::Plugins,
 ];
 
-/// Returns the manifest the runtime gets (permissions narrowed for untrusted packages) and one
-/// sentence per denied request.
-pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, Vec<String>) {
+/// Returns the manifest the runtime gets (permissions narrowed for untrusted packages) and, per
+/// denied request, its kind (the `kind` label of `plugd_sandbox_denials_total`) and a sentence.
+pub(crate) fn effective(
+    manifest: &Manifest,
+    trust: &TrustLevel,
+) -> (Manifest, Vec<(&'static str, String)>) {
     let mut granted = manifest.clone();
     let mut denials = Vec::new();
     if *trust == TrustLevel::Untrusted {
         let name = &manifest.name;
         let perms = &mut granted.permissions;
         for target in perms.net_connect.drain(..) {
-            denials.push(format!(
-                "Denied `net.connect` to `{target}` for untrusted plugin `{name}`; hint: sign the package and add the key with `plugd trust add`"
+            denials.push((
+                "net_connect",
+                format!(
+                    "Denied `net.connect` to `{target}` for untrusted plugin `{name}`; hint: sign the package and add the key with `plugd trust add`"
+                ),
             ));
         }
         for var in perms.env.drain(..) {
-            denials.push(format!(
-                "Denied environment variable `{var}` for untrusted plugin `{name}`; hint: sign the package"
+            denials.push((
+                "env",
+                format!(
+                    "Denied environment variable `{var}` for untrusted plugin `{name}`; hint: sign the package"
+                ),
             ));
         }
         for app in perms.app_services.drain(..) {
-            denials.push(format!(
-                "Denied application service `app:{app}` for untrusted plugin `{name}`; hint: sign the package"
+            denials.push((
+                "app_service",
+                format!(
+                    "Denied application service `app:{app}` for untrusted plugin `{name}`; hint: sign the package"
+                ),
             ));
         }
         // The host's own events (`plugd.*`: reload failures with other plugins' error output
@@ -43,8 +55,11 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
         granted.events.subscribe.retain(|pattern| {
             let host_topic = pattern == "plugd.*" || pattern.starts_with("plugd.");
             if host_topic {
-                denials.push(format!(
-                    "Denied the subscription to `{pattern}` for untrusted plugin `{name}`: host events are for trusted plugins; hint: sign the package"
+                denials.push((
+                    "host_events",
+                    format!(
+                        "Denied the subscription to `{pattern}` for untrusted plugin `{name}`: host events are for trusted plugins; hint: sign the package"
+                    ),
                 ));
             }
             !host_topic
@@ -53,13 +68,19 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
         // would let it squat a path or port a trusted plugin (or the operator) means to use.
         if let Some(http) = granted.http.as_mut() {
             if let Some(port) = http.expose.take() {
-                denials.push(format!(
-                    "Denied `[http] expose = {port}` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+                denials.push((
+                    "http_expose",
+                    format!(
+                        "Denied `[http] expose = {port}` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+                    ),
                 ));
             }
             if let Some(mount) = http.mount.take() {
-                denials.push(format!(
-                    "Denied `[http] mount = \"{mount}\"` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+                denials.push((
+                    "http_mount",
+                    format!(
+                        "Denied `[http] mount = \"{mount}\"` for untrusted plugin `{name}`: it stays reachable under `/plugins/{name}` only; hint: sign the package"
+                    ),
                 ));
             }
         }
@@ -67,8 +88,11 @@ pub(crate) fn effective(manifest: &Manifest, trust: &TrustLevel) -> (Manifest, V
         perms.services.retain(|s| {
             let ok = UNTRUSTED_SERVICES.contains(s);
             if !ok {
-                denials.push(format!(
-                    "Denied service `{s}` for untrusted plugin `{name}`; hint: sign the package"
+                denials.push((
+                    "service",
+                    format!(
+                        "Denied service `{s}` for untrusted plugin `{name}`; hint: sign the package"
+                    ),
                 ));
             }
             ok
@@ -123,8 +147,23 @@ subscribe = ["image.*", "plugd.*", "plugd.plugin.reload_failed"]
             ]
         );
         assert!(untrusted.permissions.app_services.is_empty());
+        let kinds: Vec<&str> = denials.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(
-            denials,
+            kinds,
+            [
+                "net_connect",
+                "env",
+                "app_service",
+                "host_events",
+                "host_events",
+                "http_expose",
+                "http_mount",
+                "service"
+            ]
+        );
+        let messages: Vec<&str> = denials.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(
+            messages,
             [
                 "Denied `net.connect` to `api.example.org:443` for untrusted plugin `net`; hint: sign the package and add the key with `plugd trust add`",
                 "Denied environment variable `TOKEN` for untrusted plugin `net`; hint: sign the package",

@@ -18,6 +18,7 @@ use plugd_runtime::{ActionInfo, Health, Instance, LogLevel, LogSource};
 use tokio::sync::Notify;
 
 use crate::logs::LogGate;
+use crate::telemetry::{CallHandles, PluginHandles, Registered};
 
 /// Where a plugin is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,9 +181,20 @@ pub(crate) struct Generation {
     pub idle: Notify,
     /// Cancelled when this generation stops: proxied WebSockets still relayed to it end then.
     pub halted: tokio_util::sync::CancellationToken,
+    /// The series of its actions (see `telemetry`).
+    pub call_metrics: Registered<CallHandles>,
+    /// Its runtime's restarts and late replies already added to the plugin's series.
+    pub seen_restarts: AtomicU64,
+    pub seen_late_replies: AtomicU64,
 }
 
 impl Generation {
+    /// The series of its actions, registered on first use (and again if the recorder changed).
+    pub(crate) fn call_handles(&self, plugin: &metrics::SharedString) -> Arc<CallHandles> {
+        self.call_metrics
+            .get(|| CallHandles::register(plugin, self))
+    }
+
     /// Waits until no call runs on this generation. Cancel-safe.
     pub(crate) async fn drained(&self) {
         loop {
@@ -255,6 +267,8 @@ pub(crate) struct Slot {
     /// Generations replaced by a reload whose calls are still finishing. Whoever takes one out
     /// of this list stops it: the drain task when its calls are done, or a stop of the plugin.
     pub draining: Mutex<Vec<Arc<Generation>>>,
+    /// The plugin's series (see `telemetry`).
+    metrics: Registered<PluginHandles>,
 }
 
 pub(crate) struct SlotInner {
@@ -395,24 +409,36 @@ impl SlotInner {
     }
 }
 
-/// Counts one call in flight on a slot and on a generation; undone on drop, so a caller that
-/// drops the call future (a disconnected HTTP client, a `select!`) leaks nothing.
+/// Counts one call in flight on a slot, on a generation and in the plugin's in-flight gauge;
+/// undone on drop, so a caller that drops the call future (a disconnected HTTP client, a
+/// `select!`) leaks nothing.
 pub(crate) struct InFlight {
     slot: Arc<Slot>,
     generation: Arc<Generation>,
+    handles: Arc<PluginHandles>,
 }
 
 impl InFlight {
-    pub(crate) fn enter(slot: Arc<Slot>, generation: Arc<Generation>) -> Self {
+    pub(crate) fn enter(
+        slot: Arc<Slot>,
+        generation: Arc<Generation>,
+        handles: Arc<PluginHandles>,
+    ) -> Self {
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         generation.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { slot, generation }
+        handles.in_flight.increment(1.0);
+        InFlight {
+            slot,
+            generation,
+            handles,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.handles.in_flight.decrement(1.0);
         if self.generation.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.generation.idle.notify_waiters();
         }
@@ -448,7 +474,20 @@ impl Slot {
             phase_changed: Notify::new(),
             draining: Mutex::new(Vec::new()),
             supervision: Mutex::new(Default::default()),
+            metrics: Registered::default(),
         })
+    }
+
+    /// The plugin's series, registered on first use (and again if the recorder changed).
+    pub(crate) fn handles(&self) -> Arc<PluginHandles> {
+        self.metrics
+            .get(|| PluginHandles::register(self.name.as_str()))
+    }
+
+    /// Counts a capability request refused by policy (`kind`: what was asked for, e.g. `env`).
+    pub(crate) fn deny(&self, kind: &'static str) {
+        self.denials.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::denied(self, kind);
     }
 
     /// The running generation, if any (a short lock; the generation is shared).

@@ -60,8 +60,7 @@ impl PluginServices {
         if self.manifest.permissions.services.contains(&service) {
             return Ok(());
         }
-        slot.denials
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slot.deny("service");
         let (plugin, service_name) = (slot.name.to_string(), service.as_str().to_owned());
         Err(if self.declared.contains(&service) {
             HostCallError::DeniedByTrust {
@@ -245,8 +244,7 @@ impl PluginServices {
             .iter()
             .any(|s| s == name)
         {
-            slot.denials
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            slot.deny("app_service");
             let declared = self.declared_apps.iter().any(|s| s == name);
             let error = if declared {
                 HostCallError::DeniedByTrust {
@@ -297,8 +295,7 @@ impl PluginServices {
             ));
         };
         if !self.manifest.permissions.env.iter().any(|e| e == name) {
-            slot.denials
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            slot.deny("env");
             let message = if self.declared_env.iter().any(|e| e == name) {
                 format!(
                     "Environment variable `{name}` is not available to plugin `{}` because it is untrusted (unsigned); hint: sign the package",

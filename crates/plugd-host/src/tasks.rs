@@ -325,6 +325,18 @@ impl Board {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.stop.cancel();
     }
+
+    /// Queued and running tasks of every plugin that has a queue.
+    pub(crate) fn counts(&self) -> Vec<(PluginName, usize, usize)> {
+        let queues: Vec<Arc<PluginTasks>> = self.plugins.lock().values().cloned().collect();
+        queues
+            .iter()
+            .map(|q| {
+                let schedule = q.schedule.lock();
+                (q.name.clone(), schedule.queued(), schedule.running.len())
+            })
+            .collect()
+    }
 }
 
 impl Host {
@@ -501,6 +513,7 @@ impl Host {
                         None,
                     )
                     .await?;
+                crate::telemetry::task_ended(&slot, record.state, None);
                 let view = TaskView::from_record(record);
                 let _ = self.inner.board.updates.send(Arc::new(view.clone()));
                 if let Some(key) = emptied {
@@ -817,7 +830,14 @@ impl Host {
         done.notify_waiters();
         queue.wake.notify_one();
         match recorded {
-            Ok(record) => self.announce(|| TaskView::from_record(record)),
+            Ok(record) => {
+                let ran = record
+                    .started_ms
+                    .zip(record.finished_ms)
+                    .map(|(start, end)| Duration::from_millis(end.saturating_sub(start)));
+                crate::telemetry::task_ended(&slot, record.state, ran);
+                self.announce(|| TaskView::from_record(record))
+            }
             Err(e) => {
                 tracing::error!(plugin = %slot.name, "cannot record the end of task {id}: {e}")
             }

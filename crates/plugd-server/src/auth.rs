@@ -907,7 +907,11 @@ pub(crate) async fn list_tokens(State(auth): State<Auth>) -> Result<Json<TokenLi
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewToken {
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,64}$")]
     name: String,
+    /// `admin`, `read`, `call:PLUGIN[/ACTION]`, `events:publish`, `tasks:submit`,
+    /// `params:write`, `kv:read`, `scripts:run`, `http:PLUGIN`.
+    #[schema(min_items = 1)]
     scopes: Vec<String>,
     /// Lifetime in seconds; absent: never expires.
     expires_in_s: Option<u64>,

@@ -49,7 +49,8 @@ const MAX_PATTERN: usize = 256;
 pub(crate) struct EventDto<'a> {
     pub seq: u64,
     pub topic: &'a str,
-    #[schema(value_type = Object)]
+    /// Any JSON value (an object unless the publisher sent something else).
+    #[schema(value_type = serde_json::Value)]
     pub payload: &'a RawValue,
     /// The plugin that published it (`null`: an application).
     pub source: Option<&'a str>,
@@ -98,6 +99,7 @@ impl<'a> From<&'a DeadLetter> for DeadLetterDto<'a> {
 #[allow(dead_code)]
 pub(crate) struct PublishDoc {
     /// e.g. `image.imported` (topics under `plugd.` are the host's).
+    #[schema(min_length = 1, max_length = 256)]
     topic: String,
     /// Defaults to `{}`.
     payload: Option<serde_json::Value>,
@@ -202,7 +204,7 @@ pub(crate) struct DeadQuery {
 #[utoipa::path(get, path = "/api/v1/events/dead", tag = "events",
     description = "Dead letters, newest first: events a subscriber's handler kept failing on. Scope: `read`.",
     params(("plugin" = Option<String>, Query, description = "Only this plugin's"), ("limit" = Option<usize>, Query, description = "Most listed")),
-    responses((status = 200, description = "Dead letters", body = DeadLettersDoc<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "Dead letters", body = DeadLettersDoc<'_>), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`: `plugin` is not installed", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn dead(
     State(host): State<Host>,
     query: Result<Query<DeadQuery>, QueryRejection>,

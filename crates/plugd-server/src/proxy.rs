@@ -80,6 +80,17 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// The `status` label of a proxied request: `1xx` to `5xx`.
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -128,12 +139,21 @@ impl Proxy {
     pub async fn forward(&self, host: &Host, plugin: &str, prefix: &str, req: Request) -> Response {
         let endpoint = match host.http_endpoint(plugin) {
             Ok(endpoint) => endpoint,
+            // Not counted: the name comes from the request path, and may name no plugin.
             Err(e) => return ApiError::from(e).into_response(),
         };
-        match self.forward_to(endpoint, prefix, req).await {
+        let name = endpoint.plugin.to_string();
+        let response = match self.forward_to(endpoint, prefix, req).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
-        }
+        };
+        metrics::counter!(
+            crate::metrics::HTTP_PROXIED,
+            "plugin" => name,
+            "status" => status_class(response.status()),
+        )
+        .increment(1);
+        response
     }
 
     async fn forward_to(

@@ -112,6 +112,7 @@ impl FromRef<AppState> for Host {
 
 /// The whole API as an axum router.
 pub fn router(host: Host, config: ServerConfig) -> Router {
+    let _ = crate::metrics::install();
     let auth = crate::Auth::new(host.clone(), config.auth.clone());
     let state = AppState {
         auth: auth.clone(),
@@ -205,7 +206,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
 #[utoipa::path(get, path = "/plugins/{name}", tag = "plugin-http",
     description = "The plugin's own HTTP server (`[http]` in its manifest), any method, forwarded as is. Scope: `http:PLUGIN`.",
     params(("name" = String, Path, description = "Plugin name")),
-    responses((status = 200, description = "Whatever the plugin's HTTP server answers (any status)"), (status = "4XX", description = "The plugin's own client errors, or 404 `plugin_not_found` / 413", body = crate::openapi::ErrorBody), (status = 502, description = "`plugin_unreachable`", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running` or the plugin has no HTTP side", body = crate::openapi::ErrorBody), (status = 504, description = "`plugin_timeout`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "Whatever the plugin's HTTP server answers (any status)"), (status = "4XX", description = "The plugin's own client errors (its own body), or 404 `plugin_not_found` / 413 as the API's JSON error"), (status = 502, description = "`plugin_unreachable`", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running` or the plugin has no HTTP side", body = crate::openapi::ErrorBody), (status = 504, description = "`plugin_timeout`", body = crate::openapi::ErrorBody)))]
 #[allow(dead_code)]
 pub(crate) fn plugin_http_root() {}
 
@@ -213,7 +214,7 @@ pub(crate) fn plugin_http_root() {}
 #[utoipa::path(get, path = "/plugins/{name}/{rest}", tag = "plugin-http",
     description = "A path of the plugin's own HTTP server, any method, forwarded with the prefix stripped (sent as `X-Forwarded-Prefix`). Scope: `http:PLUGIN`.",
     params(("name" = String, Path, description = "Plugin name"), ("rest" = String, Path, description = "The path below the plugin's prefix")),
-    responses((status = 200, description = "Whatever the plugin's HTTP server answers (any status)"), (status = "4XX", description = "The plugin's own client errors, or 404 `plugin_not_found` / 413", body = crate::openapi::ErrorBody), (status = 502, description = "`plugin_unreachable`", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running` or the plugin has no HTTP side", body = crate::openapi::ErrorBody), (status = 504, description = "`plugin_timeout`", body = crate::openapi::ErrorBody)))]
+    responses((status = 200, description = "Whatever the plugin's HTTP server answers (any status)"), (status = "4XX", description = "The plugin's own client errors (its own body), or 404 `plugin_not_found` / 413 as the API's JSON error"), (status = 502, description = "`plugin_unreachable`", body = crate::openapi::ErrorBody), (status = 503, description = "`not_running` or the plugin has no HTTP side", body = crate::openapi::ErrorBody), (status = 504, description = "`plugin_timeout`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn plugin_http(
     State(state): State<AppState>,
     Path(params): Path<std::collections::HashMap<String, String>>,

@@ -853,13 +853,14 @@ async fn a_params_change_meets_the_schema_of_the_version_that_serves() {
         .await
         .unwrap();
     assert_eq!(script.params.lock()["gallery"], std::slice::from_ref(&fits));
-    // Uninstalled: refused, nothing stored; `load` starts clean with the defaults.
+    // Uninstalled: refused as a conflict with its state (409), nothing stored; `load` starts
+    // clean with the defaults.
     host.uninstall("gallery", false).await.unwrap();
     let err = host
         .set_params("gallery", json!({"batch_size": 3}), "test")
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "plugin_not_running", "{err}");
+    assert_eq!(err.code(), "conflict", "{err}");
     assert!(err.to_string().contains("is uninstalled"), "{err}");
     host.load("gallery").await.unwrap();
     assert_eq!(

@@ -366,3 +366,23 @@ async fn the_undo_history_is_held_within_the_quota() {
     }
     assert_eq!(store.kv_get("p", "k").await.unwrap(), Some(value('e')));
 }
+
+#[tokio::test]
+async fn size_bytes_is_the_pages_in_use_and_grows_with_the_data() {
+    let (store, _dir) = file_store().await;
+    let empty = store.size_bytes().await.unwrap();
+    // The migrated schema fills a few pages of 4 KiB (SQLite's default page size).
+    assert!(empty >= 4096 && empty % 4096 == 0, "{empty}");
+    let limits = KvLimits::default();
+    let big = "x".repeat(200_000);
+    store
+        .kv_commit("a", puts(&[("big", json!(big))]), &limits)
+        .await
+        .unwrap();
+    let grown = store.size_bytes().await.unwrap();
+    // At least the value's bytes (free pages of the empty file may have been reused).
+    assert!(grown > empty && grown >= 200_000, "{empty} → {grown}");
+    // An in-memory store answers too (through its writer).
+    let memory = Store::in_memory_for_tests();
+    assert!(memory.size_bytes().await.unwrap() > 0);
+}

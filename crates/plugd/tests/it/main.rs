@@ -24,6 +24,7 @@ mod durable;
 mod durable_work;
 mod http;
 mod lock;
+mod metrics;
 mod new;
 mod output;
 mod reload;
