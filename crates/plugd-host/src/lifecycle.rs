@@ -354,13 +354,38 @@ impl Host {
 
     /// The last `limit` log lines of a plugin, oldest first.
     pub fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogLine>, HostError> {
+        self.logs_after(name, None, limit)
+    }
+
+    /// A plugin's log lines, oldest first: with `after`, the first `limit` lines whose seq is
+    /// greater (those still in the ring); without, the last `limit`.
+    pub fn logs_after(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, HostError> {
         let slot = self.inner.existing(name)?;
         let logs = slot.logs.lock();
-        Ok(logs
-            .iter()
-            .skip(logs.len().saturating_sub(limit))
-            .cloned()
-            .collect())
+        Ok(match after {
+            Some(after) => logs
+                .iter()
+                .filter(|l| l.seq > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => logs
+                .iter()
+                .skip(logs.len().saturating_sub(limit))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// The seq of a plugin's newest log line, changing as lines arrive: what a follower waits
+    /// on (then reads [`Host::logs_after`]).
+    pub fn log_updates(&self, name: &str) -> Result<tokio::sync::watch::Receiver<u64>, HostError> {
+        Ok(self.inner.existing(name)?.log_seq.subscribe())
     }
 
     /// Loads (starts) a plugin and, first, any of its dependencies that are not running.

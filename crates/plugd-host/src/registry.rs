@@ -77,6 +77,9 @@ pub struct Problem {
 /// One captured log line.
 #[derive(Clone, Debug)]
 pub struct LogLine {
+    /// Its number among the plugin's lines since the host started: 1, 2, ... with no gaps (a
+    /// gap seen by a reader means lines were dropped from the ring before it read them).
+    pub seq: u64,
     /// When the host received it.
     pub at: SystemTime,
     /// Where it came from.
@@ -245,6 +248,8 @@ pub(crate) struct Slot {
     pub name: PluginName,
     pub inner: Mutex<SlotInner>,
     pub logs: Mutex<VecDeque<LogLine>>,
+    /// The seq of the newest log line (0: none yet); followers wait on it.
+    pub log_seq: tokio::sync::watch::Sender<u64>,
     pub gate: Mutex<LogGate>,
     pub log_capacity: usize,
     pub calls: AtomicU64,
@@ -458,6 +463,7 @@ impl Slot {
                 next_generation: 0,
             }),
             logs: Mutex::new(VecDeque::new()),
+            log_seq: tokio::sync::watch::Sender::new(0),
             gate: Mutex::new(LogGate::default()),
             log_capacity,
             calls: AtomicU64::new(0),
@@ -533,12 +539,16 @@ impl Slot {
         if logs.len() >= self.log_capacity {
             logs.pop_front();
         }
+        // Under the ring's lock, so seqs are in ring order.
+        let seq = *self.log_seq.borrow() + 1;
         logs.push_back(LogLine {
+            seq,
             at: SystemTime::now(),
             source,
             level,
             message,
         });
+        self.log_seq.send_replace(seq);
     }
 
     pub(crate) fn info(&self) -> PluginInfo {

@@ -590,6 +590,7 @@ fn need(method: &Method, route: Option<&str>, path: &str, config: &AuthConfig) -
         "/api/v1/plugins"
         | "/api/admin/v1/plugins"
         | "/api/v1/plugins/{name}/logs"
+        | "/api/v1/plugins/{name}/logs/stream"
         | "/api/v1/plugins/{name}/params/history"
         | "/api/v1/events/stream"
         | "/api/v1/events/dead"

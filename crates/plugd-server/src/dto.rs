@@ -331,6 +331,8 @@ pub(crate) struct LogsDto {
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct LogLineDto {
+    /// Its number among the plugin's lines (from 1, no gaps: a jump means lines were dropped).
+    pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub source: &'static str,
@@ -342,6 +344,7 @@ impl From<LogLine> for LogLineDto {
     fn from(l: LogLine) -> Self {
         use plugd_runtime::LogSource;
         LogLineDto {
+            seq: l.seq,
             at_ms: epoch_ms(l.at),
             source: match l.source {
                 LogSource::Plugin => "plugin",

@@ -6,6 +6,7 @@ pub mod auth;
 mod dto;
 mod error;
 mod events;
+mod logs;
 mod metrics;
 mod openapi;
 mod proxy;

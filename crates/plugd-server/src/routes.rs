@@ -25,7 +25,7 @@ use crate::dto::{
     PluginDto, PluginList, RevisionDto, UnloadedDto,
 };
 use crate::error::ApiError;
-use crate::{auth, events, tasks};
+use crate::{auth, events, logs, tasks};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -136,7 +136,8 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/plugins", get(list))
         .route("/api/admin/v1/plugins", get(list_admin))
         .route("/api/v1/plugins/{name}", get(show).delete(uninstall))
-        .route("/api/v1/plugins/{name}/logs", get(logs))
+        .route("/api/v1/plugins/{name}/logs", get(logs::recent))
+        .route("/api/v1/plugins/{name}/logs/stream", get(logs::follow))
         .route(
             "/api/v1/plugins/{name}/params",
             get(params).put(put_params).patch(patch_params),
@@ -471,28 +472,6 @@ pub(crate) async fn show(
     Ok(Json(
         PluginDto::from(state.host.plugin(&name)?).with_health(&state.proxy),
     ))
-}
-
-#[derive(Deserialize)]
-pub(crate) struct LogsQuery {
-    limit: Option<usize>,
-}
-
-#[utoipa::path(get, path = "/api/v1/plugins/{name}/logs", tag = "plugins",
-    description = "The plugin's recent log lines, oldest first. Scope: `read`.",
-    params(("name" = String, Path, description = "Plugin name"), ("limit" = Option<usize>, Query, description = "Most lines (default 100)")),
-    responses((status = 200, description = "Log lines", body = LogsDto), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`plugin_not_found`", body = crate::openapi::ErrorBody)))]
-pub(crate) async fn logs(
-    State(host): State<Host>,
-    Path(name): Path<String>,
-    query: Result<Query<LogsQuery>, QueryRejection>,
-) -> Result<Json<LogsDto>, ApiError> {
-    let Query(q) = query.map_err(bad_query)?;
-    let lines = host.logs(&name, q.limit.unwrap_or(100))?;
-    Ok(Json(LogsDto {
-        plugin: name,
-        lines: lines.into_iter().map(LogLineDto::from).collect(),
-    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/plugins/{name}/load", tag = "plugins",

@@ -8,6 +8,7 @@ mod data;
 mod doctor;
 mod events;
 mod lock;
+mod logs;
 mod new;
 mod output;
 mod paths;
@@ -33,6 +34,7 @@ Examples:
   plugd list                                     What runs, and why not
   plugd call my-plugin hello '{\"name\":\"Ada\"}'    Call an action
   plugd status my-plugin                         Details and recent logs
+  plugd logs my-plugin --follow                  Its log lines, live
   plugd reload my-plugin                         Pick up changes without a restart
   plugd restart my-plugin                        Fresh instance; clears a crash loop's `failed`
   plugd params my-plugin --set threshold=0.7     Change a setting (validated, kept in a history)
@@ -111,6 +113,24 @@ enum Command {
         /// How many recent log lines to show for one plugin.
         #[arg(long, default_value_t = 20)]
         logs: usize,
+    },
+    /// Show a plugin's log lines on a running server (its output, its SDK log calls and what
+    /// the host says about it), oldest first; `--follow` keeps printing new ones.
+    #[command(after_help = "Examples:
+  plugd logs hello                  The last 50 lines
+  plugd logs hello -n 500           The last 500 (the server keeps the last 1000 per plugin)
+  plugd logs hello --follow         Then new lines as they come, until Ctrl-C
+  plugd logs hello -f --json | jq   One JSON object per line")]
+    Logs {
+        /// Plugin name.
+        name: String,
+        /// How many recent lines to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new lines as they arrive, until Ctrl-C. With `--json`, one line object
+        /// per line of output.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Call a plugin action on a running server and print its result.
     Call {
@@ -335,6 +355,16 @@ http:PLUGIN, http:*.")]
         #[command(flatten)]
         python: lock::PythonArgs,
     },
+    /// Print a shell completion script for plugd.
+    #[command(after_help = "Examples:
+  plugd completions bash > /etc/bash_completion.d/plugd
+  plugd completions zsh > \"${fpath[1]}/_plugd\"
+  plugd completions fish > ~/.config/fish/completions/plugd.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Create a new plugin from a template.
     New {
         /// Plugin name (lower-case letters, digits, `-`, `_`); also the directory created.
@@ -526,6 +556,11 @@ struct ServeArgs {
     /// Log filter (`info`, `debug`, `plugd=debug,...`); `RUST_LOG` also works.
     #[arg(long, env = "PLUGD_LOG", default_value = "info")]
     log: String,
+    /// How the log on stderr is written: `text` for people (coloured on a terminal), `json` for
+    /// a log collector (one object per line: timestamp, level, target, fields, and the spans it
+    /// happened in, e.g. a call's `plugin` and `action`).
+    #[arg(long, value_enum, env = "PLUGD_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// The host's configuration file, `plugd.toml`: the most a plugin of each trust level may
     /// have (`[ceilings.untrusted]`, `[ceilings.trusted]`: memory, cpu, call_timeout, concurrency,
     /// disk, storage), application services (`[services.NAME]`: `url`, `timeout`) that
@@ -609,6 +644,15 @@ struct ServeOnly {
     args: ServeArgs,
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// `--durability`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Durability {
@@ -689,10 +733,28 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
             let (args, paths) = serve::dev_args(dev, paths)?;
             serve::run(args, paths)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "plugd", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List => client::list(&cli.server, cli.json),
         Command::Status { name, logs } => {
             client::status(&cli.server, name.as_deref(), logs, cli.json)
         }
+        Command::Logs {
+            name,
+            lines,
+            follow,
+        } => logs::run(
+            &cli.server,
+            &logs::LogsArgs {
+                name: &name,
+                lines,
+                follow,
+                as_json: cli.json,
+            },
+        ),
         Command::Call {
             plugin,
             action,
@@ -812,7 +874,7 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::Uninstall { name, keep_data } => {
             data::uninstall(&cli.server, &name, keep_data, cli.json)
         }
-        Command::New { name, lang, dir } => new::run(&name, lang, dir),
+        Command::New { name, lang, dir } => new::run(&name, lang, dir, cli.json),
         Command::Doctor => doctor::run(&cli.server, cli.json),
         Command::Gc => client::gc(&cli.server, cli.json),
         Command::Lock { dir, python } => lock::run(dir, &python, &paths, cli.json),

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use clap::ValueEnum;
 use plugd_manifest::PluginName;
 
 use crate::Lang;
@@ -58,7 +59,12 @@ const PYTHON_WASM: &[Template] = &[
     template!("python-wasm", "README.md"),
 ];
 
-pub(crate) fn run(name: &str, lang: Lang, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(
+    name: &str,
+    lang: Lang,
+    dir: Option<PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let name = PluginName::new(name).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(name.as_str()));
     if dir.exists()
@@ -84,6 +90,16 @@ pub(crate) fn run(name: &str, lang: Lang, dir: Option<PathBuf>) -> anyhow::Resul
         let text = t.text.replace("{{name}}", name.as_str());
         std::fs::write(&path, text)
             .with_context(|| format!("Cannot write `{}`", path.display()))?;
+    }
+    if as_json {
+        let files: Vec<&str> = templates.iter().map(|t| t.path).collect();
+        crate::output::print_json(&serde_json::json!({
+            "name": name.as_str(),
+            "dir": dir,
+            "lang": lang.to_possible_value().map(|v| v.get_name().to_owned()),
+            "files": files,
+        }));
+        return Ok(ExitCode::SUCCESS);
     }
     println!("Created plugin `{name}` in `{}`", dir.display());
     print!("{}", next_steps(&name, lang, &dir));

@@ -393,6 +393,43 @@ async fn bad_topics_and_payloads_are_refused_with_nothing_written() {
 }
 
 #[tokio::test]
+async fn log_lines_are_numbered_and_can_be_followed_after_a_seq() {
+    let f = Fixture::new();
+    f.fake_plugin("chatty", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    let all = host.logs("chatty", 1000).unwrap();
+    let seqs: Vec<u64> = all.iter().map(|l| l.seq).collect();
+    let expected: Vec<u64> = (1..=all.len() as u64).collect();
+    assert_eq!(seqs, expected, "numbered from 1 without gaps");
+    let mut updates = host.log_updates("chatty").unwrap();
+    let newest = *updates.borrow_and_update();
+    assert_eq!(newest, all.len() as u64);
+    call(&host, "chatty", "log", r#"{"lines": 3, "text": "after"}"#)
+        .await
+        .unwrap();
+    // The watch moved on; what follows `newest` is exactly the new lines.
+    assert!(updates.has_changed().unwrap());
+    let after = host.logs_after("chatty", Some(newest), 100).unwrap();
+    let texts: Vec<&str> = after.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(texts, ["after", "after", "after"]);
+    assert_eq!(after[0].seq, newest + 1);
+    // `limit` takes the first lines after the seq (a follower pages forward), and the last
+    // ones without a seq.
+    let first = host.logs_after("chatty", Some(newest), 1).unwrap();
+    assert_eq!(first[0].seq, newest + 1);
+    assert_eq!(host.logs("chatty", 1).unwrap()[0].seq, newest + 3);
+    assert!(
+        host.logs_after("chatty", Some(newest + 3), 10)
+            .unwrap()
+            .is_empty()
+    );
+    let err = host.log_updates("nobody").unwrap_err();
+    assert_eq!(err.code(), "plugin_not_found");
+}
+
+#[tokio::test]
 async fn a_plugin_log_flood_is_capped_rate_limited_and_escaped() {
     let f = Fixture::new();
     f.fake_plugin("noisy", "1.0.0", &[], "");

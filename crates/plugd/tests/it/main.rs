@@ -26,6 +26,7 @@ mod http;
 mod lock;
 mod metrics;
 mod new;
+mod observe;
 mod output;
 mod reload;
 mod services;

@@ -216,3 +216,17 @@ fn files(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+#[test]
+fn new_with_json_says_what_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("made");
+    let run = plugd(&["--json", "new", "made", "--dir", dir.to_str().unwrap()]);
+    run.ok();
+    let made: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(made["name"], "made");
+    assert_eq!(made["lang"], "python");
+    for file in made["files"].as_array().unwrap() {
+        assert!(dir.join(file.as_str().unwrap()).is_file(), "{file}");
+    }
+}
