@@ -10,6 +10,8 @@
 #   PROFILE=dev SKIP_BUILD=1 ...  # measure the dev-profile binaries in target/debug
 #   WORK=1 bench/run.sh          # also durable tasks and events (issue 11)
 #   PROXY=1 PROXY_ONLY=1 bench/run.sh     # plugins' own HTTP only (issue 13): proxy vs uvicorn direct
+#   AUTH=1 AUTH_ONLY=1 bench/run.sh       # issue 15: echo throughput with auth + metrics on vs off,
+#                                         # and the dashboard's assets, gzipped
 #
 # Steps: install `wrk` if missing (apt-get), build `plugd` and `plugd-bench` in release mode,
 # make the Python SDK importable by plugins (a throw-away venv with a `.pth` to `sdk/python/src`,
@@ -51,6 +53,8 @@ RELOAD_ONLY=${RELOAD_ONLY:-}    # 1: only the build and the reload section
 SWAPS=${SWAPS:-50}              # rewrites per reload case, one every 0.5 s
 PROXY=${PROXY:-}                # 1: client-manager through plugd's proxy vs uvicorn direct (issue 13)
 PROXY_ONLY=${PROXY_ONLY:-}      # 1: only the build and the proxy section
+AUTH=${AUTH:-}                  # 1: the echo with auth and metrics off, then on (issue 15)
+AUTH_ONLY=${AUTH_ONLY:-}        # 1: only the build and the auth/metrics section
 WS_MESSAGES=${WS_MESSAGES:-5000} # WebSocket echo round trips per case
 PROFILE=${PROFILE:-release}     # cargo profile of the binaries measured (`dev`: target/debug)
 OUT_DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
@@ -140,7 +144,7 @@ echo "python:  $(python3 --version 2>&1)"
 echo "wrk:     $(wrk -v 2>&1 | head -1)"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work skews every number below)"
 
-if [ -z "$RELOAD_ONLY" ] && [ -z "$PROXY_ONLY" ]; then
+if [ -z "$RELOAD_ONLY" ] && [ -z "$PROXY_ONLY" ] && [ -z "$AUTH_ONLY" ]; then
 # --- in-process latency ------------------------------------------------------------------------
 section "Latency through plugd-host vs raw pipe ($CALLS calls, 1 and $IN_FLIGHT in flight)"
 "$BENCH" latency --repo "$ROOT" -n "$CALLS" --in-flight "$IN_FLIGHT" --payload "$PAYLOAD" \
@@ -179,7 +183,7 @@ if [ -n "$WORK" ]; then
 fi
 
 fi
-[ -n "${SKIP_HTTP:-}" ] && [ -z "$RELOAD" ] && [ -z "$PROXY" ] && exit 0
+[ -n "${SKIP_HTTP:-}" ] && [ -z "$RELOAD" ] && [ -z "$PROXY" ] && [ -z "$AUTH" ] && exit 0
 
 # --- HTTP --------------------------------------------------------------------------------------
 # Starts a server in the background, waits for its `... listening on http://ADDR` line and sets
@@ -212,7 +216,9 @@ start_server() {
 run_wrk() {
     local name=$1 url=$2
     local reply
-    reply=$(curl -sS -X POST -H 'Content-Type: application/json' --data "$PAYLOAD" "$url" -w '\n%{http_code}')
+    local auth=()
+    [ -n "${PLUGD_BENCH_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $PLUGD_BENCH_TOKEN")
+    reply=$(curl -sS -X POST -H 'Content-Type: application/json' "${auth[@]}" --data "$PAYLOAD" "$url" -w '\n%{http_code}')
     if [ "${reply##*$'\n'}" != 200 ]; then
         echo "POST $url answered ${reply##*$'\n'}: ${reply%$'\n'*}" >&2
         tail -n 20 "$SCRATCH"/*.err >&2 || true
@@ -324,6 +330,60 @@ verdict = "met" if proxy <= 1.2 * direct else "MISSED"
 print(f"target: WebSocket echo p50 through the proxy <= 1.2x direct: {verdict} ({proxy:.0f} vs {direct:.0f} us, {proxy / direct:.2f}x)")
 PY
     [ -n "$PROXY_ONLY" ] && exit 0
+fi
+
+# --- auth and metrics (issue 15) -----------------------------------------------------------------
+if [ -n "$AUTH" ]; then
+    section "Auth and metrics: the same echoes with both off (--no-metrics, no token) and both on (a bearer token checked per request, every call counted)"
+    "$BENCH" make-plugins --repo "$ROOT" "$SCRATCH/auth-plugins"
+    start_server plugd-off "$PLUGD" serve --plugins "$SCRATCH/auth-plugins" --listen 127.0.0.1:0 \
+        --state-dir "$SCRATCH/off-state" --no-metrics
+    OFF_URL=$URL
+    TOKEN=$("$PLUGD" token create --state-dir "$SCRATCH/on-state" --name bench --scope 'call:*' 2>/dev/null)
+    start_server plugd-on "$PLUGD" serve --plugins "$SCRATCH/auth-plugins" --listen 127.0.0.1:0 \
+        --state-dir "$SCRATCH/on-state"
+    ON_URL=$URL
+    for url in "$OFF_URL" "$ON_URL"; do
+        for _ in $(seq 600); do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/readyz")" = 200 ] && break
+            sleep 0.1
+        done
+    done
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "$ON_URL/plugin/rustecho/echo")" = 401 ] \
+        || { echo "auth is not on for the second server" >&2; exit 1; }
+    AUTH_CASES="rustecho hello"
+    [ -n "$HAVE_WASM" ] && AUTH_CASES="rustecho hello-c-wasm hello"
+    # Interleaved, twice each, so drift of the machine hits both sides alike; the better run counts.
+    for round in 1 2; do
+        for case in $AUTH_CASES; do
+            run_wrk "off-$case-$round" "$OFF_URL/plugin/$case/echo"
+            PLUGD_BENCH_TOKEN=$TOKEN run_wrk "on-$case-$round" "$ON_URL/plugin/$case/echo"
+        done
+    done
+    best() { awk 'BEGIN {m = 0} {if ($1 > m) m = $1} END {print m}' <<<"$(rps "$1-1")
+$(rps "$1-2")"; }
+    printf '\n%-34s %12s %12s %8s\n' "POST echo (wrk -c$CONNECTIONS)" "off req/s" "on req/s" "on/off"
+    for case in $AUTH_CASES; do
+        off=$(best "off-$case") on=$(best "on-$case")
+        awk -v c="$case" -v off="$off" -v on="$on" 'BEGIN {
+            printf "%-34s %12.0f %12.0f %8.2f\n", c, off, on, on / off
+            printf "target: %s with auth and metrics on >= 0.9x off: %s (%.2fx)\n", c, (on >= 0.9 * off ? "met" : "MISSED"), on / off
+        }' | tee -a "$SCRATCH/auth.txt"
+    done
+    echo "--- metrics after the run (a sample of the series):"
+    curl -s -H "Authorization: Bearer $("$PLUGD" token create --state-dir "$SCRATCH/on-state" --name scrape --scope read 2>/dev/null)" \
+        "$ON_URL/metrics" | grep -E '^plugd_calls_total\{plugin="rustecho"' | head -3
+    UI_DIR=crates/plugd-server/ui
+    if [ -d "$UI_DIR" ]; then
+        raw=$(cat "$UI_DIR"/* | wc -c)
+        gz=0
+        for f in "$UI_DIR"/*; do gz=$((gz + $(gzip -9c "$f" | wc -c))); done
+        awk -v raw="$raw" -v gz="$gz" 'BEGIN {
+            printf "dashboard assets: %d bytes, %d gzipped (each file gzip -9)\n", raw, gz
+            printf "target: dashboard first load <= 200 KB of assets compressed: %s (%.1f KB)\n", (gz <= 200 * 1024 ? "met" : "MISSED"), gz / 1024
+        }' | tee -a "$SCRATCH/auth.txt"
+    fi
+    [ -n "$AUTH_ONLY" ] && exit 0
 fi
 
 section "HTTP: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, POST ${#PAYLOAD}-byte JSON"

@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use plugd_host::Host;
 
 use crate::error::ApiError;
+use crate::routes::AppState;
 
 /// The `Content-Type` of the text exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -128,7 +128,16 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 }
 
 /// The metrics in Prometheus text format.
-pub(crate) async fn handler(State(host): State<Host>) -> Response {
+pub(crate) async fn handler(State(state): State<AppState>) -> Response {
+    if !state.metrics {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "This server records no metrics (`plugd serve --no-metrics`); hint: start it without `--no-metrics`",
+        )
+        .into_response();
+    }
+    let host = state.host;
     let handle = match install() {
         Ok(handle) => handle,
         Err(reason) => return unavailable(reason),

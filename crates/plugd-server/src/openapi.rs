@@ -215,7 +215,7 @@ pub(crate) async fn openapi() -> Response {
     path = "/metrics",
     tag = "operations",
     description = "Prometheus metrics (text exposition format). Scope: `read`, none with `plugd serve --metrics-public`.",
-    responses((status = 200, description = "The metrics", content_type = "text/plain", body = String))
+    responses((status = 200, description = "The metrics", content_type = "text/plain", body = String), (status = 404, description = "`metrics_disabled`: the server runs with `--no-metrics`", body = ErrorBody), (status = 503, description = "`metrics_unavailable`: another metrics recorder was installed in this process first", body = ErrorBody))
 )]
 #[allow(dead_code)]
 fn metrics() {}

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub proxy: crate::Proxy,
     /// When requests need a token.
     pub auth: crate::AuthConfig,
+    /// Record metrics and serve them at `/metrics` (installs the process's metrics recorder);
+    /// off, nothing is recorded and `/metrics` answers 404 `metrics_disabled`.
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             shutdown: crate::Shutdown::new(),
             proxy: crate::Proxy::new(crate::ProxyConfig::default()),
             auth: crate::AuthConfig::default(),
+            metrics: true,
         }
     }
 }
@@ -96,6 +100,7 @@ pub(crate) struct AppState {
     pub(crate) shutdown: crate::Shutdown,
     pub(crate) proxy: crate::Proxy,
     pub(crate) auth: crate::Auth,
+    pub(crate) metrics: bool,
 }
 
 impl FromRef<AppState> for crate::Auth {
@@ -112,10 +117,13 @@ impl FromRef<AppState> for Host {
 
 /// The whole API as an axum router.
 pub fn router(host: Host, config: ServerConfig) -> Router {
-    let _ = crate::metrics::install();
+    if config.metrics {
+        let _ = crate::metrics::install();
+    }
     let auth = crate::Auth::new(host.clone(), config.auth.clone());
     let state = AppState {
         auth: auth.clone(),
+        metrics: config.metrics,
         host,
         readiness: config.readiness.clone(),
         max_body: config.max_body,

@@ -599,8 +599,11 @@ struct ServeArgs {
     #[arg(long, value_enum, env = "PLUGD_AUTH")]
     auth: Option<AuthArg>,
     /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_metrics")]
     metrics_public: bool,
+    /// Record no metrics: `/metrics` answers 404 `metrics_disabled` (see docs/metrics.md).
+    #[arg(long, env = "PLUGD_NO_METRICS")]
+    no_metrics: bool,
 }
 
 /// `--auth`.

@@ -145,6 +145,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
                 mode: auth_mode(&args),
                 metrics_public: args.metrics_public,
             },
+            metrics: !args.no_metrics,
         },
     );
     let exposed = expose(&args, &host, &proxy, &streams).await?;

@@ -89,7 +89,7 @@ fn metrics_count_calls_loads_events_proxied_requests_and_the_store() {
     // Delivery to `hello` (it subscribes to `hello.*`) happens in the background.
     let mut text = scrape(&server);
     let started = std::time::Instant::now();
-    while sample(&text, r#"plugd_events_delivered_total{plugin="hello"}"#).is_none() {
+    while sample(&text, r#"plugd_events_delivered_total{plugin="hello"}"#) != Some(1.0) {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the event was never delivered:\n{text}\n{}",
@@ -208,5 +208,31 @@ fn metrics_need_the_read_scope_once_tokens_exist_unless_public() {
     assert_eq!(
         send(&public, "GET", "/api/v1/plugins", None, "").status,
         401
+    );
+}
+
+#[test]
+fn no_metrics_records_nothing_and_says_so() {
+    let (tmp, plugins) = checkout_copy_of(&["hello"]);
+    let state = tmp.path().join("state");
+    let server = Server::spawn(
+        tmp.path(),
+        &[
+            "--plugins".as_ref(),
+            plugins.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--no-metrics".as_ref(),
+        ],
+        &tmp.path().join("serve.log"),
+    );
+    let answer = send(&server, "GET", "/metrics", None, "");
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["error"]["code"], "metrics_disabled");
+    assert!(
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--no-metrics")
     );
 }
