@@ -76,7 +76,7 @@ impl HostError {
             HostError::PluginNotFound { .. } => "plugin_not_found",
             HostError::NotRunning { .. } => "plugin_not_running",
             HostError::CannotLoad(_) => "plugin_cannot_load",
-            HostError::Runtime(e) => crate::telemetry::runtime_kind(e),
+            HostError::Runtime(e) => e.kind(),
             HostError::Invalid(_) => "bad_request",
             HostError::InvalidParams { .. } => "bad_params",
             HostError::Store(e) => e.code(),

@@ -24,7 +24,6 @@ use metrics::{
     describe_histogram, gauge, histogram,
 };
 use parking_lot::RwLock;
-use plugd_runtime::RuntimeError;
 
 use crate::HostError;
 use crate::registry::{Generation, PluginState, Slot};
@@ -468,29 +467,11 @@ impl crate::Host {
     }
 }
 
-/// The bounded, static form of a runtime error's code (a plugin's own client error code becomes
-/// `client_error`).
-pub(crate) fn runtime_kind(e: &RuntimeError) -> &'static str {
-    match e {
-        RuntimeError::ClientError { .. } => "client_error",
-        RuntimeError::Overloaded { .. } => "overloaded",
-        RuntimeError::UnknownAction { .. } => "action_not_found",
-        RuntimeError::BadPayload { .. } => "bad_payload",
-        RuntimeError::ActionFailed { .. } => "plugin_failed",
-        RuntimeError::Timeout { .. } => "plugin_timeout",
-        RuntimeError::LimitExceeded { .. } => "limit_exceeded",
-        RuntimeError::NotRunning { .. } => "plugin_not_running",
-        RuntimeError::Crashed { .. } => "plugin_crashed",
-        RuntimeError::StartFailed { .. } => "plugin_start_failed",
-        RuntimeError::Refused { .. } => "plugin_refused",
-        _ => "runtime_error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use plugd_manifest::PluginName;
+    use plugd_runtime::RuntimeError;
 
     #[test]
     fn runtime_kinds_are_the_codes_except_a_plugins_own() {
@@ -544,7 +525,7 @@ mod tests {
             },
         ];
         for e in &errors {
-            assert_eq!(runtime_kind(e), e.code(), "{e:?}");
+            assert_eq!(e.kind(), e.code(), "{e:?}");
         }
         let own = RuntimeError::ClientError {
             plugin,
@@ -554,7 +535,7 @@ mod tests {
             status: 422,
         };
         assert_eq!(own.code(), "my_code_42");
-        assert_eq!(runtime_kind(&own), "client_error");
+        assert_eq!(own.kind(), "client_error");
         assert_eq!(
             HostError::Runtime(own).kind(),
             "client_error",

@@ -484,6 +484,15 @@ impl RuntimeError {
     pub fn code(&self) -> &str {
         match self {
             RuntimeError::ClientError { code, .. } => code,
+            other => other.kind(),
+        }
+    }
+
+    /// The bounded form of [`RuntimeError::code`], for metric labels: the same code, except that
+    /// a plugin's own client error code is `client_error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeError::ClientError { .. } => "client_error",
             RuntimeError::Overloaded { .. } => "overloaded",
             RuntimeError::UnknownAction { .. } => "action_not_found",
             RuntimeError::BadPayload { .. } => "bad_payload",

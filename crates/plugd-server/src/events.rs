@@ -254,21 +254,7 @@ pub(crate) async fn follow(
     if let Some(p) = &q.topic {
         check_pattern(p)?;
     }
-    let last_event_id = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "The `Last-Event-ID` header must be an event's seq (a whole number)",
-                    )
-                })?,
-        ),
-    };
+    let last_event_id = stream::last_event_id(&headers, "an event")?;
     let after = last_event_id.or(q.after);
     let follow = Follow {
         // Subscribed before the first store read, so nothing falls between the two.

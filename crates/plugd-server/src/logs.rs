@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use plugd_host::Host;
@@ -68,21 +68,7 @@ pub(crate) async fn follow(
     query: Result<Query<FollowQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let q = stream::query(query)?;
-    let last_event_id = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "The `Last-Event-ID` header must be a log line's seq (a whole number)",
-                    )
-                })?,
-        ),
-    };
+    let last_event_id = stream::last_event_id(&headers, "a log line")?;
     // Subscribed before the first read, so no line falls between the two.
     let mut updates = state.host.log_updates(&name)?;
     let newest = *updates.borrow_and_update();

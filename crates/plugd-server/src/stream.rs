@@ -91,6 +91,29 @@ pub(crate) fn query<T>(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
+/// The `Last-Event-ID` header of a client resuming a stream: the seq of the last `what` it got
+/// (an event, a log line), or a JSON 400.
+pub(crate) fn last_event_id(
+    headers: &axum::http::HeaderMap,
+    what: &str,
+) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("The `Last-Event-ID` header must be {what}'s seq (a whole number)"),
+            )
+        })
+}
+
 /// A path with a numeric id or seq: anything else is a JSON 400, not axum's plain text.
 pub(crate) fn path<T>(path: Result<axum::extract::Path<T>, PathRejection>) -> Result<T, ApiError> {
     path.map(|p| p.0).map_err(|e| {

@@ -33,7 +33,7 @@ fn plugd_as(token: &str, args: &[&str]) -> Run {
 }
 
 /// `plugd token create` offline on `state`; returns the secret (stdout's only line).
-fn create_token(state: &Path, name: &str, scopes: &[&str]) -> String {
+pub(crate) fn create_token(state: &Path, name: &str, scopes: &[&str]) -> String {
     let state = state.to_str().unwrap();
     let mut args = vec!["token", "create", "--state-dir", state, "--name", name];
     for scope in scopes {

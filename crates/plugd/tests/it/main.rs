@@ -51,17 +51,20 @@ impl Server {
     /// Starts `plugd serve --plugins DIR --listen 127.0.0.1:0` and reads the URL from its first
     /// line of output. The state dir and the server's log live in `tmp`.
     fn start(plugins: &Path, tmp: &Path) -> Server {
+        Server::start_with(plugins, tmp, &[])
+    }
+
+    /// [`Server::start`] with `extra` flags (its log in `TMP/serve.log`, replaced).
+    fn start_with(plugins: &Path, tmp: &Path, extra: &[&str]) -> Server {
         let state = tmp.join("state");
-        Server::spawn(
-            tmp,
-            &[
-                "--plugins".as_ref(),
-                plugins.as_os_str(),
-                "--state-dir".as_ref(),
-                state.as_os_str(),
-            ],
-            &tmp.join("serve.log"),
-        )
+        let mut args = vec![
+            "--plugins".as_ref(),
+            plugins.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        Server::spawn(tmp, &args, &tmp.join("serve.log"))
     }
 
     /// Starts `plugd serve --listen 127.0.0.1:0 ARGS...` in `cwd`, its log in `log`, and waits

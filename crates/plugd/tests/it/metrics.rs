@@ -172,18 +172,7 @@ fn metrics_count_calls_loads_events_proxied_requests_and_the_store() {
 fn metrics_need_the_read_scope_once_tokens_exist_unless_public() {
     let (tmp, plugins) = checkout_copy_of(&["hello"]);
     let state = tmp.path().join("state");
-    let run = crate::plugd(&[
-        "token",
-        "create",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--name",
-        "caller",
-        "--scope",
-        "call:hello/greet",
-    ]);
-    run.ok();
-    let caller = run.stdout.trim().to_owned();
+    let caller = crate::auth::create_token(&state, "caller", &["call:hello/greet"]);
     let server = Server::start(&plugins, tmp.path());
     assert_eq!(send(&server, "GET", "/metrics", None, "").status, 401);
     let forbidden = send(&server, "GET", "/metrics", Some(&caller), "");
@@ -191,17 +180,7 @@ fn metrics_need_the_read_scope_once_tokens_exist_unless_public() {
     assert_eq!(forbidden.json()["error"]["code"], "forbidden");
     drop(server);
 
-    let public = Server::spawn(
-        tmp.path(),
-        &[
-            "--plugins".as_ref(),
-            plugins.as_os_str(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-            "--metrics-public".as_ref(),
-        ],
-        &tmp.path().join("public.log"),
-    );
+    let public = Server::start_with(&plugins, tmp.path(), &["--metrics-public"]);
     let text = scrape(&public);
     assert!(text.contains("plugd_plugins"), "{text}");
     // Everything else still needs its token.
@@ -214,18 +193,7 @@ fn metrics_need_the_read_scope_once_tokens_exist_unless_public() {
 #[test]
 fn no_metrics_records_nothing_and_says_so() {
     let (tmp, plugins) = checkout_copy_of(&["hello"]);
-    let state = tmp.path().join("state");
-    let server = Server::spawn(
-        tmp.path(),
-        &[
-            "--plugins".as_ref(),
-            plugins.as_os_str(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-            "--no-metrics".as_ref(),
-        ],
-        &tmp.path().join("serve.log"),
-    );
+    let server = Server::start_with(&plugins, tmp.path(), &["--no-metrics"]);
     let answer = send(&server, "GET", "/metrics", None, "");
     assert_eq!(answer.status, 404);
     assert_eq!(answer.json()["error"]["code"], "metrics_disabled");

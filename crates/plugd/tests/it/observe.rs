@@ -94,20 +94,10 @@ fn logs_shows_recent_lines_then_follows_new_ones() {
 #[test]
 fn json_logs_carry_each_calls_span() {
     let (tmp, plugins) = checkout_copy_of(&["hello"]);
-    let state = tmp.path().join("state");
-    let server = Server::spawn(
+    let server = Server::start_with(
+        &plugins,
         tmp.path(),
-        &[
-            "--plugins".as_ref(),
-            plugins.as_os_str(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-            "--log-format".as_ref(),
-            "json".as_ref(),
-            "--log".as_ref(),
-            "info,plugd_host=debug".as_ref(),
-        ],
-        &tmp.path().join("serve.log"),
+        &["--log-format", "json", "--log", "info,plugd_host=debug"],
     );
     server
         .cli(&["call", "hello", "greet", r#"{"name":"Ada"}"#])
