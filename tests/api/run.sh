@@ -43,9 +43,9 @@ done
 cd "$here"  # schemathesis.toml
 status=0
 # Left out: Server-Sent Events streams (`/stream`: they never end, so a response cannot be
-# checked whole; tests/it cover them), the dashboard (`/ui`: its page and assets are checked by
-# crates/plugd-server's tests and, once it lands, in a browser) and token revocation (the fuzzer
-# would revoke the token it runs with).
+# checked whole; tests/it cover them), the dashboard (`/ui`: static files, checked by ui.rs's
+# tests and in a browser by tests/ui/run.sh) and token revocation (the fuzzer would revoke the
+# token it runs with).
 st run "$url/api/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth \
