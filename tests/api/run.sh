@@ -15,30 +15,9 @@ if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != 
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore schemathesis==4.32.5
 fi
 
-work="$(mktemp -d)"
-server=""
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# A copy: the fuzzer uninstalls and unloads plugins.
-cp -r "$root/examples/plugins" "$work/plugins"
-token="$("$plugd" token create --state-dir "$work/state" --name fuzz --scope admin --json \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
-
-"$plugd" serve --plugins "$work/plugins" --state-dir "$work/state" --listen 127.0.0.1:0 \
-  >"$work/serve.log" 2>&1 &
-server=$!
-url=""
-for _ in $(seq 1 600); do
-  url="$(sed -n 's/^plugd listening on \(http:[^ ]*\).*/\1/p' "$work/serve.log" | head -n1)"
-  [ -n "$url" ] && curl -sf "$url/readyz" >/dev/null && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log"; echo "plugd serve exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$work/serve.log"; echo "plugd serve did not become ready" >&2; exit 1; }
+# shellcheck source=../lib/serve.sh
+. "$root/tests/lib/serve.sh"
+serve_examples fuzz
 
 cd "$here"  # schemathesis.toml
 status=0
