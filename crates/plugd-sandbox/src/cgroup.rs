@@ -425,6 +425,15 @@ impl Cgroup {
         self.read("memory", file)?.trim().parse().ok()
     }
 
+    pub(crate) fn memory_current(&self) -> Option<u64> {
+        let file = if self.version == CgroupVersion::V2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        self.read("memory", file)?.trim().parse().ok()
+    }
+
     pub(crate) fn cpu_usage(&self) -> Option<Duration> {
         if self.version == CgroupVersion::V2 {
             keyed(&self.read("cpu", "cpu.stat")?, "usage_usec").map(Duration::from_micros)

@@ -173,6 +173,10 @@ pub struct SandboxPolicy {
     /// Extra read-only (and executable) paths: interpreter prefixes, `/etc/ld.so.cache`, …
     /// Paths that do not exist are left out and named in the Landlock layer's detail.
     pub read_paths: Vec<PathBuf>,
+    /// Extra read-write (not executable) paths, treated like the data dir: bound at their own
+    /// path in the mount namespace and writable under Landlock. They must exist. Unlike the data
+    /// dir they are not chowned: the child's uid must already be able to write them.
+    pub write_paths: Vec<PathBuf>,
     /// Granted TCP connections as `(host, port)`; empty means no network at all. Only the
     /// port is enforced by the kernel (see the crate docs).
     pub net_connect: Vec<(String, u16)>,
@@ -232,6 +236,7 @@ impl SandboxPolicy {
             package_dir: package_dir.into(),
             data_dir: data_dir.into(),
             read_paths: Vec::new(),
+            write_paths: Vec::new(),
             net_connect: Vec::new(),
             memory_bytes: Some(256 << 20),
             cpu_time: None,
@@ -322,7 +327,10 @@ impl Sandbox {
         let mut layers = Vec::new();
         let mut plan = ChildPlan::default();
 
-        for path in [&policy.package_dir, &policy.data_dir] {
+        for path in [&policy.package_dir, &policy.data_dir]
+            .into_iter()
+            .chain(&policy.write_paths)
+        {
             std::fs::metadata(path).map_err(|source| SandboxError::Path {
                 path: path.clone(),
                 source,
@@ -616,6 +624,11 @@ impl Prepared {
     /// The highest memory use of the cgroup, in bytes, when known.
     pub fn memory_peak(&self) -> Option<u64> {
         self.cgroup.as_ref().and_then(Cgroup::memory_peak)
+    }
+
+    /// The memory the cgroup uses now (page cache included), in bytes, when known.
+    pub fn memory_current(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(Cgroup::memory_current)
     }
 
     /// CPU time used by the cgroup so far, when known.

@@ -78,6 +78,9 @@ pub(crate) fn ruleset(
         }
     }
     ruleset = add(ruleset, &policy.data_dir, data)?;
+    for path in &policy.write_paths {
+        ruleset = add(ruleset, path, data)?;
+    }
     for (device, writable) in DEVICES {
         let path = Path::new(device);
         if path.exists() {

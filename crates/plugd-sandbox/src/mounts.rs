@@ -145,6 +145,9 @@ pub(crate) fn plan(
     // Links inside a bound tree are already there.
     entries.retain(|(p, e)| !matches!(e, Entry::Link(_)) || !entries_bound(p, &ro));
     entries.push((absolute(&policy.data_dir)?, Entry::Data));
+    for path in &policy.write_paths {
+        entries.push((absolute(path)?, Entry::Data));
+    }
     let size = policy.tmpfs_bytes;
     entries.push((
         PathBuf::from("/tmp"),

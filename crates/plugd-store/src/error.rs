@@ -75,6 +75,36 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// A script with this id exists already; nothing was written.
+    #[error(
+        "Script `{id}` exists already; hint: `plugd script edit {id} FILE` adds a version, or pick another `--id`"
+    )]
+    ScriptExists {
+        /// The script id.
+        id: String,
+    },
+    /// No script has this id.
+    #[error("No script `{id}`; hint: `plugd script list` shows the registered ones")]
+    ScriptNotFound {
+        /// The script id.
+        id: String,
+    },
+    /// The script has no such version.
+    #[error("Script `{id}` has no version {version}; hint: `plugd script versions {id}`")]
+    ScriptVersionNotFound {
+        /// The script id.
+        id: String,
+        /// The version asked for.
+        version: u64,
+    },
+    /// A template with this name exists already; nothing was written.
+    #[error(
+        "Template `{name}` exists already; hint: pass `--replace` to overwrite it, or pick another name"
+    )]
+    TemplateExists {
+        /// The template name.
+        name: String,
+    },
     /// The write queue stayed full for the whole send deadline; nothing was written.
     #[error("The store is busy: its write queue stayed full for {waited_ms} ms; hint: retry later")]
     Busy {
@@ -125,7 +155,13 @@ impl StoreError {
             | StoreError::DuplicateKey { .. }
             | StoreError::EmptyCommit => "bad_request",
             StoreError::QuotaExceeded { .. } => "limit_exceeded",
-            StoreError::Conflict { .. } | StoreError::TokenNameTaken { .. } => "conflict",
+            StoreError::Conflict { .. }
+            | StoreError::TokenNameTaken { .. }
+            | StoreError::ScriptExists { .. }
+            | StoreError::TemplateExists { .. } => "conflict",
+            StoreError::ScriptNotFound { .. } | StoreError::ScriptVersionNotFound { .. } => {
+                "not_found"
+            }
             StoreError::Busy { .. } => "overloaded",
             StoreError::Closed
             | StoreError::SchemaTooNew { .. }

@@ -15,6 +15,7 @@ mod events;
 mod kv;
 mod params;
 mod schema;
+mod scripts;
 mod tasks;
 mod tokens;
 mod writer;
@@ -34,6 +35,10 @@ pub use crate::error::StoreError;
 pub use crate::events::{Advance, DeadEvent, NewEvent, StoredEvent};
 pub use crate::kv::PAGE_BYTES as KV_PAGE_BYTES;
 pub use crate::schema::SCHEMA_VERSION;
+pub use crate::scripts::{
+    AddMode, AddedVersion, NewRun, NewScriptVersion, RunEnd, RunRecord, ScriptRecord,
+    ScriptVersion, TemplateRecord,
+};
 pub use crate::tasks::{NewTask, TaskEnd, TaskFilter, TaskRecord, TaskState};
 pub use crate::tokens::TokenRecord;
 use crate::writer::{Ctx, Job, Op};
@@ -389,6 +394,133 @@ impl Store {
     pub async fn revoke_token(&self, which: &str) -> Result<Option<TokenRecord>, StoreError> {
         let which = which.to_owned();
         self.write(move |conn, _| tokens::revoke(conn, &which))
+            .await
+    }
+
+    /// Adds a script version (see [`AddMode`]) and makes it current; content that an earlier
+    /// version has (same digest) is not stored twice: that version is made current.
+    pub async fn add_script_version(
+        &self,
+        new: NewScriptVersion,
+        mode: AddMode,
+    ) -> Result<AddedVersion, StoreError> {
+        self.write(move |conn, ctx| scripts::add_version(conn, ctx, &new, mode))
+            .await
+    }
+
+    /// One script, `None` if there is none.
+    pub async fn script(&self, id: &str) -> Result<Option<ScriptRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| scripts::script(conn, &id)).await
+    }
+
+    /// Every script, by id.
+    pub async fn scripts(&self) -> Result<Vec<ScriptRecord>, StoreError> {
+        self.read(scripts::scripts).await
+    }
+
+    /// One version of a script (`None`: the current one).
+    pub async fn script_version(
+        &self,
+        id: &str,
+        version: Option<u64>,
+    ) -> Result<ScriptVersion, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| scripts::version(conn, &id, version))
+            .await
+    }
+
+    /// Every version of a script, oldest first.
+    pub async fn script_versions(&self, id: &str) -> Result<Vec<ScriptVersion>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| scripts::versions(conn, &id)).await
+    }
+
+    /// Makes an existing version the one runs use (a rollback).
+    pub async fn set_script_current(&self, id: &str, version: u64) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn, ctx| scripts::set_current(conn, ctx, &id, version))
+            .await
+    }
+
+    /// Removes a script and its versions (its runs stay, until the retention purge); `false` if
+    /// there was none.
+    pub async fn remove_script(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn, _| scripts::remove(conn, &id)).await
+    }
+
+    /// Records a queued run; returns its id.
+    pub async fn insert_run(&self, run: NewRun) -> Result<u64, StoreError> {
+        self.write(move |conn, ctx| scripts::insert_run(conn, ctx, &run))
+            .await
+    }
+
+    /// Marks a queued run as running; returns the time recorded.
+    pub async fn start_run(&self, id: u64) -> Result<u64, StoreError> {
+        self.write(move |conn, ctx| scripts::start_run(conn, ctx, id))
+            .await
+    }
+
+    /// Records how a run ended; returns the time recorded.
+    pub async fn finish_run(&self, id: u64, end: RunEnd) -> Result<u64, StoreError> {
+        self.write(move |conn, ctx| scripts::finish_run(conn, ctx, id, &end))
+            .await
+    }
+
+    /// One run, `None` if there is none.
+    pub async fn run(&self, id: u64) -> Result<Option<RunRecord>, StoreError> {
+        self.read(move |conn| scripts::run(conn, id)).await
+    }
+
+    /// Runs, newest first: of one script or of all, with ids below `before`, at most `limit`.
+    pub async fn runs(
+        &self,
+        script_id: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let script_id = script_id.map(str::to_owned);
+        self.read(move |conn| scripts::runs(conn, script_id.as_deref(), before, limit))
+            .await
+    }
+
+    /// Marks the runs a stopped host left queued or running as failed; returns how many.
+    pub async fn interrupt_runs(&self) -> Result<u64, StoreError> {
+        self.write(scripts::interrupt_runs).await
+    }
+
+    /// Deletes the runs that ended before `before_ms`; returns how many.
+    pub async fn purge_runs(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |conn, _| scripts::purge_runs(conn, before_ms))
+            .await
+    }
+
+    /// Stores a template (`replace`: overwrite one of the same name).
+    pub async fn put_template(
+        &self,
+        template: TemplateRecord,
+        replace: bool,
+    ) -> Result<TemplateRecord, StoreError> {
+        self.write(move |conn, ctx| scripts::put_template(conn, ctx, &template, replace))
+            .await
+    }
+
+    /// One template, `None` if there is none.
+    pub async fn template(&self, name: &str) -> Result<Option<TemplateRecord>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| scripts::template(conn, &name)).await
+    }
+
+    /// Every template, by name.
+    pub async fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        self.read(scripts::templates).await
+    }
+
+    /// Removes a template; `false` if there was none.
+    pub async fn remove_template(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn, _| scripts::remove_template(conn, &name))
             .await
     }
 

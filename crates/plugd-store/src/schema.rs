@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_history_bytes.sql"),
     include_str!("migrations/0003_events_tasks.sql"),
     include_str!("migrations/0004_tokens.sql"),
+    include_str!("migrations/0005_scripts.sql"),
 ];
 
 /// The schema version this build writes.

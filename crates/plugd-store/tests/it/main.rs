@@ -6,6 +6,7 @@ mod kv;
 mod migrations;
 mod model;
 mod params;
+mod scripts;
 mod tokens;
 mod work;
 

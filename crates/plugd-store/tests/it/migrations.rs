@@ -56,6 +56,10 @@ async fn opens_a_database_from_every_earlier_version() {
             "from v{version}"
         );
         check_fixture(&store).await;
+        if version >= 5 {
+            let script = store.script_version("old-script", None).await.unwrap();
+            assert_eq!((script.version, script.source.as_str()), (1, "print(1)"));
+        }
         drop(store);
         // Opening an up-to-date file again changes nothing.
         let store = Store::open(StoreConfig::new(&path)).await.unwrap();
