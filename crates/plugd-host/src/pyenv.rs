@@ -292,6 +292,64 @@ pub fn prepare_env(
     .map(Some)
 }
 
+/// The lock of `requirements`, resolved once and cached in `STATE/locks/<requirements hash>.lock`
+/// (so a second script or plugin with the same requirements needs no network). `who` names
+/// the owner in errors (e.g. ``Script `x` ``).
+pub fn cached_lock_text(
+    state_dir: &Path,
+    config: &PythonConfig,
+    who: &str,
+    lines: &[String],
+) -> Result<String, String> {
+    let requirements = Requirements {
+        lines: lines.to_vec(),
+        source: Source::Manifest,
+    };
+    fs::create_dir_all(state_dir.join("locks"))
+        .map_err(|e| format!("{who}: cannot create `{}`: {e}", state_dir.join("locks").display()))?;
+    let hash = requirements.hash();
+    let (_, bytes) = cached_lock(state_dir, config, who, &requirements, &hash)?;
+    String::from_utf8(bytes).map_err(|_| format!("{who}: its cached lock is not UTF-8"))
+}
+
+/// The environment of a lock given as text (a script version's): `STATE/envs/<lock hash>`,
+/// shared with every package and script with the same lock, built from it when missing. A
+/// cache hit touches one directory.
+pub fn env_for_lock(
+    state_dir: &Path,
+    config: &PythonConfig,
+    who: &str,
+    lines: &[String],
+    lock_text: &str,
+) -> Result<PathBuf, String> {
+    let env_hash = hex(&Sha256::digest(lock_text.as_bytes()))[..ENV_HASH_LEN].to_owned();
+    let env = envs_dir(state_dir).join(&env_hash);
+    if env.is_dir() {
+        return Ok(env);
+    }
+    let requirements = Requirements {
+        lines: lines.to_vec(),
+        source: Source::Manifest,
+    };
+    let dir = state_dir.join("locks");
+    fs::create_dir_all(&dir)
+        .map_err(|e| format!("{who}: cannot create `{}`: {e}", dir.display()))?;
+    let lock_path = dir.join(format!(".env-{env_hash}-{}.lock", unique()));
+    fs::write(&lock_path, lock_text)
+        .map_err(|e| format!("{who}: cannot write `{}`: {e}", lock_path.display()))?;
+    let built = build_env(
+        state_dir,
+        config,
+        who,
+        &requirements,
+        &lock_path,
+        lock_text.as_bytes(),
+        &env_hash,
+    );
+    let _ = fs::remove_file(&lock_path);
+    built
+}
+
 impl Host {
     /// The environment a staged package runs with: `None` when it needs no dependencies.
     pub(crate) async fn python_env(

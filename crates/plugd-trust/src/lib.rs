@@ -34,7 +34,8 @@ pub use digest::{PackageDigest, package_digest};
 pub use error::{SpecialKind, TrustError};
 pub use keys::{KeyId, Overwrite, PublicKey, SecretKey, public_key_path};
 pub use signature::{
-    KeySource, SignatureInfo, Trust, TrustPolicy, Verification, sign_package, verify_package,
+    KeySource, SignatureInfo, Trust, TrustPolicy, Verification, sign_detached, sign_package,
+    verify_detached, verify_package,
 };
 pub use stage::{Collected, StagedPackage, collect_staged, stage_package};
 pub use store::TrustStore;

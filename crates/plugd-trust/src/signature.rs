@@ -389,3 +389,56 @@ impl ParsedSignature {
         })
     }
 }
+
+/// The domain line of a detached signature over other artifacts (script archives, ...): never
+/// the same as a package signature's, so one cannot stand in for the other.
+const DETACHED_DOMAIN: &str = "plugd-detached-v1";
+
+fn detached_message(kind: &str, sha256: &[u8; 32]) -> Vec<u8> {
+    format!("{DETACHED_DOMAIN}\n{kind}\n{}", hex::encode(sha256)).into_bytes()
+}
+
+/// Signs the sha256 of an artifact of `kind` (e.g. `script-archive`) with `key`; returns the
+/// key id and the base64 signature, to be stored beside the artifact.
+pub fn sign_detached(kind: &str, sha256: &[u8; 32], key: &SecretKey) -> (KeyId, String) {
+    let signature = key.sign(&detached_message(kind, sha256));
+    (key.key_id(), BASE64.encode(signature))
+}
+
+/// Verifies a signature made by [`sign_detached`]; `what` names the artifact in errors.
+pub fn verify_detached(
+    kind: &str,
+    what: &str,
+    sha256: &[u8; 32],
+    key_id: &str,
+    signature: &str,
+    keys: &KeySource<'_>,
+) -> Result<KeyId, TrustError> {
+    let key_id = KeyId::parse(key_id)?;
+    let key = match keys {
+        KeySource::Store(store) => store.get(&key_id)?.ok_or_else(|| TrustError::UnknownKey {
+            package: what.to_owned(),
+            key_id: key_id.clone(),
+            store: store.dir().to_owned(),
+        })?,
+        KeySource::Key(key) if key.key_id() == key_id => (*key).clone(),
+        KeySource::Key(key) => {
+            return Err(TrustError::WrongKey {
+                package: what.to_owned(),
+                key_id,
+                given: key.key_id(),
+            });
+        }
+    };
+    let bad = || TrustError::BadSignature {
+        package: what.to_owned(),
+        key_id: key_id.clone(),
+    };
+    let bytes = BASE64.decode(signature.trim()).map_err(|_| bad())?;
+    let signature: [u8; 64] = bytes.try_into().map_err(|_| bad())?;
+    if key.verifies(&detached_message(kind, sha256), &signature) {
+        Ok(key_id)
+    } else {
+        Err(bad())
+    }
+}

@@ -1,0 +1,793 @@
+//! One confined run: the script's interpreter in the same kernel sandbox as process plugins
+//! (`plugd-sandbox`: cgroup, namespaces, own uid, Landlock, seccomp), with its arguments on
+//! stdin, a status pipe on fd 3 (`progress` and `result` lines from `plugd.script`), bounded
+//! output, resource samples from the cgroup every `sample_interval`, and every limit enforced
+//! with the reason recorded.
+
+use std::io::Read as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use plugd_sandbox::{Layer, LayerState, Prepared, Sandbox, SandboxPolicy};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::{Notify, broadcast};
+
+use crate::meta::Meta;
+use crate::{ScriptsConfig, human_bytes, human_ms};
+
+/// The fd a script writes its status lines to (`PLUGD_SCRIPT_FD`).
+pub const STATUS_FD: i32 = 3;
+/// Longest status line (a result) accepted, in bytes.
+pub const MAX_STATUS_LINE: usize = 1 << 20;
+/// Output kept in the run's record: its first bytes...
+const HEAD: usize = 8 << 10;
+/// ... and its last ones.
+const TAIL: usize = 56 << 10;
+
+/// Something that happened in a run, as its live stream shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// Its process started.
+    Started {
+        /// The run.
+        run: u64,
+        /// When, in milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// Output, as written (UTF-8, invalid bytes replaced).
+    Output {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The text.
+        text: String,
+    },
+    /// The script reported progress.
+    Progress {
+        /// 0 to 1.
+        fraction: f64,
+        /// What it is doing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A resource sample.
+    Sample(Sample),
+    /// The run ended; its record is final.
+    Ended {
+        /// `succeeded`, `failed`, `cancelled` or `killed`.
+        state: String,
+        /// The exit status, when it exited.
+        exit_code: Option<i64>,
+        /// Why it failed or was killed.
+        reason: Option<String>,
+    },
+}
+
+/// CPU and memory of a run at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Sample {
+    /// Milliseconds since it started.
+    pub elapsed_ms: u64,
+    /// CPU use since the last sample, in percent of one core.
+    pub cpu_percent: f64,
+    /// CPU time used so far, in milliseconds.
+    pub cpu_ms: u64,
+    /// Memory in use now, in bytes.
+    pub memory: u64,
+    /// The highest memory use so far, in bytes.
+    pub peak_memory: u64,
+}
+
+/// What a live subscriber joining late sees first.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// `queued` or `running` (or the end state once ended).
+    pub state: String,
+    /// The last progress reported.
+    pub progress: Option<(f64, Option<String>)>,
+    /// The last sample.
+    pub sample: Option<Sample>,
+}
+
+/// A run in flight: its live events, cancel switch and latest state.
+pub(crate) struct Active {
+    pub events: broadcast::Sender<RunEvent>,
+    pub cancel: Notify,
+    pub cancelled: std::sync::atomic::AtomicBool,
+    pub snapshot: Mutex<Snapshot>,
+}
+
+impl Active {
+    pub(crate) fn new() -> Arc<Active> {
+        Arc::new(Active {
+            events: broadcast::channel(1024).0,
+            cancel: Notify::new(),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            snapshot: Mutex::new(Snapshot {
+                state: "queued".into(),
+                ..Snapshot::default()
+            }),
+        })
+    }
+
+    fn send(&self, event: RunEvent) {
+        {
+            let mut s = self.snapshot.lock();
+            match &event {
+                RunEvent::Progress { fraction, message } => {
+                    s.progress = Some((*fraction, message.clone()));
+                }
+                RunEvent::Sample(sample) => s.sample = Some(*sample),
+                RunEvent::Started { .. } => s.state = "running".into(),
+                RunEvent::Ended { state, .. } => s.state = state.clone(),
+                RunEvent::Output { .. } => {}
+            }
+        }
+        let _ = self.events.send(event);
+    }
+}
+
+/// What to run.
+pub(crate) struct Job {
+    pub run_id: u64,
+    /// The script id or file name, for messages.
+    pub label: String,
+    /// A directory holding `script.py` (read-only in the sandbox).
+    pub code_dir: PathBuf,
+    pub meta: Meta,
+    pub python_env: Option<PathBuf>,
+    pub args: Value,
+    /// Whose uid the run gets: one per script id (allocated on this path).
+    pub ids_owner: PathBuf,
+}
+
+/// How it ended, for the record.
+pub(crate) struct Outcome {
+    pub state: &'static str,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub peak_rss: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub output: String,
+    pub output_bytes: u64,
+    pub result: Option<Value>,
+}
+
+impl Outcome {
+    pub(crate) fn refused(reason: String) -> Outcome {
+        Outcome {
+            state: "failed",
+            exit_code: None,
+            reason: Some(reason),
+            peak_rss: None,
+            cpu_ms: None,
+            output: String::new(),
+            output_bytes: 0,
+            result: None,
+        }
+    }
+}
+
+/// Output kept for the record: the head and the tail, with what was left out between.
+#[derive(Default)]
+struct Excerpt {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    total: u64,
+}
+
+impl Excerpt {
+    fn push(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = HEAD.saturating_sub(self.head.len());
+        let (h, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(h);
+        self.tail.extend(rest);
+        while self.tail.len() > TAIL {
+            let extra = self.tail.len() - TAIL;
+            self.tail.drain(..extra);
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        if self.total > kept {
+            out.push_str(&format!(
+                "\n[... {} bytes of output not kept ...]\n",
+                self.total - kept
+            ));
+        }
+        let (a, b) = self.tail.as_slices();
+        let mut tail = a.to_vec();
+        tail.extend_from_slice(b);
+        out.push_str(&String::from_utf8_lossy(&tail));
+        out
+    }
+}
+
+/// Why the host stopped a run, first reason wins.
+#[derive(Default)]
+struct Stop {
+    reason: Mutex<Option<(String, &'static str)>>,
+}
+
+impl Stop {
+    fn set(&self, state: &'static str, reason: String) -> bool {
+        let mut r = self.reason.lock();
+        if r.is_none() {
+            *r = Some((reason, state));
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A program on the children's `PATH`.
+fn find_program(config: &ScriptsConfig, name: &str) -> Option<PathBuf> {
+    let path = config
+        .base_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether `uid`/`gid` may read (or write) `path` by its mode bits alone.
+fn reachable(path: &Path, ids: (u32, u32), write: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "`{}` cannot be reached: {e}; hint: create it, or remove it from `allowed_paths`",
+            path.display()
+        )
+    })?;
+    let mode = meta.mode();
+    let need = if write { 0o2 } else { 0o4 } | if meta.is_dir() { 0o1 } else { 0 };
+    let bits = if meta.uid() == ids.0 {
+        (mode >> 6) & 0o7
+    } else if meta.gid() == ids.1 {
+        (mode >> 3) & 0o7
+    } else {
+        mode & 0o7
+    };
+    if bits & need == need {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not {} by the script's uid {} (mode {:04o}, owner {}); hint: `chown {} {}` or make it {}, or remove it from `allowed_paths`",
+            path.display(),
+            if write { "writable" } else { "readable" },
+            ids.0,
+            mode & 0o7777,
+            meta.uid(),
+            ids.0,
+            path.display(),
+            if write { "writable by others" } else { "readable by others" },
+        ))
+    }
+}
+
+/// The sandbox policy of a run: the same layers as a process plugin, from the script's
+/// permissions and limits.
+fn policy(config: &ScriptsConfig, job: &Job, work: &Path) -> Result<SandboxPolicy, String> {
+    let sandbox = config.sandbox.as_ref().expect("checked by the caller");
+    let mut policy = SandboxPolicy::new(format!("script-{}", job.run_id), &job.code_dir, work);
+    policy.read_paths = sandbox.read_paths.clone();
+    policy.read_paths.extend(job.python_env.iter().cloned());
+    for (key, value) in &config.base_env {
+        if key == "PYTHONPATH" {
+            policy.read_paths.extend(std::env::split_paths(value));
+        }
+    }
+    let p = &job.meta.permissions;
+    let limits = &job.meta.limits;
+    policy.read_paths.extend(p.read.iter().cloned());
+    policy.write_paths = p.write.clone();
+    policy.net_connect = p
+        .network
+        .iter()
+        .filter_map(|t| {
+            let (host, port) = t.rsplit_once(':')?;
+            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    policy.memory_bytes = Some(limits.memory);
+    // RLIMIT_CPU stops one process at once; the cgroup's total (all its processes) is watched
+    // by the sampler.
+    policy.cpu_time = Some(Duration::from_millis(limits.cpu_ms));
+    policy.cpu_quota = sandbox.cpu_quota;
+    policy.pids_max = Some(limits.processes);
+    if !p.filesystem {
+        // No file may grow past 0 bytes: writes anywhere fail with EFBIG (Python ignores
+        // SIGXFSZ), enforced by the kernel.
+        policy.fsize_bytes = Some(0);
+    }
+    policy.home = sandbox.home.clone();
+    policy.uid_table = sandbox.uid_table.clone();
+    policy.record_dir = Some(config.state_dir.join("sandbox"));
+    policy.parent_death_signal = Some(libc::SIGKILL);
+    if sandbox.strict {
+        policy.required = Layer::ALL.to_vec();
+    }
+    if plugd_sandbox::probe().root {
+        std::fs::create_dir_all(&job.ids_owner).map_err(|e| {
+            format!("cannot create `{}`: {e}", job.ids_owner.display())
+        })?;
+        let owner = std::fs::canonicalize(&job.ids_owner)
+            .map_err(|e| format!("cannot resolve `{}`: {e}", job.ids_owner.display()))?;
+        let ids = plugd_sandbox::allocate_ids(&policy.uid_table, &owner)
+            .map_err(|e| format!("cannot allocate its uid: {e}"))?;
+        for path in &p.read {
+            reachable(path, ids, false)?;
+        }
+        for path in &p.write {
+            reachable(path, ids, true)?;
+        }
+        policy.ids = Some(ids);
+    } else {
+        for path in p.read.iter().chain(&p.write) {
+            std::fs::metadata(path).map_err(|e| {
+                format!(
+                    "`{}` cannot be reached: {e}; hint: create it, or remove it from `allowed_paths`",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    Ok(policy)
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Runs `job` to its end; never fails: a run that cannot start is a failed outcome with the
+/// reason.
+pub(crate) async fn execute(config: &ScriptsConfig, job: Job, active: Arc<Active>) -> Outcome {
+    let work = config
+        .state_dir
+        .join("scripts")
+        .join("work")
+        .join(job.run_id.to_string());
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        return Outcome::refused(format!("cannot create its work dir `{}`: {e}", work.display()));
+    }
+    let outcome = execute_in(config, &job, &active, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    outcome
+}
+
+async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, work: &Path) -> Outcome {
+    let python = match &job.python_env {
+        Some(env) => env.join("bin").join("python3"),
+        None => match find_program(config, "python3") {
+            Some(p) => p,
+            None => {
+                return Outcome::refused(
+                    "`python3` is not on the children's `PATH`; hint: install Python 3".into(),
+                );
+            }
+        },
+    };
+    let (status_read, status_write) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return Outcome::refused(format!("cannot create its status pipe: {e}")),
+    };
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
+        .arg(job.code_dir.join("script.py"))
+        .current_dir(work)
+        .env_clear()
+        .envs(config.base_env.iter().map(|(k, v)| (k, v)))
+        .env("PYTHONNOUSERSITE", "1")
+        .env("PLUGD_SCRIPT_FD", STATUS_FD.to_string())
+        .env("PLUGD_RUN_ID", job.run_id.to_string())
+        .env("PLUGD_SCRIPT", &job.label)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(env) = &job.python_env {
+        let base = config
+            .base_env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let mut path = std::ffi::OsString::from(env.join("bin"));
+        path.push(":");
+        path.push(base);
+        cmd.env("PATH", path).env("VIRTUAL_ENV", env);
+    }
+    let child_fd = status_write.as_raw_fd();
+    let host_pid = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls on values prepared here.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != host_pid {
+                libc::_exit(1);
+            }
+            if child_fd == STATUS_FD {
+                let flags = libc::fcntl(STATUS_FD, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(STATUS_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, STATUS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let prepared: Option<Prepared> = match &config.sandbox {
+        Some(_) => {
+            let policy = match policy(config, job, work) {
+                Ok(p) => p,
+                Err(e) => return Outcome::refused(format!("it cannot be confined: {e}")),
+            };
+            match Sandbox::prepare(&policy) {
+                Ok(prepared) => {
+                    prepared.apply_to(cmd.as_std_mut());
+                    Some(prepared)
+                }
+                Err(e) => return Outcome::refused(format!("its sandbox could not be prepared: {e}")),
+            }
+        }
+        None => None,
+    };
+    let mount_ns = prepared.as_ref().is_some_and(|p| {
+        p.layers()
+            .iter()
+            .any(|s| s.layer == Layer::MountNamespace && s.state == LayerState::Applied)
+    });
+    let pid_ns = prepared.as_ref().is_some_and(|p| {
+        p.layers()
+            .iter()
+            .any(|s| s.layer == Layer::PidNamespace && s.state == LayerState::Applied)
+    });
+    let home = match (&config.sandbox, mount_ns) {
+        (Some(s), true) => s.home.clone(),
+        _ => PathBuf::from("/nonexistent"),
+    };
+    cmd.env("HOME", home);
+
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::refused(format!("cannot run `{}`: {e}", python.display())),
+    };
+    drop(status_write);
+    let pid = child.id();
+    active.send(RunEvent::Started {
+        run: job.run_id,
+        at_ms: crate::now_ms(),
+    });
+
+    // Arguments on stdin, then EOF (a script that never reads them is fine).
+    if let Some(mut stdin) = child.stdin.take() {
+        let args = job.args.to_string();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(args.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+
+    let stop = Arc::new(Stop::default());
+    let limits = job.meta.limits;
+    let prepared = Arc::new(prepared);
+    let kill = {
+        let prepared = prepared.clone();
+        move || {
+            if let Some(p) = prepared.as_ref() {
+                p.kill_all();
+            }
+            if let Some(pid) = pid
+                && let Ok(pgid) = libc::pid_t::try_from(pid)
+                && pgid > 1
+            {
+                // SAFETY: the process group of the child we spawned.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            }
+        }
+    };
+
+    let excerpt = Arc::new(Mutex::new(Excerpt::default()));
+    let mut readers = Vec::new();
+    for (stream, name) in [
+        (child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), "stdout"),
+        (child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), "stderr"),
+    ] {
+        let Some(mut stream) = stream else { continue };
+        let (excerpt, active, stop, kill) = (excerpt.clone(), active.clone(), stop.clone(), kill.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let over = {
+                    let mut e = excerpt.lock();
+                    e.push(&buf[..n]);
+                    e.total > limits.output
+                };
+                if over {
+                    if stop.set(
+                        "killed",
+                        format!(
+                            "output limit of {} exceeded",
+                            human_bytes(limits.output)
+                        ),
+                    ) {
+                        kill();
+                    }
+                    break;
+                }
+                active.send(RunEvent::Output {
+                    stream: name,
+                    text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                });
+            }
+        }));
+    }
+
+    // Status lines on fd 3, read on a blocking thread (a pipe of our own, closed at exit).
+    let result: Arc<Mutex<Option<Value>>> = Arc::new(Mutex::new(None));
+    let status_reader = {
+        let (active, result) = (active.clone(), result.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::from(status_read);
+            let mut pending: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 8192];
+            let mut skipping = false;
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        if !skipping {
+                            status_line(&pending, &active, &result);
+                        }
+                        pending.clear();
+                        skipping = false;
+                    } else if !skipping {
+                        pending.push(b);
+                        if pending.len() > MAX_STATUS_LINE {
+                            pending.clear();
+                            skipping = true;
+                            active.send(RunEvent::Output {
+                                stream: "stderr",
+                                text: format!(
+                                    "[plugd] a status line over {} was dropped\n",
+                                    human_bytes(MAX_STATUS_LINE as u64)
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    // Samples every interval; the CPU and wall limits.
+    let wall = Duration::from_millis(limits.wall_ms);
+    let deadline = tokio::time::Instant::now() + wall;
+    let mut tick = tokio::time::interval(config.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_cpu = Duration::ZERO;
+    let mut last_at = Instant::now();
+    let mut peak_seen: u64 = 0;
+    let mut armed = true;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            () = tokio::time::sleep_until(deadline), if armed => {
+                armed = false;
+                if stop.set("killed", format!("wall-clock limit of {} exceeded", human_ms(limits.wall_ms))) {
+                    kill();
+                }
+            }
+            () = active.cancel.notified() => {
+                if stop.set("cancelled", "cancelled".into()) {
+                    kill();
+                }
+            }
+            _ = tick.tick() => {
+                let (cpu, memory) = usage(prepared.as_ref().as_ref(), pid);
+                peak_seen = peak_seen.max(memory);
+                let now = Instant::now();
+                let dt = now.duration_since(last_at).as_secs_f64();
+                let cpu_percent = if dt > 0.0 {
+                    (cpu.saturating_sub(last_cpu).as_secs_f64() / dt * 100.0 * 10.0).round() / 10.0
+                } else {
+                    0.0
+                };
+                last_cpu = cpu;
+                last_at = now;
+                let peak = prepared.as_ref().as_ref().and_then(Prepared::memory_peak).unwrap_or(0).max(peak_seen);
+                active.send(RunEvent::Sample(Sample {
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    cpu_percent,
+                    cpu_ms: cpu.as_millis() as u64,
+                    memory,
+                    peak_memory: peak,
+                }));
+                if cpu.as_millis() as u64 > limits.cpu_ms
+                    && stop.set("killed", format!("CPU time limit of {} exceeded", human_ms(limits.cpu_ms)))
+                {
+                    kill();
+                }
+            }
+        }
+    };
+    // Whatever it left behind in its cgroup goes with it.
+    kill();
+    let (cpu, memory) = usage(prepared.as_ref().as_ref(), pid);
+    peak_seen = peak_seen.max(memory);
+    for reader in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), status_reader).await;
+    let p = prepared.as_ref().as_ref();
+    let peak_rss = p.and_then(Prepared::memory_peak).unwrap_or(0).max(peak_seen);
+    let oom = p.is_some_and(Prepared::oom_killed);
+    let (output, output_bytes) = {
+        let e = excerpt.lock();
+        (e.text(), e.total)
+    };
+    let result = result.lock().take();
+    let mut exit_code = None;
+    let mut signal = None;
+    match &status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            exit_code = status.code().map(i64::from);
+            signal = status.signal();
+            // Under the sandbox's init a signal arrives as 128 + its number.
+            if pid_ns && signal.is_none() && let Some(code) = status.code() && code > 128 {
+                signal = Some(code - 128);
+            }
+        }
+        Err(_) => {}
+    }
+    let (state, reason) = if let Some((reason, state)) = stop.reason.lock().take() {
+        (state, Some(reason))
+    } else if oom {
+        (
+            "killed",
+            Some(format!(
+                "memory limit of {} exceeded (killed by the kernel's OOM killer)",
+                human_bytes(limits.memory)
+            )),
+        )
+    } else if matches!(signal, Some(libc::SIGXCPU))
+        || (matches!(signal, Some(libc::SIGKILL)) && cpu.as_millis() as u64 >= limits.cpu_ms)
+    {
+        (
+            "killed",
+            Some(format!("CPU time limit of {} exceeded", human_ms(limits.cpu_ms))),
+        )
+    } else if matches!(signal, Some(libc::SIGSYS)) {
+        (
+            "killed",
+            Some("it made a system call the sandbox forbids (seccomp, SIGSYS)".into()),
+        )
+    } else if let Some(sig) = signal {
+        ("failed", Some(format!("killed by signal {sig}")))
+    } else {
+        match (&status, exit_code) {
+            (Ok(_), Some(0)) => ("succeeded", None),
+            (Ok(_), Some(code)) => ("failed", Some(format!("exited with status {code}"))),
+            (Ok(_), None) => ("failed", Some("ended without a status".into())),
+            (Err(e), _) => ("failed", Some(format!("cannot wait for it: {e}"))),
+        }
+    };
+    Outcome {
+        state,
+        exit_code: if signal.is_some() && pid_ns { None } else { exit_code },
+        reason,
+        peak_rss: (peak_rss > 0).then_some(peak_rss),
+        cpu_ms: Some(cpu.as_millis() as u64),
+        output,
+        output_bytes,
+        result,
+    }
+}
+
+/// One status line from the script: `{"progress": f, "message": m}` or `{"result": v}`.
+fn status_line(line: &[u8], active: &Active, result: &Mutex<Option<Value>>) {
+    let Ok(value) = serde_json::from_slice::<Value>(line) else {
+        return;
+    };
+    if let Some(f) = value.get("progress").and_then(Value::as_f64) {
+        active.send(RunEvent::Progress {
+            fraction: f.clamp(0.0, 1.0),
+            message: value
+                .get("message")
+                .and_then(Value::as_str)
+                .map(|m| m.chars().take(500).collect()),
+        });
+    } else if let Some(v) = value.get("result") {
+        *result.lock() = Some(v.clone());
+    }
+}
+
+/// CPU time and memory now: from the cgroup, or from `/proc` of the main process without one.
+fn usage(prepared: Option<&Prepared>, pid: Option<u32>) -> (Duration, u64) {
+    if let Some(p) = prepared
+        && let (Some(cpu), Some(mem)) = (p.cpu_usage(), p.memory_current())
+    {
+        return (cpu, mem);
+    }
+    let Some(pid) = pid else {
+        return (Duration::ZERO, 0);
+    };
+    let ticks = clock_ticks();
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(Duration::from_millis(t * 1000 / ticks))
+        })
+        .unwrap_or_default();
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        // SAFETY: sysconf has no preconditions.
+        .map(|pages| pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64)
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_excerpt_keeps_head_and_tail() {
+        let mut e = Excerpt::default();
+        e.push(&vec![b'a'; HEAD]);
+        e.push(&vec![b'b'; 100_000]);
+        e.push(b"END");
+        let text = e.text();
+        assert!(text.starts_with("aaa"));
+        assert!(text.ends_with("bbbEND"));
+        assert!(text.contains(&format!("[... {} bytes of output not kept ...]", 100_003 - TAIL)));
+        assert_eq!(e.total, (HEAD + 100_003) as u64);
+        let mut small = Excerpt::default();
+        small.push(b"hi\n");
+        assert_eq!(small.text(), "hi\n");
+    }
+}

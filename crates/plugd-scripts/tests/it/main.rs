@@ -1,0 +1,2 @@
+//! Script manager integration tests.
+
