@@ -305,8 +305,12 @@ pub fn cached_lock_text(
         lines: lines.to_vec(),
         source: Source::Manifest,
     };
-    fs::create_dir_all(state_dir.join("locks"))
-        .map_err(|e| format!("{who}: cannot create `{}`: {e}", state_dir.join("locks").display()))?;
+    fs::create_dir_all(state_dir.join("locks")).map_err(|e| {
+        format!(
+            "{who}: cannot create `{}`: {e}",
+            state_dir.join("locks").display()
+        )
+    })?;
     let hash = requirements.hash();
     let (_, bytes) = cached_lock(state_dir, config, who, &requirements, &hash)?;
     String::from_utf8(bytes).map_err(|_| format!("{who}: its cached lock is not UTF-8"))

@@ -127,16 +127,15 @@ pub fn write(
         index.scripts.push(archived);
     }
     for (path, bytes) in &files {
-        index.files.insert(path.clone(), hex(&Sha256::digest(bytes)));
+        index
+            .files
+            .insert(path.clone(), hex(&Sha256::digest(bytes)));
     }
     let index_bytes = serde_json::to_vec_pretty(&index).map_err(|e| e.to_string())?;
     files.insert(0, (INDEX.to_owned(), index_bytes.clone()));
     if let Some(key) = sign {
-        let (key_id, signature) = plugd_trust::sign_detached(
-            SIGNATURE_KIND,
-            &Sha256::digest(&index_bytes).into(),
-            key,
-        );
+        let (key_id, signature) =
+            plugd_trust::sign_detached(SIGNATURE_KIND, &Sha256::digest(&index_bytes).into(), key);
         let sig = Signature {
             key_id: key_id.to_string(),
             signature,
@@ -184,7 +183,8 @@ impl Unpacked {
             .files
             .get(path)
             .ok_or_else(|| format!("The archive lists `{path}` but does not hold it"))?;
-        String::from_utf8(bytes.clone()).map_err(|_| format!("`{path}` in the archive is not UTF-8"))
+        String::from_utf8(bytes.clone())
+            .map_err(|_| format!("`{path}` in the archive is not UTF-8"))
     }
 }
 
@@ -253,9 +253,7 @@ pub fn read(bytes: &[u8]) -> Result<Unpacked, String> {
             .collect::<Vec<_>>()
             .join("/");
         if files.insert(key, data).is_some() {
-            return Err(format!(
-                "The archive holds `{shown}` twice; it was refused"
-            ));
+            return Err(format!("The archive holds `{shown}` twice; it was refused"));
         }
     }
     let index_bytes = files
@@ -341,7 +339,10 @@ mod tests {
     #[test]
     fn an_archive_reads_back() {
         let u = read(&sample()).unwrap();
-        assert_eq!(u.index.scripts[0].versions[0].source, "plugd-scripts/x/1.py");
+        assert_eq!(
+            u.index.scripts[0].versions[0].source,
+            "plugd-scripts/x/1.py"
+        );
         assert_eq!(u.text("plugd-scripts/x/1.py").unwrap(), "print(1)\n");
         assert_eq!(u.text("plugd-scripts/x/1.lock").unwrap(), "# lock\n");
         assert!(u.signature.is_none());
@@ -393,12 +394,18 @@ mod tests {
         // Re-pack the sample with one source altered.
         let u = read(&sample()).unwrap();
         let mut index = u.index.clone();
-        index.files.insert("plugd-scripts/x/1.py".into(), hex(&Sha256::digest(b"print(1)\n")));
+        index.files.insert(
+            "plugd-scripts/x/1.py".into(),
+            hex(&Sha256::digest(b"print(1)\n")),
+        );
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         for (path, bytes) in [
             (INDEX, serde_json::to_vec(&index).unwrap()),
-            ("plugd-scripts/x/1.py", b"import os; os.system('x')\n".to_vec()),
+            (
+                "plugd-scripts/x/1.py",
+                b"import os; os.system('x')\n".to_vec(),
+            ),
             ("plugd-scripts/x/1.lock", b"# lock\n".to_vec()),
         ] {
             let mut h = tar::Header::new_gnu();

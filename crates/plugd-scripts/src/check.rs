@@ -76,9 +76,7 @@ pub fn check(source: &str, meta: &Meta, reachable: &[PathBuf]) -> Vec<Problem> {
     for stmt in suite {
         checker.visit_stmt(stmt);
     }
-    checker
-        .problems
-        .sort_by_key(|p| (p.line, p.column, p.kind));
+    checker.problems.sort_by_key(|p| (p.line, p.column, p.kind));
     checker.problems
 }
 
@@ -281,7 +279,10 @@ mod tests {
         let src = "# /// script\n# [tool.plugd]\n# allowed_imports = [\"json\", \"os\"]\n# ///\nimport json, os.path\nimport socket\nfrom urllib.request import urlopen\nfrom plugd import script\nfrom . import sibling\nm = __import__('ctypes')\nimportlib.import_module(name)\n";
         let found = problems(src);
         assert_eq!(found.len(), 4, "{found:?}");
-        assert!(found[0].starts_with("import 6:8: Import of `socket`"), "{found:?}");
+        assert!(
+            found[0].starts_with("import 6:8: Import of `socket`"),
+            "{found:?}"
+        );
         assert!(found[1].starts_with("import 7:1: Import of `urllib.request`"));
         assert!(found[2].starts_with("import 10:5: Import of `ctypes`"));
         assert!(found[3].starts_with("dynamic_import 11:1"));
@@ -297,7 +298,10 @@ mod tests {
         let src = "# /// script\n# [tool.plugd]\n# allowed_paths = { read = [\"/srv/in\"] }\n# ///\nopen('/srv/in/a.csv')\nopen('/etc/shadow')\nPath(p='/srv/in/../../etc/passwd')\nopen('/usr/share/dict/words')\nprint('/ not a path')\nopen('/tmp/x', 'w')\n";
         let found = problems(src);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].starts_with("path 6:6: Path `/etc/shadow`"), "{found:?}");
+        assert!(
+            found[0].starts_with("path 6:6: Path `/etc/shadow`"),
+            "{found:?}"
+        );
         assert!(found[1].starts_with("path 7:8:"), "{found:?}");
     }
 

@@ -233,6 +233,7 @@ pub struct ListFilter {
 
 /// What to run.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per run request, never stored in bulk
 pub enum RunTarget {
     /// A registered script, at a version (`None`: the current one).
     Script {
@@ -431,7 +432,11 @@ impl Scripts {
 
     /// Reads a script's metadata, applies `overrides` and checks it statically: what
     /// `plugd script check` shows. Never stores or runs anything.
-    pub fn check(&self, source: &str, overrides: &Overrides) -> Result<(Meta, Vec<Problem>), ScriptError> {
+    pub fn check(
+        &self,
+        source: &str,
+        overrides: &Overrides,
+    ) -> Result<(Meta, Vec<Problem>), ScriptError> {
         let described = meta::describe(source).map_err(ScriptError::bad)?;
         let meta = described.meta.apply(overrides).map_err(ScriptError::bad)?;
         let problems = check::check(source, &meta, &self.inner.config.reachable());
@@ -521,12 +526,10 @@ impl Scripts {
     }
 
     async fn info(&self, id: &str) -> Result<ScriptInfo, ScriptError> {
-        let record = self
-            .inner
-            .store
-            .script(id)
-            .await?
-            .ok_or_else(|| ScriptError::from(StoreError::ScriptNotFound { id: id.to_owned() }))?;
+        let record =
+            self.inner.store.script(id).await?.ok_or_else(|| {
+                ScriptError::from(StoreError::ScriptNotFound { id: id.to_owned() })
+            })?;
         let version = self.inner.store.script_version(id, None).await?;
         Ok(script_info(record, &version))
     }
@@ -586,7 +589,11 @@ impl Scripts {
     }
 
     /// One version with its source and lock (`None`: the current one).
-    pub async fn version(&self, id: &str, version: Option<u64>) -> Result<VersionInfo, ScriptError> {
+    pub async fn version(
+        &self,
+        id: &str,
+        version: Option<u64>,
+    ) -> Result<VersionInfo, ScriptError> {
         let record = self.inner.store.script(id).await?;
         let current = record.map_or(0, |r| r.current);
         let v = self.inner.store.script_version(id, version).await?;
@@ -609,7 +616,10 @@ impl Scripts {
                 &similar::TextDiff::from_lines(&pa, &pb)
                     .unified_diff()
                     .context_radius(2)
-                    .header(&format!("{id} v{a} metadata"), &format!("{id} v{b} metadata"))
+                    .header(
+                        &format!("{id} v{a} metadata"),
+                        &format!("{id} v{b} metadata"),
+                    )
                     .to_string(),
             );
         }
@@ -640,7 +650,8 @@ impl Scripts {
         vars: Vec<Var>,
         replace: bool,
     ) -> Result<TemplateInfo, ScriptError> {
-        meta::valid_id(name).map_err(|e| ScriptError::bad(e.replace("Script id", "Template name")))?;
+        meta::valid_id(name)
+            .map_err(|e| ScriptError::bad(e.replace("Script id", "Template name")))?;
         if let Err(problems) = template::validate(source, &vars) {
             let mut e = ScriptError::bad(format!(
                 "Template `{name}` was refused: {}",
@@ -750,12 +761,10 @@ impl Scripts {
         };
         let mut all = Vec::new();
         for id in &ids {
-            let record = self
-                .inner
-                .store
-                .script(id)
-                .await?
-                .ok_or_else(|| ScriptError::from(StoreError::ScriptNotFound { id: id.clone() }))?;
+            let record =
+                self.inner.store.script(id).await?.ok_or_else(|| {
+                    ScriptError::from(StoreError::ScriptNotFound { id: id.clone() })
+                })?;
             let versions = if all_versions {
                 self.inner.store.script_versions(id).await?
             } else {
@@ -793,7 +802,11 @@ impl Scripts {
     /// Imports an archive: verified (a signature must come from the trust store; strict mode or
     /// `require_signature` refuses unsigned archives), every version's digest and checks
     /// re-done, all before anything is stored.
-    pub async fn import(&self, bytes: &[u8], require_signature: bool) -> Result<ImportReport, ScriptError> {
+    pub async fn import(
+        &self,
+        bytes: &[u8],
+        require_signature: bool,
+    ) -> Result<ImportReport, ScriptError> {
         let unpacked = archive::read(bytes).map_err(ScriptError::bad)?;
         let signed_by = match &unpacked.signature {
             Some(sig) => {
@@ -827,19 +840,25 @@ impl Scripts {
                 let source = unpacked.text(&v.source).map_err(ScriptError::bad)?;
                 let meta = Meta::from_json(&v.meta)
                     .and_then(|m| m.apply(&Overrides::default()))
-                    .map_err(|e| ScriptError::bad(format!("Script `{}` v{}: {e}", script.id, v.version)))?;
+                    .map_err(|e| {
+                        ScriptError::bad(format!("Script `{}` v{}: {e}", script.id, v.version))
+                    })?;
                 if meta.digest(&source) != v.digest {
                     return Err(ScriptError::bad(format!(
                         "Script `{}` v{}: its digest does not match its source and metadata (altered after export); the archive was refused",
                         script.id, v.version
                     )));
                 }
-                let errors: Vec<Problem> = check::check(&source, &meta, &self.inner.config.reachable())
-                    .into_iter()
-                    .filter(|p| p.severity == Severity::Error)
-                    .collect();
+                let errors: Vec<Problem> =
+                    check::check(&source, &meta, &self.inner.config.reachable())
+                        .into_iter()
+                        .filter(|p| p.severity == Severity::Error)
+                        .collect();
                 if !errors.is_empty() {
-                    return Err(invalid(&format!("Script `{}` v{}", script.id, v.version), errors));
+                    return Err(invalid(
+                        &format!("Script `{}` v{}", script.id, v.version),
+                        errors,
+                    ));
                 }
                 let lock = v
                     .lock
@@ -969,9 +988,12 @@ impl Scripts {
         let active = Active::new();
         let events = active.events.subscribe();
         inner.active.lock().insert(id, active.clone());
-        let ids_owner = inner.config.state_dir.join("scripts").join("uids").join(
-            script_id.as_deref().unwrap_or("_files"),
-        );
+        let ids_owner = inner
+            .config
+            .state_dir
+            .join("scripts")
+            .join("uids")
+            .join(script_id.as_deref().unwrap_or("_files"));
         let job = Job {
             run_id: id,
             label,
@@ -1031,7 +1053,11 @@ impl Scripts {
         inner.active.lock().remove(&id);
     }
 
-    async fn environment(&self, job: &Job, lock: Option<String>) -> Result<Option<PathBuf>, String> {
+    async fn environment(
+        &self,
+        job: &Job,
+        lock: Option<String>,
+    ) -> Result<Option<PathBuf>, String> {
         let Some(lock) = lock else { return Ok(None) };
         let config = self.inner.config.clone();
         let who = format!("Script `{}`", job.label);
@@ -1066,7 +1092,12 @@ impl Scripts {
 
     /// One run: its record, and its live state while it runs.
     pub async fn run_view(&self, id: u64) -> Result<RunView, ScriptError> {
-        let record = self.inner.store.run(id).await?.ok_or_else(|| not_found_run(id))?;
+        let record = self
+            .inner
+            .store
+            .run(id)
+            .await?
+            .ok_or_else(|| not_found_run(id))?;
         let live = self
             .inner
             .active
@@ -1177,7 +1208,9 @@ fn script_info(record: ScriptRecord, version: &ScriptVersion) -> ScriptInfo {
         latest: record.latest,
         digest: version.digest.clone(),
         meta: Meta::from_json(&version.meta).unwrap_or_else(|_| {
-            meta::describe("").map(|d| d.meta).expect("default metadata")
+            meta::describe("")
+                .map(|d| d.meta)
+                .expect("default metadata")
         }),
         created_at_ms: record.created_at_ms,
         updated_at_ms: record.updated_at_ms,
@@ -1188,8 +1221,11 @@ fn version_info(v: ScriptVersion, current: u64, with_text: bool) -> VersionInfo 
     VersionInfo {
         current: v.version == current,
         locked_packages: v.lock.as_deref().map_or(0, count_pins),
-        meta: Meta::from_json(&v.meta)
-            .unwrap_or_else(|_| meta::describe("").map(|d| d.meta).expect("default metadata")),
+        meta: Meta::from_json(&v.meta).unwrap_or_else(|_| {
+            meta::describe("")
+                .map(|d| d.meta)
+                .expect("default metadata")
+        }),
         script_id: v.script_id,
         version: v.version,
         digest: v.digest,
@@ -1210,8 +1246,9 @@ fn count_pins(lock: &str) -> usize {
 
 fn template_info(t: TemplateRecord) -> Result<TemplateInfo, ScriptError> {
     Ok(TemplateInfo {
-        vars: serde_json::from_value(t.vars)
-            .map_err(|e| ScriptError::internal(format!("Stored template `{}` is unreadable: {e}", t.name)))?,
+        vars: serde_json::from_value(t.vars).map_err(|e| {
+            ScriptError::internal(format!("Stored template `{}` is unreadable: {e}", t.name))
+        })?,
         name: t.name,
         description: t.description,
         source: t.source,
@@ -1225,7 +1262,10 @@ fn template_info(t: TemplateRecord) -> Result<TemplateInfo, ScriptError> {
 fn code_dir(state_dir: &Path, digest: &str, source: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    let dir = state_dir.join("scripts").join("code").join(&hex[..hex.len().min(32)]);
+    let dir = state_dir
+        .join("scripts")
+        .join("code")
+        .join(&hex[..hex.len().min(32)]);
     let file = dir.join("script.py");
     if std::fs::read_to_string(&file).is_ok_and(|s| s == source) {
         return Ok(dir);
@@ -1273,9 +1313,9 @@ pub fn human_bytes(n: u64) -> String {
 pub fn human_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{} min", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{:.1} s", ms as f64 / 1000.0)

@@ -414,9 +414,9 @@ impl Meta {
         if let Some(imports) = &mut self.permissions.allowed_imports {
             for module in imports.iter() {
                 if module.is_empty()
-                    || !module
-                        .split('.')
-                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                    || !module.split('.').all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    })
                 {
                     return Err(format!(
                         "`allowed_imports` has `{module}`, which is not a module name; hint: write names like `json` or `os.path`"
@@ -442,9 +442,7 @@ impl Meta {
             ("processes", l.processes),
         ] {
             if value == 0 {
-                return Err(format!(
-                    "`limits.{what}` is 0; hint: give a positive limit"
-                ));
+                return Err(format!("`limits.{what}` is 0; hint: give a positive limit"));
             }
         }
         if l.memory < 16 << 20 {
@@ -612,7 +610,10 @@ import json
     #[test]
     fn bad_blocks_are_refused_with_the_reason() {
         let unclosed = describe("# /// script\n# dependencies = []\nimport os\n").unwrap_err();
-        assert!(unclosed.contains("Line 1") && unclosed.contains("never closed"), "{unclosed}");
+        assert!(
+            unclosed.contains("Line 1") && unclosed.contains("never closed"),
+            "{unclosed}"
+        );
         let typo =
             describe("# /// script\n# [tool.plugd]\n# allowed_import = []\n# ///\n").unwrap_err();
         assert!(typo.contains("allowed_import"), "{typo}");
@@ -626,10 +627,9 @@ import json
         )
         .unwrap_err();
         assert!(rel.contains("absolute"), "{rel}");
-        let mem = describe(
-            "# /// script\n# [tool.plugd]\n# limits = { memory = \"lots\" }\n# ///\n",
-        )
-        .unwrap_err();
+        let mem =
+            describe("# /// script\n# [tool.plugd]\n# limits = { memory = \"lots\" }\n# ///\n")
+                .unwrap_err();
         assert!(mem.contains("limits.memory"), "{mem}");
     }
 

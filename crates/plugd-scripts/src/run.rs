@@ -274,7 +274,11 @@ fn reachable(path: &Path, ids: (u32, u32), write: bool) -> Result<(), String> {
             meta.uid(),
             ids.0,
             path.display(),
-            if write { "writable by others" } else { "readable by others" },
+            if write {
+                "writable by others"
+            } else {
+                "readable by others"
+            },
         ))
     }
 }
@@ -322,9 +326,8 @@ fn policy(config: &ScriptsConfig, job: &Job, work: &Path) -> Result<SandboxPolic
         policy.required = Layer::ALL.to_vec();
     }
     if plugd_sandbox::probe().root {
-        std::fs::create_dir_all(&job.ids_owner).map_err(|e| {
-            format!("cannot create `{}`: {e}", job.ids_owner.display())
-        })?;
+        std::fs::create_dir_all(&job.ids_owner)
+            .map_err(|e| format!("cannot create `{}`: {e}", job.ids_owner.display()))?;
         let owner = std::fs::canonicalize(&job.ids_owner)
             .map_err(|e| format!("cannot resolve `{}`: {e}", job.ids_owner.display()))?;
         let ids = plugd_sandbox::allocate_ids(&policy.uid_table, &owner)
@@ -369,14 +372,22 @@ pub(crate) async fn execute(config: &ScriptsConfig, job: Job, active: Arc<Active
         .join(job.run_id.to_string());
     let _ = std::fs::remove_dir_all(&work);
     if let Err(e) = std::fs::create_dir_all(&work) {
-        return Outcome::refused(format!("cannot create its work dir `{}`: {e}", work.display()));
+        return Outcome::refused(format!(
+            "cannot create its work dir `{}`: {e}",
+            work.display()
+        ));
     }
     let outcome = execute_in(config, &job, &active, &work).await;
     let _ = std::fs::remove_dir_all(&work);
     outcome
 }
 
-async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, work: &Path) -> Outcome {
+async fn execute_in(
+    config: &ScriptsConfig,
+    job: &Job,
+    active: &Arc<Active>,
+    work: &Path,
+) -> Outcome {
     let python = match &job.python_env {
         Some(env) => env.join("bin").join("python3"),
         None => match find_program(config, "python3") {
@@ -432,7 +443,8 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
             }
             if child_fd == STATUS_FD {
                 let flags = libc::fcntl(STATUS_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(STATUS_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                if flags < 0 || libc::fcntl(STATUS_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             } else if libc::dup2(child_fd, STATUS_FD) < 0 {
@@ -452,7 +464,9 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
                     prepared.apply_to(cmd.as_std_mut());
                     Some(prepared)
                 }
-                Err(e) => return Outcome::refused(format!("its sandbox could not be prepared: {e}")),
+                Err(e) => {
+                    return Outcome::refused(format!("its sandbox could not be prepared: {e}"));
+                }
             }
         }
         None => None,
@@ -516,11 +530,24 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
     let excerpt = Arc::new(Mutex::new(Excerpt::default()));
     let mut readers = Vec::new();
     for (stream, name) in [
-        (child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), "stdout"),
-        (child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), "stderr"),
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            "stdout",
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            "stderr",
+        ),
     ] {
         let Some(mut stream) = stream else { continue };
-        let (excerpt, active, stop, kill) = (excerpt.clone(), active.clone(), stop.clone(), kill.clone());
+        let (excerpt, active, stop, kill) =
+            (excerpt.clone(), active.clone(), stop.clone(), kill.clone());
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 16 << 10];
             loop {
@@ -536,10 +563,7 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
                 if over {
                     if stop.set(
                         "killed",
-                        format!(
-                            "output limit of {} exceeded",
-                            human_bytes(limits.output)
-                        ),
+                        format!("output limit of {} exceeded", human_bytes(limits.output)),
                     ) {
                         kill();
                     }
@@ -653,7 +677,10 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), status_reader).await;
     let p = prepared.as_ref().as_ref();
-    let peak_rss = p.and_then(Prepared::memory_peak).unwrap_or(0).max(peak_seen);
+    let peak_rss = p
+        .and_then(Prepared::memory_peak)
+        .unwrap_or(0)
+        .max(peak_seen);
     let oom = p.is_some_and(Prepared::oom_killed);
     let (output, output_bytes) = {
         let e = excerpt.lock();
@@ -662,17 +689,18 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
     let result = result.lock().take();
     let mut exit_code = None;
     let mut signal = None;
-    match &status {
-        Ok(status) => {
-            use std::os::unix::process::ExitStatusExt;
-            exit_code = status.code().map(i64::from);
-            signal = status.signal();
-            // Under the sandbox's init a signal arrives as 128 + its number.
-            if pid_ns && signal.is_none() && let Some(code) = status.code() && code > 128 {
-                signal = Some(code - 128);
-            }
+    if let Ok(status) = &status {
+        use std::os::unix::process::ExitStatusExt;
+        exit_code = status.code().map(i64::from);
+        signal = status.signal();
+        // Under the sandbox's init a signal arrives as 128 + its number.
+        if pid_ns
+            && signal.is_none()
+            && let Some(code) = status.code()
+            && code > 128
+        {
+            signal = Some(code - 128);
         }
-        Err(_) => {}
     }
     let (state, reason) = if let Some((reason, state)) = stop.reason.lock().take() {
         (state, Some(reason))
@@ -689,7 +717,10 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
     {
         (
             "killed",
-            Some(format!("CPU time limit of {} exceeded", human_ms(limits.cpu_ms))),
+            Some(format!(
+                "CPU time limit of {} exceeded",
+                human_ms(limits.cpu_ms)
+            )),
         )
     } else if matches!(signal, Some(libc::SIGSYS)) {
         (
@@ -701,6 +732,14 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
     } else {
         match (&status, exit_code) {
             (Ok(_), Some(0)) => ("succeeded", None),
+            // Python turns a refused allocation (RLIMIT_DATA) into a `MemoryError` and exits 1.
+            (Ok(_), Some(code)) if tail(&output, 4096).contains("MemoryError") => (
+                "failed",
+                Some(format!(
+                    "memory limit of {} reached (MemoryError); exited with status {code}",
+                    human_bytes(limits.memory)
+                )),
+            ),
             (Ok(_), Some(code)) => ("failed", Some(format!("exited with status {code}"))),
             (Ok(_), None) => ("failed", Some("ended without a status".into())),
             (Err(e), _) => ("failed", Some(format!("cannot wait for it: {e}"))),
@@ -708,7 +747,11 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
     };
     Outcome {
         state,
-        exit_code: if signal.is_some() && pid_ns { None } else { exit_code },
+        exit_code: if signal.is_some() && pid_ns {
+            None
+        } else {
+            exit_code
+        },
         reason,
         peak_rss: (peak_rss > 0).then_some(peak_rss),
         cpu_ms: Some(cpu.as_millis() as u64),
@@ -716,6 +759,15 @@ async fn execute_in(config: &ScriptsConfig, job: &Job, active: &Arc<Active>, wor
         output_bytes,
         result,
     }
+}
+
+/// The last `n` bytes of `text` or a little fewer (never inside a character).
+fn tail(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// One status line from the script: `{"progress": f, "message": m}` or `{"result": v}`.
@@ -784,8 +836,13 @@ mod tests {
         let text = e.text();
         assert!(text.starts_with("aaa"));
         assert!(text.ends_with("bbbEND"));
-        assert!(text.contains(&format!("[... {} bytes of output not kept ...]", 100_003 - TAIL)));
+        assert!(text.contains(&format!(
+            "[... {} bytes of output not kept ...]",
+            100_003 - TAIL
+        )));
         assert_eq!(e.total, (HEAD + 100_003) as u64);
+        assert_eq!(tail("aé", 1), "");
+        assert_eq!(tail("aé", 2), "é");
         let mut small = Excerpt::default();
         small.push(b"hi\n");
         assert_eq!(small.text(), "hi\n");

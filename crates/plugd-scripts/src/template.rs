@@ -137,7 +137,8 @@ pub fn validate_vars(vars: &[Var]) -> Result<(), String> {
             return Err(format!("Variable `{}` is declared twice", var.name));
         }
         if let Some(default) = &var.default {
-            coerce(var, default).map_err(|e| format!("Variable `{}`: its default {e}", var.name))?;
+            coerce(var, default)
+                .map_err(|e| format!("Variable `{}`: its default {e}", var.name))?;
         }
     }
     Ok(())
@@ -155,7 +156,11 @@ fn coerce(var: &Var, value: &Value) -> Result<Value, String> {
         },
         VarType::Int => match (value, text) {
             (Value::Number(n), _) if n.is_i64() || n.is_u64() => value.clone(),
-            (_, Some(t)) => t.trim().parse::<i64>().map(Value::from).map_err(|_| bad())?,
+            (_, Some(t)) => t
+                .trim()
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| bad())?,
             _ => return Err(bad()),
         },
         VarType::Float => match (value, text) {
@@ -185,7 +190,11 @@ fn coerce(var: &Var, value: &Value) -> Result<Value, String> {
 /// Renders `source` with `values` (JSON values, or strings to convert), filling defaults.
 /// Fails with every problem at once: unknown names, missing required values, ill-typed values,
 /// placeholders that name no variable, template syntax errors.
-pub fn render(source: &str, vars: &[Var], values: &Map<String, Value>) -> Result<String, Vec<String>> {
+pub fn render(
+    source: &str,
+    vars: &[Var],
+    values: &Map<String, Value>,
+) -> Result<String, Vec<String>> {
     let mut problems = Vec::new();
     for name in values.keys() {
         if !vars.iter().any(|v| &v.name == name) {
@@ -194,7 +203,10 @@ pub fn render(source: &str, vars: &[Var], values: &Map<String, Value>) -> Result
                 if vars.is_empty() {
                     "none".to_owned()
                 } else {
-                    vars.iter().map(|v| format!("`{}`", v.name)).collect::<Vec<_>>().join(", ")
+                    vars.iter()
+                        .map(|v| format!("`{}`", v.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ));
         }
@@ -251,6 +263,32 @@ pub fn render(source: &str, vars: &[Var], values: &Map<String, Value>) -> Result
         .map_err(|e| vec![format!("The template cannot be rendered: {e}")])
 }
 
+/// Checks a template before it is stored: its variables, its syntax, and that every
+/// placeholder names a declared variable.
+pub fn validate(source: &str, vars: &[Var]) -> Result<(), Vec<String>> {
+    validate_vars(vars).map_err(|e| vec![e])?;
+    let env = minijinja::Environment::new();
+    let template = env
+        .template_from_str(source)
+        .map_err(|e| vec![format!("The template does not parse: {e}")])?;
+    let mut undeclared: Vec<String> = template.undeclared_variables(false).into_iter().collect();
+    undeclared.sort();
+    let problems: Vec<String> = undeclared
+        .into_iter()
+        .filter(|name| !vars.iter().any(|v| &v.name == name))
+        .map(|name| {
+            format!(
+                "The template uses `{{{{ {name} }}}}` but declares no variable `{name}`; hint: `--var {name}:string`"
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,7 +313,11 @@ mod tests {
         assert!(parse_var("x").unwrap_err().contains("no type"));
         assert!(parse_var("x:decimal").unwrap_err().contains("unknown type"));
         assert!(parse_var("x:int=ten").unwrap_err().contains("not a int"));
-        assert!(parse_var("x:int:maybe").unwrap_err().contains("unknown flag"));
+        assert!(
+            parse_var("x:int:maybe")
+                .unwrap_err()
+                .contains("unknown flag")
+        );
         assert!(parse_var("1x:int").unwrap_err().contains("identifier"));
         // Stored as JSON and read back.
         let json = serde_json::to_value(vars()).unwrap();
@@ -293,10 +335,7 @@ mod tests {
         .into_iter()
         .collect();
         let out = render(src, &vars(), &values).unwrap();
-        assert_eq!(
-            out,
-            "FORMAT = 'csv'\nLIMIT = 10\nRATIO = 0.5\nV = True\n"
-        );
+        assert_eq!(out, "FORMAT = 'csv'\nLIMIT = 10\nRATIO = 0.5\nV = True\n");
     }
 
     #[test]
@@ -314,31 +353,13 @@ mod tests {
         assert!(problems[1].contains("`input_format` (enum(csv|json)) is required"));
         assert!(problems[2].contains("`limit`: `\"many\"` is not a int"));
         assert!(problems[3].contains("declares no variable `nope`"));
-        let bad_enum: Map<String, Value> =
-            [("input_format".to_owned(), json!("xml"))].into_iter().collect();
+        let bad_enum: Map<String, Value> = [("input_format".to_owned(), json!("xml"))]
+            .into_iter()
+            .collect();
         let problems = render("{{ input_format }}", &vars(), &bad_enum).unwrap_err();
-        assert_eq!(problems, ["`input_format`: `\"xml\"` is not one of csv, json"]);
+        assert_eq!(
+            problems,
+            ["`input_format`: `\"xml\"` is not one of csv, json"]
+        );
     }
-}
-
-/// Checks a template before it is stored: its variables, its syntax, and that every
-/// placeholder names a declared variable.
-pub fn validate(source: &str, vars: &[Var]) -> Result<(), Vec<String>> {
-    validate_vars(vars).map_err(|e| vec![e])?;
-    let env = minijinja::Environment::new();
-    let template = env
-        .template_from_str(source)
-        .map_err(|e| vec![format!("The template does not parse: {e}")])?;
-    let mut undeclared: Vec<String> = template.undeclared_variables(false).into_iter().collect();
-    undeclared.sort();
-    let problems: Vec<String> = undeclared
-        .into_iter()
-        .filter(|name| !vars.iter().any(|v| &v.name == name))
-        .map(|name| {
-            format!(
-                "The template uses `{{{{ {name} }}}}` but declares no variable `{name}`; hint: `--var {name}:string`"
-            )
-        })
-        .collect();
-    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }

@@ -36,6 +36,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/python/src/plugd/client.py"),
     ),
     (
+        "script.py",
+        include_str!("../../../sdk/python/src/plugd/script.py"),
+    ),
+    (
         "py.typed",
         include_str!("../../../sdk/python/src/plugd/py.typed"),
     ),

@@ -1,0 +1,160 @@
+//! Runs: arguments in, progress, samples, output and a result out, all recorded.
+
+use plugd_scripts::RunTarget;
+use plugd_scripts::run::RunEvent;
+use serde_json::json;
+
+use crate::{add, manager, run, run_source};
+
+const WORKER: &str = r#"# /// script
+# [tool.plugd]
+# name = "Worker"
+# allowed_imports = ["time"]
+# ///
+import time
+from plugd import script
+
+args = script.args()
+n = args.get("n", 3)
+for i in range(n):
+    script.progress((i + 1) / n, f"step {i + 1}")
+    print(f"line {i + 1}", flush=True)
+    time.sleep(0.12)
+script.result({"done": n, "who": args.get("who")})
+"#;
+
+#[tokio::test]
+async fn a_run_gets_its_args_reports_progress_and_records_its_result() {
+    let (scripts, _dir) = manager().await;
+    add(&scripts, "worker", WORKER).await;
+    let (view, events) = run(
+        &scripts,
+        RunTarget::Script {
+            id: "worker".into(),
+            version: None,
+        },
+        json!({"n": 3, "who": "ada"}),
+    )
+    .await;
+    let r = &view.record;
+    assert_eq!(r.state, "succeeded", "{r:?}");
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.result, Some(json!({"done": 3, "who": "ada"})));
+    assert_eq!(r.output, "line 1\nline 2\nline 3\n");
+    assert_eq!(r.output_bytes, 21);
+    assert_eq!(
+        (r.script_id.as_deref(), r.version),
+        (Some("worker"), Some(1))
+    );
+    assert_eq!(r.args, json!({"n": 3, "who": "ada"}));
+    assert_eq!(r.who, "test");
+    assert!(r.peak_rss.unwrap_or(0) > 1 << 20, "{r:?}");
+    assert!(r.duration_ms.unwrap() >= 300, "{r:?}");
+    let progress: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Progress { fraction, .. } => Some(*fraction),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress.len(), 3, "{events:?}");
+    assert!((progress[2] - 1.0).abs() < 1e-9);
+    assert!(matches!(events.first(), Some(RunEvent::Started { .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RunEvent::Sample(s) if s.memory > 0)),
+        "samples with memory: {events:?}"
+    );
+    assert!(matches!(events.last(), Some(RunEvent::Ended { state, .. }) if state == "succeeded"));
+    // The history has it.
+    let runs = scripts.runs(Some("worker"), None, 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, view.record.id);
+}
+
+#[tokio::test]
+async fn a_failing_script_is_recorded_with_its_status_and_output() {
+    let (scripts, _dir) = manager().await;
+    let (view, _) = run_source(
+        &scripts,
+        "import sys\nprint('about to fail')\nraise SystemExit(3)\n",
+        json!({}),
+    )
+    .await;
+    let r = &view.record;
+    assert_eq!(r.state, "failed");
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.reason.as_deref(), Some("exited with status 3"));
+    assert_eq!(r.output, "about to fail\n");
+    assert_eq!(r.script_id, None);
+    assert_eq!(r.label, "test.py");
+}
+
+#[tokio::test]
+async fn a_script_that_fails_its_checks_never_runs() {
+    let (scripts, _dir) = manager().await;
+    let err = scripts
+        .run(plugd_scripts::RunRequest {
+            target: RunTarget::Source {
+                name: "bad.py".into(),
+                source: "def f(:\n".into(),
+                overrides: Default::default(),
+            },
+            args: Default::default(),
+            who: "test".into(),
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code, "invalid_script");
+    assert_eq!((err.problems[0].line, err.problems[0].column), (1, 7));
+    assert!(scripts.runs(None, None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn runs_wait_for_a_slot_and_a_queued_run_can_be_cancelled() {
+    let (scripts, _dir) = crate::manager_with(|c| c.max_runs = 1).await;
+    let slow = "import time\ntime.sleep(30)\n";
+    let first = scripts
+        .run(plugd_scripts::RunRequest {
+            target: RunTarget::Source {
+                name: "slow.py".into(),
+                source: slow.into(),
+                overrides: Default::default(),
+            },
+            args: Default::default(),
+            who: "test".into(),
+        })
+        .await
+        .unwrap();
+    let second = scripts
+        .run(plugd_scripts::RunRequest {
+            target: RunTarget::Source {
+                name: "slow.py".into(),
+                source: slow.into(),
+                overrides: Default::default(),
+            },
+            args: Default::default(),
+            who: "test".into(),
+        })
+        .await
+        .unwrap();
+    // The second waits for the only slot.
+    let view = scripts.run_view(second.id).await.unwrap();
+    assert_eq!(view.record.state, "queued");
+    scripts.cancel(second.id).await.unwrap();
+    let second = scripts.wait(second.id).await.unwrap();
+    assert_eq!(second.record.state, "cancelled");
+    assert_eq!(second.record.started_at_ms, None);
+    // The running one is killed by its cancel.
+    scripts.cancel(first.id).await.unwrap();
+    let first = scripts.wait(first.id).await.unwrap();
+    assert_eq!(first.record.state, "cancelled");
+    assert_eq!(first.record.reason.as_deref(), Some("cancelled"));
+    assert!(first.record.duration_ms.unwrap() < 10_000);
+    assert_eq!(
+        scripts.cancel(first.record.id).await.unwrap_err().code,
+        "conflict"
+    );
+}
