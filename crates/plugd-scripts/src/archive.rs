@@ -145,9 +145,32 @@ pub fn write(
             serde_json::to_vec_pretty(&sig).map_err(|e| e.to_string())?,
         ));
     }
+    pack(&files)
+}
+
+/// Signs an archive made by [`write`] (replacing a signature it has): the CLI signs where the
+/// key is, after the server exported.
+pub fn sign(bytes: &[u8], key: &plugd_trust::SecretKey) -> Result<Vec<u8>, String> {
+    let unpacked = read(bytes)?;
+    let (key_id, signature) =
+        plugd_trust::sign_detached(SIGNATURE_KIND, &unpacked.index_sha256, key);
+    let sig = Signature {
+        key_id: key_id.to_string(),
+        signature,
+    };
+    let mut files = vec![(INDEX.to_owned(), unpacked.index_bytes.clone())];
+    files.extend(unpacked.files);
+    files.push((
+        SIGNATURE.to_owned(),
+        serde_json::to_vec_pretty(&sig).map_err(|e| e.to_string())?,
+    ));
+    pack(&files)
+}
+
+fn pack(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
-    for (path, bytes) in &files {
+    for (path, bytes) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
@@ -168,8 +191,10 @@ pub fn write(
 pub struct Unpacked {
     /// The index.
     pub index: Index,
-    /// The index's exact bytes (what a signature covers).
+    /// The sha256 of the index's exact bytes (what a signature covers).
     pub index_sha256: [u8; 32],
+    /// The index's exact bytes.
+    pub index_bytes: Vec<u8>,
     /// The signature, when the archive has one.
     pub signature: Option<Signature>,
     /// Every file by path.
@@ -297,6 +322,7 @@ pub fn read(bytes: &[u8]) -> Result<Unpacked, String> {
     Ok(Unpacked {
         index,
         index_sha256: Sha256::digest(&index_bytes).into(),
+        index_bytes,
         signature,
         files,
     })

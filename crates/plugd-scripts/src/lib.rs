@@ -60,7 +60,7 @@ pub struct ScriptsConfig {
     pub max_queued: usize,
     /// How often a running script's CPU and memory are sampled.
     pub sample_interval: Duration,
-    /// How long finished runs are kept.
+    /// How long finished runs are kept (`0`: forever).
     pub retention: Duration,
     /// The trust store that verifies signed archives.
     pub trust_dir: PathBuf,
@@ -380,6 +380,15 @@ pub struct Scripts {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Scripts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scripts")
+            .field("state_dir", &self.inner.config.state_dir)
+            .field("active_runs", &self.active_runs())
+            .finish()
+    }
+}
+
 struct Inner {
     store: Store,
     config: ScriptsConfig,
@@ -414,6 +423,10 @@ impl Scripts {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
+                // A retention of 0 keeps runs forever.
+                if inner.config.retention.is_zero() {
+                    continue;
+                }
                 let before = now_ms().saturating_sub(inner.config.retention.as_millis() as u64);
                 match inner.store.purge_runs(before).await {
                     Ok(n) if n > 0 => tracing::info!(runs = n, "purged old script runs"),

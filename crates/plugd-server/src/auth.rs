@@ -596,9 +596,25 @@ fn need(method: &Method, route: Option<&str>, path: &str, config: &AuthConfig) -
         | "/api/v1/events/dead"
         | "/api/v1/tasks/stream"
         | "/api/v1/tasks/{id}"
+        | "/api/v1/scripts"
+        | "/api/v1/scripts/{id}"
+        | "/api/v1/scripts/{id}/versions"
+        | "/api/v1/scripts/{id}/versions/{version}"
+        | "/api/v1/scripts/{id}/diff"
+        | "/api/v1/scripts/{id}/runs"
+        | "/api/v1/runs"
+        | "/api/v1/runs/{id}"
+        | "/api/v1/runs/{id}/stream"
+        | "/api/v1/templates"
+        | "/api/v1/templates/{name}"
             if get =>
         {
             read()
+        }
+        // Reading scripts, checking one and exporting them change nothing.
+        "/api/v1/scripts/check" | "/api/v1/scripts/export" => read(),
+        "/api/v1/scripts/{id}/runs" | "/api/v1/runs" | "/api/v1/runs/{id}/cancel" => {
+            Need::Scope(Scope::ScriptsRun)
         }
         "/api/v1/plugins/{name}"
         | "/api/v1/plugins/{name}/params"

@@ -20,6 +20,10 @@ pub struct ApiError {
     pub message: String,
     /// Every violation, for `bad_params` (empty otherwise, and then not in the body).
     pub violations: Vec<ViolationDto>,
+    /// A script's static-check findings, for `invalid_script` (not in the body when empty).
+    pub problems: Vec<serde_json::Value>,
+    /// Further items, one sentence each (a template's missing variables, ...).
+    pub details: Vec<String>,
 }
 
 /// One way a value breaks a schema, as the error body lists it.
@@ -39,6 +43,8 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             violations: Vec::new(),
+            problems: Vec::new(),
+            details: Vec::new(),
         }
     }
 }
@@ -54,6 +60,10 @@ struct Inner<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     violations: &'a [ViolationDto],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    problems: &'a [serde_json::Value],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    details: &'a [String],
 }
 
 impl IntoResponse for ApiError {
@@ -70,6 +80,8 @@ impl IntoResponse for ApiError {
                 code: &self.code,
                 message: &self.message,
                 violations: &self.violations,
+                problems: &self.problems,
+                details: &self.details,
             },
         };
         (self.status, Json(body)).into_response()
@@ -121,6 +133,8 @@ impl From<HostError> for ApiError {
             code: e.code().to_owned().into(),
             message,
             violations,
+            problems: Vec::new(),
+            details: Vec::new(),
         }
     }
 }

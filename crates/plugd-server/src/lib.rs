@@ -11,6 +11,7 @@ mod metrics;
 mod openapi;
 mod proxy;
 mod routes;
+mod scripts;
 mod stream;
 mod tasks;
 mod ui;

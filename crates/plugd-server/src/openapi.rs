@@ -31,6 +31,14 @@ struct ErrorDetail {
     /// For `bad_params`: each way the value breaks the schema.
     #[serde(skip_serializing_if = "Option::is_none")]
     violations: Option<Vec<ViolationDto>>,
+    /// For `invalid_script`: each finding of the static check (`kind`, `severity`, `line`,
+    /// `column`, `message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    problems: Option<Vec<serde_json::Value>>,
+    /// Further items, one sentence each (a template's missing variables, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Vec<String>>,
 }
 
 /// Routes that answer without a credential (and so document no 401/403).
@@ -117,7 +125,7 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "plugd",
-        description = "The plugd HTTP API: call plugin actions, manage plugins, params, kv, events and background tasks, tokens. Errors are `{\"error\": {\"code\", \"message\"}}`. Once a token exists (or with `--auth required`) every route but health, readiness and the dashboard's log-in needs `Authorization: Bearer TOKEN` or the dashboard's session cookie; each operation names the scope it needs."
+        description = "The plugd HTTP API: call plugin actions, manage plugins, params, kv, events and background tasks, scripts and their runs, tokens. Errors are `{\"error\": {\"code\", \"message\"}}`. Once a token exists (or with `--auth required`) every route but health, readiness and the dashboard's log-in needs `Authorization: Bearer TOKEN` or the dashboard's session cookie; each operation names the scope it needs."
     ),
     paths(
         crate::routes::health,
@@ -152,6 +160,31 @@ impl Modify for Security {
         crate::tasks::watch,
         crate::tasks::show,
         crate::tasks::cancel,
+        crate::scripts::list,
+        crate::scripts::add,
+        crate::scripts::show,
+        crate::scripts::edit,
+        crate::scripts::permissions,
+        crate::scripts::remove,
+        crate::scripts::versions,
+        crate::scripts::version,
+        crate::scripts::diff,
+        crate::scripts::rollback,
+        crate::scripts::check,
+        crate::scripts::run_script,
+        crate::scripts::script_runs,
+        crate::scripts::run_file,
+        crate::scripts::runs,
+        crate::scripts::show_run,
+        crate::scripts::cancel,
+        crate::scripts::follow,
+        crate::scripts::templates,
+        crate::scripts::add_template,
+        crate::scripts::template,
+        crate::scripts::remove_template,
+        crate::scripts::instantiate,
+        crate::scripts::export,
+        crate::scripts::import,
         crate::auth::session,
         crate::auth::log_in,
         crate::auth::log_out,
@@ -173,6 +206,8 @@ impl Modify for Security {
         (name = "data", description = "Plugins' params and kv"),
         (name = "events", description = "Durable events"),
         (name = "tasks", description = "Durable background tasks"),
+        (name = "scripts", description = "Stand-alone Python scripts: versions, templates, archives"),
+        (name = "runs", description = "Confined script runs with live output, progress, CPU and memory"),
         (name = "plugin-http", description = "Plugins' own HTTP servers, proxied"),
         (name = "auth", description = "Tokens and dashboard sessions"),
         (name = "operations", description = "Metrics, the API document, the dashboard"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, post};
+use axum::routing::{any, delete, get, post, put};
 use axum::{Json, Router, middleware};
 use bytes::Bytes;
 use plugd_host::{Host, PluginState};
@@ -25,7 +25,7 @@ use crate::dto::{
     PluginDto, PluginList, RevisionDto, UnloadedDto,
 };
 use crate::error::ApiError;
-use crate::{auth, events, logs, tasks};
+use crate::{auth, events, logs, scripts, tasks};
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -46,6 +46,9 @@ pub struct ServerConfig {
     /// Record metrics and serve them at `/metrics` (installs the process's metrics recorder);
     /// off, nothing is recorded and `/metrics` answers 404 `metrics_disabled`.
     pub metrics: bool,
+    /// The script manager behind `/api/v1/scripts`, `/templates` and `/runs`; `None`: those
+    /// answer 503 `scripts_unavailable`.
+    pub scripts: Option<plugd_scripts::Scripts>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             proxy: crate::Proxy::new(crate::ProxyConfig::default()),
             auth: crate::AuthConfig::default(),
             metrics: true,
+            scripts: None,
         }
     }
 }
@@ -101,6 +105,7 @@ pub(crate) struct AppState {
     pub(crate) proxy: crate::Proxy,
     pub(crate) auth: crate::Auth,
     pub(crate) metrics: bool,
+    pub(crate) scripts: Option<plugd_scripts::Scripts>,
 }
 
 impl FromRef<AppState> for crate::Auth {
@@ -129,6 +134,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         max_body: config.max_body,
         shutdown: config.shutdown.clone(),
         proxy: config.proxy.clone(),
+        scripts: config.scripts.clone(),
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         config
@@ -171,6 +177,47 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         .route("/api/v1/tasks/stream", get(tasks::watch))
         .route("/api/v1/tasks/{id}", get(tasks::show))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/v1/scripts", get(scripts::list).post(scripts::add))
+        .route("/api/v1/scripts/check", post(scripts::check))
+        .route("/api/v1/scripts/export", post(scripts::export))
+        .route("/api/v1/scripts/import", post(scripts::import))
+        .route(
+            "/api/v1/scripts/{id}",
+            get(scripts::show)
+                .put(scripts::edit)
+                .delete(scripts::remove),
+        )
+        .route(
+            "/api/v1/scripts/{id}/permissions",
+            put(scripts::permissions),
+        )
+        .route("/api/v1/scripts/{id}/versions", get(scripts::versions))
+        .route(
+            "/api/v1/scripts/{id}/versions/{version}",
+            get(scripts::version),
+        )
+        .route("/api/v1/scripts/{id}/diff", get(scripts::diff))
+        .route("/api/v1/scripts/{id}/rollback", post(scripts::rollback))
+        .route(
+            "/api/v1/scripts/{id}/runs",
+            get(scripts::script_runs).post(scripts::run_script),
+        )
+        .route("/api/v1/runs", get(scripts::runs).post(scripts::run_file))
+        .route("/api/v1/runs/{id}", get(scripts::show_run))
+        .route("/api/v1/runs/{id}/stream", get(scripts::follow))
+        .route("/api/v1/runs/{id}/cancel", post(scripts::cancel))
+        .route(
+            "/api/v1/templates",
+            get(scripts::templates).post(scripts::add_template),
+        )
+        .route(
+            "/api/v1/templates/{name}",
+            get(scripts::template).delete(scripts::remove_template),
+        )
+        .route(
+            "/api/v1/templates/{name}/instantiate",
+            post(scripts::instantiate),
+        )
         .route("/metrics", get(crate::metrics::handler))
         .route("/api/v1/openapi.json", get(crate::openapi::openapi))
         .route(

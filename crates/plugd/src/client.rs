@@ -68,6 +68,33 @@ fn request(
     path: &str,
     body: Option<&[u8]>,
 ) -> anyhow::Result<Response> {
+    request_typed(server, method, path, body, "application/json")
+}
+
+/// Sends raw bytes of `content_type` (an archive) and returns the raw answer of a 2xx, or the
+/// API error as an `Err`.
+pub(crate) fn bytes(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    content_type: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let response = request_typed(server, method, path, body, content_type)?;
+    if (200..300).contains(&response.status) {
+        Ok(response.body)
+    } else {
+        Err(api_error(response.status, &response.body))
+    }
+}
+
+fn request_typed(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    content_type: &str,
+) -> anyhow::Result<Response> {
     let url = format!("{}{path}", base_url(server)?);
     let config = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -88,7 +115,7 @@ fn request(
             .call(),
         "PUT" => authorized(agent.put(&url))
             .header("accept", "application/json")
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .send(body),
         "PATCH" => authorized(agent.patch(&url))
             .header("accept", "application/json")
@@ -96,7 +123,7 @@ fn request(
             .send(body),
         _ => authorized(agent.post(&url))
             .header("accept", "application/json")
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .send(body),
     };
     let mut response = sent.map_err(|e| transport_error(server, e))?;

@@ -70,7 +70,7 @@ pub(crate) fn params(
 /// `--set KEY=VALUE ...` as one merge patch: each value is JSON if it parses, else a string
 /// (`--set threshold=0.7` is a number, `--set mode=fast` the string `"fast"`, `--set key=null`
 /// back to the default).
-fn merge_patch(pairs: &[String]) -> anyhow::Result<Value> {
+pub(crate) fn merge_patch(pairs: &[String]) -> anyhow::Result<Value> {
     let mut patch = Map::new();
     for pair in pairs {
         let Some((key, text)) = pair.split_once('=').filter(|(k, _)| !k.is_empty()) else {

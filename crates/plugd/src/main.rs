@@ -12,6 +12,7 @@ mod logs;
 mod new;
 mod output;
 mod paths;
+mod script;
 mod sdk;
 mod serve;
 mod sse;
@@ -43,6 +44,7 @@ Examples:
   plugd events --follow                          Watch events as they are published
   plugd task submit gallery embed '{}' --wait    Run a background task, with a progress bar
   plugd tasks --watch                            Live progress of every running task
+  plugd script run ./report.py --arg limit=10    Run a Python script confined, with a live bar
   plugd uninstall my-plugin                      Stop it and remove its data
   plugd keygen --out signing.key                 Then `plugd sign DIR --key signing.key`
   plugd trust add signing.key.pub                Trust it (in STATE/trust, as `serve` reads it)
@@ -243,6 +245,25 @@ enum Command {
         /// ones after that seq first). `--json` prints one event per line.
         #[arg(long)]
         follow: bool,
+    },
+    /// Manage and run stand-alone Python scripts on a running server: versions, templates,
+    /// archives, confined runs with live CPU and memory, and their history.
+    #[command(after_help = "Examples:
+  plugd script add report.py --id report       Register (checked, dependencies locked)
+  plugd script run report --arg limit=10       Run it confined, with a live bar
+  plugd script run ./try.py                    Run a file without registering it
+  plugd script edit report report.py           A new version; `versions`, `diff`, `rollback`
+  plugd script runs report                     Its history
+  plugd script check report.py                 Static checks only, no server needed")]
+    Script {
+        #[command(subcommand)]
+        command: script::ScriptCommand,
+    },
+    /// Store and list script templates (`{{ variable }}` placeholders with typed variables);
+    /// `plugd script new ID --from NAME` makes a script from one.
+    Template {
+        #[command(subcommand)]
+        command: script::TemplateCommand,
     },
     /// Submit, show or cancel a background task on a running server.
     Task {
@@ -577,7 +598,7 @@ struct ServeArgs {
     /// How many kv commits each plugin can undo.
     #[arg(long, value_name = "N", default_value_t = 100)]
     undo_depth: usize,
-    /// How long finished tasks, delivered events and dead letters are kept: a duration like
+    /// How long finished tasks, delivered events, dead letters and script runs are kept: a duration like
     /// `7d`, `12h` or `30m`; `0` keeps them forever. Default `7d` (or `retention` in the config
     /// file's `[durable]`).
     #[arg(long, value_name = "DURATION", value_parser = config::parse_retention)]
@@ -590,6 +611,10 @@ struct ServeArgs {
     /// 10000 (or `task_queue` in `[durable]`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     task_queue: Option<u64>,
+    /// Script runs at once (`plugd script run`); more wait in a queue of 1000. Default: the
+    /// number of cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_runs: Option<u64>,
     /// How plugins' Python dependencies are installed (`uv`, the index).
     #[command(flatten)]
     python: lock::PythonArgs,
@@ -825,6 +850,8 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Script { command } => script::script(&cli.server, command, cli.json),
+        Command::Template { command } => script::template(&cli.server, command, cli.json),
         Command::Task { command } => match command {
             TaskCommand::Submit {
                 plugin,

@@ -126,6 +126,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         );
     }
     let host = builder.build();
+    let scripts = scripts_manager(&args, &paths, &host, &sdk).await?;
     let readiness = Readiness::pending();
     let streams = plugd_server::Shutdown::new();
     let proxy = plugd_server::Proxy::new(plugd_server::ProxyConfig {
@@ -146,6 +147,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
                 metrics_public: args.metrics_public,
             },
             metrics: !args.no_metrics,
+            scripts: Some(scripts),
         },
     );
     let exposed = expose(&args, &host, &proxy, &streams).await?;
@@ -417,6 +419,34 @@ fn check_reachable(args: &ServeArgs, state_dir: &std::path::Path) -> anyhow::Res
     }
     tracing::warn!("{message}");
     Ok(())
+}
+
+/// The script manager: runs get the same child environment and sandbox as process plugins.
+async fn scripts_manager(
+    args: &ServeArgs,
+    paths: &Paths,
+    host: &Host,
+    sdk: &std::path::Path,
+) -> anyhow::Result<plugd_scripts::Scripts> {
+    let store = host
+        .store()
+        .await
+        .context("Cannot open the store for the script manager")?
+        .clone();
+    let process = process_config(args, sdk);
+    let mut config = plugd_scripts::ScriptsConfig::new(&paths.state_dir);
+    config.base_env = process.base_env;
+    config.sandbox = process.sandbox;
+    config.python = args.python.config()?;
+    config.trust_dir = paths.trust_dir.clone();
+    config.strict = args.strict;
+    if let Some(n) = args.max_runs {
+        config.max_runs = n as usize;
+    }
+    config.retention = host.config().retention;
+    plugd_scripts::Scripts::open(store, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("Cannot start the script manager: {e}"))
 }
 
 fn process_config(args: &ServeArgs, sdk: &std::path::Path) -> ProcessConfig {
