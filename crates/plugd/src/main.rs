@@ -936,3 +936,14 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's arguments are consistent (clap checks this only when the subcommand
+    /// is used, e.g. a positional named like the global `--version`).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

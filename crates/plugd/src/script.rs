@@ -166,6 +166,7 @@ pub(crate) enum ScriptCommand {
         to: u64,
     },
     /// Make an earlier version the one runs use.
+    #[command(disable_version_flag = true)]
     Rollback {
         /// Script id.
         id: String,

@@ -29,6 +29,7 @@ mod new;
 mod observe;
 mod output;
 mod reload;
+mod scripts;
 mod services;
 mod startup;
 mod state;
