@@ -12,6 +12,9 @@
 //!   plugins;
 //! - `reload`: hot reload (issue 12): from a file written into the plugins directory to the new
 //!   version answering, for a Python plugin and a C wasm component;
+//! - `scripts`: the script manager (issue 14): a confined no-op run (request to recorded
+//!   result, in-process) next to `python3 -c pass`, with a 3-package environment, 4 at once, and
+//!   `plugd script run` end to end;
 //! - `ws-echo URL...`: WebSocket echo round trips (issue 13), e.g. through plugd's proxy and
 //!   straight to the app;
 //! - `rewrite DIR`: rewrites a package every so often, for `run.sh` to run beside `wrk`;
@@ -24,6 +27,7 @@ mod fake_child;
 mod latency;
 mod plugins;
 mod reload;
+mod scripts;
 mod services;
 mod stats;
 mod wasm;
@@ -54,6 +58,8 @@ Usage:
   plugd-bench reload [--repo DIR] [--swaps N] [--interval-ms MS] [--dir DIR]
                      [--cases python,wasm]
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
+  plugd-bench scripts [--repo DIR] [-n RUNS] [--warmup RUNS] [--rounds N] [--dir DIR]
+                      [--cases bare,server,server-env3,concurrent,cli]
   plugd-bench ws-echo URL... [-n N] [--warmup N] [--size BYTES]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]
@@ -182,6 +188,30 @@ fn run() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async { tokio::spawn(services::run(config)).await? })?;
+        }
+        "scripts" => {
+            let config = scripts::Config {
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
+                runs: args.parsed("-n")?.unwrap_or(100),
+                warmup: args.parsed("--warmup")?.unwrap_or(5),
+                rounds: args.parsed("--rounds")?.unwrap_or(3),
+                dir: args
+                    .value("--dir")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir),
+                cases: args
+                    .value("--cases")?
+                    .map(|l| l.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            };
+            args.finish()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { tokio::spawn(scripts::run(config)).await? })?;
         }
         "work" => {
             let config = work::Config {

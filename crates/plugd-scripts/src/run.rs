@@ -325,13 +325,13 @@ fn policy(config: &ScriptsConfig, job: &Job, work: &Path) -> Result<SandboxPolic
     if sandbox.strict {
         policy.required = Layer::ALL.to_vec();
     }
-    if plugd_sandbox::probe().root {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ROOT.get_or_init(|| plugd_sandbox::probe().root) {
         std::fs::create_dir_all(&job.ids_owner)
             .map_err(|e| format!("cannot create `{}`: {e}", job.ids_owner.display()))?;
         let owner = std::fs::canonicalize(&job.ids_owner)
             .map_err(|e| format!("cannot resolve `{}`: {e}", job.ids_owner.display()))?;
-        let ids = plugd_sandbox::allocate_ids(&policy.uid_table, &owner)
-            .map_err(|e| format!("cannot allocate its uid: {e}"))?;
+        let ids = script_ids(&policy.uid_table, &owner)?;
         for path in &p.read {
             reachable(path, ids, false)?;
         }
@@ -350,6 +350,22 @@ fn policy(config: &ScriptsConfig, job: &Job, work: &Path) -> Result<SandboxPolic
         }
     }
     Ok(policy)
+}
+
+/// The uid and gid of a script (one per script id), allocated once per host process: the
+/// table's lock and read are spared on every later run.
+fn script_ids(table: &Path, owner: &Path) -> Result<(u32, u32), String> {
+    type Ids = std::collections::HashMap<(PathBuf, PathBuf), (u32, u32)>;
+    static KNOWN: std::sync::OnceLock<Mutex<Ids>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    let key = (table.to_owned(), owner.to_owned());
+    if let Some(ids) = known.lock().get(&key) {
+        return Ok(*ids);
+    }
+    let ids = plugd_sandbox::allocate_ids(table, owner)
+        .map_err(|e| format!("cannot allocate its uid: {e}"))?;
+    known.lock().insert(key, ids);
+    Ok(ids)
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -687,6 +703,12 @@ async fn execute_in(
         (e.text(), e.total)
     };
     let result = result.lock().take();
+    // Removing the cgroup waits for the kernel to let go of the dead tasks (a few ms on v1):
+    // off the run's path, nothing recorded depends on it.
+    drop(kill);
+    if let Ok(prepared) = Arc::try_unwrap(prepared) {
+        tokio::task::spawn_blocking(move || drop(prepared));
+    }
     let mut exit_code = None;
     let mut signal = None;
     if let Ok(status) = &status {

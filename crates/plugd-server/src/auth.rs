@@ -1170,6 +1170,55 @@ mod tests {
                 plugin: "cm".into()
             })
         );
+        // Scripts: reading is `read`, running and cancelling `scripts:run`, changing `admin`.
+        assert_eq!(n(Method::GET, "/api/v1/scripts", "/api/v1/scripts"), read);
+        assert_eq!(
+            n(
+                Method::GET,
+                "/api/v1/runs/{id}/stream",
+                "/api/v1/runs/1/stream"
+            ),
+            read
+        );
+        assert_eq!(
+            n(
+                Method::POST,
+                "/api/v1/scripts/check",
+                "/api/v1/scripts/check"
+            ),
+            read
+        );
+        assert_eq!(
+            n(Method::POST, "/api/v1/scripts", "/api/v1/scripts"),
+            Need::Scope(Scope::Admin)
+        );
+        assert_eq!(
+            n(
+                Method::POST,
+                "/api/v1/scripts/import",
+                "/api/v1/scripts/import"
+            ),
+            Need::Scope(Scope::Admin)
+        );
+        for (method, route, path) in [
+            (
+                Method::POST,
+                "/api/v1/scripts/{id}/runs",
+                "/api/v1/scripts/r/runs",
+            ),
+            (Method::POST, "/api/v1/runs", "/api/v1/runs"),
+            (
+                Method::POST,
+                "/api/v1/runs/{id}/cancel",
+                "/api/v1/runs/2/cancel",
+            ),
+        ] {
+            assert_eq!(
+                n(method, route, path),
+                Need::Scope(Scope::ScriptsRun),
+                "{path}"
+            );
+        }
         assert_eq!(n(Method::GET, "/metrics", "/metrics"), read);
         let public = AuthConfig {
             metrics_public: true,

@@ -1,0 +1,368 @@
+//! `plugd-bench scripts`: the script manager (issue 14). The overhead of a confined run of a
+//! script that does nothing, next to `python3 -c pass` run bare in the same run:
+//! - `bare`: `python3 -c pass`, spawned and waited for;
+//! - `server`: what `plugd serve` does for `POST /api/v1/scripts/ID/runs` + wait, in-process:
+//!   validate, record the queued run, prepare the sandbox (cgroup, namespaces, uid, Landlock,
+//!   seccomp), spawn, sample, record the end (committed) — request to recorded result;
+//! - `server-env3`: the same with a cached environment of 3 locked packages (needs `uv` and the
+//!   index once);
+//! - `concurrent`: runs per second with 4 at once, next to 4 bare `python3 -c pass` at once;
+//! - `cli`: end to end, `plugd script run ID` against a running `plugd serve` (CLI process,
+//!   HTTP, run, record, stream).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use plugd_scripts::{AddRequest, RunRequest, RunTarget, Scripts, ScriptsConfig};
+use plugd_store::{AddMode, Store, StoreConfig};
+
+pub(crate) struct Config {
+    pub repo: PathBuf,
+    pub runs: usize,
+    pub warmup: usize,
+    pub rounds: usize,
+    pub dir: PathBuf,
+    pub cases: Vec<String>,
+}
+
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len().max(1);
+    samples
+        .get(((n as f64 * q) as usize).min(n - 1))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+struct Line {
+    case: &'static str,
+    p50_ms: f64,
+    p90_ms: f64,
+    per_sec: f64,
+}
+
+fn report(lines: &[Line]) {
+    println!(
+        "{:<34} {:>9} {:>9} {:>10}",
+        "case", "p50 ms", "p90 ms", "runs/s"
+    );
+    for l in lines {
+        println!(
+            "{:<34} {:>9.2} {:>9.2} {:>10.1}",
+            l.case, l.p50_ms, l.p90_ms, l.per_sec
+        );
+        println!(
+            "{{\"bench\":\"scripts\",\"case\":\"{}\",\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"runs_per_sec\":{:.2}}}",
+            l.case, l.p50_ms, l.p90_ms, l.per_sec
+        );
+    }
+}
+
+/// The `python3` scripts run with: the first on the children's `PATH` (not a version manager's
+/// shim on the host's own `PATH`).
+fn python3() -> PathBuf {
+    std::env::split_paths(plugd_process::CHILD_PATH)
+        .map(|d| d.join("python3"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+async fn bare_once() -> anyhow::Result<()> {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let status = tokio::process::Command::new(PYTHON.get_or_init(python3))
+        .args(["-c", "pass"])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .context("cannot run python3")?;
+    if !status.success() {
+        bail!("python3 -c pass failed: {status}");
+    }
+    Ok(())
+}
+
+async fn measure<F, Fut>(case: &'static str, n: usize, warmup: usize, f: F) -> anyhow::Result<Line>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    for _ in 0..warmup {
+        f().await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    Ok(Line {
+        case,
+        p50_ms: percentile(&mut samples, 0.5),
+        p90_ms: percentile(&mut samples, 0.9),
+        per_sec: n as f64 / wall,
+    })
+}
+
+async fn concurrently<F, Fut>(
+    case: &'static str,
+    n: usize,
+    at_once: usize,
+    f: F,
+) -> anyhow::Result<Line>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..at_once {
+        let (f, next) = (f.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
+                let t = Instant::now();
+                f().await?;
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let mut samples = Vec::new();
+    for w in workers {
+        samples.extend(w.await??);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    Ok(Line {
+        case,
+        p50_ms: percentile(&mut samples, 0.5),
+        p90_ms: percentile(&mut samples, 0.9),
+        per_sec: n as f64 / wall,
+    })
+}
+
+async fn manager(repo: &Path, dir: &Path, max_runs: usize) -> anyhow::Result<Scripts> {
+    let store = Store::open(StoreConfig::new(dir.join("plugd.db"))).await?;
+    let mut config = ScriptsConfig::new(dir);
+    let sdk = repo.join("sdk/python/src");
+    config
+        .base_env
+        .push(("PYTHONPATH".into(), sdk.into_os_string()));
+    config.max_runs = max_runs;
+    Scripts::open(store, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn run_and_wait(scripts: &Scripts, id: &str) -> anyhow::Result<()> {
+    let started = scripts
+        .run(RunRequest {
+            target: RunTarget::Script {
+                id: id.to_owned(),
+                version: None,
+            },
+            args: Default::default(),
+            who: "bench".into(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let view = scripts
+        .wait(started.id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if view.record.state != "succeeded" {
+        bail!(
+            "run {} ended {}: {:?}",
+            started.id,
+            view.record.state,
+            view.record.reason
+        );
+    }
+    Ok(())
+}
+
+async fn add(scripts: &Scripts, id: &str, source: &str) -> anyhow::Result<()> {
+    scripts
+        .add(
+            AddRequest {
+                id: Some(id.to_owned()),
+                source: source.to_owned(),
+                ..AddRequest::default()
+            },
+            AddMode::Create,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    let want = |c: &str| config.cases.is_empty() || config.cases.iter().any(|x| x == c);
+    let tmp = tempfile_dir(&config.dir)?;
+    let scripts = manager(&config.repo, &tmp, 4).await?;
+    add(&scripts, "noop", "pass\n").await?;
+    let with_env = if want("server-env3") {
+        match add(
+            &scripts,
+            "noop-env3",
+            "# /// script\n# dependencies = [\"six\", \"idna\", \"certifi\"]\n# ///\npass\n",
+        )
+        .await
+        {
+            Ok(()) => {
+                // Builds the environment once (not measured).
+                run_and_wait(&scripts, "noop-env3").await?;
+                true
+            }
+            Err(e) => {
+                eprintln!("skipping server-env3: {e}");
+                false
+            }
+        }
+    } else {
+        false
+    };
+    for round in 0..config.rounds {
+        println!("# round {}", round + 1);
+        let mut lines = Vec::new();
+        if want("bare") {
+            lines.push(
+                measure(
+                    "bare python3 -c pass",
+                    config.runs,
+                    config.warmup,
+                    bare_once,
+                )
+                .await?,
+            );
+        }
+        if want("server") {
+            let s = scripts.clone();
+            lines.push(
+                measure(
+                    "server: confined no-op run",
+                    config.runs,
+                    config.warmup,
+                    || {
+                        let s = s.clone();
+                        async move { run_and_wait(&s, "noop").await }
+                    },
+                )
+                .await?,
+            );
+        }
+        if with_env {
+            let s = scripts.clone();
+            lines.push(
+                measure(
+                    "server: no-op, 3-package env",
+                    config.runs,
+                    config.warmup,
+                    || {
+                        let s = s.clone();
+                        async move { run_and_wait(&s, "noop-env3").await }
+                    },
+                )
+                .await?,
+            );
+        }
+        if want("concurrent") {
+            lines.push(concurrently("bare, 4 at once", config.runs * 2, 4, bare_once).await?);
+            let s = scripts.clone();
+            lines.push(
+                concurrently("server, 4 at once", config.runs * 2, 4, move || {
+                    let s = s.clone();
+                    async move { run_and_wait(&s, "noop").await }
+                })
+                .await?,
+            );
+        }
+        if want("cli") {
+            lines.push(cli(&config, &tmp).await?);
+        }
+        report(&lines);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// `plugd script run noop` against a `plugd serve` on port 0 (the `plugd` next to this binary).
+async fn cli(config: &Config, tmp: &Path) -> anyhow::Result<Line> {
+    let plugd = std::env::current_exe()?
+        .parent()
+        .context("no directory")?
+        .join("plugd");
+    let dir = tmp.join("cli");
+    std::fs::create_dir_all(dir.join("plugins"))?;
+    let mut server = std::process::Command::new(&plugd)
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(dir.join("plugins"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", plugd.display()))?;
+    let stdout = server.stdout.take().context("no stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().context("serve printed nothing")??;
+    let url = first
+        .strip_prefix("plugd listening on ")
+        .context("unexpected first line")?
+        .to_owned();
+    std::thread::spawn(move || for _ in lines {});
+    let file = dir.join("noop.py");
+    std::fs::write(&file, "pass\n")?;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(&plugd)
+            .arg("--server")
+            .arg(&url)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    };
+    let ok = cli(&[
+        "script",
+        "add",
+        file.to_str().unwrap_or_default(),
+        "--id",
+        "noop",
+    ])?;
+    if !ok.success() {
+        bail!("plugd script add failed");
+    }
+    let line = measure(
+        "cli: plugd script run noop",
+        config.runs,
+        config.warmup,
+        || {
+            let status = cli(&["script", "run", "noop"]);
+            async move {
+                if status?.success() {
+                    Ok(())
+                } else {
+                    bail!("plugd script run failed")
+                }
+            }
+        },
+    )
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    line
+}
+
+fn tempfile_dir(base: &Path) -> anyhow::Result<PathBuf> {
+    let dir = base.join(format!("plugd-bench-scripts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    // Scripts run as their own uid: the state dir's parents must let it in (the mount namespace
+    // does), and the dir itself is plugd's.
+    Ok(dir)
+}
