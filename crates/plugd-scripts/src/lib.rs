@@ -41,6 +41,27 @@ use crate::meta::{Meta, Overrides};
 use crate::run::{Active, Job, Outcome, RunEvent, Snapshot};
 use crate::template::Var;
 
+/// Script runs that ended, by `state` (`succeeded`, `failed`, `killed`, `cancelled`).
+pub const RUNS_TOTAL: &str = "plugd_script_runs_total";
+/// How long runs took from start to end, in seconds.
+pub const RUN_DURATION: &str = "plugd_script_run_duration_seconds";
+/// Runs queued or running now.
+pub const RUNS_ACTIVE: &str = "plugd_script_runs_active";
+
+/// Describes the script manager's metrics to the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        RUNS_TOTAL,
+        "Script runs that ended, by state (succeeded, failed, killed, cancelled)"
+    );
+    metrics::describe_histogram!(
+        RUN_DURATION,
+        metrics::Unit::Seconds,
+        "How long a script run took, from its process's start to its end"
+    );
+    metrics::describe_gauge!(RUNS_ACTIVE, "Script runs queued or running now");
+}
+
 /// How the script manager runs scripts and where it keeps them.
 #[derive(Clone, Debug)]
 pub struct ScriptsConfig {
@@ -1001,6 +1022,7 @@ impl Scripts {
         let active = Active::new();
         let events = active.events.subscribe();
         inner.active.lock().insert(id, active.clone());
+        metrics::gauge!(RUNS_ACTIVE).set(inner.active.lock().len() as f64);
         let ids_owner = inner
             .config
             .state_dir
@@ -1062,8 +1084,13 @@ impl Scripts {
         if let Err(e) = inner.store.finish_run(id, end).await {
             tracing::error!(run = id, "cannot record the end of a script run: {e}");
         }
+        metrics::counter!(RUNS_TOTAL, "state" => outcome.state).increment(1);
+        if let Some(ms) = outcome.duration_ms {
+            metrics::histogram!(RUN_DURATION).record(ms as f64 / 1000.0);
+        }
         active.send_ended(outcome.state, outcome.exit_code, outcome.reason);
         inner.active.lock().remove(&id);
+        metrics::gauge!(RUNS_ACTIVE).set(inner.active.lock().len() as f64);
     }
 
     async fn environment(

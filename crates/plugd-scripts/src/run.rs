@@ -151,6 +151,8 @@ pub(crate) struct Job {
 /// How it ended, for the record.
 pub(crate) struct Outcome {
     pub state: &'static str,
+    /// From its process's start to its end (`None`: it never started).
+    pub duration_ms: Option<u64>,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub peak_rss: Option<u64>,
@@ -164,6 +166,7 @@ impl Outcome {
     pub(crate) fn refused(reason: String) -> Outcome {
         Outcome {
             state: "failed",
+            duration_ms: None,
             exit_code: None,
             reason: Some(reason),
             peak_rss: None,
@@ -769,6 +772,7 @@ async fn execute_in(
     };
     Outcome {
         state,
+        duration_ms: Some(started.elapsed().as_millis() as u64),
         exit_code: if signal.is_some() && pid_ns {
             None
         } else {

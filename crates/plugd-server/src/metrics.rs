@@ -64,6 +64,7 @@ pub(crate) fn install() -> Result<&'static PrometheusHandle, &'static str> {
             match &installed {
                 Ok(handle) => {
                     plugd_host::describe_metrics();
+                    plugd_scripts::describe_metrics();
                     metrics::describe_counter!(
                         HTTP_PROXIED,
                         "Requests forwarded to plugins' own HTTP servers, by plugin and status class"
@@ -99,6 +100,7 @@ fn builder() -> PrometheusBuilder {
         ("plugd_call_duration_seconds", CALL_BUCKETS),
         ("plugd_plugin_load_duration_seconds", LOAD_BUCKETS),
         ("plugd_task_duration_seconds", TASK_BUCKETS),
+        ("plugd_script_run_duration_seconds", TASK_BUCKETS),
     ];
     buckets
         .into_iter()

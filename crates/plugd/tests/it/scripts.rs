@@ -157,6 +157,17 @@ fn scripts_are_registered_versioned_run_and_recorded() {
         },
     );
 
+    // Counted for Prometheus.
+    let authority = server.url.trim_start_matches("http://");
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let metrics = String::from_utf8(crate::http::request(authority, &head, b"").body).unwrap();
+    assert!(
+        metrics.contains("plugd_script_runs_total{state=\"succeeded\"} 5"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("plugd_script_runs_total{state=\"killed\"} 1"));
+    assert!(metrics.contains("plugd_script_runs_total{state=\"failed\"} 1"));
+
     // Removal keeps the history.
     server.cli(&["script", "rm", "report"]).ok();
     check(
