@@ -423,6 +423,11 @@ impl Scripts {
     /// with a tokio runtime, finished runs older than the retention are purged every hour.
     pub async fn open(store: Store, config: ScriptsConfig) -> Result<Scripts, ScriptError> {
         let interrupted = store.interrupt_runs().await?;
+        // Work dirs of runs a killed host left behind.
+        let work = config.state_dir.join("scripts").join("work");
+        if work.is_dir() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
         if interrupted > 0 {
             tracing::warn!(
                 runs = interrupted,
@@ -1177,8 +1182,13 @@ impl Scripts {
     /// ended (read its record).
     pub fn follow(&self, id: u64) -> Option<(Snapshot, broadcast::Receiver<RunEvent>)> {
         let active = self.inner.active.lock().get(&id).cloned()?;
+        // Subscribed before the state is read: a run whose state is not final yet sends its
+        // `Ended` to this receiver; one that is final may have sent it already.
         let rx = active.events.subscribe();
         let snapshot = active.snapshot.lock().clone();
+        if !matches!(snapshot.state.as_str(), "queued" | "running") {
+            return None;
+        }
         Some((snapshot, rx))
     }
 

@@ -302,6 +302,13 @@ pub(crate) fn version(
         return Err(StoreError::ScriptNotFound { id: id.to_owned() });
     };
     let version = version.unwrap_or(record.current);
+    // SQLite integers are i64: a larger number names no version (and must not be an error).
+    if version > i64::MAX as u64 {
+        return Err(StoreError::ScriptVersionNotFound {
+            id: id.to_owned(),
+            version,
+        });
+    }
     conn.prepare_cached(&format!(
         "SELECT {VERSION_COLUMNS} FROM script_versions WHERE script_id = ?1 AND version = ?2"
     ))
@@ -438,6 +445,9 @@ pub(crate) fn finish_run(
 }
 
 pub(crate) fn run(conn: &Connection, id: u64) -> Result<Option<RunRecord>, StoreError> {
+    if id > i64::MAX as u64 {
+        return Ok(None);
+    }
     conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM script_runs WHERE id = ?1"
     ))
@@ -461,7 +471,7 @@ pub(crate) fn runs(
     .query_map(
         params![
             script_id,
-            before.unwrap_or(i64::MAX as u64),
+            before.unwrap_or(u64::MAX).min(i64::MAX as u64),
             limit.min(i64::MAX as usize) as i64
         ],
         run_record,

@@ -58,6 +58,14 @@ async fn versions_are_content_addressed_and_rollback_moves_the_current_one() {
             version: 9
         }
     );
+    assert_eq!(
+        store
+            .script_version("s", Some(u64::MAX))
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
     let all = store.script_versions("s").await.unwrap();
     assert_eq!(all.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
     assert!(store.remove_script("s").await.unwrap());
@@ -110,6 +118,9 @@ async fn runs_are_recorded_and_a_stopped_hosts_runs_are_marked_failed() {
     assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [b, a]);
     assert_eq!(store.runs(Some("a"), None, 10).await.unwrap().len(), 1);
     assert_eq!(store.runs(None, Some(b), 10).await.unwrap()[0].id, a);
+    // Numbers past SQLite's integers name nothing; they are not errors.
+    assert!(store.run(u64::MAX).await.unwrap().is_none());
+    assert_eq!(store.runs(None, Some(u64::MAX), 10).await.unwrap().len(), 2);
     // `b` was left queued by a host that stopped.
     assert_eq!(store.interrupt_runs().await.unwrap(), 1);
     let b = store.run(b).await.unwrap().unwrap();
