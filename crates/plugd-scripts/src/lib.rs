@@ -491,9 +491,18 @@ impl Scripts {
             )
         })?;
         meta::valid_id(&id).map_err(ScriptError::bad)?;
+        // A new version keeps the overrides the script has (an operator's limits do not vanish
+        // with the next edit of its source); the request's own win.
+        let mut overrides = req.overrides.clone();
+        if mode == AddMode::Edit
+            && let Ok(current) = self.inner.store.script_version(&id, None).await
+            && let Ok(current) = Meta::from_json(&current.meta)
+        {
+            overrides = current.overrides.merged(&req.overrides);
+        }
         let meta = described
             .meta
-            .apply(&req.overrides)
+            .apply(&overrides)
             .map_err(|e| ScriptError::bad(format!("Script `{id}`: {e}")))?;
         self.store_version(&id, req.source, meta, mode).await
     }
@@ -1182,10 +1191,12 @@ impl Scripts {
     /// ended (read its record).
     pub fn follow(&self, id: u64) -> Option<(Snapshot, broadcast::Receiver<RunEvent>)> {
         let active = self.inner.active.lock().get(&id).cloned()?;
-        // Subscribed before the state is read: a run whose state is not final yet sends its
-        // `Ended` to this receiver; one that is final may have sent it already.
-        let rx = active.events.subscribe();
-        let snapshot = active.snapshot.lock().clone();
+        // Events are sent under the snapshot's lock, so subscribing under it splits the run's
+        // events exactly: those in the snapshot, and those the receiver gets.
+        let (snapshot, rx) = {
+            let snapshot = active.snapshot.lock();
+            (snapshot.clone(), active.events.subscribe())
+        };
         if !matches!(snapshot.state.as_str(), "queued" | "running") {
             return None;
         }
@@ -1219,7 +1230,8 @@ impl Active {
             exit_code,
             reason,
         };
-        self.snapshot.lock().state = state.to_owned();
+        let mut snapshot = self.snapshot.lock();
+        snapshot.state = state.to_owned();
         let _ = self.events.send(event);
     }
 }

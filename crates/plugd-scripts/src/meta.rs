@@ -47,6 +47,10 @@ pub struct Meta {
     /// What it may use.
     #[serde(default)]
     pub limits: Limits,
+    /// The CLI flags and API fields that changed what the script itself says: they stay with the
+    /// script, applied again to each new version's own metadata, until changed again.
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub overrides: Overrides,
 }
 
 /// What a run may do: enforced by the kernel sandbox, checked statically before it runs.
@@ -160,6 +164,32 @@ impl Overrides {
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
         *self == Overrides::default()
+    }
+
+    /// These overrides with `newer` on top: each field `newer` sets wins.
+    pub fn merged(&self, newer: &Overrides) -> Overrides {
+        fn pick<T: Clone>(old: &Option<T>, new: &Option<T>) -> Option<T> {
+            new.clone().or_else(|| old.clone())
+        }
+        Overrides {
+            name: pick(&self.name, &newer.name),
+            description: pick(&self.description, &newer.description),
+            author: pick(&self.author, &newer.author),
+            category: pick(&self.category, &newer.category),
+            tags: pick(&self.tags, &newer.tags),
+            allowed_imports: pick(&self.allowed_imports, &newer.allowed_imports),
+            read: pick(&self.read, &newer.read),
+            write: pick(&self.write, &newer.write),
+            network: pick(&self.network, &newer.network),
+            filesystem: pick(&self.filesystem, &newer.filesystem),
+            limits: LimitsSpec {
+                memory: pick(&self.limits.memory, &newer.limits.memory),
+                cpu: pick(&self.limits.cpu, &newer.limits.cpu),
+                wall: pick(&self.limits.wall, &newer.limits.wall),
+                output: pick(&self.limits.output, &newer.limits.output),
+                processes: pick(&self.limits.processes, &newer.limits.processes),
+            },
+        }
     }
 }
 
@@ -328,6 +358,7 @@ impl Meta {
                 filesystem: tool.filesystem.unwrap_or(true),
             },
             limits: Limits::default(),
+            overrides: Overrides::default(),
         };
         if let Some(network) = tool.network {
             meta.permissions.network = network_list(network)?;
@@ -367,6 +398,7 @@ impl Meta {
             self.permissions.filesystem = fs;
         }
         self.limits = limits(self.limits, &o.limits)?;
+        self.overrides = self.overrides.merged(o);
         self.validate()?;
         Ok(self)
     }
@@ -647,6 +679,15 @@ import json
         };
         let m2 = m.clone().apply(&o).unwrap();
         assert_eq!(m2.tags, ["x"]);
+        // Recorded, and merged with later ones (the later field wins).
+        assert_eq!(m2.overrides.tags, Some(vec!["x".to_owned()]));
+        let later = Overrides {
+            tags: Some(vec!["y".into()]),
+            ..Overrides::default()
+        };
+        let merged = m2.overrides.merged(&later);
+        assert_eq!(merged.tags, Some(vec!["y".to_owned()]));
+        assert_eq!(merged.limits.cpu.as_deref(), Some("2s"));
         assert!(m2.permissions.network.is_empty());
         assert_eq!(m2.limits.cpu_ms, 2000);
         assert_ne!(m.digest("s"), m2.digest("s"));

@@ -91,10 +91,25 @@ pub struct Snapshot {
     /// `queued` or `running` (or the end state once ended).
     pub state: String,
     /// The last progress reported.
-    pub progress: Option<(f64, Option<String>)>,
+    pub progress: Option<ProgressNow>,
     /// The last sample.
     pub sample: Option<Sample>,
+    /// The output so far (its last 16 KiB), so a follower joining late misses nothing recent;
+    /// the `output` events continue from here.
+    pub output: String,
 }
+
+/// Progress as a script last reported it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProgressNow {
+    /// 0 to 1.
+    pub fraction: f64,
+    /// What it is doing.
+    pub message: Option<String>,
+}
+
+/// How much output a [`Snapshot`] keeps.
+const SNAPSHOT_OUTPUT: usize = 16 << 10;
 
 /// A run in flight: its live events, cancel switch and latest state.
 pub(crate) struct Active {
@@ -122,15 +137,26 @@ impl Active {
             let mut s = self.snapshot.lock();
             match &event {
                 RunEvent::Progress { fraction, message } => {
-                    s.progress = Some((*fraction, message.clone()));
+                    s.progress = Some(ProgressNow {
+                        fraction: *fraction,
+                        message: message.clone(),
+                    });
                 }
                 RunEvent::Sample(sample) => s.sample = Some(*sample),
                 RunEvent::Started { .. } => s.state = "running".into(),
                 RunEvent::Ended { state, .. } => s.state = state.clone(),
-                RunEvent::Output { .. } => {}
+                RunEvent::Output { text, .. } => {
+                    s.output.push_str(text);
+                    if s.output.len() > SNAPSHOT_OUTPUT {
+                        let start = s.output.len() - tail(&s.output, SNAPSHOT_OUTPUT).len();
+                        s.output.drain(..start);
+                    }
+                }
             }
+            // Sent under the snapshot's lock: a follower reading the snapshot (under the same
+            // lock) right after subscribing gets every later event exactly once.
+            let _ = self.events.send(event);
         }
-        let _ = self.events.send(event);
     }
 }
 

@@ -147,7 +147,12 @@ pub fn validate_vars(vars: &[Var]) -> Result<(), String> {
 /// A value for `var`: JSON of the right type, or a string (from `--set k=v`) converted to it.
 fn coerce(var: &Var, value: &Value) -> Result<Value, String> {
     let text = value.as_str();
-    let bad = || format!("`{value}` is not a {}", var.ty);
+    let article = if matches!(var.ty, VarType::Int | VarType::Enum(_)) {
+        "an"
+    } else {
+        "a"
+    };
+    let bad = || format!("`{value}` is not {article} {}", var.ty);
     Ok(match &var.ty {
         VarType::String => match value {
             Value::String(_) => value.clone(),
@@ -239,6 +244,7 @@ pub fn render(
     // Scripts are Python, not HTML: no escaping, and the text keeps its last newline.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_keep_trailing_newline(true);
+    env.add_filter("py", py_filter);
     let template = match env.template_from_str(source) {
         Ok(t) => t,
         Err(e) => {
@@ -261,6 +267,38 @@ pub fn render(
     template
         .render(Value::Object(context))
         .map_err(|e| vec![format!("The template cannot be rendered: {e}")])
+}
+
+/// `{{ value | py }}`: the value as a Python literal (a string quoted and escaped, `True`,
+/// `None`, lists and dicts), so a value can never become code. Without it a value is pasted as
+/// text, for the template's author to place (`'{{ name }}'`).
+fn py_filter(value: minijinja::Value) -> Result<String, minijinja::Error> {
+    let json = serde_json::to_value(&value).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    Ok(py_literal(&json))
+}
+
+fn py_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        // A JSON string is a valid Python string literal with the same meaning.
+        Value::String(_) => value.to_string(),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(py_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), py_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Checks a template before it is stored: its variables, its syntax, and that every
@@ -312,7 +350,7 @@ mod tests {
         assert_eq!(v.description.as_deref(), Some("Rows"));
         assert!(parse_var("x").unwrap_err().contains("no type"));
         assert!(parse_var("x:decimal").unwrap_err().contains("unknown type"));
-        assert!(parse_var("x:int=ten").unwrap_err().contains("not a int"));
+        assert!(parse_var("x:int=ten").unwrap_err().contains("not an int"));
         assert!(
             parse_var("x:int:maybe")
                 .unwrap_err()
@@ -339,6 +377,27 @@ mod tests {
     }
 
     #[test]
+    fn the_py_filter_makes_a_value_a_literal_never_code() {
+        let vars = vec![
+            parse_var("who:string").unwrap(),
+            parse_var("on:bool=false").unwrap(),
+        ];
+        let values: Map<String, Value> =
+            [("who".to_owned(), json!("x\")\nimport socket\nprint(\"y"))]
+                .into_iter()
+                .collect();
+        let out = render("print({{ who | py }}, {{ on | py }})\n", &vars, &values).unwrap();
+        assert_eq!(
+            out,
+            "print(\"x\\\")\\nimport socket\\nprint(\\\"y\", False)\n"
+        );
+        assert_eq!(
+            py_literal(&json!({"a": [1, null, true]})),
+            "{\"a\": [1, None, True]}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_listed_at_once() {
         let src = "{{ input_format }} {{ limit }} {{ nope }}";
         let values: Map<String, Value> = [
@@ -351,7 +410,7 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("`extra` is not a variable"));
         assert!(problems[1].contains("`input_format` (enum(csv|json)) is required"));
-        assert!(problems[2].contains("`limit`: `\"many\"` is not a int"));
+        assert!(problems[2].contains("`limit`: `\"many\"` is not an int"));
         assert!(problems[3].contains("declares no variable `nope`"));
         let bad_enum: Map<String, Value> = [("input_format".to_owned(), json!("xml"))]
             .into_iter()

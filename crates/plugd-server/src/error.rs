@@ -20,6 +20,13 @@ pub struct ApiError {
     pub message: String,
     /// Every violation, for `bad_params` (empty otherwise, and then not in the body).
     pub violations: Vec<ViolationDto>,
+    /// A script's static-check findings and further items (boxed: most errors have none).
+    pub extra: Option<Box<ErrorExtra>>,
+}
+
+/// What some errors add to their body.
+#[derive(Debug, Default)]
+pub struct ErrorExtra {
     /// A script's static-check findings, for `invalid_script` (not in the body when empty).
     pub problems: Vec<serde_json::Value>,
     /// Further items, one sentence each (a template's missing variables, ...).
@@ -43,8 +50,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             violations: Vec::new(),
-            problems: Vec::new(),
-            details: Vec::new(),
+            extra: None,
         }
     }
 }
@@ -80,8 +86,8 @@ impl IntoResponse for ApiError {
                 code: &self.code,
                 message: &self.message,
                 violations: &self.violations,
-                problems: &self.problems,
-                details: &self.details,
+                problems: self.extra.as_ref().map_or(&[], |e| &e.problems),
+                details: self.extra.as_ref().map_or(&[], |e| &e.details),
             },
         };
         (self.status, Json(body)).into_response()
@@ -133,8 +139,7 @@ impl From<HostError> for ApiError {
             code: e.code().to_owned().into(),
             message,
             violations,
-            problems: Vec::new(),
-            details: Vec::new(),
+            extra: None,
         }
     }
 }

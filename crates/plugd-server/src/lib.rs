@@ -17,7 +17,7 @@ mod tasks;
 mod ui;
 
 pub use auth::{Auth, AuthConfig, AuthMode};
-pub use error::{ApiError, ViolationDto};
+pub use error::{ApiError, ErrorExtra, ViolationDto};
 pub use proxy::{HttpHealth, Proxy, ProxyConfig};
 pub use routes::{Readiness, ServerConfig, exposed_router, router};
 pub use stream::Shutdown;

@@ -37,12 +37,16 @@ impl From<ScriptError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut api = ApiError::new(status, e.code, e.message);
-        api.problems = e
-            .problems
-            .iter()
-            .map(|p| serde_json::to_value(p).unwrap_or_default())
-            .collect();
-        api.details = e.details;
+        if !e.problems.is_empty() || !e.details.is_empty() {
+            api.extra = Some(Box::new(crate::error::ErrorExtra {
+                problems: e
+                    .problems
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap_or_default())
+                    .collect(),
+                details: e.details,
+            }));
+        }
         api
     }
 }
@@ -618,10 +622,8 @@ impl Follow {
         if self.done {
             return None;
         }
-        let Some(rx) = self.rx.as_mut() else {
-            return None;
-        };
-        loop {
+        let rx = self.rx.as_mut()?;
+        {
             let event = tokio::select! {
                 e = rx.recv() => e,
                 () = self.shutdown.wait() => return None,
@@ -647,7 +649,7 @@ impl Follow {
                     stream::sse_json("lagged", &json!({ "missed": n }))
                 }
             };
-            return Some((Ok(event), self));
+            Some((Ok(event), self))
         }
     }
 }

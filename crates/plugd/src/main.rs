@@ -257,7 +257,7 @@ enum Command {
   plugd script check report.py                 Static checks only, no server needed")]
     Script {
         #[command(subcommand)]
-        command: script::ScriptCommand,
+        command: Box<script::ScriptCommand>,
     },
     /// Store and list script templates (`{{ variable }}` placeholders with typed variables);
     /// `plugd script new ID --from NAME` makes a script from one.
@@ -850,7 +850,7 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
                 }
             }
         },
-        Command::Script { command } => script::script(&cli.server, command, cli.json),
+        Command::Script { command } => script::script(&cli.server, *command, cli.json),
         Command::Template { command } => script::template(&cli.server, command, cli.json),
         Command::Task { command } => match command {
             TaskCommand::Submit {

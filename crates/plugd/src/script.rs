@@ -974,8 +974,12 @@ fn follow(server: &str, id: u64, as_json: bool) -> anyhow::Result<ExitCode> {
         };
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         match event.event.as_str() {
-            "output" if !as_json => {
-                let text = data["text"].as_str().unwrap_or("");
+            // What the run wrote before this stream opened (its recent output), then the rest.
+            "output" | "snapshot" if !as_json => {
+                let text = match event.event.as_str() {
+                    "snapshot" => data["output"].as_str().unwrap_or(""),
+                    _ => data["text"].as_str().unwrap_or(""),
+                };
                 let write = |out: &mut dyn Write| {
                     let _ = out.write_all(text.as_bytes());
                     let _ = out.flush();

@@ -71,6 +71,23 @@ async fn versions_diff_rollback_and_listing() {
             .unwrap()
             .contains("allowed_imports")
     );
+    assert!(perms.script.meta.overrides.allowed_imports.is_some());
+    // An operator's override stays with the script when its source changes: the next source
+    // that imports outside it is refused.
+    let err = scripts
+        .add(edit("import socket\n"), AddMode::Edit)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_script", "{err:?}");
+    let v4 = scripts
+        .add(edit("import csv\n"), AddMode::Edit)
+        .await
+        .unwrap();
+    assert_eq!(
+        v4.script.meta.permissions.allowed_imports,
+        Some(vec!["csv".to_owned()])
+    );
+    scripts.rollback("report", 3).await.unwrap();
 
     add(&scripts, "other", "# /// script\n# [tool.plugd]\n# tags = [\"misc\"]\n# description = \"Something else\"\n# ///\npass\n").await;
     let by_tag = scripts

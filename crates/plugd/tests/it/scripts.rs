@@ -77,7 +77,7 @@ fn scripts_are_registered_versioned_run_and_recorded() {
 
     // A new version, its diff, a rollback.
     std::fs::write(
-        &tmp.path().join("v2.py"),
+        tmp.path().join("v2.py"),
         REPORT.replace("\"version\": 1", "\"version\": 2"),
     )
     .unwrap();
@@ -118,7 +118,7 @@ fn scripts_are_registered_versioned_run_and_recorded() {
     server
         .cli(&["script", "edit", "report", "--wall", "1s"])
         .ok();
-    std::fs::write(&tmp.path().join("slow.py"), "import time\ntime.sleep(30)\n").unwrap();
+    std::fs::write(tmp.path().join("slow.py"), "import time\ntime.sleep(30)\n").unwrap();
     let slow = server.cli(&[
         "script",
         "run",
@@ -134,7 +134,7 @@ fn scripts_are_registered_versioned_run_and_recorded() {
     );
 
     // A failing script: plugd exits with its status.
-    std::fs::write(&tmp.path().join("fail.py"), "raise SystemExit(5)\n").unwrap();
+    std::fs::write(tmp.path().join("fail.py"), "raise SystemExit(5)\n").unwrap();
     let fail = server.cli(&[
         "script",
         "run",
@@ -258,7 +258,7 @@ fn templates_make_scripts_and_archives_round_trip_signed() {
         &Expect::Err {
             stderr: &[
                 "`input_format`: `\"xml\"` is not one of csv, json",
-                "`limit`: `\"many\"` is not a int",
+                "`limit`: `\"many\"` is not an int",
             ],
         },
     );
@@ -342,7 +342,7 @@ fn templates_make_scripts_and_archives_round_trip_signed() {
 #[test]
 fn a_run_cut_by_a_killed_host_is_recorded_as_failed_after_restart() {
     let (tmp, mut server) = server();
-    std::fs::write(&tmp.path().join("long.py"), "import time\ntime.sleep(60)\n").unwrap();
+    std::fs::write(tmp.path().join("long.py"), "import time\ntime.sleep(60)\n").unwrap();
     let queued = json(&server.cli(&[
         "--json",
         "script",
