@@ -59,7 +59,7 @@ Usage:
                      [--cases python,wasm]
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
   plugd-bench scripts [--repo DIR] [-n RUNS] [--warmup RUNS] [--rounds N] [--dir DIR]
-                      [--cases bare,server,server-env3,concurrent,cli]
+                      [--cases bare,server,server-env3,concurrent,cli,kernel]
   plugd-bench ws-echo URL... [-n N] [--warmup N] [--size BYTES]
   plugd-bench axum-echo --listen ADDR
   plugd-bench make-plugins DIR [--repo DIR]

@@ -8,7 +8,9 @@
 //!   index once);
 //! - `concurrent`: runs per second with 4 at once, next to 4 bare `python3 -c pass` at once;
 //! - `cli`: end to end, `plugd script run ID` against a running `plugd serve` (CLI process,
-//!   HTTP, run, record, stream).
+//!   HTTP, run, record, stream);
+//! - `kernel`: `python3 -c pass` in a bare `plugd-sandbox` child with every layer, and without
+//!   its cgroup: what the confinement itself costs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,11 +156,6 @@ async fn manager(repo: &Path, dir: &Path, max_runs: usize) -> anyhow::Result<Scr
         .base_env
         .push(("PYTHONPATH".into(), sdk.into_os_string()));
     config.max_runs = max_runs;
-    if std::env::var_os("XNOQUOTA").is_some() {
-        if let Some(s) = config.sandbox.as_mut() {
-            s.cpu_quota = None;
-        }
-    }
     Scripts::open(store, config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -290,10 +287,63 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         if want("cli") {
             lines.push(cli(&config, &tmp).await?);
         }
+        if want("kernel") {
+            for (case, disabled) in [
+                ("sandbox: python3 -c pass, all layers", vec![]),
+                (
+                    "sandbox: the same without its cgroup",
+                    vec![plugd_sandbox::Layer::Cgroup],
+                ),
+            ] {
+                let mut samples = Vec::new();
+                let started = Instant::now();
+                for i in 0..config.runs + config.warmup {
+                    let took = sandboxed_python(&tmp, disabled.clone()).await?;
+                    if i >= config.warmup {
+                        samples.push(took);
+                    }
+                }
+                let wall = started.elapsed().as_secs_f64();
+                lines.push(Line {
+                    case,
+                    p50_ms: percentile(&mut samples, 0.5),
+                    p90_ms: percentile(&mut samples, 0.9),
+                    per_sec: config.runs as f64 / wall,
+                });
+            }
+        }
         report(&lines);
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// `python3 -c pass` in a bare `plugd-sandbox` child (the layers of a script run), 10 ms apart
+/// like requests: what the kernel's confinement costs by itself, with and without the cgroup
+/// (on cgroup v1 a task's move into a cgroup waits for an RCU grace period).
+async fn sandboxed_python(dir: &Path, disabled: Vec<plugd_sandbox::Layer>) -> anyhow::Result<f64> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let work = dir.join("kernel-work");
+    std::fs::create_dir_all(&work)?;
+    let mut policy = plugd_sandbox::SandboxPolicy::new(format!("bench-kernel-{n}"), dir, &work);
+    policy.read_paths = plugd_process::SandboxConfig::default().read_paths;
+    policy.cpu_quota = Some(1.0);
+    policy.disabled = disabled;
+    let started = Instant::now();
+    let prepared = plugd_sandbox::Sandbox::prepare(&policy)?;
+    let mut cmd = tokio::process::Command::new(python3());
+    cmd.args(["-c", "pass"])
+        .env_clear()
+        .env("PATH", plugd_process::CHILD_PATH);
+    prepared.apply_to(cmd.as_std_mut());
+    let status = cmd.status().await?;
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    if !status.success() {
+        bail!("sandboxed python3 failed: {status}");
+    }
+    Ok(took)
 }
 
 /// `plugd script run noop` against a `plugd serve` on port 0 (the `plugd` next to this binary).
@@ -302,7 +352,11 @@ async fn cli(config: &Config, tmp: &Path) -> anyhow::Result<Line> {
         .parent()
         .context("no directory")?
         .join("plugd");
-    let dir = tmp.join("cli");
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = tmp.join(format!(
+        "cli-{}",
+        ROUND.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(dir.join("plugins"))?;
     let mut server = std::process::Command::new(&plugd)
         .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
