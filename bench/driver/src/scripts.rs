@@ -170,6 +170,7 @@ async fn run_and_wait(scripts: &Scripts, id: &str) -> anyhow::Result<()> {
             },
             args: Default::default(),
             who: "bench".into(),
+            privileged: true,
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -177,6 +177,18 @@ pub fn lock_requirements(
     who: &str,
     requirements: &Requirements,
 ) -> Result<Lock, String> {
+    // uv runs as the host: an option line (`-e DIR` builds and runs a project's code, `-r FILE`
+    // reads a file, `--index-url` redirects) must never come from a package or a script.
+    if let Some(line) = requirements
+        .lines
+        .iter()
+        .find(|l| l.starts_with('-') || l.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "{who}: `{}` is not a requirement (options are the operator's: `--index-url`, `--find-links`); hint: write requirements like `numpy>=2`",
+            line.escape_debug()
+        ));
+    }
     let uv = find_uv(config, who, requirements)?;
     let python = find_python(who)?;
     let scratch = state_dir

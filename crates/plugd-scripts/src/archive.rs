@@ -216,7 +216,9 @@ impl Unpacked {
 /// Reads an archive; refuses unsafe entries, oversize content and files that do not match the
 /// index.
 pub fn read(bytes: &[u8]) -> Result<Unpacked, String> {
-    let gz = flate2::read::GzDecoder::new(bytes);
+    // The decompressed stream is capped as a whole: the tar reader buffers long-name and PAX
+    // headers itself, before the per-entry checks below see them.
+    let gz = flate2::read::GzDecoder::new(bytes).take(MAX_UNPACKED + (1 << 20));
     let mut tar = tar::Archive::new(gz);
     let mut files = BTreeMap::new();
     let mut total: u64 = 0;

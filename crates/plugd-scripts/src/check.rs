@@ -53,6 +53,125 @@ const ALWAYS_ALLOWED: &[&str] = &["plugd", "__future__"];
 /// Checks `source` against `meta`; `reachable` are the paths a run can read besides those the
 /// metadata grants (the interpreter's system paths). Problems come in source order.
 pub fn check(source: &str, meta: &Meta, reachable: &[PathBuf]) -> Vec<Problem> {
+    // The AST is built, walked and dropped recursively: a statement of thousands of operators
+    // (`x = 0+1+1+...`) would overflow a stack. Such a statement is refused before parsing (as
+    // CPython refuses it), and the rest runs on a thread with a stack of its own.
+    if let Some((line, count)) = densest_statement(source)
+        && count > MAX_OPERATORS
+    {
+        return vec![Problem {
+            kind: "syntax",
+            severity: Severity::Error,
+            line,
+            column: 1,
+            message: format!(
+                "The statement has {count} operators and brackets, more than the {MAX_OPERATORS} plugd parses; hint: split the expression"
+            ),
+        }];
+    }
+    let (source, meta, reachable) = (source.to_owned(), meta.clone(), reachable.to_vec());
+    std::thread::Builder::new()
+        .name("plugd-script-check".into())
+        .stack_size(CHECK_STACK)
+        .spawn(move || check_here(&source, &meta, &reachable))
+        .and_then(|t| {
+            t.join()
+                .map_err(|_| std::io::Error::other("the check panicked"))
+        })
+        .unwrap_or_else(|e| {
+            vec![Problem {
+                kind: "syntax",
+                severity: Severity::Error,
+                line: 1,
+                column: 1,
+                message: format!("The script cannot be checked: {e}"),
+            }]
+        })
+}
+
+/// Most operators and brackets one statement may have.
+const MAX_OPERATORS: usize = 1000;
+/// The checking thread's stack: ample for [`MAX_OPERATORS`] levels.
+const CHECK_STACK: usize = 64 << 20;
+
+/// The statement with the most operator and bracket characters, outside strings and comments:
+/// `(line, count)`. A rough count (a `==` counts twice), enough to bound the AST's depth.
+fn densest_statement(source: &str) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    let (mut count, mut depth, mut line, mut start_line) = (0usize, 0usize, 1usize, 1usize);
+    let mut chars = source.chars().peekable();
+    let mut quote: Option<(char, bool)> = None;
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        if let Some((q, triple)) = quote {
+            if c == '\\' {
+                if chars.next() == Some('\n') {
+                    line += 1;
+                }
+            } else if c == q {
+                if !triple {
+                    quote = None;
+                } else if chars.peek() == Some(&q) {
+                    chars.next();
+                    if chars.peek() == Some(&q) {
+                        chars.next();
+                        quote = None;
+                    }
+                }
+            } else if c == '\n' && !triple {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+                if depth == 0 {
+                    count = 0;
+                    start_line = line;
+                }
+            }
+            '\'' | '"' => {
+                let triple = chars.peek() == Some(&c) && {
+                    let mut ahead = chars.clone();
+                    ahead.next();
+                    ahead.peek() == Some(&c)
+                };
+                if triple {
+                    chars.next();
+                    chars.next();
+                }
+                quote = Some((c, triple));
+            }
+            '\n' | ';' if depth == 0 => {
+                count = 0;
+                start_line = line;
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                count += 1;
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '+' | '-' | '*' | '/' | '%' | '@' | '&' | '|' | '^' | '~' | '<' | '>' | '=' | '!' => {
+                count += 1;
+            }
+            _ => {}
+        }
+        if best.is_none_or(|(_, n)| count > n) {
+            best = Some((start_line, count));
+        }
+    }
+    best
+}
+
+fn check_here(source: &str, meta: &Meta, reachable: &[PathBuf]) -> Vec<Problem> {
     let lines = LineIndex::new(source);
     let suite = match ast::Suite::parse(source, "<script>") {
         Ok(suite) => suite,
@@ -303,6 +422,28 @@ mod tests {
             "{found:?}"
         );
         assert!(found[1].starts_with("path 7:8:"), "{found:?}");
+    }
+
+    #[test]
+    fn a_statement_too_deep_to_parse_is_refused_without_crashing() {
+        let chain = format!("x = 0{}\n", "+1".repeat(20_000));
+        let found = problems(&chain);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].contains("20001 operators") || found[0].contains("operators and brackets"),
+            "{found:?}"
+        );
+        let unary = format!("x = {}1\n", "-".repeat(10_000));
+        assert!(problems(&unary)[0].contains("split the expression"));
+        // Operators inside strings and comments do not count; 900 levels parse on the thread.
+        let fine = format!(
+            "s = '{}'  # {}\nx = 0{}\n",
+            "+".repeat(5000),
+            "-".repeat(5000),
+            "+1".repeat(900)
+        );
+        assert!(problems(&fine).is_empty(), "{:?}", problems(&fine));
+        assert_eq!(densest_statement("a = (1 +\n 2)\nb = 1\n"), Some((1, 3)));
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct ScriptsConfig {
     pub trust_dir: PathBuf,
     /// Refuse unsigned archives on import.
     pub strict: bool,
+    /// TCP ports no script may be granted: the server's own (`serve` sets its listen and exposed
+    /// ports). Landlock filters by port on every host, loopback included, so a grant of the
+    /// API's port would reach the API.
+    pub forbidden_ports: Vec<u16>,
 }
 
 impl ScriptsConfig {
@@ -105,7 +109,55 @@ impl ScriptsConfig {
             sample_interval: Duration::from_millis(250),
             retention: Duration::from_secs(7 * 24 * 3600),
             strict: false,
+            forbidden_ports: Vec::new(),
         }
+    }
+
+    /// Refuses grants no script may have, whoever asks: plugd's own state (the store, other
+    /// runs' work dirs, the trust store), the kernel's and the host's runtime trees, and the
+    /// server's own ports.
+    fn check_grants(&self, who: &str, meta: &Meta) -> Result<(), ScriptError> {
+        let mut roots: Vec<PathBuf> = [
+            "/proc",
+            "/sys",
+            "/run",
+            "/dev",
+            "/var/run",
+            "/var/lib/plugd",
+            "/boot",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        roots.push(self.state_dir.clone());
+        roots.push(self.trust_dir.clone());
+        if let Ok(real) = std::fs::canonicalize(&self.state_dir) {
+            roots.push(real);
+        }
+        let p = &meta.permissions;
+        for path in p.read.iter().chain(&p.write) {
+            if let Some(root) = roots
+                .iter()
+                .find(|root| path.starts_with(root) || root.starts_with(path))
+            {
+                return Err(ScriptError::bad(format!(
+                    "{who}: `allowed_paths` has `{}`, which overlaps `{}`, where no script may reach (plugd's state, the kernel's or the host's runtime files); hint: grant a directory of its own",
+                    path.display(),
+                    root.display()
+                )));
+            }
+        }
+        for target in &p.network {
+            let port = target
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok());
+            if let Some(port) = port.filter(|port| self.forbidden_ports.contains(port)) {
+                return Err(ScriptError::bad(format!(
+                    "{who}: `network` grants port {port}, plugd's own (the kernel filters by port on every host, loopback included, so it would reach this server); hint: use another port"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Paths every run can read besides what its metadata grants: the static check does not
@@ -283,6 +335,11 @@ pub struct RunRequest {
     pub args: Map<String, Value>,
     /// Who asks (a token name, `cli`, `anonymous`).
     pub who: String,
+    /// Whether the caller may change what a script may do (`admin`, or a server without
+    /// auth). Without it a file run gets no path or network grant and no limit above the
+    /// defaults, and only a script's current version runs: a version an operator has since
+    /// narrowed cannot be run for its old grants.
+    pub privileged: bool,
 }
 
 /// A run that was queued: its id and its live events from the start.
@@ -525,6 +582,9 @@ impl Scripts {
         meta: Meta,
         mode: AddMode,
     ) -> Result<Added, ScriptError> {
+        self.inner
+            .config
+            .check_grants(&format!("Script `{id}`"), &meta)?;
         let problems = check::check(&source, &meta, &self.inner.config.reachable());
         let (errors, warnings): (Vec<Problem>, Vec<Problem>) = problems
             .into_iter()
@@ -855,7 +915,11 @@ impl Scripts {
         bytes: &[u8],
         require_signature: bool,
     ) -> Result<ImportReport, ScriptError> {
-        let unpacked = archive::read(bytes).map_err(ScriptError::bad)?;
+        let owned = bytes.to_vec();
+        let unpacked = tokio::task::spawn_blocking(move || archive::read(&owned))
+            .await
+            .map_err(|e| ScriptError::internal(e.to_string()))?
+            .map_err(ScriptError::bad)?;
         let signed_by = match &unpacked.signature {
             Some(sig) => {
                 let store = plugd_trust::TrustStore::open(&self.inner.config.trust_dir)
@@ -914,6 +978,19 @@ impl Scripts {
                     .map(|p| unpacked.text(p))
                     .transpose()
                     .map_err(ScriptError::bad)?;
+                if let Some(lock) = &lock
+                    && let Some(line) = lock
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| l.starts_with('-') && !l.starts_with("--hash="))
+                {
+                    return Err(ScriptError::bad(format!(
+                        "Script `{}` v{}: its lock has the option line `{}`; a lock holds pins and hashes only; the archive was refused",
+                        script.id,
+                        v.version,
+                        line.escape_debug()
+                    )));
+                }
                 versions.push((v.digest.clone(), source, meta, lock));
             }
             planned.push((script.id.clone(), script.current.clone(), versions));
@@ -981,6 +1058,14 @@ impl Scripts {
                 source,
                 overrides,
             } => {
+                if name.is_empty()
+                    || name.len() > 255
+                    || name.chars().any(|c| c.is_control() || c == '/')
+                {
+                    return Err(ScriptError::bad(
+                        "A file run's `name` must be 1 to 255 characters without `/` or control characters",
+                    ));
+                }
                 let described = meta::describe(source).map_err(ScriptError::bad)?;
                 let meta = described
                     .meta
@@ -991,6 +1076,19 @@ impl Scripts {
                 (None, None, name.clone(), source.clone(), meta, lock, digest)
             }
         };
+        if !req.privileged {
+            unprivileged(&req.target, &meta, version, &label, &inner.store).await?;
+        }
+        if req.args.len() > MAX_ARGS
+            || Value::Object(req.args.clone()).to_string().len() > MAX_ARGS_BYTES
+        {
+            return Err(ScriptError::bad(format!(
+                "The run's arguments are over {} of JSON; hint: pass large data as a file it may read",
+                human_bytes(MAX_ARGS_BYTES as u64)
+            )));
+        }
+        inner.config.check_grants(&format!("`{label}`"), &meta)?;
+        let who = req.who.clone();
         let errors: Vec<Problem> = check::check(&source, &meta, &inner.config.reachable())
             .into_iter()
             .filter(|p| p.severity == Severity::Error)
@@ -1037,12 +1135,24 @@ impl Scripts {
         let events = active.events.subscribe();
         inner.active.lock().insert(id, active.clone());
         metrics::gauge!(RUNS_ACTIVE).set(inner.active.lock().len() as f64);
+        // One uid per script id; file runs get one per caller, so one caller's file run
+        // cannot write into another's work dir.
+        let owner = match &script_id {
+            Some(id) => id.clone(),
+            None => format!(
+                "_files-{}",
+                who.chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .take(64)
+                    .collect::<String>()
+            ),
+        };
         let ids_owner = inner
             .config
             .state_dir
             .join("scripts")
             .join("uids")
-            .join(script_id.as_deref().unwrap_or("_files"));
+            .join(owner);
         let job = Job {
             run_id: id,
             label,
@@ -1234,6 +1344,56 @@ impl Active {
         snapshot.state = state.to_owned();
         let _ = self.events.send(event);
     }
+}
+
+/// Most arguments of one run, in keys and in bytes of JSON.
+const MAX_ARGS: usize = 1000;
+const MAX_ARGS_BYTES: usize = 64 << 10;
+
+/// What a caller without `admin` may run: see [`RunRequest::privileged`].
+async fn unprivileged(
+    target: &RunTarget,
+    meta: &Meta,
+    version: Option<u64>,
+    label: &str,
+    store: &Store,
+) -> Result<(), ScriptError> {
+    let forbidden = |what: &str| {
+        ScriptError::new(
+            "forbidden",
+            format!(
+                "`{label}`: {what} needs the `admin` scope; hint: register the script (admin) with the grants it needs, then run it"
+            ),
+        )
+    };
+    match target {
+        RunTarget::Source { .. } => {
+            let p = &meta.permissions;
+            if !p.read.is_empty() || !p.write.is_empty() || !p.network.is_empty() {
+                return Err(forbidden("a file run with path or network grants"));
+            }
+            let (l, d) = (&meta.limits, meta::Limits::default());
+            if l.memory > d.memory
+                || l.cpu_ms > d.cpu_ms
+                || l.wall_ms > d.wall_ms
+                || l.output > d.output
+                || l.processes > d.processes
+            {
+                return Err(forbidden("a file run with limits above the defaults"));
+            }
+        }
+        RunTarget::Script {
+            id,
+            version: Some(_),
+        } => {
+            let current = store.script(id).await?.map(|r| r.current);
+            if version != current {
+                return Err(forbidden("running a version other than the current one"));
+            }
+        }
+        RunTarget::Script { .. } => {}
+    }
+    Ok(())
 }
 
 fn not_found_run(id: u64) -> ScriptError {

@@ -459,9 +459,20 @@ impl Meta {
             imports.dedup();
         }
         for dependency in &self.dependencies {
-            if dependency.trim().is_empty() || dependency.trim_start().starts_with('-') {
+            // A requirement by name and version only: no options (`-e`, `-r`, `--index-url`:
+            // uv runs as the host), no line breaks that would smuggle one in, no direct
+            // references (`name @ file:///dir` would be built from source).
+            let d = dependency.trim();
+            let ok = !d.is_empty()
+                && d.len() <= 200
+                && !d.starts_with('-')
+                && !d.contains('@')
+                && !d.chars().any(char::is_control)
+                && d.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+            if !ok {
                 return Err(format!(
-                    "Dependency `{dependency}` is not a requirement; hint: write requirements like `requests>=2` (the operator chooses the index)"
+                    "Dependency `{}` is not a requirement; hint: write a package name with a version range, like `requests>=2,<3` (the operator chooses the index; options and direct references are refused)",
+                    dependency.escape_debug()
                 ));
             }
         }

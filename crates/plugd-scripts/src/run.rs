@@ -326,6 +326,19 @@ fn policy(config: &ScriptsConfig, job: &Job, work: &Path) -> Result<SandboxPolic
     }
     let p = &job.meta.permissions;
     let limits = &job.meta.limits;
+    // A granted path is bound as it resolves now: one with a symbolic link in it (which a
+    // script with a write grant could have planted) is refused, not followed.
+    for path in p.read.iter().chain(&p.write) {
+        if let Ok(real) = std::fs::canonicalize(path)
+            && &real != path
+        {
+            return Err(format!(
+                "`{}` resolves through a symbolic link to `{}`; hint: grant the real path",
+                path.display(),
+                real.display()
+            ));
+        }
+    }
     policy.read_paths.extend(p.read.iter().cloned());
     policy.write_paths = p.write.clone();
     policy.net_connect = p
@@ -416,7 +429,11 @@ pub(crate) async fn execute(config: &ScriptsConfig, job: Job, active: Arc<Active
         .join("work")
         .join(job.run_id.to_string());
     let _ = std::fs::remove_dir_all(&work);
-    if let Err(e) = std::fs::create_dir_all(&work) {
+    if let Err(e) = std::fs::create_dir_all(&work).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        // Its own: no other run's uid may look in.
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+    }) {
         return Outcome::refused(format!(
             "cannot create its work dir `{}`: {e}",
             work.display()

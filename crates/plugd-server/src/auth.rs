@@ -396,7 +396,7 @@ impl Auth {
     }
 
     /// Whether requests need a credential now.
-    fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.inner.config.mode == AuthMode::Required || !self.inner.tokens.read().is_empty()
     }
 

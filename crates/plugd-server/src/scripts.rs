@@ -33,7 +33,7 @@ impl From<ScriptError> for ApiError {
             "not_found" => StatusCode::NOT_FOUND,
             "conflict" => StatusCode::CONFLICT,
             "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-            "untrusted" => StatusCode::FORBIDDEN,
+            "untrusted" | "forbidden" => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut api = ApiError::new(status, e.code, e.message);
@@ -59,6 +59,14 @@ fn manager(state: &AppState) -> Result<&Scripts, ApiError> {
             "This server runs no script manager",
         )
     })
+}
+
+/// Whether the caller may widen what a script may do: `admin`, or a server without auth.
+fn privileged(state: &AppState, caller: &Caller) -> bool {
+    match &caller.0 {
+        Some(grant) => grant.allows(&crate::auth::Scope::Admin),
+        None => !state.auth.active(),
+    }
 }
 
 fn who(caller: &Caller, headers: &HeaderMap) -> String {
@@ -417,6 +425,7 @@ pub(crate) async fn run_script(
             },
             args: body.args,
             who: who(&caller, &headers),
+            privileged: privileged(&state, &caller),
         },
         body.wait,
     )
@@ -479,6 +488,7 @@ pub(crate) async fn run_file(
             },
             args: body.args,
             who: who(&caller, &headers),
+            privileged: privileged(&state, &caller),
         },
         body.wait,
     )
@@ -861,7 +871,7 @@ pub(crate) struct ImportQuery {
 #[utoipa::path(post, path = "/api/v1/scripts/import", tag = "scripts",
     description = "Imports an archive made by export: unsafe entries (`..`, absolute paths, links, devices) refuse it whole; a signature must verify against the server's trust store; every version's digest and checks are re-done before anything is stored. Scope: `admin`.",
     params(("require_signature" = Option<bool>, Query, description = "Refuse an unsigned archive")),
-    request_body(content = Vec<u8>, content_type = "application/gzip"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The archive's bytes (a gzip'd tar; any content type is read as bytes)"),
     responses((status = 200, description = "`{\"scripts\": [{\"id\", \"versions_added\", \"current\"}], \"signed_by\"}`", body = Object), (status = 400, description = "`bad_request` or `invalid_script`", body = crate::openapi::ErrorBody), (status = 403, description = "`untrusted`: a bad, unknown or missing signature", body = crate::openapi::ErrorBody), (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn import(
     State(state): State<AppState>,

@@ -126,7 +126,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         );
     }
     let host = builder.build();
-    let scripts = scripts_manager(&args, &paths, &host, &sdk).await?;
+    let scripts = scripts_manager(&args, &paths, &host, &sdk, addr.port()).await?;
     let readiness = Readiness::pending();
     let streams = plugd_server::Shutdown::new();
     let proxy = plugd_server::Proxy::new(plugd_server::ProxyConfig {
@@ -427,6 +427,7 @@ async fn scripts_manager(
     paths: &Paths,
     host: &Host,
     sdk: &std::path::Path,
+    port: u16,
 ) -> anyhow::Result<plugd_scripts::Scripts> {
     let store = host
         .store()
@@ -444,6 +445,11 @@ async fn scripts_manager(
         config.max_runs = n as usize;
     }
     config.retention = host.config().retention;
+    // No script may be granted this server's own ports (the kernel filters by port on every
+    // host, loopback included).
+    config.forbidden_ports = std::iter::once(port)
+        .chain(args.allow_expose.iter().copied())
+        .collect();
     plugd_scripts::Scripts::open(store, config)
         .await
         .map_err(|e| anyhow::anyhow!("Cannot start the script manager: {e}"))

@@ -41,7 +41,10 @@ async fn files_outside_its_paths_cannot_be_read_even_by_computed_names() {
     let secret = dir.path().join("secret.txt");
     std::fs::write(&secret, "top secret").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let granted = dir.path().join("granted.txt");
+    // Granted paths live outside plugd's state dir (grants there are refused).
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let granted = outside.path().join("granted.txt");
     std::fs::write(&granted, "granted").unwrap();
     std::fs::set_permissions(&granted, std::fs::Permissions::from_mode(0o644)).unwrap();
     // Paths built at run time: the static check cannot see them; the kernel must.
@@ -265,7 +268,7 @@ async fn a_run_past_its_wall_clock_is_stopped() {
 
 #[tokio::test]
 async fn without_filesystem_nothing_can_be_written_and_write_paths_work() {
-    let (scripts, dir) = manager().await;
+    let (scripts, _dir) = manager().await;
     let source = r#"from plugd import script
 out = {}
 for name, path in [("cwd", "out.txt"), ("tmp", "/" + "tmp/x")]:
@@ -292,7 +295,9 @@ script.result(out)
     assert_eq!(result["tmp"], "OSError", "{result}");
 
     // A granted write path is writable, and what is written stays.
-    let out = dir.path().join("out");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = outside.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     let source = format!(
@@ -317,8 +322,9 @@ script.result(out)
 
 #[tokio::test]
 async fn a_granted_path_its_uid_cannot_read_is_refused_with_the_fix() {
-    let (scripts, dir) = manager().await;
-    let private = dir.path().join("private");
+    let (scripts, _dir) = manager().await;
+    let outside = tempfile::tempdir().unwrap();
+    let private = outside.path().join("private");
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let r = run_with(
@@ -339,4 +345,154 @@ async fn a_granted_path_its_uid_cannot_read_is_refused_with_the_fix() {
     assert_eq!(r.output, "");
     // Every hostile run of this file is in the history.
     assert_eq!(scripts.runs(None, None, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn grants_of_plugds_own_state_ports_or_through_symlinks_are_refused() {
+    let (scripts, dir) = crate::manager_with(|c| c.forbidden_ports = vec![8080]).await;
+    let try_run = |overrides: Overrides| {
+        let scripts = scripts.clone();
+        async move {
+            scripts
+                .run(plugd_scripts::RunRequest {
+                    target: RunTarget::Source {
+                        name: "grab.py".into(),
+                        source: "pass\n".into(),
+                        overrides,
+                    },
+                    args: Default::default(),
+                    who: "test".into(),
+                    privileged: true,
+                })
+                .await
+        }
+    };
+    // The state dir (the store, other runs' work dirs), a parent of it, the kernel's trees.
+    for path in [
+        dir.path().to_owned(),
+        dir.path().join("plugd.db"),
+        "/proc/1".into(),
+    ] {
+        let err = try_run(Overrides {
+            read: Some(vec![path.clone()]),
+            ..Overrides::default()
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{} was granted", path.display()));
+        assert!(
+            err.message.contains("where no script may reach"),
+            "{}",
+            err.message
+        );
+    }
+    // The server's own port.
+    let err = try_run(Overrides {
+        network: Some(NetworkSpec::List(vec!["example.org:8080".into()])),
+        ..Overrides::default()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        err.message.contains("port 8080, plugd's own"),
+        "{}",
+        err.message
+    );
+    // A granted path with a symbolic link in it is not followed.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let link = outside.path().join("link");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    let r = run_with(
+        &scripts,
+        "print('never')\n",
+        Overrides {
+            read: Some(vec![link.clone()]),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    assert_eq!(r.state, "failed", "{r:?}");
+    assert!(
+        r.reason
+            .unwrap()
+            .contains("resolves through a symbolic link"),
+        "symlink followed"
+    );
+}
+
+#[tokio::test]
+async fn without_admin_a_file_run_gets_no_grants_and_only_current_versions_run() {
+    let (scripts, _dir) = manager().await;
+    let unprivileged = |target: RunTarget| plugd_scripts::RunRequest {
+        target,
+        args: Default::default(),
+        who: "runner".into(),
+        privileged: false,
+    };
+    let file = |overrides: Overrides| RunTarget::Source {
+        name: "f.py".into(),
+        source: "pass\n".into(),
+        overrides,
+    };
+    for overrides in [
+        Overrides {
+            read: Some(vec!["/srv".into()]),
+            ..Overrides::default()
+        },
+        Overrides {
+            network: Some(NetworkSpec::List(vec!["example.org:443".into()])),
+            ..Overrides::default()
+        },
+        limits(LimitsSpec {
+            memory: Some("1TiB".into()),
+            ..LimitsSpec::default()
+        }),
+    ] {
+        let err = scripts
+            .run(unprivileged(file(overrides)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code, "forbidden", "{}", err.message);
+    }
+    // Within the defaults it runs.
+    let ok = scripts
+        .run(unprivileged(file(Overrides::default())))
+        .await
+        .unwrap();
+    assert_eq!(scripts.wait(ok.id).await.unwrap().record.state, "succeeded");
+    // A narrowed script's older version is not runnable without admin.
+    crate::add(&scripts, "narrowed", "pass\n").await;
+    scripts
+        .set_meta(
+            "narrowed",
+            &Overrides {
+                filesystem: Some(false),
+                ..Overrides::default()
+            },
+        )
+        .await
+        .unwrap();
+    let err = scripts
+        .run(unprivileged(RunTarget::Script {
+            id: "narrowed".into(),
+            version: Some(1),
+        }))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code, "forbidden");
+    let current = scripts
+        .run(unprivileged(RunTarget::Script {
+            id: "narrowed".into(),
+            version: Some(2),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        scripts.wait(current.id).await.unwrap().record.state,
+        "succeeded"
+    );
 }

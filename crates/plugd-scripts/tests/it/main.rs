@@ -68,6 +68,7 @@ async fn run(scripts: &Scripts, target: RunTarget, args: Value) -> (RunView, Vec
             target,
             args,
             who: "test".into(),
+            privileged: true,
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));

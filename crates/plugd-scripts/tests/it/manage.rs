@@ -250,6 +250,32 @@ async fn export_and_import_round_trip_and_signatures_are_checked() {
         other.version("report", Some(2)).await.unwrap().digest,
         scripts.version("report", Some(2)).await.unwrap().digest
     );
+    // A lock smuggling an option (uv would read a file or build a project as the host) is
+    // refused with the whole archive.
+    let meta = scripts.version("report", Some(1)).await.unwrap();
+    let meta_json = serde_json::to_value(&meta.meta).unwrap();
+    let evil = plugd_scripts::archive::write(
+        &[(
+            "evil".to_owned(),
+            meta.digest.clone(),
+            vec![plugd_scripts::archive::VersionFiles {
+                version: 1,
+                digest: &meta.digest,
+                meta: &meta_json,
+                source: V1,
+                lock: Some("-r /etc/shadow\n"),
+            }],
+        )],
+        None,
+    )
+    .unwrap();
+    let err = other.import(&evil, false).await.unwrap_err();
+    assert!(
+        err.message.contains("option line `-r /etc/shadow`"),
+        "{}",
+        err.message
+    );
+    assert_eq!(other.show("evil").await.unwrap_err().code, "not_found");
     // Importing again adds nothing.
     assert_eq!(
         other.import(&bytes, false).await.unwrap().scripts[0].versions_added,

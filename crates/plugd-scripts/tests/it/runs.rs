@@ -103,6 +103,7 @@ async fn a_script_that_fails_its_checks_never_runs() {
             },
             args: Default::default(),
             who: "test".into(),
+            privileged: true,
         })
         .await
         .err()
@@ -125,6 +126,7 @@ async fn runs_wait_for_a_slot_and_a_queued_run_can_be_cancelled() {
             },
             args: Default::default(),
             who: "test".into(),
+            privileged: true,
         })
         .await
         .unwrap();
@@ -137,6 +139,7 @@ async fn runs_wait_for_a_slot_and_a_queued_run_can_be_cancelled() {
             },
             args: Default::default(),
             who: "test".into(),
+            privileged: true,
         })
         .await
         .unwrap();
