@@ -24,14 +24,15 @@ status=0
 # Left out: Server-Sent Events streams (`/stream`: they never end, so a response cannot be
 # checked whole; tests/it cover them), the dashboard (`/ui`: static files, checked by ui.rs's
 # tests and in a browser by tests/ui/run.sh) and token revocation (the fuzzer would revoke the
-# token it runs with).
+# token it runs with). One worker: CPython 3.11's `ast` module is not thread-safe ("AST
+# constructor recursion depth mismatch"), and hypothesis describes its filters with it.
 st run "$url/api/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth \
   --phases examples,coverage,fuzzing \
   --exclude-path-regex '(/stream$|^/ui)' \
   --exclude-path '/api/v1/tokens/{which}' \
-  --max-examples "${ST_MAX_EXAMPLES:-25}" --workers 2 --seed "${ST_SEED:-1}" \
+  --max-examples "${ST_MAX_EXAMPLES:-25}" --workers 1 --seed "${ST_SEED:-1}" \
   --no-color "$@" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "--- plugd serve log (last 40 lines)" >&2
