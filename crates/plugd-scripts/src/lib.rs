@@ -480,10 +480,17 @@ impl Scripts {
     /// with a tokio runtime, finished runs older than the retention are purged every hour.
     pub async fn open(store: Store, config: ScriptsConfig) -> Result<Scripts, ScriptError> {
         let interrupted = store.interrupt_runs().await?;
-        // Work dirs of runs a killed host left behind.
+        // Work dirs and cgroups of runs a killed host left behind (the sandbox records every
+        // cgroup it makes; only those of dead hosts are reaped).
         let work = config.state_dir.join("scripts").join("work");
         if work.is_dir() {
             let _ = std::fs::remove_dir_all(&work);
+        }
+        let records = config.state_dir.join("sandbox");
+        if records.is_dir()
+            && let Err(e) = plugd_sandbox::reap_leftovers(&records)
+        {
+            tracing::warn!("Cannot reap cgroups left by a killed host: {e}");
         }
         if interrupted > 0 {
             tracing::warn!(

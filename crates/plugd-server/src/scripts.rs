@@ -511,6 +511,9 @@ async fn start(state: &AppState, req: RunRequest, wait: bool) -> Result<Response
     Ok(response)
 }
 
+/// Most runs one page lists: a run carries up to 64 KiB of output and its result.
+const MAX_RUNS_PAGE: usize = 200;
+
 #[derive(Deserialize)]
 pub(crate) struct RunsQuery {
     script: Option<String>,
@@ -521,7 +524,7 @@ pub(crate) struct RunsQuery {
 /// `GET /api/v1/runs`.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs",
     description = "Runs, newest first. Scope: `read`.",
-    params(("script" = Option<String>, Query, description = "Only this script's"), ("before" = Option<u64>, Query, description = "Only ids below this"), ("limit" = Option<usize>, Query, description = "Most runs (default 50, at most 1000)")),
+    params(("script" = Option<String>, Query, description = "Only this script's"), ("before" = Option<u64>, Query, description = "Only ids below this"), ("limit" = Option<usize>, Query, description = "Most runs (default 50, at most 200)")),
     responses((status = 200, description = "`{\"runs\": [...]}`", body = Object), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`not_found`: no such script", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn runs(
     State(state): State<AppState>,
@@ -532,7 +535,7 @@ pub(crate) async fn runs(
         .runs(
             q.script.as_deref(),
             q.before,
-            q.limit.unwrap_or(50).min(1000),
+            q.limit.unwrap_or(50).min(MAX_RUNS_PAGE),
         )
         .await?;
     Ok(Json(json!({ "runs": runs })))
@@ -541,7 +544,7 @@ pub(crate) async fn runs(
 /// `GET /api/v1/scripts/{id}/runs`.
 #[utoipa::path(get, path = "/api/v1/scripts/{id}/runs", tag = "runs",
     description = "A script's runs, newest first. Scope: `read`.",
-    params(("id" = String, Path, description = "Script id"), ("before" = Option<u64>, Query, description = "Only ids below this"), ("limit" = Option<usize>, Query, description = "Most runs (default 50, at most 1000)")),
+    params(("id" = String, Path, description = "Script id"), ("before" = Option<u64>, Query, description = "Only ids below this"), ("limit" = Option<usize>, Query, description = "Most runs (default 50, at most 200)")),
     responses((status = 200, description = "`{\"runs\": [...]}`", body = Object), (status = 400, description = "`bad_request`", body = crate::openapi::ErrorBody), (status = 404, description = "`not_found`", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn script_runs(
     State(state): State<AppState>,
@@ -551,7 +554,11 @@ pub(crate) async fn script_runs(
     let id = id_path(id)?;
     let q = stream::query(query)?;
     let runs = manager(&state)?
-        .runs(Some(&id), q.before, q.limit.unwrap_or(50).min(1000))
+        .runs(
+            Some(&id),
+            q.before,
+            q.limit.unwrap_or(50).min(MAX_RUNS_PAGE),
+        )
         .await?;
     Ok(Json(json!({ "runs": runs })))
 }
