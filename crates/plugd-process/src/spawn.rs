@@ -162,33 +162,10 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     unsafe {
         cmd.pre_exec(move || {
             // Die with the host. If the host already died before prctl, exit now.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != host_pid {
-                libc::_exit(1);
-            }
-            let fd = plugd_protocol::CHILD_FD;
-            if child_fd == fd {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, fd) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            plugd_sandbox::die_with_parent(host_pid)?;
+            plugd_sandbox::inherit_as(child_fd, plugd_protocol::CHILD_FD)?;
             if let Some(listener) = http_fd {
-                let target = plugd_protocol::HTTP_FD;
-                if listener == target {
-                    let flags = libc::fcntl(target, libc::F_GETFD);
-                    if flags < 0
-                        || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(listener, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                plugd_sandbox::inherit_as(listener, plugd_protocol::HTTP_FD)?;
             }
             Ok(())
         });

@@ -27,6 +27,46 @@ pub(crate) fn lift(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
+/// Between `fork` and `exec`: makes the parent's descriptor `fd` the new program's `target`
+/// (`dup2`, or, when it already is `target`, clears its close-on-exec flag). Only
+/// async-signal-safe calls.
+///
+/// # Safety
+/// Call only in a `pre_exec` hook, on a descriptor that stays open until the child execs.
+pub unsafe fn inherit_as(fd: libc::c_int, target: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl and dup2 on integers; the caller guarantees the descriptor is open.
+    unsafe {
+        if fd == target {
+            let flags = libc::fcntl(target, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, target) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Between `fork` and `exec`: the child gets SIGKILL when the thread that spawned it dies, and
+/// exits at once if `parent` is already gone (it would otherwise run orphaned). Only
+/// async-signal-safe calls.
+///
+/// # Safety
+/// Call only in a `pre_exec` hook.
+pub unsafe fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl, getppid and _exit take integers only.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::cgroup::CgroupVersion;
+pub use crate::fds::{die_with_parent, inherit_as};
 pub use crate::probe::{CgroupProbe, Probe, probe};
 
 use crate::cgroup::Cgroup;

@@ -497,22 +497,8 @@ async fn execute_in(
     // SAFETY: between fork and exec only async-signal-safe calls on values prepared here.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != host_pid {
-                libc::_exit(1);
-            }
-            if child_fd == STATUS_FD {
-                let flags = libc::fcntl(STATUS_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(STATUS_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, STATUS_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            plugd_sandbox::die_with_parent(host_pid)?;
+            plugd_sandbox::inherit_as(child_fd, STATUS_FD)
         });
     }
     let prepared: Option<Prepared> = match &config.sandbox {
