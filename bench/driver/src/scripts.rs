@@ -359,6 +359,14 @@ async fn cli(config: &Config, tmp: &Path) -> anyhow::Result<Line> {
         ROUND.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
     std::fs::create_dir_all(dir.join("plugins"))?;
+    /// The server, killed however this function ends.
+    struct Serving(std::process::Child);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut server = std::process::Command::new(&plugd)
         .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
         .arg(dir.join("plugins"))
@@ -368,7 +376,9 @@ async fn cli(config: &Config, tmp: &Path) -> anyhow::Result<Line> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start `{}`", plugd.display()))?;
-    let stdout = server.stdout.take().context("no stdout")?;
+    let stdout = server.stdout.take().context("no stdout");
+    let server = Serving(server);
+    let stdout = stdout?;
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     let first = lines.next().context("serve printed nothing")??;
     let url = first
@@ -413,8 +423,7 @@ async fn cli(config: &Config, tmp: &Path) -> anyhow::Result<Line> {
         },
     )
     .await;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     line
 }
 
