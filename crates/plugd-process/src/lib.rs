@@ -86,6 +86,27 @@ impl Default for SandboxConfig {
 /// a sandboxed child cannot enter (e.g. a version manager's shims under `/root`).
 pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The `PATH` of a child's base environment (empty when it sets none).
+pub fn base_path(base_env: &[(OsString, OsString)]) -> OsString {
+    base_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// The `PATH` of a child that runs with a Python environment: the environment's `bin` first,
+/// then the base `PATH` (no empty entry, which would mean the working directory).
+pub fn path_with_env(base_env: &[(OsString, OsString)], env: &std::path::Path) -> OsString {
+    let mut path = OsString::from(env.join("bin"));
+    let base = base_path(base_env);
+    if !base.is_empty() {
+        path.push(":");
+        path.push(base);
+    }
+    path
+}
+
 /// When and how fast crashed children are restarted.
 #[derive(Clone, Debug)]
 pub struct RestartPolicy {

@@ -53,13 +53,7 @@ pub(crate) fn resolve_program(
         }
         return Ok((path, args));
     }
-    let path_var = config
-        .base_env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    for dir in std::env::split_paths(&path_var) {
+    for dir in std::env::split_paths(&crate::base_path(&config.base_env)) {
         let candidate = dir.join(program);
         if is_executable(&candidate) {
             return Ok((candidate, args));
@@ -133,18 +127,8 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         .process_group(0)
         .kill_on_drop(true);
     if let Some(env) = &spec.python_env {
-        let base_path = config
-            .base_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let mut path = std::ffi::OsString::from(env.join("bin"));
-        if !base_path.is_empty() {
-            path.push(":");
-            path.push(base_path);
-        }
-        cmd.env("PATH", path).env("VIRTUAL_ENV", env);
+        cmd.env("PATH", crate::path_with_env(&config.base_env, env))
+            .env("VIRTUAL_ENV", env);
     }
     if http_fd.is_some() {
         cmd.env("PLUGD_HTTP_FD", plugd_protocol::HTTP_FD.to_string());

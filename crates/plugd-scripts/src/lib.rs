@@ -29,8 +29,8 @@ use parking_lot::Mutex;
 use plugd_host::PythonConfig;
 use plugd_process::SandboxConfig;
 use plugd_store::{
-    AddMode, NewRun, NewScriptVersion, RunEnd, RunRecord, ScriptRecord, ScriptVersion, Store,
-    StoreError, TemplateRecord,
+    AddMode, NewRun, NewScriptVersion, RunRecord, ScriptRecord, ScriptVersion, Store, StoreError,
+    TemplateRecord,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -1186,40 +1186,29 @@ impl Scripts {
         };
         inner.queued.fetch_sub(1, Ordering::SeqCst);
         let outcome = if permit.is_none() {
-            Outcome {
-                state: "cancelled",
-                ..Outcome::refused("cancelled while queued".into())
-            }
+            Outcome::refused("cancelled", "cancelled while queued".into())
         } else if let Err(e) = inner.store.start_run(id).await {
-            Outcome::refused(format!("cannot record its start: {e}"))
+            Outcome::refused("failed", format!("cannot record its start: {e}"))
         } else {
             match self.environment(&job, lock).await {
                 Ok(env) => {
                     job.python_env = env;
                     run::execute(&inner.config, job, active.clone()).await
                 }
-                Err(e) => Outcome::refused(e),
+                Err(e) => Outcome::refused("failed", e),
             }
         };
         drop(permit);
-        let end = RunEnd {
-            state: outcome.state.to_owned(),
-            exit_code: outcome.exit_code,
-            reason: outcome.reason.clone(),
-            peak_rss: outcome.peak_rss,
-            cpu_ms: outcome.cpu_ms,
-            output: outcome.output,
-            output_bytes: outcome.output_bytes,
-            result: outcome.result,
-        };
+        let Outcome { end, duration_ms } = outcome;
+        let (state, exit_code, reason) = (end.state.clone(), end.exit_code, end.reason.clone());
         if let Err(e) = inner.store.finish_run(id, end).await {
             tracing::error!(run = id, "cannot record the end of a script run: {e}");
         }
-        metrics::counter!(RUNS_TOTAL, "state" => outcome.state).increment(1);
-        if let Some(ms) = outcome.duration_ms {
+        metrics::counter!(RUNS_TOTAL, "state" => state.clone()).increment(1);
+        if let Some(ms) = duration_ms {
             metrics::histogram!(RUN_DURATION).record(ms as f64 / 1000.0);
         }
-        active.send_ended(outcome.state, outcome.exit_code, outcome.reason);
+        active.send_ended(&state, exit_code, reason);
         inner.active.lock().remove(&id);
         metrics::gauge!(RUNS_ACTIVE).set(inner.active.lock().len() as f64);
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use plugd_sandbox::{Layer, LayerState, Prepared, Sandbox, SandboxPolicy};
+use plugd_store::RunEnd;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,32 +175,22 @@ pub(crate) struct Job {
     pub ids_owner: PathBuf,
 }
 
-/// How it ended, for the record.
+/// How it ended: the record, and how long its process ran (`None`: it never started).
 pub(crate) struct Outcome {
-    pub state: &'static str,
-    /// From its process's start to its end (`None`: it never started).
+    pub end: RunEnd,
     pub duration_ms: Option<u64>,
-    pub exit_code: Option<i64>,
-    pub reason: Option<String>,
-    pub peak_rss: Option<u64>,
-    pub cpu_ms: Option<u64>,
-    pub output: String,
-    pub output_bytes: u64,
-    pub result: Option<Value>,
 }
 
 impl Outcome {
-    pub(crate) fn refused(reason: String) -> Outcome {
+    /// A run that ended without running, for `reason`.
+    pub(crate) fn refused(state: &str, reason: String) -> Outcome {
         Outcome {
-            state: "failed",
+            end: RunEnd {
+                state: state.to_owned(),
+                reason: Some(reason),
+                ..RunEnd::default()
+            },
             duration_ms: None,
-            exit_code: None,
-            reason: Some(reason),
-            peak_rss: None,
-            cpu_ms: None,
-            output: String::new(),
-            output_bytes: 0,
-            result: None,
         }
     }
 }
@@ -262,13 +253,7 @@ impl Stop {
 
 /// A program on the children's `PATH`.
 fn find_program(config: &ScriptsConfig, name: &str) -> Option<PathBuf> {
-    let path = config
-        .base_env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    std::env::split_paths(&path)
+    std::env::split_paths(&plugd_process::base_path(&config.base_env))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -434,10 +419,10 @@ pub(crate) async fn execute(config: &ScriptsConfig, job: Job, active: Arc<Active
         // Its own: no other run's uid may look in.
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
     }) {
-        return Outcome::refused(format!(
-            "cannot create its work dir `{}`: {e}",
-            work.display()
-        ));
+        return Outcome::refused(
+            "failed",
+            format!("cannot create its work dir `{}`: {e}", work.display()),
+        );
     }
     let outcome = execute_in(config, &job, &active, &work).await;
     let _ = std::fs::remove_dir_all(&work);
@@ -456,6 +441,7 @@ async fn execute_in(
             Some(p) => p,
             None => {
                 return Outcome::refused(
+                    "failed",
                     "`python3` is not on the children's `PATH`; hint: install Python 3".into(),
                 );
             }
@@ -463,7 +449,7 @@ async fn execute_in(
     };
     let (status_read, status_write) = match pipe() {
         Ok(p) => p,
-        Err(e) => return Outcome::refused(format!("cannot create its status pipe: {e}")),
+        Err(e) => return Outcome::refused("failed", format!("cannot create its status pipe: {e}")),
     };
     let mut cmd = Command::new(&python);
     cmd.arg("-u")
@@ -481,16 +467,8 @@ async fn execute_in(
         .process_group(0)
         .kill_on_drop(true);
     if let Some(env) = &job.python_env {
-        let base = config
-            .base_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let mut path = std::ffi::OsString::from(env.join("bin"));
-        path.push(":");
-        path.push(base);
-        cmd.env("PATH", path).env("VIRTUAL_ENV", env);
+        cmd.env("PATH", plugd_process::path_with_env(&config.base_env, env))
+            .env("VIRTUAL_ENV", env);
     }
     let child_fd = status_write.as_raw_fd();
     let host_pid = std::process::id() as libc::pid_t;
@@ -505,7 +483,7 @@ async fn execute_in(
         Some(_) => {
             let policy = match policy(config, job, work) {
                 Ok(p) => p,
-                Err(e) => return Outcome::refused(format!("it cannot be confined: {e}")),
+                Err(e) => return Outcome::refused("failed", format!("it cannot be confined: {e}")),
             };
             match Sandbox::prepare(&policy) {
                 Ok(prepared) => {
@@ -513,7 +491,10 @@ async fn execute_in(
                     Some(prepared)
                 }
                 Err(e) => {
-                    return Outcome::refused(format!("its sandbox could not be prepared: {e}"));
+                    return Outcome::refused(
+                        "failed",
+                        format!("its sandbox could not be prepared: {e}"),
+                    );
                 }
             }
         }
@@ -538,7 +519,9 @@ async fn execute_in(
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::refused(format!("cannot run `{}`: {e}", python.display())),
+        Err(e) => {
+            return Outcome::refused("failed", format!("cannot run `{}`: {e}", python.display()));
+        }
     };
     drop(status_write);
     let pid = child.id();
@@ -800,19 +783,21 @@ async fn execute_in(
         }
     };
     Outcome {
-        state,
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        exit_code: if signal.is_some() && pid_ns {
-            None
-        } else {
-            exit_code
+        end: RunEnd {
+            state: state.to_owned(),
+            exit_code: if signal.is_some() && pid_ns {
+                None
+            } else {
+                exit_code
+            },
+            reason,
+            peak_rss: (peak_rss > 0).then_some(peak_rss),
+            cpu_ms: Some(cpu.as_millis() as u64),
+            output,
+            output_bytes,
+            result,
         },
-        reason,
-        peak_rss: (peak_rss > 0).then_some(peak_rss),
-        cpu_ms: Some(cpu.as_millis() as u64),
-        output,
-        output_bytes,
-        result,
+        duration_ms: Some(started.elapsed().as_millis() as u64),
     }
 }
 
