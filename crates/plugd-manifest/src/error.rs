@@ -14,9 +14,9 @@ use crate::ManifestFormat;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
-    /// The directory has neither `plugin.toml` nor `plugin.json`.
+    /// The directory has no manifest plugd reads.
     #[error(
-        "No `plugin.toml` or `plugin.json` in `{}`; hint: run `plugd new` to create a plugin there",
+        "No `plugin.toml` or `plugin.json` in `{}` (nor a foreign `plugin.yaml`, `manifest.json` or `__init__.py` with `plugin_class`); hint: run `plugd new` to create a plugin there",
         dir.display()
     )]
     NotFound {
@@ -31,7 +31,7 @@ pub enum ManifestError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The text is not valid TOML or JSON.
+    /// The text is not valid TOML, JSON or YAML.
     #[error(
         "Invalid {}{} at line {line}, column {column}: {message}",
         format_name(*format),
@@ -91,6 +91,8 @@ fn format_name(format: ManifestFormat) -> &'static str {
     match format {
         ManifestFormat::Toml => "TOML",
         ManifestFormat::Json => "JSON",
+        ManifestFormat::Yaml => "YAML",
+        ManifestFormat::Python => "Python",
     }
 }
 

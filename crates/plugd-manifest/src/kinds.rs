@@ -96,14 +96,19 @@ string_enum!(Service, "service", [
 string_enum!(ManifestFormat, "manifest format", [
     Toml => "toml",
     Json => "json",
+    Yaml => "yaml",
+    Python => "python",
 ]);
 
 impl ManifestFormat {
-    /// The file this format is read from: `plugin.toml` or `plugin.json`.
+    /// The file this format is read from: `plugin.toml`, `plugin.json`, `plugin.yaml`, or an
+    /// image-tool package's `__init__.py`.
     pub fn file_name(self) -> &'static str {
         match self {
             ManifestFormat::Toml => crate::TOML_MANIFEST,
             ManifestFormat::Json => crate::JSON_MANIFEST,
+            ManifestFormat::Yaml => crate::foreign::YAML_MANIFEST,
+            ManifestFormat::Python => crate::foreign::INIT_MODULE,
         }
     }
 }

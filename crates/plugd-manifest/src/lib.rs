@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod foreign;
 mod kinds;
 mod name;
 mod parse;
@@ -56,6 +57,7 @@ use std::time::Duration;
 pub use semver::{Version, VersionReq};
 
 pub use crate::error::ManifestError;
+pub use crate::foreign::{Change, Dialect, Foreign, map_name};
 pub use crate::kinds::UnknownValueError;
 pub use crate::name::{MAX_NAME_LEN, NameError};
 pub use crate::schema::{MAX_VIOLATIONS, Schema, SchemaError, Violation};
@@ -108,6 +110,10 @@ pub enum ManifestFormat {
     Toml,
     /// `plugin.json`.
     Json,
+    /// `plugin.yaml` (xcore).
+    Yaml,
+    /// No manifest: an image-tool package's `__init__.py`.
+    Python,
 }
 
 /// A validated plugin manifest.
@@ -152,6 +158,9 @@ pub struct Manifest {
     pub format: ManifestFormat,
     /// Non-fatal findings (e.g. ignored seed keys), each a user-facing sentence.
     pub warnings: Vec<String>,
+    /// A package written for another plugin system: what it said and how it was translated.
+    /// Its actions are whatever the running plugin announces (it declares none).
+    pub foreign: Option<Foreign>,
     /// `params`, compiled.
     params_schema: Option<Schema>,
 }
@@ -207,6 +216,18 @@ pub struct Limits {
     pub tasks: u32,
     /// Wall-clock time one task run may take (default 10 minutes).
     pub task_timeout: Duration,
+    /// Calls the plugin accepts per period (`rate = { calls = 100, per = "60s" }`); more are
+    /// refused with 429 until the window moves on. `None` (the default): no rate limit.
+    pub rate: Option<Rate>,
+}
+
+/// A call rate limit: at most `calls` calls in any window of `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Calls allowed per window (at least 1).
+    pub calls: u32,
+    /// The window.
+    pub per: Duration,
 }
 
 /// One declared action.
@@ -277,6 +298,7 @@ impl Default for Limits {
             concurrency: 64,
             tasks: 4,
             task_timeout: Duration::from_secs(600),
+            rate: None,
         }
     }
 }
@@ -312,9 +334,16 @@ impl Manifest {
     }
 
     /// Parses and validates `plugin.json` text (the seed format, optionally with the
-    /// `plugin.toml` fields flattened into the top-level object).
+    /// `plugin.toml` fields flattened into the top-level object), or a foreign `plugin.json`
+    /// (class-based with `class_path`, xcore with `execution_mode` or `entry_point`), which is
+    /// translated (see [`foreign`]).
     pub fn from_json_str(src: &str) -> Result<Manifest, ManifestError> {
         parse::parse_json(src)
+    }
+
+    /// Parses and translates an xcore `plugin.yaml`.
+    pub fn from_yaml_str(src: &str) -> Result<Manifest, ManifestError> {
+        parse::parse_foreign_text(src, foreign::Dialect::Xcore, foreign::YAML_MANIFEST)
     }
 
     /// The compiled `[params]` schema, if the manifest has one.
@@ -377,28 +406,47 @@ impl Manifest {
         parse::known_keys(format)
     }
 
-    /// Reads the manifest of the package in `dir`: `plugin.toml`, else `plugin.json`.
+    /// Reads the manifest of the package in `dir`, in this order: `plugin.toml`; `plugin.json`
+    /// (plugd's own form or a foreign one, told apart by its keys); then the foreign forms
+    /// `plugin.yaml` / `plugin.yml` (xcore), `manifest.json` (class-based) and an `__init__.py`
+    /// that sets `plugin_class` (image tool), each translated (see [`foreign`]).
     ///
-    /// When both exist, `plugin.toml` is read and a warning says `plugin.json` was ignored.
+    /// When a later candidate is also present a warning says it was ignored.
     pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
         let toml_path = dir.join(TOML_MANIFEST);
         let json_path = dir.join(JSON_MANIFEST);
-        if let Some(src) = read_if_exists(&toml_path)? {
-            let mut manifest = Manifest::from_toml_str(&src).map_err(|e| e.in_file(&toml_path))?;
-            if json_path.exists() {
+        let mut manifest = if let Some(src) = read_if_exists(&toml_path)? {
+            Manifest::from_toml_str(&src).map_err(|e| e.in_file(&toml_path))?
+        } else if let Some((dialect, file)) = foreign::detect(dir) {
+            let (native, foreign) = foreign::read(dir, dialect, file)?;
+            let path = dir.join(file);
+            parse::from_native_tree(&native, foreign).map_err(|e| e.in_file(&path))?
+        } else if let Some(src) = read_if_exists(&json_path)? {
+            Manifest::from_json_str(&src).map_err(|e| e.in_file(&json_path))?
+        } else {
+            return Err(ManifestError::NotFound {
+                dir: dir.to_owned(),
+            });
+        };
+        let read = manifest
+            .foreign
+            .as_ref()
+            .map_or(manifest.format.file_name(), |f| f.file);
+        for other in [
+            TOML_MANIFEST,
+            JSON_MANIFEST,
+            foreign::YAML_MANIFEST,
+            foreign::YML_MANIFEST,
+            foreign::CLASS_MANIFEST,
+        ] {
+            if other != read && dir.join(other).is_file() {
                 manifest.warnings.push(format!(
-                    "Both `{TOML_MANIFEST}` and `{JSON_MANIFEST}` are in `{}`; `{JSON_MANIFEST}` is ignored; hint: delete `{JSON_MANIFEST}`",
+                    "Both `{read}` and `{other}` are in `{}`; `{other}` is ignored; hint: delete `{other}`",
                     dir.display()
                 ));
             }
-            return Ok(manifest);
         }
-        if let Some(src) = read_if_exists(&json_path)? {
-            return Manifest::from_json_str(&src).map_err(|e| e.in_file(&json_path));
-        }
-        Err(ManifestError::NotFound {
-            dir: dir.to_owned(),
-        })
+        Ok(manifest)
     }
 }
 

@@ -5,7 +5,7 @@
 //! (`[plugin]` in TOML, `limits` in JSON) and to apply the seed format's defaults.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -14,8 +14,8 @@ use crate::suggest::did_you_mean;
 use crate::units::{DURATION_HINT, SIZE_HINT};
 use crate::{
     ActionName, ActionSpec, Events, Http, Limits, Manifest, ManifestError, ManifestFormat,
-    Permissions, PluginKind, PluginName, Python, RuntimeKind, SCHEMA_VERSION, Schema, Service,
-    Version, VersionReq,
+    Permissions, PluginKind, PluginName, Python, Rate, RuntimeKind, SCHEMA_VERSION, Schema,
+    Service, Version, VersionReq,
 };
 
 /// The seed's implicit entry, used when `plugin.json` has none.
@@ -51,7 +51,6 @@ const JSON_TOP_KEYS: &[&str] = &[
     "kind",
     "runtime",
     "entry",
-    "class_path",
     "dependencies",
     "permissions",
     "limits",
@@ -71,6 +70,7 @@ const LIMIT_KEYS: &[&str] = &[
     "concurrency",
     "tasks",
     "task_timeout",
+    "rate",
 ];
 const ACTION_KEYS: &[&str] = &["name", "description", "input", "hooks"];
 const EVENT_KEYS: &[&str] = &["subscribe"];
@@ -84,7 +84,7 @@ pub(crate) fn known_keys(format: ManifestFormat) -> Vec<String> {
     let mut keys = Vec::new();
     let tops = match format {
         ManifestFormat::Toml => TOML_TOP_KEYS,
-        ManifestFormat::Json => JSON_TOP_KEYS,
+        _ => JSON_TOP_KEYS,
     };
     for top in tops {
         let sub = match *top {
@@ -125,9 +125,70 @@ pub(crate) fn parse_toml(src: &str) -> Result<Manifest, ManifestError> {
     Ok(Reader::new(ManifestFormat::Toml).manifest(&root)?)
 }
 
-/// Parses and validates `plugin.json` text.
+/// Parses and validates `plugin.json` text: plugd's own form, or a foreign dialect told apart
+/// by its keys (translated).
 pub(crate) fn parse_json(src: &str) -> Result<Manifest, ManifestError> {
-    let value: Value = serde_json::from_str(src).map_err(|e| {
+    let value = json_value(src)?;
+    let Value::Object(root) = value else {
+        return Err(Invalid::new(format!(
+            "The manifest must be a JSON object, found {}",
+            describe(&value, ManifestFormat::Json)
+        ))
+        .hint("write `{\"name\": ..., \"version\": ..., \"description\": ...}`")
+        .into());
+    };
+    if let Some(dialect) = crate::foreign::json_dialect_of(&root) {
+        let (native, foreign) =
+            crate::foreign::translate(&root, dialect, crate::JSON_MANIFEST, Path::new(""))?;
+        return from_native_tree(&native, foreign);
+    }
+    Ok(Reader::new(ManifestFormat::Json).manifest(&root)?)
+}
+
+/// Parses foreign manifest text of `dialect` as read from `file` (no package directory, so
+/// files the manifest names are not checked).
+pub(crate) fn parse_foreign_text(
+    src: &str,
+    dialect: crate::foreign::Dialect,
+    file: &'static str,
+) -> Result<Manifest, ManifestError> {
+    let root = crate::foreign::parse_text(src, file)?;
+    let (native, foreign) = crate::foreign::translate(&root, dialect, file, Path::new(""))?;
+    from_native_tree(&native, foreign)
+}
+
+/// Reads the native tree a foreign manifest was translated into, with the ordinary rules.
+pub(crate) fn from_native_tree(
+    native: &Map<String, Value>,
+    foreign: crate::Foreign,
+) -> Result<Manifest, ManifestError> {
+    let mut manifest = Reader::new(ManifestFormat::Toml).manifest(native)?;
+    manifest.format = match foreign.file {
+        crate::foreign::YAML_MANIFEST | crate::foreign::YML_MANIFEST => ManifestFormat::Yaml,
+        crate::foreign::INIT_MODULE => ManifestFormat::Python,
+        _ => ManifestFormat::Json,
+    };
+    manifest.warnings.extend(
+        foreign
+            .changes
+            .iter()
+            .filter(|c| c.note.starts_with("unknown key"))
+            .map(|c| {
+                format!(
+                    "Unknown key `{}` in the {} manifest `{}`: kept, not used",
+                    c.field,
+                    foreign.dialect.label(),
+                    foreign.file
+                )
+            }),
+    );
+    manifest.foreign = Some(foreign);
+    Ok(manifest)
+}
+
+/// JSON text → a value, with the position of a syntax error.
+pub(crate) fn json_value(src: &str) -> Result<Value, ManifestError> {
+    serde_json::from_str(src).map_err(|e| {
         // serde_json appends " at line L column C"; we report the position ourselves.
         let full = e.to_string();
         let suffix = format!(" at line {} column {}", e.line(), e.column());
@@ -139,16 +200,7 @@ pub(crate) fn parse_json(src: &str) -> Result<Manifest, ManifestError> {
             column: e.column(),
             message,
         }
-    })?;
-    let Value::Object(root) = value else {
-        return Err(Invalid::new(format!(
-            "The manifest must be a JSON object, found {}",
-            describe(&value, ManifestFormat::Json)
-        ))
-        .hint("write `{\"name\": ..., \"version\": ..., \"description\": ...}`")
-        .into());
-    };
-    Ok(Reader::new(ManifestFormat::Json).manifest(&root)?)
+    })
 }
 
 /// A validation failure before it is attached to a file.
@@ -159,14 +211,14 @@ pub(crate) struct Invalid {
 }
 
 impl Invalid {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Invalid {
             message: message.into(),
             hint: None,
         }
     }
 
-    fn hint(mut self, hint: impl Into<String>) -> Self {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
@@ -214,11 +266,11 @@ fn describe(value: &Value, format: ManifestFormat) -> &'static str {
         (Value::Bool(_), _) => "a boolean",
         (Value::Number(n), ManifestFormat::Toml) if n.is_f64() => "a float",
         (Value::Number(_), ManifestFormat::Toml) => "an integer",
-        (Value::Number(_), ManifestFormat::Json) => "a number",
+        (Value::Number(_), _) => "a number",
         (Value::String(_), _) => "a string",
         (Value::Array(_), _) => "an array",
         (Value::Object(_), ManifestFormat::Toml) => "a table",
-        (Value::Object(_), ManifestFormat::Json) => "an object",
+        (Value::Object(_), _) => "an object",
     }
 }
 
@@ -304,7 +356,7 @@ impl<'a> Table<'a> {
             Some(other) => {
                 let expected = match self.format {
                     ManifestFormat::Toml => "a table",
-                    ManifestFormat::Json => "an object",
+                    _ => "an object",
                 };
                 Err(self.type_error(key, expected, other))
             }
@@ -315,7 +367,7 @@ impl<'a> Table<'a> {
     fn child_label(&self, key: &str) -> String {
         match self.format {
             ManifestFormat::Toml => format!("`[{key}]`"),
-            ManifestFormat::Json => format!("`{key}`"),
+            _ => format!("`{key}`"),
         }
     }
 }
@@ -349,7 +401,7 @@ impl Reader {
             map: root,
             label: match self.format {
                 ManifestFormat::Toml => "the top level".to_owned(),
-                ManifestFormat::Json => "the top-level object".to_owned(),
+                _ => "the top-level object".to_owned(),
             },
             format: self.format,
         };
@@ -364,14 +416,8 @@ impl Reader {
                 plugin.deny_unknown(PLUGIN_KEYS)?;
                 self.identity(&plugin)?
             }
-            ManifestFormat::Json => {
+            _ => {
                 top.deny_unknown(JSON_TOP_KEYS)?;
-                if top.get("class_path").is_some() {
-                    self.warnings.push(
-                        "`class_path` is ignored: plugd runs plugins as processes or wasm; hint: set `entry`"
-                            .to_owned(),
-                    );
-                }
                 self.identity(&top)?
             }
         };
@@ -446,6 +492,7 @@ impl Reader {
             http,
             format: self.format,
             warnings: self.warnings,
+            foreign: None,
             params_schema,
         })
     }
@@ -610,7 +657,7 @@ impl Reader {
             Some(other) => {
                 let expected = match self.format {
                     ManifestFormat::Toml => "a table of version requirements",
-                    ManifestFormat::Json => "an array of plugin names or an object",
+                    _ => "an array of plugin names or an object",
                 };
                 return Err(top.type_error("dependencies", expected, other));
             }
@@ -629,7 +676,7 @@ impl Reader {
             Some(other) => {
                 let expected = match self.format {
                     ManifestFormat::Toml => "an array of tables (`[[actions]]`)",
-                    ManifestFormat::Json => "an array of objects",
+                    _ => "an array of objects",
                 };
                 return Err(top.type_error("actions", expected, other));
             }
@@ -638,7 +685,7 @@ impl Reader {
         for (i, item) in items.iter().enumerate() {
             let label = match self.format {
                 ManifestFormat::Toml => format!("`[[actions]]` number {}", i + 1),
-                ManifestFormat::Json => format!("`actions[{i}]`"),
+                _ => format!("`actions[{i}]`"),
             };
             let Value::Object(map) = item else {
                 return Err(Invalid::new(format!(
@@ -980,6 +1027,7 @@ fn limits(t: &Table<'_>) -> R<Limits> {
         "it is the number of background tasks the plugin may run at once",
     )?;
     let task_timeout = duration(t, "task_timeout", defaults.task_timeout)?;
+    let rate = rate(t)?;
     Ok(Limits {
         memory,
         disk,
@@ -989,7 +1037,26 @@ fn limits(t: &Table<'_>) -> R<Limits> {
         concurrency,
         tasks,
         task_timeout,
+        rate,
     })
+}
+
+/// `rate = { calls = 100, per = "60s" }`.
+fn rate(t: &Table<'_>) -> R<Option<Rate>> {
+    let hint = "write `rate = { calls = 100, per = \"60s\" }`: at most 100 calls in any 60 seconds";
+    let Some(r) = t.table("rate", "`limits.rate`".to_owned())? else {
+        return Ok(None);
+    };
+    r.deny_unknown(&["calls", "per"])?;
+    let calls = match r.get("calls") {
+        None => return Err(r.missing("calls").hint(hint)),
+        Some(_) => count(&r, "calls", 1, hint)?,
+    };
+    if r.get("per").is_none() {
+        return Err(r.missing("per").hint(hint));
+    }
+    let per = duration(&r, "per", Duration::from_secs(1))?;
+    Ok(Some(Rate { calls, per }))
 }
 
 /// A whole number of at least 1 (`concurrency`, `tasks`).
@@ -1063,7 +1130,7 @@ fn events(t: &Table<'_>) -> R<Events> {
     for topic in &subscribe {
         if !is_topic_pattern(topic) {
             return Err(Invalid::new(format!("Invalid event topic `{topic}` in `subscribe`"))
-                .hint("use lower-case dot-separated words of letters, digits, `_` and `-`, like `image.imported`, optionally ending in `.*`"));
+                .hint("use lower-case dot-separated words of letters, digits, `_` and `-`, like `image.imported`, optionally ending in `.*`; `*` alone is every topic"));
         }
     }
     let mut seen = BTreeSet::new();
@@ -1183,6 +1250,9 @@ fn http(t: &Table<'_>, runtime: RuntimeKind) -> R<Http> {
 
 /// `word(.word)*` with an optional trailing `.*`; words are `[a-z0-9_-]+`.
 fn is_topic_pattern(topic: &str) -> bool {
+    if topic == "*" {
+        return true;
+    }
     let exact = topic.strip_suffix(".*").unwrap_or(topic);
     !exact.is_empty()
         && exact.split('.').all(|word| {

@@ -65,7 +65,7 @@ fn parser_accepts(format: ManifestFormat, key: &str) -> bool {
         ManifestFormat::Toml => serde_json::json!({
             "plugin": {"name": "docs", "version": "1.0.0", "runtime": "process", "entry": ["x"]},
         }),
-        ManifestFormat::Json => serde_json::json!({"name": "docs", "version": "1.0.0"}),
+        _ => serde_json::json!({"name": "docs", "version": "1.0.0"}),
     };
     let (table, leaf) = match key.split_once('.') {
         Some((table, leaf)) => (Some(table), leaf),

@@ -60,7 +60,7 @@ fn load() {
     check(
         &[],
         expect![[r#"
-            error: No `plugin.toml` or `plugin.json` in `$DIR`; hint: run `plugd new` to create a plugin there
+            error: No `plugin.toml` or `plugin.json` in `$DIR` (nor a foreign `plugin.yaml`, `manifest.json` or `__init__.py` with `plugin_class`); hint: run `plugd new` to create a plugin there
             path: None"#]],
     );
     check(

@@ -1,7 +1,9 @@
 //! Integration tests of `plugd-manifest`: the golden files in `tests/ui`, `Manifest::load`, the
-//! action contract and `docs/manifest.md`.
+//! foreign formats in `tests/foreign` (one package directory each), the action contract and
+//! `docs/manifest.md`.
 
 mod contract;
 mod docs;
+mod foreign;
 mod load;
 mod ui;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use expect_test::expect_file;
 use plugd_manifest::{
-    ActionSpec, Events, Http, Limits, Manifest, ManifestError, Permissions, Schema,
+    ActionSpec, Change, Events, Foreign, Http, Limits, Manifest, ManifestError, Permissions, Rate,
+    Schema,
 };
 
 fn ui_dir() -> PathBuf {
@@ -100,7 +101,7 @@ fn messages_follow_the_style() {
 /// A stable, readable dump of every field. The exhaustive destructuring makes a new public field
 /// a compile error here until it is dumped too (`..` covers only the private compiled schemas,
 /// which must be the raw ones compiled).
-fn dump(manifest: &Manifest) -> String {
+pub(crate) fn dump(manifest: &Manifest) -> String {
     assert_eq!(
         manifest.params_schema().map(Schema::as_json),
         manifest.params.as_ref()
@@ -130,6 +131,7 @@ fn dump(manifest: &Manifest) -> String {
         http,
         format,
         warnings,
+        foreign,
         ..
     } = manifest;
     let Permissions {
@@ -149,6 +151,7 @@ fn dump(manifest: &Manifest) -> String {
         concurrency,
         tasks,
         task_timeout,
+        rate,
     } = limits;
     let Events { subscribe } = events;
 
@@ -184,6 +187,9 @@ fn dump(manifest: &Manifest) -> String {
     let _ = writeln!(w, "  concurrency: {concurrency}");
     let _ = writeln!(w, "  tasks: {tasks}");
     let _ = writeln!(w, "  task_timeout: {task_timeout:?}");
+    if let Some(Rate { calls, per }) = rate {
+        let _ = writeln!(w, "  rate: {calls} per {per:?}");
+    }
     match params {
         Some(params) => {
             let _ = writeln!(w, "params: {params}");
@@ -235,6 +241,23 @@ fn dump(manifest: &Manifest) -> String {
     let _ = writeln!(w, "warnings:");
     for warning in warnings {
         let _ = writeln!(w, "  - {warning}");
+    }
+    if let Some(Foreign {
+        dialect,
+        file,
+        original_name,
+        execution_mode,
+        changes,
+        ..
+    }) = foreign
+    {
+        let _ = writeln!(w, "foreign: {} from `{file}`", dialect.label());
+        let _ = writeln!(w, "  original name: {original_name:?}");
+        let _ = writeln!(w, "  execution_mode: {execution_mode:?}");
+        let _ = writeln!(w, "  changes:");
+        for Change { field, note } in changes {
+            let _ = writeln!(w, "    - {field}: {note}");
+        }
     }
     out
 }

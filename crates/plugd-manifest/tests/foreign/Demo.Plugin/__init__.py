@@ -1,0 +1,3 @@
+from .demo import Demo
+
+plugin_class = Demo

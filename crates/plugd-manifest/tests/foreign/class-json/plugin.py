@@ -1,0 +1,5 @@
+from core.base_plugin import BasePlugin
+
+
+class ClientManagerPlugin(BasePlugin):
+    pass

@@ -1,0 +1,5 @@
+from core.base_plugin import BasePlugin
+
+
+class HelloPlugin(BasePlugin):
+    pass

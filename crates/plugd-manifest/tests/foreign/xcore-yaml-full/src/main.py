@@ -1,0 +1,3 @@
+class Plugin:
+    async def handle(self, action, payload):
+        return {"status": "ok"}
