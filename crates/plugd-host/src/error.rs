@@ -34,6 +34,21 @@ pub enum HostError {
     /// A rate or queue limit refused the request; retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// The plugin's `limits.rate` refused the call; it may be retried after `retry_after`.
+    #[error(
+        "Plugin `{plugin}` accepts at most {calls} calls per {per:?}; hint: retry in {:.1} s",
+        retry_after.as_secs_f64()
+    )]
+    RateLimited {
+        /// The plugin.
+        plugin: String,
+        /// Its `limits.rate.calls`.
+        calls: u32,
+        /// Its `limits.rate.per`.
+        per: std::time::Duration,
+        /// When the oldest call in the window leaves it.
+        retry_after: std::time::Duration,
+    },
     /// New params do not fit the plugin's `[params]` schema; nothing was stored.
     #[error("{}", invalid_params(plugin, violations))]
     InvalidParams {
@@ -82,6 +97,7 @@ impl HostError {
             HostError::Store(e) => e.code(),
             HostError::BadResult(_) => "bad_result",
             HostError::Overloaded(_) => "overloaded",
+            HostError::RateLimited { .. } => "rate_limited",
             HostError::Io(_) => "internal",
             HostError::NotFound(_) => "not_found",
             HostError::Conflict(_) => "conflict",

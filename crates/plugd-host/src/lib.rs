@@ -20,6 +20,7 @@ mod params;
 mod policy;
 pub mod pyenv;
 mod quota;
+mod rate;
 mod registry;
 mod results;
 mod services;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use parking_lot::RwLock;
-use plugd_manifest::{ActionName, JSON_MANIFEST, Manifest, PluginName, RuntimeKind, TOML_MANIFEST};
+use plugd_manifest::{ActionName, Manifest, ManifestError, PluginName, RuntimeKind};
 use plugd_resolve::{Candidate, Resolution};
 use plugd_runtime::{
     Health, InstanceSpec, Invocation, LogLevel, LogSource, Outcome, Runtime, RuntimeError,
@@ -301,6 +301,20 @@ impl Host {
         })?;
         let generation = running?;
         check_payload(&slot.name, &generation.manifest, &action, &payload)?;
+        if let Some(rate) = generation.manifest.limits.rate {
+            let admitted = slot
+                .call_rate
+                .lock()
+                .admit(tokio::time::Instant::now(), rate);
+            if let Err(retry_after) = admitted {
+                return Err(HostError::RateLimited {
+                    plugin: slot.name.to_string(),
+                    calls: rate.calls,
+                    per: rate.per,
+                    retry_after,
+                });
+            }
+        }
         let guard = InFlight::enter(slot.clone(), generation.clone(), record.plugin().clone());
         let result = generation
             .instance
@@ -1059,7 +1073,7 @@ impl Host {
         .await
         .map_err(|e| format!("Staging `{name}` failed: {e}"))?
         .map_err(|e| format!("Plugin `{name}` was refused: {e}"))?;
-        let manifest = Manifest::load(staged.dir()).map_err(|e| e.to_string())?;
+        let manifest = Manifest::load_staged(staged.dir(), dir).map_err(|e| e.to_string())?;
         if manifest.name != resolved.name
             || manifest.version != resolved.version
             || manifest.dependencies != resolved.dependencies
@@ -1238,16 +1252,25 @@ fn scan(dir: &Path) -> Result<DiskPlan, HostError> {
             dir.display()
         ))
     })?;
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir() && (p.join(TOML_MANIFEST).is_file() || p.join(JSON_MANIFEST).is_file())
-        })
-        .collect();
-    dirs.sort();
-    let mut found = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if !path.is_dir() || is_ignored_dir(&path) {
+            continue;
+        }
+        if plugd_manifest::foreign::is_package(&path) {
+            dirs.push(path);
+        } else {
+            // A directory plugd cannot read is reported, never skipped in silence.
+            problems.push(Problem {
+                message: ManifestError::NotFound { dir: path.clone() }.to_string(),
+                path,
+            });
+        }
+    }
+    dirs.sort();
+    problems.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut found = BTreeMap::new();
     let mut candidates = Vec::new();
     for pkg in dirs {
         match Manifest::load(&pkg) {
@@ -1291,6 +1314,14 @@ fn scan(dir: &Path) -> Result<DiskPlan, HostError> {
         problems,
         resolution,
     })
+}
+
+/// Directories of the plugins dir that are not packages by convention: hidden ones (`.git`),
+/// Python's `__pycache__`.
+fn is_ignored_dir(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.') || n == "__pycache__")
 }
 
 /// `a`, `b` and `c` (each in backticks).

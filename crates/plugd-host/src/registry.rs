@@ -264,6 +264,8 @@ pub(crate) struct Slot {
     pub delivering_hops: crate::events::DeliveringHops,
     /// The plugin's `emit` rate limit.
     pub emit_bucket: Mutex<crate::logs::Bucket>,
+    /// The calls admitted under its `limits.rate`, if it has one.
+    pub call_rate: Mutex<crate::rate::Window>,
     /// Notified when a generation starts serving (start or reload): event delivery and the task
     /// dispatcher wait on it.
     pub phase_changed: Notify,
@@ -473,6 +475,7 @@ impl Slot {
             emitted: AtomicU64::new(0),
             disk_used: AtomicU64::new(0),
             delivering_hops: Default::default(),
+            call_rate: Default::default(),
             emit_bucket: Mutex::new(crate::logs::Bucket::new(
                 crate::events::EMIT_RATE,
                 crate::events::EMIT_BURST,

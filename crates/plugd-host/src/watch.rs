@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::Mutex;
-use plugd_manifest::{JSON_MANIFEST, Manifest, TOML_MANIFEST};
+use plugd_manifest::Manifest;
 use tokio::sync::Notify;
 
 use crate::registry::PluginState;
@@ -123,14 +123,13 @@ impl Host {
         }
         // The operator unloaded it (or a dependency of it): an edit does not start it again.
         if let Some((name, _, true)) = &known
-            && (dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file())
+            && plugd_manifest::foreign::is_package(&dir)
         {
             tracing::info!(plugin = %name, "package changed, but the plugin was unloaded: not starting it; hint: `plugd load {name}`");
             return;
         }
         let known = known.map(|(name, _, _)| name);
-        let has_manifest = dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file();
-        if !has_manifest {
+        if !plugd_manifest::foreign::is_package(&dir) {
             if let Some(name) = known {
                 tracing::info!(plugin = %name, dir = %dir.display(), "package removed: unloading");
                 self.remove_package(name.as_str()).await;

@@ -203,9 +203,11 @@ fn sets_plugin_class(text: &str) -> bool {
     })
 }
 
-/// Reads the foreign manifest `file` of `dialect` in `dir` into a native tree.
+/// Reads the foreign manifest `file` of `dialect` in `dir` into a native tree; an image-tool
+/// plugin is named after the directory `named_by`.
 pub(crate) fn read(
     dir: &Path,
+    named_by: &Path,
     dialect: Dialect,
     file: &'static str,
 ) -> Result<(Map<String, Value>, Foreign), ManifestError> {
@@ -219,7 +221,12 @@ pub(crate) fn read(
         })?;
         parse_text(&text, file).map_err(|e| e.in_file(&path))?
     };
-    translate(&root, dialect, file, dir).map_err(|e| e.in_file(&path))
+    let checked = if dialect == Dialect::ImageTool {
+        named_by
+    } else {
+        dir
+    };
+    translate(&root, dialect, file, checked).map_err(|e| e.in_file(&path))
 }
 
 /// The object of a foreign manifest's text: YAML for `plugin.yaml`/`.yml`, else JSON.
@@ -231,7 +238,7 @@ pub(crate) fn parse_text(text: &str, file: &str) -> Result<Map<String, Value>, M
 }
 
 /// Translates a foreign manifest object into a native tree. `dir` is the package, to check
-/// the files the manifest names (empty: not checked).
+/// the files the manifest names (empty: not checked), and an image-tool plugin's name.
 pub(crate) fn translate(
     root: &Map<String, Value>,
     dialect: Dialect,
@@ -321,6 +328,14 @@ impl<'a> Source<'a> {
             Invalid::new(format!("Missing key `{key}` in `{}`", self.file))
                 .hint(format!("add `{key}`"))
         })
+    }
+
+    /// `version`, as text: YAML and JSON may write `1.2` as a number.
+    fn version_text(&self) -> Result<String, Invalid> {
+        match self.map.get("version") {
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            _ => self.required("version").map(str::to_owned),
+        }
     }
 
     fn change(&mut self, field: impl Into<String>, note: impl Into<String>) {
@@ -498,7 +513,7 @@ fn xcore(
         changes: Vec::new(),
     };
     let (original, name) = src.name()?;
-    let version = version(src.required("version")?, &mut src.changes)?;
+    let version = version(&src.version_text()?, &mut src.changes)?;
     let description = src.string("description")?.unwrap_or_default().to_owned();
     let author = src.string("author")?.map(str::to_owned);
     let execution_mode = match src.string("execution_mode")? {
@@ -886,7 +901,7 @@ fn class_based(
         );
     }
     let (original, name) = src.name()?;
-    let version = version(src.required("version")?, &mut src.changes)?;
+    let version = version(&src.version_text()?, &mut src.changes)?;
     let description = src.string("description")?.unwrap_or_default().to_owned();
     let author = src.string("author")?.map(str::to_owned);
     let dependencies = src.dependencies("dependencies", &name)?;

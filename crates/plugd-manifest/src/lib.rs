@@ -413,12 +413,19 @@ impl Manifest {
     ///
     /// When a later candidate is also present a warning says it was ignored.
     pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::load_staged(dir, dir)
+    }
+
+    /// Reads the manifest of a copy of a package (a staged copy, whose directory name is not
+    /// the package's): as [`Manifest::load`] of `dir`, except that an image-tool plugin, which
+    /// is named after its directory, takes its name from `original`.
+    pub fn load_staged(dir: &Path, original: &Path) -> Result<Manifest, ManifestError> {
         let toml_path = dir.join(TOML_MANIFEST);
         let json_path = dir.join(JSON_MANIFEST);
         let mut manifest = if let Some(src) = read_if_exists(&toml_path)? {
             Manifest::from_toml_str(&src).map_err(|e| e.in_file(&toml_path))?
         } else if let Some((dialect, file)) = foreign::detect(dir) {
-            let (native, foreign) = foreign::read(dir, dialect, file)?;
+            let (native, foreign) = foreign::read(dir, original, dialect, file)?;
             let path = dir.join(file);
             parse::from_native_tree(&native, foreign).map_err(|e| e.in_file(&path))?
         } else if let Some(src) = read_if_exists(&json_path)? {

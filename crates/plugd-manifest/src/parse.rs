@@ -1041,6 +1041,9 @@ fn limits(t: &Table<'_>) -> R<Limits> {
     })
 }
 
+/// The most calls a `limits.rate` window may count: the host keeps one timestamp per call.
+const MAX_RATE_CALLS: u32 = 100_000;
+
 /// `rate = { calls = 100, per = "60s" }`.
 fn rate(t: &Table<'_>) -> R<Option<Rate>> {
     let hint = "write `rate = { calls = 100, per = \"60s\" }`: at most 100 calls in any 60 seconds";
@@ -1054,6 +1057,12 @@ fn rate(t: &Table<'_>) -> R<Option<Rate>> {
     };
     if r.get("per").is_none() {
         return Err(r.missing("per").hint(hint));
+    }
+    if calls > MAX_RATE_CALLS {
+        return Err(Invalid::new(format!(
+            "`calls` in `limits.rate` is {calls}, more than the {MAX_RATE_CALLS} plugd counts per window"
+        ))
+        .hint("use a shorter `per` with fewer `calls`, like `{ calls = 1000, per = \"1s\" }`"));
     }
     let per = duration(&r, "per", Duration::from_secs(1))?;
     Ok(Some(Rate { calls, per }))

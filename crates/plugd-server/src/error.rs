@@ -31,6 +31,8 @@ pub struct ErrorExtra {
     pub problems: Vec<serde_json::Value>,
     /// Further items, one sentence each (a template's missing variables, ...).
     pub details: Vec<String>,
+    /// Seconds to send as `Retry-After` (a rate limit).
+    pub retry_after: Option<u64>,
 }
 
 /// One way a value breaks a schema, as the error body lists it.
@@ -90,7 +92,13 @@ impl IntoResponse for ApiError {
                 details: self.extra.as_ref().map_or(&[], |e| &e.details),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.extra.as_ref().and_then(|e| e.retry_after) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -111,7 +119,9 @@ impl From<HostError> for ApiError {
                 _ => StatusCode::BAD_REQUEST,
             },
             HostError::Invalid(_) => StatusCode::BAD_REQUEST,
-            HostError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            HostError::Overloaded(_) | HostError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             HostError::NotFound(_) => StatusCode::NOT_FOUND,
             HostError::Conflict(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,12 +144,22 @@ impl From<HostError> for ApiError {
                 .collect(),
             _ => Vec::new(),
         };
+        let extra = match &e {
+            HostError::RateLimited { retry_after, .. } => Some(Box::new(ErrorExtra {
+                // Whole seconds, rounded up: never invite a retry that is refused again.
+                retry_after: Some(
+                    retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                ),
+                ..Default::default()
+            })),
+            _ => None,
+        };
         ApiError {
             status,
             code: e.code().to_owned().into(),
             message,
             violations,
-            extra: None,
+            extra,
         }
     }
 }

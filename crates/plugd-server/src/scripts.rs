@@ -45,6 +45,7 @@ impl From<ScriptError> for ApiError {
                     .map(|p| serde_json::to_value(p).unwrap_or_default())
                     .collect(),
                 details: e.details,
+                retry_after: None,
             }));
         }
         api

@@ -144,8 +144,7 @@ pub(crate) fn scan(dir: &Path, copy_to: Option<&Path>) -> Result<Scan, TrustErro
         copy_to,
         files: Vec::new(),
         executables: BTreeSet::new(),
-        toml: None,
-        json: None,
+        manifests: Default::default(),
         signature: None,
         buf: vec![0; 64 * 1024],
     };
@@ -156,22 +155,25 @@ pub(crate) fn scan(dir: &Path, copy_to: Option<&Path>) -> Result<Scan, TrustErro
     let Walker {
         mut files,
         executables,
-        toml,
-        json,
+        mut manifests,
         signature,
         ..
     } = walker;
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    // `plugin.toml` wins when both exist, as in `plugd-manifest`; both are covered by the digest.
-    let manifest = match (toml, json) {
-        (Some(bytes), _) => (TOML_MANIFEST, bytes),
-        (None, Some(bytes)) => (JSON_MANIFEST, bytes),
-        (None, None) => {
-            return Err(TrustError::MissingManifest {
-                dir: dir.to_owned(),
-            });
-        }
-    };
+    // The first candidate present wins, in `plugd-manifest`'s order; all are covered by the
+    // digest. An `__init__.py` counts only when it sets `plugin_class` (an image-tool plugin).
+    let manifest = MANIFEST_FILES
+        .iter()
+        .find_map(|name| {
+            let bytes = manifests.remove(name)?;
+            if *name == INIT_MODULE && !crate::manifest::sets_plugin_class(&bytes) {
+                return None;
+            }
+            Some((*name, bytes))
+        })
+        .ok_or_else(|| TrustError::MissingManifest {
+            dir: dir.to_owned(),
+        })?;
     Ok(Scan {
         dir: dir.to_owned(),
         files,
@@ -186,8 +188,8 @@ struct Walker<'a> {
     copy_to: Option<&'a Path>,
     files: Vec<FileEntry>,
     executables: BTreeSet<String>,
-    toml: Option<Vec<u8>>,
-    json: Option<Vec<u8>>,
+    /// The top-level manifest candidates read, by file name.
+    manifests: std::collections::BTreeMap<&'static str, Vec<u8>>,
     signature: Option<Vec<u8>>,
     buf: Vec<u8>,
 }
@@ -196,10 +198,23 @@ struct Walker<'a> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kept {
     No,
-    Toml,
-    Json,
+    /// A manifest candidate (one of [`MANIFEST_FILES`]).
+    Manifest(&'static str),
     Signature,
 }
+
+/// The files a package's identity may come from, in order of precedence: plugd's own manifests,
+/// then the foreign ones `plugd-manifest` translates.
+const MANIFEST_FILES: [&str; 6] = [
+    TOML_MANIFEST,
+    JSON_MANIFEST,
+    "plugin.yaml",
+    "plugin.yml",
+    "manifest.json",
+    INIT_MODULE,
+];
+/// An image-tool plugin's module, which names no version and takes its name from its directory.
+pub(crate) const INIT_MODULE: &str = "__init__.py";
 
 impl Walker<'_> {
     /// Lists one directory (`rel` is package-relative, empty for the root); files are read at
@@ -251,9 +266,11 @@ impl Walker<'_> {
                 pending.push(child);
             } else if file_type.is_file() {
                 let kept = match (top, name) {
-                    (true, TOML_MANIFEST) => Kept::Toml,
-                    (true, JSON_MANIFEST) => Kept::Json,
                     (true, SIGNATURE_FILE) => Kept::Signature,
+                    (true, _) => MANIFEST_FILES
+                        .iter()
+                        .find(|m| **m == name)
+                        .map_or(Kept::No, |m| Kept::Manifest(m)),
                     _ => Kept::No,
                 };
                 self.file(child, kept)?;
@@ -330,8 +347,9 @@ impl Walker<'_> {
                 self.signature = Some(kept_bytes);
                 return Ok(());
             }
-            Kept::Toml => self.toml = Some(kept_bytes),
-            Kept::Json => self.json = Some(kept_bytes),
+            Kept::Manifest(name) => {
+                self.manifests.insert(name, kept_bytes);
+            }
             Kept::No => {}
         }
         self.files.push(FileEntry {

@@ -10,6 +10,7 @@ use std::path::Path;
 use semver::Version;
 use serde::Deserialize;
 
+use crate::digest::INIT_MODULE;
 use crate::error::TrustError;
 use crate::{JSON_MANIFEST, TOML_MANIFEST};
 
@@ -35,7 +36,12 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
-/// Reads name and version from the bytes of `plugin.toml` or `plugin.json` (`file_name`).
+/// Reads name and version from the bytes of the manifest `file_name`: `plugin.toml`,
+/// `plugin.json`, or a foreign one (`plugin.yaml`, `plugin.yml`, `manifest.json`, an
+/// image-tool `__init__.py`). A foreign name that is not a plugin name is mapped by the rule of
+/// `plugd_manifest::map_name` (the same code, kept here so that this crate stays apart), a
+/// short foreign version (`1.2`) is completed with zeros, and an image-tool plugin is named
+/// after its directory, version `0.0.0`.
 pub(crate) fn parse_identity(
     file_name: &str,
     bytes: &[u8],
@@ -46,36 +52,134 @@ pub(crate) fn parse_identity(
         reason,
     };
     let text = std::str::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text".into()))?;
-    let raw = if file_name == TOML_MANIFEST {
-        #[derive(Deserialize)]
-        struct TomlManifest {
-            plugin: RawIdentity,
+    let native = file_name == TOML_MANIFEST || file_name == JSON_MANIFEST;
+    let raw = match file_name {
+        TOML_MANIFEST => {
+            #[derive(Deserialize)]
+            struct TomlManifest {
+                plugin: RawIdentity,
+            }
+            toml::from_str::<TomlManifest>(text)
+                .map_err(|e| invalid(e.message().to_owned()))?
+                .plugin
         }
-        toml::from_str::<TomlManifest>(text)
-            .map_err(|e| invalid(e.message().to_owned()))?
-            .plugin
-    } else {
-        debug_assert_eq!(file_name, JSON_MANIFEST);
-        serde_json::from_str::<RawIdentity>(text).map_err(|e| invalid(e.to_string()))?
+        INIT_MODULE => {
+            let dir = path
+                .parent()
+                .and_then(Path::file_name)
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            RawIdentity {
+                name: dir.to_owned(),
+                version: "0.0.0".to_owned(),
+            }
+        }
+        "plugin.yaml" | "plugin.yml" => {
+            serde_norway::from_str::<RawIdentity>(text).map_err(|e| invalid(e.to_string()))?
+        }
+        _ => serde_json::from_str::<RawIdentity>(text).map_err(|e| invalid(e.to_string()))?,
     };
-    if !is_valid_name(&raw.name) {
+    // A foreign `plugin.json` (one with `class_path`, `execution_mode` or `entry_point`) maps
+    // its name like the other foreign manifests.
+    let foreign = !native
+        || (file_name == JSON_MANIFEST
+            && serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+                ["class_path", "execution_mode", "entry_point"]
+                    .iter()
+                    .any(|k| v.get(k).is_some())
+            }));
+    let name = if foreign {
+        map_name(&raw.name).ok_or_else(|| {
+            invalid(format!(
+                "`{}` has no letter or digit to make a plugin name from",
+                raw.name
+            ))
+        })?
+    } else {
+        raw.name
+    };
+    if !is_valid_name(&name) {
         return Err(invalid(format!(
-            "`{}` is not a valid plugin name (lower-case letters, digits, `_` and `-`, starting with a letter, at most 64)",
-            raw.name
+            "`{name}` is not a valid plugin name (lower-case letters, digits, `_` and `-`, starting with a letter, at most 64)"
         )));
     }
-    let version = Version::parse(&raw.version)
+    let version_text = if foreign {
+        complete_version(&raw.version)
+    } else {
+        raw.version.clone()
+    };
+    let version = Version::parse(&version_text)
         .map_err(|e| invalid(format!("`{}` is not a semver version: {e}", raw.version)))?;
-    Ok(Identity {
-        name: raw.name,
-        version,
+    Ok(Identity { name, version })
+}
+
+/// `plugd_manifest::map_name`'s rule: lower-case ASCII letters; each run of other characters
+/// outside `a-z0-9_-` becomes one `-`; leading and trailing `-`/`_` go; a leading digit gets
+/// `p-`; at most 64 characters.
+fn map_name(foreign: &str) -> Option<String> {
+    let mut out = String::with_capacity(foreign.len());
+    for c in foreign.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let trimmed = out.trim_matches(|c| c == '-' || c == '_');
+    let mut name = if trimmed.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("p-{trimmed}")
+    } else {
+        trimmed.to_owned()
+    };
+    name.truncate(64);
+    let name = name.trim_end_matches(['-', '_']).to_owned();
+    is_valid_name(&name).then_some(name)
+}
+
+/// `1` → `1.0.0`, `1.2` → `1.2.0`; anything else unchanged.
+fn complete_version(text: &str) -> String {
+    let parts: Vec<&str> = text.split('.').collect();
+    if (1..3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    {
+        format!("{text}{}", ".0".repeat(3 - parts.len()))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Whether module text assigns `plugin_class` at the top level (as `plugd-manifest` decides).
+pub(crate) fn sets_plugin_class(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| {
+        text.lines().any(|line| {
+            line.strip_prefix("plugin_class")
+                .is_some_and(|rest| rest.trim_start().starts_with('=') && !rest.contains("=="))
+        })
     })
 }
 
 #[derive(Deserialize)]
 struct RawIdentity {
     name: String,
+    #[serde(deserialize_with = "version_text")]
     version: String,
+}
+
+/// A version as text; YAML and JSON may write `1.2` or `1` as a number.
+fn version_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        N(serde_json::Number),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::N(n) => n.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -320,6 +320,16 @@ impl ParsedSignature {
         };
         let text =
             std::str::from_utf8(bytes).map_err(|_| malformed("it is not UTF-8 text".into()))?;
+        let trimmed = text.trim();
+        if !trimmed.is_empty()
+            && trimmed
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_'))
+        {
+            return Err(malformed(
+                "it is not a plugd signature but a single token, like the shared-key HMAC digest xcore writes; plugd verifies Ed25519 signatures only".into(),
+            ));
+        }
         let file: SignatureFile =
             toml::from_str(text).map_err(|e| malformed(e.message().trim_end().to_owned()))?;
         if file.format != FORMAT {
