@@ -21,7 +21,9 @@ use plugd_trust::{KeySource, Trust, TrustPolicy, TrustStore, stage_package};
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use crate::registry::{Generation, InFlight, PluginInfo, PluginState, Problem, Slot, TrustLevel};
+use crate::registry::{
+    FailCause, Generation, InFlight, PluginInfo, PluginState, Problem, Slot, TrustLevel,
+};
 use crate::services::PluginServices;
 use crate::supervision::{Swap, Trigger};
 use crate::telemetry::CallRecord;
@@ -158,7 +160,9 @@ impl Host {
                     let reason = format!(
                         "Plugin `{name}` cannot load because its dependency `{dep}` is uninstalled; hint: `plugd load {dep}` first"
                     );
-                    slot.inner.lock().fail(reason.clone());
+                    slot.inner
+                        .lock()
+                        .fail_because(reason.clone(), FailCause::Dependency);
                     slot.push_log(LogSource::Runtime, LogLevel::Error, &reason);
                 }
             }
@@ -620,7 +624,7 @@ impl Host {
             let running = {
                 let mut inner = oslot.inner.lock();
                 match inner.running() {
-                    Some(_) => inner.fail(reason.clone()),
+                    Some(_) => inner.fail_because(reason.clone(), FailCause::of(error)),
                     None => None,
                 }
             };
@@ -761,7 +765,10 @@ impl Host {
             let why = format!(
                 "Plugin `{dependant}` cannot load because `{name}`, which it depends on, failed: {reason}"
             );
-            let running = slot.inner.lock().fail(why.clone());
+            let running = slot
+                .inner
+                .lock()
+                .fail_because(why.clone(), FailCause::Dependency);
             slot.push_log(LogSource::Runtime, LogLevel::Error, &why);
             if let Some(generation) = running {
                 self.stop_generation(&slot, generation, &why).await;
@@ -1215,7 +1222,7 @@ impl Host {
                     }
                     inner.manifest = Some(Arc::new(manifest));
                     if let Some(error) = plan.resolution.failed().get(&name) {
-                        inner.fail(error.to_string());
+                        inner.fail_because(error.to_string(), FailCause::of(error));
                     } else {
                         inner.resolved();
                     }

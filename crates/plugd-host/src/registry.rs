@@ -218,8 +218,26 @@ pub(crate) enum Phase {
     Running(Arc<Generation>),
     Stopping,
     Stopped { reason: String },
-    Failed { reason: String },
+    Failed { reason: String, cause: FailCause },
     Uninstalled,
+}
+
+/// Why a plugin failed: its own load, or a dependency (missing, conflicting, cyclic, failed,
+/// uninstalled). [`crate::Host::get`] reports them as different errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailCause {
+    Load,
+    Dependency,
+}
+
+impl FailCause {
+    /// The cause of a resolution failure.
+    pub(crate) fn of(error: &plugd_resolve::ResolveError) -> FailCause {
+        match error {
+            plugd_resolve::ResolveError::Duplicate { .. } => FailCause::Load,
+            _ => FailCause::Dependency,
+        }
+    }
 }
 
 impl Phase {
@@ -238,7 +256,7 @@ impl Phase {
 
     pub(crate) fn reason(&self) -> Option<&str> {
         match self {
-            Phase::Stopped { reason } | Phase::Failed { reason } => Some(reason),
+            Phase::Stopped { reason } | Phase::Failed { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -353,7 +371,16 @@ impl SlotInner {
 
     /// Any state → Failed. Returns the generation that was running, which the caller stops.
     pub(crate) fn fail(&mut self, reason: String) -> Option<Arc<Generation>> {
-        match std::mem::replace(&mut self.phase, Phase::Failed { reason }) {
+        self.fail_because(reason, FailCause::Load)
+    }
+
+    /// → Failed for `cause`; returns the generation that was running, if any.
+    pub(crate) fn fail_because(
+        &mut self,
+        reason: String,
+        cause: FailCause,
+    ) -> Option<Arc<Generation>> {
+        match std::mem::replace(&mut self.phase, Phase::Failed { reason, cause }) {
             Phase::Running(generation) => Some(generation),
             _ => None,
         }

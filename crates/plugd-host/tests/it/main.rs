@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod pyenv;
+mod registry;
 mod trust;
 mod watch;
 mod work;
