@@ -58,6 +58,8 @@ pub(crate) struct PluginDto {
     pub supervision: SupervisionDto,
     /// The plugin's own HTTP side (`[http]`), if it has one.
     pub http: Option<HttpDto>,
+    /// A package written for another plugin system: which, and its own name.
+    pub foreign: Option<ForeignDto>,
 }
 
 /// Where a plugin's HTTP side is reached, and its last health check.
@@ -207,6 +209,30 @@ pub(crate) struct LimitsDto {
     pub cpu_ms: u128,
     pub call_timeout_ms: u128,
     pub concurrency: u32,
+    /// `limits.rate`, if any.
+    pub rate: Option<RateDto>,
+}
+
+/// At most `calls` calls in any window of `per_ms`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RateDto {
+    pub calls: u32,
+    pub per_ms: u128,
+}
+
+/// What a foreign manifest said about the package (see `docs/migrating.md`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ForeignDto {
+    /// `xcore`, `class-based` or `image-tool`.
+    pub dialect: &'static str,
+    /// The file it was read from (`plugin.yaml`, `plugin.json`, `manifest.json`, `__init__.py`).
+    pub file: &'static str,
+    /// The plugin's own name, as written (its plugd name is `name`).
+    pub original_name: String,
+    /// xcore's `execution_mode`, informational.
+    pub execution_mode: Option<String>,
+    /// Every field dropped or changed by the translation.
+    pub changes: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -247,9 +273,21 @@ impl From<PluginInfo> for PluginDto {
             health_path: h.health.clone(),
             health: None,
         });
+        let foreign = m.and_then(|m| m.foreign.as_ref()).map(|f| ForeignDto {
+            dialect: f.dialect.label(),
+            file: f.file,
+            original_name: f.original_name.clone(),
+            execution_mode: f.execution_mode.clone(),
+            changes: f
+                .changes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.note))
+                .collect(),
+        });
         PluginDto {
             supervision,
             http,
+            foreign,
             name: p.name.to_string(),
             version: m.map(|m| m.version.to_string()),
             description: m.map(|m| m.description.clone()),
@@ -297,6 +335,10 @@ impl From<PluginInfo> for PluginDto {
                 cpu_ms: l.cpu.as_millis(),
                 call_timeout_ms: l.call_timeout.as_millis(),
                 concurrency: l.concurrency,
+                rate: l.rate.map(|r| RateDto {
+                    calls: r.calls,
+                    per_ms: r.per.as_millis(),
+                }),
             }),
             pid: p.pid,
             trust: p.trust.as_ref().map(|t| match t {

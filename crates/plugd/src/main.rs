@@ -9,6 +9,7 @@ mod doctor;
 mod events;
 mod lock;
 mod logs;
+mod migrate;
 mod new;
 mod output;
 mod paths;
@@ -312,6 +313,26 @@ enum Command {
         /// Replace existing key files.
         #[arg(long)]
         force: bool,
+    },
+    /// Convert a package written for another plugin system (xcore `plugin.yaml`/`plugin.json`,
+    /// a class-based `plugin.json`/`manifest.json`, an image-tool `__init__.py`) into a native
+    /// `plugin.toml` package, listing every field dropped or changed.
+    ///
+    /// Without `--to` the package is converted in place (its foreign manifest is kept as
+    /// `FILE.orig`); with it, the package is copied to OUT first. The code is not changed.
+    #[command(after_help = "Examples:
+  plugd migrate plugins/notes                         Convert in place
+  plugd migrate old/notes --to plugins/notes          Convert a copy
+  plugd migrate old/notes --to plugins/notes --sign ~/.plugd/key   ... and sign it")]
+    Migrate {
+        /// The package directory.
+        dir: PathBuf,
+        /// Write the converted package here (a new or empty directory) instead of in place.
+        #[arg(long, value_name = "OUT")]
+        to: Option<PathBuf>,
+        /// Sign the converted package with this secret key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
     /// Sign a plugin package directory (writes `plugin.sig` beside the manifest).
     Sign {
@@ -910,6 +931,9 @@ fn run(cli: Cli, paths: paths::Paths) -> anyhow::Result<ExitCode> {
         Command::Lock { dir, python } => lock::run(dir, &python, &paths, cli.json),
         Command::Keygen { out, force } => trust::keygen(&out, force, cli.json),
         Command::Sign { dir, key } => trust::sign(&dir, &key, cli.json),
+        Command::Migrate { dir, to, sign } => {
+            migrate::migrate(&dir, to.as_deref(), sign.as_deref(), cli.json)
+        }
         Command::Verify { dir, key, strict } => {
             trust::verify(&dir, key.as_deref(), trust_dir, strict, cli.json)
         }

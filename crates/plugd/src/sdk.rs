@@ -40,6 +40,30 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/python/src/plugd/script.py"),
     ),
     (
+        "compat/__init__.py",
+        include_str!("../../../sdk/python/src/plugd/compat/__init__.py"),
+    ),
+    (
+        "compat/__main__.py",
+        include_str!("../../../sdk/python/src/plugd/compat/__main__.py"),
+    ),
+    (
+        "compat/_common.py",
+        include_str!("../../../sdk/python/src/plugd/compat/_common.py"),
+    ),
+    (
+        "compat/classic.py",
+        include_str!("../../../sdk/python/src/plugd/compat/classic.py"),
+    ),
+    (
+        "compat/panoptic.py",
+        include_str!("../../../sdk/python/src/plugd/compat/panoptic.py"),
+    ),
+    (
+        "compat/xcore.py",
+        include_str!("../../../sdk/python/src/plugd/compat/xcore.py"),
+    ),
+    (
         "py.typed",
         include_str!("../../../sdk/python/src/plugd/py.typed"),
     ),
@@ -52,6 +76,9 @@ pub(crate) fn install(state_dir: &Path) -> anyhow::Result<PathBuf> {
     let root = state_dir.join("sdk/python");
     let pkg = root.join("plugd");
     std::fs::create_dir_all(&pkg).with_context(|| format!("Cannot create `{}`", pkg.display()))?;
+    let compat = pkg.join("compat");
+    std::fs::create_dir_all(&compat)
+        .with_context(|| format!("Cannot create `{}`", compat.display()))?;
     for (name, text) in FILES {
         let path = pkg.join(name);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(*text) {
@@ -60,8 +87,37 @@ pub(crate) fn install(state_dir: &Path) -> anyhow::Result<PathBuf> {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
     }
-    for dir in [state_dir, &state_dir.join("sdk"), &root, &pkg] {
+    for dir in [state_dir, &state_dir.join("sdk"), &root, &pkg, &compat] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(root.canonicalize()?)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every module of the SDK's source tree is shipped: a file added there and forgotten here
+    /// would be missing only in installed hosts.
+    #[test]
+    fn every_sdk_module_is_shipped() {
+        let src =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python/src/plugd");
+        let mut on_disk = Vec::new();
+        for sub in ["", "compat"] {
+            for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                if path.is_file() && (name.ends_with(".py") || name == "py.typed") {
+                    on_disk.push(if sub.is_empty() {
+                        name
+                    } else {
+                        format!("{sub}/{name}")
+                    });
+                }
+            }
+        }
+        on_disk.sort();
+        let mut shipped: Vec<String> = super::FILES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        shipped.sort();
+        assert_eq!(shipped, on_disk);
+    }
 }

@@ -653,10 +653,10 @@ async fn manifest_warnings_are_in_the_api() {
     let plugins = tmp.path().join("plugins");
     let dir = plugins.join("legacy");
     std::fs::create_dir_all(&dir).unwrap();
-    // A seed-style `plugin.json`: `class_path` is ignored and the entry defaulted, with warnings.
+    // A seed-style `plugin.json`: the entry is defaulted, with a warning.
     std::fs::write(
         dir.join("plugin.json"),
-        r#"{"name": "legacy", "version": "1.0.0", "class_path": "plugins.legacy.Plugin"}"#,
+        r#"{"name": "legacy", "version": "1.0.0"}"#,
     )
     .unwrap();
     std::fs::write(dir.join("main.py"), PING_PY).unwrap();
@@ -674,10 +674,8 @@ async fn manifest_warnings_are_in_the_api() {
         plugins,
         _tmp: tmp,
     };
-    let expected = json!([
-        "`class_path` is ignored: plugd runs plugins as processes or wasm; hint: set `entry`",
-        "No `entry` given; running `python3 main.py` as the seed did; hint: set `entry`",
-    ]);
+    let expected =
+        json!(["No `entry` given; running `python3 main.py` as the seed did; hint: set `entry`",]);
     let legacy = t.check("GET", "/api/v1/plugins/legacy", "", "200").await;
     assert_eq!(legacy["warnings"], expected, "{legacy}");
     let list = t.check("GET", "/api/v1/plugins", "", "200").await;

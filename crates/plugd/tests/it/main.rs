@@ -19,6 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 mod auth;
+mod compat;
 mod config;
 mod durable;
 mod durable_work;

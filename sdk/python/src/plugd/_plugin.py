@@ -28,6 +28,7 @@ import concurrent.futures
 import contextvars
 import dataclasses
 import enum
+import functools
 import inspect
 import json
 import logging
@@ -361,6 +362,7 @@ class Plugin:
         self._env_cache: Dict[str, Optional[str]] = {}
 
         self._actions: Dict[str, _Action] = {}
+        self._fallback: Optional[_Action] = None  # `fallback`: serves the actions not registered
         self._subscriptions: List[_Subscription] = []
         self._params_handler: Optional[Tuple[Callable[..., Any], bool]] = None
         self._start_hooks: List[_Hook] = []
@@ -446,6 +448,36 @@ class Plugin:
             return fn
 
         return register
+
+    def fallback(self, fn: Any = None, *, eager: Optional[bool] = None) -> Any:
+        """Registers the catch-all handler ``(action, payload)`` (`async def` or plain `def`) that
+        serves every call whose action is not registered with `action`, instead of the error
+        -32001 (unknown action); its return value (or exception) is the answer, as for an action.
+
+        For plugins whose actions are only known at run time (the `plugd.compat` runners). The
+        host sends a process plugin only the actions its `hello` announced, unless it announced
+        none: a fallback is reached through the host when the plugin registers no `action` at
+        all. The payload is not validated; ``eager`` is as in `action`. A plugin has at most
+        one fallback.
+        """
+        if fn is None:
+            return lambda f: self.fallback(f, eager=eager)  # used as `@plugin.fallback()`
+        if not callable(fn):
+            raise TypeError(f"`plugin.fallback` takes a function, not {type(fn).__name__}")
+        if self._fallback is not None:
+            raise ValueError("A fallback is registered twice; hint: dispatch every unregistered "
+                             "action from one function")
+        self._fallback = _Action(
+            name="*",
+            description="",
+            fn=fn,
+            is_async=inspect.iscoroutinefunction(fn),
+            validate=None,
+            eager=self._eager if eager is None else bool(eager),
+        )
+        if eager is None and _needs_task(fn):
+            self._fallback.eager = self._eager and _NATIVE_EAGER
+        return fn
 
     def on_event(self, *topics: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Registers a handler ``(topic, payload)`` for events on the given topics.
@@ -1149,8 +1181,13 @@ class Plugin:
         name = params["action"]
         action = self._actions.get(name)
         if action is None:
-            self._send_error(id_, UNKNOWN_ACTION, f"Unknown action `{name}`", {"action": name})
-            return
+            if self._fallback is None:
+                self._send_error(id_, UNKNOWN_ACTION, f"Unknown action `{name}`",
+                                 {"action": name})
+                return
+            # The fallback is called `(action, payload)`: bind the name, the rest is an action's.
+            action = dataclasses.replace(self._fallback, name=name,
+                                         fn=functools.partial(self._fallback.fn, name))
         if self._shutting_down:
             self._send_error(id_, ACTION_FAILED, "The plugin is shutting down",
                              {"type": "ShuttingDown"})
