@@ -15,6 +15,9 @@
 //! - `scripts`: the script manager (issue 14): a confined no-op run (request to recorded
 //!   result, in-process) next to `python3 -c pass`, with a 3-package environment, 4 at once, and
 //!   `plugd script run` end to end;
+//! - `compat`: foreign plugins (issue 16): discovery and start of 100 xcore and 100
+//!   class-based Python plugins next to 100 native ones, with per-plugin load p50/p99 from the
+//!   host's own load-duration metric;
 //! - `ws-echo URL...`: WebSocket echo round trips (issue 13), e.g. through plugd's proxy and
 //!   straight to the app;
 //! - `rewrite DIR`: rewrites a package every so often, for `run.sh` to run beside `wrk`;
@@ -22,6 +25,7 @@
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
 //! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
 
+mod compat;
 mod echo;
 mod fake_child;
 mod latency;
@@ -57,6 +61,7 @@ Usage:
                    [--durability process|full]
   plugd-bench reload [--repo DIR] [--swaps N] [--interval-ms MS] [--dir DIR]
                      [--cases python,wasm]
+  plugd-bench compat [--repo DIR] [--plugins N] [--rounds N] [--dir DIR]
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
   plugd-bench scripts [--repo DIR] [-n RUNS] [--warmup RUNS] [--rounds N] [--dir DIR]
                       [--cases bare,server,server-env3,concurrent,cli,kernel]
@@ -128,6 +133,22 @@ fn run() -> anyhow::Result<ExitCode> {
             // On a worker, like an axum handler: `block_on`'s own thread does not drive I/O, so
             // every wake-up would cost a cross-thread hand-off that real callers do not pay.
             runtime.block_on(async { tokio::spawn(latency::run(config)).await? })?;
+        }
+        "compat" => {
+            let config = compat::Config {
+                repo: args
+                    .value("--repo")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_repo),
+                plugins: args.parsed("--plugins")?.unwrap_or(100),
+                rounds: args.parsed("--rounds")?.unwrap_or(3),
+                dir: args.value("--dir")?.map(PathBuf::from),
+            };
+            args.finish()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { tokio::spawn(compat::run(config)).await? })?;
         }
         "wasm" => {
             let config = wasm::Config {
