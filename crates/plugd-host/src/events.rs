@@ -158,8 +158,13 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
+    /// Whether the subscriber gets `topic`: `*` is every topic but the host's own (`plugd.*`),
+    /// which a plugin gets only by subscribing to them by name (and only when trusted).
     fn matches(&self, topic: &str) -> bool {
-        self.patterns.read().iter().any(|p| topic_matches(p, topic))
+        self.patterns
+            .read()
+            .iter()
+            .any(|p| subscription_matches(p, topic))
     }
 
     pub(crate) fn info(&self) -> SubscriberInfo {
@@ -731,6 +736,15 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Whether a plugin's subscription pattern matches a topic: as [`topic_matches`], except that
+/// `*` leaves out the host's own topics (`plugd.*`). The store's subscription filter agrees.
+pub(crate) fn subscription_matches(pattern: &str, topic: &str) -> bool {
+    if pattern == "*" {
+        return !topic.starts_with("plugd.");
+    }
+    topic_matches(pattern, topic)
+}
+
 /// Whether a subscription pattern (an exact topic, `prefix.*`, or `*`) matches a topic.
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
     match pattern.strip_suffix(".*") {
@@ -745,7 +759,18 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_topic, topic_matches};
+    use super::{check_topic, subscription_matches, topic_matches};
+
+    #[test]
+    fn a_star_subscription_leaves_out_the_hosts_own_topics() {
+        assert!(subscription_matches("*", "image.imported"));
+        assert!(!subscription_matches("*", "plugd.plugin.reload_failed"));
+        assert!(subscription_matches(
+            "plugd.*",
+            "plugd.plugin.reload_failed"
+        ));
+        assert!(topic_matches("*", "plugd.plugin.reload_failed"));
+    }
 
     #[test]
     fn topic_patterns() {

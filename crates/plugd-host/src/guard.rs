@@ -2,7 +2,7 @@
 //! name with a typed error saying why it is not there, and [`PluginGuard`], a plugin started
 //! for the length of a scope.
 
-use plugd_manifest::PluginKind;
+use plugd_manifest::{PluginKind, PluginName};
 use plugd_runtime::Outcome;
 use serde_json::value::RawValue;
 
@@ -86,10 +86,15 @@ impl Host {
         }
     }
 
-    /// Loads `name` (and its dependencies) and returns a guard that keeps it running until the
-    /// guard is stopped or dropped. The error says why it could not start, as [`Host::get`].
+    /// Loads `name` (and its dependencies) and returns a guard that keeps it running while it
+    /// lives. The error says why it could not start, as [`Host::get`].
+    ///
+    /// Guards count: the plugin is unloaded when the last guard of it ends, and only if a guard
+    /// started it (a plugin that ran before its first guard keeps running). Unloading it stops
+    /// the plugins that depend on it too, as [`Host::unload`] does.
     pub async fn guard(&self, name: &str) -> Result<PluginGuard, RegistryError> {
-        if let Err(e) = self.load(name).await {
+        let was_running = self.get(name).is_ok();
+        if !was_running && let Err(e) = self.load(name).await {
             return Err(match self.get(name) {
                 Err(typed) => typed,
                 // The load failed, but the plugin runs: another caller started it meanwhile.
@@ -100,37 +105,67 @@ impl Host {
             });
         }
         let info = self.get(name)?;
+        self.inner
+            .guards
+            .lock()
+            .entry(info.name.clone())
+            .and_modify(|held| held.count += 1)
+            .or_insert(Held {
+                count: 1,
+                started: !was_running,
+            });
         Ok(PluginGuard {
-            host: self.clone(),
-            info,
-            stopped: false,
+            plugin: GuardedPlugin {
+                host: self.clone(),
+                info,
+            },
+            released: false,
         })
     }
 
-    /// Runs `body` with `name` started, and stops it when `body` ends (whatever its outcome).
+    /// Runs `body` with `name` held by a guard (started if it was not running), and releases
+    /// the guard when `body` ends, whatever its outcome. `body` gets the plugin by value.
     pub async fn with_plugin<T, F, Fut>(&self, name: &str, body: F) -> Result<T, RegistryError>
     where
-        F: FnOnce(&PluginGuard) -> Fut,
+        F: FnOnce(GuardedPlugin) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
         let guard = self.guard(name).await?;
-        let out = body(&guard).await;
+        let out = body(guard.plugin.clone()).await;
         guard.stop().await;
         Ok(out)
     }
+
+    /// One guard of `name` ended: whether the plugin must be unloaded now.
+    fn release(&self, name: &PluginName) -> bool {
+        let mut guards = self.inner.guards.lock();
+        let Some(held) = guards.get_mut(name) else {
+            return false;
+        };
+        held.count -= 1;
+        if held.count > 0 {
+            return false;
+        }
+        guards.remove(name).is_some_and(|held| held.started)
+    }
 }
 
-/// A plugin started for the length of a scope (RAII): [`Host::guard`] starts it,
-/// [`PluginGuard::stop`] stops it, and dropping the guard without `stop` stops it in the
-/// background (`Drop` cannot await, so it spawns the unload on the current Tokio runtime).
-#[must_use = "dropping the guard stops the plugin"]
-pub struct PluginGuard {
+/// How a plugin is held by guards.
+#[derive(Debug)]
+pub(crate) struct Held {
+    count: usize,
+    /// A guard started it: the last guard unloads it.
+    started: bool,
+}
+
+/// A plugin as a guard holds it: its info when the guard was made, and calls.
+#[derive(Clone)]
+pub struct GuardedPlugin {
     host: Host,
     info: PluginInfo,
-    stopped: bool,
 }
 
-impl PluginGuard {
+impl GuardedPlugin {
     /// The plugin as it was when the guard was made.
     pub fn info(&self) -> &PluginInfo {
         &self.info
@@ -142,23 +177,49 @@ impl PluginGuard {
             .call(self.info.name.as_str(), action, payload)
             .await
     }
+}
 
-    /// Stops the plugin (and the plugins that depend on it) and waits for it to be stopped.
+/// A plugin held running for the length of a scope (RAII): [`Host::guard`] starts it if needed,
+/// [`PluginGuard::stop`] releases it, and dropping the guard releases it too (`Drop` cannot
+/// await, so the unload, when due, is spawned on the current Tokio runtime).
+#[must_use = "dropping the guard releases the plugin"]
+pub struct PluginGuard {
+    plugin: GuardedPlugin,
+    released: bool,
+}
+
+impl std::ops::Deref for PluginGuard {
+    type Target = GuardedPlugin;
+
+    fn deref(&self) -> &GuardedPlugin {
+        &self.plugin
+    }
+}
+
+impl PluginGuard {
+    /// Releases the guard and, when it was the last one of a plugin a guard started, unloads the
+    /// plugin (and its dependants) and waits until it stopped.
     pub async fn stop(mut self) {
-        self.stopped = true;
-        if let Err(e) = self.host.unload(self.info.name.as_str()).await {
-            tracing::warn!(plugin = %self.info.name, "stopping a guarded plugin failed: {e}");
+        self.released = true;
+        let GuardedPlugin { host, info } = &self.plugin;
+        if host.release(&info.name)
+            && let Err(e) = host.unload(info.name.as_str()).await
+        {
+            tracing::warn!(plugin = %info.name, "stopping a guarded plugin failed: {e}");
         }
     }
 }
 
 impl Drop for PluginGuard {
     fn drop(&mut self) {
-        if self.stopped {
+        if self.released {
             return;
         }
-        let host = self.host.clone();
-        let name = self.info.name.clone();
+        let GuardedPlugin { host, info } = &self.plugin;
+        if !host.release(&info.name) {
+            return;
+        }
+        let (host, name) = (host.clone(), info.name.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {

@@ -47,7 +47,7 @@ pub use events::{
     EventRecord, MAX_EVENT_PAYLOAD, MAX_HOPS, Published, SubscriberInfo, topic_matches,
 };
 pub use gc::Collected;
-pub use guard::{PluginGuard, RegistryError};
+pub use guard::{GuardedPlugin, PluginGuard, RegistryError};
 pub use http::{HttpEndpoint, HttpRoute, MAX_SOCKET_PATH};
 pub use kv::{MAX_COMMIT_OPS, MAX_KEY, MAX_PAGE, MAX_VALUE};
 pub use lifecycle::{CallOptions, Unloaded};

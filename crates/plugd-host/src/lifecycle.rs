@@ -46,6 +46,8 @@ pub(crate) struct HostInner {
     pub board: crate::tasks::Board,
     /// Whether the retention purge runs.
     pub purging: std::sync::atomic::AtomicBool,
+    /// Plugins held by `PluginGuard`s: how many guards, and whether they started it.
+    pub guards: parking_lot::Mutex<HashMap<PluginName, crate::guard::Held>>,
 }
 
 impl HostInner {
@@ -56,6 +58,7 @@ impl HostInner {
         store: Option<plugd_store::Store>,
     ) -> Arc<Self> {
         Arc::new(HostInner {
+            guards: Default::default(),
             config,
             runtimes,
             app_services,

@@ -34,6 +34,9 @@ pub const CLASS_MANIFEST: &str = "manifest.json";
 /// `__init__.py` exporting `plugin_class`: an image-tool plugin.
 pub const INIT_MODULE: &str = "__init__.py";
 
+/// The largest foreign manifest read (1 MiB, as `plugd-trust` keeps in memory).
+const MAX_MANIFEST: u64 = 1 << 20;
+
 /// Which foreign system a package was written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -117,6 +120,19 @@ pub fn map_name(foreign: &str) -> Option<PluginName> {
     PluginName::new(name).ok()
 }
 
+/// Refuses text with control characters (a newline, an escape sequence): a name is shown in
+/// terminals, logs and the `plugin.toml` that `plugd migrate` writes.
+fn check_printable(text: &str, what: &str, file: &str) -> Result<(), Invalid> {
+    if text.chars().any(char::is_control) {
+        return Err(Invalid::new(format!(
+            "{what} `{}` in `{file}` contains a control character",
+            text.escape_debug()
+        ))
+        .hint("use a name of printable characters"));
+    }
+    Ok(())
+}
+
 /// Reads a foreign version: semver, or a short `1` / `1.2` completed with zeros (a change).
 fn version(text: &str, changes: &mut Vec<Change>) -> Result<Version, Invalid> {
     if let Ok(v) = Version::parse(text) {
@@ -151,7 +167,7 @@ pub fn detect(dir: &Path) -> Option<(Dialect, &'static str)> {
     if dir.join(crate::TOML_MANIFEST).is_file() {
         return None;
     }
-    if let Ok(text) = std::fs::read_to_string(dir.join(crate::JSON_MANIFEST)) {
+    if let Some(text) = read_small(&dir.join(crate::JSON_MANIFEST)) {
         return json_dialect(&text).map(|d| (d, crate::JSON_MANIFEST));
     }
     for file in [YAML_MANIFEST, YML_MANIFEST] {
@@ -162,10 +178,20 @@ pub fn detect(dir: &Path) -> Option<(Dialect, &'static str)> {
     if dir.join(CLASS_MANIFEST).is_file() {
         return Some((Dialect::ClassBased, CLASS_MANIFEST));
     }
-    match std::fs::read_to_string(dir.join(INIT_MODULE)) {
-        Ok(text) if sets_plugin_class(&text) => Some((Dialect::ImageTool, INIT_MODULE)),
+    match read_small(&dir.join(INIT_MODULE)) {
+        Some(text) if sets_plugin_class(&text) => Some((Dialect::ImageTool, INIT_MODULE)),
         _ => None,
     }
+}
+
+/// A file's text, when it is a regular file of at most [`MAX_MANIFEST`] bytes (detection never
+/// reads more; an oversized manifest is refused with its size by [`read`]).
+fn read_small(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_MANIFEST {
+        return None;
+    }
+    std::fs::read_to_string(path).ok()
 }
 
 /// Whether the directory holds something plugd reads as a plugin package, native or foreign.
@@ -215,10 +241,21 @@ pub(crate) fn read(
     let root = if dialect == Dialect::ImageTool {
         Map::new()
     } else {
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+        let read = |source| ManifestError::Read {
             path: path.clone(),
             source,
-        })?;
+        };
+        let size = std::fs::metadata(&path).map_err(read)?.len();
+        if size > MAX_MANIFEST {
+            return Err(ManifestError::from(
+                Invalid::new(format!(
+                    "The manifest is {size} bytes, more than the {MAX_MANIFEST} plugd reads"
+                ))
+                .hint("a manifest describes the plugin; keep data in the package's files"),
+            )
+            .in_file(&path));
+        }
+        let text = std::fs::read_to_string(&path).map_err(read)?;
         parse_text(&text, file).map_err(|e| e.in_file(&path))?
     };
     let checked = if dialect == Dialect::ImageTool {
@@ -254,7 +291,10 @@ pub(crate) fn translate(
 }
 
 fn yaml_object(text: &str) -> Result<Map<String, Value>, ManifestError> {
-    let value: Value = serde_norway::from_str(text).map_err(|e| {
+    use serde::de::DeserializeSeed;
+    let budget = std::cell::Cell::new(MAX_YAML_NODES);
+    let parsed = Budgeted(&budget).deserialize(serde_norway::Deserializer::from_str(text));
+    let value: Value = parsed.map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // The location is reported by the error itself; keep the message alone.
@@ -278,6 +318,104 @@ fn yaml_object(text: &str) -> Result<Map<String, Value>, ManifestError> {
         ))
         .hint("write `name: ...`, `version: ...` at the top level")
         .into()),
+    }
+}
+
+/// The most values a foreign YAML manifest may hold once its aliases are expanded. Aliases
+/// replay their anchor's nodes, so a few kilobytes of `*a` references can stand for billions
+/// of values; counting while building stops such a file early, in bounded memory.
+const MAX_YAML_NODES: usize = 100_000;
+
+/// Deserializes a [`Value`] while counting its nodes against a budget.
+#[derive(Clone, Copy)]
+struct Budgeted<'a>(&'a std::cell::Cell<usize>);
+
+impl Budgeted<'_> {
+    fn spend<E: serde::de::Error>(self) -> Result<(), E> {
+        let left = self.0.get();
+        if left == 0 {
+            return Err(E::custom(format!(
+                "more than {MAX_YAML_NODES} values once its aliases are expanded"
+            )));
+        }
+        self.0.set(left - 1);
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Budgeted<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Budgeted<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a YAML value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.spend()?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.spend()?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.spend()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.spend()?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(self)? {
+            let key = match key {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            out.insert(key, map.next_value_seed(self)?);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -333,6 +471,12 @@ impl<'a> Source<'a> {
     /// `version`, as text: YAML and JSON may write `1.2` as a number.
     fn version_text(&self) -> Result<String, Invalid> {
         match self.map.get("version") {
+            // `1.10` unquoted is the number 1.1: refused rather than read as another version.
+            Some(Value::Number(n)) if n.is_f64() => Err(Invalid::new(format!(
+                "Key `version` in `{}` is the number `{n}`, not a version",
+                self.file
+            ))
+            .hint("write the version in quotes, like `version: \"1.10.0\"`")),
             Some(Value::Number(n)) => Ok(n.to_string()),
             _ => self.required("version").map(str::to_owned),
         }
@@ -348,6 +492,7 @@ impl<'a> Source<'a> {
     /// The name, mapped onto a plugd name when it is not one.
     fn name(&mut self) -> Result<(String, PluginName), Invalid> {
         let original = self.required("name")?.to_owned();
+        check_printable(&original, "Plugin name", self.file)?;
         let mapped = map_name(&original).ok_or_else(|| {
             Invalid::new(format!(
                 "Plugin name `{original}` in `{}` has no letter or digit to make a plugd name from",
@@ -373,7 +518,11 @@ impl<'a> Source<'a> {
             .cloned()
             .collect();
         for key in unknown {
-            self.change(key, "unknown key, kept in the file and not used");
+            // The key is the package's text: shown escaped, never as terminal control codes.
+            self.change(
+                key.escape_debug().to_string(),
+                "unknown key, kept in the file and not used",
+            );
         }
     }
 
@@ -540,6 +689,12 @@ fn xcore(
         .string("entry_point")?
         .unwrap_or("src/main.py")
         .to_owned();
+    if entry.split('/').next() == Some("data") {
+        return Err(Invalid::new(format!(
+            "`entry_point` `{entry}` in `{file}` is under `data/`, which is the plugin's writable data dir at run time"
+        ))
+        .hint("keep code out of `data/`, like `src/main.py`: plugd runs only code from the signed package"));
+    }
     if entry.starts_with('/') || entry.split('/').any(|c| c == "..") || !entry.ends_with(".py") {
         return Err(Invalid::new(format!(
             "`entry_point` `{entry}` in `{file}` must be a `.py` file inside the package"
@@ -646,11 +801,12 @@ fn positive(file: &str, key: &str, value: &Value) -> Result<f64, Invalid> {
     }
 }
 
+/// Seconds as a duration string; a fraction is rounded up to whole milliseconds (never `0ms`).
 fn seconds(n: f64) -> String {
     if n.fract() == 0.0 {
         format!("{n:.0}s")
     } else {
-        format!("{}ms", (n * 1000.0).round())
+        format!("{}ms", (n * 1000.0).ceil().max(1.0))
     }
 }
 
@@ -696,14 +852,15 @@ fn xcore_resources(
                 let calls = value
                     .get("calls")
                     .and_then(Value::as_u64)
-                    .filter(|c| *c >= 1 && *c <= u64::from(u32::MAX));
+                    .filter(|c| (1..=u64::from(crate::parse::MAX_RATE_CALLS)).contains(c));
                 let period = value
                     .get("period_seconds")
                     .and_then(Value::as_f64)
                     .filter(|p| *p > 0.0 && p.is_finite());
                 let (Some(calls), Some(period)) = (calls, period) else {
                     return Err(Invalid::new(format!(
-                        "`resources.rate_limit` in `{file}` needs `calls` (a whole number, at least 1) and `period_seconds` (more than 0)"
+                        "`resources.rate_limit` in `{file}` needs `calls` (a whole number from 1 to {}) and `period_seconds` (more than 0)",
+                        crate::parse::MAX_RATE_CALLS
                     ))
                     .hint("write `rate_limit: {calls: 100, period_seconds: 60}`"));
                 };
@@ -779,7 +936,7 @@ fn xcore_env(src: &mut Source<'_>) -> Result<(Map<String, Value>, Vec<String>), 
         src.change(
             "env",
             format!(
-                "`${{...}}` reads host variables through plugd's env policy: {} (listed in `permissions.env`; an unsigned plugin gets none, a signed one those the operator allows)",
+                "`${{...}}` reads host variables through plugd's env policy: {} (listed in `permissions.env`; an unsigned plugin gets none, a package signed by a trusted key gets them)",
                 names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
             ),
         );
@@ -852,6 +1009,22 @@ fn xcore_filesystem(
     Ok(())
 }
 
+/// Keys only plugd's own `plugin.json` has.
+const NATIVE_ONLY_KEYS: &[&str] = &[
+    "schema",
+    "runtime",
+    "entry",
+    "authors",
+    "kind",
+    "permissions",
+    "limits",
+    "params",
+    "actions",
+    "events",
+    "python",
+    "http",
+];
+
 const CLASS_KEYS: &[&str] = &[
     "class_path",
     "name",
@@ -871,6 +1044,14 @@ fn class_based(
         file,
         changes: Vec::new(),
     };
+    // plugd's own keys beside `class_path`: a native manifest with a leftover seed key, whose
+    // entry and permissions would be dropped. Refused rather than guessed.
+    if let Some(native) = NATIVE_ONLY_KEYS.iter().find(|k| root.contains_key(**k)) {
+        return Err(Invalid::new(format!(
+            "`{file}` has `class_path`, which makes it a class-based manifest, and plugd's own key `{native}`"
+        ))
+        .hint("remove `class_path` to keep plugd's form, or remove the plugd keys to run it as a class-based plugin"));
+    }
     let class_path = src.required("class_path")?.to_owned();
     let parts: Vec<&str> = class_path.split('.').collect();
     let identifier = |s: &str| {
@@ -885,6 +1066,12 @@ fn class_based(
         )));
     }
     let (module, class) = (parts[parts.len() - 2], parts[parts.len() - 1]);
+    if module == "data" {
+        return Err(Invalid::new(format!(
+            "`class_path` `{class_path}` in `{file}` names the module `data`, which is the plugin's writable data dir at run time"
+        ))
+        .hint("move the class into a module of the package, like `plugin.py`"));
+    }
     if !dir.as_os_str().is_empty()
         && !dir.join(format!("{module}.py")).is_file()
         && !dir.join(module).join(INIT_MODULE).is_file()
@@ -914,6 +1101,7 @@ fn class_based(
         "version": version.to_string(),
         "description": description,
         "author": author.clone().unwrap_or_default(),
+        "dependencies": dependencies.keys().collect::<Vec<_>>(),
     });
     src.change(
         "events",
@@ -947,12 +1135,15 @@ fn class_based(
 }
 
 fn image_tool(dir: &Path) -> Result<(Map<String, Value>, Foreign), Invalid> {
-    let original = dir
+    // `.` or `pkg/..` name no directory: the name is that of the directory they lead to.
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let original = canonical
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_owned();
     let mut changes = Vec::new();
+    check_printable(&original, "The directory name", INIT_MODULE)?;
     let name = map_name(&original).ok_or_else(|| {
         Invalid::new(format!(
             "The directory name `{original}` has no letter or digit to make a plugin name from"

@@ -575,7 +575,11 @@ impl Reader {
                         .hint("set it to the command that starts the plugin, like `[\"python3\", \"main.py\"]`"));
                 };
                 check_program(program)?;
-                for arg in args {
+                // The compatibility runner's one argument is its JSON configuration, not a
+                // path (it checks the paths inside itself).
+                let runner =
+                    matches!(args, [m, module, _] if m == "-m" && module == "plugd.compat");
+                for arg in args.iter().take(if runner { 2 } else { args.len() }) {
                     check_inside(arg, "Entry argument")?;
                 }
                 Ok(argv)
@@ -1042,7 +1046,7 @@ fn limits(t: &Table<'_>) -> R<Limits> {
 }
 
 /// The most calls a `limits.rate` window may count: the host keeps one timestamp per call.
-const MAX_RATE_CALLS: u32 = 100_000;
+pub(crate) const MAX_RATE_CALLS: u32 = 100_000;
 
 /// `rate = { calls = 100, per = "60s" }`.
 fn rate(t: &Table<'_>) -> R<Option<Rate>> {

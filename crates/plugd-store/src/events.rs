@@ -156,7 +156,8 @@ fn subscription_filter(plugin: &str, patterns: &[String]) -> (String, Vec<String
     let mut any = Vec::new();
     for pattern in patterns {
         if pattern == "*" {
-            any.push("1".to_owned());
+            // Every topic but the host's own (`plugd.*`), which a plugin subscribes to by name.
+            any.push("(topic < 'plugd.' OR topic >= 'plugd/')".to_owned());
         } else if let Some(prefix) = pattern.strip_suffix(".*") {
             // Topics that start with `prefix.` and go on: `prefix.` < topic < `prefix/`.
             args.push(format!("{prefix}."));

@@ -39,35 +39,23 @@ pub(crate) fn migrate(
             manifest.format.file_name()
         );
     };
+    // Everything that can fail before a file changes goes first: the key, the text.
+    let key = sign_key.map(plugd_trust::SecretKey::load).transpose()?;
+    let text = render(foreign)?;
     let out = match to {
         Some(out) => {
             copy_package(dir, out, foreign)?;
+            write_manifest(out, &text, &manifest)?;
             out.to_owned()
         }
         None => {
-            // In place: the foreign manifest is kept beside, renamed, for reference.
-            if foreign.dialect != Dialect::ImageTool {
-                let from = dir.join(foreign.file);
-                let aside = dir.join(format!("{}.orig", foreign.file));
-                fs::rename(&from, &aside)
-                    .with_context(|| format!("Cannot rename `{}`", from.display()))?;
-            }
-            // A shared-key HMAC signature means nothing to plugd and would be refused.
-            remove_foreign_signature(dir)?;
+            convert_in_place(dir, foreign, &text, &manifest)?;
             dir.to_owned()
         }
     };
     let toml_path = out.join(TOML_MANIFEST);
-    fs::write(&toml_path, render(foreign)?)
-        .with_context(|| format!("Cannot write `{}`", toml_path.display()))?;
-    // What was written must read back as the same plugin.
-    let native = Manifest::load(&out).context("The written `plugin.toml` does not read back")?;
-    debug_assert_eq!(native.name, manifest.name);
-    let signed = match sign_key {
-        Some(key) => {
-            let key = plugd_trust::SecretKey::load(key)?;
-            Some(plugd_trust::sign_package(&out, &key)?)
-        }
+    let signed = match &key {
+        Some(key) => Some(plugd_trust::sign_package(&out, key)?),
         None => None,
     };
     let review = review(&manifest, foreign);
@@ -118,6 +106,11 @@ pub(crate) fn migrate(
             info.key_id,
             info.path.display()
         );
+    } else if out.join(plugd_trust::SIGNATURE_FILE).exists() {
+        println!(
+            "\nIts old `plugin.sig` no longer matches: plugd refuses the package until it is signed again; hint: `plugd sign {} --key KEY`",
+            out.display()
+        );
     } else {
         println!(
             "\nNot signed: it runs as an untrusted plugin (no network, no host variables); hint: `plugd sign {} --key KEY`",
@@ -127,10 +120,92 @@ pub(crate) fn migrate(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes `plugin.toml` into `out` and checks that it reads back as exactly the translation.
+fn write_manifest(out: &Path, text: &str, translated: &Manifest) -> anyhow::Result<()> {
+    let path = out.join(TOML_MANIFEST);
+    fs::write(&path, text).with_context(|| format!("Cannot write `{}`", path.display()))?;
+    check_reads_back(out, translated)
+}
+
+/// The package in `dir` reads as a native manifest that says exactly what `translated` says:
+/// nothing added on the way to the file (what is signed is what was reviewed).
+fn check_reads_back(dir: &Path, translated: &Manifest) -> anyhow::Result<()> {
+    let native = Manifest::load(dir).context("The written `plugin.toml` does not read back")?;
+    let same = native.format == plugd_manifest::ManifestFormat::Toml
+        && native.name == translated.name
+        && native.version == translated.version
+        && native.description == translated.description
+        && native.authors == translated.authors
+        && native.kind == translated.kind
+        && native.runtime == translated.runtime
+        && native.entry == translated.entry
+        && native.dependencies == translated.dependencies
+        && native.permissions == translated.permissions
+        && native.limits == translated.limits
+        && native.params == translated.params
+        && native.actions == translated.actions
+        && native.events == translated.events
+        && native.python == translated.python
+        && native.http == translated.http;
+    if !same {
+        bail!(
+            "The written `plugin.toml` in `{}` does not say what the translation says; nothing was signed; hint: report this as a bug of `plugd migrate`",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Converts `dir` itself: writes `plugin.toml`, moves the foreign manifest aside to `FILE.orig`
+/// (an image tool's `__init__.py` is code and stays), checks the result reads back, and only
+/// then removes a shared-key HMAC `plugin.sig` (meaningless to plugd, and refused). On any
+/// failure the package is put back as it was.
+fn convert_in_place(
+    dir: &Path,
+    foreign: &Foreign,
+    text: &str,
+    translated: &Manifest,
+) -> anyhow::Result<()> {
+    let toml_path = dir.join(TOML_MANIFEST);
+    let aside = dir.join(format!("{}.orig", foreign.file));
+    for existing in [&toml_path, &aside] {
+        if existing.exists() {
+            bail!(
+                "`{}` already exists; hint: remove it, or pass `--to OUT`",
+                existing.display()
+            );
+        }
+    }
+    fs::write(&toml_path, text)
+        .with_context(|| format!("Cannot write `{}`", toml_path.display()))?;
+    let moved = if foreign.dialect == Dialect::ImageTool {
+        None
+    } else {
+        let from = dir.join(foreign.file);
+        match fs::rename(&from, &aside) {
+            Ok(()) => Some((from, aside)),
+            Err(e) => {
+                let _ = fs::remove_file(&toml_path);
+                return Err(e).with_context(|| format!("Cannot rename `{}`", from.display()));
+            }
+        }
+    };
+    if let Err(e) = check_reads_back(dir, translated) {
+        let _ = fs::remove_file(&toml_path);
+        if let Some((from, aside)) = moved {
+            let _ = fs::rename(aside, from);
+        }
+        return Err(e.context("The package is unchanged"));
+    }
+    remove_foreign_signature(dir)
+}
+
 /// The native tree as `plugin.toml` text, sections in a fixed order, with a header.
 fn render(foreign: &Foreign) -> anyhow::Result<String> {
+    // The original name is the package's own text: quoted and escaped, it cannot end the
+    // comment line (a newline in it would otherwise start tables of its own).
     let mut text = format!(
-        "# Migrated by `plugd migrate` from the {} manifest `{}` of `{}`.\n# The code is unchanged: `entry` runs it through plugd's compatibility runner.\n\n",
+        "# Migrated by `plugd migrate` from the {} manifest `{}` of {:?}.\n# The code is unchanged: `entry` runs it through plugd's compatibility runner.\n\n",
         foreign.dialect.label(),
         foreign.file,
         foreign.original_name
@@ -168,13 +243,19 @@ fn review(manifest: &Manifest, foreign: &Foreign) -> Vec<String> {
                 .join(", ")
         ));
     }
+    items.push(
+        "Files under the package's `data/` are copied into the plugin's data dir on its first start; `data/` then means that dir, and the package itself is read-only.".to_owned(),
+    );
     match foreign.dialect {
-        Dialect::Xcore => items.push(
-            "Files under the package's `data/` are copied into the plugin's data dir on its first start; `data/` then means that dir.".to_owned(),
-        ),
-        Dialect::ClassBased => items.push(
-            "It subscribes to every event topic (`[events] subscribe = [\"*\"]`): narrow it to the topics its code subscribes to.".to_owned(),
-        ),
+        Dialect::Xcore => {}
+        Dialect::ClassBased => {
+            items.push(
+                "It subscribes to every event topic (`[events] subscribe = [\"*\"]`): narrow it to the topics its code subscribes to.".to_owned(),
+            );
+            items.push(
+                "`get_env_config` reads host variables only through `permissions.env`, which is empty: list the names it reads (`PLUGIN_KEY` and `KEY`) there, and sign the package.".to_owned(),
+            );
+        }
         Dialect::ImageTool => items.push(
             "Give it a `version` and declare its params model as a `[params]` JSON Schema, so that the host checks changes; `project.*` database calls are not available.".to_owned(),
         ),
@@ -197,6 +278,17 @@ fn review(manifest: &Manifest, foreign: &Foreign) -> Vec<String> {
 /// Copies the package to `out` (which must not exist or be empty), without the foreign
 /// manifest (the code of an image-tool `__init__.py` is kept) and without `plugin.sig`.
 fn copy_package(dir: &Path, out: &Path, foreign: &Foreign) -> anyhow::Result<()> {
+    let source = dir
+        .canonicalize()
+        .with_context(|| format!("Cannot read `{}`", dir.display()))?;
+    let target = resolved(out)?;
+    if target.starts_with(&source) {
+        bail!(
+            "`{}` is inside the package `{}`; hint: pass a directory outside it to `--to`",
+            out.display(),
+            dir.display()
+        );
+    }
     if out.exists() && fs::read_dir(out)?.next().is_some() {
         bail!(
             "`{}` exists and is not empty; hint: pass a new directory to `--to`",
@@ -235,6 +327,24 @@ fn copy_package(dir: &Path, out: &Path, foreign: &Foreign) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// Where `path` is or would be: its nearest existing ancestor resolved (symlinks followed),
+/// with the rest of the path after it.
+fn resolved(path: &Path) -> anyhow::Result<PathBuf> {
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("Cannot resolve `{}`", path.display()))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name().unwrap_or_default().to_owned());
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let mut out = existing
+        .canonicalize()
+        .with_context(|| format!("Cannot resolve `{}`", existing.display()))?;
+    out.extend(rest.iter().rev());
+    Ok(out)
 }
 
 /// Removes a `plugin.sig` that is not plugd's (an xcore HMAC); a plugd signature is kept and

@@ -165,6 +165,15 @@ pub(crate) fn plugin_detail(p: &Value, logs: Option<&Value>) {
     if p["package"].is_string() {
         println!("  package: {}", s(&p["package"]));
     }
+    if p["foreign"].is_object() {
+        let f = &p["foreign"];
+        println!(
+            "  foreign: {} plugin `{}` from `{}` (`plugd migrate` converts it)",
+            s(&f["dialect"]),
+            s(&f["original_name"]),
+            s(&f["file"])
+        );
+    }
     if p["reason"].is_string() {
         println!("  reason: {}", indent(&text(&p["reason"]), 4));
     }

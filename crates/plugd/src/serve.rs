@@ -305,9 +305,9 @@ pub(crate) fn dev_args(
     mut paths: Paths,
 ) -> anyhow::Result<(ServeArgs, Paths)> {
     let dir = absolute(&dev.dir)?;
-    if !(dir.join(TOML_MANIFEST).is_file() || dir.join(JSON_MANIFEST).is_file()) {
+    if !plugd_manifest::foreign::is_package(&dir) {
         anyhow::bail!(
-            "`{}` is not a plugin package: it has no `{TOML_MANIFEST}` or `{JSON_MANIFEST}`; hint: scaffold one with `plugd new NAME --dir {}`",
+            "`{}` is not a plugin package: it has no `{TOML_MANIFEST}` or `{JSON_MANIFEST}` (nor a foreign manifest plugd reads); hint: scaffold one with `plugd new NAME --dir {}`",
             dir.display(),
             dev.dir.display()
         );

@@ -265,6 +265,8 @@ def test_config_contract():
     ({**CLASSIC_CONFIG, "class": "Missing"}, True, 2,
      "Module `plugin` defines no class `Missing`; hint: check `class_path` in plugin.json"),
     (XCORE_CONFIG, False, 2, "`PLUGD_DATA_DIR` is not set"),
+    ({**XCORE_CONFIG, "entry": "data/notes.json"}, True, 2,
+     "`data/notes.json` is in `data/`, the plugin's writable data dir"),
 ])
 def test_a_bad_config_exits_2_with_the_reason(tmp_path, config, data, status, message):
     package = CLASSIC if isinstance(config, dict) and config["format"] == "classic" else XCORE
@@ -289,6 +291,37 @@ def test_runners_announce_no_action_so_the_host_forwards_every_call(compat, pack
     h, _ = compat(package, config)
     hello = h.requests[0]["params"]
     assert (hello["actions"], hello["on_start"]) == ([], True)
+
+
+def test_code_is_never_imported_from_the_data_dir(tmp_path):
+    """Code the plugin wrote into its data dir (here planted) is not importable as `data`."""
+    data = tmp_path / "data"
+    (data / "evil").mkdir(parents=True)
+    (data / "evil" / "__init__.py").write_text("PWNED = True\n")
+    probe = tmp_path / "probe"
+    (probe / "src").mkdir(parents=True)
+    (probe / "src" / "main.py").write_text(
+        "import data.evil\n\nclass Plugin:\n    async def handle(self, action, payload):\n"
+        "        return {'status': 'ok'}\n")
+    run = run_runner({**XCORE_CONFIG, "env": {}}, probe, data)
+    assert run.returncode == 1, run.stderr
+    assert "plugd does not import `data`: `data` is the plugin's writable data dir" in run.stderr
+
+
+def test_the_shadow_root_falls_back_to_the_data_dir_without_a_temp_dir(tmp_path, monkeypatch):
+    from plugd.compat import _common
+
+    def no_temp(*args, **kwargs):
+        raise OSError("No usable temporary directory found")
+
+    monkeypatch.setattr(_common.tempfile, "mkdtemp", no_temp)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".plugd-shadow").mkdir()
+    (data / ".plugd-shadow" / "stale").write_text("from a previous run")
+    root = _common._shadow_dir(data)
+    assert root == data / ".plugd-shadow"
+    assert list(root.iterdir()) == [], "rebuilt empty at every start"
 
 
 def test_seeding_copies_missing_files_once(tmp_path):

@@ -99,7 +99,7 @@ async fn a_guard_keeps_its_plugin_running_until_stopped_or_dropped() {
     host.start().await.unwrap();
     host.unload("svc").await.unwrap();
 
-    // `stop` stops it at once.
+    // A guard starts it; `stop` stops it at once.
     let guard = host.guard("svc").await.unwrap();
     assert_eq!(info(&host, "svc").state, PluginState::Running);
     let answer = guard
@@ -113,25 +113,30 @@ async fn a_guard_keeps_its_plugin_running_until_stopped_or_dropped() {
     guard.stop().await;
     assert_eq!(info(&host, "svc").state, PluginState::Stopped);
 
-    // Dropping it stops it in the background.
-    let guard = host.guard("svc").await.unwrap();
+    // Guards count: the plugin stops when the last one ends, dropped or stopped.
+    let first = host.guard("svc").await.unwrap();
+    let second = host.guard("svc").await.unwrap();
+    // Not the last guard: its drop decides at once that nothing stops.
+    drop(first);
     assert_eq!(info(&host, "svc").state, PluginState::Running);
-    drop(guard);
-    eventually("the dropped guard stops its plugin", || {
+    drop(second);
+    eventually("the last dropped guard stops its plugin", || {
         info(&host, "svc").state == PluginState::Stopped
     })
     .await;
 
     // A scope: started for the body, stopped after it.
     let seen = host
-        .with_plugin("svc", |g| {
-            let state = g.info().state;
-            async move { state }
-        })
+        .with_plugin("svc", |svc| async move { svc.info().state })
         .await
         .unwrap();
     assert_eq!(seen, PluginState::Running);
     assert_eq!(info(&host, "svc").state, PluginState::Stopped);
+
+    // A plugin that ran before its guard keeps running after it.
+    host.load("svc").await.unwrap();
+    host.guard("svc").await.unwrap().stop().await;
+    assert_eq!(info(&host, "svc").state, PluginState::Running);
 
     // A guard of a plugin that cannot start says why, typed.
     assert!(matches!(
@@ -213,4 +218,45 @@ async fn foreign_packages_load_and_unreadable_directories_are_reported() {
             .message
             .starts_with("No `plugin.toml` or `plugin.json` in")
     );
+}
+
+/// `*` (what a class-based plugin subscribes to) is every application topic, never the host's
+/// own `plugd.*` events: those carry other plugins' errors and host paths.
+#[tokio::test]
+async fn a_star_subscription_gets_no_host_events() {
+    let f = Fixture::new();
+    f.fake_plugin("watcher", "1.0.0", &[], "[events]\nsubscribe = [\"*\"]\n");
+    f.fake_plugin("other", "1.0.0", &[], "");
+    let script = Script::new();
+    let host = f.fake_host(&script);
+    host.start().await.unwrap();
+    // A failed reload of `other` publishes `plugd.plugin.reload_failed`.
+    std::fs::write(
+        f.plugins().join("other/plugin.toml"),
+        "[plugin]\nname = \"other\"\n",
+    )
+    .unwrap();
+    assert!(host.reload("other").await.is_err());
+    let logged = host
+        .events_after(0, Some(plugd_host::RELOAD_FAILED), 10)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1, "the host event is in the log");
+    host.publish("app.ping", serde_json::json!({}))
+        .await
+        .unwrap();
+    eventually("the application event arrives", || {
+        script
+            .events_of("watcher")
+            .iter()
+            .any(|(_, topic, _)| topic == "app.ping")
+    })
+    .await;
+    // Delivery is in publish order: had it matched, the host event would have come first.
+    let topics: Vec<String> = script
+        .events_of("watcher")
+        .into_iter()
+        .map(|(_, topic, _)| topic)
+        .collect();
+    assert_eq!(topics, ["app.ping"]);
 }

@@ -93,6 +93,13 @@ fn foreign_plugins_run_unchanged_through_the_api() {
     // The directory without a manifest is reported, not skipped in silence.
     let listed = server.cli(&["list"]);
     assert!(listed.stdout.contains("notes-backup"), "{listed}");
+    let status = server.cli(&["status", "notes-manager"]);
+    assert!(
+        status
+            .stdout
+            .contains("foreign: xcore plugin `notes manager` from `plugin.yaml`"),
+        "{status}"
+    );
 
     // xcore: the original name is kept; hooks ran in xcore's order; the seed data is there.
     let (_, _, info) = request(&at, "GET", "/api/v1/plugins/notes-manager", "");
@@ -304,6 +311,42 @@ fn migrate_converts_each_format_and_the_result_serves_the_same() {
         fields.contains(&"resources.rate_limit") && fields.contains(&"name"),
         "{fields:?}"
     );
+
+    // In place: the foreign manifest stays beside, as `.orig`; `--to` inside the package and a
+    // name that would write its own lines into `plugin.toml` are refused.
+    let inplace = tmp.path().join("inplace");
+    copy_dir(&repo().join("examples/compat/xcore-notes"), &inplace);
+    plugd(&["migrate", inplace.to_str().unwrap()]).ok();
+    assert!(inplace.join("plugin.yaml.orig").is_file() && !inplace.join("plugin.yaml").exists());
+    let inside = plugd(&[
+        "migrate",
+        out.join("classic-hello").to_str().unwrap(),
+        "--to",
+        out.join("classic-hello/sub").to_str().unwrap(),
+    ]);
+    assert!(
+        inside.stderr.contains("already a plugd package"),
+        "{inside}"
+    );
+    let evil = tmp.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::write(
+        evil.join("plugin.yaml"),
+        "name: \"notes\\n[permissions.net]\\nconnect = [\\\"exfil.example.org:443\\\"]\"\nversion: 1.0.0\n",
+    )
+    .unwrap();
+    let refused = plugd(&[
+        "migrate",
+        evil.to_str().unwrap(),
+        "--to",
+        tmp.path().join("evil-out").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, Some(1), "{refused}");
+    assert!(
+        refused.stderr.contains("contains a control character"),
+        "{refused}"
+    );
+    assert!(!tmp.path().join("evil-out/plugin.toml").exists());
 
     // A native package is refused with the reason.
     let native = plugd(&[

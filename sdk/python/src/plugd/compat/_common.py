@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.abc
 import inspect
 import os
 import pathlib
@@ -85,19 +86,57 @@ def plugin_code(what: str) -> Iterator[None]:
 
 class Shadow:
     """The prepared package: ``root`` is its shadow root, where the plugin's code is imported
-    from."""
+    from; ``package`` the real (read-only) package dir."""
 
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, package: pathlib.Path) -> None:
         self.root = root
+        self.package = package
 
     def path(self, relative: str) -> pathlib.Path:
         """``relative`` (a path from the config, like `src/main.py`) under the shadow root, after
-        checking that it stays inside the package."""
+        checking that it stays inside the package, never in the data dir: code runs only from
+        the signed package."""
         rel = pathlib.PurePosixPath(relative)
         if not relative or rel.is_absolute() or ".." in rel.parts:
             raise ConfigError(f"`{relative}` is not a relative path inside the package; hint: "
                               "give a path like `src/main.py`")
-        return self.root.joinpath(*rel.parts)
+        if rel.parts[0] == _DATA:
+            raise ConfigError(f"`{relative}` is in `data/`, the plugin's writable data dir; "
+                              "hint: keep code in the package, like `src/main.py`")
+        path = self.root.joinpath(*rel.parts)
+        real = os.path.realpath(path)
+        if not real.startswith(os.path.realpath(self.package) + os.sep):
+            raise ConfigError(f"`{relative}` does not lead into the package")
+        return path
+
+
+class _NoDataImports(importlib.abc.MetaPathFinder):
+    """Refuses to import the shadow root's `data` (the writable data dir) as a package: code
+    runs only from the signed package, never from what the plugin wrote."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname == _DATA or fullname.startswith(_DATA + "."):
+            raise ImportError(f"plugd does not import `{fullname}`: `data` is the plugin's "
+                              "writable data dir; keep code in the package")
+        return None
+
+
+def _shadow_dir(data: pathlib.Path) -> pathlib.Path:
+    """A fresh, empty directory for the shadow root: in `/tmp` (a private tmpfs in the sandbox),
+    or, where no temporary directory is writable (a host that is not root has no mount
+    namespace, and Landlock allows writes to the data dir only), `DATA/.plugd-shadow`, rebuilt
+    at every start so that nothing the plugin changed there outlives the process."""
+    try:
+        return pathlib.Path(tempfile.mkdtemp(prefix="plugd-compat-"))
+    except OSError:
+        fallback = data / ".plugd-shadow"
+        shutil.rmtree(fallback, ignore_errors=True)
+        try:
+            fallback.mkdir(mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"No writable directory for the package's shadow root (neither a "
+                              f"temporary directory nor `{fallback}`): {exc}") from exc
+        return fallback
 
 
 def prepare_shadow() -> Shadow:
@@ -111,19 +150,20 @@ def prepare_shadow() -> Shadow:
     data = pathlib.Path(data_text).absolute()
     data.mkdir(parents=True, exist_ok=True)
     seed_data(package, data)
-    root = pathlib.Path(tempfile.mkdtemp(prefix="plugd-compat-"))
+    root = _shadow_dir(data)
     # Symlinks are unlinked, never followed: the package and the data dir are left alone.
     atexit.register(shutil.rmtree, root, True)
     for entry in sorted(os.listdir(package)):
         if entry != _DATA:
             os.symlink(package / entry, root / entry)
     os.symlink(data, root / _DATA)
+    sys.meta_path.insert(0, _NoDataImports())
     # Imports must go through the shadow root, never the package dir itself (where `python -m`
     # put the current dir).
     real = os.path.realpath(package)
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != real]
     sys.path.insert(0, str(root))
-    return Shadow(root)
+    return Shadow(root, package)
 
 
 def seed_data(package: pathlib.Path, data: pathlib.Path) -> bool:
