@@ -247,6 +247,23 @@ fn garbled_signature_file() {
 }
 
 #[test]
+fn an_xcore_hmac_signature_is_named_as_such() {
+    check_tamper(
+        |fx| {
+            fs::write(
+                fx.pkg.join(SIGNATURE_FILE),
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n",
+            )
+            .unwrap()
+        },
+        |e| matches!(e, TrustError::MalformedSignature { .. }),
+        expect![
+            "Signature file `$TMP/pkg/plugin.sig` is malformed: it is not a plugd signature but a single token, like the shared-key HMAC digest xcore writes; plugd verifies Ed25519 signatures only; hint: sign the package again with `plugd sign DIR --key KEY`"
+        ],
+    );
+}
+
+#[test]
 fn unsupported_signature_format() {
     check_tamper(
         |fx| edit_signature(fx, |text| text.replace("format = 1", "format = 2")),

@@ -12,7 +12,7 @@ fn manifest_warnings_are_shown_by_list_and_status() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("plugin.json"),
-        r#"{"name": "legacy", "version": "1.0.0", "class_path": "plugins.legacy.Plugin"}"#,
+        r#"{"name": "legacy", "version": "1.0.0"}"#,
     )
     .unwrap();
     std::fs::write(
@@ -31,21 +31,17 @@ fn manifest_warnings_are_shown_by_list_and_status() {
         ],
         &tmp.path().join("serve.log"),
     );
-    let class_path =
-        "`class_path` is ignored: plugd runs plugins as processes or wasm; hint: set `entry`";
+    let defaulted = "No `entry` given; running `python3 main.py` as the seed did";
     check(
         &server.cli(&["list"]),
         &Expect::Ok {
-            stdout: &[&format!("legacy: warning: {class_path}")],
+            stdout: &[&format!("legacy: warning: {defaulted}")],
         },
     );
     check(
         &server.cli(&["status", "legacy"]),
         &Expect::Ok {
-            stdout: &[
-                &format!("  warning: {class_path}"),
-                "  warning: No `entry` given; running `python3 main.py` as the seed did",
-            ],
+            stdout: &[&format!("  warning: {defaulted}")],
         },
     );
 }
