@@ -8,6 +8,7 @@
 //! - `class-based`: `plugin.json` with `class_path` and a `BasePlugin` subclass registering a
 //!   service.
 //!
+//! The SDK's bytecode is compiled first, as `plugd serve` does with the SDK it installs.
 //! Each round builds a fresh `Host` on the directory's state dir and times `Host::start` until
 //! every plugin runs (after one unmeasured start per directory, which stages the packages and
 //! seeds the data dirs). The per-plugin load times are the host's own
@@ -59,6 +60,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             config.plugins,
         )?;
     }
+    // As `plugd serve` does with the SDK it installs: plugins cannot write its bytecode.
+    let compiled = std::process::Command::new("python3")
+        .args(["-m", "compileall", "-q"])
+        .arg(&sdk)
+        .env("PATH", plugd_process::CHILD_PATH)
+        .status()
+        .context("Cannot run `python3 -m compileall`")?;
+    ensure!(compiled.success(), "compiling the SDK's bytecode failed");
     println!(
         "Host start with {} Python plugins per format (all Running); {} measured starts each after one unmeasured start; formats interleaved per round",
         config.plugins, config.rounds
