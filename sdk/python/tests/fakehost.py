@@ -242,3 +242,66 @@ class FakeHost:
 
 def python_argv(script: Path) -> List[str]:
     return [sys.executable, str(script)]
+
+
+class KvModel:
+    """The host's kv service as a small in-memory model, for fake hosts: commits numbered from
+    1, each undoable and redoable as a whole (``undo_log`` entries are ``(commit, values before,
+    values after)``, a missing key as ``None``). A fake host subclasses it and names its request
+    handlers after the methods (`kv.get` → ``kv_get``)."""
+
+    def __init__(self) -> None:
+        self.kv: Dict[str, Any] = {}
+        self.commits = 0
+        self.undo_log: List[Any] = []
+        self.redo_log: List[Any] = []
+
+    def _apply(self, puts: Dict[str, Any], deletes: List[str]) -> Dict[str, Any]:
+        keys = list(puts) + list(deletes)
+        before = {k: self.kv.get(k) for k in keys}
+        self.kv.update(puts)
+        for k in deletes:
+            self.kv.pop(k, None)
+        self.commits += 1
+        self.undo_log.append((self.commits, before, {k: self.kv.get(k) for k in keys}))
+        self.redo_log.clear()
+        return {"commit": self.commits}
+
+    def _restore(self, values: Dict[str, Any]) -> None:
+        for k, v in values.items():
+            if v is None:
+                self.kv.pop(k, None)
+            else:
+                self.kv[k] = v
+
+    def kv_get(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        return {"found": True, "value": self.kv[p["key"]]} if p["key"] in self.kv else {"found": False}
+
+    def kv_set(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        return self._apply({p["key"]: p["value"]}, [])
+
+    def kv_delete(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        return self._apply({}, [p["key"]])
+
+    def kv_list(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        keys = sorted(k for k in self.kv if k.startswith(p.get("prefix", "")))
+        return {"items": [{"key": k, "value": self.kv[k]} for k in keys], "next": None}
+
+    def kv_commit(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        return self._apply(p.get("puts", {}), p.get("deletes", []))
+
+    def kv_undo(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        if not self.undo_log:
+            return {"commit": None}
+        entry = self.undo_log.pop()
+        self._restore(entry[1])
+        self.redo_log.append(entry)
+        return {"commit": entry[0]}
+
+    def kv_redo(self, p: Dict[str, Any]) -> Dict[str, Any]:
+        if not self.redo_log:
+            return {"commit": None}
+        entry = self.redo_log.pop()
+        self._restore(entry[2])
+        self.undo_log.append(entry)
+        return {"commit": entry[0]}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PLUGINS
-from fakehost import SDK_SRC, FakeHost
+from fakehost import SDK_SRC, FakeHost, KvModel
 from plugd import ClientError, Plugin
 from plugd.compat import parse_config
 from plugd.compat._common import SEED_MARKER, ConfigError, seed_data
@@ -33,16 +33,13 @@ CLASSIC_CONFIG = {"format": "classic", "module": "plugin", "class": "HelloPlugin
 PANOPTIC_CONFIG = {"format": "panoptic", "name": "panoptic demo"}
 
 
-class HostModel:
-    """The host's side: kv with commits, undo and redo; env (``refused`` names answer
-    `not_granted`, others their value or unset); emit, `plugin.call` and `task.submit`
+class HostModel(KvModel):
+    """The host's side: kv with commits, undo and redo (`KvModel`); env (``refused`` names
+    answer `not_granted`, others their value or unset); emit, `plugin.call` and `task.submit`
     (recorded)."""
 
     def __init__(self, env=None, refused=()):
-        self.kv = {}
-        self.undo_log = []  # (commit, values before, values after)
-        self.redo_log = []
-        self.commits = 0
+        super().__init__()
         self.env = dict(env or {})
         self.refused = set(refused)
         self.env_asked = []
@@ -58,56 +55,6 @@ class HostModel:
             reply = {"error": {"code": -32020, "message": str(exc),
                                "data": {"code": "not_granted"}}}
         h.send({"jsonrpc": "2.0", "id": msg["id"], **reply})
-
-    def _apply(self, puts, deletes):
-        keys = list(puts) + list(deletes)
-        before = {k: self.kv.get(k) for k in keys}
-        self.kv.update(puts)
-        for k in deletes:
-            self.kv.pop(k, None)
-        self.commits += 1
-        self.undo_log.append((self.commits, before, {k: self.kv.get(k) for k in keys}))
-        self.redo_log.clear()
-        return {"commit": self.commits}
-
-    def _restore(self, values):
-        for k, v in values.items():
-            if v is None:
-                self.kv.pop(k, None)
-            else:
-                self.kv[k] = v
-
-    def kv_get(self, p):
-        return {"found": True, "value": self.kv[p["key"]]} if p["key"] in self.kv else {"found": False}
-
-    def kv_set(self, p):
-        return self._apply({p["key"]: p["value"]}, [])
-
-    def kv_delete(self, p):
-        return self._apply({}, [p["key"]])
-
-    def kv_list(self, p):
-        keys = sorted(k for k in self.kv if k.startswith(p.get("prefix", "")))
-        return {"items": [{"key": k, "value": self.kv[k]} for k in keys], "next": None}
-
-    def kv_commit(self, p):
-        return self._apply(p.get("puts", {}), p.get("deletes", []))
-
-    def kv_undo(self, p):
-        if not self.undo_log:
-            return {"commit": None}
-        entry = self.undo_log.pop()
-        self._restore(entry[1])
-        self.redo_log.append(entry)
-        return {"commit": entry[0]}
-
-    def kv_redo(self, p):
-        if not self.redo_log:
-            return {"commit": None}
-        entry = self.redo_log.pop()
-        self._restore(entry[2])
-        self.undo_log.append(entry)
-        return {"commit": entry[0]}
 
     def env_get(self, p):
         self.env_asked.append(p["name"])

@@ -4,6 +4,7 @@ against a fake host whose services are a small in-memory model (no plugd needed)
 import pytest
 
 from conftest import PLUGINS
+from fakehost import KvModel
 
 
 class Refused(Exception):
@@ -12,16 +13,14 @@ class Refused(Exception):
         self.rpc, self.code, self.message = rpc, code, message
 
 
-class Services:
-    """The host's side: kv with commits, undo and redo, params, env, plugin and app calls."""
+class Services(KvModel):
+    """The host's side: kv with commits, undo and redo (`KvModel`, with a key length limit,
+    pages and compare-and-set), params, env, plugin and app calls."""
 
     def __init__(self, h, page=2):
+        super().__init__()
         self.h = h
         self.page = page
-        self.kv = {}
-        self.commits = 0
-        self.undo_log = []  # (commit, {key: value before or None})
-        self.redo_log = []
         self.env = {"PORT": "10000", "DEBUG": "yes", "BAD": "ten"}
         self.env_asked = []
         self.params = {"threshold": 3}
@@ -38,33 +37,10 @@ class Services:
             reply = {"error": {"code": r.rpc, "message": r.message, "data": {"code": r.code}}}
         self.h.send({"jsonrpc": "2.0", "id": msg["id"], **reply})
 
-    def _apply(self, puts, deletes):
-        before = {k: self.kv.get(k) for k in list(puts) + list(deletes)}
-        self.kv.update(puts)
-        for k in deletes:
-            self.kv.pop(k, None)
-        self.commits += 1
-        self.undo_log.append((self.commits, before, {k: self.kv.get(k) for k in before}))
-        self.redo_log.clear()
-        return {"commit": self.commits}
-
-    def _restore(self, values):
-        for k, v in values.items():
-            if v is None:
-                self.kv.pop(k, None)
-            else:
-                self.kv[k] = v
-
-    def kv_get(self, p):
-        return {"found": True, "value": self.kv[p["key"]]} if p["key"] in self.kv else {"found": False}
-
     def kv_set(self, p):
         if len(p["key"]) > 10:
             raise Refused(-32022, "limit_exceeded", "Key is longer than 10 bytes")
         return self._apply({p["key"]: p["value"]}, [])
-
-    def kv_delete(self, p):
-        return self._apply({}, [p["key"]])
 
     def kv_list(self, p):
         keys = sorted(k for k in self.kv if k.startswith(p.get("prefix", ""))
@@ -78,22 +54,6 @@ class Services:
             if self.kv.get(k) != want:
                 raise Refused(-32022, "conflict", f"Key `{k}` changed")
         return self._apply(p.get("puts", {}), p.get("deletes", []))
-
-    def kv_undo(self, p):
-        if not self.undo_log:
-            return {"commit": None}
-        entry = self.undo_log.pop()
-        self._restore(entry[1])
-        self.redo_log.append(entry)
-        return {"commit": entry[0]}
-
-    def kv_redo(self, p):
-        if not self.redo_log:
-            return {"commit": None}
-        entry = self.redo_log.pop()
-        self._restore(entry[2])
-        self.undo_log.append(entry)
-        return {"commit": entry[0]}
 
     def params_get(self, p):
         return {"params": self.params}
