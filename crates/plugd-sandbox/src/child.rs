@@ -13,7 +13,8 @@ const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 /// no lock, so it is safe in a `pre_exec` hook of a multi-threaded parent.
 #[derive(Default)]
 pub(crate) struct ChildPlan {
-    /// `cgroup.procs` of each cgroup directory, opened for writing.
+    /// `cgroup.procs` (v2) or `tasks` (v1) of each cgroup directory, opened for writing (see
+    /// `Cgroup::procs_fds`).
     pub(crate) cgroup_procs: Vec<OwnedFd>,
     /// The shared empty network namespace (owned by a process-wide static).
     pub(crate) netns: Option<RawFd>,
@@ -120,7 +121,7 @@ impl ChildPlan {
                 }
             }
             for fd in &self.cgroup_procs {
-                // "0" means the writing process.
+                // "0" means the writing process (v2) or thread (v1: this single-threaded child).
                 check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_long)?;
             }
             if let Some(fd) = self.netns {

@@ -480,6 +480,30 @@ fn dropping_kills_leftovers_and_removes_the_cgroup() {
     }
 }
 
+/// The child moves itself into every hierarchy of its cgroup before exec (on v1 by its one
+/// thread, through `tasks`), so what it starts later is born there too.
+#[test]
+fn what_the_child_starts_is_in_its_cgroup_in_every_hierarchy() {
+    let f = fixture();
+    let mut p = policy(&f, "inherit");
+    p.disabled = vec![Layer::PidNamespace];
+    let (prepared, o) = sh(&p, "sleep 30 >/dev/null 2>&1 & echo $!");
+    let pid = stdout(&o).trim().to_owned();
+    let paths = prepared.cgroup_paths();
+    if state(&prepared, Layer::Cgroup) == LayerState::Applied {
+        assert!(!paths.is_empty());
+    }
+    for path in &paths {
+        let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == pid),
+            "{pid} is not in {}: {procs:?}",
+            path.display()
+        );
+    }
+    prepared.kill_all();
+}
+
 /// The host pid is gone (or a zombie waiting for its reaper).
 fn gone(pid: i32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
