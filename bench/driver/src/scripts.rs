@@ -288,14 +288,32 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         if want("cli") {
             lines.push(cli(&config, &tmp).await?);
         }
+        let mut kernel_cases: Vec<(&'static str, Vec<plugd_sandbox::Layer>)> = Vec::new();
         if want("kernel") {
-            for (case, disabled) in [
-                ("sandbox: python3 -c pass, all layers", vec![]),
-                (
-                    "sandbox: the same without its cgroup",
-                    vec![plugd_sandbox::Layer::Cgroup],
-                ),
+            kernel_cases.push(("sandbox: python3 -c pass, all layers", vec![]));
+            kernel_cases.push((
+                "sandbox: the same without its cgroup",
+                vec![plugd_sandbox::Layer::Cgroup],
+            ));
+        }
+        if want("layers") {
+            // What each layer costs: all layers but that one.
+            use plugd_sandbox::Layer;
+            for (case, layer) in [
+                ("sandbox: without network namespace", Layer::NetworkNamespace),
+                ("sandbox: without IPC namespace", Layer::IpcNamespace),
+                ("sandbox: without PID namespace", Layer::PidNamespace),
+                ("sandbox: without mount namespace", Layer::MountNamespace),
+                ("sandbox: without rlimits", Layer::Rlimits),
+                ("sandbox: without dedicated uid", Layer::Uid),
+                ("sandbox: without Landlock", Layer::Landlock),
+                ("sandbox: without seccomp", Layer::Seccomp),
             ] {
+                kernel_cases.push((case, vec![layer]));
+            }
+        }
+        {
+            for (case, disabled) in kernel_cases {
                 let mut samples = Vec::new();
                 let started = Instant::now();
                 for i in 0..config.runs + config.warmup {
