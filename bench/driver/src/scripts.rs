@@ -300,7 +300,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             // What each layer costs: all layers but that one.
             use plugd_sandbox::Layer;
             for (case, layer) in [
-                ("sandbox: without network namespace", Layer::NetworkNamespace),
+                (
+                    "sandbox: without network namespace",
+                    Layer::NetworkNamespace,
+                ),
                 ("sandbox: without IPC namespace", Layer::IpcNamespace),
                 ("sandbox: without PID namespace", Layer::PidNamespace),
                 ("sandbox: without mount namespace", Layer::MountNamespace),
