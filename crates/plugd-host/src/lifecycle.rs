@@ -272,7 +272,13 @@ impl Host {
         let running = {
             let inner = slot.inner.lock();
             match inner.running() {
-                Some(generation) => Ok(generation.clone()),
+                // Counted in flight before the lock is released: a reload that replaces this
+                // generation from now on drains this call too, rather than stopping the
+                // instance under it.
+                Some(generation) => Ok((
+                    generation.clone(),
+                    InFlight::enter(slot.clone(), generation.clone(), slot.handles()),
+                )),
                 None => Err(HostError::NotRunning {
                     plugin: plugin.to_owned(),
                     state: inner.state(),
@@ -280,9 +286,9 @@ impl Host {
                 }),
             }
         };
-        let record = CallRecord::begin(&slot, running.as_deref().ok(), action);
+        let record = CallRecord::begin(&slot, running.as_ref().ok().map(|(g, _)| &**g), action);
         let result = self
-            .call_running(&slot, running, &record, action, payload, options)
+            .call_running(&slot, running, action, payload, options)
             .instrument(record.span().clone())
             .await;
         record.finish(&result);
@@ -293,8 +299,7 @@ impl Host {
     async fn call_running(
         &self,
         slot: &Arc<Slot>,
-        running: Result<Arc<Generation>, HostError>,
-        record: &CallRecord,
+        running: Result<(Arc<Generation>, InFlight), HostError>,
         action: &str,
         payload: Box<RawValue>,
         options: CallOptions,
@@ -306,7 +311,7 @@ impl Host {
                 action: action.to_owned(),
             })
         })?;
-        let generation = running?;
+        let (generation, guard) = running?;
         check_payload(&slot.name, &generation.manifest, &action, &payload)?;
         if let Some(rate) = generation.manifest.limits.rate {
             let admitted = slot
@@ -322,7 +327,6 @@ impl Host {
                 });
             }
         }
-        let guard = InFlight::enter(slot.clone(), generation.clone(), record.plugin().clone());
         let result = generation
             .instance
             .call(Invocation {

@@ -305,11 +305,6 @@ impl CallRecord {
         &self.span
     }
 
-    /// The handles of the call's plugin (for its in-flight gauge).
-    pub(crate) fn plugin(&self) -> &Arc<PluginHandles> {
-        &self.plugin
-    }
-
     /// Records the call's end.
     pub(crate) fn finish<T>(mut self, result: &Result<T, HostError>) {
         let outcome = match result {
