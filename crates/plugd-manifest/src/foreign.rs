@@ -1009,22 +1009,6 @@ fn xcore_filesystem(
     Ok(())
 }
 
-/// Keys only plugd's own `plugin.json` has.
-const NATIVE_ONLY_KEYS: &[&str] = &[
-    "schema",
-    "runtime",
-    "entry",
-    "authors",
-    "kind",
-    "permissions",
-    "limits",
-    "params",
-    "actions",
-    "events",
-    "python",
-    "http",
-];
-
 const CLASS_KEYS: &[&str] = &[
     "class_path",
     "name",
@@ -1046,7 +1030,10 @@ fn class_based(
     };
     // plugd's own keys beside `class_path`: a native manifest with a leftover seed key, whose
     // entry and permissions would be dropped. Refused rather than guessed.
-    if let Some(native) = NATIVE_ONLY_KEYS.iter().find(|k| root.contains_key(**k)) {
+    if let Some(native) = crate::parse::JSON_TOP_KEYS
+        .iter()
+        .find(|k| !CLASS_KEYS.contains(k) && root.contains_key(**k))
+    {
         return Err(Invalid::new(format!(
             "`{file}` has `class_path`, which makes it a class-based manifest, and plugd's own key `{native}`"
         ))

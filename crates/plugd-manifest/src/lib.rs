@@ -424,12 +424,13 @@ impl Manifest {
         let json_path = dir.join(JSON_MANIFEST);
         let mut manifest = if let Some(src) = read_if_exists(&toml_path)? {
             Manifest::from_toml_str(&src).map_err(|e| e.in_file(&toml_path))?
+        } else if let Some(src) = read_if_exists(&json_path)? {
+            // Read once: its keys say which dialect it is (see `parse::parse_json_in`).
+            parse::parse_json_in(&src, dir).map_err(|e| e.in_file(&json_path))?
         } else if let Some((dialect, file)) = foreign::detect(dir) {
             let (native, foreign) = foreign::read(dir, original, dialect, file)?;
             let path = dir.join(file);
             parse::from_native_tree(&native, foreign).map_err(|e| e.in_file(&path))?
-        } else if let Some(src) = read_if_exists(&json_path)? {
-            Manifest::from_json_str(&src).map_err(|e| e.in_file(&json_path))?
         } else {
             return Err(ManifestError::NotFound {
                 dir: dir.to_owned(),

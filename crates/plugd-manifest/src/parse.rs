@@ -42,7 +42,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "runtime",
     "entry",
 ];
-const JSON_TOP_KEYS: &[&str] = &[
+pub(crate) const JSON_TOP_KEYS: &[&str] = &[
     "schema",
     "name",
     "version",
@@ -128,6 +128,12 @@ pub(crate) fn parse_toml(src: &str) -> Result<Manifest, ManifestError> {
 /// Parses and validates `plugin.json` text: plugd's own form, or a foreign dialect told apart
 /// by its keys (translated).
 pub(crate) fn parse_json(src: &str) -> Result<Manifest, ManifestError> {
+    parse_json_in(src, Path::new(""))
+}
+
+/// [`parse_json`] of the `plugin.json` of the package in `dir` (empty: none), which a foreign
+/// dialect's translation checks the files it names against.
+pub(crate) fn parse_json_in(src: &str, dir: &Path) -> Result<Manifest, ManifestError> {
     let value = json_value(src)?;
     let Value::Object(root) = value else {
         return Err(Invalid::new(format!(
@@ -139,7 +145,7 @@ pub(crate) fn parse_json(src: &str) -> Result<Manifest, ManifestError> {
     };
     if let Some(dialect) = crate::foreign::json_dialect_of(&root) {
         let (native, foreign) =
-            crate::foreign::translate(&root, dialect, crate::JSON_MANIFEST, Path::new(""))?;
+            crate::foreign::translate(&root, dialect, crate::JSON_MANIFEST, dir)?;
         return from_native_tree(&native, foreign);
     }
     Ok(Reader::new(ManifestFormat::Json).manifest(&root)?)
