@@ -60,7 +60,7 @@ Usage:
                    [--warmup N] [--in-flight N] [--rounds N] [--dir DIR]
                    [--durability process|full]
   plugd-bench reload [--repo DIR] [--swaps N] [--interval-ms MS] [--dir DIR]
-                     [--cases python,wasm]
+                     [--cases python,wasm] [--poll-us US]
   plugd-bench compat [--repo DIR] [--plugins N] [--rounds N] [--dir DIR]
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
   plugd-bench scripts [--repo DIR] [-n RUNS] [--warmup RUNS] [--rounds N] [--dir DIR]
@@ -284,6 +284,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     .split(',')
                     .map(str::to_owned)
                     .collect(),
+                poll: std::time::Duration::from_micros(args.parsed("--poll-us")?.unwrap_or(100)),
             };
             args.finish()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -4,7 +4,10 @@
 //! runs beside `wrk` to show that no call fails while a plugin is swapped.
 //!
 //! Each swap: write the package file (a temp file renamed over it, as editors do), then call the
-//! plugin in a loop until the answer names the new version. Reported next to it: the swap itself
+//! plugin in a loop until the answer names the new version. The loop is a client of its own: a
+//! thread that calls, and sleeps `--poll-us` (100 µs) between calls, so the measurement adds at
+//! most that to a sample; `--poll-us 0` spins instead, a runtime worker calling back to back,
+//! which on 2 cores takes one of them away from the swap it is timing. Reported next to it: the swap itself
 //! as the host recorded it (verify and stage, start the new instance, handshake, switch: the
 //! plugin's own start time), so the watcher's share is the difference.
 //!
@@ -30,6 +33,8 @@ pub(crate) struct Config {
     pub interval: Duration,
     pub dir: PathBuf,
     pub cases: Vec<String>,
+    /// Pause between the polling client's calls; zero: spin on a runtime worker.
+    pub poll: Duration,
 }
 
 /// The Python plugin of the measurement: answers its generation.
@@ -127,14 +132,55 @@ async fn host(config: &Config, scratch: &Path) -> anyhow::Result<Host> {
     Ok(host)
 }
 
-/// Calls `plugin`'s `action` until its answer contains `want`; the time it took.
+/// Calls `plugin`'s `action` until its answer contains `want`; the time it took. With a poll
+/// pause the calls come from a thread of their own (each awaited with `block_on`), else from this
+/// task back to back.
 async fn until_answer(
     host: &Host,
     plugin: &str,
     action: &str,
     want: &str,
     since: Instant,
+    poll: Duration,
 ) -> anyhow::Result<Duration> {
+    if poll.is_zero() {
+        return poll_answer(host, plugin, action, want, since, || async {
+            tokio::task::yield_now().await
+        })
+        .await;
+    }
+    let (host, plugin, action, want) = (
+        host.clone(),
+        plugin.to_owned(),
+        action.to_owned(),
+        want.to_owned(),
+    );
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(poll_answer(
+            &host,
+            &plugin,
+            &action,
+            &want,
+            since,
+            || async { std::thread::sleep(poll) },
+        ))
+    })
+    .await?
+}
+
+async fn poll_answer<F, Fut>(
+    host: &Host,
+    plugin: &str,
+    action: &str,
+    want: &str,
+    since: Instant,
+    pause: F,
+) -> anyhow::Result<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let payload = RawValue::from_string("{}".into())?;
     let deadline = since + Duration::from_secs(30);
     loop {
@@ -151,7 +197,7 @@ async fn until_answer(
             "`{plugin}` still answers {} 30 s after the write",
             answer.result.get()
         );
-        tokio::task::yield_now().await;
+        pause().await;
     }
 }
 
@@ -210,7 +256,17 @@ async fn python(config: &Config, scratch: &Path) -> anyhow::Result<()> {
             let next = Instant::now() + config.interval;
             let (since, wall) = (Instant::now(), SystemTime::now());
             replace(&dir.join("main.py"), gen_py(n).as_bytes())?;
-            answer.push(until_answer(&host, "gen", "which", &format!("\"generation\":{n}}}"), since).await?);
+            answer.push(
+                until_answer(
+                    &host,
+                    "gen",
+                    "which",
+                    &format!("\"generation\":{n}}}"),
+                    since,
+                    config.poll,
+                )
+                .await?,
+            );
             swap.push(last_swap(&host, "gen", wall).await?);
             tokio::time::sleep_until(next.into()).await;
         }
@@ -249,7 +305,7 @@ async fn wasm(config: &Config, scratch: &Path) -> anyhow::Result<()> {
             let (since, wall) = (Instant::now(), SystemTime::now());
             replace(&dir.join("plugin.wasm"), &builds[i])?;
             let want = if i == 0 { "build-A" } else { "build-B" };
-            let took = until_answer(&host, HELLO_C_WASM, "build", want, since).await?;
+            let took = until_answer(&host, HELLO_C_WASM, "build", want, since, config.poll).await?;
             // Build B is compiled on its first sight (A was compiled by the start).
             if n == 1 {
                 first.push(took);

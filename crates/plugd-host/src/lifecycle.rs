@@ -488,6 +488,7 @@ impl Host {
         };
         let took = attempt.switched.unwrap_or_else(Instant::now) - began;
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        crate::telemetry::swapped(&slot, trigger, outcome.is_ok());
         slot.supervision.lock().swap(Swap {
             at,
             trigger,

@@ -32,6 +32,8 @@ use crate::registry::{Generation, PluginState, Slot};
 pub(crate) const PLUGIN_LOADS: &str = "plugd_plugin_loads_total";
 /// How long a start took: staging (verification, Python environment) and the runtime's start.
 pub(crate) const PLUGIN_LOAD_DURATION: &str = "plugd_plugin_load_duration_seconds";
+/// Blue/green version swaps (reload, restart, a change seen by the watcher) by outcome.
+pub(crate) const PLUGIN_SWAPS: &str = "plugd_plugin_swaps_total";
 /// Restarts of a plugin by its runtime after a crash.
 pub(crate) const PLUGIN_RESTARTS: &str = "plugd_plugin_restarts_total";
 /// Replies that arrived after their call had timed out.
@@ -80,6 +82,10 @@ pub fn describe_metrics() {
         PLUGIN_LOAD_DURATION,
         Unit::Seconds,
         "How long a plugin start took: verification, staging, environment and the runtime's start"
+    );
+    describe_counter!(
+        PLUGIN_SWAPS,
+        "Version swaps (reload, restart, watch), by plugin, trigger and outcome (ok, error)"
     );
     describe_counter!(
         PLUGIN_RESTARTS,
@@ -350,6 +356,17 @@ pub(crate) fn loaded(slot: &Slot, started: Instant, ok: bool) {
     counter!(PLUGIN_LOADS, "plugin" => plugin.clone(), "outcome" => if ok { "ok" } else { "error" })
         .increment(1);
     histogram!(PLUGIN_LOAD_DURATION, "plugin" => plugin).record(started.elapsed().as_secs_f64());
+}
+
+/// A blue/green swap of `slot`'s version ended (reload, restart or the watcher's).
+pub(crate) fn swapped(slot: &Slot, trigger: crate::supervision::Trigger, ok: bool) {
+    counter!(
+        PLUGIN_SWAPS,
+        "plugin" => slot.handles().plugin.clone(),
+        "trigger" => trigger.as_str(),
+        "outcome" => if ok { "ok" } else { "error" }
+    )
+    .increment(1);
 }
 
 /// A capability request of `slot`'s plugin was refused by policy.

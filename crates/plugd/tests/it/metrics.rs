@@ -67,6 +67,14 @@ fn metrics_count_calls_loads_events_proxied_requests_and_the_store() {
         "{}",
     );
     assert_eq!(unknown.status, 404);
+    // A blue/green swap: counted as a swap and as a second load.
+    let reloaded = send(&server, "POST", "/api/v1/plugins/hello/reload", None, "");
+    assert_eq!(
+        reloaded.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reloaded.body)
+    );
     let proxied = send(&server, "GET", "/plugins/web/missing", None, "");
     assert_eq!(proxied.status, 404, "the web plugin has no /missing");
     let proxied = send(&server, "GET", "/plugins/web/echo", None, "");
@@ -119,10 +127,14 @@ fn metrics_count_calls_loads_events_proxied_requests_and_the_store() {
         (r#"plugd_calls_in_flight{plugin="hello"}"#, 0.0),
         (
             r#"plugd_plugin_loads_total{plugin="hello",outcome="ok"}"#,
-            1.0,
+            2.0,
         ),
         (
             r#"plugd_plugin_load_duration_seconds_count{plugin="hello"}"#,
+            2.0,
+        ),
+        (
+            r#"plugd_plugin_swaps_total{plugin="hello",trigger="reload",outcome="ok"}"#,
             1.0,
         ),
         (
