@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Plugins' own HTTP (issue 13), interleaved: client-manager through plugd's proxy and the same app
 # on uvicorn directly, both up at once; per round wrk -c16 5 s on each `/health`, then WebSocket
-# echo round trips on each. This machine's numbers drift by 30 % between minutes, so only rounds
-# interleaved like this compare. Needs the release binaries (`cargo build --release -p plugd
+# echo round trips, interleaved, on each and on two raw limits: a bare TCP relay (`plugd-bench
+# tcp-relay`) in front of the direct app and one in front of the plugin's own socket. This
+# machine's numbers drift by 30 % between minutes, so only rounds interleaved like this compare. Needs the release binaries (`cargo build --release -p plugd
 # -p plugd-bench`) and uv (for the example's environment).
 #   bench/proxy-rounds.sh            ROUNDS=6 PROFILE_DIR=debug bench/proxy-rounds.sh
 set -euo pipefail
@@ -20,15 +21,26 @@ ENV=$(find $S/state/envs -mindepth 1 -maxdepth 1 -type d ! -name '.*' | head -1)
 (cd $ROOT/examples/plugins/client-manager && exec $ENV/bin/python3 -m uvicorn --factory client_manager:create_app --host 127.0.0.1 --port 18091 --no-access-log --log-level warning) >$S/u.out 2>&1 &
 P2=$!
 for i in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18091/health)" = 200 ] && break; sleep 0.1; done
+# The raw limit of a relay: a bare tokio TCP relay in front of the direct app.
+$ROOT/target/$PROFILE_DIR/plugd-bench tcp-relay --listen 127.0.0.1:18092 --to 127.0.0.1:18091 >$S/r.out 2>&1 &
+P3=$!
+trap 'kill $P1 ${P2:-} $P3 2>/dev/null; rm -rf $S' EXIT
+for i in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18092/health)" = 200 ] && break; sleep 0.1; done
+# The same bare relay to the plugin's own socket (the app as plugd runs it: sandboxed, over Unix).
+SOCK=$(ls $S/state/run/*.sock | head -1)
+$ROOT/target/$PROFILE_DIR/plugd-bench tcp-relay --listen 127.0.0.1:18093 --to unix:$SOCK >$S/r2.out 2>&1 &
+P4=$!
+trap 'kill $P1 ${P2:-} $P3 $P4 2>/dev/null; rm -rf $S' EXIT
+for i in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18093/health)" = 200 ] && break; sleep 0.1; done
 for r in $(seq $ROUNDS); do
   for c in proxy direct; do
     url=http://127.0.0.1:18090/plugins/client-manager/health; [ $c = direct ] && url=http://127.0.0.1:18091/health
     rps=$(wrk -t1 -c16 -d5s $url | awk '/Requests\/sec/ {print $2}')
     echo "round $r $c rps $rps"
   done
-  $ROOT/target/$PROFILE_DIR/plugd-bench ws-echo -n 3000 --warmup 300 ws://127.0.0.1:18090/plugins/client-manager/ws-echo ws://127.0.0.1:18091/ws-echo | python3 -c '
+  $ROOT/target/$PROFILE_DIR/plugd-bench ws-echo -n 3000 --warmup 300 ws://127.0.0.1:18090/plugins/client-manager/ws-echo ws://127.0.0.1:18091/ws-echo ws://127.0.0.1:18092/ws-echo ws://127.0.0.1:18093/ws-echo | python3 -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
-p, d = rows[0]["p50_us"], rows[1]["p50_us"]
-print(f"round {sys.argv[1]} ws p50 proxy {p:.0f} direct {d:.0f} ratio {p / d:.2f}")' "$r"
+p, d, r, u = (row["p50_us"] for row in rows)
+print(f"round {sys.argv[1]} ws p50 proxy {p:.0f} direct {d:.0f} ratio {p / d:.2f} (bare relay to direct {r:.0f}, {r / d:.2f}; to the plugin socket {u:.0f}, {u / d:.2f})")' "$r"
 done

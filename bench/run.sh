@@ -265,8 +265,9 @@ if [ -n "$RELOAD" ]; then
         "$PLUGD" --server "$WATCH_URL" --json status "$case" | python3 -c '
 import json, sys
 swaps = json.load(sys.stdin)["plugin"]["supervision"]["swaps"]
-print(f"    swaps on record (newest 20 kept): {len(swaps)}, failed: {sum(not s[\"ok\"] for s in swaps)}, "
-      f"p50 swap {sorted(s[\"took_ms\"] for s in swaps)[len(swaps) // 2]:.1f} ms")'
+failed = sum(not s["ok"] for s in swaps)
+took = sorted(s["took_ms"] for s in swaps)
+print(f"    swaps on record (newest 20 kept): {len(swaps)}, failed: {failed}, p50 swap {took[len(took) // 2]:.1f} ms")'
     done
     printf '\n%-34s %12s %10s %10s %8s\n' "reload under wrk -c$CONNECTIONS" "req/s" "p50" "p99" "errors"
     for case in $RELOAD_CASES; do

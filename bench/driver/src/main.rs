@@ -21,6 +21,8 @@
 //! - `ws-echo URL...`: WebSocket echo round trips (issue 13), e.g. through plugd's proxy and
 //!   straight to the app;
 //! - `rewrite DIR`: rewrites a package every so often, for `run.sh` to run beside `wrk`;
+//! - `tcp-relay --listen ADDR --to ADDR`: a bare tokio TCP relay, the raw limit of the proxy's
+//!   WebSocket relay;
 //! - `axum-echo --listen ADDR`: a bare axum server with `POST /echo`, the HTTP baseline;
 //! - `make-plugins DIR`: the plugins directory the benchmarks use (for `plugd serve`);
 //! - `fake-child`: an instant-answer protocol child in Rust (run by the host as a plugin).
@@ -67,6 +69,7 @@ Usage:
                       [--cases bare,server,server-env3,concurrent,cli,kernel,layers]
   plugd-bench ws-echo URL... [-n N] [--warmup N] [--size BYTES]
   plugd-bench axum-echo --listen ADDR
+  plugd-bench tcp-relay --listen ADDR --to ADDR|unix:PATH
   plugd-bench make-plugins DIR [--repo DIR]
   plugd-bench fake-child [--no-hello]
 
@@ -317,6 +320,19 @@ fn run() -> anyhow::Result<ExitCode> {
             args.finish()?;
             anyhow::ensure!(!urls.is_empty(), "`ws-echo` needs at least one ws:// URL");
             ws::run(&urls, n, warmup, size)?;
+        }
+        "tcp-relay" => {
+            let listen: SocketAddr = args
+                .parsed("--listen")?
+                .context("`tcp-relay` needs `--listen ADDR`")?;
+            let to = args
+                .value("--to")?
+                .context("`tcp-relay` needs `--to ADDR` or `--to unix:PATH`")?;
+            args.finish()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(ws::relay(listen, to))?;
         }
         "axum-echo" => {
             let listen: SocketAddr = args
