@@ -3,8 +3,9 @@
 # on uvicorn directly, both up at once; per round wrk -c16 5 s on each `/health`, then WebSocket
 # echo round trips, interleaved, on each and on two raw limits: a bare TCP relay (`plugd-bench
 # tcp-relay`) in front of the direct app and one in front of the plugin's own socket. This
-# machine's numbers drift by 30 % between minutes, so only rounds interleaved like this compare. Needs the release binaries (`cargo build --release -p plugd
-# -p plugd-bench`) and uv (for the example's environment).
+# machine's numbers drift by 30 % between minutes, so only rounds interleaved like this compare.
+# Needs the release binaries (`cargo build --release -p plugd -p plugd-bench`) and uv (for the
+# example's environment).
 #   bench/proxy-rounds.sh            ROUNDS=6 PROFILE_DIR=debug bench/proxy-rounds.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
