@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plugd_manifest::PluginName;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::RuntimeError;
 
@@ -17,10 +17,11 @@ pub struct CallSlots {
     semaphore: Arc<Semaphore>,
 }
 
-/// A held slot; dropping it frees the slot (also when the call's future is dropped).
+/// A held slot; dropping it frees the slot (also when the call's future is dropped). It borrows
+/// the slots: a call holds it for its own duration only, and taking it costs no reference count.
 #[derive(Debug)]
-pub struct CallPermit {
-    _permit: OwnedSemaphorePermit,
+pub struct CallPermit<'a> {
+    _permit: SemaphorePermit<'a>,
 }
 
 impl CallSlots {
@@ -36,11 +37,11 @@ impl CallSlots {
 
     /// Takes a slot, waiting at most `wait` (the rest of the call's deadline). A call that gets
     /// no slot in time is refused with [`RuntimeError::Overloaded`], never left queued.
-    pub async fn acquire(&self, wait: Duration) -> Result<CallPermit, RuntimeError> {
-        if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
-            return Ok(CallPermit { _permit: permit });
+    pub async fn acquire(&self, wait: Duration) -> Result<CallPermit<'_>, RuntimeError> {
+        if let Some(permit) = self.try_acquire() {
+            return Ok(permit);
         }
-        match tokio::time::timeout(wait, self.semaphore.clone().acquire_owned()).await {
+        match tokio::time::timeout(wait, self.semaphore.acquire()).await {
             Ok(Ok(permit)) => Ok(CallPermit { _permit: permit }),
             // The semaphore is never closed; treat it like saturation all the same.
             Ok(Err(_)) | Err(_) => Err(RuntimeError::Overloaded {
@@ -51,6 +52,14 @@ impl CallSlots {
                 ),
             }),
         }
+    }
+
+    /// Takes a slot if one is free now, without waiting.
+    pub fn try_acquire(&self) -> Option<CallPermit<'_>> {
+        self.semaphore
+            .try_acquire()
+            .ok()
+            .map(|permit| CallPermit { _permit: permit })
     }
 
     /// Slots in use now.
@@ -90,7 +99,8 @@ mod tests {
         let s = slots(1);
         let held = s.acquire(Duration::ZERO).await.unwrap();
         let s2 = s.clone();
-        let waiter = tokio::spawn(async move { s2.acquire(Duration::from_secs(5)).await });
+        let waiter =
+            tokio::spawn(async move { s2.acquire(Duration::from_secs(5)).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);
         assert!(waiter.await.unwrap().is_ok());
@@ -105,5 +115,15 @@ mod tests {
         assert_eq!(s.in_use(), 1);
         let _b = s.acquire(Duration::ZERO).await.unwrap();
         assert_eq!(s.in_use(), 2);
+    }
+
+    #[test]
+    fn try_acquire_takes_a_free_slot_or_none() {
+        let s = slots(1);
+        let held = s.try_acquire().expect("a free slot");
+        assert_eq!(s.in_use(), 1);
+        assert!(s.try_acquire().is_none(), "no second slot");
+        drop(held);
+        assert!(s.try_acquire().is_some());
     }
 }

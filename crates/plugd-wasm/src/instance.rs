@@ -176,6 +176,11 @@ impl WasmInstance {
     pub fn call_blocking(&self, invocation: &Invocation) -> Result<Outcome, RuntimeError> {
         let shared = &self.shared;
         let started = Instant::now();
+        // A free slot is taken without entering the runtime; only a wait for one does.
+        shared.check_running()?;
+        if let Some(_permit) = shared.slots.try_acquire() {
+            return shared.handle.block_on(shared.call(invocation, started));
+        }
         shared.handle.block_on(async {
             let _permit = shared.acquire(shared.timeout(invocation)).await?;
             shared.call(invocation, started).await
@@ -471,7 +476,7 @@ impl Shared {
     /// Waits for a concurrency slot (the shared policy of every runtime: the wait counts against
     /// the call's timeout; no slot in time is `Overloaded`). A call that got its slot after a
     /// stop is refused by [`Shared::call`]'s own check.
-    async fn acquire(&self, timeout: Duration) -> Result<CallPermit, RuntimeError> {
+    async fn acquire(&self, timeout: Duration) -> Result<CallPermit<'_>, RuntimeError> {
         self.check_running()?;
         let permit = self.slots.acquire(timeout).await?;
         self.check_running()?;

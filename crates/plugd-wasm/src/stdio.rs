@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -27,12 +28,17 @@ const KEEP: usize = MAX_LOG_LINE + 1;
 #[derive(Clone)]
 pub(crate) struct LogStream {
     sink: Arc<Mutex<LineSink>>,
+    /// Whether the sink keeps any tail lines: set under the lock when one is kept, so clearing
+    /// an empty tail at every call's start (the common case) takes no lock.
+    has_tail: Arc<AtomicBool>,
 }
 
 struct LineSink {
     host: Arc<dyn HostCalls>,
     source: LogSource,
     buf: Vec<u8>,
+    /// [`LogStream::has_tail`], shared.
+    has_tail: Arc<AtomicBool>,
     /// Whether the current line passed [`KEEP`] bytes (the rest is being dropped).
     overlong: bool,
     /// The last [`STDERR_TAIL`] complete lines (stderr only; empty for stdout).
@@ -41,14 +47,17 @@ struct LineSink {
 
 impl LogStream {
     pub(crate) fn new(host: Arc<dyn HostCalls>, source: LogSource) -> LogStream {
+        let has_tail = Arc::new(AtomicBool::new(false));
         LogStream {
             sink: Arc::new(Mutex::new(LineSink {
                 host,
                 source,
                 buf: Vec::new(),
+                has_tail: has_tail.clone(),
                 overlong: false,
                 tail: VecDeque::with_capacity(STDERR_TAIL),
             })),
+            has_tail,
         }
     }
 
@@ -72,8 +81,14 @@ impl LogStream {
     }
 
     /// Forgets the kept lines (at the start of each call, so a trap shows its own call's).
+    /// Without kept lines it takes no lock. The guest writes only while it runs, on the task
+    /// that calls this between runs, so no line is being kept meanwhile.
     pub(crate) fn clear_tail(&self) {
-        self.lock().tail.clear();
+        if self.has_tail.load(Ordering::Acquire) {
+            let mut sink = self.lock();
+            sink.tail.clear();
+            self.has_tail.store(false, Ordering::Release);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LineSink> {
@@ -114,6 +129,7 @@ impl LineSink {
                 self.tail.pop_front();
             }
             self.tail.push_back(line);
+            self.has_tail.store(true, Ordering::Release);
         }
         self.buf.clear();
         self.overlong = false;
@@ -243,5 +259,12 @@ mod tests {
         assert_eq!(stream.tail(), ["ValueError: py kaboom"]);
         // Every line, blank ones too, went to the log.
         assert_eq!(host.0.lock().unwrap().len(), 8);
+        // A line kept after a clear is cleared by the next one (the lock-free check sees it).
+        stream.write(b"\nlater\n");
+        assert_eq!(stream.tail(), ["ValueError: py kaboom", "later"]);
+        stream.clear_tail();
+        assert!(stream.tail().is_empty());
+        stream.clear_tail();
+        assert!(stream.tail().is_empty());
     }
 }
