@@ -282,6 +282,7 @@ unsafe fn fork_init() -> io::Result<()> {
         if y > 0 {
             libc::close(y_end);
             close_from_3_except(x_end);
+            release_inherited_memory();
             supervise(y, x_end);
         }
         // Y: pid 1 of the new namespace.
@@ -313,6 +314,7 @@ unsafe fn fork_init() -> io::Result<()> {
         }
         if z > 0 {
             close_from_3_except(y_end);
+            release_inherited_memory();
             init(z, y_end);
         }
         // Z: the plugin. Its signal mask is the host thread's again.
@@ -320,6 +322,140 @@ unsafe fn fork_init() -> io::Result<()> {
         check(libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()).into())?;
         Ok(())
     }
+}
+
+thread_local! {
+    /// Its address marks the calling thread's TLS block (and, for a thread other than the main
+    /// one, its stack mapping), which [`release_inherited_memory`] keeps.
+    static TLS_MARK: u8 = const { 0 };
+}
+
+/// Drops, in X and Y, the host's private anonymous memory they inherited by `fork` (its heap,
+/// its threads' stacks, the runtimes' arenas). Neither touches it again: from here on they run
+/// [`supervise`] or [`init`], system calls on stack values only. Without this each plugin's X
+/// and Y would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as
+/// long as the plugin runs, and every page the host rewrote afterwards would cost a copy (a host
+/// at 580 MB after compiling a large component made each process plugin started then cost that
+/// much again).
+///
+/// Kept: the mapping that holds the stack pointer and the one that holds this thread's TLS
+/// (the C library reads its thread descriptor there), every file-backed mapping, and the
+/// anonymous mapping right after a file-backed one (a `.bss`). Reads `/proc/self/maps` into a
+/// stack buffer and parses it by hand: no allocation. Best effort: any failure leaves the memory.
+unsafe fn release_inherited_memory() {
+    let marker = 0u8;
+    let stack = std::hint::black_box(&marker) as *const u8 as usize;
+    let tls = TLS_MARK.with(|m| m as *const u8 as usize);
+    // SAFETY: open/read/close/madvise on our own stack buffers and on mappings that no code of
+    // this process touches again (see above).
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        let mut len = 0usize;
+        let mut previous_end = 0usize;
+        let mut previous_file = false;
+        loop {
+            let n = libc::read(fd, buf.as_mut_ptr().add(len).cast(), buf.len() - len);
+            if n <= 0 {
+                break;
+            }
+            len += n as usize;
+            let mut start = 0;
+            while let Some(nl) = buf[start..len].iter().position(|&b| b == b'\n') {
+                if let Some(m) = MapLine::parse(&buf[start..start + nl]) {
+                    let bss = previous_file && m.start == previous_end;
+                    if m.droppable() && !bss && !m.contains(stack) && !m.contains(tls) {
+                        libc::madvise(
+                            m.start as *mut libc::c_void,
+                            m.end - m.start,
+                            libc::MADV_DONTNEED,
+                        );
+                    }
+                    previous_end = m.end;
+                    previous_file = m.inode != 0;
+                }
+                start += nl + 1;
+            }
+            if start == 0 && len == buf.len() {
+                // A line longer than the buffer (a long path): skip to its end.
+                len = 0;
+                continue;
+            }
+            buf.copy_within(start..len, 0);
+            len -= start;
+        }
+        libc::close(fd);
+    }
+}
+
+/// One line of `/proc/self/maps`: `start-end perms offset dev inode [path]`.
+struct MapLine<'a> {
+    start: usize,
+    end: usize,
+    perms: &'a [u8],
+    inode: u64,
+    path: &'a [u8],
+}
+
+impl<'a> MapLine<'a> {
+    fn parse(line: &'a [u8]) -> Option<MapLine<'a>> {
+        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+        let range = fields.next()?;
+        let dash = range.iter().position(|&b| b == b'-')?;
+        let start = hex(&range[..dash])?;
+        let end = hex(&range[dash + 1..])?;
+        let perms = fields.next()?;
+        let _offset = fields.next()?;
+        let _dev = fields.next()?;
+        let inode = decimal(fields.next()?)?;
+        let path = fields.next().unwrap_or(&[]);
+        (perms.len() == 4 && start < end).then_some(MapLine {
+            start,
+            end,
+            perms,
+            inode,
+            path,
+        })
+    }
+
+    /// Private, writable, anonymous (no file; the `brk` heap counts as anonymous).
+    fn droppable(&self) -> bool {
+        self.perms[0] == b'r'
+            && self.perms[1] == b'w'
+            && self.perms[3] == b'p'
+            && self.inode == 0
+            && (self.path.is_empty() || self.path == b"[heap]")
+    }
+
+    fn contains(&self, address: usize) -> bool {
+        (self.start..self.end).contains(&address)
+    }
+}
+
+fn hex(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |acc, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(acc << 4 | v as usize)
+    })
+}
+
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        let v = (d as char).to_digit(10)?;
+        acc.checked_mul(10)?.checked_add(u64::from(v))
+    })
 }
 
 fn forwarded(signal: libc::c_int) -> bool {
@@ -494,4 +630,45 @@ pub(crate) fn rlimits(policy: &SandboxPolicy, nproc: bool) -> (Vec<(i32, libc::r
         })
         .collect();
     (limits, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_lines_parse_and_only_private_anonymous_writable_ones_are_droppable() {
+        let heap =
+            MapLine::parse(b"55d0c1a2b000-55d0c1c4c000 rw-p 00000000 00:00 0          [heap]")
+                .unwrap();
+        assert_eq!((heap.start, heap.end), (0x55d0c1a2b000, 0x55d0c1c4c000));
+        assert!(heap.droppable());
+        assert!(heap.contains(0x55d0c1a2b000) && !heap.contains(0x55d0c1c4c000));
+        let anon = MapLine::parse(b"7f1c2c000000-7f1c2c021000 rw-p 00000000 00:00 0 ").unwrap();
+        assert!(anon.droppable());
+        for kept in [
+            &b"7f1c34a00000-7f1c34a04000 rw-p 001d6000 fd:01 1317 /usr/lib/x86_64-linux-gnu/libc.so.6"[..],
+            b"7ffd1c5e2000-7ffd1c603000 rw-p 00000000 00:00 0                          [stack]",
+            b"7f1c2c021000-7f1c30000000 ---p 00000000 00:00 0 ",
+            b"7f1c34800000-7f1c34828000 r--p 00000000 fd:01 1317 /usr/lib/x86_64-linux-gnu/libc.so.6",
+            b"7f1c35000000-7f1c35100000 rw-s 00000000 00:01 2048 /memfd:wasm-memory-image (deleted)",
+            b"7f1c35200000-7f1c35300000 rw-p 00000000 00:00 0 [anon:named]",
+        ] {
+            let line = MapLine::parse(kept).unwrap();
+            assert!(!line.droppable(), "{}", String::from_utf8_lossy(kept));
+        }
+        for bad in [
+            &b""[..],
+            b"zz-10 rw-p 0 00:00 0",
+            b"10-5 rw-p 0 00:00 0",
+            b"10-20 rw 0 00:00 0",
+            b"10-20 rw-p 0 00:00",
+        ] {
+            assert!(
+                MapLine::parse(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }

@@ -515,3 +515,61 @@ fn cgroup_cpu_quota_is_written() {
     let detail = &prepared.layers()[0].detail;
     assert!(detail.contains("cpu quota 0.5 cores"), "{detail}");
 }
+
+/// Resident memory of `pid` in KiB (`VmRSS`), if it is still there.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The first child of `pid`, if it has one.
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_pid_namespace_inits_keep_none_of_the_hosts_heap() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let p = policy(&f, "inits");
+    // 256 MiB of touched heap in the "host" when the child is spawned.
+    let ballast = std::hint::black_box(vec![7u8; 256 << 20]);
+    let prepared = Sandbox::prepare(&p).unwrap();
+    assert_eq!(state(&prepared, Layer::PidNamespace), LayerState::Applied);
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("30").current_dir(&p.data_dir).stdin(Stdio::null());
+    prepared.apply_to(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    // X is the direct child, Y (the namespace's init) its child, the plugin Y's child.
+    let x = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let settled = loop {
+        let y = first_child(x);
+        let plugin = y.and_then(first_child);
+        let exec = plugin
+            .and_then(|z| std::fs::read_to_string(format!("/proc/{z}/comm")).ok())
+            .is_some_and(|comm| comm.trim() == "sleep");
+        let (rx, ry) = (rss_kib(x), y.and_then(rss_kib));
+        // Below 32 MiB each while the host holds 256 MiB: the inherited heap was dropped.
+        if exec && rx.is_some_and(|r| r < 32 << 10) && ry.is_some_and(|r| r < 32 << 10) {
+            break Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(format!("X {rx:?} KiB, Y {ry:?} KiB, plugin exec'd: {exec}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    settled.unwrap();
+    assert_eq!(ballast[ballast.len() - 1], 7);
+}
