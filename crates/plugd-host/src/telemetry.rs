@@ -290,7 +290,9 @@ impl CallRecord {
                 Arc::new(ActionHandles::register(&plugin.plugin, label))
             }
         };
-        let span = tracing::info_span!(
+        // Debug level: a span per call at the default `info` filter cost the server ~8 % of its
+        // CPU per request (created, entered at every poll, its fields formatted twice).
+        let span = tracing::debug_span!(
             "call",
             plugin = slot.name.as_str(),
             action = &*action.label,
@@ -335,10 +337,12 @@ impl CallRecord {
             .increment(1);
         }
         self.action.duration.record(took.as_secs_f64());
-        let duration_ms = took.as_secs_f64() * 1000.0;
-        self.span.record("outcome", outcome);
-        self.span.record("duration_ms", duration_ms);
-        tracing::debug!(parent: &self.span, outcome, duration_ms, "call finished");
+        if !self.span.is_disabled() {
+            let duration_ms = took.as_secs_f64() * 1000.0;
+            self.span.record("outcome", outcome);
+            self.span.record("duration_ms", duration_ms);
+            tracing::debug!(parent: &self.span, outcome, duration_ms, "call finished");
+        }
     }
 }
 

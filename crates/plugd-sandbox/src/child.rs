@@ -331,7 +331,7 @@ thread_local! {
 }
 
 /// Drops, in X and Y, the host's private anonymous memory they inherited by `fork` (its heap,
-/// its threads' stacks, the runtimes' arenas). Neither touches it again: from here on they run
+/// its threads' stacks, the runtimes' arenas, compiled wasm code and memory images). Neither touches it again: from here on they run
 /// [`supervise`] or [`init`], system calls on stack values only. Without this each plugin's X
 /// and Y would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as
 /// long as the plugin runs, and every page the host rewrote afterwards would cost a copy (a host
@@ -339,8 +339,8 @@ thread_local! {
 /// much again).
 ///
 /// Kept: the mapping that holds the stack pointer and the one that holds this thread's TLS
-/// (the C library reads its thread descriptor there), every file-backed mapping, and the
-/// anonymous mapping right after a file-backed one (a `.bss`). Reads `/proc/self/maps` into a
+/// (the C library reads its thread descriptor there), every mapping of a file (but a memfd),
+/// and the anonymous mapping right after one (a `.bss`). Reads `/proc/self/maps` into a
 /// stack buffer and parses it by hand: no allocation. Best effort: any failure leaves the memory.
 unsafe fn release_inherited_memory() {
     let marker = 0u8;
@@ -378,7 +378,7 @@ unsafe fn release_inherited_memory() {
                         );
                     }
                     previous_end = m.end;
-                    previous_file = m.inode != 0;
+                    previous_file = m.inode != 0 && !m.path.starts_with(b"/memfd:");
                 }
                 start += nl + 1;
             }
@@ -424,13 +424,13 @@ impl<'a> MapLine<'a> {
         })
     }
 
-    /// Private, writable, anonymous (no file; the `brk` heap counts as anonymous).
+    /// Private and anonymous (no file; the `brk` heap counts, as does a private mapping of a
+    /// memfd such as wasmtime's memory images): heaps, arenas, other threads' stacks, JIT code.
+    /// Read-only and executable ones too (compiled wasm: the host's, never run here).
     fn droppable(&self) -> bool {
-        self.perms[0] == b'r'
-            && self.perms[1] == b'w'
-            && self.perms[3] == b'p'
-            && self.inode == 0
-            && (self.path.is_empty() || self.path == b"[heap]")
+        self.perms[3] == b'p'
+            && ((self.inode == 0 && (self.path.is_empty() || self.path == b"[heap]"))
+                || self.path.starts_with(b"/memfd:"))
     }
 
     fn contains(&self, address: usize) -> bool {
@@ -644,14 +644,21 @@ mod tests {
         assert_eq!((heap.start, heap.end), (0x55d0c1a2b000, 0x55d0c1c4c000));
         assert!(heap.droppable());
         assert!(heap.contains(0x55d0c1a2b000) && !heap.contains(0x55d0c1c4c000));
-        let anon = MapLine::parse(b"7f1c2c000000-7f1c2c021000 rw-p 00000000 00:00 0 ").unwrap();
-        assert!(anon.droppable());
+        for dropped in [
+            &b"7f1c2c000000-7f1c2c021000 rw-p 00000000 00:00 0 "[..],
+            b"6fb2b5ca4000-6fb2b712d000 r-xp 00000000 00:00 0 ",
+            b"6fb2a2e3d000-6fb2a4000000 r--p 00000000 00:00 0 ",
+            b"7f1c35000000-7f1c35100000 rw-p 00000000 00:01 2048 /memfd:wasm-memory-image (deleted)",
+        ] {
+            let line = MapLine::parse(dropped).unwrap();
+            assert!(line.droppable(), "{}", String::from_utf8_lossy(dropped));
+        }
         for kept in [
             &b"7f1c34a00000-7f1c34a04000 rw-p 001d6000 fd:01 1317 /usr/lib/x86_64-linux-gnu/libc.so.6"[..],
             b"7ffd1c5e2000-7ffd1c603000 rw-p 00000000 00:00 0                          [stack]",
-            b"7f1c2c021000-7f1c30000000 ---p 00000000 00:00 0 ",
             b"7f1c34800000-7f1c34828000 r--p 00000000 fd:01 1317 /usr/lib/x86_64-linux-gnu/libc.so.6",
             b"7f1c35000000-7f1c35100000 rw-s 00000000 00:01 2048 /memfd:wasm-memory-image (deleted)",
+            b"7f1c36000000-7f1c36100000 rw-p 00002000 fd:01 99 /srv/plugd/some.data",
             b"7f1c35200000-7f1c35300000 rw-p 00000000 00:00 0 [anon:named]",
         ] {
             let line = MapLine::parse(kept).unwrap();

@@ -259,13 +259,13 @@ pub(crate) async fn follow(
     let follow = Follow {
         // Subscribed before the first store read, so nothing falls between the two.
         live: state.host.events_live(),
-        host: state.host,
+        host: state.host.clone(),
         pattern: q.topic,
         last: after,
         catch_up: after.is_some(),
         pending: VecDeque::new(),
         ended: false,
-        shutdown: state.shutdown,
+        shutdown: state.shutdown.clone(),
     };
     Ok(Sse::new(futures::stream::unfold(follow, Follow::next)).keep_alive(stream::keep_alive()))
 }

@@ -73,13 +73,13 @@ pub(crate) async fn follow(
     let mut updates = state.host.log_updates(&name)?;
     let newest = *updates.borrow_and_update();
     let follow = Follow {
-        host: state.host,
+        host: state.host.clone(),
         name,
         updates,
         last: last_event_id.or(q.after).unwrap_or(newest),
         pending: VecDeque::new(),
         ended: false,
-        shutdown: state.shutdown,
+        shutdown: state.shutdown.clone(),
     };
     Ok(Sse::new(futures::stream::unfold(follow, Follow::next)).keep_alive(stream::keep_alive()))
 }

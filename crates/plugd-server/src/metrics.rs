@@ -139,7 +139,7 @@ pub(crate) async fn handler(State(state): State<AppState>) -> Response {
         )
         .into_response();
     }
-    let host = state.host;
+    let host = state.host.clone();
     let handle = match install() {
         Ok(handle) => handle,
         Err(reason) => return unavailable(reason),

@@ -95,9 +95,22 @@ impl Readiness {
     }
 }
 
-/// What the handlers share; handlers that need only the host extract `State<Host>`.
+/// What the handlers share; handlers that need only the host extract `State<Host>`. One `Arc`:
+/// axum clones the state for every request, and a clone of the fields (the proxy's client, the
+/// auth, the scripts, ...) cost a dozen reference counts each time.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub(crate) struct SharedState {
     pub(crate) host: Host,
     readiness: Readiness,
     pub(crate) max_body: usize,
@@ -126,7 +139,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         let _ = crate::metrics::install();
     }
     let auth = crate::Auth::new(host.clone(), config.auth.clone());
-    let state = AppState {
+    let state = AppState(Arc::new(SharedState {
         auth: auth.clone(),
         metrics: config.metrics,
         host,
@@ -135,7 +148,7 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         shutdown: config.shutdown.clone(),
         proxy: config.proxy.clone(),
         scripts: config.scripts.clone(),
-    };
+    }));
     if tokio::runtime::Handle::try_current().is_ok() {
         config
             .proxy
@@ -430,7 +443,7 @@ pub(crate) async fn call(
     Path((name, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let host = state.host;
+    let host = &state.host;
     let body = body.map_err(|rejection| body_error(rejection, state.max_body))?;
     let payload: Box<RawValue> = if body.iter().all(u8::is_ascii_whitespace) {
         RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON")

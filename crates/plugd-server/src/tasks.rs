@@ -336,14 +336,14 @@ pub(crate) async fn watch(
     let mut watch = Watch {
         // Subscribed before the first read, so no change falls between the two.
         updates: state.host.task_updates(),
-        host: state.host,
+        host: state.host.clone(),
         filter,
         pending: VecDeque::new(),
         open: HashMap::new(),
         finished: HashSet::new(),
         resync: false,
         ended: false,
-        shutdown: state.shutdown,
+        shutdown: state.shutdown.clone(),
     };
     // The first view is read here, so an unknown task is a 404, not a stream.
     watch.current().await?;
