@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -32,6 +32,8 @@ use crate::spawn::{Spawned, describe_exit, kill_group, spawn};
 
 /// How often the CPU time of a child is sampled while calls are in flight.
 const CPU_SAMPLE: Duration = Duration::from_millis(100);
+/// How long the CPU sampler goes on ticking after the last call it saw before it parks.
+const CPU_LINGER: Duration = Duration::from_secs(1);
 
 /// How long SIGKILL may take to reap a child before we stop waiting (it is in the kernel's hands
 /// then; `kill_on_drop` and the cgroup clean up what is left).
@@ -530,8 +532,12 @@ fn init_limits(limits: &plugd_manifest::Limits) -> InitLimits {
 struct CpuCalls {
     calls: parking_lot::Mutex<BTreeMap<u64, Option<Duration>>>,
     next: AtomicU64,
-    /// Woken when the first call of a busy period starts, so sampling runs only while busy.
+    /// Woken when a call starts while the sampler is parked, so sampling runs only while busy.
     busy: Notify,
+    /// Whether the sampler is parked (idle for [`CPU_LINGER`]): only then does a call's start
+    /// wake it. While it lingers it ticks anyway, so calls in quick succession (a busy period
+    /// ending and another starting at every request) wake nothing.
+    parked: AtomicBool,
 }
 
 /// One call counted by [`CpuCalls`]; dropping it (however the call ends) forgets the call.
@@ -543,9 +549,10 @@ struct CpuCall<'a> {
 impl CpuCalls {
     fn enter(&self) -> CpuCall<'_> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut calls = self.calls.lock();
-        calls.insert(seq, None);
-        if calls.len() == 1 {
+        self.calls.lock().insert(seq, None);
+        // After the insert (SeqCst): a sampler that parks re-checks `is_busy` after setting the
+        // flag, so either it sees this call or this sees the flag.
+        if self.parked.load(Ordering::SeqCst) {
             self.busy.notify_one();
         }
         CpuCall { calls: self, seq }
@@ -553,6 +560,16 @@ impl CpuCalls {
 
     fn is_busy(&self) -> bool {
         !self.calls.lock().is_empty()
+    }
+
+    /// Parks the sampler unless a call is in flight (then it goes on sampling). A call that
+    /// starts between the check and the wait leaves a permit in `busy`: nothing is missed.
+    async fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        if !self.is_busy() {
+            self.busy.notified().await;
+        }
+        self.parked.store(false, Ordering::SeqCst);
     }
 
     /// With the child's CPU time `now`: how much CPU time was used since the oldest call in
@@ -750,8 +767,15 @@ async fn watch_child(
     cpu_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The ping runs beside the other branches, so a stop or an exit is seen while it waits.
     let mut ping: Option<PingFuture> = None;
+    // When the last call was seen in flight: the sampler parks once it has been idle for
+    // `CPU_LINGER`.
+    let mut last_busy = tokio::time::Instant::now();
     loop {
         let busy = shared.cpu.is_busy();
+        if busy {
+            last_busy = tokio::time::Instant::now();
+        }
+        let park = !busy && last_busy.elapsed() >= CPU_LINGER;
         tokio::select! {
             grace = stop_requested(stop_rx) => return Watch::Stop(grace),
             status = running.child.wait() => {
@@ -799,10 +823,13 @@ async fn watch_child(
                     }
                 }
             }
-            // Sampling runs only while calls are in flight; the first call of a busy period
-            // wakes this loop.
-            _ = shared.cpu.busy.notified(), if !busy => {}
-            _ = cpu_ticker.tick(), if busy => {
+            // Sampling runs only while calls are in flight and for `CPU_LINGER` after; a call
+            // that starts while the sampler is parked wakes it.
+            () = shared.cpu.park(), if park => {}
+            _ = cpu_ticker.tick(), if !park => {
+                if !shared.cpu.is_busy() {
+                    continue;
+                }
                 let Some(now) = cpu_time(running) else { continue };
                 let (used, calls) = shared.cpu.used_since_oldest(now);
                 let budget = cpu_limit.saturating_mul(calls.max(1) as u32);

@@ -639,20 +639,32 @@ pub(crate) async fn check(State(auth): State<Auth>, mut req: Request, next: Next
         return e.into_response();
     }
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
-    let mut need = need(req.method(), route, req.uri().path(), &auth.inner.config);
-    if route.is_none()
-        && let Some((plugin, _)) = auth.inner.host.http_mounted(req.uri().path())
-    {
-        need = Need::Scope(Scope::Http {
-            plugin: plugin.as_str().to_owned(),
-        });
-    }
-    let to_plugin = matches!(need, Need::Scope(Scope::Http { .. }));
+    let active = auth.active();
+    let (need, to_plugin) = if active {
+        let mut need = need(req.method(), route, req.uri().path(), &auth.inner.config);
+        if route.is_none()
+            && let Some((plugin, _)) = auth.inner.host.http_mounted(req.uri().path())
+        {
+            need = Need::Scope(Scope::Http {
+                plugin: plugin.as_str().to_owned(),
+            });
+        }
+        let to_plugin = matches!(need, Need::Scope(Scope::Http { .. }));
+        (need, to_plugin)
+    } else {
+        // No token is needed: only whether the request goes to a plugin's own HTTP side (its
+        // credentials are stripped) matters, and that needs no scope built from the path.
+        let to_plugin = match route {
+            Some(route) => is_plugin_http_route(route),
+            None => auth.inner.host.http_mounted(req.uri().path()).is_some(),
+        };
+        (Need::Nothing, to_plugin)
+    };
     let (grant, by_cookie) = match credential(req.headers()) {
         Credential::None => (None, false),
         Credential::Bearer(secret) => match auth.token_grant(secret).await {
             Ok(grant) => {
-                if grant.is_none() && auth.active() && need != Need::Nothing {
+                if grant.is_none() && active && need != Need::Nothing {
                     return invalid_token();
                 }
                 (grant, false)
@@ -661,7 +673,7 @@ pub(crate) async fn check(State(auth): State<Auth>, mut req: Request, next: Next
         },
         Credential::Session(id) => (auth.session_grant(id), true),
     };
-    if auth.active() && need != Need::Nothing {
+    if active && need != Need::Nothing {
         let Some(grant) = &grant else {
             return unauthorized(by_cookie);
         };
@@ -682,10 +694,18 @@ pub(crate) async fn check(State(auth): State<Auth>, mut req: Request, next: Next
         }
     }
     if to_plugin {
-        strip_credentials(req.headers_mut(), auth.active());
+        strip_credentials(req.headers_mut(), active);
     }
     req.extensions_mut().insert(Caller(grant));
     next.run(req).await
+}
+
+/// The routes of plugins' own HTTP sides (what [`need`] maps to [`Scope::Http`]).
+fn is_plugin_http_route(route: &str) -> bool {
+    matches!(
+        route,
+        "/plugins/{name}" | "/plugins/{name}/" | "/plugins/{name}/{*rest}"
+    )
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -1232,6 +1252,29 @@ mod tests {
             need(&Method::GET, None, "/nowhere", &c),
             Need::AnyCredential
         );
+    }
+
+    #[test]
+    fn the_plugin_http_routes_are_exactly_those_that_need_an_http_scope() {
+        let c = AuthConfig::default();
+        for route in [
+            "/plugins/{name}",
+            "/plugins/{name}/",
+            "/plugins/{name}/{*rest}",
+            "/plugin/{name}/{action}",
+            "/api/v1/plugins",
+            "/api/v1/plugins/{name}/actions/{action}",
+            "/healthz",
+            "/ui/{*file}",
+        ] {
+            for method in [Method::GET, Method::POST] {
+                let http = matches!(
+                    need(&method, Some(route), "/plugins/p/x", &c),
+                    Need::Scope(Scope::Http { .. })
+                );
+                assert_eq!(is_plugin_http_route(route), http, "{method} {route}");
+            }
+        }
     }
 
     #[test]
