@@ -439,22 +439,21 @@ impl<'a> MapLine<'a> {
 }
 
 fn hex(digits: &[u8]) -> Option<usize> {
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
-    digits.iter().try_fold(0usize, |acc, &d| {
-        let v = (d as char).to_digit(16)?;
-        Some(acc << 4 | v as usize)
-    })
+    usize::try_from(number(digits, 16)?).ok()
 }
 
 fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 20 {
+    number(digits, 10)
+}
+
+/// The digits in `radix`, without allocating; `None` for anything else or an overflow.
+fn number(digits: &[u8], radix: u32) -> Option<u64> {
+    if digits.is_empty() {
         return None;
     }
     digits.iter().try_fold(0u64, |acc, &d| {
-        let v = (d as char).to_digit(10)?;
-        acc.checked_mul(10)?.checked_add(u64::from(v))
+        let v = (d as char).to_digit(radix)?;
+        acc.checked_mul(u64::from(radix))?.checked_add(u64::from(v))
     })
 }
 
