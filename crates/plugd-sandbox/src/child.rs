@@ -676,5 +676,9 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        assert_eq!(hex(b"ffffffffffffffff"), Some(usize::MAX));
+        assert_eq!(hex(b"10000000000000000"), None, "overflow");
+        assert_eq!(decimal(b"18446744073709551616"), None, "overflow");
+        assert_eq!(decimal(b"12a"), None);
     }
 }
