@@ -565,11 +565,18 @@ impl CpuCalls {
     /// Parks the sampler unless a call is in flight (then it goes on sampling). A call that
     /// starts between the check and the wait leaves a permit in `busy`: nothing is missed.
     async fn park(&self) {
+        /// Clears the flag however the wait ends (the select it is in may drop it).
+        struct Unpark<'a>(&'a AtomicBool);
+        impl Drop for Unpark<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
         self.parked.store(true, Ordering::SeqCst);
+        let _unpark = Unpark(&self.parked);
         if !self.is_busy() {
             self.busy.notified().await;
         }
-        self.parked.store(false, Ordering::SeqCst);
     }
 
     /// With the child's CPU time `now`: how much CPU time was used since the oldest call in

@@ -245,7 +245,11 @@ while True:
 
 #[tokio::test]
 async fn a_spinning_call_exceeds_its_cpu_budget_but_a_busy_plugin_lives() {
-    let p = start("cpu = \"400ms\"\ncall_timeout = \"20s\"", SPINNER, |_| {}).await;
+    // No ping in the test's time: nothing but a call's start may wake a parked CPU sampler.
+    let p = start("cpu = \"400ms\"\ncall_timeout = \"20s\"", SPINNER, |c| {
+        c.ping_interval = Duration::from_secs(600);
+    })
+    .await;
     let pid = p.instance.status().pid.unwrap();
     // 6 calls of 150 ms each: 900 ms in total, more than `limits.cpu`, but each is within it.
     for _ in 0..6 {
@@ -292,6 +296,24 @@ async fn a_spinning_call_exceeds_its_cpu_budget_but_a_busy_plugin_lives() {
             .call(invocation("\"work\"", Duration::from_secs(10)))
             .await
             .is_ok()
+    );
+    // Idle for longer than the sampler lingers (1 s): it parks, and the next call's start must
+    // wake it, or a spinning call would run to its 20 s timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let err = p
+        .instance
+        .call(invocation("\"spin\"", Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::LimitExceeded { limit, .. } if limit == "cpu"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
     p.instance.stop(Duration::from_secs(1)).await;
 }
