@@ -262,17 +262,7 @@ async fn a_spinning_call_exceeds_its_cpu_budget_but_a_busy_plugin_lives() {
     }
     assert_eq!(p.instance.status().pid, Some(pid));
 
-    let started = Instant::now();
-    let err = p
-        .instance
-        .call(invocation("\"spin\"", Duration::from_secs(20)))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    let err = spin_is_stopped(&*p.instance).await;
     match &err {
         RuntimeError::LimitExceeded { limit, hint, .. } => {
             assert_eq!(limit, "cpu");
@@ -300,22 +290,27 @@ async fn a_spinning_call_exceeds_its_cpu_budget_but_a_busy_plugin_lives() {
     // Idle for longer than the sampler lingers (1 s): it parks, and the next call's start must
     // wake it, or a spinning call would run to its 20 s timeout.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let started = Instant::now();
-    let err = p
-        .instance
-        .call(invocation("\"spin\"", Duration::from_secs(20)))
-        .await
-        .unwrap_err();
+    let err = spin_is_stopped(&*p.instance).await;
     assert!(
         matches!(&err, RuntimeError::LimitExceeded { limit, .. } if limit == "cpu"),
         "{err}"
     );
+    p.instance.stop(Duration::from_secs(1)).await;
+}
+
+/// Calls `SPINNER`'s `spin` (20 s timeout) and returns its error, which must come within 5 s.
+async fn spin_is_stopped(instance: &dyn Instance) -> RuntimeError {
+    let started = Instant::now();
+    let err = instance
+        .call(invocation("\"spin\"", Duration::from_secs(20)))
+        .await
+        .unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
-    p.instance.stop(Duration::from_secs(1)).await;
+    err
 }
 
 #[tokio::test]
