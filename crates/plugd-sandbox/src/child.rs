@@ -212,17 +212,38 @@ unsafe fn raw_fork() -> libc::pid_t {
     }
 }
 
-/// Closes every fd from 3 up except `keep`. `std`'s `Command` reads its error pipe until EOF,
-/// so X and Y must not keep it open, or `spawn()` would wait for the plugin to exit.
-unsafe fn close_from_3_except(keep: libc::c_int) {
+/// Closes every fd from 3 up except those in `keep` (a negative one keeps nothing). `std`'s
+/// `Command` reads its error pipe until EOF, so X and Y must not keep it open, or `spawn()`
+/// would wait for the plugin to exit.
+unsafe fn close_from_3_except(mut keep: [libc::c_int; 2]) {
+    keep.sort_unstable();
     // SAFETY: closing fds this process owns; nothing in X or Y uses them afterwards.
     unsafe {
-        let max = libc::c_uint::MAX;
-        let keep = keep as libc::c_uint;
-        if keep > 3 {
-            close_range(3, keep - 1);
+        let mut first: libc::c_uint = 3;
+        for fd in keep {
+            let Ok(fd) = libc::c_uint::try_from(fd) else {
+                continue;
+            };
+            if fd < first {
+                continue;
+            }
+            if fd > first {
+                close_range(first, fd - 1);
+            }
+            first = fd + 1;
         }
-        close_range(keep + 1, max);
+        close_range(first, libc::c_uint::MAX);
+    }
+}
+
+/// `/proc/self/maps` of this process, or -1.
+unsafe fn open_maps() -> libc::c_int {
+    // SAFETY: open on a static path.
+    unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
     }
 }
 
@@ -275,18 +296,24 @@ unsafe fn fork_init() -> io::Result<()> {
             .into(),
         )?;
         let [x_end, y_end] = pair;
+        // Opened now: once the plugin has pivoted the namespace's root, `/proc` is the plugin's
+        // (where X has no pid), and X and Y read their maps later (see `still_running`).
+        let x_maps = open_maps();
         let y = raw_fork();
         if y < 0 {
             return Err(io::Error::last_os_error());
         }
         if y > 0 {
             libc::close(y_end);
-            close_from_3_except(x_end);
-            release_inherited_memory();
-            supervise(y, x_end);
+            close_from_3_except([x_end, x_maps]);
+            supervise(y, x_end, x_maps);
         }
         // Y: pid 1 of the new namespace.
         libc::close(x_end);
+        if x_maps >= 0 {
+            libc::close(x_maps);
+        }
+        let y_maps = open_maps();
         check(
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -313,12 +340,14 @@ unsafe fn fork_init() -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         if z > 0 {
-            close_from_3_except(y_end);
-            release_inherited_memory();
-            init(z, y_end);
+            close_from_3_except([y_end, y_maps]);
+            init(z, y_end, y_maps);
         }
         // Z: the plugin. Its signal mask is the host thread's again.
         libc::close(y_end);
+        if y_maps >= 0 {
+            libc::close(y_maps);
+        }
         check(libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()).into())?;
         Ok(())
     }
@@ -331,8 +360,10 @@ thread_local! {
 }
 
 /// Drops, in X and Y, the host's private anonymous memory they inherited by `fork` (its heap,
-/// its threads' stacks, the runtimes' arenas, compiled wasm code and memory images). Neither touches it again: from here on they run
-/// [`supervise`] or [`init`], system calls on stack values only. Without this each plugin's X
+/// its threads' stacks, the runtimes' arenas, compiled wasm code and memory images), once the
+/// plugin has run for [`RELEASE_AFTER_NS`] (a child that ends sooner, like a short script, never
+/// pays for it). Neither touches that memory: they run [`supervise`] or [`init`], system calls
+/// on stack values only. Without this each plugin's X
 /// and Y would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as
 /// long as the plugin runs, and every page the host rewrote afterwards would cost a copy (a host
 /// at 580 MB after compiling a large component made each process plugin started then cost that
@@ -340,19 +371,15 @@ thread_local! {
 ///
 /// Kept: the mapping that holds the stack pointer and the one that holds this thread's TLS
 /// (the C library reads its thread descriptor there), every mapping of a file (but a memfd),
-/// and the anonymous mapping right after one (a `.bss`). Reads `/proc/self/maps` into a
+/// and the anonymous mapping right after one (a `.bss`). Reads `maps` (its `/proc/self/maps`, closed here) into a
 /// stack buffer and parses it by hand: no allocation. Best effort: any failure leaves the memory.
-unsafe fn release_inherited_memory() {
+unsafe fn release_inherited_memory(fd: libc::c_int) {
     let marker = 0u8;
     let stack = std::hint::black_box(&marker) as *const u8 as usize;
     let tls = TLS_MARK.with(|m| m as *const u8 as usize);
-    // SAFETY: open/read/close/madvise on our own stack buffers and on mappings that no code of
+    // SAFETY: read/close/madvise on our own stack buffers and on mappings that no code of
     // this process touches again (see above).
     unsafe {
-        let fd = libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        );
         if fd < 0 {
             return;
         }
@@ -461,27 +488,50 @@ fn forwarded(signal: libc::c_int) -> bool {
     FORWARDED.contains(&signal)
 }
 
-/// Waits (with a deadline, in a loop) for the next signal; all are blocked.
-unsafe fn next_signal() -> libc::c_int {
+/// How long X and Y keep the host's memory before [`release_inherited_memory`]: a child that
+/// ends sooner (a short script) never pays for the release, and the release does not compete
+/// for a core with the child's start.
+const RELEASE_AFTER_NS: libc::c_long = 50_000_000;
+
+/// Waits (with a deadline, in a loop) for the next signal; all are blocked. The wait of a
+/// process that still holds the host's memory is short (see [`RELEASE_AFTER_NS`]).
+unsafe fn next_signal(holding: bool) -> libc::c_int {
     // SAFETY: system calls on stack values.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         let mut info: libc::siginfo_t = std::mem::zeroed();
-        let timeout = libc::timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
+        let timeout = if holding {
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: RELEASE_AFTER_NS,
+            }
+        } else {
+            libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            }
         };
         libc::sigtimedwait(&all, &mut info, &timeout)
     }
 }
 
+/// After the first wake of X or Y that did not end it: drops the host's memory, once (`maps`
+/// is this process's `/proc/self/maps`, opened before the plugin could change `/proc`).
+unsafe fn still_running(holding: &mut bool, maps: libc::c_int) {
+    if std::mem::take(holding) {
+        // SAFETY: see the function's docs; X and Y run on stack values from here on.
+        unsafe { release_inherited_memory(maps) };
+    }
+}
+
 /// X: forwards signals to Y and ends like the plugin did.
-unsafe fn supervise(y: libc::pid_t, x_end: libc::c_int) -> ! {
+unsafe fn supervise(y: libc::pid_t, x_end: libc::c_int, maps: libc::c_int) -> ! {
     // SAFETY: system calls on stack values.
     unsafe {
+        let mut holding = true;
         loop {
-            let signal = next_signal();
+            let signal = next_signal(holding);
             if forwarded(signal) {
                 libc::kill(y, signal);
             }
@@ -498,6 +548,7 @@ unsafe fn supervise(y: libc::pid_t, x_end: libc::c_int) -> ! {
                 }
                 end_like(status);
             }
+            still_running(&mut holding, maps);
         }
     }
 }
@@ -527,11 +578,12 @@ unsafe fn end_like(status: libc::c_int) -> ! {
 }
 
 /// Y: reaps every process of the namespace, forwards signals to Z, exits when Z does.
-unsafe fn init(z: libc::pid_t, y_end: libc::c_int) -> ! {
+unsafe fn init(z: libc::pid_t, y_end: libc::c_int, maps: libc::c_int) -> ! {
     // SAFETY: system calls on stack values.
     unsafe {
+        let mut holding = true;
         loop {
-            let signal = next_signal();
+            let signal = next_signal(holding);
             if forwarded(signal) {
                 libc::kill(z, signal);
             }
@@ -551,6 +603,7 @@ unsafe fn init(z: libc::pid_t, y_end: libc::c_int) -> ! {
                     libc::_exit(0);
                 }
             }
+            still_running(&mut holding, maps);
         }
     }
 }

@@ -324,7 +324,7 @@ impl Sandbox {
     /// when an available layer cannot be set up. An unavailable layer that is not required is
     /// reported by [`Prepared::layers`].
     pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
-        let probe = probe();
+        let probe = crate::probe::recent();
         let mut layers = Vec::new();
         let mut plan = ChildPlan::default();
 
