@@ -266,15 +266,17 @@ unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
 }
 
 /// Splits the direct child X into X (outside the PID namespace), Y (its pid 1, the init) and
-/// Z (the plugin), and returns only in Z.
+/// Z (the plugin, pid 2), and returns only in Z.
 ///
-/// X waits for Y, forwards signals to it and ends as the plugin ended (same exit code, or
-/// killed by the same signal), so the host sees the plugin's status. Y reaps every process of
-/// the namespace and forwards signals to Z; when Z exits, Y exits and the kernel kills what
-/// is left in the namespace. Y dies with X (`PR_SET_PDEATHSIG`), so killing X or the host
-/// kills every process of the plugin.
+/// Y shares X's memory (`CLONE_VM`, on a stack of its own): creating it copies no page table,
+/// and only Z is a copy of X. Z is X's child, so X sees its status directly: X forwards
+/// signals to Z and, when Z ends, kills Y (the kernel then kills whatever is left in the
+/// namespace) and ends as the plugin did (same exit code, or killed by the same signal), so
+/// the host sees the plugin's status. Y reaps the orphans of the namespace. Y dies with X
+/// (`PR_SET_PDEATHSIG`), so killing X or the host kills every process of the plugin.
 unsafe fn fork_init() -> io::Result<()> {
-    // SAFETY: system calls on stack values; see the function docs for the process structure.
+    // SAFETY: system calls on stack values and on Y's static stack, which only Y uses; see the
+    // function docs for the process structure.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -283,75 +285,60 @@ unsafe fn fork_init() -> io::Result<()> {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         // Blocked signals are queued for `sigtimedwait`, even for a namespace's init.
         check(libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old).into())?;
-        // X keeps one end: Y sees it hang up if X died before Y armed its death signal, and
-        // Y writes Z's wait status through it.
-        let mut pair = [0 as libc::c_int; 2];
-        check(
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                pair.as_mut_ptr(),
-            )
-            .into(),
-        )?;
-        let [x_end, y_end] = pair;
         // Opened now: once the plugin has pivoted the namespace's root, `/proc` is the plugin's
-        // (where X has no pid), and X and Y read their maps later (see `still_running`).
-        let x_maps = open_maps();
-        let y = raw_fork();
+        // (where X has no pid), and X reads its maps later (see `still_running`).
+        let maps = open_maps();
+        // Y checks it after arming its death signal, in case X died before (-1: no pidfds).
+        let me =
+            libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int;
+        let stack = Y_STACK.0.get().cast::<u8>();
+        // `CLONE_FILES`: Y holds no descriptor of its own. Closing std's error pipe in X closes
+        // it for Y too, so `spawn()` returns at the plugin's exec even while Y waits for a core.
+        let y = libc::clone(
+            init,
+            stack.add(Y_STACK_SIZE).cast(),
+            libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
+            me as isize as *mut libc::c_void,
+        );
         if y < 0 {
             return Err(io::Error::last_os_error());
         }
-        if y > 0 {
-            libc::close(y_end);
-            close_from_3_except([x_end, x_maps]);
-            supervise(y, x_end, x_maps);
-        }
-        // Y: pid 1 of the new namespace.
-        libc::close(x_end);
-        if x_maps >= 0 {
-            libc::close(x_maps);
-        }
-        let y_maps = open_maps();
-        check(
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-            .into(),
-        )?;
-        let mut poll = libc::pollfd {
-            fd: y_end,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if libc::poll(&mut poll, 1, 0) != 0 && poll.revents & libc::POLLHUP != 0 {
-            libc::_exit(1); // X is gone already.
-        }
-        // Its own process group: a `killpg` of X's group then reaches X only, which forwards
-        // once (instead of the plugin getting the signal from X, Y and the host).
-        libc::setpgid(0, 0);
         let z = raw_fork();
         if z < 0 {
-            return Err(io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            libc::kill(y, libc::SIGKILL);
+            return Err(error);
         }
         if z > 0 {
-            close_from_3_except([y_end, y_maps]);
-            init(z, y_end, y_maps);
+            // Y closes `me` once it has looked at it.
+            close_from_3_except([maps, me]);
+            supervise(z, y, maps, stack as usize);
         }
-        // Z: the plugin. Its signal mask is the host thread's again.
-        libc::close(y_end);
-        if y_maps >= 0 {
-            libc::close(y_maps);
+        // Z: the plugin, in a process group of its own: a `killpg` of X's group then reaches
+        // X only, which forwards once (instead of the plugin getting the signal twice). Its
+        // signal mask is the host thread's again.
+        for fd in [maps, me] {
+            if fd >= 0 {
+                libc::close(fd);
+            }
         }
+        libc::setpgid(0, 0);
         check(libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()).into())?;
         Ok(())
     }
 }
+
+/// The size of Y's stack: its loop calls a handful of system call wrappers.
+const Y_STACK_SIZE: usize = 64 << 10;
+
+/// Y's stack, in the `.bss`: never touched by the host, a page or two of it by each X's Y.
+#[repr(C, align(64))]
+struct YStack(std::cell::UnsafeCell<[u8; Y_STACK_SIZE]>);
+
+// SAFETY: only a Y (in a process of its own) ever writes it.
+unsafe impl Sync for YStack {}
+
+static Y_STACK: YStack = YStack(std::cell::UnsafeCell::new([0; Y_STACK_SIZE]));
 
 thread_local! {
     /// Its address marks the calling thread's TLS block (and, for a thread other than the main
@@ -359,21 +346,22 @@ thread_local! {
     static TLS_MARK: u8 = const { 0 };
 }
 
-/// Drops, in X and Y, the host's private anonymous memory they inherited by `fork` (its heap,
-/// its threads' stacks, the runtimes' arenas, compiled wasm code and memory images), once the
-/// plugin has run for [`RELEASE_AFTER_NS`] (a child that ends sooner, like a short script, never
-/// pays for it). Neither touches that memory: they run [`supervise`] or [`init`], system calls
-/// on stack values only. Without this each plugin's X
-/// and Y would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as
-/// long as the plugin runs, and every page the host rewrote afterwards would cost a copy (a host
-/// at 580 MB after compiling a large component made each process plugin started then cost that
+/// Drops, in X (and so in Y, which shares its memory), the host's private anonymous memory
+/// inherited by `fork` (its heap, its threads' stacks, the runtimes' arenas, compiled wasm code
+/// and memory images), once the plugin has run for [`RELEASE_AFTER_NS`] (a child that ends
+/// sooner, like a short script, never pays for it). Neither touches that memory: they run
+/// [`supervise`] or [`init`], system calls on stack values only. Without this each plugin's X
+/// would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as long as
+/// the plugin runs, and every page the host rewrote afterwards would cost a copy (a host at
+/// 580 MB after compiling a large component made each process plugin started then cost that
 /// much again).
 ///
-/// Kept: the mapping that holds the stack pointer and the one that holds this thread's TLS
-/// (the C library reads its thread descriptor there), every mapping of a file (but a memfd),
-/// and the anonymous mapping right after one (a `.bss`). Reads `maps` (its `/proc/self/maps`, closed here) into a
-/// stack buffer and parses it by hand: no allocation. Best effort: any failure leaves the memory.
-unsafe fn release_inherited_memory(fd: libc::c_int) {
+/// Kept: the mapping that holds the stack pointer, the one that holds this thread's TLS (the C
+/// library reads its thread descriptor there), the one that holds `keep` (Y's stack), every
+/// mapping of a file (but a memfd), and the anonymous mapping right after one (a `.bss`). Reads
+/// `fd` (its `/proc/self/maps`, closed here) into a stack buffer and parses it by hand: no
+/// allocation. Best effort: any failure leaves the memory.
+unsafe fn release_inherited_memory(fd: libc::c_int, keep: usize) {
     let marker = 0u8;
     let stack = std::hint::black_box(&marker) as *const u8 as usize;
     let tls = TLS_MARK.with(|m| m as *const u8 as usize);
@@ -397,7 +385,12 @@ unsafe fn release_inherited_memory(fd: libc::c_int) {
             while let Some(nl) = buf[start..len].iter().position(|&b| b == b'\n') {
                 if let Some(m) = MapLine::parse(&buf[start..start + nl]) {
                     let bss = previous_file && m.start == previous_end;
-                    if m.droppable() && !bss && !m.contains(stack) && !m.contains(tls) {
+                    if m.droppable()
+                        && !bss
+                        && !m.contains(stack)
+                        && !m.contains(tls)
+                        && !m.contains(keep)
+                    {
                         libc::madvise(
                             m.start as *mut libc::c_void,
                             m.end - m.start,
@@ -488,7 +481,7 @@ fn forwarded(signal: libc::c_int) -> bool {
     FORWARDED.contains(&signal)
 }
 
-/// How long X and Y keep the host's memory before [`release_inherited_memory`]: a child that
+/// How long X keeps the host's memory before [`release_inherited_memory`]: a child that
 /// ends sooner (a short script) never pays for the release, and the release does not compete
 /// for a core with the child's start.
 const RELEASE_AFTER_NS: libc::c_long = 50_000_000;
@@ -516,39 +509,39 @@ unsafe fn next_signal(holding: bool) -> libc::c_int {
     }
 }
 
-/// After the first wake of X or Y that did not end it: drops the host's memory, once (`maps`
-/// is this process's `/proc/self/maps`, opened before the plugin could change `/proc`).
-unsafe fn still_running(holding: &mut bool, maps: libc::c_int) {
+/// After the first wake of X that did not end it: drops the host's memory, once (`maps` is
+/// X's `/proc/self/maps`, opened before the plugin could change `/proc`; `y_stack` is in the
+/// mapping of Y's stack, which is kept).
+unsafe fn still_running(holding: &mut bool, maps: libc::c_int, y_stack: usize) {
     if std::mem::take(holding) {
         // SAFETY: see the function's docs; X and Y run on stack values from here on.
-        unsafe { release_inherited_memory(maps) };
+        unsafe { release_inherited_memory(maps, y_stack) };
     }
 }
 
-/// X: forwards signals to Y and ends like the plugin did.
-unsafe fn supervise(y: libc::pid_t, x_end: libc::c_int, maps: libc::c_int) -> ! {
+/// X: forwards signals to Z; when Z ends, kills Y (and with it the namespace) and ends like Z.
+unsafe fn supervise(z: libc::pid_t, y: libc::pid_t, maps: libc::c_int, y_stack: usize) -> ! {
     // SAFETY: system calls on stack values.
     unsafe {
         let mut holding = true;
         loop {
             let signal = next_signal(holding);
             if forwarded(signal) {
-                libc::kill(y, signal);
+                libc::kill(z, signal);
             }
-            let mut status = 0;
-            if libc::waitpid(y, &mut status, libc::WNOHANG) == y {
-                let mut plugin = 0 as libc::c_int;
-                let n = libc::read(
-                    x_end,
-                    (&mut plugin as *mut libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>(),
-                );
-                if n == std::mem::size_of::<libc::c_int>() as isize {
-                    status = plugin;
+            loop {
+                let mut status = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid <= 0 {
+                    break;
                 }
-                end_like(status);
+                if pid == z {
+                    libc::kill(y, libc::SIGKILL);
+                    end_like(status);
+                }
+                // Y died (killed from outside): the kernel kills Z too, reaped next.
             }
-            still_running(&mut holding, maps);
+            still_running(&mut holding, maps, y_stack);
         }
     }
 }
@@ -577,33 +570,39 @@ unsafe fn end_like(status: libc::c_int) -> ! {
     }
 }
 
-/// Y: reaps every process of the namespace, forwards signals to Z, exits when Z does.
-unsafe fn init(z: libc::pid_t, y_end: libc::c_int, maps: libc::c_int) -> ! {
-    // SAFETY: system calls on stack values.
+/// Y, pid 1 of the namespace, on its own stack in X's memory and with X's descriptor table:
+/// reaps the orphans (Z is X's child) until X kills it. `arg` is a pidfd of X, or -1.
+extern "C" fn init(arg: *mut libc::c_void) -> libc::c_int {
+    let x = arg as isize as libc::c_int;
+    // SAFETY: system calls on stack values; nothing of X's memory is written.
     unsafe {
-        let mut holding = true;
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            libc::_exit(1);
+        }
+        if x >= 0 {
+            let mut poll = libc::pollfd {
+                fd: x,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLIN != 0 {
+                libc::_exit(1); // X is gone already.
+            }
+            libc::close(x);
+        }
+        // Out of X's process group, like Z.
+        libc::setpgid(0, 0);
         loop {
-            let signal = next_signal(holding);
-            if forwarded(signal) {
-                libc::kill(z, signal);
-            }
-            loop {
-                let mut status = 0;
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
-                if pid <= 0 {
-                    break;
-                }
-                if pid == z {
-                    // Pid 1 cannot kill itself with a signal: X re-enacts the status.
-                    libc::write(
-                        y_end,
-                        (&status as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>(),
-                    );
-                    libc::_exit(0);
-                }
-            }
-            still_running(&mut holding, maps);
+            next_signal(false);
+            let mut status = 0;
+            while libc::waitpid(-1, &mut status, libc::WNOHANG) > 0 {}
         }
     }
 }

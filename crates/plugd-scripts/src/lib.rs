@@ -473,7 +473,14 @@ struct Inner {
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     active: Mutex<HashMap<u64, Arc<Active>>>,
+    /// The static check's errors by digest (of source and metadata, which with this
+    /// configuration's reachable paths decide them): a version is checked once per process, not
+    /// on every run.
+    checked: Mutex<HashMap<String, Vec<Problem>>>,
 }
+
+/// How many digests' check results are kept; the cache starts over when it is full.
+const CHECKED_KEPT: usize = 1024;
 
 impl Scripts {
     /// The manager over `store`. Runs a stopped host left queued or running are marked failed;
@@ -505,6 +512,7 @@ impl Scripts {
                 config,
                 queued: AtomicUsize::new(0),
                 active: Mutex::new(HashMap::new()),
+                checked: Mutex::new(HashMap::new()),
             }),
         };
         let weak = Arc::downgrade(&scripts.inner);
@@ -1096,10 +1104,22 @@ impl Scripts {
         }
         inner.config.check_grants(&format!("`{label}`"), &meta)?;
         let who = req.who.clone();
-        let errors: Vec<Problem> = check::check(&source, &meta, &inner.config.reachable())
-            .into_iter()
-            .filter(|p| p.severity == Severity::Error)
-            .collect();
+        let cached = inner.checked.lock().get(&digest).cloned();
+        let errors = match cached {
+            Some(errors) => errors,
+            None => {
+                let errors: Vec<Problem> = check::check(&source, &meta, &inner.config.reachable())
+                    .into_iter()
+                    .filter(|p| p.severity == Severity::Error)
+                    .collect();
+                let mut checked = inner.checked.lock();
+                if checked.len() >= CHECKED_KEPT {
+                    checked.clear();
+                }
+                checked.insert(digest.clone(), errors.clone());
+                errors
+            }
+        };
         if !errors.is_empty() {
             return Err(invalid(&format!("`{label}`"), errors));
         }

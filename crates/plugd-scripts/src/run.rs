@@ -4,7 +4,6 @@
 //! output, resource samples from the cgroup every `sample_interval`, and every limit enforced
 //! with the reason recorded.
 
-use std::io::Read as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -608,17 +607,19 @@ async fn execute_in(
         }));
     }
 
-    // Status lines on fd 3, read on a blocking thread (a pipe of our own, closed at exit).
+    // Status lines on fd 3 (a pipe of our own, closed at exit).
     let result: Arc<Mutex<Option<Value>>> = Arc::new(Mutex::new(None));
     let status_reader = {
         let (active, result) = (active.clone(), result.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut file = std::fs::File::from(status_read);
+        tokio::spawn(async move {
+            let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(status_read) else {
+                return;
+            };
             let mut pending: Vec<u8> = Vec::new();
             let mut buf = [0u8; 8192];
             let mut skipping = false;
             loop {
-                let n = match file.read(&mut buf) {
+                let n = match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
@@ -651,7 +652,12 @@ async fn execute_in(
     // Samples every interval; the CPU and wall limits.
     let wall = Duration::from_millis(limits.wall_ms);
     let deadline = tokio::time::Instant::now() + wall;
-    let mut tick = tokio::time::interval(config.sample_interval);
+    // The first sample after one interval, not at once: a short run's start is not slowed by
+    // reading its cgroup, and its record has the final figures anyway.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.sample_interval,
+        config.sample_interval,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_cpu = Duration::ZERO;
     let mut last_at = Instant::now();
