@@ -67,6 +67,7 @@ Usage:
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
   plugd-bench scripts [--repo DIR] [-n RUNS] [--warmup RUNS] [--rounds N] [--dir DIR]
                       [--cases bare,server,server-env3,concurrent,cli,kernel,layers]
+                      [--gap-ms MS]
   plugd-bench ws-echo URL... [-n N] [--warmup N] [--size BYTES]
   plugd-bench axum-echo --listen ADDR
   plugd-bench tcp-relay --listen ADDR --to ADDR|unix:PATH
@@ -230,6 +231,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     .value("--cases")?
                     .map(|l| l.split(',').map(str::to_owned).collect())
                     .unwrap_or_default(),
+                gap: std::time::Duration::from_millis(args.parsed("--gap-ms")?.unwrap_or(0)),
             };
             args.finish()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,9 @@ pub(crate) struct Config {
     pub rounds: usize,
     pub dir: PathBuf,
     pub cases: Vec<String>,
+    /// A pause before each timed run of the bare and server cases (not timed), so that runs
+    /// arrive like separate requests instead of back to back.
+    pub gap: std::time::Duration,
 }
 
 fn percentile(samples: &mut [f64], q: f64) -> f64 {
@@ -85,7 +88,13 @@ async fn bare_once() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure<F, Fut>(case: &'static str, n: usize, warmup: usize, f: F) -> anyhow::Result<Line>
+async fn measure<F, Fut>(
+    case: &'static str,
+    n: usize,
+    warmup: usize,
+    gap: std::time::Duration,
+    f: F,
+) -> anyhow::Result<Line>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -94,13 +103,19 @@ where
         f().await?;
     }
     let mut samples = Vec::with_capacity(n);
+    let mut paused = std::time::Duration::ZERO;
     let started = Instant::now();
     for _ in 0..n {
+        if !gap.is_zero() {
+            let t = Instant::now();
+            tokio::time::sleep(gap).await;
+            paused += t.elapsed();
+        }
         let t = Instant::now();
         f().await?;
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let wall = started.elapsed().as_secs_f64();
+    let wall = (started.elapsed() - paused).as_secs_f64();
     Ok(Line {
         case,
         p50_ms: percentile(&mut samples, 0.5),
@@ -239,6 +254,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                     "bare python3 -c pass",
                     config.runs,
                     config.warmup,
+                    config.gap,
                     bare_once,
                 )
                 .await?,
@@ -251,6 +267,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                     "server: confined no-op run",
                     config.runs,
                     config.warmup,
+                    config.gap,
                     || {
                         let s = s.clone();
                         async move { run_and_wait(&s, "noop").await }
@@ -266,6 +283,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                     "server: no-op, 3-package env",
                     config.runs,
                     config.warmup,
+                    config.gap,
                     || {
                         let s = s.clone();
                         async move { run_and_wait(&s, "noop-env3").await }
@@ -432,6 +450,7 @@ async fn cli(config: &Config, tmp: &Path) -> anyhow::Result<Line> {
         "cli: plugd script run noop",
         config.runs,
         config.warmup,
+        std::time::Duration::ZERO,
         || {
             let status = cli(&["script", "run", "noop"]);
             async move {

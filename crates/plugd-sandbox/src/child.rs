@@ -310,8 +310,12 @@ unsafe fn fork_init() -> io::Result<()> {
             return Err(error);
         }
         if z > 0 {
-            // Y closes `me` once it has looked at it.
+            // Y closes `me` once it has looked at it. X needs no stdio either: the plugin's
+            // pipes then end when the plugin does, not when X has waited for it.
             close_from_3_except([maps, me]);
+            for fd in 0..3 {
+                libc::close(fd);
+            }
             supervise(z, y, maps, stack as usize);
         }
         // Z: the plugin, in a process group of its own: a `killpg` of X's group then reaches

@@ -705,8 +705,19 @@ async fn execute_in(
             }
         }
     };
-    // Whatever it left behind in its cgroup goes with it.
-    kill();
+    // Whatever it left behind goes with it: with a PID namespace the kernel kills it when the
+    // namespace's init goes (the sandbox's X kills it as soon as the script ends), otherwise
+    // the cgroup's tasks are killed here.
+    if pid_ns {
+        if let Some(pgid) = pid.and_then(|p| libc::pid_t::try_from(p).ok())
+            && pgid > 1
+        {
+            // SAFETY: the process group of the child we spawned.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+    } else {
+        kill();
+    }
     let (cpu, memory) = usage(prepared.as_ref().as_ref(), pid);
     peak_seen = peak_seen.max(memory);
     for reader in readers {
