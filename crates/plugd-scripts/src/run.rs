@@ -541,19 +541,22 @@ async fn execute_in(
     let stop = Arc::new(Stop::default());
     let limits = job.meta.limits;
     let prepared = Arc::new(prepared);
+    let kill_group = move || {
+        if let Some(pid) = pid
+            && let Ok(pgid) = libc::pid_t::try_from(pid)
+            && pgid > 1
+        {
+            // SAFETY: the process group of the child we spawned.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+    };
     let kill = {
         let prepared = prepared.clone();
         move || {
             if let Some(p) = prepared.as_ref() {
                 p.kill_all();
             }
-            if let Some(pid) = pid
-                && let Ok(pgid) = libc::pid_t::try_from(pid)
-                && pgid > 1
-            {
-                // SAFETY: the process group of the child we spawned.
-                unsafe { libc::killpg(pgid, libc::SIGKILL) };
-            }
+            kill_group();
         }
     };
 
@@ -709,12 +712,7 @@ async fn execute_in(
     // namespace's init goes (the sandbox's X kills it as soon as the script ends), otherwise
     // the cgroup's tasks are killed here.
     if pid_ns {
-        if let Some(pgid) = pid.and_then(|p| libc::pid_t::try_from(p).ok())
-            && pgid > 1
-        {
-            // SAFETY: the process group of the child we spawned.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
-        }
+        kill_group();
     } else {
         kill();
     }
