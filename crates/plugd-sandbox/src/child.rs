@@ -213,8 +213,8 @@ unsafe fn raw_fork() -> libc::pid_t {
 }
 
 /// Closes every fd from 3 up except those in `keep` (a negative one keeps nothing). `std`'s
-/// `Command` reads its error pipe until EOF, so X and Y must not keep it open, or `spawn()`
-/// would wait for the plugin to exit.
+/// `Command` reads its error pipe until EOF, so X (and Y, which shares X's table) must not keep
+/// it open, or `spawn()` would wait for the plugin to exit.
 unsafe fn close_from_3_except(mut keep: [libc::c_int; 2]) {
     keep.sort_unstable();
     // SAFETY: closing fds this process owns; nothing in X or Y uses them afterwards.
