@@ -307,6 +307,8 @@ unsafe fn fork_init() -> io::Result<()> {
         if z < 0 {
             let error = io::Error::last_os_error();
             libc::kill(y, libc::SIGKILL);
+            let mut ignored = 0;
+            libc::waitpid(y, &mut ignored, 0);
             return Err(error);
         }
         if z > 0 {
@@ -361,11 +363,11 @@ thread_local! {
 /// much again).
 ///
 /// Kept: the mapping that holds the stack pointer, the one that holds this thread's TLS (the C
-/// library reads its thread descriptor there), the one that holds `keep` (Y's stack), every
+/// library reads its thread descriptor there), every one that overlaps `keep` (Y's stack), every
 /// mapping of a file (but a memfd), and the anonymous mapping right after one (a `.bss`). Reads
 /// `fd` (its `/proc/self/maps`, closed here) into a stack buffer and parses it by hand: no
 /// allocation. Best effort: any failure leaves the memory.
-unsafe fn release_inherited_memory(fd: libc::c_int, keep: usize) {
+unsafe fn release_inherited_memory(fd: libc::c_int, keep: std::ops::Range<usize>) {
     let marker = 0u8;
     let stack = std::hint::black_box(&marker) as *const u8 as usize;
     let tls = TLS_MARK.with(|m| m as *const u8 as usize);
@@ -379,6 +381,7 @@ unsafe fn release_inherited_memory(fd: libc::c_int, keep: usize) {
         let mut len = 0usize;
         let mut previous_end = 0usize;
         let mut previous_file = false;
+        let mut skipping = false;
         loop {
             let n = libc::read(fd, buf.as_mut_ptr().add(len).cast(), buf.len() - len);
             if n <= 0 {
@@ -387,13 +390,18 @@ unsafe fn release_inherited_memory(fd: libc::c_int, keep: usize) {
             len += n as usize;
             let mut start = 0;
             while let Some(nl) = buf[start..len].iter().position(|&b| b == b'\n') {
+                if std::mem::take(&mut skipping) {
+                    // The tail of an over-long line: not a line of its own.
+                    start += nl + 1;
+                    continue;
+                }
                 if let Some(m) = MapLine::parse(&buf[start..start + nl]) {
                     let bss = previous_file && m.start == previous_end;
                     if m.droppable()
                         && !bss
                         && !m.contains(stack)
                         && !m.contains(tls)
-                        && !m.contains(keep)
+                        && !m.overlaps(&keep)
                     {
                         libc::madvise(
                             m.start as *mut libc::c_void,
@@ -408,6 +416,7 @@ unsafe fn release_inherited_memory(fd: libc::c_int, keep: usize) {
             }
             if start == 0 && len == buf.len() {
                 // A line longer than the buffer (a long path): skip to its end.
+                skipping = true;
                 len = 0;
                 continue;
             }
@@ -459,6 +468,10 @@ impl<'a> MapLine<'a> {
 
     fn contains(&self, address: usize) -> bool {
         (self.start..self.end).contains(&address)
+    }
+
+    fn overlaps(&self, range: &std::ops::Range<usize>) -> bool {
+        self.start < range.end && range.start < self.end
     }
 }
 
@@ -514,12 +527,12 @@ unsafe fn next_signal(holding: bool) -> libc::c_int {
 }
 
 /// After the first wake of X that did not end it: drops the host's memory, once (`maps` is
-/// X's `/proc/self/maps`, opened before the plugin could change `/proc`; `y_stack` is in the
-/// mapping of Y's stack, which is kept).
+/// X's `/proc/self/maps`, opened before the plugin could change `/proc`; the mappings under
+/// Y's stack, from `y_stack`, are kept).
 unsafe fn still_running(holding: &mut bool, maps: libc::c_int, y_stack: usize) {
     if std::mem::take(holding) {
         // SAFETY: see the function's docs; X and Y run on stack values from here on.
-        unsafe { release_inherited_memory(maps, y_stack) };
+        unsafe { release_inherited_memory(maps, y_stack..y_stack + Y_STACK_SIZE) };
     }
 }
 
@@ -540,10 +553,19 @@ unsafe fn supervise(z: libc::pid_t, y: libc::pid_t, maps: libc::c_int, y_stack: 
                     break;
                 }
                 if pid == z {
+                    // Y's exit kills what is left in the namespace; waiting for it means the
+                    // host sees X end only once nothing of the plugin runs (and Y leaves no
+                    // zombie). Y's exit waits only for the namespace's pids, Z's already freed.
                     libc::kill(y, libc::SIGKILL);
+                    let mut ignored = 0;
+                    while libc::waitpid(y, &mut ignored, 0) < 0
+                        && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                    {
+                    }
                     end_like(status);
                 }
-                // Y died (killed from outside): the kernel kills Z too, reaped next.
+                // Y killed from outside: the kernel kills Z too, which is reaped next (Y itself
+                // is reaped only after that: its exit waits for the namespace's pids).
             }
             still_running(&mut holding, maps, y_stack);
         }

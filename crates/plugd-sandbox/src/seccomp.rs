@@ -77,13 +77,17 @@ const NET_FAMILIES: [libc::c_int; 4] = [
     libc::AF_NETLINK,
 ];
 
-/// `chmod`-like calls and the argument that holds the mode.
+/// `chmod`-like calls and the argument that holds the mode; `mknod` makes a regular file with
+/// the mode as given, setuid bit included.
 const CHMODS: &[(libc::c_long, u32)] = &[
     #[cfg(target_arch = "x86_64")]
     (libc::SYS_chmod, 1),
     (libc::SYS_fchmod, 1),
     (libc::SYS_fchmodat, 2),
     (libc::SYS_fchmodat2, 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_mknod, 1),
+    (libc::SYS_mknodat, 2),
 ];
 /// File-creating calls, the argument that holds the flags (`None`: always creates) and the one
 /// that holds the mode.
@@ -595,6 +599,9 @@ mod tests {
         assert_eq!(call(libc::SYS_openat, &[0, 0, 0, 0o4755]), ALLOW);
         assert_eq!(call(libc::SYS_fchmod, &[3, 0o2755]), EPERM);
         assert_eq!(call(libc::SYS_fchmod, &[3, 0o755]), ALLOW);
+        let regular = u64::from(libc::S_IFREG);
+        assert_eq!(call(libc::SYS_mknodat, &[3, 0, regular | 0o4755, 0]), EPERM);
+        assert_eq!(call(libc::SYS_mknodat, &[3, 0, regular | 0o644, 0]), ALLOW);
         assert_eq!(call(libc::SYS_socket, &[libc::AF_INET as u64]), EACCES);
         assert_eq!(call(libc::SYS_socket, &[libc::AF_UNIX as u64]), ALLOW);
         assert_eq!(call(libc::SYS_ioctl, &[0, libc::TIOCSTI as u64]), EPERM);

@@ -708,12 +708,11 @@ async fn execute_in(
             }
         }
     };
-    // Whatever it left behind goes with it: with a PID namespace the kernel kills it when the
-    // namespace's init goes (the sandbox's X kills it as soon as the script ends), otherwise
-    // the cgroup's tasks are killed here.
-    if pid_ns {
-        kill_group();
-    } else {
+    // Whatever it left behind goes with it: with a PID namespace it is gone already (the
+    // sandbox's X kills the namespace's init when the script ends and waits for it before it
+    // ends itself; and X's process group holds X only), otherwise the cgroup's tasks and the
+    // process group are killed here.
+    if !pid_ns {
         kill();
     }
     let (cpu, memory) = usage(prepared.as_ref().as_ref(), pid);

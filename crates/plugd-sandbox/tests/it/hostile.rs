@@ -283,7 +283,7 @@ fn orphans_die_when_the_plugin_exits_and_its_status_passes_through() {
     );
     assert_eq!(line, "up");
     let members = namespace_members(child.id());
-    // The plugin (reading /dev/zero forever) is sent SIGTERM through both inits.
+    // The plugin (reading /dev/zero forever) is sent SIGTERM through X, the outer init.
     // SAFETY: kill with a pid we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
