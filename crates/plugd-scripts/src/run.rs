@@ -541,22 +541,19 @@ async fn execute_in(
     let stop = Arc::new(Stop::default());
     let limits = job.meta.limits;
     let prepared = Arc::new(prepared);
-    let kill_group = move || {
-        if let Some(pid) = pid
-            && let Ok(pgid) = libc::pid_t::try_from(pid)
-            && pgid > 1
-        {
-            // SAFETY: the process group of the child we spawned.
-            unsafe { libc::killpg(pgid, libc::SIGKILL) };
-        }
-    };
     let kill = {
         let prepared = prepared.clone();
         move || {
             if let Some(p) = prepared.as_ref() {
                 p.kill_all();
             }
-            kill_group();
+            if let Some(pid) = pid
+                && let Ok(pgid) = libc::pid_t::try_from(pid)
+                && pgid > 1
+            {
+                // SAFETY: the process group of the child we spawned.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            }
         }
     };
 
