@@ -105,7 +105,9 @@ impl ChildPlan {
     ///
     /// With a PID namespace this returns only in the plugin's process: the direct child (X)
     /// and the namespace's init (Y) stay in [`supervise`] and [`init`] until the plugin exits.
-    pub(crate) fn apply(&self) -> io::Result<()> {
+    /// `report` is the write end of an end-report pipe (see `Prepared::apply_reporting_end`),
+    /// which X keeps and the plugin does not.
+    pub(crate) fn apply(&self, report: Option<libc::c_int>) -> io::Result<()> {
         // SAFETY (for every block below): plain system calls on integers and on memory owned
         // by `self`, which outlives the calls.
         unsafe {
@@ -131,7 +133,7 @@ impl ChildPlan {
                 check(libc::unshare(self.unshare).into())?;
             }
             if self.pid_namespace() {
-                fork_init()?;
+                fork_init(report.unwrap_or(-1))?;
             }
             if let Some(mounts) = &self.mounts {
                 mounts.run()?;
@@ -215,7 +217,7 @@ unsafe fn raw_fork() -> libc::pid_t {
 /// Closes every fd from 3 up except those in `keep` (a negative one keeps nothing). `std`'s
 /// `Command` reads its error pipe until EOF, so X (and Y, which shares X's table) must not keep
 /// it open, or `spawn()` would wait for the plugin to exit.
-unsafe fn close_from_3_except(mut keep: [libc::c_int; 2]) {
+unsafe fn close_from_3_except(mut keep: [libc::c_int; 3]) {
     keep.sort_unstable();
     // SAFETY: closing fds this process owns; nothing in X or Y uses them afterwards.
     unsafe {
@@ -240,10 +242,25 @@ unsafe fn close_from_3_except(mut keep: [libc::c_int; 2]) {
 unsafe fn open_maps() -> libc::c_int {
     // SAFETY: open on a static path.
     unsafe {
-        libc::open(
+        high(libc::open(
             c"/proc/self/maps".as_ptr(),
             libc::O_RDONLY | libc::O_CLOEXEC,
-        )
+        ))
+    }
+}
+
+/// `fd` moved to a number ≥ [`FLOOR`](crate::fds::FLOOR) (the original closed), or -1. X
+/// closes 0–2 once the plugin is forked: a descriptor it keeps must not be one of them, which
+/// it would be if the host ran with its stdio closed.
+unsafe fn high(fd: libc::c_int) -> libc::c_int {
+    if !(0..crate::fds::FLOOR).contains(&fd) {
+        return fd;
+    }
+    // SAFETY: fcntl and close on a descriptor this process owns.
+    unsafe {
+        let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, crate::fds::FLOOR);
+        libc::close(fd);
+        moved
     }
 }
 
@@ -274,7 +291,11 @@ unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
 /// namespace) and ends as the plugin did (same exit code, or killed by the same signal), so
 /// the host sees the plugin's status. Y reaps the orphans of the namespace. Y dies with X
 /// (`PR_SET_PDEATHSIG`), so killing X or the host kills every process of the plugin.
-unsafe fn fork_init() -> io::Result<()> {
+///
+/// X and Y are copies of the host that never exec: they are made non-dumpable (no core file,
+/// no `ptrace` by the plugin's uid, `/proc/PID` of them owned by root). `report` (or -1) is
+/// where X writes the plugin's wait status once the namespace is dead, before its own exit.
+unsafe fn fork_init(report: libc::c_int) -> io::Result<()> {
     // SAFETY: system calls on stack values and on Y's static stack, which only Y uses; see the
     // function docs for the process structure.
     unsafe {
@@ -285,12 +306,16 @@ unsafe fn fork_init() -> io::Result<()> {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         // Blocked signals are queued for `sigtimedwait`, even for a namespace's init.
         check(libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old).into())?;
+        // An mm flag: Y, which shares the memory, is covered too; the plugin's exec resets it
+        // for the plugin.
+        check(libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0).into())?;
         // Opened now: once the plugin has pivoted the namespace's root, `/proc` is the plugin's
         // (where X has no pid), and X reads its maps later (see `still_running`).
         let maps = open_maps();
         // Y checks it after arming its death signal, in case X died before (-1: no pidfds).
-        let me =
-            libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int;
+        let me = high(
+            libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0 as libc::c_uint) as libc::c_int,
+        );
         let stack = Y_STACK.0.get().cast::<u8>();
         // `CLONE_FILES`: Y holds no descriptor of its own. Closing std's error pipe in X closes
         // it for Y too, so `spawn()` returns at the plugin's exec even while Y waits for a core.
@@ -314,16 +339,16 @@ unsafe fn fork_init() -> io::Result<()> {
         if z > 0 {
             // Y closes `me` once it has looked at it. X needs no stdio either: the plugin's
             // pipes then end when the plugin does, not when X has waited for it.
-            close_from_3_except([maps, me]);
+            close_from_3_except([maps, me, report]);
             for fd in 0..3 {
                 libc::close(fd);
             }
-            supervise(z, y, maps, stack as usize);
+            supervise(z, y, maps, stack as usize, report);
         }
         // Z: the plugin, in a process group of its own: a `killpg` of X's group then reaches
         // X only, which forwards once (instead of the plugin getting the signal twice). Its
         // signal mask is the host thread's again.
-        for fd in [maps, me] {
+        for fd in [maps, me, report] {
             if fd >= 0 {
                 libc::close(fd);
             }
@@ -536,15 +561,26 @@ unsafe fn still_running(holding: &mut bool, maps: libc::c_int, y_stack: usize) {
     }
 }
 
-/// X: forwards signals to Z; when Z ends, kills Y (and with it the namespace) and ends like Z.
-unsafe fn supervise(z: libc::pid_t, y: libc::pid_t, maps: libc::c_int, y_stack: usize) -> ! {
+/// X: forwards signals to Z's process group; when Z ends, kills Y (and with it the namespace),
+/// reports Z's status on `report` (when ≥ 0) and ends like Z.
+unsafe fn supervise(
+    z: libc::pid_t,
+    y: libc::pid_t,
+    maps: libc::c_int,
+    y_stack: usize,
+    report: libc::c_int,
+) -> ! {
     // SAFETY: system calls on stack values.
     unsafe {
         let mut holding = true;
         loop {
             let signal = next_signal(holding);
             if forwarded(signal) {
-                libc::kill(z, signal);
+                // The plugin and what it started in its group (Z made the group its own first
+                // thing; until then only Z).
+                if libc::kill(-z, signal) != 0 {
+                    libc::kill(z, signal);
+                }
             }
             loop {
                 let mut status = 0;
@@ -561,6 +597,13 @@ unsafe fn supervise(z: libc::pid_t, y: libc::pid_t, maps: libc::c_int, y_stack: 
                     while libc::waitpid(y, &mut ignored, 0) < 0
                         && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
                     {
+                    }
+                    if report >= 0 {
+                        // The host learns the end here, not from X's exit, which then tears down
+                        // the copy of the host's memory and the mount namespace (an RCU grace
+                        // period) off the run's path. Nothing of the plugin runs any more.
+                        let bytes = status.to_ne_bytes();
+                        libc::write(report, bytes.as_ptr().cast(), bytes.len());
                     }
                     end_like(status);
                 }

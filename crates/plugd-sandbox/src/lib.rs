@@ -48,6 +48,7 @@ mod reap;
 mod seccomp;
 
 use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -576,6 +577,28 @@ fn skipped(layer: Layer, detail: &str) -> LayerStatus {
     }
 }
 
+/// The read end of a pipe on which the supervising process of a child with a PID namespace
+/// writes the plugin's wait status (4 bytes, native endian, as `waitpid` gives it) once the
+/// plugin has ended and the namespace is dead, just before it ends itself the same way.
+///
+/// Nothing arrives when the supervisor is killed (a cgroup kill, the OOM killer): wait for the
+/// child at the same time, and take whichever comes first. The child must still be reaped.
+#[derive(Debug)]
+pub struct EndReport(OwnedFd);
+
+impl EndReport {
+    /// The pipe's read end (close-on-exec, blocking).
+    pub fn into_fd(self) -> OwnedFd {
+        self.0
+    }
+
+    /// The status the 4 bytes read from the pipe say.
+    pub fn decode(bytes: [u8; 4]) -> std::process::ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        std::process::ExitStatus::from_raw(i32::from_ne_bytes(bytes))
+    }
+}
+
 /// A sandbox ready to be applied to one child; owns the child's cgroup.
 ///
 /// Dropping it kills whatever is left in the cgroup and removes the cgroup directories.
@@ -598,12 +621,44 @@ impl Prepared {
     /// hook added before. Apply one `Prepared` to one child: a second child would share the
     /// cgroup and its limits, and the cgroup is removed when the `Prepared` is dropped.
     pub fn apply_to(&self, cmd: &mut std::process::Command) {
+        self.install(cmd, None);
+    }
+
+    /// As [`Prepared::apply_to`], and, when the child gets a PID namespace, returns an
+    /// [`EndReport`]: the child's end is known from it as soon as nothing of the plugin runs,
+    /// without waiting for the supervising process's own exit (it tears down a copy of the
+    /// host's memory and the mount namespace, about half a millisecond). Without a PID
+    /// namespace there is no report (`None`): wait for the child.
+    pub fn apply_reporting_end(
+        &self,
+        cmd: &mut std::process::Command,
+    ) -> std::io::Result<Option<EndReport>> {
+        if self.plan.unshare & libc::CLONE_NEWPID == 0 {
+            self.apply_to(cmd);
+            return Ok(None);
+        }
+        let mut ends = [0; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (read, write) =
+            unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        // Above the stdio and fd-3 plumbing of the child, like every prepared descriptor.
+        let write = Arc::new(crate::fds::lift(write)?);
+        self.install(cmd, Some(write));
+        Ok(Some(EndReport(read)))
+    }
+
+    fn install(&self, cmd: &mut std::process::Command, report: Option<Arc<OwnedFd>>) {
         use std::os::unix::process::CommandExt;
         let plan = Arc::clone(&self.plan);
         // SAFETY: the hook only makes async-signal-safe system calls on values prepared in the
-        // parent; it neither allocates nor takes locks (see `ChildPlan::apply`).
+        // parent; it neither allocates nor takes locks (see `ChildPlan::apply`). The write end
+        // of the report lives as long as the hook, so its number is valid at every fork.
         unsafe {
-            cmd.pre_exec(move || plan.apply());
+            cmd.pre_exec(move || plan.apply(report.as_ref().map(|fd| fd.as_raw_fd())));
         }
     }
 

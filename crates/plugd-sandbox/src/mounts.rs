@@ -366,12 +366,15 @@ impl MountPlan {
                         ))?;
                         set_attr(target, *attr, *recursive)?;
                     }
+                    // `hidepid=2` (`invisible`): processes of another uid do not exist in it,
+                    // so the plugin cannot read the namespace's init (a copy of the host, with
+                    // the host's command line and environment) through `/proc/1`.
                     Op::Proc(target) => check(libc::mount(
                         c"proc".as_ptr(),
                         target.as_ptr(),
                         c"proc".as_ptr(),
                         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                        std::ptr::null(),
+                        c"hidepid=2".as_ptr().cast(),
                     ))?,
                     Op::ReadOnly(target) => set_attr(
                         target,

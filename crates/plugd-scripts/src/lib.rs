@@ -34,7 +34,8 @@ use plugd_store::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::task::JoinHandle;
 
 use crate::check::{Problem, Severity};
 use crate::meta::{Meta, Overrides};
@@ -469,7 +470,7 @@ impl std::fmt::Debug for Scripts {
 
 struct Inner {
     store: Store,
-    config: ScriptsConfig,
+    config: Arc<ScriptsConfig>,
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     active: Mutex<HashMap<u64, Arc<Active>>>,
@@ -509,7 +510,7 @@ impl Scripts {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.max_runs.max(1))),
                 store,
-                config,
+                config: Arc::new(config),
                 queued: AtomicUsize::new(0),
                 active: Mutex::new(HashMap::new()),
                 checked: Mutex::new(HashMap::new()),
@@ -1140,28 +1141,6 @@ impl Scripts {
                 return Err(ScriptError::internal(e));
             }
         };
-        let id = match inner
-            .store
-            .insert_run(NewRun {
-                script_id: script_id.clone(),
-                version,
-                digest,
-                label: label.clone(),
-                args: Value::Object(req.args.clone()),
-                who: req.who.clone(),
-            })
-            .await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                inner.queued.fetch_sub(1, Ordering::SeqCst);
-                return Err(e.into());
-            }
-        };
-        let active = Active::new();
-        let events = active.events.subscribe();
-        inner.active.lock().insert(id, active.clone());
-        metrics::gauge!(RUNS_ACTIVE).set(inner.active.lock().len() as f64);
         // One uid per script id; file runs get one per caller, so one caller's file run
         // cannot write into another's work dir.
         let owner = match &script_id {
@@ -1180,26 +1159,86 @@ impl Scripts {
             .join("scripts")
             .join("uids")
             .join(owner);
-        let job = Job {
-            run_id: id,
-            label,
+        let mut job = Job {
+            run_id: 0,
+            label: label.clone(),
             code_dir,
             meta,
             python_env: None,
-            args: Value::Object(req.args),
+            args: Value::Object(req.args.clone()),
             ids_owner,
         };
+        // A free slot and no environment to build: the run starts now, so its sandbox is
+        // prepared (about a millisecond of file system and cgroup work) on a blocking thread
+        // while it is recorded, and it is recorded as running in the same write.
+        let early = if lock.is_none() {
+            inner.slots.clone().try_acquire_owned().ok().map(|permit| {
+                let (config, key) = (inner.config.clone(), run::next_key());
+                let ready = job.clone();
+                let handle = tokio::task::spawn_blocking(move || run::ready(&config, &ready, &key));
+                (permit, handle)
+            })
+        } else {
+            None
+        };
+        let new_run = NewRun {
+            script_id: script_id.clone(),
+            version,
+            digest,
+            label,
+            args: Value::Object(req.args),
+            who: req.who.clone(),
+        };
+        let inserted = if early.is_some() {
+            inner.store.insert_started_run(new_run).await
+        } else {
+            inner.store.insert_run(new_run).await
+        };
+        let id = match inserted {
+            Ok(id) => id,
+            Err(e) => {
+                inner.queued.fetch_sub(1, Ordering::SeqCst);
+                if let Some((_, handle)) = early {
+                    // Whatever it made is removed when it is dropped.
+                    tokio::spawn(handle);
+                }
+                return Err(e.into());
+            }
+        };
+        job.run_id = id;
+        let active = Active::new();
+        let events = active.events.subscribe();
+        inner.active.lock().insert(id, active.clone());
+        metrics::gauge!(RUNS_ACTIVE).set(inner.active.lock().len() as f64);
         let this = self.clone();
         tokio::spawn(async move {
-            this.drive(job, lock, active).await;
+            this.drive(job, lock, active, early).await;
         });
         Ok(RunStarted { id, events })
     }
 
-    /// Waits for a slot, runs, records the end.
-    async fn drive(&self, mut job: Job, lock: Option<String>, active: Arc<Active>) {
+    /// Waits for a slot (unless it has one, `early`, with its run being made ready), runs,
+    /// records the end.
+    async fn drive(
+        &self,
+        mut job: Job,
+        lock: Option<String>,
+        active: Arc<Active>,
+        early: Option<(OwnedSemaphorePermit, JoinHandle<Result<run::Ready, String>>)>,
+    ) {
         let inner = &self.inner;
         let id = job.run_id;
+        if let Some((permit, ready)) = early {
+            inner.queued.fetch_sub(1, Ordering::SeqCst);
+            let outcome = match ready.await {
+                Ok(Ok(ready)) => run::launch(&inner.config, &job, ready, &active).await,
+                Ok(Err(reason)) => Outcome::refused("failed", reason),
+                Err(e) => Outcome::refused("failed", format!("its preparation failed: {e}")),
+            };
+            drop(permit);
+            self.record_end(id, outcome, &active).await;
+            return;
+        }
         let permit = tokio::select! {
             permit = inner.slots.clone().acquire_owned() => permit.ok(),
             () = active.cancel.notified() => None,
@@ -1219,6 +1258,12 @@ impl Scripts {
             }
         };
         drop(permit);
+        self.record_end(id, outcome, &active).await;
+    }
+
+    /// Records how a run ended and tells its followers.
+    async fn record_end(&self, id: u64, outcome: Outcome, active: &Active) {
+        let inner = &self.inner;
         let Outcome { end, duration_ms } = outcome;
         let (state, exit_code, reason) = (end.state.clone(), end.exit_code, end.reason.clone());
         if let Err(e) = inner.store.finish_run(id, end).await {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use plugd_sandbox::{Layer, LayerState, Prepared, Sandbox, SandboxPolicy};
+use plugd_sandbox::{EndReport, Layer, LayerState, Prepared, Sandbox, SandboxPolicy};
 use plugd_store::RunEnd;
 use serde::Serialize;
 use serde_json::Value;
@@ -161,6 +161,7 @@ impl Active {
 }
 
 /// What to run.
+#[derive(Clone)]
 pub(crate) struct Job {
     pub run_id: u64,
     /// The script id or file name, for messages.
@@ -298,9 +299,14 @@ fn reachable(path: &Path, ids: (u32, u32), write: bool) -> Result<(), String> {
 
 /// The sandbox policy of a run: the same layers as a process plugin, from the script's
 /// permissions and limits.
-fn policy(config: &ScriptsConfig, job: &Job, work: &Path) -> Result<SandboxPolicy, String> {
+fn policy(
+    config: &ScriptsConfig,
+    job: &Job,
+    work: &Path,
+    key: &str,
+) -> Result<SandboxPolicy, String> {
     let sandbox = config.sandbox.as_ref().expect("checked by the caller");
-    let mut policy = SandboxPolicy::new(format!("script-{}", job.run_id), &job.code_dir, work);
+    let mut policy = SandboxPolicy::new(format!("script-{key}"), &job.code_dir, work);
     policy.read_paths = sandbox.read_paths.clone();
     policy.read_paths.extend(job.python_env.iter().cloned());
     for (key, value) in &config.base_env {
@@ -404,61 +410,86 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A run made ready to start: its work dir made, its command built, its sandbox prepared (the
+/// slow part, done on a blocking thread while the run is being recorded when a slot is free).
+pub(crate) struct Ready {
+    work: WorkDir,
+    python: PathBuf,
+    cmd: Command,
+    status_read: OwnedFd,
+    status_write: OwnedFd,
+    prepared: Option<Prepared>,
+    report: Option<EndReport>,
+    pid_ns: bool,
+}
+
+/// A run's working directory, removed with it.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A name for a run's work dir and cgroup before it has an id (the run is recorded while they
+/// are made): unique in this process, and the dir is emptied first in case an earlier host
+/// process left one of the same name.
+pub(crate) fn next_key() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// Runs `job` to its end; never fails: a run that cannot start is a failed outcome with the
 /// reason.
 pub(crate) async fn execute(config: &ScriptsConfig, job: Job, active: Arc<Active>) -> Outcome {
-    let work = config
-        .state_dir
-        .join("scripts")
-        .join("work")
-        .join(job.run_id.to_string());
+    match ready(config, &job, &next_key()) {
+        Ok(ready) => launch(config, &job, ready, &active).await,
+        Err(reason) => Outcome::refused("failed", reason),
+    }
+}
+
+/// Makes `job` ready to start (blocking: file system, cgroup, sandbox), or says why it cannot
+/// start; `key` names its work dir and cgroup. `job.run_id` is not used (it may not be known yet).
+pub(crate) fn ready(config: &ScriptsConfig, job: &Job, key: &str) -> Result<Ready, String> {
+    let work = config.state_dir.join("scripts").join("work").join(key);
     let _ = std::fs::remove_dir_all(&work);
     if let Err(e) = std::fs::create_dir_all(&work).and_then(|()| {
         use std::os::unix::fs::PermissionsExt;
         // Its own: no other run's uid may look in.
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
     }) {
-        return Outcome::refused(
-            "failed",
-            format!("cannot create its work dir `{}`: {e}", work.display()),
-        );
+        return Err(format!(
+            "cannot create its work dir `{}`: {e}",
+            work.display()
+        ));
     }
-    let outcome = execute_in(config, &job, &active, &work).await;
-    let _ = std::fs::remove_dir_all(&work);
-    outcome
-}
-
-async fn execute_in(
-    config: &ScriptsConfig,
-    job: &Job,
-    active: &Arc<Active>,
-    work: &Path,
-) -> Outcome {
+    let work = WorkDir(work);
     let python = match &job.python_env {
         Some(env) => env.join("bin").join("python3"),
         None => match find_program(config, "python3") {
             Some(p) => p,
             None => {
-                return Outcome::refused(
-                    "failed",
+                return Err(
                     "`python3` is not on the children's `PATH`; hint: install Python 3".into(),
                 );
             }
         },
     };
-    let (status_read, status_write) = match pipe() {
-        Ok(p) => p,
-        Err(e) => return Outcome::refused("failed", format!("cannot create its status pipe: {e}")),
-    };
+    let (status_read, status_write) =
+        pipe().map_err(|e| format!("cannot create its status pipe: {e}"))?;
     let mut cmd = Command::new(&python);
     cmd.arg("-u")
         .arg(job.code_dir.join("script.py"))
-        .current_dir(work)
+        .current_dir(&work.0)
         .env_clear()
         .envs(config.base_env.iter().map(|(k, v)| (k, v)))
         .env("PYTHONNOUSERSITE", "1")
         .env("PLUGD_SCRIPT_FD", STATUS_FD.to_string())
-        .env("PLUGD_RUN_ID", job.run_id.to_string())
         .env("PLUGD_SCRIPT", &job.label)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -478,43 +509,63 @@ async fn execute_in(
             plugd_sandbox::inherit_as(child_fd, STATUS_FD)
         });
     }
-    let prepared: Option<Prepared> = match &config.sandbox {
+    let mut report = None;
+    let prepared = match &config.sandbox {
         Some(_) => {
-            let policy = match policy(config, job, work) {
-                Ok(p) => p,
-                Err(e) => return Outcome::refused("failed", format!("it cannot be confined: {e}")),
-            };
-            match Sandbox::prepare(&policy) {
-                Ok(prepared) => {
-                    prepared.apply_to(cmd.as_std_mut());
-                    Some(prepared)
-                }
-                Err(e) => {
-                    return Outcome::refused(
-                        "failed",
-                        format!("its sandbox could not be prepared: {e}"),
-                    );
-                }
-            }
+            let policy = policy(config, job, &work.0, key)
+                .map_err(|e| format!("it cannot be confined: {e}"))?;
+            let prepared = Sandbox::prepare(&policy)
+                .map_err(|e| format!("its sandbox could not be prepared: {e}"))?;
+            report = prepared
+                .apply_reporting_end(cmd.as_std_mut())
+                .map_err(|e| format!("cannot create its end-report pipe: {e}"))?;
+            Some(prepared)
         }
         None => None,
     };
-    let mount_ns = prepared.as_ref().is_some_and(|p| {
-        p.layers()
-            .iter()
-            .any(|s| s.layer == Layer::MountNamespace && s.state == LayerState::Applied)
-    });
-    let pid_ns = prepared.as_ref().is_some_and(|p| {
-        p.layers()
-            .iter()
-            .any(|s| s.layer == Layer::PidNamespace && s.state == LayerState::Applied)
-    });
-    let home = match (&config.sandbox, mount_ns) {
+    let applied = |layer: Layer| {
+        prepared.as_ref().is_some_and(|p| {
+            p.layers()
+                .iter()
+                .any(|s| s.layer == layer && s.state == LayerState::Applied)
+        })
+    };
+    let home = match (&config.sandbox, applied(Layer::MountNamespace)) {
         (Some(s), true) => s.home.clone(),
         _ => PathBuf::from("/nonexistent"),
     };
     cmd.env("HOME", home);
+    let pid_ns = applied(Layer::PidNamespace);
+    Ok(Ready {
+        work,
+        python,
+        cmd,
+        status_read,
+        status_write,
+        prepared,
+        report,
+        pid_ns,
+    })
+}
 
+/// Starts a ready run and supervises it to its end.
+pub(crate) async fn launch(
+    config: &ScriptsConfig,
+    job: &Job,
+    ready: Ready,
+    active: &Arc<Active>,
+) -> Outcome {
+    let Ready {
+        work,
+        python,
+        mut cmd,
+        status_read,
+        status_write,
+        prepared,
+        report,
+        pid_ns,
+    } = ready;
+    cmd.env("PLUGD_RUN_ID", job.run_id.to_string());
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -663,48 +714,60 @@ async fn execute_in(
     let mut last_at = Instant::now();
     let mut peak_seen: u64 = 0;
     let mut armed = true;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            () = tokio::time::sleep_until(deadline), if armed => {
-                armed = false;
-                if stop.set("killed", format!("wall-clock limit of {} exceeded", human_ms(limits.wall_ms))) {
-                    kill();
+    let report =
+        report.and_then(|r| tokio::net::unix::pipe::Receiver::from_owned_fd(r.into_fd()).ok());
+    let (status, reported) = {
+        let end = ended(&mut child, report);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                ended = &mut end => break ended,
+                () = tokio::time::sleep_until(deadline), if armed => {
+                    armed = false;
+                    if stop.set("killed", format!("wall-clock limit of {} exceeded", human_ms(limits.wall_ms))) {
+                        kill();
+                    }
                 }
-            }
-            () = active.cancel.notified() => {
-                if stop.set("cancelled", "cancelled".into()) {
-                    kill();
+                () = active.cancel.notified() => {
+                    if stop.set("cancelled", "cancelled".into()) {
+                        kill();
+                    }
                 }
-            }
-            _ = tick.tick() => {
-                let (cpu, memory) = usage(prepared.as_ref().as_ref(), pid);
-                peak_seen = peak_seen.max(memory);
-                let now = Instant::now();
-                let dt = now.duration_since(last_at).as_secs_f64();
-                let cpu_percent = if dt > 0.0 {
-                    (cpu.saturating_sub(last_cpu).as_secs_f64() / dt * 100.0 * 10.0).round() / 10.0
-                } else {
-                    0.0
-                };
-                last_cpu = cpu;
-                last_at = now;
-                let peak = prepared.as_ref().as_ref().and_then(Prepared::memory_peak).unwrap_or(0).max(peak_seen);
-                active.send(RunEvent::Sample(Sample {
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    cpu_percent,
-                    cpu_ms: cpu.as_millis() as u64,
-                    memory,
-                    peak_memory: peak,
-                }));
-                if cpu.as_millis() as u64 > limits.cpu_ms
-                    && stop.set("killed", format!("CPU time limit of {} exceeded", human_ms(limits.cpu_ms)))
-                {
-                    kill();
+                _ = tick.tick() => {
+                    let (cpu, memory) = usage(prepared.as_ref().as_ref(), pid);
+                    peak_seen = peak_seen.max(memory);
+                    let now = Instant::now();
+                    let dt = now.duration_since(last_at).as_secs_f64();
+                    let cpu_percent = if dt > 0.0 {
+                        (cpu.saturating_sub(last_cpu).as_secs_f64() / dt * 100.0 * 10.0).round() / 10.0
+                    } else {
+                        0.0
+                    };
+                    last_cpu = cpu;
+                    last_at = now;
+                    let peak = prepared.as_ref().as_ref().and_then(Prepared::memory_peak).unwrap_or(0).max(peak_seen);
+                    active.send(RunEvent::Sample(Sample {
+                        elapsed_ms: started.elapsed().as_millis() as u64,
+                        cpu_percent,
+                        cpu_ms: cpu.as_millis() as u64,
+                        memory,
+                        peak_memory: peak,
+                    }));
+                    if cpu.as_millis() as u64 > limits.cpu_ms
+                        && stop.set("killed", format!("CPU time limit of {} exceeded", human_ms(limits.cpu_ms)))
+                    {
+                        kill();
+                    }
                 }
             }
         }
     };
+    if reported {
+        // Its supervisor ends right after the report: reaped off the run's path.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
     // Whatever it left behind goes with it: with a PID namespace it is gone already (the
     // sandbox's X kills the namespace's init when the script ends and waits for it before it
     // ends itself; and X's process group holds X only), otherwise the cgroup's tasks and the
@@ -732,9 +795,8 @@ async fn execute_in(
     // Removing the cgroup waits for the kernel to let go of the dead tasks (a few ms on v1):
     // off the run's path, nothing recorded depends on it.
     drop(kill);
-    if let Ok(prepared) = Arc::try_unwrap(prepared) {
-        tokio::task::spawn_blocking(move || drop(prepared));
-    }
+    let prepared = Arc::try_unwrap(prepared).ok();
+    tokio::task::spawn_blocking(move || drop((prepared, work)));
     let mut exit_code = None;
     let mut signal = None;
     if let Ok(status) = &status {
@@ -810,6 +872,28 @@ async fn execute_in(
         },
         duration_ms: Some(started.elapsed().as_millis() as u64),
     }
+}
+
+/// How the child ended: from the sandbox's end report when there is one (`true`: the
+/// supervisor's own exit comes a little later and the caller reaps it), else from waiting for
+/// the child (a supervisor that was killed reports nothing).
+async fn ended(
+    child: &mut tokio::process::Child,
+    report: Option<tokio::net::unix::pipe::Receiver>,
+) -> (std::io::Result<std::process::ExitStatus>, bool) {
+    if let Some(mut report) = report {
+        let mut bytes = [0u8; 4];
+        tokio::select! {
+            biased;
+            read = report.read_exact(&mut bytes) => {
+                if read.is_ok() {
+                    return (Ok(plugd_sandbox::EndReport::decode(bytes)), true);
+                }
+            }
+            status = child.wait() => return (status, false),
+        }
+    }
+    (child.wait().await, false)
 }
 
 /// The last `n` bytes of `text` or a little fewer (never inside a character).

@@ -452,7 +452,14 @@ impl Store {
 
     /// Records a queued run; returns its id.
     pub async fn insert_run(&self, run: NewRun) -> Result<u64, StoreError> {
-        self.write(move |conn, ctx| scripts::insert_run(conn, ctx, &run))
+        self.write(move |conn, ctx| scripts::insert_run(conn, ctx, &run, false))
+            .await
+    }
+
+    /// Records a run that starts at once (a slot was free): `running`, queued and started now,
+    /// in one write instead of [`Store::insert_run`] and [`Store::start_run`].
+    pub async fn insert_started_run(&self, run: NewRun) -> Result<u64, StoreError> {
+        self.write(move |conn, ctx| scripts::insert_run(conn, ctx, &run, true))
             .await
     }
 

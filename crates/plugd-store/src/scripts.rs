@@ -388,10 +388,15 @@ fn run_record(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-pub(crate) fn insert_run(conn: &Connection, ctx: &Ctx, run: &NewRun) -> Result<u64, StoreError> {
+pub(crate) fn insert_run(
+    conn: &Connection,
+    ctx: &Ctx,
+    run: &NewRun,
+    started: bool,
+) -> Result<u64, StoreError> {
     conn.prepare_cached(
-        "INSERT INTO script_runs (script_id, version, digest, label, args, who, state, queued_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7)",
+        "INSERT INTO script_runs (script_id, version, digest, label, args, who, state, queued_at_ms, started_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .sql()?
     .execute(params![
@@ -401,7 +406,9 @@ pub(crate) fn insert_run(conn: &Connection, ctx: &Ctx, run: &NewRun) -> Result<u
         run.label,
         run.args.to_string(),
         run.who,
-        ctx.now_ms
+        if started { "running" } else { "queued" },
+        ctx.now_ms,
+        started.then_some(ctx.now_ms),
     ])
     .sql()?;
     Ok(conn.last_insert_rowid() as u64)

@@ -370,6 +370,16 @@ for mode in (0o4755, 0o2755, 0o6755):
     attempt(lambda: os.chmod(os.path.join(d, "mine"), mode))
 attempt(lambda: os.chmod(os.path.join(d, "mine"), 0o755))
 attempt(lambda: os.close(os.open(os.path.join(d, "new"), os.O_CREAT | os.O_WRONLY, 0o4755)))
+import stat
+attempt(lambda: os.mknod(os.path.join(d, "node"), stat.S_IFREG | 0o4755))
+libc = ctypes.CDLL(None, use_errno=True)
+def raw_mknod():
+    if libc.syscall(133, os.path.join(d, "node2").encode(), stat.S_IFREG | 0o2755, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+attempt(raw_mknod)
+attempt(lambda: os.close(os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o6755)))
+attempt(lambda: os.mknod(os.path.join(d, "plain"), stat.S_IFREG | 0o644))
 attempt(lambda: subprocess.run([os.path.join(d, "planted")]))
 attempt(lambda: subprocess.run([os.path.join(d, "mine")]))
 r = subprocess.run(["/lib64/ld-linux-x86-64.so.2", os.path.join(d, "mine")], capture_output=True, text=True)
@@ -390,11 +400,16 @@ print(r.returncode != 0, "failed to map segment" in r.stderr or "Permission deni
             EPERM,
             "ok",
             EPERM,
+            EPERM,
+            EPERM,
+            EPERM,
+            "ok",
             EACCES,
             EACCES,
             "True True"
         ]
     );
+    assert!(!f.data.join("node").exists() && !f.data.join("node2").exists());
     // The mode bits were refused, not just ignored.
     let mode = std::fs::metadata(f.data.join("mine"))
         .unwrap()
@@ -579,4 +594,145 @@ fn the_pid_namespace_inits_keep_none_of_the_hosts_heap() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     settled.unwrap();
     assert_eq!(ballast[ballast.len() - 1], 7);
+}
+
+/// The end report's status, read within 10 s.
+fn read_report(report: plugd_sandbox::EndReport) -> std::process::ExitStatus {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut pipe = std::fs::File::from(report.into_fd());
+    let mut poll = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one descriptor we own.
+    assert_eq!(unsafe { libc::poll(&mut poll, 1, 10_000) }, 1, "no report");
+    let mut bytes = [0u8; 4];
+    pipe.read_exact(&mut bytes).unwrap();
+    plugd_sandbox::EndReport::decode(bytes)
+}
+
+#[test]
+fn the_end_report_comes_once_nothing_of_the_plugin_runs() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let mut p = policy(&f, "end-report");
+    // Only the PID namespace ends the orphan.
+    p.disabled = vec![Layer::Cgroup];
+    for (script, code, signal) in [
+        (
+            "setsid sh -c 'sleep 300 &' >/dev/null; echo up; exit 7",
+            Some(7),
+            None,
+        ),
+        ("echo up; kill -SEGV $$", None, Some(libc::SIGSEGV)),
+    ] {
+        let prepared = Sandbox::prepare(&p).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script])
+            .current_dir(&p.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let report = prepared
+            .apply_reporting_end(&mut cmd)
+            .unwrap()
+            .expect("a PID namespace has a report");
+        let mut child = cmd.spawn().unwrap();
+        let ns = std::fs::read_link(format!("/proc/{}/ns/pid_for_children", child.id())).unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "up\n");
+        let status = read_report(report);
+        assert_eq!((status.code(), status.signal()), (code, signal), "{script}");
+        // Reported only once the namespace is empty: no process of it left, at once.
+        let left: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                    .ok()
+                    .as_ref()
+                    == Some(&ns)
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{script}: still in the namespace: {left:?}"
+        );
+        // The child itself ends the same way.
+        let own = child.wait().unwrap();
+        assert_eq!((own.code(), own.signal()), (code, signal), "{script}");
+    }
+    // Without a PID namespace there is nothing to report: wait for the child.
+    p.disabled.push(Layer::PidNamespace);
+    let prepared = Sandbox::prepare(&p).unwrap();
+    let mut cmd = Command::new("/bin/true");
+    assert!(prepared.apply_reporting_end(&mut cmd).unwrap().is_none());
+}
+
+#[test]
+fn forwarded_signals_reach_the_plugins_process_group() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    // The plugin ignores SIGTERM and waits for a child of its own, which ends on SIGTERM (and
+    // on its own after 10 s, with status 3, if none comes).
+    let code = r#"
+import os, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pid = os.fork()
+if pid == 0:
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.alarm(10)
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+    print("up", flush=True)
+    while True:
+        signal.pause()
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let p = policy(&f, "signals");
+    let prepared = Sandbox::prepare(&p).unwrap();
+    let mut cmd = Command::new(PYTHON);
+    cmd.args(["-c", code])
+        .current_dir(&p.data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    prepared.apply_to(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    // SAFETY: kill with a pid we spawned (X, which forwards).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the plugin's child got no SIGTERM: {status:?}"
+    );
+}
+
+#[test]
+fn the_namespaces_init_is_invisible_to_the_plugin() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    // pid 1 is a copy of the host (its command line, its environment). Landlock refuses the
+    // plugin `/proc` beyond its grants (EACCES); below that, the namespace's `/proc` does not
+    // even show pid 1 (`hidepid=2`: ENOENT).
+    let code =
+        "attempt(lambda: open('/proc/1/cmdline').close())\nattempt(lambda: os.stat('/proc/1'))\n";
+    let got = attempts(&policy(&f, "hidepid"), code, &[]);
+    assert_eq!(got, [ENOENT, ENOENT]);
 }

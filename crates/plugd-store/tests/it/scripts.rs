@@ -121,8 +121,16 @@ async fn runs_are_recorded_and_a_stopped_hosts_runs_are_marked_failed() {
     // Numbers past SQLite's integers name nothing; they are not errors.
     assert!(store.run(u64::MAX).await.unwrap().is_none());
     assert_eq!(store.runs(None, Some(u64::MAX), 10).await.unwrap().len(), 2);
-    // `b` was left queued by a host that stopped.
-    assert_eq!(store.interrupt_runs().await.unwrap(), 1);
+    // A run that starts at once is recorded running, in one write; `start_run` leaves it be.
+    let c = store.insert_started_run(new("c")).await.unwrap();
+    let started = store.run(c).await.unwrap().unwrap();
+    assert_eq!(started.state, "running");
+    assert_eq!(started.started_at_ms, Some(started.queued_at_ms));
+    store.start_run(c).await.unwrap();
+    assert_eq!(store.run(c).await.unwrap().unwrap(), started);
+    // `b` was left queued and `c` running by a host that stopped.
+    assert_eq!(store.interrupt_runs().await.unwrap(), 2);
+    assert_eq!(store.run(c).await.unwrap().unwrap().state, "failed");
     let b = store.run(b).await.unwrap().unwrap();
     assert_eq!(b.state, "failed");
     assert_eq!(
@@ -131,7 +139,7 @@ async fn runs_are_recorded_and_a_stopped_hosts_runs_are_marked_failed() {
     );
     // Purge by end time.
     assert_eq!(store.purge_runs(0).await.unwrap(), 0);
-    assert_eq!(store.purge_runs(u64::MAX / 2).await.unwrap(), 2);
+    assert_eq!(store.purge_runs(u64::MAX / 2).await.unwrap(), 3);
     assert!(store.run(a).await.unwrap().is_none());
 }
 
