@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Compares the confined no-op script run of two or more plugd-bench binaries, interleaved:
-# ROUNDS rounds of `scripts -n 30 --cases bare,server` per binary, alternating, then the median
-# ratio server / bare per binary. The ratio, taken within one round, survives the machine's
-# drift between minutes better than absolute times do. Run as root (the sandbox needs it).
+# ROUNDS rounds of `scripts -n PAIRS --cases paired` per binary (bare and server alternating run
+# by run, the median of each pair's ratio server / bare), the binaries alternating round by
+# round; then, per binary, the median over rounds. Pairs taken ~40 ms apart survive the machine's
+# drift between phases (10–30 % within minutes on this VM) far better than whole rounds do.
+# Run as root (the sandbox needs it).
 #
-#   bench/ab-scripts.sh ROUNDS OLD/plugd-bench NEW/plugd-bench [MORE...]
+#   bench/ab-scripts.sh ROUNDS OLD/plugd-bench NEW/plugd-bench [MORE...]   (PAIRS=40, GAP_MS=20 by default)
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 ROUNDS BIN [BIN...]" >&2
@@ -12,20 +14,21 @@ if [ $# -lt 2 ]; then
 fi
 rounds=$1
 shift
+pairs=${PAIRS:-40}
 for _ in $(seq "$rounds"); do
   for bin in "$@"; do
-    out=$("$bin" scripts -n 30 --warmup 3 --rounds 1 --cases bare,server 2>/dev/null |
-      grep -o '"p50_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')
-    echo "$bin $out"
+    line=$("$bin" scripts -n "$pairs" --warmup 3 --rounds 1 --cases paired --gap-ms "${GAP_MS:-20}" 2>/dev/null |
+      grep '"case":"paired"')
+    echo "$bin $line"
   done
 done | python3 -c '
-import collections, statistics, sys
+import collections, json, statistics, sys
 rows = collections.defaultdict(list)
 for line in sys.stdin:
-    name, bare, server = line.split()
-    rows[name].append((float(bare), float(server)))
+    name, rest = line.split(" ", 1)
+    rows[name].append(json.loads(rest))
 for name, v in rows.items():
-    r = [s / b for b, s in v]
-    print(f"{name}: ratio median {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f}); "
-          f"server median {statistics.median(s for _, s in v):.2f} ms, bare {statistics.median(b for b, _ in v):.2f} ms")
+    r = [x["ratio_p50"] for x in v]
+    print(f"{name}: ratio median {statistics.median(r):.3f} over {len(r)} rounds (min {min(r):.3f}, max {max(r):.3f}); "
+          f"server p50 {statistics.median(x[\"server_p50_ms\"] for x in v):.2f} ms, bare {statistics.median(x[\"bare_p50_ms\"] for x in v):.2f} ms")
 '

@@ -66,7 +66,7 @@ Usage:
   plugd-bench compat [--repo DIR] [--plugins N] [--rounds N] [--dir DIR]
   plugd-bench rewrite DIR [--repo DIR] [--times N] [--interval-ms MS]
   plugd-bench scripts [--repo DIR] [-n RUNS] [--warmup RUNS] [--rounds N] [--dir DIR]
-                      [--cases bare,server,server-env3,concurrent,cli,kernel,layers]
+                      [--cases bare,server,server-env3,concurrent,cli,kernel,layers,paired]
                       [--gap-ms MS]
   plugd-bench ws-echo URL... [-n N] [--warmup N] [--size BYTES]
   plugd-bench axum-echo --listen ADDR

@@ -9,6 +9,8 @@
 //! - `concurrent`: runs per second with 4 at once, next to 4 bare `python3 -c pass` at once;
 //! - `cli`: end to end, `plugd script run ID` against a running `plugd serve` (CLI process,
 //!   HTTP, run, record, stream);
+//! - `paired`: `bare` and `server` alternating run by run, the median of each pair's ratio
+//!   (what `bench/ab-scripts.sh` compares);
 //! - `kernel`: `python3 -c pass` in a bare `plugd-sandbox` child with every layer, and without
 //!   its cgroup: what the confinement itself costs.
 
@@ -122,6 +124,50 @@ where
         p90_ms: percentile(&mut samples, 0.9),
         per_sec: n as f64 / wall,
     })
+}
+
+/// `bare` and `server` alternating run by run: the ratio of each pair (taken within ~40 ms of
+/// each other) is immune to the machine drifting between phases, which moves whole rounds of
+/// either case by 10–30 % on this VM. `gap` (untimed) goes before each run: without one, the
+/// bare run would share the CPU with the end of the server run before it (the supervisor's exit
+/// and the cgroup's removal, done off the run's path).
+async fn paired(
+    scripts: &Scripts,
+    n: usize,
+    warmup: usize,
+    gap: std::time::Duration,
+) -> anyhow::Result<()> {
+    for _ in 0..warmup {
+        bare_once().await?;
+        run_and_wait(scripts, "noop").await?;
+    }
+    let (mut bare, mut server, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        tokio::time::sleep(gap).await;
+        let t = Instant::now();
+        bare_once().await?;
+        let b = t.elapsed().as_secs_f64() * 1e3;
+        tokio::time::sleep(gap).await;
+        let t = Instant::now();
+        run_and_wait(scripts, "noop").await?;
+        let s = t.elapsed().as_secs_f64() * 1e3;
+        bare.push(b);
+        server.push(s);
+        ratios.push(s / b);
+    }
+    let (b50, s50) = (percentile(&mut bare, 0.5), percentile(&mut server, 0.5));
+    let (r25, r50, r75) = (
+        percentile(&mut ratios, 0.25),
+        percentile(&mut ratios, 0.5),
+        percentile(&mut ratios, 0.75),
+    );
+    println!(
+        "paired, {n} pairs: bare p50 {b50:.2} ms, server p50 {s50:.2} ms, ratio per pair p50 {r50:.3} (p25 {r25:.3}, p75 {r75:.3})"
+    );
+    println!(
+        "{{\"bench\":\"scripts\",\"case\":\"paired\",\"pairs\":{n},\"bare_p50_ms\":{b50:.3},\"server_p50_ms\":{s50:.3},\"ratio_p50\":{r50:.4},\"ratio_p25\":{r25:.4},\"ratio_p75\":{r75:.4}}}"
+    );
+    Ok(())
 }
 
 async fn concurrently<F, Fut>(
@@ -275,6 +321,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                 )
                 .await?,
             );
+        }
+        // Only when asked: it repeats the bare and server cases.
+        if config.cases.iter().any(|c| c == "paired") {
+            paired(&scripts, config.runs, config.warmup, config.gap).await?;
         }
         if with_env {
             let s = scripts.clone();

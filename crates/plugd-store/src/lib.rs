@@ -426,7 +426,8 @@ impl Store {
         version: Option<u64>,
     ) -> Result<ScriptVersion, StoreError> {
         let id = id.to_owned();
-        self.read(move |conn| scripts::version(conn, &id, version))
+        // Read at the start of every run: inline when a connection is free.
+        self.read_point(move |conn| scripts::version(conn, &id, version))
             .await
     }
 
@@ -477,7 +478,8 @@ impl Store {
 
     /// One run, `None` if there is none.
     pub async fn run(&self, id: u64) -> Result<Option<RunRecord>, StoreError> {
-        self.read(move |conn| scripts::run(conn, id)).await
+        // A row by its key, read after every run: inline when a connection is free.
+        self.read_point(move |conn| scripts::run(conn, id)).await
     }
 
     /// Runs, newest first: of one script or of all, with ids below `before`, at most `limit`.
