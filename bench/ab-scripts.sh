@@ -29,6 +29,8 @@ for line in sys.stdin:
     rows[name].append(json.loads(rest))
 for name, v in rows.items():
     r = [x["ratio_p50"] for x in v]
+    server = statistics.median(x["server_p50_ms"] for x in v)
+    bare = statistics.median(x["bare_p50_ms"] for x in v)
     print(f"{name}: ratio median {statistics.median(r):.3f} over {len(r)} rounds (min {min(r):.3f}, max {max(r):.3f}); "
-          f"server p50 {statistics.median(x[\"server_p50_ms\"] for x in v):.2f} ms, bare {statistics.median(x[\"bare_p50_ms\"] for x in v):.2f} ms")
+          f"server p50 {server:.2f} ms, bare {bare:.2f} ms")
 '
