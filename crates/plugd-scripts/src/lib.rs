@@ -1199,8 +1199,13 @@ impl Scripts {
             Err(e) => {
                 inner.queued.fetch_sub(1, Ordering::SeqCst);
                 if let Some((_, handle)) = early {
-                    // Whatever it made is removed when it is dropped.
-                    tokio::spawn(handle);
+                    // What it made is removed when it is dropped: the cgroup's removal blocks,
+                    // so not on this thread.
+                    tokio::spawn(async move {
+                        if let Ok(Ok(ready)) = handle.await {
+                            tokio::task::spawn_blocking(move || drop(ready));
+                        }
+                    });
                 }
                 return Err(e.into());
             }
