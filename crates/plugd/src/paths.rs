@@ -70,6 +70,69 @@ pub(crate) fn untraversable_ancestor(dir: &Path) -> Option<(PathBuf, u32)> {
     None
 }
 
+/// `STATE/serve.lock`, held by the one `plugd serve` (or `plugd dev`) of a state dir.
+///
+/// A POSIX record lock (`fcntl(F_SETLK)`), not `flock`: a `flock` belongs to the open file,
+/// which every `fork` shares, so a sandbox supervisor forked a moment before the host was
+/// killed would hold the state dir until it had closed its copy of the descriptor, and a
+/// server restarted at once was refused. A record lock belongs to the process alone: it goes
+/// when the host does, whatever its children are doing.
+pub(crate) struct ServeLock {
+    _file: std::fs::File,
+}
+
+/// The whole-file write lock of `fcntl(2)`.
+fn whole_file(kind: libc::c_short) -> libc::flock {
+    // SAFETY: `flock` is plain data; zero is a valid value of every field.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+impl ServeLock {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("serve.lock")
+    }
+
+    /// Takes the lock; `Ok(None)` when another process holds it.
+    pub(crate) fn acquire(state_dir: &Path) -> anyhow::Result<Option<ServeLock>> {
+        use std::os::fd::AsRawFd;
+        let path = ServeLock::path(state_dir);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("Cannot create `{}`", path.display()))?;
+        let lock = whole_file(libc::F_WRLCK as libc::c_short);
+        // SAFETY: fcntl on a descriptor we own with a valid `struct flock`.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } == 0 {
+            return Ok(Some(ServeLock { _file: file }));
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EACCES | libc::EAGAIN) => Ok(None),
+            _ => {
+                Err(anyhow::Error::new(error).context(format!("Cannot lock `{}`", path.display())))
+            }
+        }
+    }
+
+    /// Whether a running server holds the lock of `state_dir`.
+    pub(crate) fn held(state_dir: &Path) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(file) = std::fs::File::open(ServeLock::path(state_dir)) else {
+            return false;
+        };
+        let mut lock = whole_file(libc::F_WRLCK as libc::c_short);
+        // SAFETY: as in `acquire`; F_GETLK only fills `lock` in.
+        let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+        ret == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +168,34 @@ mod tests {
             Some((private.clone(), 0o700))
         );
         assert_eq!(untraversable_ancestor(&open.join("missing/state")), None);
+    }
+    /// The lock goes with the process that took it, not with a forked child (a sandbox
+    /// supervisor) that still has the descriptor, as a `flock` would.
+    #[test]
+    fn the_serve_lock_is_not_kept_by_a_forked_child() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!ServeLock::held(tmp.path()));
+        let lock = ServeLock::acquire(tmp.path()).unwrap().expect("free");
+        // SAFETY: the child only waits for a signal (async-signal-safe) and never returns.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            unsafe {
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        // Another process (the child) holds no lock; dropping ours frees the file although
+        // the child still has the descriptor open.
+        drop(lock);
+        let held = ServeLock::held(tmp.path());
+        let again = ServeLock::acquire(tmp.path()).unwrap();
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(!held, "a forked child kept the state dir locked");
+        assert!(again.is_some());
     }
 }

@@ -61,22 +61,12 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         );
     }
     // One server per state dir: two would share plugin data, sockets and the store's writer.
-    let lock_path = state_dir.join("serve.lock");
-    let state_lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("Cannot create `{}`", lock_path.display()))?;
-    if let Err(e) = state_lock.try_lock() {
-        match e {
-            std::fs::TryLockError::WouldBlock => anyhow::bail!(
-                "Another `plugd serve` (or `plugd dev`) is using the state dir `{}`; hint: stop it, or pass another `--state-dir`",
-                state_dir.display()
-            ),
-            std::fs::TryLockError::Error(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("Cannot lock `{}`", lock_path.display()))
-                );
-            }
-        }
-    }
+    let Some(state_lock) = crate::paths::ServeLock::acquire(state_dir)? else {
+        anyhow::bail!(
+            "Another `plugd serve` (or `plugd dev`) is using the state dir `{}`; hint: stop it, or pass another `--state-dir`",
+            state_dir.display()
+        );
+    };
     check_reachable(&args, state_dir)?;
     // Bind before anything slow, so a busy port is reported at once and the API (health,
     // readiness, plugin states) answers while the plugins start.

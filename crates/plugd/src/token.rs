@@ -232,6 +232,5 @@ pub(crate) fn revoke(target: Target<'_>, which: &str, as_json: bool) -> anyhow::
 
 /// Whether a `plugd serve` holds the state dir's lock.
 fn serving(paths: &Paths) -> bool {
-    std::fs::File::open(paths.state_dir.join("serve.lock"))
-        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+    crate::paths::ServeLock::held(&paths.state_dir)
 }

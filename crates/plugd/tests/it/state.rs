@@ -166,3 +166,39 @@ fn a_state_dir_under_a_private_directory_just_works() {
     drop(server);
     assert!(!read(&log).contains("cannot enter"), "no false warning");
 }
+
+#[test]
+fn a_second_server_on_the_same_state_dir_is_refused_until_the_first_is_gone() {
+    let (tmp, plugins) = checkout_copy();
+    let state = tmp.path().join("state");
+    let (plugins_arg, state_arg) = (plugins.to_str().unwrap(), state.to_str().unwrap());
+    let mut server = Server::start(&plugins, tmp.path());
+    let second = plugd_in(
+        tmp.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugins",
+            plugins_arg,
+            "--state-dir",
+            state_arg,
+        ],
+    );
+    check(
+        &second,
+        &Expect::Err {
+            stderr: &[
+                "Another `plugd serve`",
+                "is using the state dir",
+                "--state-dir",
+            ],
+        },
+    );
+    // Killed outright, the first leaves the dir free at once for the next.
+    crate::signal(server.child.id(), libc::SIGKILL).unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let server = Server::start(&plugins, tmp.path());
+    check(&server.cli(&["list"]), &Expect::Ok { stdout: &["hello"] });
+}
