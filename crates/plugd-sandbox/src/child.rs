@@ -602,6 +602,12 @@ unsafe fn supervise(
                         // The host learns the end here, not from X's exit, which then tears down
                         // the copy of the host's memory and the mount namespace (an RCU grace
                         // period) off the run's path. Nothing of the plugin runs any more.
+                        //
+                        // That teardown is cleanup: at idle priority, the host thread the report
+                        // wakes (often placed on this CPU, the waker's) runs at once instead of
+                        // after it (~0.13 ms measured).
+                        let idle = libc::sched_param { sched_priority: 0 };
+                        libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle);
                         let bytes = status.to_ne_bytes();
                         libc::write(report, bytes.as_ptr().cast(), bytes.len());
                     }

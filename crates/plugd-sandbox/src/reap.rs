@@ -30,7 +30,12 @@ fn identity(pid: u32) -> Option<String> {
 /// Writes `dir/<leaf>.cgroup` naming this host and the cgroup directories.
 pub(crate) fn record(dir: &Path, leaf: &str, paths: &[PathBuf]) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
-    let me = identity(std::process::id()).ok_or_else(|| io::Error::other("no /proc/self/stat"))?;
+    // This process's identity does not change: read once, not at every child's spawn.
+    static ME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let me = ME
+        .get_or_init(|| identity(std::process::id()))
+        .as_deref()
+        .ok_or_else(|| io::Error::other("no /proc/self/stat"))?;
     let mut text = format!("host {me}\n");
     for path in paths {
         text.push_str(&path.to_string_lossy());

@@ -2,7 +2,8 @@
 //! queue, runs every request waiting at that moment in ONE transaction (one savepoint each, so a
 //! failed request does not fail the others), commits, and only then answers each request.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
@@ -87,15 +88,19 @@ where
     }
 }
 
-/// The writer thread's loop: returns when every sender is gone.
+/// The writer thread's loop: returns when every sender is gone. It holds `conn` while it runs a
+/// batch; between batches a caller may commit on its own thread ([`run_inline`]). `pending`
+/// counts the requests queued or running here, each released once answered.
 pub(crate) fn run(
-    mut conn: Connection,
+    conn: &Mutex<Connection>,
     mut queue: mpsc::Receiver<Box<dyn Op>>,
     undo_depth: usize,
     batches: &AtomicU64,
+    pending: &AtomicUsize,
 ) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
+        let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -109,10 +114,48 @@ pub(crate) fn run(
         };
         let committed = run_batch(&mut conn, &mut batch, &ctx);
         batches.fetch_add(1, Ordering::Relaxed);
+        let answered = batch.len();
         for op in batch.drain(..) {
             op.finish(committed.clone());
         }
+        pending.fetch_sub(answered, Ordering::Release);
     }
+}
+
+/// One request committed on the caller's thread, in a transaction of its own, when the writer
+/// is idle (the caller holds `conn` and nothing is queued). It never waits for a lock: if
+/// another process holds the database's write lock, `Err(f)` hands the request back for the
+/// queue, whose transactions wait up to `busy_timeout`.
+pub(crate) fn run_inline<T, F>(
+    conn: &Connection,
+    f: F,
+    ctx: &Ctx,
+    busy_timeout: Duration,
+) -> Result<Result<T, StoreError>, F>
+where
+    F: FnOnce(&Connection, &Ctx) -> Result<T, StoreError>,
+{
+    if conn.busy_timeout(Duration::ZERO).is_err() {
+        return Err(f);
+    }
+    let begun = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]));
+    let restored = conn.busy_timeout(busy_timeout);
+    if begun.is_err() || restored.is_err() {
+        rollback(conn);
+        return Err(f);
+    }
+    let result = f(conn, ctx);
+    if result.is_err() {
+        rollback(conn);
+        return Ok(result);
+    }
+    if let Err(e) = commit(conn) {
+        rollback(conn);
+        return Ok(Err(e));
+    }
+    Ok(result)
 }
 
 /// One transaction for the whole batch. `Ok` only once `COMMIT` returned, which with WAL and
