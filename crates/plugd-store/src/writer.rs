@@ -90,7 +90,7 @@ where
 
 /// The writer thread's loop: returns when every sender is gone. It holds `conn` while it runs a
 /// batch; between batches a caller may commit on its own thread ([`run_inline`]). `pending`
-/// counts the requests queued or running here, each released once answered.
+/// counts the requests queued or running here, each released once its batch is over.
 pub(crate) fn run(
     conn: &Mutex<Connection>,
     mut queue: mpsc::Receiver<Box<dyn Op>>,
@@ -114,11 +114,14 @@ pub(crate) fn run(
         };
         let committed = run_batch(&mut conn, &mut batch, &ctx);
         batches.fetch_add(1, Ordering::Relaxed);
-        let answered = batch.len();
+        // The batch is committed (or rolled back): nothing of it can be overtaken any more, so
+        // the connection and the count are released before the answers, and a caller answered
+        // finds the writer idle.
+        drop(conn);
+        pending.fetch_sub(batch.len(), Ordering::Release);
         for op in batch.drain(..) {
             op.finish(committed.clone());
         }
-        pending.fetch_sub(answered, Ordering::Release);
     }
 }
 
