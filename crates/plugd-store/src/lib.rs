@@ -883,18 +883,17 @@ mod tests {
         (thread, result)
     }
 
-    fn config(dir: &Path, durability: Durability) -> StoreConfig {
-        let mut config = StoreConfig::new(dir.join("plugd.db"));
+    /// A store in a fresh directory (kept as long as the `TempDir`).
+    async fn open(durability: Durability) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path().join("plugd.db"));
         config.durability = durability;
-        config
+        (dir, Store::open(config).await.unwrap())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_writer_lets_a_write_commit_on_the_callers_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(config(dir.path(), Durability::Process))
-            .await
-            .unwrap();
+        let (_dir, store) = open(Durability::Process).await;
         let (thread, result) = written_on(&store, r#"{"a":1}"#).await;
         result.unwrap();
         assert_ne!(thread, "plugd-store-writer");
@@ -904,10 +903,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn full_durability_always_commits_on_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(config(dir.path(), Durability::Full))
-            .await
-            .unwrap();
+        let (_dir, store) = open(Durability::Full).await;
         let (thread, result) = written_on(&store, r#"{"a":1}"#).await;
         result.unwrap();
         assert_eq!(thread, "plugd-store-writer");
@@ -917,10 +913,7 @@ mod tests {
     /// to the writer, which waits (within `busy_timeout`) and commits once the lock is gone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_blocked_by_another_connection_waits_on_the_writer_not_the_caller() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(config(dir.path(), Durability::Process))
-            .await
-            .unwrap();
+        let (dir, store) = open(Durability::Process).await;
         let other = Connection::open(dir.path().join("plugd.db")).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let releasing = std::thread::spawn(move || {

@@ -231,9 +231,18 @@ fn namespace_members(child: u32) -> Vec<i32> {
 
 /// Starts `script` confined and returns once it printed its first line.
 fn start(p: &SandboxPolicy, script: &str) -> (Prepared, std::process::Child, String) {
+    start_program(p, "/bin/sh", script)
+}
+
+/// [`start`] with another interpreter: `program -c code`.
+fn start_program(
+    p: &SandboxPolicy,
+    program: &str,
+    code: &str,
+) -> (Prepared, std::process::Child, String) {
     let prepared = Sandbox::prepare(p).unwrap();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", script])
+    let mut cmd = Command::new(program);
+    cmd.args(["-c", code])
         .current_dir(&p.data_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
@@ -699,19 +708,8 @@ _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
     let p = policy(&f, "signals");
-    let prepared = Sandbox::prepare(&p).unwrap();
-    let mut cmd = Command::new(PYTHON);
-    cmd.args(["-c", code])
-        .current_dir(&p.data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    prepared.apply_to(&mut cmd);
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "up\n");
+    let (_prepared, mut child, line) = start_program(&p, PYTHON, code);
+    assert_eq!(line, "up");
     // SAFETY: kill with a pid we spawned (X, which forwards).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
