@@ -146,7 +146,7 @@ pub struct Store {
 struct Inner {
     queue: mpsc::Sender<Box<dyn Op>>,
     /// The write connection: the writer thread's while it runs a batch, a caller's while it
-    /// commits inline (see [`Store::write`]).
+    /// commits inline (see [`Store::write_point`]).
     writer: Arc<Mutex<Connection>>,
     /// Requests queued for the writer or in its current batch.
     pending: Arc<AtomicUsize>,
@@ -160,8 +160,9 @@ struct Inner {
     batches: Arc<AtomicU64>,
 }
 
-/// A request counted in [`Inner::pending`] until the writer has it (then the writer uncounts
-/// it once answered) or, when it was never sent, until this is dropped.
+/// A request counted in [`Inner::pending`] from before it is sent: once sent, the writer
+/// uncounts it when its batch is over; never sent (no room in time, a dropped future), it is
+/// uncounted when this is dropped.
 struct Queued<'a> {
     pending: &'a AtomicUsize,
     sent: bool,
