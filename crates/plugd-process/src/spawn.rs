@@ -192,9 +192,12 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         cmd.env("HOME", home);
     }
 
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
+    // Confined, the child and its supervisors start on this thread's CPU (`spawn_here`).
+    let child = match &sandbox {
+        Some(prepared) => prepared.spawn_here(|| cmd.spawn()),
+        None => cmd.spawn(),
+    }
+    .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
     drop(child_end);
     // The child holds the listener now; when it dies, connections are refused at once.
     drop(http_listener);

@@ -38,6 +38,10 @@ pub(crate) struct ChildPlan {
     pub(crate) landlock_writable: u64,
     /// Seccomp programs, installed in order.
     pub(crate) seccomp: Vec<Vec<libc::sock_filter>>,
+    /// The CPUs the host's threads may run on, read when the plan was made. The child starts
+    /// pinned to its parent thread's CPU (see `Prepared::spawn_here`); X, Y and the plugin take
+    /// this mask back before they wait or exec.
+    pub(crate) affinity: Option<libc::cpu_set_t>,
 }
 
 impl fmt::Debug for ChildPlan {
@@ -61,6 +65,11 @@ impl fmt::Debug for ChildPlan {
             .field(
                 "seccomp_programs",
                 &self.seccomp.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
+            .field(
+                "affinity",
+                // SAFETY: counting the bits of an initialised set.
+                &self.affinity.map(|set| unsafe { libc::CPU_COUNT(&set) }),
             )
             .finish()
     }
@@ -133,7 +142,7 @@ impl ChildPlan {
                 check(libc::unshare(self.unshare).into())?;
             }
             if self.pid_namespace() {
-                fork_init(report.unwrap_or(-1))?;
+                fork_init(report.unwrap_or(-1), self.affinity)?;
             }
             if let Some(mounts) = &self.mounts {
                 mounts.run()?;
@@ -188,6 +197,9 @@ impl ChildPlan {
                     0 as libc::c_uint,
                 ))?;
             }
+            // Last before seccomp, which need not allow it: the plugin may run on any of the host's
+            // CPUs again, starting from this one.
+            crate::cpus::unpin(0, self.affinity.as_ref());
             for program in &self.seccomp {
                 let prog = libc::sock_fprog {
                     len: program.len() as libc::c_ushort,
@@ -295,7 +307,7 @@ unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
 /// X and Y are copies of the host that never exec: they are made non-dumpable (no core file,
 /// no `ptrace` by the plugin's uid, `/proc/PID` of them owned by root). `report` (or -1) is
 /// where X writes the plugin's wait status once the namespace is dead, before its own exit.
-unsafe fn fork_init(report: libc::c_int) -> io::Result<()> {
+unsafe fn fork_init(report: libc::c_int, affinity: Option<libc::cpu_set_t>) -> io::Result<()> {
     // SAFETY: system calls on stack values and on Y's static stack, which only Y uses; see the
     // function docs for the process structure.
     unsafe {
@@ -310,7 +322,7 @@ unsafe fn fork_init(report: libc::c_int) -> io::Result<()> {
         // for the plugin.
         check(libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0).into())?;
         // Opened now: once the plugin has pivoted the namespace's root, `/proc` is the plugin's
-        // (where X has no pid), and X reads its maps later (see `still_running`).
+        // (where X has no pid); X reads them once Z is forked (see `release_inherited_memory`).
         let maps = open_maps();
         // Y checks it after arming its death signal, in case X died before (-1: no pidfds).
         let me = high(
@@ -337,13 +349,21 @@ unsafe fn fork_init(report: libc::c_int) -> io::Result<()> {
             return Err(error);
         }
         if z > 0 {
+            // Y and Z were placed on this CPU (where Y, Z and X run one after the other, without
+            // waking an idle one); from here on, wake-ups may place X and Y anywhere.
+            crate::cpus::unpin(y, affinity.as_ref());
+            crate::cpus::unpin(0, affinity.as_ref());
             // Y closes `me` once it has looked at it. X needs no stdio either: the plugin's
             // pipes then end when the plugin does, not when X has waited for it.
             close_from_3_except([maps, me, report]);
             for fd in 0..3 {
                 libc::close(fd);
             }
-            supervise(z, y, maps, stack as usize, report);
+            // At once, not later: until X lets go of it, every page of its snapshot the host
+            // writes is copied (with a TLB flush of the host's other threads), ~0.8 ms of a
+            // 10 ms script run measured; the release itself takes X a fraction of that.
+            release_inherited_memory(maps, stack as usize..stack as usize + Y_STACK_SIZE);
+            supervise(z, y, report);
         }
         // Z: the plugin, in a process group of its own: a `killpg` of X's group then reaches
         // X only, which forwards once (instead of the plugin getting the signal twice). Its
@@ -379,13 +399,12 @@ thread_local! {
 
 /// Drops, in X (and so in Y, which shares its memory), the host's private anonymous memory
 /// inherited by `fork` (its heap, its threads' stacks, the runtimes' arenas, compiled wasm code
-/// and memory images), once the plugin has run for [`RELEASE_AFTER_NS`] (a child that ends
-/// sooner, like a short script, never pays for it). Neither touches that memory: they run
-/// [`supervise`] or [`init`], system calls on stack values only. Without this each plugin's X
-/// would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as long as
-/// the plugin runs, and every page the host rewrote afterwards would cost a copy (a host at
+/// and memory images), right after X has forked the plugin. Neither touches that memory: they
+/// run [`supervise`] or [`init`], system calls on stack values only. Without this each plugin's
+/// X would pin a copy-on-write snapshot of the host's heap as it was at the spawn for as long
+/// as the plugin runs, and every page the host rewrote afterwards would cost a copy (a host at
 /// 580 MB after compiling a large component made each process plugin started then cost that
-/// much again).
+/// much again; a 10 ms script run paid ~0.8 ms in copies while its X held the snapshot).
 ///
 /// Kept: the mapping that holds the stack pointer, the one that holds this thread's TLS (the C
 /// library reads its thread descriptor there), every one that overlaps `keep` (Y's stack), every
@@ -523,58 +542,28 @@ fn forwarded(signal: libc::c_int) -> bool {
     FORWARDED.contains(&signal)
 }
 
-/// How long X keeps the host's memory before [`release_inherited_memory`]: a child that
-/// ends sooner (a short script) never pays for the release, and the release does not compete
-/// for a core with the child's start.
-const RELEASE_AFTER_NS: libc::c_long = 50_000_000;
-
-/// Waits (with a deadline, in a loop) for the next signal; all are blocked. The wait of a
-/// process that still holds the host's memory is short (see [`RELEASE_AFTER_NS`]).
-unsafe fn next_signal(holding: bool) -> libc::c_int {
+/// Waits (with a deadline, in a loop) for the next signal; all are blocked.
+unsafe fn next_signal() -> libc::c_int {
     // SAFETY: system calls on stack values.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         let mut info: libc::siginfo_t = std::mem::zeroed();
-        let timeout = if holding {
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: RELEASE_AFTER_NS,
-            }
-        } else {
-            libc::timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            }
+        let timeout = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
         };
         libc::sigtimedwait(&all, &mut info, &timeout)
     }
 }
 
-/// After the first wake of X that did not end it: drops the host's memory, once (`maps` is
-/// X's `/proc/self/maps`, opened before the plugin could change `/proc`; the mappings under
-/// Y's stack, from `y_stack`, are kept).
-unsafe fn still_running(holding: &mut bool, maps: libc::c_int, y_stack: usize) {
-    if std::mem::take(holding) {
-        // SAFETY: see the function's docs; X and Y run on stack values from here on.
-        unsafe { release_inherited_memory(maps, y_stack..y_stack + Y_STACK_SIZE) };
-    }
-}
-
 /// X: forwards signals to Z's process group; when Z ends, kills Y (and with it the namespace),
 /// reports Z's status on `report` (when ≥ 0) and ends like Z.
-unsafe fn supervise(
-    z: libc::pid_t,
-    y: libc::pid_t,
-    maps: libc::c_int,
-    y_stack: usize,
-    report: libc::c_int,
-) -> ! {
+unsafe fn supervise(z: libc::pid_t, y: libc::pid_t, report: libc::c_int) -> ! {
     // SAFETY: system calls on stack values.
     unsafe {
-        let mut holding = true;
         loop {
-            let signal = next_signal(holding);
+            let signal = next_signal();
             if forwarded(signal) {
                 // The plugin and what it started in its group (Z made the group its own first
                 // thing; until then only Z).
@@ -616,7 +605,6 @@ unsafe fn supervise(
                 // Y killed from outside: the kernel kills Z too, which is reaped next (Y itself
                 // is reaped only after that: its exit waits for the namespace's pids).
             }
-            still_running(&mut holding, maps, y_stack);
         }
     }
 }
@@ -675,7 +663,7 @@ extern "C" fn init(arg: *mut libc::c_void) -> libc::c_int {
         // Out of X's process group, like Z.
         libc::setpgid(0, 0);
         loop {
-            next_signal(false);
+            next_signal();
             let mut status = 0;
             while libc::waitpid(-1, &mut status, libc::WNOHANG) > 0 {}
         }

@@ -38,6 +38,7 @@
 
 mod cgroup;
 mod child;
+mod cpus;
 mod fds;
 mod ids;
 mod lsm;
@@ -544,6 +545,7 @@ impl Sandbox {
             }
         }
 
+        plan.affinity = crate::cpus::own_affinity();
         Ok(Prepared {
             plan: Arc::new(plan),
             cgroup,
@@ -649,6 +651,26 @@ impl Prepared {
         let write = Arc::new(crate::fds::lift(write)?);
         self.install(cmd, Some(write));
         Ok(Some(EndReport(read)))
+    }
+
+    /// Runs `spawn`, which forks the child this sandbox was applied to, with the calling thread
+    /// pinned to the CPU it is on, and returns what `spawn` returned.
+    ///
+    /// The child, its supervisor and the PID namespace's init then start on this CPU and run
+    /// there one after the other, while this thread waits for the plugin's `exec`, instead of
+    /// each being woken on another, idle, CPU (a wake-up of an idle virtual CPU costs 0.05–0.2
+    /// ms on the VMs measured, several per start: ~0.9 ms of a confined script run). Each of
+    /// them takes the host's CPU mask back before it waits or execs, and this thread gets its
+    /// own back before this returns. Without a known mask (it could not be read) this only
+    /// calls `spawn`.
+    pub fn spawn_here<T>(&self, spawn: impl FnOnce() -> T) -> T {
+        let _pinned = self
+            .plan
+            .affinity
+            .is_some()
+            .then(crate::cpus::Pinned::here)
+            .flatten();
+        spawn()
     }
 
     fn install(&self, cmd: &mut std::process::Command, report: Option<Arc<OwnedFd>>) {

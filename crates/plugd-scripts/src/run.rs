@@ -567,7 +567,12 @@ pub(crate) async fn launch(
     } = ready;
     cmd.env("PLUGD_RUN_ID", job.run_id.to_string());
     let started = Instant::now();
-    let mut child = match cmd.spawn() {
+    // Confined, the child and its supervisors start on this thread's CPU (`spawn_here`).
+    let spawned = match &prepared {
+        Some(prepared) => prepared.spawn_here(|| cmd.spawn()),
+        None => cmd.spawn(),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return Outcome::refused("failed", format!("cannot run `{}`: {e}", python.display()));

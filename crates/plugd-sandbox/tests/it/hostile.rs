@@ -734,3 +734,58 @@ fn the_namespaces_init_is_invisible_to_the_plugin() {
     let got = attempts(&policy(&f, "hidepid"), code, &[]);
     assert_eq!(got, [ENOENT, ENOENT]);
 }
+
+/// The CPUs `pid` (or `thread-self`) may run on, from its `Cpus_allowed_list` (`0-1,3`).
+fn cpus_allowed(pid: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+#[test]
+fn a_child_started_on_the_spawning_cpu_may_run_on_every_cpu_the_host_may() {
+    if !namespaces() {
+        return;
+    }
+    let f = fixture();
+    let p = policy(&f, "cpus");
+    let prepared = Sandbox::prepare(&p).unwrap();
+    // The plugin's `/proc` is out of its reach (Landlock): it asks the kernel.
+    let code = "import os, sys, time\nprint(','.join(map(str, sorted(os.sched_getaffinity(0)))), flush=True)\ntime.sleep(300)";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", code])
+        .current_dir(&p.data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    prepared.apply_to(&mut cmd);
+    let host = cpus_allowed("thread-self");
+    let mut child = prepared.spawn_here(|| cmd.spawn()).unwrap();
+    // The spawning thread has its own mask back.
+    assert_eq!(cpus_allowed("thread-self"), host);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // The plugin, its supervisor X (the child) and the namespace's init Y (X's other child).
+    let plugin: Vec<usize> = line.trim().split(',').map(|c| c.parse().unwrap()).collect();
+    assert_eq!(plugin, host, "the plugin");
+    let x = child.id();
+    assert_eq!(cpus_allowed(&x.to_string()), host, "X");
+    let inits: Vec<u32> = children(x)
+        .into_iter()
+        .filter(|&c| comm(c).as_deref() != Some("python3"))
+        .collect();
+    assert_eq!(inits.len(), 1, "X's children: {:?}", children(x));
+    assert_eq!(cpus_allowed(&inits[0].to_string()), host, "Y");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
