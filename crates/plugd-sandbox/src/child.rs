@@ -42,6 +42,11 @@ pub(crate) struct ChildPlan {
     /// pinned to its parent thread's CPU (see `Prepared::spawn_here`); X, Y and the plugin take
     /// this mask back before they wait or exec.
     pub(crate) affinity: Option<libc::cpu_set_t>,
+    /// The thread that forks the child, pinned for it (see `Prepared::spawn_here`), or 0. The
+    /// child gives it `affinity` back first thing: that thread waits for the plugin's `exec`
+    /// and is woken by it, and pinned it would be woken on the plugin's CPU and take it from
+    /// the plugin for its own work after the spawn, with the other CPU idle.
+    pub(crate) spawner: std::sync::atomic::AtomicI32,
 }
 
 impl fmt::Debug for ChildPlan {
@@ -120,6 +125,10 @@ impl ChildPlan {
         // SAFETY (for every block below): plain system calls on integers and on memory owned
         // by `self`, which outlives the calls.
         unsafe {
+            let spawner = self.spawner.load(std::sync::atomic::Ordering::Relaxed);
+            if spawner > 0 {
+                crate::cpus::unpin(spawner, self.affinity.as_ref());
+            }
             if self.pid_namespace()
                 && let Some(signal) = self.parent_death_signal
             {

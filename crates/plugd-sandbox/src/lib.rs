@@ -661,16 +661,26 @@ impl Prepared {
     /// each being woken on another, idle, CPU (a wake-up of an idle virtual CPU costs 0.05–0.2
     /// ms on the VMs measured, several per start: ~0.9 ms of a confined script run). Each of
     /// them takes the host's CPU mask back before it waits or execs, and this thread gets its
-    /// own back before this returns. Without a known mask (it could not be read) this only
-    /// calls `spawn`.
+    /// own back before this returns; the child gives it back to this thread already, before
+    /// the plugin's `exec` wakes it (else it would be woken pinned to the plugin's CPU). Without
+    /// a known mask (it could not be read) this only calls `spawn`.
     pub fn spawn_here<T>(&self, spawn: impl FnOnce() -> T) -> T {
-        let _pinned = self
+        use std::sync::atomic::Ordering::Relaxed;
+        let pinned = self
             .plan
             .affinity
             .is_some()
             .then(crate::cpus::Pinned::here)
             .flatten();
-        spawn()
+        if pinned.is_some() {
+            // SAFETY: a system call without arguments.
+            let tid = unsafe { libc::gettid() };
+            self.plan.spawner.store(tid, Relaxed);
+        }
+        let spawned = spawn();
+        self.plan.spawner.store(0, Relaxed);
+        drop(pinned);
+        spawned
     }
 
     fn install(&self, cmd: &mut std::process::Command, report: Option<Arc<OwnedFd>>) {

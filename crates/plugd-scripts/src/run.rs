@@ -801,7 +801,7 @@ pub(crate) async fn launch(
     // off the run's path, nothing recorded depends on it.
     drop(kill);
     let prepared = Arc::try_unwrap(prepared).ok();
-    tokio::task::spawn_blocking(move || drop((prepared, work)));
+    dispose((prepared, work));
     let mut exit_code = None;
     let mut signal = None;
     if let Ok(status) = &status {
@@ -878,6 +878,50 @@ pub(crate) async fn launch(
         duration_ms: Some(started.elapsed().as_millis() as u64),
     }
 }
+
+/// Drops `value` (a run's sandbox and work dir: removing them is a few hundred µs of system
+/// calls, more on cgroup v1) on a janitor thread at the lowest priority (`SCHED_IDLE`), so that
+/// the removal never holds a CPU a thread with work to do is woken on: the end of the run it
+/// follows is being recorded and answered at that moment (done on a blocking-pool thread, it
+/// delayed the answer by 0.3 ms when that thread shared the waiter's CPU). An idle-priority
+/// thread still gets a share of a busy CPU; past [`JANITOR_BACKLOG`] waiting values, or
+/// without the thread, the value is dropped on the blocking pool instead, so nothing piles up.
+pub(crate) fn dispose<T: Send + 'static>(value: T) {
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+    type Job = Box<dyn FnOnce() + Send>;
+    static JANITOR: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
+    let janitor = JANITOR.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Job>(JANITOR_BACKLOG);
+        std::thread::Builder::new()
+            .name("plugd-janitor".into())
+            .spawn(move || {
+                let idle = libc::sched_param { sched_priority: 0 };
+                // SAFETY: a system call on a stack value, for this thread.
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+                for job in rx {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let job: Job = Box::new(move || drop(value));
+    let job = match janitor {
+        Some(tx) => match tx.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+        },
+        None => job,
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(job)),
+        Err(_) => job(),
+    }
+}
+
+/// Values the janitor may hold before [`dispose`] drops on the blocking pool.
+const JANITOR_BACKLOG: usize = 64;
 
 /// How the child ended: from the sandbox's end report when there is one (`true`: the
 /// supervisor's own exit comes a little later and the caller reaps it), else from waiting for
@@ -966,6 +1010,30 @@ fn clock_ticks() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reports, when dropped, the thread it was dropped on and that thread's policy.
+    struct Witness(std::sync::mpsc::Sender<(Option<String>, i32)>);
+
+    impl Drop for Witness {
+        fn drop(&mut self) {
+            let name = std::thread::current().name().map(str::to_owned);
+            // SAFETY: a system call without memory arguments.
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            let _ = self.0.send((name, policy));
+        }
+    }
+
+    #[test]
+    fn disposed_values_are_dropped_on_the_idle_priority_janitor() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        dispose(Witness(tx.clone()));
+        dispose(Witness(tx));
+        for _ in 0..2 {
+            let (name, policy) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(name.as_deref(), Some("plugd-janitor"));
+            assert_eq!(policy, libc::SCHED_IDLE);
+        }
+    }
 
     #[test]
     fn the_excerpt_keeps_head_and_tail() {
