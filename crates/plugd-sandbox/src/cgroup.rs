@@ -248,6 +248,26 @@ impl Cgroup {
         probe: &CgroupProbe,
         policy: &SandboxPolicy,
     ) -> Result<Result<Cgroup, String>, SandboxError> {
+        match Cgroup::make(probe, policy)? {
+            Ok(cgroup) => {
+                cgroup.write_limits(policy)?;
+                Ok(Ok(cgroup))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
+    }
+
+    /// A cgroup made ahead (by [`Cgroup::make`]) taken for `policy`: its limits written.
+    pub(crate) fn configure(self, policy: &SandboxPolicy) -> Result<Cgroup, SandboxError> {
+        self.write_limits(policy)?;
+        Ok(self)
+    }
+
+    /// Creates the directories of `plugd/<name>-<pid>-<n>` and the record, without limits.
+    pub(crate) fn make(
+        probe: &CgroupProbe,
+        policy: &SandboxPolicy,
+    ) -> Result<Result<Cgroup, String>, SandboxError> {
         let Some(version) = probe.version else {
             return Ok(Err(probe
                 .problem
@@ -297,10 +317,9 @@ impl Cgroup {
                     dir.path.display()
                 )));
             }
-            // Pushed before the limits are written so that a failure below removes it.
+            // Pushed at once so that a failure below removes it.
             cgroup.dirs.push(dir);
         }
-        cgroup.write_limits(policy)?;
         if let Some(dir) = &policy.record_dir {
             let record = crate::reap::record(dir, &leaf, &cgroup.paths()).map_err(|source| {
                 SandboxError::Path {

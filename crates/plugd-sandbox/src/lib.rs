@@ -326,6 +326,32 @@ impl Sandbox {
     /// when an available layer cannot be set up. An unavailable layer that is not required is
     /// reported by [`Prepared::layers`].
     pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
+        Sandbox::prepare_with(policy, None)
+    }
+
+    /// Makes the cgroup directories (and their record) that a later [`Sandbox::prepare_with`]
+    /// of a policy with the same name will take, so that making them (four `mkdir`s on cgroup
+    /// v1, ~0.15 ms) is not on that child's path. `None` when the policy gets no cgroup here.
+    /// Dropping it unused removes them.
+    pub fn cgroup_ahead(policy: &SandboxPolicy) -> Result<Option<CgroupAhead>, SandboxError> {
+        if policy.disabled(Layer::Cgroup) {
+            return Ok(None);
+        }
+        let probe = crate::probe::recent();
+        Ok(Cgroup::make(&probe.cgroup, policy)?
+            .ok()
+            .map(|cgroup| CgroupAhead {
+                name: policy.name.clone(),
+                cgroup,
+            }))
+    }
+
+    /// As [`Sandbox::prepare`], taking the cgroup made by [`Sandbox::cgroup_ahead`] when it
+    /// was made for a policy of the same name (else it is dropped, and a cgroup made here).
+    pub fn prepare_with(
+        policy: &SandboxPolicy,
+        ahead: Option<CgroupAhead>,
+    ) -> Result<Prepared, SandboxError> {
         let probe = crate::probe::recent();
         let mut layers = Vec::new();
         let mut plan = ChildPlan::default();
@@ -345,7 +371,11 @@ impl Sandbox {
             layers.push(skipped(Layer::Cgroup, "disabled by policy"));
             None
         } else {
-            match Cgroup::create(&probe.cgroup, policy)? {
+            let made = match ahead {
+                Some(ahead) if ahead.name == policy.name => Ok(ahead.cgroup.configure(policy)?),
+                _ => Cgroup::create(&probe.cgroup, policy)?,
+            };
+            match made {
                 Ok(cgroup) => {
                     layers.push(applied(Layer::Cgroup, cgroup.describe(policy)));
                     plan.cgroup_procs = cgroup.procs_fds()?;
@@ -599,6 +629,14 @@ impl EndReport {
         use std::os::unix::process::ExitStatusExt;
         std::process::ExitStatus::from_raw(i32::from_ne_bytes(bytes))
     }
+}
+
+/// The cgroup of a child to come, made by [`Sandbox::cgroup_ahead`]; removed when dropped
+/// unused.
+#[derive(Debug)]
+pub struct CgroupAhead {
+    name: String,
+    cgroup: Cgroup,
 }
 
 /// A sandbox ready to be applied to one child; owns the child's cgroup.

@@ -478,6 +478,8 @@ struct Inner {
     /// configuration's reachable paths decide them): a version is checked once per process, not
     /// on every run.
     checked: Mutex<HashMap<String, Vec<Problem>>>,
+    /// Work dirs and cgroups made ahead for the next runs (`run::Spare`).
+    spares: run::Spares,
 }
 
 /// How many digests' check results are kept; the cache starts over when it is full.
@@ -514,6 +516,7 @@ impl Scripts {
                 queued: AtomicUsize::new(0),
                 active: Mutex::new(HashMap::new()),
                 checked: Mutex::new(HashMap::new()),
+                spares: Default::default(),
             }),
         };
         let weak = Arc::downgrade(&scripts.inner);
@@ -1173,9 +1176,10 @@ impl Scripts {
         // while it is recorded, and it is recorded as running in the same write.
         let early = if lock.is_none() {
             inner.slots.clone().try_acquire_owned().ok().map(|permit| {
-                let (config, key) = (inner.config.clone(), run::next_key());
+                let (config, spares) = (inner.config.clone(), inner.spares.clone());
                 let ready = job.clone();
-                let handle = tokio::task::spawn_blocking(move || run::ready(&config, &ready, &key));
+                let handle =
+                    tokio::task::spawn_blocking(move || run::ready(&config, &ready, &spares));
                 (permit, handle)
             })
         } else {
@@ -1257,7 +1261,7 @@ impl Scripts {
             match self.environment(&job, lock).await {
                 Ok(env) => {
                     job.python_env = env;
-                    run::execute(&inner.config, job, active.clone()).await
+                    run::execute(&inner.config, &inner.spares, job, active.clone()).await
                 }
                 Err(e) => Outcome::refused("failed", e),
             }
@@ -1377,6 +1381,17 @@ impl Scripts {
             return None;
         }
         Some((snapshot, rx))
+    }
+
+    /// Waits until what ended runs left to the janitor is done: their work dirs and cgroups
+    /// removed, the next runs' made ahead (it works at idle priority, after the runs' records
+    /// are written and answered).
+    pub async fn settled(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        run::janitor(move || {
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
     }
 
     /// Waits until run `id` has ended and returns its record.

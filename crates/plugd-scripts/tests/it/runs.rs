@@ -161,3 +161,64 @@ async fn runs_wait_for_a_slot_and_a_queued_run_can_be_cancelled() {
         "conflict"
     );
 }
+
+/// The names in `dir` (none when it does not exist).
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn the_next_runs_work_dir_and_cgroup_are_made_ahead_and_removed_with_the_manager() {
+    let (scripts, dir) = manager().await;
+    let work = dir.path().join("scripts").join("work");
+    let records = dir.path().join("sandbox");
+    let (view, _) = run_source(&scripts, "pass\n", json!({})).await;
+    assert_eq!(view.record.state, "succeeded", "{:?}", view.record);
+    // The run's own work dir is gone; one made for the next run is there, empty, with its
+    // cgroup recorded (the sandbox records each cgroup it makes) when there is a cgroup layer.
+    scripts.settled().await;
+    let spare = names(&work);
+    assert_eq!(spare.len(), 1, "{spare:?}");
+    let spare = spare[0].clone();
+    assert!(names(&work.join(&spare)).is_empty());
+    let confined = nix_root();
+    if confined {
+        let recorded = names(&records);
+        assert!(
+            recorded
+                .iter()
+                .any(|r| r.starts_with(&format!("script-{spare}-"))),
+            "{recorded:?}"
+        );
+    }
+    // The next run takes it: its dir goes with that run, and the run's end makes another.
+    let (view, _) = run_source(&scripts, "pass\n", json!({})).await;
+    assert_eq!(view.record.state, "succeeded", "{:?}", view.record);
+    scripts.settled().await;
+    let after = names(&work);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0], spare, "the second run made its own work dir");
+    // Dropping the manager removes what was made ahead.
+    drop(scripts);
+    assert_eq!(names(&work), Vec::<String>::new());
+    if confined {
+        let recorded = names(&records);
+        assert!(
+            !recorded.iter().any(|r| r.starts_with("script-")),
+            "{recorded:?}"
+        );
+    }
+}
+
+fn nix_root() -> bool {
+    // SAFETY: a system call without arguments.
+    unsafe { libc::geteuid() == 0 }
+}
