@@ -125,9 +125,12 @@ impl ChildPlan {
         // SAFETY (for every block below): plain system calls on integers and on memory owned
         // by `self`, which outlives the calls.
         unsafe {
+            // Only a child started pinned (`spawn_here`) puts masks back: any other keeps the
+            // mask it was given.
             let spawner = self.spawner.load(std::sync::atomic::Ordering::Relaxed);
+            let affinity = self.affinity.filter(|_| spawner > 0);
             if spawner > 0 {
-                crate::cpus::unpin(spawner, self.affinity.as_ref());
+                crate::cpus::unpin(spawner, affinity.as_ref());
             }
             if self.pid_namespace()
                 && let Some(signal) = self.parent_death_signal
@@ -151,7 +154,7 @@ impl ChildPlan {
                 check(libc::unshare(self.unshare).into())?;
             }
             if self.pid_namespace() {
-                fork_init(report.unwrap_or(-1), self.affinity)?;
+                fork_init(report.unwrap_or(-1), affinity)?;
             }
             if let Some(mounts) = &self.mounts {
                 mounts.run()?;
@@ -208,7 +211,7 @@ impl ChildPlan {
             }
             // Last before seccomp, which need not allow it: the plugin may run on any of the host's
             // CPUs again, starting from this one.
-            crate::cpus::unpin(0, self.affinity.as_ref());
+            crate::cpus::unpin(0, affinity.as_ref());
             for program in &self.seccomp {
                 let prog = libc::sock_fprog {
                     len: program.len() as libc::c_ushort,

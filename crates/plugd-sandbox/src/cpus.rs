@@ -9,7 +9,8 @@
 use std::mem::size_of;
 
 /// The calling thread's CPU mask: the CPUs the host may use (`taskset`, a cpuset), which the
-/// children take back. `None` when it cannot be read.
+/// children take back (read by `Sandbox::prepare`, on the thread preparing). `None` when it
+/// cannot be read.
 pub(crate) fn own_affinity() -> Option<libc::cpu_set_t> {
     // SAFETY: `cpu_set_t` is plain bits; the call fills it.
     unsafe {
@@ -47,13 +48,20 @@ impl Drop for Pinned {
 }
 
 /// In a child between `fork` and `exec`: gives `pid` (0: the caller) the CPU mask `affinity`,
-/// if any. Async-signal-safe. Best effort: the mask is the host's own, which the kernel accepts
-/// for the host's children; were it refused, the process would stay on the CPU it started on,
-/// slower but not wrong.
+/// if any. Async-signal-safe. The mask is the one of the thread that prepared the sandbox (the
+/// host's, unless the embedder pinned that thread); should the kernel refuse it (the host's
+/// cpuset changed since), every CPU is asked for, which the kernel narrows to the cpuset, so
+/// nothing stays on the one CPU it started on.
 pub(crate) unsafe fn unpin(pid: libc::pid_t, affinity: Option<&libc::cpu_set_t>) {
     if let Some(set) = affinity {
-        // SAFETY: a system call reading an initialised set.
-        unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), set) };
+        // SAFETY: system calls reading initialised sets on the stack.
+        unsafe {
+            if libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), set) != 0 {
+                let mut all: libc::cpu_set_t = std::mem::zeroed();
+                std::ptr::write_bytes(&mut all as *mut libc::cpu_set_t, 0xff, 1);
+                libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &all);
+            }
+        }
     }
 }
 

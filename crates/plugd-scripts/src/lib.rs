@@ -1383,9 +1383,10 @@ impl Scripts {
         Some((snapshot, rx))
     }
 
-    /// Waits until what ended runs left to the janitor is done: their work dirs and cgroups
-    /// removed, the next runs' made ahead (it works at idle priority, after the runs' records
-    /// are written and answered).
+    /// Waits until what ended runs left to the janitor thread is done: their work dirs and
+    /// cgroups removed, the next runs' made ahead (it works at the lowest nice value, after the
+    /// runs' records are written and answered). Jobs past its backlog of 64, which run on the
+    /// blocking pool instead, are not waited for.
     pub async fn settled(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         run::janitor(move || {

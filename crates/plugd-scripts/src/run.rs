@@ -421,8 +421,8 @@ pub(crate) struct Ready {
     prepared: Option<Prepared>,
     report: Option<EndReport>,
     pid_ns: bool,
-    /// Where the next spare goes once this run has ended.
-    spares: Spares,
+    /// Where the next spare goes once this run has ended, while the manager lives.
+    spares: std::sync::Weak<Mutex<Vec<Spare>>>,
 }
 
 /// A run's key with its work dir and cgroup made ahead: by the janitor after a run's end, for
@@ -434,7 +434,25 @@ pub(crate) struct Spare {
     cgroup: Option<plugd_sandbox::CgroupAhead>,
 }
 
-/// The spares of one `Scripts`, at most [`SPARES_KEPT`]; removed when it is dropped.
+impl Spare {
+    /// Whether its work dir is still the empty 0700 directory of the host's user that was made
+    /// (not removed, replaced or filled meanwhile). One that is not is dropped (removed).
+    fn intact(&self) -> bool {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let Ok(meta) = std::fs::symlink_metadata(&self.work.0) else {
+            return false;
+        };
+        // SAFETY: a system call without arguments.
+        let euid = unsafe { libc::geteuid() };
+        meta.is_dir()
+            && meta.uid() == euid
+            && meta.permissions().mode() & 0o7777 == 0o700
+            && std::fs::read_dir(&self.work.0).is_ok_and(|mut d| d.next().is_none())
+    }
+}
+
+/// The spares of one `Scripts`, at most [`SPARES_KEPT`]; removed when the last run that may add
+/// one has ended after it was dropped.
 pub(crate) type Spares = Arc<Mutex<Vec<Spare>>>;
 
 /// Spares kept: a run's end makes one when there are fewer.
@@ -457,7 +475,15 @@ fn refill(spares: &Spares, state_dir: &Path, sandboxed: bool) {
     } else {
         None
     };
-    spares.lock().push(Spare { key, work, cgroup });
+    let spare = Spare { key, work, cgroup };
+    let mut kept = spares.lock();
+    if kept.len() < SPARES_KEPT {
+        kept.push(spare);
+    } else {
+        // Another refill (on the blocking pool) made one meanwhile: removed, not kept.
+        drop(kept);
+        drop(spare);
+    }
 }
 
 /// Makes the empty work dir of the run keyed `key` (mode 0700: no other run's uid may look
@@ -510,7 +536,8 @@ pub(crate) async fn execute(
 /// start. Its work dir and cgroup are a spare's when `spares` has one, else made here, named by
 /// a fresh key. `job.run_id` is not used (it may not be known yet).
 pub(crate) fn ready(config: &ScriptsConfig, job: &Job, spares: &Spares) -> Result<Ready, String> {
-    let spare = spares.lock().pop();
+    // A spare may have waited long: it is used only if it is still what was made.
+    let spare = spares.lock().pop().filter(Spare::intact);
     let (key, work, ahead) = match spare {
         Some(spare) => (spare.key, spare.work, spare.cgroup),
         None => {
@@ -606,7 +633,7 @@ pub(crate) fn ready(config: &ScriptsConfig, job: &Job, spares: &Spares) -> Resul
         prepared,
         report,
         pid_ns,
-        spares: spares.clone(),
+        spares: Arc::downgrade(spares),
     })
 }
 
@@ -867,7 +894,9 @@ pub(crate) async fn launch(
     let (state_dir, sandboxed) = (config.state_dir.clone(), config.sandbox.is_some());
     janitor(move || {
         drop((prepared, work));
-        refill(&spares, &state_dir, sandboxed);
+        if let Some(spares) = spares.upgrade() {
+            refill(&spares, &state_dir, sandboxed);
+        }
     });
     let mut exit_code = None;
     let mut signal = None;
@@ -947,13 +976,13 @@ pub(crate) async fn launch(
 }
 
 /// Runs `job` (removing a run's sandbox and work dir, a few hundred µs of system calls, more on
-/// cgroup v1; making the next run's spare) on a janitor thread at the lowest priority
-/// (`SCHED_IDLE`), so that it never holds a CPU a thread with work to do is woken on: the end
-/// of the run it follows is being recorded and answered at that moment (done on a
-/// blocking-pool thread, the removal delayed the answer by 0.3 ms when that thread shared the
-/// waiter's CPU). An idle-priority thread still gets a share of a busy CPU; past
-/// [`JANITOR_BACKLOG`] waiting jobs, or without the thread, the job runs on the blocking pool
-/// instead, so nothing piles up.
+/// cgroup v1; making the next run's spare) on a janitor thread at the lowest nice value (19),
+/// so that a thread with work to do woken on its CPU takes the CPU at once: the end of the run
+/// it follows is being recorded and answered at that moment (done on a blocking-pool thread,
+/// the removal delayed the answer by 0.3 ms when that thread shared the waiter's CPU). Nice 19,
+/// not `SCHED_IDLE`: its jobs take the kernel's cgroup lock, which runs' starts need too, so it
+/// must not starve on a busy host while holding it. Past [`JANITOR_BACKLOG`] waiting jobs, or
+/// without the thread, the job runs on the blocking pool instead, so nothing piles up.
 pub(crate) fn janitor(job: impl FnOnce() + Send + 'static) {
     use std::sync::OnceLock;
     use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -964,9 +993,9 @@ pub(crate) fn janitor(job: impl FnOnce() + Send + 'static) {
         std::thread::Builder::new()
             .name("plugd-janitor".into())
             .spawn(move || {
-                let idle = libc::sched_param { sched_priority: 0 };
-                // SAFETY: a system call on a stack value, for this thread.
-                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+                // SAFETY: a system call on integers, for this thread (a Linux thread's nice
+                // value is its own).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, JANITOR_NICE) };
                 for job in rx {
                     job();
                 }
@@ -987,6 +1016,9 @@ pub(crate) fn janitor(job: impl FnOnce() + Send + 'static) {
         Err(_) => job(),
     }
 }
+
+/// The janitor's nice value: the lowest.
+const JANITOR_NICE: libc::c_int = 19;
 
 /// Jobs the janitor may hold before [`janitor`] runs them on the blocking pool.
 const JANITOR_BACKLOG: usize = 64;
@@ -1079,28 +1111,28 @@ fn clock_ticks() -> u64 {
 mod tests {
     use super::*;
 
-    /// Reports, when dropped, the thread it was dropped on and that thread's policy.
+    /// Reports, when dropped, the thread it was dropped on and that thread's nice value.
     struct Witness(std::sync::mpsc::Sender<(Option<String>, i32)>);
 
     impl Drop for Witness {
         fn drop(&mut self) {
             let name = std::thread::current().name().map(str::to_owned);
-            // SAFETY: a system call without memory arguments.
-            let policy = unsafe { libc::sched_getscheduler(0) };
-            let _ = self.0.send((name, policy));
+            // SAFETY: a system call on integers.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let _ = self.0.send((name, nice));
         }
     }
 
     #[test]
-    fn janitor_jobs_run_on_the_idle_priority_janitor_thread() {
+    fn janitor_jobs_run_on_the_janitor_thread_at_the_lowest_nice_value() {
         let (tx, rx) = std::sync::mpsc::channel();
         let (a, b) = (Witness(tx.clone()), Witness(tx));
         janitor(move || drop(a));
         janitor(move || drop(b));
         for _ in 0..2 {
-            let (name, policy) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let (name, nice) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(name.as_deref(), Some("plugd-janitor"));
-            assert_eq!(policy, libc::SCHED_IDLE);
+            assert_eq!(nice, JANITOR_NICE);
         }
     }
 

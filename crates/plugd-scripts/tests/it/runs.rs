@@ -206,6 +206,19 @@ async fn the_next_runs_work_dir_and_cgroup_are_made_ahead_and_removed_with_the_m
     let after = names(&work);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after[0], spare, "the second run made its own work dir");
+    // A spare changed while it waited is not used: removed, and the run makes its own.
+    let planted = work.join(&after[0]).join("planted");
+    std::fs::write(&planted, "left for the next run").unwrap();
+    let (view, _) = run_source(
+        &scripts,
+        "import os\nassert os.listdir('.') == [], os.listdir('.')\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(view.record.state, "succeeded", "{:?}", view.record);
+    scripts.settled().await;
+    assert!(!planted.exists());
+    assert_eq!(names(&work).len(), 1);
     // Dropping the manager removes what was made ahead.
     drop(scripts);
     assert_eq!(names(&work), Vec::<String>::new());
