@@ -488,12 +488,13 @@ fn refill(spares: &Spares, state_dir: &Path, sandboxed: bool) {
 
 /// Makes the empty work dir of the run keyed `key` (mode 0700: no other run's uid may look
 /// in), emptied first in case an earlier host process left one of the same name.
-fn work_dir(state_dir: &Path, key: &str) -> std::io::Result<WorkDir> {
+fn work_dir(state_dir: &Path, key: &str) -> Result<WorkDir, String> {
     use std::os::unix::fs::PermissionsExt;
     let work = state_dir.join("scripts").join("work").join(key);
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::create_dir_all(&work)
+        .and_then(|()| std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create its work dir `{}`: {e}", work.display()))?;
     Ok(WorkDir(work))
 }
 
@@ -542,17 +543,7 @@ pub(crate) fn ready(config: &ScriptsConfig, job: &Job, spares: &Spares) -> Resul
         Some(spare) => (spare.key, spare.work, spare.cgroup),
         None => {
             let key = next_key();
-            let work = work_dir(&config.state_dir, &key).map_err(|e| {
-                format!(
-                    "cannot create its work dir `{}`: {e}",
-                    config
-                        .state_dir
-                        .join("scripts")
-                        .join("work")
-                        .join(&key)
-                        .display()
-                )
-            })?;
+            let work = work_dir(&config.state_dir, &key)?;
             (key, work, None)
         }
     };

@@ -761,7 +761,7 @@ fn a_child_started_on_the_spawning_cpu_may_run_on_every_cpu_the_host_may() {
     let prepared = Sandbox::prepare(&p).unwrap();
     // The plugin's `/proc` is out of its reach (Landlock): it asks the kernel.
     let code = "import os, sys, time\nprint(','.join(map(str, sorted(os.sched_getaffinity(0)))), flush=True)\ntime.sleep(300)";
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(PYTHON);
     cmd.args(["-c", code])
         .current_dir(&p.data_dir)
         .stdin(Stdio::null())
