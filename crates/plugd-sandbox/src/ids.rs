@@ -47,7 +47,8 @@ pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<(), SandboxE
     let fd = rustix::fs::openat(
         CWD,
         root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        // Not through a symbolic link, at the root as below it.
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| err(e.into()))?;
@@ -228,5 +229,34 @@ fn group_exists(id: u32) -> bool {
             &mut result,
         );
         !result.is_null()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_behind_a_symbolic_link_is_not_chowned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let own = std::fs::metadata(&real).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        match chown_tree(&link, own.uid(), own.gid()) {
+            Err(SandboxError::Path { path, source }) => {
+                assert_eq!(path, link);
+                // `O_DIRECTORY | O_NOFOLLOW` on a link: ENOTDIR (ELOOP without `O_DIRECTORY`).
+                assert!(
+                    matches!(source.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)),
+                    "{source}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The directory itself is chowned (to its own owner here: no root needed).
+        chown_tree(&real, own.uid(), own.gid()).unwrap();
     }
 }
