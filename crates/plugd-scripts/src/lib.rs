@@ -496,7 +496,7 @@ impl Scripts {
         if work.is_dir() {
             let _ = std::fs::remove_dir_all(&work);
         }
-        let records = config.state_dir.join("sandbox");
+        let records = run::records_dir(&config.state_dir);
         if records.is_dir()
             && let Err(e) = plugd_sandbox::reap_leftovers(&records)
         {

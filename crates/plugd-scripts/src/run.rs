@@ -297,6 +297,17 @@ fn reachable(path: &Path, ids: (u32, u32), write: bool) -> Result<(), String> {
     }
 }
 
+/// The sandbox name (its cgroup's) of the run keyed `key`: a spare's cgroup is taken by the
+/// run whose policy has the name it was made with.
+fn sandbox_name(key: &str) -> String {
+    format!("script-{key}")
+}
+
+/// Where the sandbox records the cgroups of runs, for `reap_leftovers` after a killed host.
+pub(crate) fn records_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("sandbox")
+}
+
 /// The sandbox policy of a run: the same layers as a process plugin, from the script's
 /// permissions and limits.
 fn policy(
@@ -306,7 +317,7 @@ fn policy(
     key: &str,
 ) -> Result<SandboxPolicy, String> {
     let sandbox = config.sandbox.as_ref().expect("checked by the caller");
-    let mut policy = SandboxPolicy::new(format!("script-{key}"), &job.code_dir, work);
+    let mut policy = SandboxPolicy::new(sandbox_name(key), &job.code_dir, work);
     policy.read_paths = sandbox.read_paths.clone();
     policy.read_paths.extend(job.python_env.iter().cloned());
     for (key, value) in &config.base_env {
@@ -352,7 +363,7 @@ fn policy(
     }
     policy.home = sandbox.home.clone();
     policy.uid_table = sandbox.uid_table.clone();
-    policy.record_dir = Some(config.state_dir.join("sandbox"));
+    policy.record_dir = Some(records_dir(&config.state_dir));
     policy.parent_death_signal = Some(libc::SIGKILL);
     if sandbox.strict {
         policy.required = Layer::ALL.to_vec();
@@ -469,8 +480,8 @@ fn refill(spares: &Spares, state_dir: &Path, sandboxed: bool) {
         return;
     };
     let cgroup = if sandboxed {
-        let mut policy = SandboxPolicy::new(format!("script-{key}"), &work.0, &work.0);
-        policy.record_dir = Some(state_dir.join("sandbox"));
+        let mut policy = SandboxPolicy::new(sandbox_name(&key), &work.0, &work.0);
+        policy.record_dir = Some(records_dir(state_dir));
         Sandbox::cgroup_ahead(&policy).ok().flatten()
     } else {
         None
