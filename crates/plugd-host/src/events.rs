@@ -8,7 +8,10 @@
 //! - **Delivery**: each subscriber has its own task and its own cursor in the store (every event up
 //!   to it is handled). The task reads the events it gets after its cursor in batches, hands
 //!   them to the running instance one by one, waiting for each to be acknowledged, and then
-//!   moves the cursor in one write. A restarting, reloading or failed plugin keeps its cursor and
+//!   moves the cursor in one write. A subscriber that keeps up reads its batch from memory: the
+//!   newest committed events are kept in a bounded window ([`Recent`]) that holds every `seq`
+//!   from its start on, so a batch read there is the one the store would give; a subscriber
+//!   whose cursor is before the window (after a restart, a lag, a replay) reads the store. A restarting, reloading or failed plugin keeps its cursor and
 //!   gets what it missed when it runs again; a host killed mid-batch delivers the batch again.
 //!   Slow subscribers never delay others or the publisher.
 //! - **Failures**: a handler that fails is retried [`EVENT_ATTEMPTS`] times with doubling backoff
@@ -23,7 +26,7 @@
 //!
 //! [`HostConfig::event_backlog`]: crate::HostConfig::event_backlog
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -61,6 +64,9 @@ const BATCH: usize = 256;
 /// How often an idle delivery task looks again without being woken (a safety net: every
 /// publish and every start wakes it).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// The most events, and payload and topic bytes, the in-memory window of newest events holds.
+const RECENT_EVENTS: usize = 4096;
+const RECENT_BYTES: usize = 16 << 20;
 
 /// An event as the host hands it to applications (the live stream and the history).
 #[derive(Clone, Debug)]
@@ -184,6 +190,8 @@ pub(crate) struct Bus {
     live: broadcast::Sender<Arc<EventRecord>>,
     /// Serialises subscribe/unsubscribe of one plugin with its delivery task's start.
     changes: Mutex<()>,
+    /// The newest committed events, where delivery tasks that keep up read their batches.
+    recent: Mutex<Recent>,
 }
 
 impl Default for Bus {
@@ -192,7 +200,126 @@ impl Default for Bus {
             subscribers: RwLock::new(HashMap::new()),
             live: broadcast::channel(1024).0,
             changes: Mutex::new(()),
+            recent: Mutex::new(Recent::default()),
         }
+    }
+}
+
+/// A window of the newest committed events, in memory, holding **every** `seq` from `start` to
+/// `upto`: read from there, a subscriber's batch is exactly what the store would answer (the
+/// events after its cursor that it gets, in order), without a read of the store.
+///
+/// Every published event is put here once its append has committed. Appends commit in `seq`
+/// order but their publishers put them here in any order, so `upto` only moves over a run
+/// without holes; events above a hole wait until it fills. A hole that never fills (a publish
+/// whose caller went away between the commit and this) only keeps `upto` where it is: the events
+/// after it are read from the store until the window is full; then the oldest events leave it,
+/// and the hole with them. An event the window does not get at all (a replayed dead
+/// letter) is a hole that is dropped at once ([`Recent::skip`]).
+#[derive(Default)]
+pub(crate) struct Recent {
+    events: BTreeMap<u64, Arc<StoredEvent>>,
+    /// The first `seq` the window answers for (0: nothing put yet).
+    start: u64,
+    /// Every `seq` in `start..=upto` is in `events` (`upto` is `start - 1` when none is).
+    upto: u64,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Puts a committed event in the window.
+    pub(crate) fn put(&mut self, event: Arc<StoredEvent>) {
+        let seq = event.seq;
+        if self.start == 0 {
+            self.start = seq;
+            self.upto = seq.saturating_sub(1);
+        }
+        if seq < self.start || self.events.contains_key(&seq) || seq <= self.upto {
+            return;
+        }
+        self.bytes += event.payload.len() + event.topic.len();
+        self.events.insert(seq, event);
+        self.advance();
+        while self.events.len() > RECENT_EVENTS || self.bytes > RECENT_BYTES {
+            let Some((seq, old)) = self.events.pop_first() else {
+                break;
+            };
+            self.bytes -= old.payload.len() + old.topic.len();
+            self.start = seq + 1;
+            if self.upto < self.start {
+                // The run before a hole is gone: the hole goes too, and the window starts at
+                // the next event it holds.
+                match self.events.first_key_value() {
+                    Some((&next, _)) => {
+                        self.start = next;
+                        self.upto = next - 1;
+                        self.advance();
+                    }
+                    None => self.upto = self.start - 1,
+                }
+            }
+        }
+    }
+
+    /// Leaves `seq` out of the window for good: what came before it is dropped too, so no
+    /// reader takes the window for complete across it.
+    pub(crate) fn skip(&mut self, seq: u64) {
+        if self.start == 0 {
+            self.start = seq + 1;
+            self.upto = seq;
+            return;
+        }
+        if seq < self.start {
+            return;
+        }
+        while let Some(entry) = self.events.first_entry() {
+            if *entry.key() > seq {
+                break;
+            }
+            let old = entry.remove();
+            self.bytes -= old.payload.len() + old.topic.len();
+        }
+        self.start = seq + 1;
+        self.upto = self.upto.max(seq);
+        self.advance();
+    }
+
+    fn advance(&mut self) {
+        while self.events.contains_key(&(self.upto + 1)) {
+            self.upto += 1;
+        }
+    }
+
+    /// What `plugin`, subscribed to `patterns`, gets after `cursor` (at most `limit`) and the
+    /// `seq` up to which that answer is complete, as [`plugd_store::Store::events_for`] answers;
+    /// `None` when the window does not hold every event after `cursor` it knows of (the cursor
+    /// is before its start) or holds nothing new.
+    pub(crate) fn events_for(
+        &self,
+        plugin: &str,
+        patterns: &[String],
+        cursor: u64,
+        limit: usize,
+    ) -> Option<(Vec<Arc<StoredEvent>>, u64)> {
+        if self.start == 0 || cursor.saturating_add(1) < self.start || self.upto <= cursor {
+            return None;
+        }
+        let mut batch = Vec::new();
+        for (&seq, event) in self.events.range(cursor + 1..=self.upto) {
+            let gets = match &event.target {
+                Some(target) => target == plugin,
+                None => patterns
+                    .iter()
+                    .any(|p| subscription_matches(p, &event.topic)),
+            };
+            if gets {
+                batch.push(event.clone());
+                if batch.len() >= limit {
+                    return Some((batch, seq));
+                }
+            }
+        }
+        Some((batch, self.upto))
     }
 }
 
@@ -295,6 +422,8 @@ impl Host {
         };
         match replayed {
             Ok(Some(copy)) => {
+                // The copy is not put in the window: it is a hole there, read from the store.
+                self.inner.bus.recent.lock().skip(copy);
                 if let Some(s) = &subscriber {
                     s.wake.notify_one();
                 }
@@ -422,6 +551,7 @@ impl Host {
             source: sender.map(|s| s.name.to_string()),
             target: None,
         };
+        let topic_owned = event.topic.clone();
         let record_payload = event.payload.clone();
         let seq = match store.event_append(event).await {
             Ok(seq) => seq,
@@ -433,6 +563,17 @@ impl Host {
             }
         };
         crate::telemetry::published();
+        let stored = Arc::new(StoredEvent {
+            seq,
+            topic: topic_owned,
+            payload: record_payload,
+            hops,
+            source: sender.map(|s| s.name.to_string()),
+            target: None,
+            at_ms: now_ms(),
+        });
+        // In the window before the subscribers are woken, so that they find it there.
+        self.inner.bus.recent.lock().put(stored.clone());
         for r in &reserved {
             r.wake.notify_one();
         }
@@ -443,11 +584,11 @@ impl Host {
             let record = EventRecord {
                 seq,
                 topic: topic.to_owned(),
-                payload: RawValue::from_string(record_payload)
+                payload: RawValue::from_string(stored.payload.clone())
                     .map_err(|e| HostError::Invalid(e.to_string()))?,
-                source: sender.map(|s| s.name.to_string()),
+                source: stored.source.clone(),
                 target: None,
-                at_ms: now_ms(),
+                at_ms: stored.at_ms,
             };
             let _ = self.inner.bus.live.send(Arc::new(record));
         }
@@ -554,7 +695,7 @@ async fn deliver(
             return;
         }
         let woken = subscriber.wake.notified();
-        let (Some(_host), Some(slot)) = (host.upgrade(), slot.upgrade()) else {
+        let (Some(host_inner), Some(slot)) = (host.upgrade(), slot.upgrade()) else {
             return;
         };
         let Some(generation) = slot.running() else {
@@ -568,10 +709,20 @@ async fn deliver(
         };
         let cursor = subscriber.cursor.load(Ordering::Relaxed);
         let patterns = subscriber.patterns.read().clone();
-        let (batch, complete) = match store
-            .events_for(subscriber.name.as_str(), &patterns, cursor, BATCH)
-            .await
-        {
+        let in_memory = host_inner.bus.recent.lock().events_for(
+            subscriber.name.as_str(),
+            &patterns,
+            cursor,
+            BATCH,
+        );
+        let found = match in_memory {
+            Some(found) => Ok(found),
+            None => store
+                .events_for(subscriber.name.as_str(), &patterns, cursor, BATCH)
+                .await
+                .map(|(batch, complete)| (batch.into_iter().map(Arc::new).collect(), complete)),
+        };
+        let (batch, complete): (Vec<Arc<StoredEvent>>, u64) = match found {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(plugin = %subscriber.name, "cannot read the event log: {e}");
@@ -759,7 +910,167 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_topic, subscription_matches, topic_matches};
+    use std::sync::Arc;
+
+    use plugd_store::{NewEvent, Store, StoreConfig, StoredEvent};
+
+    use super::{RECENT_EVENTS, Recent, check_topic, subscription_matches, topic_matches};
+
+    fn event(seq: u64, topic: &str, target: Option<&str>) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
+            seq,
+            topic: topic.to_owned(),
+            payload: format!("{{\"n\":{seq}}}"),
+            hops: 0,
+            source: None,
+            target: target.map(str::to_owned),
+            at_ms: 0,
+        })
+    }
+
+    fn seqs(found: Option<(Vec<Arc<StoredEvent>>, u64)>) -> Option<(Vec<u64>, u64)> {
+        found.map(|(batch, complete)| (batch.iter().map(|e| e.seq).collect(), complete))
+    }
+
+    const ALL: &[String] = &[];
+
+    fn star() -> Vec<String> {
+        vec!["*".to_owned()]
+    }
+
+    #[test]
+    fn the_window_answers_only_across_a_run_without_holes() {
+        let mut recent = Recent::default();
+        assert_eq!(seqs(recent.events_for("p", &star(), 0, 10)), None);
+        recent.put(event(5, "a.x", None));
+        // Before its first event: the window cannot say what came earlier.
+        assert_eq!(seqs(recent.events_for("p", &star(), 3, 10)), None);
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 4, 10)),
+            Some((vec![5], 5))
+        );
+        // 7 before 6 (publishers put them in any order): 7 waits for the hole to fill.
+        recent.put(event(7, "a.x", None));
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 4, 10)),
+            Some((vec![5], 5))
+        );
+        assert_eq!(seqs(recent.events_for("p", &star(), 5, 10)), None);
+        recent.put(event(6, "a.x", None));
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 5, 10)),
+            Some((vec![6, 7], 7))
+        );
+        // Put twice, or older than the window: ignored.
+        recent.put(event(6, "a.x", None));
+        recent.put(event(2, "a.x", None));
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 4, 10)),
+            Some((vec![5, 6, 7], 7))
+        );
+        // A hole that is skipped for good takes everything before it out of the window.
+        recent.skip(8);
+        recent.put(event(9, "a.x", None));
+        assert_eq!(seqs(recent.events_for("p", &star(), 7, 10)), None);
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 8, 10)),
+            Some((vec![9], 9))
+        );
+    }
+
+    #[test]
+    fn a_hole_that_never_fills_leaves_a_full_window_with_the_oldest_events() {
+        let mut recent = Recent::default();
+        recent.put(event(1, "a.x", None));
+        // 2 never comes (its publisher went away after the commit).
+        for seq in 3..(RECENT_EVENTS as u64 + 3) {
+            recent.put(event(seq, "a.x", None));
+        }
+        // Full: 1 left, and the hole with it; the window starts after the hole.
+        assert_eq!(seqs(recent.events_for("p", &star(), 1, 1)), None);
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 2, 1)),
+            Some((vec![3], 3))
+        );
+        assert!(recent.events.len() <= RECENT_EVENTS);
+    }
+
+    #[test]
+    fn a_batch_from_memory_is_the_batch_the_store_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(StoreConfig::new(dir.path().join("plugd.db")))
+                .await
+                .unwrap();
+            let topics = [
+                ("image.imported", None),
+                ("image.raw.new", None),
+                ("image", None),
+                ("plugd.plugin.reload_failed", None),
+                ("images.x", None),
+                ("mail.sent", Some("p")),
+                ("image.imported", Some("q")),
+                ("mail.sent", None),
+            ];
+            let mut recent = Recent::default();
+            for round in 0..3 {
+                for (topic, target) in topics {
+                    let seq = store
+                        .event_append(NewEvent {
+                            topic: topic.to_owned(),
+                            payload: format!("{{\"round\":{round}}}"),
+                            hops: 0,
+                            source: None,
+                            target: target.map(str::to_owned),
+                        })
+                        .await
+                        .unwrap();
+                    recent.put(event(seq, topic, target));
+                }
+            }
+            let subscriptions: Vec<Vec<String>> = vec![
+                star(),
+                vec!["image.*".to_owned()],
+                vec!["image".to_owned(), "mail.sent".to_owned()],
+                vec!["plugd.*".to_owned(), "images.x".to_owned()],
+                ALL.to_vec(),
+            ];
+            for patterns in &subscriptions {
+                for plugin in ["p", "q"] {
+                    for cursor in 0..24 {
+                        for limit in [1, 2, 5, 256] {
+                            let from_store = store
+                                .events_for(plugin, patterns, cursor, limit)
+                                .await
+                                .unwrap();
+                            let from_memory = recent
+                                .events_for(plugin, patterns, cursor, limit)
+                                .map(|(b, c)| (b.iter().map(|e| e.seq).collect::<Vec<_>>(), c));
+                            let expected = (
+                                from_store.0.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                                from_store.1,
+                            );
+                            match from_memory {
+                                Some(found) => assert_eq!(
+                                    found, expected,
+                                    "{plugin} {patterns:?} after {cursor}, at most {limit}"
+                                ),
+                                // Nothing new in memory: the store has nothing either.
+                                None => assert!(
+                                    cursor >= 24 && expected.0.is_empty(),
+                                    "{plugin} {patterns:?} after {cursor}: memory had no answer, the store had {expected:?}"
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
 
     #[test]
     fn a_star_subscription_leaves_out_the_hosts_own_topics() {
