@@ -254,7 +254,8 @@ impl Store {
 
     /// Appends an event to the log and returns its `seq` once committed.
     pub async fn event_append(&self, event: NewEvent) -> Result<u64, StoreError> {
-        self.write(move |conn, ctx| append(conn, ctx, &event)).await
+        self.write_point(move |conn, ctx| append(conn, ctx, &event))
+            .await
     }
 
     /// Up to `limit` events after `seq`, in order.
@@ -325,7 +326,7 @@ impl Store {
     /// and the events it dead-lettered on the way.
     pub async fn event_advance(&self, plugin: &str, advance: Advance) -> Result<(), StoreError> {
         let plugin = plugin.to_owned();
-        self.write(move |conn, ctx| {
+        self.write_point(move |conn, ctx| {
             for (seq, attempts, error) in &advance.dead {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO event_dead (plugin, seq, attempts, error, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",

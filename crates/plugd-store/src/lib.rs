@@ -158,6 +158,8 @@ struct Inner {
     reads: Option<Arc<ReadPool>>,
     /// Transactions the writer has run (for tests and the bench: requests per batch).
     batches: Arc<AtomicU64>,
+    /// When the writer thread last committed a batch (inline commits wait until it is quiet).
+    activity: Arc<writer::Activity>,
 }
 
 /// A request counted in [`Inner::pending`] from before it is sent: once sent, the writer
@@ -256,10 +258,16 @@ impl Store {
         let batches = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
         let writer = Arc::new(Mutex::new(writer));
-        let (counter, conn, queued) = (batches.clone(), writer.clone(), pending.clone());
+        let activity = Arc::new(writer::Activity::new());
+        let (counter, conn, queued, busy) = (
+            batches.clone(),
+            writer.clone(),
+            pending.clone(),
+            activity.clone(),
+        );
         std::thread::Builder::new()
             .name("plugd-store-writer".into())
-            .spawn(move || writer::run(&conn, receiver, undo_depth, &counter, &queued))
+            .spawn(move || writer::run(&conn, receiver, undo_depth, &counter, &queued, &busy))
             .map_err(|e| StoreError::Open {
                 path: String::new(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -279,6 +287,7 @@ impl Store {
                 undo_depth,
                 reads,
                 batches,
+                activity,
             }),
         })
     }
@@ -591,11 +600,16 @@ impl Store {
     /// here), as [`Store::write`]. Requests that arrive while one commits inline queue and are
     /// batched by the writer as before.
     ///
-    /// Only for writes that come seldom (a script run's records, a params change): high-rate
-    /// writes (kv, events, tasks) stay on the queue, where they share transactions. Measured on
-    /// kv commits (`plugd-bench services`): one at a time, the inline path took a kv.set round
-    /// trip from 106 to 97 µs p50, but 64 in flight fell from 35–38k to 25k commits/s, as
-    /// commits that arrived while the writer was between batches went one transaction each.
+    /// "Idle" also means the writer thread has not committed a batch of several requests in the
+    /// last [`writer::Activity::QUIET`] (1 ms): while writes come together they go to its queue
+    /// and share transactions (an inline commit between two batches makes the next batch wait
+    /// for it and costs a transaction of its own: 64 event publishers lost a third of their rate
+    /// without this check, 15 % with it); writes that come one at a time commit inline. Event
+    /// appends and cursor moves use this (publish → handler p50 in `plugd-bench work`: wasm
+    /// subscriber 84–88 → 31–36 µs, Python 139–143 → 73–82 µs); kv commits do not (inline, a
+    /// kv.set from a Python plugin took 124–130 µs instead of 144–153, but 64 in flight fell
+    /// from 23–30k to 20k commits/s: the plugin's requests come one at a time, so each was a
+    /// transaction).
     async fn write_point<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -604,7 +618,10 @@ impl Store {
         // As for inline reads: a write that never waits still counts against the task's budget.
         tokio::task::coop::consume_budget().await;
         let mut f = f;
-        if self.inner.inline && self.inner.pending.load(Ordering::Acquire) == 0 {
+        if self.inner.inline
+            && self.inner.pending.load(Ordering::Acquire) == 0
+            && self.inner.activity.quiet()
+        {
             let conn = match self.inner.writer.try_lock() {
                 Ok(conn) => Some(conn),
                 Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),

@@ -97,6 +97,7 @@ pub(crate) fn run(
     undo_depth: usize,
     batches: &AtomicU64,
     pending: &AtomicUsize,
+    activity: &Activity,
 ) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
@@ -114,6 +115,7 @@ pub(crate) fn run(
         };
         let committed = run_batch(&mut conn, &mut batch, &ctx);
         batches.fetch_add(1, Ordering::Relaxed);
+        activity.batch_done(batch.len());
         // The batch is committed (or rolled back): nothing of it can be overtaken any more, so
         // the connection and the count are released before the answers, and a caller answered
         // finds the writer idle.
@@ -122,6 +124,47 @@ pub(crate) fn run(
         for op in batch.drain(..) {
             op.finish(committed.clone());
         }
+    }
+}
+
+/// Whether writes have lately come together. When the writer thread's last batch held several
+/// requests and ended less than [`Activity::QUIET`] ago, writes are arriving faster than one
+/// transaction takes: a write then joins the queue, where it shares a transaction with the
+/// others. Otherwise (writes come one at a time) a lone write may commit on its caller's thread
+/// (see `Store::write_point`), sparing two thread wake-ups.
+pub(crate) struct Activity {
+    epoch: std::time::Instant,
+    /// Nanoseconds after `epoch` at the end of the writer's last batch of several requests (0:
+    /// none yet, or the last batch held one).
+    last_group: AtomicU64,
+}
+
+impl Activity {
+    /// How long after a batch of several requests writes keep going to the queue.
+    pub(crate) const QUIET: Duration = Duration::from_millis(1);
+
+    pub(crate) fn new() -> Activity {
+        Activity {
+            epoch: std::time::Instant::now(),
+            last_group: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        // Never 0, which means "no group".
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    fn batch_done(&self, requests: usize) {
+        let at = if requests > 1 { self.now_ns() } else { 0 };
+        self.last_group.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether a lone write may commit inline: no batch of several requests in the last
+    /// [`Activity::QUIET`].
+    pub(crate) fn quiet(&self) -> bool {
+        let last = self.last_group.load(Ordering::Relaxed);
+        last == 0 || self.now_ns().saturating_sub(last) >= Self::QUIET.as_nanos() as u64
     }
 }
 
@@ -336,5 +379,33 @@ mod tests {
             let again: Vec<_> = stats.iter().filter(|(_, n)| *n > 0).collect();
             assert!(again.is_empty(), "compiled again: {again:?}");
         }
+    }
+
+    #[test]
+    fn writes_commit_inline_unless_the_writer_lately_batched_several() {
+        use super::Activity;
+        // Started 10 ms ago, so that "QUIET ago" is after its epoch.
+        let activity = Activity {
+            epoch: std::time::Instant::now() - Duration::from_millis(10),
+            last_group: AtomicU64::new(0),
+        };
+        assert!(activity.quiet(), "no batch yet");
+        activity.batch_done(1);
+        assert!(
+            activity.quiet(),
+            "a batch of one: writes come one at a time"
+        );
+        activity.batch_done(5);
+        assert!(
+            !activity.quiet(),
+            "a batch of several just now: writes come together"
+        );
+        // The same batch, QUIET ago.
+        let long_ago = activity.now_ns() - Activity::QUIET.as_nanos() as u64;
+        activity.last_group.store(long_ago, Ordering::Relaxed);
+        assert!(activity.quiet(), "quiet again after QUIET");
+        activity.batch_done(2);
+        activity.batch_done(1);
+        assert!(activity.quiet(), "a batch of one after it");
     }
 }
