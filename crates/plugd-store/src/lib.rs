@@ -160,6 +160,8 @@ struct Inner {
     batches: Arc<AtomicU64>,
     /// When the writer thread last committed a batch (inline commits wait until it is quiet).
     activity: Arc<writer::Activity>,
+    /// WAL checkpoints, run by the writer thread only.
+    checkpoints: Arc<writer::Checkpoints>,
 }
 
 /// A request counted in [`Inner::pending`] from before it is sent: once sent, the writer
@@ -254,20 +256,35 @@ impl Store {
         undo_depth: usize,
         inline: bool,
     ) -> Result<Store, StoreError> {
+        let mut writer = writer;
+        let checkpoints = Arc::new(writer::Checkpoints::new());
+        let marks = checkpoints.clone();
+        writer
+            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+                marks.committed(pages);
+                Ok(())
+            }))
+            .map_err(|e| StoreError::Open {
+                path: String::new(),
+                reason: format!("cannot set the WAL hook: {e}"),
+            })?;
         let (queue, receiver) = mpsc::channel(writer::QUEUE_CAPACITY);
         let batches = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicUsize::new(0));
         let writer = Arc::new(Mutex::new(writer));
         let activity = Arc::new(writer::Activity::new());
-        let (counter, conn, queued, busy) = (
+        let (counter, conn, queued, busy, ckpt) = (
             batches.clone(),
             writer.clone(),
             pending.clone(),
             activity.clone(),
+            checkpoints.clone(),
         );
         std::thread::Builder::new()
             .name("plugd-store-writer".into())
-            .spawn(move || writer::run(&conn, receiver, undo_depth, &counter, &queued, &busy))
+            .spawn(move || {
+                writer::run(&conn, receiver, undo_depth, &counter, &queued, &busy, &ckpt)
+            })
             .map_err(|e| StoreError::Open {
                 path: String::new(),
                 reason: format!("cannot start the writer thread: {e}"),
@@ -288,6 +305,7 @@ impl Store {
                 reads,
                 batches,
                 activity,
+                checkpoints,
             }),
         })
     }
@@ -637,7 +655,11 @@ impl Store {
                 };
                 match writer::run_inline(&conn, f, &ctx, BUSY_TIMEOUT) {
                     Ok(result) => {
+                        drop(conn);
                         self.inner.batches.fetch_add(1, Ordering::Relaxed);
+                        if self.inner.checkpoints.wake_writer() {
+                            self.wake_writer();
+                        }
                         return result;
                     }
                     Err(back) => f = back,
@@ -645,6 +667,22 @@ impl Store {
             }
         }
         self.write(f).await
+    }
+
+    /// Queues an empty request, so that the writer thread runs a batch and then the checkpoint
+    /// that is due. Never waits: with a full queue the writer is busy and gets to it anyway.
+    fn wake_writer(&self) {
+        let (job, _) = Job::new(|_: &Connection, _: &Ctx| Ok(()));
+        let queued = Queued::new(&self.inner.pending);
+        if self.inner.queue.try_send(Box::new(job)).is_ok() {
+            queued.sent();
+        }
+    }
+
+    /// How many WAL checkpoints the writer thread has run.
+    #[doc(hidden)]
+    pub fn checkpoints(&self) -> u64 {
+        self.inner.checkpoints.runs()
     }
 
     /// Queues `f` for the writer and waits until its batch is committed. Cancel-safe: a dropped

@@ -98,7 +98,9 @@ pub(crate) fn run(
     batches: &AtomicU64,
     pending: &AtomicUsize,
     activity: &Activity,
+    checkpoints: &Checkpoints,
 ) {
+    let connection = conn;
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -124,6 +126,71 @@ pub(crate) fn run(
         for op in batch.drain(..) {
             op.finish(committed.clone());
         }
+        if checkpoints.due() {
+            let conn = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            checkpoints.run(&conn);
+        }
+    }
+}
+
+/// WAL checkpoints, always on the writer thread. SQLite's automatic checkpoint runs inside the
+/// commit that takes the log past 1,000 pages, on whichever thread commits, and syncs the
+/// database file (milliseconds on a slow disk): with commits on callers' threads
+/// (`Store::write_point`) that would block a runtime worker. So the write connection's WAL hook
+/// (which replaces the automatic checkpoint) only marks a checkpoint due; the writer thread runs
+/// it after its next batch, and a commit on a caller's thread that finds one due queues an empty
+/// request to wake it.
+pub(crate) struct Checkpoints {
+    /// 0: none due; 1: due; 2: due, and the writer was woken for it.
+    state: std::sync::atomic::AtomicU8,
+    /// Checkpoints run (for tests).
+    runs: AtomicU64,
+}
+
+impl Checkpoints {
+    /// The log size (in pages) past which a checkpoint is due: SQLite's own default.
+    pub(crate) const PAGES: i32 = 1000;
+
+    pub(crate) fn new() -> Checkpoints {
+        Checkpoints {
+            state: std::sync::atomic::AtomicU8::new(0),
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    /// The WAL hook: called after every commit with the log's size in pages.
+    pub(crate) fn committed(&self, pages: i32) {
+        if pages >= Self::PAGES {
+            let _ = self
+                .state
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the caller should wake the writer for a due checkpoint (true once per due one).
+    pub(crate) fn wake_writer(&self) -> bool {
+        self.state
+            .compare_exchange(1, 2, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn due(&self) -> bool {
+        self.state.load(Ordering::Acquire) != 0
+    }
+
+    /// A passive checkpoint: copies what it can without waiting for readers; the next one
+    /// continues. A failure is left for the next one too (the log only grows meanwhile).
+    fn run(&self, conn: &Connection) {
+        self.state.store(0, Ordering::Release);
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many checkpoints ran.
+    pub(crate) fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 }
 

@@ -288,3 +288,31 @@ async fn running_tasks_are_queued_again_after_a_crash() {
     store.forget_plugin_work("p").await.unwrap();
     assert!(store.tasks_unfinished().await.unwrap().is_empty());
 }
+
+/// Appends one at a time commit on the caller's thread; the log is still checkpointed (by the
+/// writer thread, woken for it), so it does not grow without end.
+#[tokio::test]
+async fn appends_committed_on_the_callers_thread_still_get_the_log_checkpointed() {
+    let (store, dir) = file_store().await;
+    let payload = format!("\"{}\"", "x".repeat(2000));
+    let wal = dir.path().join("state/plugd.db-wal");
+    let mut largest = 0;
+    for n in 0..4000 {
+        store
+            .event_append(NewEvent {
+                payload: payload.clone(),
+                ..event("big.one", n)
+            })
+            .await
+            .unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    // The first was due after ~500 appends and ran (on the writer thread) long before the end.
+    assert!(store.checkpoints() >= 1, "no checkpoint ran");
+    // 4,000 appends wrote ~8,000 pages (32 MiB of frames); checkpoints every ~1,000 pages keep
+    // the file near that.
+    assert!(
+        largest < 12 << 20,
+        "the log grew to {largest} bytes: not checkpointed"
+    );
+}
