@@ -383,7 +383,7 @@ impl Store {
         // Malformed commits are refused here, without a trip to the writer.
         let checked = kv::check(commit, limits)?;
         let plugin = plugin.to_owned();
-        self.write(move |conn, ctx| kv::commit(conn, ctx, &plugin, checked))
+        self.write_point(move |conn, ctx| kv::commit(conn, ctx, &plugin, checked))
             .await
     }
 
@@ -622,12 +622,11 @@ impl Store {
     /// last [`writer::Activity::QUIET`] (1 ms): while writes come together they go to its queue
     /// and share transactions (an inline commit between two batches makes the next batch wait
     /// for it and costs a transaction of its own: 64 event publishers lost a third of their rate
-    /// without this check, 15 % with it); writes that come one at a time commit inline. Event
-    /// appends and cursor moves use this (publish → handler p50 in `plugd-bench work`: wasm
-    /// subscriber 84–88 → 31–36 µs, Python 139–143 → 73–82 µs); kv commits do not (inline, a
-    /// kv.set from a Python plugin took 124–130 µs instead of 144–153, but 64 in flight fell
-    /// from 23–30k to 20k commits/s: the plugin's requests come one at a time, so each was a
-    /// transaction).
+    /// without this check); writes that come one at a time commit inline. A commit made here
+    /// never checkpoints the WAL (see [`writer::Checkpoints`]). Used by event appends, cursor
+    /// moves and kv commits (`plugd-bench services`/`work`: a kv.set from a Python plugin 107–111
+    /// → 94–99 µs p50 with 64 in flight unchanged at 28–32k commits/s; publish → handler p50,
+    /// wasm subscriber 84–112 → 29–48 µs, Python 139–150 → 52–94 µs).
     async fn write_point<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
