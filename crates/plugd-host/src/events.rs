@@ -11,8 +11,9 @@
 //!   moves the cursor in one write. A subscriber that keeps up reads its batch from memory: the
 //!   newest committed events are kept in a bounded window ([`Recent`]) that holds every `seq`
 //!   from its start on, so a batch read there is the one the store would give; a subscriber
-//!   whose cursor is before the window (after a restart, a lag, a replay) reads the store. A restarting, reloading or failed plugin keeps its cursor and
-//!   gets what it missed when it runs again; a host killed mid-batch delivers the batch again.
+//!   whose cursor is before the window (after a restart, a lag, a replay) reads the store. A
+//!   restarting, reloading or failed plugin keeps its cursor and gets what it missed when it runs
+//!   again; a host killed mid-batch delivers the batch again.
 //!   Slow subscribers never delay others or the publisher.
 //! - **Failures**: a handler that fails is retried [`EVENT_ATTEMPTS`] times with doubling backoff
 //!   from [`EVENT_BACKOFF`], holding that subscriber's later events meanwhile; then the event is
@@ -211,11 +212,12 @@ impl Default for Bus {
 ///
 /// Every published event is put here once its append has committed. Appends commit in `seq`
 /// order but their publishers put them here in any order, so `upto` only moves over a run
-/// without holes; events above a hole wait until it fills. A hole that never fills (a publish
-/// whose caller went away between the commit and this) only keeps `upto` where it is: the events
-/// after it are read from the store until the window is full; then the oldest events leave it,
-/// and the hole with them. An event the window does not get at all (a replayed dead
-/// letter) is a hole that is dropped at once ([`Recent::skip`]).
+/// without holes; events above a hole wait until it fills (microseconds: the put follows the
+/// commit at once). A hole that never fills (a publish whose caller went away while its append
+/// waited for the writer) keeps `upto` where it is and sends readers to the store; once it has
+/// held `upto` for [`HOLE_WAIT`], it is dropped with everything before it, as is an event the
+/// window never gets (a replayed dead letter, [`Recent::skip`]); and when the window is full its
+/// oldest events leave it, a hole among them included.
 #[derive(Default)]
 pub(crate) struct Recent {
     events: BTreeMap<u64, Arc<StoredEvent>>,
@@ -224,11 +226,16 @@ pub(crate) struct Recent {
     /// Every `seq` in `start..=upto` is in `events` (`upto` is `start - 1` when none is).
     upto: u64,
     bytes: usize,
+    /// Since when `upto` has stood at this value with events above it (a hole).
+    stuck: Option<(u64, std::time::Instant)>,
 }
 
+/// How long a hole may hold the window before it is taken for one that will never fill.
+const HOLE_WAIT: Duration = Duration::from_secs(1);
+
 impl Recent {
-    /// Puts a committed event in the window.
-    pub(crate) fn put(&mut self, event: Arc<StoredEvent>) {
+    /// Puts a committed event in the window (`now`: the time, for holes).
+    pub(crate) fn put(&mut self, event: Arc<StoredEvent>, now: std::time::Instant) {
         let seq = event.seq;
         if self.start == 0 {
             self.start = seq;
@@ -259,6 +266,30 @@ impl Recent {
                 }
             }
         }
+        self.check_hole(now);
+    }
+
+    /// Drops a hole that has held `upto` for [`HOLE_WAIT`] (see the type's docs).
+    fn check_hole(&mut self, now: std::time::Instant) {
+        let held = self
+            .events
+            .last_key_value()
+            .is_some_and(|(&last, _)| last > self.upto);
+        self.stuck = match self.stuck {
+            _ if !held => None,
+            Some((upto, since)) if upto == self.upto => {
+                if now.duration_since(since) < HOLE_WAIT {
+                    return;
+                }
+                self.skip(self.upto + 1);
+                let held = self
+                    .events
+                    .last_key_value()
+                    .is_some_and(|(&last, _)| last > self.upto);
+                held.then_some((self.upto, now))
+            }
+            _ => Some((self.upto, now)),
+        };
     }
 
     /// Leaves `seq` out of the window for good: what came before it is dropped too, so no
@@ -573,7 +604,11 @@ impl Host {
             at_ms: now_ms(),
         });
         // In the window before the subscribers are woken, so that they find it there.
-        self.inner.bus.recent.lock().put(stored.clone());
+        self.inner
+            .bus
+            .recent
+            .lock()
+            .put(stored.clone(), std::time::Instant::now());
         for r in &reserved {
             r.wake.notify_one();
         }
@@ -914,7 +949,9 @@ mod tests {
 
     use plugd_store::{NewEvent, Store, StoreConfig, StoredEvent};
 
-    use super::{RECENT_EVENTS, Recent, check_topic, subscription_matches, topic_matches};
+    use super::{
+        HOLE_WAIT, RECENT_EVENTS, Recent, check_topic, subscription_matches, topic_matches,
+    };
 
     fn event(seq: u64, topic: &str, target: Option<&str>) -> Arc<StoredEvent> {
         Arc::new(StoredEvent {
@@ -934,6 +971,12 @@ mod tests {
 
     const ALL: &[String] = &[];
 
+    /// One fixed instant: holes only expire in the test that moves time on.
+    fn now() -> std::time::Instant {
+        static NOW: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *NOW.get_or_init(std::time::Instant::now)
+    }
+
     fn star() -> Vec<String> {
         vec!["*".to_owned()]
     }
@@ -942,7 +985,7 @@ mod tests {
     fn the_window_answers_only_across_a_run_without_holes() {
         let mut recent = Recent::default();
         assert_eq!(seqs(recent.events_for("p", &star(), 0, 10)), None);
-        recent.put(event(5, "a.x", None));
+        recent.put(event(5, "a.x", None), now());
         // Before its first event: the window cannot say what came earlier.
         assert_eq!(seqs(recent.events_for("p", &star(), 3, 10)), None);
         assert_eq!(
@@ -950,27 +993,27 @@ mod tests {
             Some((vec![5], 5))
         );
         // 7 before 6 (publishers put them in any order): 7 waits for the hole to fill.
-        recent.put(event(7, "a.x", None));
+        recent.put(event(7, "a.x", None), now());
         assert_eq!(
             seqs(recent.events_for("p", &star(), 4, 10)),
             Some((vec![5], 5))
         );
         assert_eq!(seqs(recent.events_for("p", &star(), 5, 10)), None);
-        recent.put(event(6, "a.x", None));
+        recent.put(event(6, "a.x", None), now());
         assert_eq!(
             seqs(recent.events_for("p", &star(), 5, 10)),
             Some((vec![6, 7], 7))
         );
         // Put twice, or older than the window: ignored.
-        recent.put(event(6, "a.x", None));
-        recent.put(event(2, "a.x", None));
+        recent.put(event(6, "a.x", None), now());
+        recent.put(event(2, "a.x", None), now());
         assert_eq!(
             seqs(recent.events_for("p", &star(), 4, 10)),
             Some((vec![5, 6, 7], 7))
         );
         // A hole that is skipped for good takes everything before it out of the window.
         recent.skip(8);
-        recent.put(event(9, "a.x", None));
+        recent.put(event(9, "a.x", None), now());
         assert_eq!(seqs(recent.events_for("p", &star(), 7, 10)), None);
         assert_eq!(
             seqs(recent.events_for("p", &star(), 8, 10)),
@@ -981,10 +1024,10 @@ mod tests {
     #[test]
     fn a_hole_that_never_fills_leaves_a_full_window_with_the_oldest_events() {
         let mut recent = Recent::default();
-        recent.put(event(1, "a.x", None));
+        recent.put(event(1, "a.x", None), now());
         // 2 never comes (its publisher went away after the commit).
         for seq in 3..(RECENT_EVENTS as u64 + 3) {
-            recent.put(event(seq, "a.x", None));
+            recent.put(event(seq, "a.x", None), now());
         }
         // Full: 1 left, and the hole with it; the window starts after the hole.
         assert_eq!(seqs(recent.events_for("p", &star(), 1, 1)), None);
@@ -993,6 +1036,38 @@ mod tests {
             Some((vec![3], 3))
         );
         assert!(recent.events.len() <= RECENT_EVENTS);
+    }
+
+    #[test]
+    fn a_hole_that_holds_the_window_for_a_second_is_dropped() {
+        let t0 = now();
+        let mut recent = Recent::default();
+        recent.put(event(1, "a.x", None), t0);
+        recent.put(event(3, "a.x", None), t0);
+        // A hole that fills in time changes nothing.
+        recent.put(event(2, "a.x", None), t0 + HOLE_WAIT / 2);
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 0, 10)),
+            Some((vec![1, 2, 3], 3))
+        );
+        // 4 never comes.
+        recent.put(event(5, "a.x", None), t0 + HOLE_WAIT);
+        recent.put(event(6, "a.x", None), t0 + HOLE_WAIT * 3 / 2);
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 0, 10)),
+            Some((vec![1, 2, 3], 3))
+        );
+        assert_eq!(seqs(recent.events_for("p", &star(), 3, 10)), None);
+        recent.put(event(7, "a.x", None), t0 + HOLE_WAIT * 2);
+        // Dropped with what came before it: readers before it go to the store, the others on.
+        assert_eq!(seqs(recent.events_for("p", &star(), 3, 10)), None);
+        assert_eq!(
+            seqs(recent.events_for("p", &star(), 4, 10)),
+            Some((vec![5, 6, 7], 7))
+        );
+        // A late put of the hole is ignored.
+        recent.put(event(4, "a.x", None), t0 + HOLE_WAIT * 2);
+        assert_eq!(seqs(recent.events_for("p", &star(), 3, 10)), None);
     }
 
     #[test]
@@ -1017,6 +1092,7 @@ mod tests {
                 ("mail.sent", None),
             ];
             let mut recent = Recent::default();
+            let mut stored = Vec::new();
             for round in 0..3 {
                 for (topic, target) in topics {
                     let seq = store
@@ -1029,7 +1105,8 @@ mod tests {
                         })
                         .await
                         .unwrap();
-                    recent.put(event(seq, topic, target));
+                    recent.put(event(seq, topic, target), now());
+                    stored.push(event(seq, topic, target));
                 }
             }
             let subscriptions: Vec<Vec<String>> = vec![
@@ -1063,6 +1140,46 @@ mod tests {
                     }
                 }
             }
+            // The same events put out of order, 10 never (a hole) and 15 skipped (a replay):
+            // wherever this window answers, its batch is the store's cut at its "complete up
+            // to", and that mark is never past what it holds without a hole.
+            let mut scrambled = Recent::default();
+            let mut order: Vec<Arc<StoredEvent>> = stored.clone();
+            order.reverse();
+            order.rotate_left(7);
+            for e in order {
+                match e.seq {
+                    10 => {}
+                    15 => scrambled.skip(15),
+                    _ => scrambled.put(e, now()),
+                }
+            }
+            let mut answered = 0;
+            for patterns in &subscriptions {
+                for plugin in ["p", "q"] {
+                    let all = store.events_for(plugin, patterns, 0, 1000).await.unwrap().0;
+                    for cursor in 0..24 {
+                        for limit in [1, 2, 5, 256] {
+                            let Some((batch, complete)) =
+                                scrambled.events_for(plugin, patterns, cursor, limit)
+                            else {
+                                continue;
+                            };
+                            answered += 1;
+                            let got: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+                            let want: Vec<u64> = all
+                                .iter()
+                                .map(|e| e.seq)
+                                .filter(|&seq| seq > cursor && seq <= complete)
+                                .take(limit)
+                                .collect();
+                            assert_eq!(got, want, "{plugin} {patterns:?} after {cursor}");
+                            assert!(complete >= 16, "answered across a hole: {complete}");
+                        }
+                    }
+                }
+            }
+            assert!(answered > 0, "the scrambled window never answered");
         });
     }
 
