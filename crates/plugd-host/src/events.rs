@@ -230,6 +230,11 @@ pub(crate) struct Recent {
     stuck: Option<(u64, std::time::Instant)>,
 }
 
+/// What an event counts against [`RECENT_BYTES`].
+fn weight(event: &StoredEvent) -> usize {
+    event.payload.len() + event.topic.len()
+}
+
 /// How long a hole may hold the window before it is taken for one that will never fill.
 const HOLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -244,14 +249,14 @@ impl Recent {
         if seq < self.start || self.events.contains_key(&seq) || seq <= self.upto {
             return;
         }
-        self.bytes += event.payload.len() + event.topic.len();
+        self.bytes += weight(&event);
         self.events.insert(seq, event);
         self.advance();
         while self.events.len() > RECENT_EVENTS || self.bytes > RECENT_BYTES {
             let Some((seq, old)) = self.events.pop_first() else {
                 break;
             };
-            self.bytes -= old.payload.len() + old.topic.len();
+            self.bytes -= weight(&old);
             self.start = seq + 1;
             if self.upto < self.start {
                 // The run before a hole is gone: the hole goes too, and the window starts at
@@ -271,22 +276,14 @@ impl Recent {
 
     /// Drops a hole that has held `upto` for [`HOLE_WAIT`] (see the type's docs).
     fn check_hole(&mut self, now: std::time::Instant) {
-        let held = self
-            .events
-            .last_key_value()
-            .is_some_and(|(&last, _)| last > self.upto);
         self.stuck = match self.stuck {
-            _ if !held => None,
+            _ if !self.holed() => None,
             Some((upto, since)) if upto == self.upto => {
                 if now.duration_since(since) < HOLE_WAIT {
                     return;
                 }
                 self.skip(self.upto + 1);
-                let held = self
-                    .events
-                    .last_key_value()
-                    .is_some_and(|(&last, _)| last > self.upto);
-                held.then_some((self.upto, now))
+                self.holed().then_some((self.upto, now))
             }
             _ => Some((self.upto, now)),
         };
@@ -308,11 +305,18 @@ impl Recent {
                 break;
             }
             let old = entry.remove();
-            self.bytes -= old.payload.len() + old.topic.len();
+            self.bytes -= weight(&old);
         }
         self.start = seq + 1;
         self.upto = self.upto.max(seq);
         self.advance();
+    }
+
+    /// Whether events wait above a hole.
+    fn holed(&self) -> bool {
+        self.events
+            .last_key_value()
+            .is_some_and(|(&last, _)| last > self.upto)
     }
 
     fn advance(&mut self) {

@@ -251,12 +251,11 @@ impl Store {
     }
 
     fn start(
-        writer: Connection,
+        mut writer: Connection,
         readers: Vec<Connection>,
         undo_depth: usize,
         inline: bool,
     ) -> Result<Store, StoreError> {
-        let mut writer = writer;
         let checkpoints = Arc::new(writer::Checkpoints::new());
         let marks = checkpoints.clone();
         writer
