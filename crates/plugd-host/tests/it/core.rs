@@ -352,10 +352,15 @@ async fn a_full_backlog_refuses_the_publisher_and_loses_nothing() {
             Err(e) => break e,
         }
         assert!(accepted <= 51, "the backlog is bounded");
-        // A publish that commits on this thread (the store idle) does not yield, and this
-        // runtime has one thread: let the delivery tasks run between publishes, as they would
-        // on the other threads of a multi-thread runtime.
-        tokio::task::yield_now().await;
+        // `fast` must keep up, so that the backlog that fills is `slow`'s. Its delivery may wait
+        // for the store's reader or writer thread, so no number of yields guarantees it (a
+        // `yield_now` here lost the race under load, and `fast` was the one refused): wait for
+        // it. (A publish that commits on this thread does not yield, and this runtime has one
+        // thread, so the wait is also what lets the delivery tasks run.)
+        eventually("the fast subscriber keeps up", || {
+            script.events_of("fast").len() == accepted
+        })
+        .await;
     };
     assert_eq!(refused.code(), "overloaded");
     let text = refused.to_string();
