@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_events_tasks.sql"),
     include_str!("migrations/0004_tokens.sql"),
     include_str!("migrations/0005_scripts.sql"),
+    include_str!("migrations/0006_kv_without_rowid.sql"),
 ];
 
 /// The schema version this build writes.
