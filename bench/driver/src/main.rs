@@ -78,7 +78,7 @@ Usage:
 (default: all). `--repo` defaults to the checkout this binary was built from. `services --dir`
 is where its scratch state goes (the disk measured; default the temporary directory);
 `--plugins 0` skips its start-up measurement; its `--cases` is a subset of bare-sqlite, echo,
-kvset, kvset-in-plugin, echo-concurrent, kvset-concurrent, kvget, store-commit (default: all;
+kvset, kvset-in-plugin, echo-concurrent, kvset-concurrent, kvget, store-commit, kvget-in-plugin (default: all;
 `none` skips the calls; the verdicts need the first six). `PLUGD_BENCH_PROFILE=FILE` runs its `kvbench` under cProfile (stats to FILE.MODE).";
 
 fn main() -> ExitCode {

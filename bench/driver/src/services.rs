@@ -71,10 +71,14 @@ pub(crate) enum Case {
     /// measured around `await plugin.kv.set(...)` with `time.perf_counter_ns()`: one kv.set round
     /// trip (plugin -> host -> store -> host -> plugin), the like of one echo round trip.
     KvsetInPlugin,
+    /// `kvget_timed` through the host, like `KvsetInPlugin` but the plugin times `await
+    /// plugin.kv.get(...)`: a kv request round trip answered from the read pool, no commit (the
+    /// floor under a kv.set).
+    KvgetInPlugin,
 }
 
 impl Case {
-    pub(crate) const ALL: [Case; 8] = [
+    pub(crate) const ALL: [Case; 9] = [
         Case::Bare,
         Case::Echo,
         Case::Kvset,
@@ -83,6 +87,7 @@ impl Case {
         Case::KvsetConcurrent,
         Case::Kvget,
         Case::StoreCommit,
+        Case::KvgetInPlugin,
     ];
 
     /// The cases the verdicts need.
@@ -103,6 +108,7 @@ impl Case {
             Case::Kvget => "host -> kvbench kvget",
             Case::StoreCommit => "Store::kv_commit, no host",
             Case::KvsetInPlugin => "kvbench: await kv.set (in plugin)",
+            Case::KvgetInPlugin => "kvbench: await kv.get (in plugin)",
         }
     }
 
@@ -117,7 +123,7 @@ impl Case {
                     .into_iter()
                     .find(|c| c.key() == name)
                     .with_context(|| {
-                        format!("Unknown case `{name}`; hint: use bare-sqlite, echo, kvset, kvset-in-plugin, echo-concurrent, kvset-concurrent, kvget, store-commit or none")
+                        format!("Unknown case `{name}`; hint: use bare-sqlite, echo, kvset, kvset-in-plugin, echo-concurrent, kvset-concurrent, kvget, store-commit, kvget-in-plugin or none")
                     })
             })
             .collect()
@@ -133,6 +139,7 @@ impl Case {
             Case::Kvget => "kvget",
             Case::StoreCommit => "store-commit",
             Case::KvsetInPlugin => "kvset-in-plugin",
+            Case::KvgetInPlugin => "kvget-in-plugin",
         }
     }
 }
@@ -402,9 +409,11 @@ async fn measure_calls(
             "`{KVBENCH}` kvset answered `{}`, not a commit id",
             commit.get()
         );
-        if mode.acc.iter().any(|(c, _)| *c == Case::KvsetInPlugin) {
-            // Fails early if the plugin does not answer a duration.
-            call(&mode.host, Case::KvsetInPlugin, &mode.next_key, payload).await?;
+        for timed in [Case::KvsetInPlugin, Case::KvgetInPlugin] {
+            if mode.acc.iter().any(|(c, _)| *c == timed) {
+                // Fails early if the plugin does not answer a duration.
+                call(&mode.host, timed, &mode.next_key, payload).await?;
+            }
         }
         for _ in 0..config.warmup {
             mode.host.call(KVBENCH, "echo", payload.to_owned()).await?;
@@ -436,6 +445,7 @@ async fn measure_calls(
                     Case::Echo
                     | Case::Kvset
                     | Case::KvsetInPlugin
+                    | Case::KvgetInPlugin
                     | Case::Kvget
                     | Case::StoreCommit => sequential(mode, case, per_round, payload).await?,
                     Case::EchoConcurrent | Case::KvsetConcurrent => {
@@ -495,17 +505,26 @@ async fn call(
                 .kv_commit("kvbench-direct", commit, &KvLimits::default())
                 .await?;
         }
-        Case::KvsetInPlugin => {
-            let n = next.fetch_add(1, Ordering::Relaxed) % KEYSPACE;
-            let params = RawValue::from_string(format!(r#"{{"k":"k{n}","v":{}}}"#, payload.get()))?;
-            let result = host.call(KVBENCH, "kvset_timed", params).await?.result;
+        Case::KvsetInPlugin | Case::KvgetInPlugin => {
+            let (action, params) = if case == Case::KvsetInPlugin {
+                let n = next.fetch_add(1, Ordering::Relaxed) % KEYSPACE;
+                let params = format!(r#"{{"k":"k{n}","v":{}}}"#, payload.get());
+                ("kvset_timed", params)
+            } else {
+                // `k1` exists from the first kvset on (the warm-up writes it).
+                ("kvget_timed", r#"{"k":"k1"}"#.to_owned())
+            };
+            let result = host
+                .call(KVBENCH, action, RawValue::from_string(params)?)
+                .await?
+                .result;
             // The SDK wraps the handler's return value as `{"value": ns}`.
             let answer: serde_json::Value = serde_json::from_str(result.get())?;
             let ns = answer
                 .get("value")
                 .and_then(serde_json::Value::as_u64)
                 .with_context(|| {
-                    format!("`kvset_timed` answered `{}`, not a duration", result.get())
+                    format!("`{action}` answered `{}`, not a duration", result.get())
                 })?;
             return Ok(Some(ns));
         }
@@ -623,7 +642,8 @@ impl Acc {
     }
 }
 
-/// Writes the `kvbench` package: the Python SDK, `echo`, `kvset`, `kvget` and `kvset_timed`,
+/// Writes the `kvbench` package: the Python SDK, `echo`, `kvset`, `kvget`, `kvset_timed` and
+/// `kvget_timed`,
 /// `kv` granted.
 fn make_kvbench(plugins_dir: &Path) -> anyhow::Result<()> {
     let dir = plugins_dir.join(KVBENCH);
@@ -662,6 +682,10 @@ description = "Returns the value of `k`"
 [[actions]]
 name = "kvset_timed"
 description = "Stores `v` under `k`; returns how long `await plugin.kv.set` took, in ns"
+
+[[actions]]
+name = "kvget_timed"
+description = "Reads `k`; returns how long `await plugin.kv.get` took, in ns"
 "#
         ),
     )?;
@@ -695,6 +719,13 @@ async def kvget(p):
 async def kvset_timed(p):
     started = time.perf_counter_ns()
     await plugin.kv.set(p["k"], p["v"])
+    return time.perf_counter_ns() - started
+
+
+@plugin.action(description="Reads `k`; returns how long `await plugin.kv.get` took, in ns")
+async def kvget_timed(p):
+    started = time.perf_counter_ns()
+    await plugin.kv.get(p["k"])
     return time.perf_counter_ns() - started
 
 
