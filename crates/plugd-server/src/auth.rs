@@ -696,7 +696,7 @@ where
                 fut: self.inner.call(req),
             },
             Some(Err(refused)) => AuthFuture::Refused {
-                response: Some(refused),
+                response: Some(*refused),
             },
             None => {
                 // The ready service goes with the request; a clone stays for the next one.
@@ -710,7 +710,7 @@ where
                                 Ok(response) => response,
                                 Err(never) => match never {},
                             },
-                            Err(refused) => refused,
+                            Err(refused) => *refused,
                         }
                     }),
                 }
@@ -758,7 +758,7 @@ struct Plan {
 
 impl Auth {
     /// The judgement when it needs no waiting (`None`: it needs the store; see [`Auth::judge`]).
-    fn judge_now(&self, req: &mut Request) -> Option<Result<(), Response>> {
+    fn judge_now(&self, req: &mut Request) -> Option<Result<(), Box<Response>>> {
         self.inner.loaded.initialized().then_some(())?;
         let plan = self.plan(req);
         let (grant, by_cookie) = match credential(req.headers()) {
@@ -771,16 +771,16 @@ impl Auth {
 
     /// The whole judgement: loads the tokens first if need be, and looks up a token that is not
     /// in the map in the store.
-    async fn judge(&self, req: &mut Request) -> Result<(), Response> {
+    async fn judge(&self, req: &mut Request) -> Result<(), Box<Response>> {
         self.ensure_loaded()
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|e| Box::new(e.into_response()))?;
         let plan = self.plan(req);
         let (grant, by_cookie) = match credential(req.headers()) {
             Credential::None => (None, false),
             Credential::Bearer(secret) => match self.token_grant(secret).await {
                 Ok(grant) => (grant, false),
-                Err(e) => return Err(e.into_response()),
+                Err(e) => return Err(Box::new(e.into_response())),
             },
             Credential::Session(id) => (self.session_grant(id), true),
         };
@@ -828,7 +828,7 @@ impl Auth {
         plan: &Plan,
         grant: Option<Arc<Grant>>,
         by_cookie: bool,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         let Plan {
             active,
             ref need,
@@ -837,25 +837,25 @@ impl Auth {
         if active && *need != Need::Nothing {
             let Some(grant) = &grant else {
                 // A bearer token that names no live token is "invalid", not "missing".
-                return Err(match credential(req.headers()) {
+                return Err(Box::new(match credential(req.headers()) {
                     Credential::Bearer(_) => invalid_token(),
                     _ => unauthorized(by_cookie),
-                });
+                }));
             };
             if let Need::Scope(scope) = need
                 && !grant.allows(scope)
             {
-                return Err(forbidden(grant, scope));
+                return Err(Box::new(forbidden(grant, scope)));
             }
             // A session cookie rides along on any same-site request: refuse a state change that
             // another origin started (SameSite=Strict already stops cross-site ones in browsers).
             if by_cookie && !is_safe(req.method()) && cross_origin(req.headers()) {
-                return Err(ApiError::new(
+                return Err(Box::new(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "cross_origin",
                     "A request from another origin cannot use the dashboard's session; hint: send the token as `Authorization: Bearer TOKEN`",
                 )
-                .into_response());
+                .into_response()));
             }
         }
         if to_plugin {
