@@ -27,6 +27,9 @@ pub struct HttpEndpoint {
     pub health: Option<String>,
     /// The version serving it (for `X-Plugd-Version`).
     pub version: String,
+    /// Its hand-off socket, when the running plugin takes WebSockets handed over there (its
+    /// `hello` said `http_handoff`) rather than relayed.
+    pub handoff: Option<PathBuf>,
     generation: Arc<Generation>,
 }
 
@@ -99,13 +102,17 @@ impl Host {
         generation.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(HttpEndpoint {
             plugin: slot.name.clone(),
-            socket,
             health: generation
                 .manifest
                 .http
                 .as_ref()
                 .and_then(|h| h.health.clone()),
             version: generation.manifest.version.to_string(),
+            handoff: generation
+                .instance
+                .http_handoff()
+                .then(|| plugd_protocol::handoff_socket_path(&socket)),
+            socket,
             generation,
         })
     }
@@ -130,6 +137,14 @@ impl Host {
             .collect();
         routes.sort_by(|a, b| a.plugin.cmp(&b.plugin));
         routes
+    }
+
+    /// Whether any running plugin serves HTTP (`[http]`).
+    pub fn serves_http(&self) -> bool {
+        self.inner.slots.read().values().any(|slot| {
+            slot.running()
+                .is_some_and(|generation| generation.manifest.http.is_some())
+        })
     }
 
     /// The running plugin whose `[http] mount` is a prefix of `path` (segment-wise), with the
@@ -211,6 +226,7 @@ impl Host {
     pub(crate) fn remove_http_socket(generation: &Generation) {
         if let Some(path) = &generation.http_socket {
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(plugd_protocol::handoff_socket_path(path));
         }
     }
 
@@ -219,7 +235,11 @@ impl Host {
         let dir = self.inner.config.state_dir.join("run");
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
-                if entry.path().extension().is_some_and(|e| e == "sock") {
+                if entry
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "sock" || e == "ho")
+                {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

@@ -85,6 +85,8 @@ struct Shared {
     params: Mutex<Params>,
     /// Held while one `params.changed` is queued, so two changes reach the child in order.
     params_send: tokio::sync::Mutex<()>,
+    /// What the current child's `hello` said about `http_handoff`.
+    http_handoff: AtomicBool,
 }
 
 /// The plugin's current params and how often they changed since the start.
@@ -161,6 +163,7 @@ impl ProcessInstance {
             stopped: watch::channel(false).0,
             params: Mutex::new(params),
             params_send: tokio::sync::Mutex::new(()),
+            http_handoff: AtomicBool::new(false),
         });
         let running = shared
             .launch()
@@ -338,6 +341,11 @@ impl Shared {
             state.actions = actions;
         }
 
+        // Only a plugin with a hand-off socket (an `[http]` table) can take one.
+        self.http_handoff.store(
+            hello.http_handoff && self.spec.http_socket.is_some(),
+            Ordering::Release,
+        );
         // Armed before the read loop runs, so a `started` cannot slip past it.
         let started = hello.on_start.then(|| conn.expect_started());
         tokio::spawn(read_loop(
@@ -1076,6 +1084,10 @@ impl Instance for ProcessInstance {
             details,
             backoff: state.backoff.clone(),
         }
+    }
+
+    fn http_handoff(&self) -> bool {
+        self.shared.http_handoff.load(Ordering::Acquire)
     }
 
     fn health(&self) -> watch::Receiver<Health> {

@@ -85,26 +85,37 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
             let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
                 format!("cannot listen on its HTTP socket `{}`: {e}", path.display())
             })?;
-            // Above the fds the child hook moves into place (3 and 4), so neither `dup2`
-            // overwrites it before it is copied.
+            // Above the fds the child hook moves into place (3 to 5).
             let high = listener
                 .as_fd()
                 .try_clone_to_owned()
-                .and_then(|fd| {
-                    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one we own.
-                    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-                    if raw < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-                    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
-                })
+                .and_then(|fd| above(fd, 10))
                 .map_err(|e| format!("cannot pass its HTTP socket: {e}"))?;
             Some(high)
         }
         None => None,
     };
     let http_fd = http_listener.as_ref().map(|l| l.as_raw_fd());
+    // Beside it, the hand-off socket (fd 5): the host hands WebSockets' client connections
+    // over on it (a `SOCK_SEQPACKET` listener; a plugin that never accepts simply does not say
+    // `http_handoff` in its `hello`, and the host relays instead).
+    let handoff_listener = match &spec.http_socket {
+        Some(path) => {
+            let path = plugd_protocol::handoff_socket_path(path);
+            Some(
+                bind_seqpacket(&path)
+                    .and_then(|fd| above(fd, 10))
+                    .map_err(|e| {
+                        format!(
+                            "cannot listen on its hand-off socket `{}`: {e}",
+                            path.display()
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let handoff_fd = handoff_listener.as_ref().map(|l| l.as_raw_fd());
 
     let mut cmd = Command::new(&program);
     cmd.args(&args)
@@ -133,6 +144,9 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     if http_fd.is_some() {
         cmd.env("PLUGD_HTTP_FD", plugd_protocol::HTTP_FD.to_string());
     }
+    if handoff_fd.is_some() {
+        cmd.env("PLUGD_HANDOFF_FD", plugd_protocol::HANDOFF_FD.to_string());
+    }
     for name in &spec.manifest.permissions.env {
         if let Some(value) = std::env::var_os(name) {
             cmd.env(name, value);
@@ -150,6 +164,9 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
             plugd_sandbox::inherit_as(child_fd, plugd_protocol::CHILD_FD)?;
             if let Some(listener) = http_fd {
                 plugd_sandbox::inherit_as(listener, plugd_protocol::HTTP_FD)?;
+            }
+            if let Some(listener) = handoff_fd {
+                plugd_sandbox::inherit_as(listener, plugd_protocol::HANDOFF_FD)?;
             }
             Ok(())
         });
@@ -201,6 +218,7 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     drop(child_end);
     // The child holds the listener now; when it dies, connections are refused at once.
     drop(http_listener);
+    drop(handoff_listener);
     parent_end
         .set_nonblocking(true)
         .map_err(|e| format!("socket setup failed: {e}"))?;
@@ -211,6 +229,57 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         socket,
         sandbox,
     })
+}
+
+/// A listening `SOCK_SEQPACKET` Unix socket bound at `path` (a stale file goes first).
+fn bind_seqpacket(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: a zeroed `sockaddr_un` is a valid value (an empty address).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path does not fit a Unix socket address",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let _ = std::fs::remove_file(path);
+    // SAFETY: plain socket calls on integers and a local, initialised address; the descriptor
+    // is owned at once.
+    unsafe {
+        let raw = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
+        let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+        if libc::bind(
+            raw,
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        ) != 0
+            || libc::listen(raw, 128) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// `fd` moved to a number ≥ `floor` (close-on-exec): above the fds the child hook moves into
+/// place, so no `dup2` overwrites it before it is copied.
+fn above(fd: std::os::fd::OwnedFd, floor: libc::c_int) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one we own.
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
 }
 
 /// Reaps, once per record dir and host process, the cgroups a killed earlier incarnation of the

@@ -211,6 +211,10 @@ pub struct Hello {
     /// for a child without hooks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_start: bool,
+    /// The child accepts WebSockets handed over on its hand-off socket (`PLUGD_HANDOFF_FD`)
+    /// and serves them itself; absent (`false`), the host relays them to its HTTP socket.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http_handoff: bool,
 }
 
 /// One action announced in `hello`.

@@ -40,7 +40,8 @@ pub struct InstanceSpec {
     pub python_env: Option<PathBuf>,
     /// Where the runtime binds the Unix socket of the plugin's HTTP side (`[http]`): it listens
     /// there and hands the listening descriptor to the plugin; the host connects to the path.
-    /// Process runtime only.
+    /// Beside it, the hand-off socket (`plugd_protocol::handoff_socket_path`), handed over the
+    /// same way. Process runtime only.
     pub http_socket: Option<PathBuf>,
 }
 
@@ -361,6 +362,12 @@ pub trait Instance: Send + Sync {
     /// (for runtimes that cannot fail between calls).
     fn health(&self) -> watch::Receiver<Health> {
         watch::channel(Health::Ready).1
+    }
+    /// Whether the running plugin takes WebSockets handed over on the hand-off socket next to
+    /// its HTTP socket (`plugd_protocol::handoff_socket_path`) instead of having them relayed.
+    /// It can change when a crashed child is restarted.
+    fn http_handoff(&self) -> bool {
+        false
     }
     /// Stops the instance: asks politely, waits at most `grace`, then forces. Idempotent.
     async fn stop(&self, grace: Duration);

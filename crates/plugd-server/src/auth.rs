@@ -772,10 +772,25 @@ impl Auth {
     /// The whole judgement: loads the tokens first if need be, and looks up a token that is not
     /// in the map in the store.
     async fn judge(&self, req: &mut Request) -> Result<(), Box<Response>> {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_owned());
+        self.judge_route(req, route.as_deref()).await
+    }
+
+    /// The whole judgement of a request the router has not seen, `route` standing for the
+    /// route it would match (the WebSocket hand-off judges the request head before hyper
+    /// reads it); on success the credentials are stripped as for a routed request.
+    pub(crate) async fn judge_route(
+        &self,
+        req: &mut Request,
+        route: Option<&str>,
+    ) -> Result<(), Box<Response>> {
         self.ensure_loaded()
             .await
             .map_err(|e| Box::new(e.into_response()))?;
-        let plan = self.plan(req);
+        let plan = self.plan_for(req, route);
         let (grant, by_cookie) = match credential(req.headers()) {
             Credential::None => (None, false),
             Credential::Bearer(secret) => match self.token_grant(secret).await {
@@ -789,6 +804,10 @@ impl Auth {
 
     fn plan(&self, req: &Request) -> Plan {
         let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+        self.plan_for(req, route)
+    }
+
+    fn plan_for(&self, req: &Request, route: Option<&str>) -> Plan {
         let active = self.active();
         if active {
             let mut need = need(req.method(), route, req.uri().path(), &self.inner.config);

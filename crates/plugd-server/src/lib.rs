@@ -6,6 +6,7 @@ pub mod auth;
 mod dto;
 mod error;
 mod events;
+mod handoff;
 mod logs;
 mod metrics;
 mod openapi;
@@ -18,6 +19,7 @@ mod ui;
 
 pub use auth::{Auth, AuthConfig, AuthMode};
 pub use error::{ApiError, ErrorExtra, ViolationDto};
+pub use handoff::{Handoff, HandoffListener};
 pub use proxy::{HttpHealth, Proxy, ProxyConfig};
-pub use routes::{Readiness, ServerConfig, exposed_router, router};
+pub use routes::{Readiness, ServerConfig, app, exposed_router, router};
 pub use stream::Shutdown;

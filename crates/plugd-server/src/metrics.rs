@@ -69,6 +69,10 @@ pub(crate) fn install() -> Result<&'static PrometheusHandle, &'static str> {
                         HTTP_PROXIED,
                         "Requests forwarded to plugins' own HTTP servers, by plugin and status class"
                     );
+                    metrics::describe_counter!(
+                        crate::handoff::HTTP_HANDOFFS,
+                        "WebSockets handed over to plugins' own HTTP servers (not relayed), by plugin"
+                    );
                     spawn_upkeep(handle.clone());
                 }
                 Err(reason) => tracing::warn!("{reason}"),

@@ -212,47 +212,7 @@ impl Proxy {
         // picking that connection from the pool would fail (502) if it won the race with the
         // close.
         parts.version = axum::http::Version::HTTP_11;
-        let original_host = parts.headers.get(header::HOST).cloned();
-        clean_hop_by_hop(&mut parts.headers);
-        // Always a `Host` the client gave (or a neutral one): never one derived from the URI,
-        // whose authority is the host's socket path.
-        parts.headers.insert(
-            header::HOST,
-            original_host
-                .clone()
-                .unwrap_or_else(|| HeaderValue::from_static("localhost")),
-        );
-        if let Some(protocol) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
-        }
-        for name in [
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            X_FORWARDED_PREFIX,
-            FORWARDED,
-        ] {
-            parts.headers.remove(name);
-        }
-        if let Some(ip) = peer
-            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
-        {
-            parts.headers.insert(X_FORWARDED_FOR, v);
-        }
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        if let Some(h) = original_host {
-            parts.headers.insert(X_FORWARDED_HOST, h);
-        }
-        if !prefix.is_empty()
-            && let Ok(v) = HeaderValue::from_str(prefix)
-        {
-            parts.headers.insert(X_FORWARDED_PREFIX, v);
-        }
+        forwarded_headers(&mut parts.headers, upgrade, peer, prefix);
         let max = self.config.max_body;
         let body = Body::new(http_body_util::Limited::new(body, max as usize));
         let upstream = hyper::Request::from_parts(parts, body);
@@ -394,8 +354,56 @@ impl Proxy {
     }
 }
 
+/// The headers of a request as forwarded to a plugin's HTTP side: hop-by-hop headers removed
+/// (`Connection` and `Upgrade` kept for an upgrade), the client's `Host` kept, and the
+/// `X-Forwarded-*` headers plugd sets replacing any the client sent.
+pub(crate) fn forwarded_headers(
+    headers: &mut HeaderMap,
+    upgrade: Option<HeaderValue>,
+    peer: Option<std::net::IpAddr>,
+    prefix: &str,
+) {
+    let original_host = headers.get(header::HOST).cloned();
+    clean_hop_by_hop(headers);
+    // Always a `Host` the client gave (or a neutral one): never one derived from the URI,
+    // whose authority is the host's socket path.
+    headers.insert(
+        header::HOST,
+        original_host
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static("localhost")),
+    );
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_FORWARDED_PREFIX,
+        FORWARDED,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(ip) = peer
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(h) = original_host {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    if !prefix.is_empty()
+        && let Ok(v) = HeaderValue::from_str(prefix)
+    {
+        headers.insert(X_FORWARDED_PREFIX, v);
+    }
+}
+
 /// The protocol an upgrade request asks for (`Upgrade: websocket`), if it is one.
-fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -135,6 +135,12 @@ impl FromRef<AppState> for Host {
 
 /// The whole API as an axum router.
 pub fn router(host: Host, config: ServerConfig) -> Router {
+    app(host, config).0
+}
+
+/// [`router`], and the [`Handoff`](crate::Handoff) that lets a [`crate::HandoffListener`] in
+/// front of it hand WebSockets to plugins, judged with the router's own auth.
+pub fn app(host: Host, config: ServerConfig) -> (Router, crate::Handoff) {
     if config.metrics {
         let _ = crate::metrics::install();
     }
@@ -156,7 +162,8 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
         auth.spawn_refresh(config.shutdown.clone());
     }
     let timeout = config.request_timeout;
-    Router::new()
+    let handoff = crate::Handoff::new(state.host.clone(), auth.clone());
+    let router = Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/plugin/{name}/{action}", post(call))
@@ -266,7 +273,8 @@ pub fn router(host: Host, config: ServerConfig) -> Router {
                 // Inside the timeout: a store lookup of an unknown token is bounded too.
                 .layer(auth::AuthLayer(auth)),
         )
-        .with_state(state)
+        .with_state(state);
+    (router, handoff)
 }
 
 /// `/plugins/NAME`: the root of the plugin's own HTTP side (documented apart: OpenAPI has no

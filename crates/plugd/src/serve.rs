@@ -124,7 +124,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.http_timeout),
         ..Default::default()
     });
-    let app = plugd_server::router(
+    let (app, handoff) = plugd_server::app(
         host.clone(),
         ServerConfig {
             max_body: args.max_body,
@@ -191,6 +191,8 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         // every open response.
         streams.trigger();
     };
+    // WebSockets to plugins that take them are handed over before hyper reads them.
+    let listener = plugd_server::HandoffListener::new(listener, handoff)?;
     // No Nagle: a proxied response is written as it streams (head, then body frames), and a
     // small write held back until the client's delayed ACK costs 40 ms.
     axum::serve(

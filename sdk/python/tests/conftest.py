@@ -19,7 +19,8 @@ def make_host(tmp_path):
         (tmp_path / "data").mkdir(exist_ok=True)
         script_path = Path(script) if Path(script).is_absolute() else PLUGINS / script
         h = FakeHost(python_argv(script_path), cwd=cwd, data_dir=tmp_path / "data", name=name,
-                     env=kw.pop("env", None), http_sock=kw.pop("http_sock", None))
+                     env=kw.pop("env", None), http_sock=kw.pop("http_sock", None),
+                     handoff_sock=kw.pop("handoff_sock", None))
         hosts.append(h)
         if handshake:
             h.handshake(**kw)

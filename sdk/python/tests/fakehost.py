@@ -23,22 +23,28 @@ TIMEOUT = 10.0
 
 def spawn(argv: List[str], cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
           data_dir: Optional[Path] = None, name: str = "test",
-          http_sock: Optional[socket.socket] = None) -> "tuple[subprocess.Popen, socket.socket]":
+          http_sock: Optional[socket.socket] = None,
+          handoff_sock: Optional[socket.socket] = None) -> "tuple[subprocess.Popen, socket.socket]":
     """Starts `argv` with a socket pair end as fd 3; returns the process and the host's end.
 
     ``http_sock`` (a listening Unix socket) becomes the child's fd 4 with `PLUGD_HTTP_FD=4`, as
-    the host does for a plugin with an `[http]` table."""
+    the host does for a plugin with an `[http]` table; ``handoff_sock`` (a listening
+    `SOCK_SEQPACKET` one) its fd 5 with `PLUGD_HANDOFF_FD=5`."""
     host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child_fd = child_end.fileno()
     http_fd = http_sock.fileno() if http_sock is not None else -1
+    handoff_fd = handoff_sock.fileno() if handoff_sock is not None else -1
 
     def to_fd3() -> None:  # runs in the child between fork and exec
-        # Copies first (close-on-exec), so that neither target clobbers the other's source.
+        # Copies first (close-on-exec), so that no target clobbers another's source.
         proto = os.dup(child_fd)
         http = os.dup(http_fd) if http_fd >= 0 else -1
+        handoff = os.dup(handoff_fd) if handoff_fd >= 0 else -1
         os.dup2(proto, 3)  # dup2 clears close-on-exec on the new descriptor
         if http >= 0:
             os.dup2(http, 4)
+        if handoff >= 0:
+            os.dup2(handoff, 5)
 
     full_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -50,6 +56,8 @@ def spawn(argv: List[str], cwd: Optional[Path] = None, env: Optional[Dict[str, s
     }
     if http_sock is not None:
         full_env["PLUGD_HTTP_FD"] = "4"
+    if handoff_sock is not None:
+        full_env["PLUGD_HANDOFF_FD"] = "5"
     if data_dir is not None:
         full_env["PLUGD_DATA_DIR"] = str(data_dir)
         full_env["HOME"] = str(data_dir)
@@ -68,11 +76,12 @@ class FakeHost:
 
     def __init__(self, argv: List[str], *, cwd: Optional[Path] = None,
                  data_dir: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
-                 name: str = "test", http_sock: Optional[socket.socket] = None) -> None:
+                 name: str = "test", http_sock: Optional[socket.socket] = None,
+                 handoff_sock: Optional[socket.socket] = None) -> None:
         self.name = name
         self.data_dir = data_dir
         self.proc, self.sock = spawn(argv, cwd=cwd, env=env, data_dir=data_dir, name=name,
-                                     http_sock=http_sock)
+                                     http_sock=http_sock, handoff_sock=handoff_sock)
         self.frames: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
         self.raw_lines: List[bytes] = []
         self.errors: List[str] = []

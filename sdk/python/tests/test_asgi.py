@@ -4,15 +4,20 @@ hands over as fd 4 (`PLUGD_HTTP_FD`), beside the actions, with `root_path` from
 
 Needs `uvicorn` and `websockets` in the test interpreter (see sdk/python/README.md)."""
 
+import array
 import asyncio
 import json
+import os
+import shutil
+import socket
+import tempfile
 import threading
 import time
 
 import pytest
-from websockets.sync.client import unix_connect
+from websockets.sync.client import connect, unix_connect
 
-from conftest import PLUGINS
+from conftest import PLUGINS, ROOT
 from plugd import Plugin
 from plugd._asgi import NO_HTTP_FD, NO_UVICORN, ForwardedPrefix
 from unixhttp import Listener, get_json, request
@@ -164,6 +169,105 @@ def test_a_server_that_stops_by_itself_ends_the_plugin(asgi_host, listener):
     assert h.exit_code() == 1
     h.wait_notification("log", lambda p: "The HTTP server stopped" in p["message"])
     wait_stderr(h, "on_stop ran after 1 requests", stream="stdout")
+
+
+class HandoffListener:
+    """A listening `SOCK_SEQPACKET` Unix socket, as the host gives a plugin on fd 5."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="plugd-ho-")
+        self.path = os.path.join(self.dir, "1.ho")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.bind(self.path)
+        self.sock.listen(16)
+
+    def hand_over(self, head: bytes, client: socket.socket) -> None:
+        """What the host does: one record, the head with the client's socket attached."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
+            channel.connect(self.path)
+            channel.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      array.array("i", [client.fileno()]))])
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def handoff():
+    sock = HandoffListener()
+    yield sock
+    sock.close()
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        assert chunk, "the client closed before its head was complete"
+        data += chunk
+    return data
+
+
+def test_a_handed_over_websocket_is_served_from_its_first_byte(make_host, listener, handoff):
+    h = make_host(ASGI, http_sock=listener.sock, handoff_sock=handoff.sock)
+    hello = h.requests[0]["params"]
+    golden = json.loads((ROOT / "crates/plugd-protocol/tests/golden/hello_http_handoff.json")
+                        .read_text())["params"]
+    assert hello["http_handoff"] is golden["http_handoff"] is True
+    assert started(h) == {}
+
+    # The test plays plugd: a real client connects over TCP and sends its handshake; the "host"
+    # reads the head, rewrites it as the proxy forwards a request (prefix stripped,
+    # X-Forwarded-* set) and hands head and socket over. The plugin answers the handshake.
+    front = socket.create_server(("127.0.0.1", 0))
+    port = front.getsockname()[1]
+    got = {}
+
+    def client():
+        with connect(f"ws://127.0.0.1:{port}/plugins/test/ws/a%20b") as ws:
+            got["hello"] = json.loads(ws.recv(timeout=5))
+            ws.send("hi")
+            got["echo"] = ws.recv(timeout=5)
+
+    t = threading.Thread(target=client)
+    t.start()
+    conn, _ = front.accept()
+    head = _read_head(conn)
+    assert head.endswith(b"\r\n\r\n"), "a client sends nothing after its head before the 101"
+    request_line, rest = head.split(b"\r\n", 1)
+    assert request_line == b"GET /plugins/test/ws/a%20b HTTP/1.1"
+    forwarded = (b"GET /ws/a%20b HTTP/1.1\r\n" + rest[:-2]
+                 + b"x-forwarded-prefix: /plugins/test\r\nx-forwarded-for: 203.0.113.7\r\n\r\n")
+    handoff.hand_over(forwarded, conn)
+    conn.close()  # the plugin holds its own copy now
+    front.close()
+    t.join(10)
+    assert got["hello"]["type"] == "websocket"
+    assert got["hello"]["root_path"] == "/plugins/test"
+    assert got["hello"]["path"] == "/plugins/test/ws/a b"
+    assert got["hello"]["client"][0] == "203.0.113.7"
+    assert got["echo"] == "echo: hi"
+    assert ok(h.call("http_state"))["value"]["websockets"] == 1
+
+    # A malformed record (no descriptor) is logged and dropped; the plugin serves on.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
+        channel.connect(handoff.path)
+        channel.send(b"GET / HTTP/1.1\r\n\r\n")
+    wait_stderr(h, "Ignored a malformed hand-off (18 bytes, 0 descriptors)")
+    assert get_json(listener.path, "/after")["path"] == "/after"
+
+    # A stop closes handed-over connections like the others.
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+
+
+def test_without_a_handoff_socket_hello_does_not_offer_one(asgi_host):
+    h = asgi_host()
+    assert "http_handoff" not in h.requests[0]["params"]
+    assert started(h) == {}
+    h.notify("shutdown")
+    assert h.exit_code() == 0
 
 
 async def _noop_app(scope, receive, send):

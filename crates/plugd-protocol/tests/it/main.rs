@@ -42,6 +42,7 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                     description: "Greets someone".into(),
                 }]),
                 on_start: false,
+                http_handoff: false,
             },
         )
     });
@@ -60,6 +61,22 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                     description: "Greets someone".into(),
                 }]),
                 on_start: true,
+                http_handoff: false,
+            },
+        )
+    });
+    // A child that serves its own HTTP and adopts handed-over WebSockets (`serve_asgi`).
+    add("hello_http_handoff", &|b| {
+        encode_request(
+            b,
+            1,
+            "hello",
+            &Hello {
+                protocol: 1,
+                sdk: Some("python/0.1.0".into()),
+                actions: None,
+                on_start: false,
+                http_handoff: true,
             },
         )
     });
@@ -520,7 +537,7 @@ fn golden_frames_decode_as_what_they_are() {
         let want = match name {
             "hello" | "call" | "ping" | "emit" | "event" => format!("request {name}"),
             "call_chain" => "request call".to_owned(),
-            "hello_on_start" => "request hello".to_owned(),
+            "hello_on_start" | "hello_http_handoff" => "request hello".to_owned(),
             "started" | "started_error" => "notification started".to_owned(),
             "task_run" | "task_after_last" => "request task.run".to_owned(),
             "log" | "progress" | "cancel" | "shutdown" => format!("notification {name}"),

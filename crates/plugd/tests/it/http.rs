@@ -669,6 +669,10 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     ids.sort_unstable();
     assert_eq!(ids, ["alice", "bob"], "{listed}");
 
+    // Alice's WebSocket (the main port) was handed over to the plugin, so plugd relays none of
+    // its frames; bob's (an exposed port) is relayed. Both reach the same app.
+    assert_eq!(handoffs(&at), 1);
+
     alice.send(tungstenite::Message::text("hello bob")).unwrap();
     let expected = serde_json::json!({"from": "alice", "message": "hello bob"});
     assert_eq!(next_json(&mut bob), expected);
@@ -715,4 +719,53 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     wait_for("clients never left", Duration::from_secs(10), || {
         get(&at, "/plugins/client-manager/health").json()["clients"] == 0
     });
+
+    // With auth on, a WebSocket is judged before it is handed over: refused without a token
+    // (by the router, as any request), handed over with one.
+    let token = crate::auth::create_token(&state, "ws", &["http:client-manager"]);
+    let handshake = format!(
+        "GET /plugins/client-manager/ws-echo HTTP/1.1\r\nHost: {at}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    // (A token made offline is seen by the server's next refresh of its token map.)
+    wait_for("auth never came on", Duration::from_secs(15), || {
+        request(&at, &handshake, b"").status == 401
+    });
+    let admin = crate::auth::create_token(&state, "admin", &["admin"]);
+    let before = handoffs_as(&at, Some(&admin));
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{at}/plugins/client-manager/ws-echo"
+    ))
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut echo, _) = tungstenite::connect(req).expect("a WebSocket with the token");
+    echo.send(tungstenite::Message::text("once more")).unwrap();
+    match echo.read().expect("an echo") {
+        tungstenite::Message::Text(t) => assert_eq!(t.as_str(), "once more"),
+        other => panic!("unexpected {other:?}"),
+    }
+    echo.close(None).unwrap();
+    assert_eq!(handoffs_as(&at, Some(&admin)), before + 1);
+    // Refused ones were not.
+    assert_eq!(request(&at, &handshake, b"").status, 401);
+    assert_eq!(handoffs_as(&at, Some(&admin)), before + 1);
+}
+
+/// `plugd_http_handoffs_total` of client-manager, from `/metrics`.
+fn handoffs(at: &str) -> u64 {
+    handoffs_as(at, None)
+}
+
+fn handoffs_as(at: &str, token: Option<&str>) -> u64 {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let answer = request(
+        at,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {at}\r\n{auth}Connection: close\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(answer.status, 200);
+    let text = String::from_utf8(answer.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"plugd_http_handoffs_total{plugin="client-manager"} "#))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }

@@ -1,6 +1,10 @@
 """`plugin.serve_asgi(app)`: an ASGI app served by uvicorn on the listening socket the host hands
 over as fd `PLUGD_HTTP_FD`, in the same event loop as the protocol.
 
+WebSockets skip the host's relay: the host hands the client's own TCP connection over on the
+hand-off socket (fd `PLUGD_HANDOFF_FD`), with the request head rewritten as the proxy would
+forward it, and uvicorn serves the connection from its first byte (`Handoff`).
+
 uvicorn comes from the plugin's own environment and is imported only when `serve_asgi` is
 called: the SDK itself stays standard library only. The host proxies `/plugins/NAME/...` and
 `/MOUNT/...` to the socket with the prefix stripped and says which prefix in
@@ -13,11 +17,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import unquote
 
 HTTP_FD_VAR = "PLUGD_HTTP_FD"
+HANDOFF_FD_VAR = "PLUGD_HANDOFF_FD"
+
+# The largest hand-off record: the host sends a request head of at most 16 KiB.
+_MAX_RECORD = 64 * 1024
 
 NO_HTTP_FD = (
     "serve_asgi needs the HTTP socket plugd gives a plugin with an `[http]` table, but "
@@ -155,6 +164,11 @@ class AsgiServer:
         # Why `serve_asgi` cannot work here, found when it was called; reported at start.
         self.error: Optional[str] = None
         self.uvicorn: Any = None
+        self.handoff_fd: Optional[int] = None
+        handoff_text = os.environ.get(HANDOFF_FD_VAR)
+        if handoff_text and handoff_text.isdigit():
+            self.handoff_fd = int(handoff_text)
+        self._handoff: Optional[Handoff] = None
         fd_text = os.environ.get(HTTP_FD_VAR)
         if not fd_text:
             self.error = NO_HTTP_FD
@@ -170,6 +184,11 @@ class AsgiServer:
             self.error = NO_UVICORN
             return
         self.uvicorn = uvicorn
+
+    @property
+    def handoff(self) -> bool:
+        """Whether the host may hand WebSockets over (said in `hello`)."""
+        return self.error is None and self.handoff_fd is not None
 
     def _config(self) -> Any:
         options: Dict[str, Any] = {
@@ -211,6 +230,11 @@ class AsgiServer:
         await asyncio.wait({self.task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
             self.ready = True
+            if self.handoff_fd is not None:
+                try:
+                    self._handoff = Handoff(server, self.handoff_fd, loop)
+                except OSError as exc:
+                    return f"serve_asgi cannot use the hand-off socket: {_error_text(exc)}"
             return None
         if server.should_exit and self.stopping:
             return "the plugin was stopped while its HTTP app was starting"
@@ -236,8 +260,137 @@ class AsgiServer:
         `shutdown_timeout` seconds, then they are cancelled), then the app's lifespan
         shutdown runs."""
         self.stopping = True
+        if self._handoff is not None:
+            self._handoff.close()
+            self._handoff = None
         if self.server is not None:
             self.server.should_exit = True
+
+
+class Handoff:
+    """Adopts the client connections the host hands over (WebSockets, so the host relays no
+    frame): each arrives as one `SOCK_SEQPACKET` connection to fd `PLUGD_HANDOFF_FD` carrying one
+    record, the request head as the proxy would forward it (prefix stripped,
+    `X-Forwarded-*` set, plugd's credentials removed), with the client's TCP socket attached
+    (`SCM_RIGHTS`). The head was already read from that socket: it is fed to a fresh uvicorn
+    protocol before the socket's own bytes, and uvicorn serves the connection as if it had
+    accepted it (it counts in the server's connections, so a stop closes it like the others).
+    """
+
+    def __init__(self, server: Any, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.listener = socket.socket(fileno=fd)
+        self.listener.setblocking(False)
+        self.pending: Dict[int, socket.socket] = {}
+        self.tasks: "set[asyncio.Task[Any]]" = set()
+        loop.add_reader(self.listener.fileno(), self._on_accept)
+
+    def close(self) -> None:
+        """No more hand-offs (a stop): connections not yet adopted are closed."""
+        try:
+            self.loop.remove_reader(self.listener.fileno())
+        except (ValueError, OSError):  # pragma: no cover - already closed
+            pass
+        self.listener.close()
+        for conn in self.pending.values():
+            self.loop.remove_reader(conn.fileno())
+            conn.close()
+        self.pending.clear()
+
+    def _on_accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                _log_error("Cannot accept a hand-off: %s", _error_text(exc))
+                return
+            conn.setblocking(False)
+            if not self._receive(conn):
+                fd = conn.fileno()
+                self.pending[fd] = conn
+                self.loop.add_reader(fd, self._on_record, conn)
+
+    def _on_record(self, conn: socket.socket) -> None:
+        if self._receive(conn):
+            fd = conn.fileno()
+            self.loop.remove_reader(fd)
+            self.pending.pop(fd, None)
+            conn.close()
+
+    def _receive(self, conn: socket.socket) -> bool:
+        """Reads the record; False when it has not arrived yet."""
+        try:
+            head, ancdata, flags, _ = conn.recvmsg(
+                _MAX_RECORD, socket.CMSG_SPACE(4 * 4))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            _log_error("Cannot read a hand-off: %s", _error_text(exc))
+            return True
+        fds = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
+                           for i in range(0, usable, 4))
+        if len(fds) != 1 or not head or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            if head or fds:
+                _log_error("Ignored a malformed hand-off (%d bytes, %d descriptors)",
+                           len(head), len(fds))
+            return True
+        self._adopt(fds[0], head)
+        return True
+
+    def _adopt(self, fd: int, head: bytes) -> None:
+        client = socket.socket(fileno=fd)
+        server = self.server
+        if server.should_exit:
+            client.close()  # stopping: the client sees the connection close
+            return
+        client.setblocking(False)
+        config = server.config
+        try:
+            app_state = server.lifespan.state
+        except AttributeError:  # pragma: no cover - uvicorn < 0.23
+            app_state = None
+
+        def factory() -> Any:
+            if app_state is not None:
+                protocol = config.http_protocol_class(
+                    config=config, server_state=server.server_state, app_state=app_state)
+            else:  # pragma: no cover - uvicorn < 0.23
+                protocol = config.http_protocol_class(
+                    config=config, server_state=server.server_state)
+            made = protocol.connection_made
+
+            def connection_made(transport: Any) -> None:
+                made(transport)
+                # Before the transport's first read (it is scheduled after this call).
+                protocol.data_received(head)
+
+            protocol.connection_made = connection_made
+            return protocol
+
+        task = self.loop.create_task(self.loop.connect_accepted_socket(factory, sock=client))
+        self.tasks.add(task)
+        task.add_done_callback(lambda t: self._adopted(t, client))
+
+    def _adopted(self, task: "asyncio.Task[Any]", client: socket.socket) -> None:
+        self.tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            client.close()
+            if not task.cancelled():
+                _log_error("Cannot serve a handed-over connection: %s",
+                           _error_text(task.exception()))  # type: ignore[arg-type]
+
+
+def _log_error(fmt: str, *args: Any) -> None:
+    logging.getLogger("uvicorn.error").error(fmt, *args)
 
 
 class _StartupFailed(Exception):
