@@ -184,11 +184,13 @@ impl Shared {
             socket,
             sandbox,
         } = spawn(&self.spec, &self.config)?;
-        let layers: Vec<(String, String)> = sandbox
+        let mut layers: Vec<(String, String)> = sandbox
             .iter()
             .flat_map(|s| s.layers())
             .map(|l| (format!("sandbox.{}", l.layer), layer_text(l)))
             .collect();
+        // Unconfined (`--no-sandbox`), a handed socket changes nothing.
+        let handoff_safe = sandbox.as_ref().is_none_or(Prepared::confines_handed_tcp);
         let tail = Arc::new(Tail::default());
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(capture(stdout, LogSource::Stdout, self.host.clone(), None));
@@ -341,11 +343,21 @@ impl Shared {
             state.actions = actions;
         }
 
-        // Only a plugin with a hand-off socket (an `[http]` table) can take one.
-        self.http_handoff.store(
-            hello.http_handoff && self.spec.http_socket.is_some(),
-            Ordering::Release,
-        );
+        // Only a plugin with a hand-off socket (an `[http]` table) can take one, and only when
+        // a handed TCP socket of the host's cannot widen its network.
+        let handoff = hello.http_handoff && self.spec.http_socket.is_some();
+        self.http_handoff
+            .store(handoff && handoff_safe, Ordering::Release);
+        if handoff {
+            layers.push((
+                "http.handoff".into(),
+                if handoff_safe {
+                    "on: WebSockets are handed over, not relayed".into()
+                } else {
+                    "off: this kernel's Landlock (ABI < 4) cannot keep a handed-over TCP socket from connecting elsewhere; WebSockets are relayed".into()
+                },
+            ));
+        }
         // Armed before the read loop runs, so a `started` cannot slip past it.
         let started = hello.on_start.then(|| conn.expect_started());
         tokio::spawn(read_loop(

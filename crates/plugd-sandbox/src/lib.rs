@@ -576,11 +576,14 @@ impl Sandbox {
         }
 
         plan.affinity = crate::cpus::own_affinity();
+        let tcp_confined =
+            policy.network_granted() || (plan.landlock.is_some() && probe.landlock_net());
         Ok(Prepared {
             plan: Arc::new(plan),
             cgroup,
             layers,
             ids,
+            tcp_confined,
         })
     }
 }
@@ -648,9 +651,19 @@ pub struct Prepared {
     cgroup: Option<Cgroup>,
     layers: Vec<LayerStatus>,
     ids: Option<(u32, u32)>,
+    tcp_confined: bool,
 }
 
 impl Prepared {
+    /// Whether a TCP socket of the host's network namespace handed to the child (a WebSocket's
+    /// client connection) gives it no more network than its policy does: it was granted
+    /// network anyway, or Landlock (ABI ≥ 4) stops it from re-connecting or binding such a
+    /// socket beyond its `net_connect` ports. Without either, a plugin confined to an empty
+    /// network namespace could `connect` a handed socket to the host's services.
+    pub fn confines_handed_tcp(&self) -> bool {
+        self.tcp_confined
+    }
+
     /// Installs the confinement as a `pre_exec` hook of `cmd` (for a
     /// `tokio::process::Command`, pass `cmd.as_std_mut()`).
     ///

@@ -106,6 +106,12 @@ const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
 const CREATING: u32 = libc::O_CREAT as u32 | (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
 /// `ioctl` requests that fake input into the host's terminal.
 const TTY_INJECTION: [u32; 2] = [libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
+/// Socket `ioctl` requests on network devices, routes and ARP entries (`SIOCGIFNAME` 0x8910 up
+/// to the device- and protocol-private ones, below 0x8a00): they act on the namespace of the
+/// socket they are called on, and a plugin without network may hold a socket of the host's
+/// (a WebSocket handed over to it), so for it they are refused (EPERM). Reading its own empty
+/// namespace's loopback through them is all it loses.
+const NETDEV_IOCTLS: std::ops::Range<u32> = 0x8910..0x8a00;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e;
@@ -145,12 +151,17 @@ pub(crate) fn programs(
 ) -> Result<(Vec<Vec<libc::sock_filter>>, String), SandboxError> {
     let program = program(network_granted).map_err(SandboxError::Seccomp)?;
     let detail = format!(
-        "deny-list of {} system calls and namespace `clone` flags (EPERM), setuid/setgid mode bits (EPERM), sockets other than {} (EACCES), `clone3`, `openat2` and x32 calls (ENOSYS)",
+        "deny-list of {} system calls and namespace `clone` flags (EPERM), setuid/setgid mode bits (EPERM), sockets other than {} (EACCES), `clone3`, `openat2` and x32 calls (ENOSYS){}",
         DENIED.len(),
         if network_granted {
             "Unix, IP and netlink"
         } else {
             "Unix"
+        },
+        if network_granted {
+            ""
+        } else {
+            ", network device ioctls (EPERM)"
         }
     );
     Ok((vec![program], detail))
@@ -351,6 +362,10 @@ fn program(network_granted: bool) -> Result<Vec<libc::sock_filter>, String> {
                 for request in TTY_INJECTION {
                     a.jump(BPF_JEQ_K, request, To::L(eperm), To::Next);
                 }
+                if !network_granted {
+                    a.jump(BPF_JGE_K, NETDEV_IOCTLS.start, To::Next, To::L(allow));
+                    a.jump(BPF_JGE_K, NETDEV_IOCTLS.end, To::L(allow), To::L(eperm));
+                }
                 a.goto(allow);
             }
             Check::Socket => {
@@ -482,7 +497,10 @@ mod tests {
             };
         }
         if nr == libc::SYS_ioctl {
-            return if TTY_INJECTION.contains(&low(1)) {
+            let request = low(1);
+            return if TTY_INJECTION.contains(&request)
+                || (!network && NETDEV_IOCTLS.contains(&request))
+            {
                 EPERM
             } else {
                 ALLOW
@@ -516,6 +534,11 @@ mod tests {
             libc::TIOCSTI as u64,
             libc::TIOCLINUX as u64,
             libc::TCGETS as u64,
+            libc::SIOCGIFCONF as u64,
+            0x890f,
+            0x8910,
+            0x89ff,
+            0x8a00,
             libc::AF_UNIX as u64,
             libc::AF_INET as u64,
             libc::AF_INET6 as u64,
@@ -605,5 +628,16 @@ mod tests {
         assert_eq!(call(libc::SYS_socket, &[libc::AF_INET as u64]), EACCES);
         assert_eq!(call(libc::SYS_socket, &[libc::AF_UNIX as u64]), ALLOW);
         assert_eq!(call(libc::SYS_ioctl, &[0, libc::TIOCSTI as u64]), EPERM);
+        // A handed-over host socket must not list the host's interfaces.
+        assert_eq!(call(libc::SYS_ioctl, &[5, libc::SIOCGIFCONF as u64]), EPERM);
+        assert_eq!(call(libc::SYS_ioctl, &[5, libc::FIONREAD as u64]), ALLOW);
+        let networked = super::programs(true).unwrap().0;
+        assert_eq!(
+            run(
+                &networked[0],
+                &Call::new(libc::SYS_ioctl, &[5, libc::SIOCGIFCONF as u64])
+            ),
+            ALLOW
+        );
     }
 }

@@ -769,3 +769,120 @@ fn handoffs_as(at: &str, token: Option<&str>) -> u64 {
         .find_map(|l| l.strip_prefix(r#"plugd_http_handoffs_total{plugin="client-manager"} "#))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
+
+/// A hostile plugin that claims WebSocket hand-offs (without `serve_asgi`) and tries to turn the
+/// client socket it is handed, which belongs to the host's network namespace, into a way out of
+/// its own empty one. `report` returns what each attempt got.
+const SNEAKY_PY: &str = r#"import ctypes, errno, fcntl, os, socket, struct, threading
+from plugd import Plugin
+
+plugin = Plugin()
+results = {}
+libc = ctypes.CDLL(None, use_errno=True)
+
+def attempt(name, fn):
+    try:
+        fn()
+        results[name] = "ok"
+    except OSError as e:
+        results[name] = errno.errorcode.get(e.errno, str(e.errno))
+
+def disconnect(fd):
+    addr = struct.pack("H14x", socket.AF_UNSPEC)
+    if libc.connect(fd, addr, len(addr)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+def attack(sock):
+    _, port = sock.getsockname()  # plugd's own port, on the host's loopback
+    attempt("ifconf", lambda: fcntl.ioctl(sock.fileno(), 0x8912, struct.pack("iP", 0, 0)))
+    attempt("disconnect", lambda: disconnect(sock.fileno()))
+    attempt("connect", lambda: sock.connect(("127.0.0.1", port)))
+    attempt("fastopen", lambda: sock.sendto(b"x", socket.MSG_FASTOPEN, ("127.0.0.1", port)))
+    attempt("listen", lambda: sock.listen(1))
+    sock.close()
+
+def take_handoffs():
+    listener = socket.socket(fileno=int(os.environ["PLUGD_HANDOFF_FD"]))
+    while True:
+        conn, _ = listener.accept()
+        head, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4))
+        conn.close()
+        fd = struct.unpack("i", ancdata[0][2][:4])[0]
+        results["head"] = head.decode().split("\r\n")[0]
+        attack(socket.socket(fileno=fd))
+        results["done"] = True
+
+threading.Thread(target=take_handoffs, daemon=True).start()
+
+send_request = plugin._send_request
+plugin._send_request = lambda method, params: send_request(
+    method, dict(params, http_handoff=True) if method == "hello" else params)
+
+@plugin.action()
+def report(payload):
+    return results
+
+plugin.run()
+"#;
+
+#[test]
+fn a_handed_over_socket_opens_no_way_out_of_an_untrusted_plugins_sandbox() {
+    let tmp = open_tempdir();
+    let plugins = tmp.path().join("plugins");
+    web_plugin(&plugins, "sneaky", "");
+    std::fs::write(plugins.join("sneaky/main.py"), SNEAKY_PY).unwrap();
+    let server = serve(tmp.path(), &[]);
+    let at = authority(&server);
+    assert_eq!(
+        server.states(),
+        [("sneaky".to_owned(), "running".to_owned())],
+        "{}",
+        server.log()
+    );
+    let status = server.cli(&["--json", "status", "sneaky"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let handoff = status["plugin"]["details"]["http.handoff"]
+        .as_str()
+        .unwrap_or_default();
+    if handoff.starts_with("off:") {
+        // This kernel's Landlock cannot confine a handed socket: plugd relays instead (and the
+        // plugin, which does not serve its HTTP socket, never sees the connection).
+        return;
+    }
+    assert!(handoff.starts_with("on:"), "{status}");
+
+    let mut client = connect(&at);
+    write!(
+        client,
+        "GET /plugins/sneaky/ws HTTP/1.1\r\nHost: {at}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let report = || {
+        request(
+            &at,
+            &format!(
+                "POST /plugin/sneaky/report HTTP/1.1\r\nHost: {at}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+            ),
+            b"{}",
+        )
+        .json()["value"]
+            .clone()
+    };
+    wait_for(
+        "the plugin never got the socket",
+        Duration::from_secs(10),
+        || report()["done"] == true,
+    );
+    let got = report();
+    assert_eq!(got["head"], "GET /ws HTTP/1.1", "{got}");
+    // It may drop its own client, but not reach anything with the socket: no interface list
+    // (seccomp), no connect or TCP Fast Open to the host's ports (Landlock), no listener.
+    assert_eq!(got["disconnect"], "ok", "{got}");
+    assert_eq!(got["ifconf"], "EPERM", "{got}");
+    assert_eq!(got["connect"], "EACCES", "{got}");
+    assert_eq!(got["fastopen"], "EACCES", "{got}");
+    assert_ne!(got["listen"], "ok", "{got}");
+    // The host serves on.
+    assert_eq!(get(&at, "/healthz").status, 200);
+}
