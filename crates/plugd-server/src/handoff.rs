@@ -14,7 +14,7 @@
 //! of its frames.
 //!
 //! Anything else goes to hyper untouched, and a WebSocket that was not handed over is relayed
-//! as before: a head split over several TCP segments, a plugin that does not take hand-offs, a
+//! as before: a head still incomplete ~60 ms after its first bytes (or over 16 KiB), a plugin that does not take hand-offs, a
 //! request auth refuses (hyper then answers the refusal, counted and logged as usual), a
 //! hand-off socket that does not accept. Exposed ports (`[http] expose`) always relay.
 //!
@@ -202,12 +202,33 @@ impl Handoff {
     /// Looks at the first bytes of `stream`: hands a WebSocket over, or gives it back for hyper.
     /// `None`: the connection is gone (handed over, or closed by the client).
     async fn sort(&self, stream: TcpStream, addr: SocketAddr) -> Option<TcpStream> {
-        let mut buf = vec![0u8; MAX_HEAD];
-        let n = match tokio::time::timeout(PEEK_TIMEOUT, stream.peek(&mut buf)).await {
+        // Nothing is allocated for a connection that stays silent: thousands of idle ones must
+        // not hold a head buffer each.
+        match tokio::time::timeout(PEEK_TIMEOUT, stream.readable()).await {
             Err(_) => return Some(stream),
-            Ok(Err(_) | Ok(0)) => return None,
-            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return None,
+            Ok(Ok(())) => {}
+        }
+        let mut buf = vec![0u8; MAX_HEAD];
+        let mut n = match stream.peek(&mut buf).await {
+            Err(_) | Ok(0) => return None,
+            Ok(n) => n,
         };
+        // A `GET` head written in pieces (a client that formats it with several writes) is
+        // looked at again a few times, for at most ~60 ms in all, before it goes to hyper.
+        let mut pause = Duration::from_millis(2);
+        while n < MAX_HEAD
+            && buf.starts_with(b"GET ")
+            && matches!(head_state(&buf[..n]), HeadState::Partial)
+            && pause <= Duration::from_millis(32)
+        {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            n = match stream.peek(&mut buf).await {
+                Err(_) | Ok(0) => return None,
+                Ok(n) => n,
+            };
+        }
         let Some(head) = parse_head(&buf[..n]) else {
             return Some(stream);
         };
@@ -281,6 +302,21 @@ impl Handoff {
             }
         }
         Sorted::Gone
+    }
+}
+
+enum HeadState {
+    /// A valid head so far, not complete.
+    Partial,
+    /// Complete, or not a head at all.
+    Done,
+}
+
+fn head_state(data: &[u8]) -> HeadState {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut slots).parse(data) {
+        Ok(httparse::Status::Partial) => HeadState::Partial,
+        _ => HeadState::Done,
     }
 }
 

@@ -852,12 +852,13 @@ fn a_handed_over_socket_opens_no_way_out_of_an_untrusted_plugins_sandbox() {
     }
     assert!(handoff.starts_with("on:"), "{status}");
 
+    // One write: a head that arrives in pieces too far apart is relayed, not handed over.
     let mut client = connect(&at);
-    write!(
-        client,
-        "GET /plugins/sneaky/ws HTTP/1.1\r\nHost: {at}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .unwrap();
+    client
+        .write_all(format!(
+            "GET /plugins/sneaky/ws HTTP/1.1\r\nHost: {at}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ).as_bytes())
+        .unwrap();
     let report = || {
         request(
             &at,
@@ -869,11 +870,16 @@ fn a_handed_over_socket_opens_no_way_out_of_an_untrusted_plugins_sandbox() {
         .json()["value"]
             .clone()
     };
-    wait_for(
-        "the plugin never got the socket",
-        Duration::from_secs(10),
-        || report()["done"] == true,
-    );
+    let started = Instant::now();
+    while report()["done"] != true {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the plugin never got the socket: {}\n{}",
+            report(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let got = report();
     assert_eq!(got["head"], "GET /ws HTTP/1.1", "{got}");
     // It may drop its own client, but not reach anything with the socket: no interface list
