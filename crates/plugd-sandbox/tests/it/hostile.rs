@@ -692,18 +692,18 @@ fn forwarded_signals_reach_the_plugins_process_group() {
     }
     let f = fixture();
     // The plugin ignores SIGTERM and waits for a child of its own, which ends on SIGTERM (and
-    // on its own after 10 s, with status 3, if none comes).
+    // on its own after 10 s, with status 3, if none comes). The child blocks SIGTERM and waits
+    // for it with `sigtimedwait`: a Python handler plus `signal.pause()` loses a signal that
+    // lands between the interpreter's last check and the `pause` (seen under load).
     let code = r#"
 import os, signal, sys
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 pid = os.fork()
 if pid == 0:
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    signal.alarm(10)
-    signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an ignored signal is discarded, even blocked
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     print("up", flush=True)
-    while True:
-        signal.pause()
+    os._exit(0 if signal.sigtimedwait({signal.SIGTERM}, 10) else 3)
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
