@@ -791,15 +791,53 @@ impl Auth {
             .await
             .map_err(|e| Box::new(e.into_response()))?;
         let plan = self.plan_for(req, route);
-        let (grant, by_cookie) = match credential(req.headers()) {
+        let (grant, by_cookie) = self.grant_of(req.headers()).await?;
+        self.decide(req, &plan, grant, by_cookie)
+    }
+
+    /// The judgement of a request to an exposed port (`plugd serve --allow-expose`), whose paths
+    /// are the plugin's own: the scope of its `/plugins/NAME` routes (`http:NAME`), and its
+    /// credentials stripped as there. `plugin` is `None` when no plugin is exposed on the port:
+    /// any credential then, so that strangers learn nothing of what runs.
+    pub(crate) async fn judge_exposed(
+        &self,
+        req: &mut Request,
+        plugin: Option<&str>,
+    ) -> Result<(), Box<Response>> {
+        self.ensure_loaded()
+            .await
+            .map_err(|e| Box::new(e.into_response()))?;
+        let active = self.active();
+        let need = match plugin {
+            _ if !active => Need::Nothing,
+            Some(plugin) => Need::Scope(Scope::Http {
+                plugin: plugin.to_owned(),
+            }),
+            None => Need::AnyCredential,
+        };
+        let plan = Plan {
+            active,
+            need,
+            to_plugin: true,
+        };
+        let (grant, by_cookie) = self.grant_of(req.headers()).await?;
+        self.decide(req, &plan, grant, by_cookie)
+    }
+
+    /// The grant of a request's credential (a token looked up in the store if it is not in
+    /// the map), and whether it came from a session cookie.
+    async fn grant_of(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Option<Arc<Grant>>, bool), Box<Response>> {
+        Ok(match credential(headers) {
             Credential::None => (None, false),
             Credential::Bearer(secret) => match self.token_grant(secret).await {
                 Ok(grant) => (grant, false),
                 Err(e) => return Err(Box::new(e.into_response())),
             },
             Credential::Session(id) => (self.session_grant(id), true),
-        };
-        self.decide(req, &plan, grant, by_cookie)
+        })
     }
 
     fn plan(&self, req: &Request) -> Plan {

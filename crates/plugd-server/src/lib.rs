@@ -21,5 +21,5 @@ pub use auth::{Auth, AuthConfig, AuthMode};
 pub use error::{ApiError, ErrorExtra, ViolationDto};
 pub use handoff::{Handoff, HandoffListener};
 pub use proxy::{HttpHealth, Proxy, ProxyConfig};
-pub use routes::{Readiness, ServerConfig, app, exposed_router, router};
+pub use routes::{App, Readiness, ServerConfig, app, exposed_router, router};
 pub use stream::Shutdown;

@@ -135,12 +135,21 @@ impl FromRef<AppState> for Host {
 
 /// The whole API as an axum router.
 pub fn router(host: Host, config: ServerConfig) -> Router {
-    app(host, config).0
+    app(host, config).router
 }
 
-/// [`router`], and the [`Handoff`](crate::Handoff) that lets a [`crate::HandoffListener`] in
-/// front of it hand WebSockets to plugins, judged with the router's own auth.
-pub fn app(host: Host, config: ServerConfig) -> (Router, crate::Handoff) {
+/// The API's router and what a server puts beside it, sharing its tokens and sessions.
+pub struct App {
+    /// The whole API ([`router`]).
+    pub router: Router,
+    /// Lets a [`crate::HandoffListener`] in front of the router hand WebSockets to plugins.
+    pub handoff: crate::Handoff,
+    /// The router's auth, for [`exposed_router`]s.
+    pub auth: crate::Auth,
+}
+
+/// [`router`], its hand-off and its auth.
+pub fn app(host: Host, config: ServerConfig) -> App {
     if config.metrics {
         let _ = crate::metrics::install();
     }
@@ -163,6 +172,7 @@ pub fn app(host: Host, config: ServerConfig) -> (Router, crate::Handoff) {
     }
     let timeout = config.request_timeout;
     let handoff = crate::Handoff::new(state.host.clone(), auth.clone());
+    let auth_for_exposed = auth.clone();
     let router = Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
@@ -274,7 +284,11 @@ pub fn app(host: Host, config: ServerConfig) -> (Router, crate::Handoff) {
                 .layer(auth::AuthLayer(auth)),
         )
         .with_state(state);
-    (router, handoff)
+    App {
+        router,
+        handoff,
+        auth: auth_for_exposed,
+    }
 }
 
 /// `/plugins/NAME`: the root of the plugin's own HTTP side (documented apart: OpenAPI has no
@@ -323,15 +337,18 @@ async fn mounted_or_not_found(
 }
 
 /// The router of one exposed port (`plugd serve --allow-expose PORT`): every request goes to the
-/// running plugin exposed on it, unprefixed. `remap` holds the operator's `--expose NAME=PORT`.
+/// running plugin exposed on it, unprefixed, judged by `auth` (the main router's: the same
+/// tokens and sessions) as its `/plugins/NAME` routes are. `remap` holds the operator's
+/// `--expose NAME=PORT`.
 pub fn exposed_router(
     host: Host,
     proxy: crate::Proxy,
+    auth: crate::Auth,
     port: u16,
     remap: std::collections::BTreeMap<String, u16>,
 ) -> Router {
-    let handler = move |req: axum::extract::Request| {
-        let (host, proxy, remap) = (host.clone(), proxy.clone(), remap.clone());
+    let handler = move |mut req: axum::extract::Request| {
+        let (host, proxy, auth, remap) = (host.clone(), proxy.clone(), auth.clone(), remap.clone());
         async move {
             // `--expose NAME=PORT` reserves PORT for NAME; otherwise the plugin that declares
             // PORT (the host starts at most one of those).
@@ -349,6 +366,10 @@ pub fn exposed_router(
                     (None, None) => declared == port,
                 }
             });
+            let plugin = target.as_ref().map(|route| route.plugin.as_str());
+            if let Err(refused) = auth.judge_exposed(&mut req, plugin).await {
+                return *refused;
+            }
             match target {
                 Some(route) => proxy.forward(&host, route.plugin.as_str(), "", req).await,
                 None => ApiError::new(

@@ -571,7 +571,7 @@ struct ServeArgs {
     request_timeout: u64,
     /// Let a plugin whose manifest has `[http] expose = PORT` be reached on that TCP port
     /// (repeatable). plugd listens on it (on `--expose-bind`) and forwards to the plugin's HTTP
-    /// side; untrusted plugins are never exposed.
+    /// side, under the API's auth (scope `http:NAME`); untrusted plugins are never exposed.
     #[arg(long = "allow-expose", value_name = "PORT")]
     allow_expose: Vec<u16>,
     /// Expose plugin NAME (its manifest must have `[http] expose`) on PORT instead of the port its

@@ -124,7 +124,11 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.http_timeout),
         ..Default::default()
     });
-    let (app, handoff) = plugd_server::app(
+    let plugd_server::App {
+        router: app,
+        handoff,
+        auth,
+    } = plugd_server::app(
         host.clone(),
         ServerConfig {
             max_body: args.max_body,
@@ -140,7 +144,7 @@ async fn serve(args: ServeArgs, paths: Paths) -> anyhow::Result<ExitCode> {
             scripts: Some(scripts),
         },
     );
-    let exposed = expose(&args, &host, &proxy, &streams).await?;
+    let exposed = expose(&args, &host, &proxy, &auth, &streams).await?;
     // The first line on stdout is the contract with scripts and tests that start plugd on port 0;
     // the second (`plugd ready`) says the first start wave is done.
     println!("plugd listening on http://{addr}");
@@ -230,11 +234,12 @@ fn auth_mode(args: &ServeArgs) -> plugd_server::AuthMode {
 }
 
 /// Binds every port the operator lets plugins expose (`--allow-expose`, `--expose NAME=PORT`)
-/// and serves each with the proxy; returns the servers' tasks.
+/// and serves each with the proxy, under the API's auth; returns the servers' tasks.
 async fn expose(
     args: &ServeArgs,
     host: &Host,
     proxy: &plugd_server::Proxy,
+    auth: &plugd_server::Auth,
     shutdown: &plugd_server::Shutdown,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut remap: std::collections::BTreeMap<String, u16> = std::collections::BTreeMap::new();
@@ -259,8 +264,14 @@ async fn expose(
             format!("Cannot listen on {addr} for exposed plugins; hint: another program uses the port, or pick another with `--expose NAME=PORT`")
         })?;
         tracing::info!(%addr, "exposing plugins' HTTP on this port");
-        let app = plugd_server::exposed_router(host.clone(), proxy.clone(), port, remap.clone())
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let app = plugd_server::exposed_router(
+            host.clone(),
+            proxy.clone(),
+            auth.clone(),
+            port,
+            remap.clone(),
+        )
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
         let stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             let done = async move { stop.wait().await };

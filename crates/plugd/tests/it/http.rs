@@ -608,6 +608,61 @@ fn an_exposed_port_serves_a_trusted_plugin_and_never_an_untrusted_one() {
     );
     let logs = server.cli(&["status", "stranger"]);
     assert!(logs.stdout.contains("Denied `[http] expose"), "{logs}");
+
+    // Browsers send the dashboard's session cookie to every port of its host: the plugin
+    // behind an exposed port never sees it; its own cookies pass.
+    let exposed = format!("127.0.0.1:{port}");
+    let echo_as = |headers: &str| {
+        request(
+            &exposed,
+            &format!("GET /echo HTTP/1.1\r\nHost: {exposed}\r\n{headers}Connection: close\r\n\r\n"),
+            b"",
+        )
+    };
+    let seen = echo_as("Cookie: plugd_session=abc; theirs=1\r\n").json();
+    assert_eq!(seen["headers"]["cookie"], "theirs=1", "{seen}");
+
+    // With auth on, an exposed port is judged as the plugin's `/plugins/NAME` routes are.
+    let token = crate::auth::create_token(&state, "web", &["http:web"]);
+    // (A token made offline is seen by the server's next refresh of its token map.)
+    wait_for("auth never came on", Duration::from_secs(15), || {
+        echo_as("").status == 401
+    });
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    let allowed = echo_as(&bearer(&token));
+    assert_eq!(allowed.status, 200);
+    let seen = allowed.json();
+    assert_eq!(seen["plugin"], "web");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+    // A token for another plugin's HTTP side is not one for this one.
+    let other = crate::auth::create_token(&state, "moved", &["http:moved"]);
+    let refused = echo_as(&bearer(&other));
+    assert_eq!(
+        refused.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(
+        get_as(&format!("127.0.0.1:{remapped}"), "/echo", &other).json()["plugin"],
+        "moved"
+    );
+    // A port with no plugin on it tells a stranger nothing.
+    assert_eq!(
+        get(&format!("127.0.0.1:{untrusted_port}"), "/echo").status,
+        401
+    );
+}
+
+/// [`get`] with a bearer token.
+fn get_as(authority: &str, path: &str, token: &str) -> Answer {
+    request(
+        authority,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+        b"",
+    )
 }
 
 /// The next text message on `ws`, as JSON.
