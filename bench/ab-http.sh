@@ -7,16 +7,20 @@
 # process over the run, from /proc, divided by the requests wrk completed); at the end the median
 # per build and endpoint, and each build's ratio to the first one.
 #
-#   bench/ab-http.sh ROUNDS DIR:REPO [DIR:REPO...]
-#     DIR  holds the build's `plugd` and `plugd-bench` (copy them aside: a rebuild replaces them)
-#     REPO is the checkout they were built from (its example plugins and Python SDK)
+#   bench/ab-http.sh ROUNDS DIR:REPO[:FLAGS] [DIR:REPO[:FLAGS]...]
+#     DIR   holds the build's `plugd` and `plugd-bench` (copy them aside: a rebuild replaces them)
+#     REPO  is the checkout they were built from (its example plugins and Python SDK)
+#     FLAGS extra `plugd serve` flags, comma-separated (`--no-metrics`); one build may be given
+#           twice with different flags
 #   DURATION=5s ENDPOINTS="rustecho hello hello-c-wasm" bench/ab-http.sh 3 /tmp/a:/work/a /tmp/b:.
+#   PIN=1: every `plugd serve` (and the plugins it starts) on CPU 0, wrk on CPU 1 — on a VM where
+#          a wake-up on the other, idle vCPU costs ~20 µs, unpinned runs measure placement too
 #
 # Needs wrk (`apt-get install wrk`), and python3 with the SDK importable by the Python plugin
 # (each build's `plugd serve` puts its own SDK on the children's PYTHONPATH).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  echo "usage: $0 ROUNDS DIR:REPO [DIR:REPO...]" >&2
+  echo "usage: $0 ROUNDS DIR:REPO[:FLAGS] [DIR:REPO[:FLAGS]...]" >&2
   exit 2
 fi
 rounds=$1
@@ -58,14 +62,18 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URLS SPIDS
 builds=()
 i=0
+SERVER_CPU=() CLIENT_CPU=()
+if [ "${PIN:-0}" = 1 ]; then
+  SERVER_CPU=(taskset -c 0) CLIENT_CPU=(taskset -c 1)
+fi
 for spec in "$@"; do
-  dir=${spec%%:*}
-  repo=${spec#*:}
-  name="b$i:$(basename "$dir")"
+  IFS=: read -r dir repo flags <<<"$spec"
+  IFS=, read -r -a extra <<<"${flags:-}"
+  name="b$i:$(basename "$dir")${flags:+$flags}"
   builds+=("$name")
   "$dir/plugd-bench" make-plugins --repo "$repo" "$SCRATCH/plugins-$i" >/dev/null
-  start "serve-$i" "$dir/plugd" serve --plugins "$SCRATCH/plugins-$i" --listen 127.0.0.1:0 \
-    --state-dir "$SCRATCH/state-$i"
+  start "serve-$i" "${SERVER_CPU[@]}" "$dir/plugd" serve --plugins "$SCRATCH/plugins-$i" \
+    --listen 127.0.0.1:0 --state-dir "$SCRATCH/state-$i" "${extra[@]}"
   URLS[$name]=$URL
   SPIDS[$name]=$SERVER_PID
   for _ in $(seq 300); do
@@ -75,7 +83,7 @@ for spec in "$@"; do
   i=$((i + 1))
 done
 dir0=${1%%:*}
-start axum "$dir0/plugd-bench" axum-echo --listen 127.0.0.1:0
+start axum "${SERVER_CPU[@]}" "$dir0/plugd-bench" axum-echo --listen 127.0.0.1:0
 AXUM=$URL
 AXUM_PID=$SERVER_PID
 hz=$(getconf CLK_TCK)
@@ -92,7 +100,7 @@ for r in $(seq "$rounds"); do
         url="${URLS[$b]}/plugin/$ep/echo" pid=${SPIDS[$b]}
       fi
       before=$(cpu_ticks "$pid")
-      out=$(wrk -t1 -c16 "-d$DURATION" -s "$ROOT/bench/post.lua" "$url")
+      out=$("${CLIENT_CPU[@]}" wrk -t1 -c16 "-d$DURATION" -s "$ROOT/bench/post.lua" "$url")
       after=$(cpu_ticks "$pid")
       reqs=$(awk '/requests in/ {print $1}' <<<"$out")
       rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")

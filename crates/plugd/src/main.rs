@@ -595,7 +595,8 @@ struct ServeArgs {
     /// manifest's `permissions.env` lists.
     #[arg(long = "child-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     child_env: Vec<(String, String)>,
-    /// Log filter (`info`, `debug`, `plugd=debug,...`); `RUST_LOG` also works.
+    /// Log filter (`info`, `debug`, `plugd=debug,...`); `RUST_LOG` also works. Every HTTP
+    /// request is logged with `tower_http=debug` (or `debug`).
     #[arg(long, env = "PLUGD_LOG", default_value = "info")]
     log: String,
     /// How the log on stderr is written: `text` for people (coloured on a terminal), `json` for

@@ -647,6 +647,55 @@ async fn readyz_answers_503_until_the_start_wave_is_done() {
     assert!(ServerConfig::default().readiness.is_ready());
 }
 
+/// What a `tracing` subscriber writes, shared with the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// One thread: the subscriber set for the test's thread sees the requests it serves.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_are_traced_only_when_the_log_filter_asks_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let host = Host::builder(HostConfig::new(&plugins, tmp.path().join("state"))).build();
+    for (level, traced) in [(tracing::Level::INFO, false), (tracing::Level::DEBUG, true)] {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let t = TestHost {
+            host: host.clone(),
+            app: router(host.clone(), ServerConfig::default()),
+            plugins: plugins.clone(),
+            _tmp: tempfile::tempdir().unwrap(),
+        };
+        t.check("GET", "/healthz", "", "200").await;
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.contains("finished processing request"),
+            traced,
+            "{level}: {text}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_warnings_are_in_the_api() {
     let tmp = tempfile::tempdir().unwrap();
