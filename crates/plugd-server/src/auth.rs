@@ -787,12 +787,8 @@ impl Auth {
         req: &mut Request,
         route: Option<&str>,
     ) -> Result<(), Box<Response>> {
-        self.ensure_loaded()
+        self.judge_planned(req, |auth, req| auth.plan_for(req, route))
             .await
-            .map_err(|e| Box::new(e.into_response()))?;
-        let plan = self.plan_for(req, route);
-        let (grant, by_cookie) = self.grant_of(req.headers()).await?;
-        self.decide(req, &plan, grant, by_cookie)
     }
 
     /// The judgement of a request to an exposed port (`plugd serve --allow-expose`), whose paths
@@ -804,22 +800,35 @@ impl Auth {
         req: &mut Request,
         plugin: Option<&str>,
     ) -> Result<(), Box<Response>> {
+        self.judge_planned(req, |auth, _| {
+            let active = auth.active();
+            let need = match plugin {
+                _ if !active => Need::Nothing,
+                Some(plugin) => Need::Scope(Scope::Http {
+                    plugin: plugin.to_owned(),
+                }),
+                None => Need::AnyCredential,
+            };
+            Plan {
+                active,
+                need,
+                to_plugin: true,
+            }
+        })
+        .await
+    }
+
+    /// Loads the tokens if need be, plans with `plan` (which may ask whether auth is active
+    /// only then), and judges the request's credential against the plan.
+    async fn judge_planned(
+        &self,
+        req: &mut Request,
+        plan: impl FnOnce(&Auth, &Request) -> Plan,
+    ) -> Result<(), Box<Response>> {
         self.ensure_loaded()
             .await
             .map_err(|e| Box::new(e.into_response()))?;
-        let active = self.active();
-        let need = match plugin {
-            _ if !active => Need::Nothing,
-            Some(plugin) => Need::Scope(Scope::Http {
-                plugin: plugin.to_owned(),
-            }),
-            None => Need::AnyCredential,
-        };
-        let plan = Plan {
-            active,
-            need,
-            to_plugin: true,
-        };
+        let plan = plan(self, req);
         let (grant, by_cookie) = self.grant_of(req.headers()).await?;
         self.decide(req, &plan, grant, by_cookie)
     }
