@@ -71,6 +71,17 @@ pub struct HttpRoute {
     pub health: Option<String>,
 }
 
+/// `dir`, created if missing, readable by its owner only: the plugins' sockets live there, and
+/// nobody but the host (and root) may connect to one.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 impl Host {
     /// A fresh socket path for one generation of `name`: `STATE/run/<n>.sock`, `n` unique in
     /// this process, so it is short whatever the plugin's name; a state dir too deep for it is
@@ -78,7 +89,7 @@ impl Host {
     pub(crate) fn http_socket_path(&self, name: &PluginName) -> Result<PathBuf, String> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let dir = self.inner.config.state_dir.join("run");
-        std::fs::create_dir_all(&dir)
+        private_dir(&dir)
             .map_err(|e| format!("Cannot create the socket dir `{}`: {e}", dir.display()))?;
         let dir = std::path::absolute(&dir).unwrap_or(dir);
         let path = dir.join(format!("{}.sock", NEXT.fetch_add(1, Ordering::Relaxed)));

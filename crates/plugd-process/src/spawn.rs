@@ -82,9 +82,11 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     let http_listener = match &spec.http_socket {
         Some(path) => {
             let _ = std::fs::remove_file(path);
-            let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
-                format!("cannot listen on its HTTP socket `{}`: {e}", path.display())
-            })?;
+            let listener = std::os::unix::net::UnixListener::bind(path)
+                .and_then(|l| owner_only(path).map(|()| l))
+                .map_err(|e| {
+                    format!("cannot listen on its HTTP socket `{}`: {e}", path.display())
+                })?;
             // Above the fds the child hook moves into place (3 to 5).
             let high = listener
                 .as_fd()
@@ -104,6 +106,7 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
             let path = plugd_protocol::handoff_socket_path(path);
             Some(
                 bind_seqpacket(&path)
+                    .and_then(|fd| owner_only(&path).map(|()| fd))
                     .and_then(|fd| above(fd, 10))
                     .map_err(|e| {
                         format!(
@@ -229,6 +232,13 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         socket,
         sandbox,
     })
+}
+
+/// Only the owner (the host) may connect to the socket at `path`; its dir is the owner's only
+/// too, so no one else could reach it between the bind and this.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// A listening `SOCK_SEQPACKET` Unix socket bound at `path` (a stale file goes first).

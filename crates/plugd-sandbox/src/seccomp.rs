@@ -112,6 +112,18 @@ const TTY_INJECTION: [u32; 2] = [libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 /// (a WebSocket handed over to it), so for it they are refused (EPERM). Reading its own empty
 /// namespace's loopback through them is all it loses.
 const NETDEV_IOCTLS: std::ops::Range<u32> = 0x8910..0x8a00;
+/// Sending calls and the argument that holds their flags. `MSG_FASTOPEN` makes a send on an
+/// unconnected TCP socket connect it first: a plugin without network may hold a socket of the
+/// host's (a handed-over WebSocket, which it can disconnect with `AF_UNSPEC`), and a kernel
+/// whose Landlock predates TCP rules (ABI < 4) or does not govern this implicit connect would
+/// let it reach any address from the host's namespace. For it they are refused (EACCES, as a
+/// refused `connect`); no local socket uses the flag.
+const SENDS: &[(libc::c_long, u32)] = &[
+    (libc::SYS_sendto, 3),
+    (libc::SYS_sendmsg, 2),
+    (libc::SYS_sendmmsg, 3),
+];
+const FASTOPEN: u32 = libc::MSG_FASTOPEN as u32;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e;
@@ -161,7 +173,7 @@ pub(crate) fn programs(
         if network_granted {
             ""
         } else {
-            ", network device ioctls (EPERM)"
+            ", network device ioctls (EPERM), TCP Fast Open sends (EACCES)"
         }
     );
     Ok((vec![program], detail))
@@ -291,6 +303,7 @@ fn program(network_granted: bool) -> Result<Vec<libc::sock_filter>, String> {
         Create { flags: u32, mode: u32 },
         Ioctl,
         Socket,
+        Send(u32),
     }
     let mut keys: Vec<(u32, usize)> = Vec::new();
     let mut blocks: Vec<(usize, Check)> = Vec::new();
@@ -322,6 +335,11 @@ fn program(network_granted: bool) -> Result<Vec<libc::sock_filter>, String> {
     add(&mut a, libc::SYS_ioctl, Some(Check::Ioctl));
     add(&mut a, libc::SYS_socket, Some(Check::Socket));
     add(&mut a, libc::SYS_socketpair, Some(Check::Socket));
+    if !network_granted {
+        for &(nr, flags) in SENDS {
+            add(&mut a, nr, Some(Check::Send(flags)));
+        }
+    }
     keys.push((libc::SYS_clone3 as u32, enosys));
     keys.push((libc::SYS_openat2 as u32, enosys));
     keys.sort_unstable();
@@ -374,6 +392,10 @@ fn program(network_granted: bool) -> Result<Vec<libc::sock_filter>, String> {
                     a.jump(BPF_JEQ_K, family as u32, To::L(allow), To::Next);
                 }
                 a.goto(eacces);
+            }
+            Check::Send(flags) => {
+                a.load(arg_low(flags));
+                a.jump(BPF_JSET_K, FASTOPEN, To::L(eacces), To::L(allow));
             }
         }
     }
@@ -515,6 +537,13 @@ mod tests {
             };
             return if allowed { ALLOW } else { EACCES };
         }
+        if let Some(&(_, flags)) = SENDS.iter().find(|c| c.0 == nr) {
+            return if !network && low(flags as usize) & FASTOPEN != 0 {
+                EACCES
+            } else {
+                ALLOW
+            };
+        }
         ALLOW
     }
 
@@ -539,6 +568,9 @@ mod tests {
             0x8910,
             0x89ff,
             0x8a00,
+            libc::MSG_FASTOPEN as u64,
+            (libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL) as u64,
+            libc::MSG_NOSIGNAL as u64,
             libc::AF_UNIX as u64,
             libc::AF_INET as u64,
             libc::AF_INET6 as u64,
@@ -569,6 +601,7 @@ mod tests {
                     libc::SYS_socketpair,
                 ]
                 .contains(&nr)
+                    || SENDS.iter().any(|c| c.0 == nr)
                     || CHMODS.iter().any(|c| c.0 == nr)
                     || CREATES.iter().any(|c| c.0 == nr);
                 let values = if by_args {
@@ -631,11 +664,29 @@ mod tests {
         // A handed-over host socket must not list the host's interfaces.
         assert_eq!(call(libc::SYS_ioctl, &[5, libc::SIOCGIFCONF as u64]), EPERM);
         assert_eq!(call(libc::SYS_ioctl, &[5, libc::FIONREAD as u64]), ALLOW);
+        // Nor connect it again by sending with TCP Fast Open.
+        let fastopen = (libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL) as u64;
+        assert_eq!(call(libc::SYS_sendto, &[5, 0, 1, fastopen, 0, 16]), EACCES);
+        assert_eq!(call(libc::SYS_sendmsg, &[5, 0, fastopen]), EACCES);
+        assert_eq!(call(libc::SYS_sendmmsg, &[5, 0, 1, fastopen]), EACCES);
+        let plain = libc::MSG_NOSIGNAL as u64;
+        assert_eq!(call(libc::SYS_sendto, &[5, 0, 1, plain, 0, 0]), ALLOW);
+        assert_eq!(call(libc::SYS_sendmsg, &[5, 0, plain]), ALLOW);
         let networked = super::programs(true).unwrap().0;
         assert_eq!(
             run(
                 &networked[0],
                 &Call::new(libc::SYS_ioctl, &[5, libc::SIOCGIFCONF as u64])
+            ),
+            ALLOW
+        );
+        assert_eq!(
+            run(
+                &networked[0],
+                &Call::new(
+                    libc::SYS_sendto,
+                    &[5, 0, 1, libc::MSG_FASTOPEN as u64, 0, 16]
+                )
             ),
             ALLOW
         );

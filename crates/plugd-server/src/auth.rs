@@ -914,8 +914,13 @@ impl Auth {
                 return Err(Box::new(forbidden(grant, scope)));
             }
             // A session cookie rides along on any same-site request: refuse a state change that
-            // another origin started (SameSite=Strict already stops cross-site ones in browsers).
-            if by_cookie && !is_safe(req.method()) && cross_origin(req.headers()) {
+            // another origin started (SameSite=Strict already stops cross-site ones in browsers;
+            // "site" ignores ports, so a page on a plugin's exposed port is same-site). A
+            // WebSocket handshake is a `GET` but opens a channel both ways: judged the same.
+            if by_cookie
+                && (!is_safe(req.method()) || crate::proxy::wants_upgrade(req.headers()).is_some())
+                && cross_origin(req.headers())
+            {
                 return Err(Box::new(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "cross_origin",

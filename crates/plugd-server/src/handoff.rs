@@ -268,6 +268,7 @@ impl Handoff {
             Some(addr.ip()),
             &target.prefix,
         );
+        single_request(&mut headers);
         let forwarded = forwarded_head(&head.target, &target.prefix, &headers);
         if forwarded.len() > MAX_HEAD {
             return Sorted::Hyper(stream);
@@ -343,11 +344,12 @@ fn parse_head(data: &[u8]) -> Option<Head> {
         let value = HeaderValue::from_bytes(h.value).ok()?;
         headers.append(name, value);
     }
-    // A body would follow the head: not a handshake.
+    // A body would follow the head: not a handshake. Nor is a head whose length is said twice
+    // (a reader that takes the other value would see a second request where this one saw none).
+    let mut lengths = headers.get_all(axum::http::header::CONTENT_LENGTH).iter();
     if headers.contains_key(axum::http::header::TRANSFER_ENCODING)
-        || headers
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+        || lengths.next().is_some_and(|v| v.as_bytes() != b"0")
+        || lengths.next().is_some()
     {
         return None;
     }
@@ -389,6 +391,20 @@ fn route(host: &Host, path: &str) -> Option<Target> {
         prefix: mount,
         route: None,
     })
+}
+
+/// A handed-over connection carries this one request and nothing after it: a server that
+/// does not switch protocols (it answers the handshake with anything but `101`: no WebSocket
+/// support, a refusal) closes the connection after its answer. Otherwise a client could send
+/// further requests on it, and the plugin would take them as they came, never judged by auth,
+/// with plugd's credentials and its own `X-Forwarded-For` unstripped. The handshake has no body:
+/// no length goes along.
+fn single_request(headers: &mut HeaderMap) {
+    headers.insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("upgrade, close"),
+    );
+    headers.remove(axum::http::header::CONTENT_LENGTH);
 }
 
 /// The head the plugin gets: the target with `prefix` stripped, HTTP/1.1, `headers`.
@@ -499,6 +515,10 @@ mod tests {
             String::from_utf8_lossy(HANDSHAKE).replace("keep-alive, Upgrade", "keep-alive");
         let body =
             String::from_utf8_lossy(HANDSHAKE).replace("\r\n\r\n", "\r\nContent-Length: 5\r\n\r\n");
+        let two_lengths = String::from_utf8_lossy(HANDSHAKE).replace(
+            "\r\n\r\n",
+            "\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n",
+        );
         let absolute = String::from_utf8_lossy(HANDSHAKE).replace("GET /", "GET http://x/");
         for (what, data) in [
             ("a head cut short", cut.to_vec()),
@@ -507,6 +527,7 @@ mod tests {
             ("another protocol", h2c.into_bytes()),
             ("no `Connection: upgrade`", no_connection.into_bytes()),
             ("a body", body.into_bytes()),
+            ("two lengths", two_lengths.into_bytes()),
             ("an absolute target", absolute.into_bytes()),
             (
                 "HTTP/2's preface",
@@ -519,7 +540,9 @@ mod tests {
 
     #[test]
     fn the_forwarded_head_strips_the_prefix_and_carries_the_headers() {
-        let head = parse_head(HANDSHAKE).expect("a handshake");
+        let with_length =
+            String::from_utf8_lossy(HANDSHAKE).replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n");
+        let head = parse_head(with_length.as_bytes()).expect("a handshake");
         let mut headers = head.headers;
         crate::proxy::forwarded_headers(
             &mut headers,
@@ -527,12 +550,14 @@ mod tests {
             Some("127.0.0.9".parse().expect("an address")),
             "/plugins/chat",
         );
+        single_request(&mut headers);
         let text = String::from_utf8(forwarded_head(&head.target, "/plugins/chat", &headers))
             .expect("UTF-8");
         assert!(text.starts_with("GET /ws?room=1 HTTP/1.1\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
         for line in [
-            "connection: upgrade",
+            // Closed after the answer unless that is a `101`: one request per hand-off.
+            "connection: upgrade, close",
             "upgrade: websocket",
             "host: example.test",
             "x-forwarded-for: 127.0.0.9",
@@ -542,6 +567,7 @@ mod tests {
         ] {
             assert!(text.contains(&format!("{line}\r\n")), "{line} in {text}");
         }
+        assert!(!text.contains("content-length"), "{text}");
         assert!(
             !text.contains("6.6.6.6"),
             "the client's X-Forwarded-For is replaced: {text}"

@@ -270,6 +270,167 @@ def test_without_a_handoff_socket_hello_does_not_offer_one(asgi_host):
     assert h.exit_code() == 0
 
 
+def test_without_websocket_support_hello_does_not_offer_handoffs(make_host, listener, handoff):
+    # uvicorn with `ws="none"` would answer a handshake as a plain request and keep the
+    # connection open: the plugin must not ask for connections it cannot switch.
+    h = make_host(ASGI, env={"WS": "none"}, http_sock=listener.sock, handoff_sock=handoff.sock)
+    assert "http_handoff" not in h.requests[0]["params"]
+    assert started(h) == {}
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+
+
+HANDSHAKE = (b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+             b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+             b"x-forwarded-for: 203.0.113.7\r\n\r\n")
+
+
+class _InProcess:
+    """uvicorn (via the SDK's server class) in this process's event loop with a `Handoff` on
+    a `HandoffListener`: the hand-off's edge cases, driven step by step."""
+
+    def __init__(self, ws: str, tmp: str, seen: list) -> None:
+        import uvicorn
+        from plugd._asgi import _server_class
+
+        async def app(scope, receive, send):
+            if scope["type"] == "websocket":
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            seen.append((scope["path"], scope["client"][0],
+                         dict(scope["headers"]).get(b"cookie")))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        self.http = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.http.bind(os.path.join(tmp, "http.sock"))
+        self.http.listen()
+        config = uvicorn.Config(app, fd=self.http.fileno(), ws=ws, lifespan="off",
+                                log_config=None, proxy_headers=True, forwarded_allow_ips="*")
+        self.server = _server_class(uvicorn)(config)
+
+    async def start(self, listener: "HandoffListener"):
+        from plugd._asgi import Handoff
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+        return Handoff(self.server, os.dup(listener.sock.fileno()), loop)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+        self.http.close()
+
+
+async def _read_all(loop, sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the peer sends until it closes (a reset too: a server that closes with
+    bytes of the client's unread resets the connection after its answer)."""
+    out = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout)
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _tcp_pair():
+    with socket.create_server(("127.0.0.1", 0)) as front:
+        client = socket.create_connection(front.getsockname())
+        conn, _ = front.accept()
+    client.setblocking(False)
+    return client, conn
+
+
+@pytest.mark.parametrize("ws", ["none", "auto"])
+def test_a_handed_over_connection_carries_one_request(tmp_path, handoff, ws):
+    # Whatever the plugin answers a handshake with, when it is not a `101` the connection
+    # closes after it: bytes the client sent after its head are never served as a request of
+    # their own (the host never judged them, and their X-Forwarded-For and cookies would be
+    # taken as they came). The head here lacks the `close` the host adds: the SDK adds it.
+    seen = []
+    served = _InProcess(ws, str(tmp_path), seen)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ho = await served.start(handoff)
+        client, conn = _tcp_pair()
+        client.sendall(b"GET /admin HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 127.0.0.1\r\n"
+                       b"cookie: plugd_session=SECRET\r\n\r\n")
+        handoff.hand_over(HANDSHAKE, conn)
+        conn.close()
+        out = await _read_all(loop, client)
+        client.close()
+        ho.close()
+        await served.stop()
+        return out
+
+    out = asyncio.run(main())
+    assert out.count(b"HTTP/1.1 ") == 1, out
+    if ws == "none":
+        assert out.startswith(b"HTTP/1.1 200 "), out
+        assert seen == [("/ws", "203.0.113.7", None)]
+    else:
+        assert out.startswith(b"HTTP/1.1 403 "), out
+        assert seen == []
+
+
+def test_a_stop_answers_the_handoffs_already_sent_and_refuses_other_descriptors(
+        tmp_path, handoff, caplog):
+    served = _InProcess("auto", str(tmp_path), [])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ho = await served.start(handoff)
+        # A record with a pipe instead of a client's TCP socket: not adopted.
+        r, w = os.pipe()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
+            channel.connect(handoff.path)
+            channel.sendmsg([HANDSHAKE], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [r]))])
+        os.close(r)
+        for _ in range(100):
+            if "not a TCP socket" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        os.close(w)
+        # Two hand-offs queued on the socket when the stop comes (the loop has not run since):
+        # each client gets a 503 that says why, not a connection closed without a word.
+        clients = []
+        for _ in range(2):
+            client, conn = _tcp_pair()
+            handoff.hand_over(HANDSHAKE, conn)
+            conn.close()
+            clients.append(client)
+        ho.close()
+        outs = [await _read_all(loop, c) for c in clients]
+        for c in clients:
+            c.close()
+        await served.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert "Ignored a malformed hand-off (" in caplog.text
+    assert "1 descriptors, not a TCP socket)" in caplog.text
+    for out in outs:
+        assert out.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), out
+        assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "plugin_not_running"
+
+
+def test_the_closing_head_adds_close_once():
+    from plugd._asgi import _closing_head
+    assert b"connection: upgrade, close\r\n" in _closing_head(HANDSHAKE)
+    closed = HANDSHAKE.replace(b"upgrade\r\nupgrade", b"Upgrade, Close\r\nupgrade")
+    assert _closing_head(closed) == closed
+    bare = b"GET / HTTP/1.1\r\nhost: h\r\n\r\n"
+    assert _closing_head(bare) == b"GET / HTTP/1.1\r\nconnection: close\r\nhost: h\r\n\r\n"
+
+
 async def _noop_app(scope, receive, send):
     pass
 

@@ -270,6 +270,31 @@ fn the_dashboard_session_is_an_http_only_cookie_that_ends_on_log_out() {
     );
     assert_eq!(forged.status, 403);
     assert_eq!(code(&forged), "cross_origin");
+    // So is a WebSocket handshake: a `GET`, but a channel both ways (a page on a plugin's
+    // exposed port is same-site — sites ignore ports — so the browser sends the cookie).
+    let upgrade = ["Connection: Upgrade", "Upgrade: websocket"];
+    let hijack = http(
+        &server,
+        "GET",
+        "/api/v1/plugins",
+        &[
+            &cookie,
+            upgrade[0],
+            upgrade[1],
+            "Origin: http://127.0.0.1:10000",
+        ],
+        "",
+    );
+    assert_eq!(hijack.status, 403);
+    assert_eq!(code(&hijack), "cross_origin");
+    let plain_get = http(
+        &server,
+        "GET",
+        "/api/v1/plugins",
+        &[&cookie, "Origin: http://127.0.0.1:10000"],
+        "",
+    );
+    assert_eq!(plain_get.status, 200, "a plain cross-origin GET only reads");
 
     let out = http(&server, "DELETE", "/api/v1/session", &[&cookie], "");
     assert_eq!(out.status, 204);

@@ -6,7 +6,7 @@
 //! (504) or dies mid-request (502) without touching its neighbour.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -804,6 +804,32 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     // Refused ones were not.
     assert_eq!(request(&at, &handshake, b"").status, 401);
     assert_eq!(handoffs_as(&at, Some(&admin)), before + 1);
+
+    // A handed-over connection carries the handshake and nothing after it: a request written
+    // behind a handshake the plugin refuses (no WebSocket at `/health`) is never served, so it
+    // cannot slip past auth (it has no token) on the plugin's side of the connection.
+    let mut conn = connect(&at);
+    let smuggled = format!(
+        "GET /plugins/client-manager/health HTTP/1.1\r\nHost: {at}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /plugins/client-manager/api/clients HTTP/1.1\r\nHost: {at}\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+    );
+    conn.write_all(smuggled.as_bytes()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match conn.read(&mut chunk) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("the connection stayed open after a refused handshake")
+            }
+            Ok(0) | Err(_) => break, // closed (a reset too: the smuggled bytes stayed unread)
+            Ok(n) => answers.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(handoffs_as(&at, Some(&admin)), before + 2, "{answers}");
+    assert_eq!(answers.matches("HTTP/1.1 ").count(), 1, "{answers}");
+    assert!(answers.starts_with("HTTP/1.1 403 "), "{answers}");
 }
 
 /// `plugd_http_handoffs_total` of client-manager, from `/metrics`.

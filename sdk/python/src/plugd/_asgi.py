@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import sys
 from typing import Any, Callable, Dict, Optional
 from urllib.parse import unquote
@@ -187,8 +188,10 @@ class AsgiServer:
 
     @property
     def handoff(self) -> bool:
-        """Whether the host may hand WebSockets over (said in `hello`)."""
-        return self.error is None and self.handoff_fd is not None
+        """Whether the host may hand WebSockets over (said in `hello`): only when uvicorn can
+        answer a handshake with `101` (a WebSocket library is there and `ws` is not "none")."""
+        return (self.error is None and self.handoff_fd is not None
+                and _serves_websockets(self.options.get("ws", "auto")))
 
     def _config(self) -> Any:
         options: Dict[str, Any] = {
@@ -230,7 +233,7 @@ class AsgiServer:
         await asyncio.wait({self.task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
             self.ready = True
-            if self.handoff_fd is not None:
+            if self.handoff and self.handoff_fd is not None:
                 try:
                     self._handoff = Handoff(server, self.handoff_fd, loop)
                 except OSError as exc:
@@ -267,6 +270,74 @@ class AsgiServer:
             self.server.should_exit = True
 
 
+def _serves_websockets(ws: Any) -> bool:
+    """Whether uvicorn configured with `ws` has a WebSocket protocol (as `Config.load` picks
+    it: "auto" is websockets, else wsproto, else none)."""
+    if not isinstance(ws, str):
+        return ws is not None  # a protocol class
+    try:
+        from uvicorn.config import WS_PROTOCOLS
+        from uvicorn.importer import import_from_string
+        name = WS_PROTOCOLS.get(ws)
+        return name is not None and import_from_string(name) is not None
+    except Exception:  # an unknown name, a library that fails to import
+        return False
+
+
+def _closing_head(head: bytes) -> bytes:
+    """`head` with `close` among its `Connection` tokens (the host puts it there; this holds
+    for any sender). A handed-over connection carries one request: after an answer other than
+    `101` uvicorn closes it, so nothing a client sends after the handshake is ever read as
+    another request, unjudged by the host's auth and with its own `X-Forwarded-For` trusted."""
+    lines = head.split(b"\r\n")
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line:
+            break
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"connection":
+            if b"close" in (t.strip().lower() for t in value.split(b",")):
+                return head
+            lines[i] = line.rstrip() + b", close"
+            return b"\r\n".join(lines)
+    lines.insert(1, b"connection: close")
+    return b"\r\n".join(lines)
+
+
+def _is_tcp(fd: int) -> bool:
+    """Whether `fd` is a TCP socket (what the host hands over), not a file, pipe or Unix
+    socket someone else could have attached to a record."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return (sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.type == socket.SOCK_STREAM)
+    except OSError:
+        return False
+
+
+# The answer to a WebSocket handed over while the plugin stops: what the host answers for a
+# plugin that is not running.
+_STOPPING = (
+    b'{"error":{"code":"plugin_not_running","message":"The plugin is stopping and takes no '
+    b'new connection; hint: retry in a moment"}}')
+STOPPING_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: " + str(len(_STOPPING)).encode() + b"\r\nconnection: close\r\n\r\n"
+    + _STOPPING)
+
+
+def _refuse(fd: int) -> None:
+    """Answers a handed-over client 503 and closes it (a stop, not an EOF without a word)."""
+    try:
+        with socket.socket(fileno=fd) as client:
+            client.setblocking(False)
+            client.send(STOPPING_RESPONSE)
+    except OSError:
+        pass
+
+
 class Handoff:
     """Adopts the client connections the host hands over (WebSockets, so the host relays no
     frame): each arrives as one `SOCK_SEQPACKET` connection to fd `PLUGD_HANDOFF_FD` carrying one
@@ -284,17 +355,23 @@ class Handoff:
         self.listener.setblocking(False)
         self.pending: Dict[int, socket.socket] = {}
         self.tasks: "set[asyncio.Task[Any]]" = set()
+        self.closing = False
         loop.add_reader(self.listener.fileno(), self._on_accept)
 
     def close(self) -> None:
-        """No more hand-offs (a stop): connections not yet adopted are closed."""
+        """No more hand-offs (a stop). Records already sent (queued on the listener, or on a
+        connection not yet read) are answered `503` rather than dropped, so no client sees its
+        connection end without a word."""
+        self.closing = True
         try:
             self.loop.remove_reader(self.listener.fileno())
         except (ValueError, OSError):  # pragma: no cover - already closed
             pass
+        self._on_accept()  # the queued ones: `closing` makes `_adopt` refuse them
         self.listener.close()
         for conn in self.pending.values():
             self.loop.remove_reader(conn.fileno())
+            self._receive(conn)
             conn.close()
         self.pending.clear()
 
@@ -308,7 +385,9 @@ class Handoff:
                 _log_error("Cannot accept a hand-off: %s", _error_text(exc))
                 return
             conn.setblocking(False)
-            if not self._receive(conn):
+            if self._receive(conn) or self.closing:
+                conn.close()
+            else:
                 fd = conn.fileno()
                 self.pending[fd] = conn
                 self.loop.add_reader(fd, self._on_record, conn)
@@ -336,22 +415,24 @@ class Handoff:
                 usable = len(data) - len(data) % 4
                 fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
                            for i in range(0, usable, 4))
-        if len(fds) != 1 or not head or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        if (len(fds) != 1 or not head or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+                or not _is_tcp(fds[0])):
             for fd in fds:
                 os.close(fd)
             if head or fds:
-                _log_error("Ignored a malformed hand-off (%d bytes, %d descriptors)",
-                           len(head), len(fds))
+                _log_error("Ignored a malformed hand-off (%d bytes, %d descriptors%s)",
+                           len(head), len(fds),
+                           ", not a TCP socket" if len(fds) == 1 else "")
             return True
-        self._adopt(fds[0], head)
+        self._adopt(fds[0], _closing_head(head))
         return True
 
     def _adopt(self, fd: int, head: bytes) -> None:
+        if self.closing or self.server.should_exit:
+            _refuse(fd)
+            return
         client = socket.socket(fileno=fd)
         server = self.server
-        if server.should_exit:
-            client.close()  # stopping: the client sees the connection close
-            return
         client.setblocking(False)
         config = server.config
         try:

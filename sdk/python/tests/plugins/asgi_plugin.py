@@ -106,6 +106,8 @@ async def app(scope, receive, send):
 options = {}
 if os.environ.get("MAX_REQUESTS"):
     options["limit_max_requests"] = int(os.environ["MAX_REQUESTS"])
+if os.environ.get("WS"):
+    options["ws"] = os.environ["WS"]
 plugin.serve_asgi(app, **options)
 
 if __name__ == "__main__":
