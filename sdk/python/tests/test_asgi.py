@@ -422,6 +422,16 @@ def test_a_stop_answers_the_handoffs_already_sent_and_refuses_other_descriptors(
         assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "plugin_not_running"
 
 
+def test_only_heads_written_as_the_host_writes_them_are_adopted():
+    # A folded line or bare LF ends could hide the `close` the SDK adds from the HTTP parser.
+    from plugd._asgi import _plain_head
+    assert _plain_head(HANDSHAKE)
+    assert not _plain_head(HANDSHAKE.replace(b"upgrade\r\nupgrade", b"upgrade\r\n x\r\nupgrade"))
+    assert not _plain_head(HANDSHAKE.replace(b"\r\n", b"\n"))
+    assert not _plain_head(HANDSHAKE.replace(b"host: h", b"host h"))
+    assert not _plain_head(HANDSHAKE[:-2])
+
+
 def test_the_closing_head_adds_close_once():
     from plugd._asgi import _closing_head
     assert b"connection: upgrade, close\r\n" in _closing_head(HANDSHAKE)

@@ -284,6 +284,16 @@ def _serves_websockets(ws: Any) -> bool:
         return False
 
 
+def _plain_head(head: bytes) -> bool:
+    """Whether `head` is written as the host writes one: CRLF line ends only, no folded
+    (continued) header lines, a colon in every header line. Anything else could make
+    `_closing_head`'s `close` land where the HTTP parser does not read it."""
+    if not head.endswith(b"\r\n\r\n") or b"\n" in head.replace(b"\r\n", b""):
+        return False
+    lines = head[:-4].split(b"\r\n")
+    return all(line[:1] not in (b" ", b"\t") and b":" in line for line in lines[1:])
+
+
 def _closing_head(head: bytes) -> bytes:
     """`head` with `close` among its `Connection` tokens (the host puts it there; this holds
     for any sender). A handed-over connection carries one request: after an answer other than
@@ -416,7 +426,7 @@ class Handoff:
                 fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
                            for i in range(0, usable, 4))
         if (len(fds) != 1 or not head or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-                or not _is_tcp(fds[0])):
+                or not _plain_head(head) or not _is_tcp(fds[0])):
             for fd in fds:
                 os.close(fd)
             if head or fds:
