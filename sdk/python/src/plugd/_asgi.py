@@ -344,6 +344,12 @@ def _refuse(fd: int) -> None:
         with socket.socket(fileno=fd) as client:
             client.setblocking(False)
             client.send(STOPPING_RESPONSE)
+            # Bytes of the client's left unread would make the close a reset, which can
+            # destroy the 503 before the client reads it.
+            client.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while client.recv(65536):
+                    pass
     except OSError:
         pass
 
@@ -412,8 +418,9 @@ class Handoff:
     def _receive(self, conn: socket.socket) -> bool:
         """Reads the record; False when it has not arrived yet."""
         try:
+            # Close-on-exec: a subprocess the plugin starts must not keep clients' sockets.
             head, ancdata, flags, _ = conn.recvmsg(
-                _MAX_RECORD, socket.CMSG_SPACE(4 * 4))
+                _MAX_RECORD, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
