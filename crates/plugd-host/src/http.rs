@@ -72,7 +72,8 @@ pub struct HttpRoute {
 }
 
 /// `dir`, created if missing, readable by its owner only: the plugins' sockets live there, and
-/// nobody but the host (and root) may connect to one.
+/// no other user may connect to one (processes of the host's own uid still can: plugins are
+/// kept out by the sandbox's uid and mount layers, ARCHITECTURE.md "Known gap").
 fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

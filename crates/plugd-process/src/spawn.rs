@@ -234,8 +234,8 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     })
 }
 
-/// Only the owner (the host) may connect to the socket at `path`; its dir is the owner's only
-/// too, so no one else could reach it between the bind and this.
+/// No user but the owner (the host's) may connect to the socket at `path`; its dir is the
+/// owner's only too, so no other user could reach it between the bind and this.
 fn owner_only(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
