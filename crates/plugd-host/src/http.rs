@@ -27,9 +27,12 @@ pub struct HttpEndpoint {
     pub health: Option<String>,
     /// The version serving it (for `X-Plugd-Version`).
     pub version: String,
-    /// Its hand-off socket, when the running plugin takes WebSockets handed over there (its
-    /// `hello` said `http_handoff`) rather than relayed.
-    pub handoff: Option<PathBuf>,
+    /// The host's end of its hand-off channel, when the running plugin takes WebSockets handed
+    /// over there (its `hello` said `http_handoff`) rather than relayed.
+    pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The secret to send in `X-Plugd-Secret` with every request to its socket (its `hello`
+    /// gave it), if any.
+    pub secret: Option<Arc<str>>,
     generation: Arc<Generation>,
 }
 
@@ -72,8 +75,9 @@ pub struct HttpRoute {
 }
 
 /// `dir`, created if missing, readable by its owner only: the plugins' sockets live there, and
-/// no other user may connect to one (processes of the host's own uid still can: plugins are
-/// kept out by the sandbox's uid and mount layers, ARCHITECTURE.md "Known gap").
+/// no other user may connect to one. (Processes of the host's own uid still can: a plugin
+/// without the sandbox's uid and mount layers could; the secret its `hello` gives tells the
+/// host's requests from theirs, ARCHITECTURE.md "WebSocket hand-off".)
 fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -112,6 +116,7 @@ impl Host {
             return Err(no_http(name));
         };
         generation.in_flight.fetch_add(1, Ordering::AcqRel);
+        let side = generation.instance.http_side();
         Ok(HttpEndpoint {
             plugin: slot.name.clone(),
             health: generation
@@ -120,10 +125,8 @@ impl Host {
                 .as_ref()
                 .and_then(|h| h.health.clone()),
             version: generation.manifest.version.to_string(),
-            handoff: generation
-                .instance
-                .http_handoff()
-                .then(|| plugd_protocol::handoff_socket_path(&socket)),
+            handoff: side.handoff,
+            secret: side.secret,
             socket,
             generation,
         })
@@ -238,11 +241,11 @@ impl Host {
     pub(crate) fn remove_http_socket(generation: &Generation) {
         if let Some(path) = &generation.http_socket {
             let _ = std::fs::remove_file(path);
-            let _ = std::fs::remove_file(plugd_protocol::handoff_socket_path(path));
         }
     }
 
-    /// Removes what a previous run left in `STATE/run` (sockets of generations long gone).
+    /// Removes what a previous run left in `STATE/run` (sockets of generations long gone;
+    /// `.ho` ones are the hand-off sockets of plugd versions before the socket-pair channel).
     pub(crate) fn clear_http_sockets(&self) {
         let dir = self.inner.config.state_dir.join("run");
         if let Ok(entries) = std::fs::read_dir(&dir) {

@@ -16,8 +16,8 @@ use plugd_protocol::{
     encode_result,
 };
 use plugd_runtime::{
-    ActionInfo, CallSlots, Health, HostCalls, Instance, InstanceSpec, InstanceStatus, Invocation,
-    LogLevel, LogSource, Outcome, RuntimeError, TASK_CANCEL_GRACE, TaskRun,
+    ActionInfo, CallSlots, Health, HostCalls, HttpSide, Instance, InstanceSpec, InstanceStatus,
+    Invocation, LogLevel, LogSource, Outcome, RuntimeError, TASK_CANCEL_GRACE, TaskRun,
 };
 use plugd_sandbox::Prepared;
 use serde_json::value::RawValue;
@@ -85,8 +85,8 @@ struct Shared {
     params: Mutex<Params>,
     /// Held while one `params.changed` is queued, so two changes reach the child in order.
     params_send: tokio::sync::Mutex<()>,
-    /// What the current child's `hello` said about `http_handoff`.
-    http_handoff: AtomicBool,
+    /// What the current child's `hello` said about its HTTP side (hand-offs, secret).
+    http_side: Mutex<HttpSide>,
 }
 
 /// The plugin's current params and how often they changed since the start.
@@ -163,7 +163,7 @@ impl ProcessInstance {
             stopped: watch::channel(false).0,
             params: Mutex::new(params),
             params_send: tokio::sync::Mutex::new(()),
-            http_handoff: AtomicBool::new(false),
+            http_side: Mutex::new(HttpSide::default()),
         });
         let running = shared
             .launch()
@@ -179,10 +179,13 @@ impl Shared {
     /// Spawns a child and completes the handshake; a child whose `hello` said `on_start` is
     /// ready only once it said `started` (its hooks ran), all within the start timeout.
     async fn launch(self: &Arc<Self>) -> Result<Running, String> {
+        // Nothing of the previous child's HTTP side is used from now on.
+        *self.http_side.lock() = HttpSide::default();
         let Spawned {
             mut child,
             socket,
             sandbox,
+            handoff: handoff_channel,
         } = spawn(&self.spec, &self.config)?;
         let mut layers: Vec<(String, String)> = sandbox
             .iter()
@@ -271,6 +274,32 @@ impl Shared {
             ));
         }
 
+        // The secret the host sends with every request to the child's HTTP socket: one that
+        // cannot go in a header (or is too short to be a secret) refuses the child.
+        let secret = match hello.http_secret.as_deref().map(usable_secret) {
+            None => None,
+            Some(Ok(secret)) => Some(Arc::<str>::from(secret)),
+            Some(Err(why)) => {
+                let message = format!("Unusable `http_secret`: {why}");
+                encode_error(
+                    &mut frame,
+                    hello_id,
+                    &RpcError {
+                        code: codes::INVALID_PARAMS,
+                        message: message.clone(),
+                        data: None,
+                    },
+                );
+                let _ = conn.send_frame(frame, timeout).await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), child.wait()).await;
+                kill_and_reap(&mut child).await;
+                conn.close(Closed::new("its hello was refused"));
+                return Err(format!(
+                    "its hello was refused: {message}; hint: use the SDK's `serve_asgi`, or send 16 to 256 printable ASCII characters"
+                ));
+            }
+        };
+
         let manifest = &self.spec.manifest;
         let data_dir = self.spec.data_dir.to_string_lossy();
         // A child started after a change gets the params in force, not those of the first start.
@@ -343,11 +372,15 @@ impl Shared {
             state.actions = actions;
         }
 
-        // Only a plugin with a hand-off socket (an `[http]` table) can take one, and only when
+        // Only a plugin with a hand-off channel (an `[http]` table) can take one, and only when
         // a handed TCP socket of the host's cannot widen its network.
-        let handoff = hello.http_handoff && self.spec.http_socket.is_some();
-        self.http_handoff
-            .store(handoff && handoff_safe, Ordering::Release);
+        let handoff = hello.http_handoff && handoff_channel.is_some();
+        *self.http_side.lock() = HttpSide {
+            handoff: handoff_channel
+                .filter(|_| handoff && handoff_safe)
+                .map(Arc::new),
+            secret,
+        };
         if handoff {
             layers.push((
                 "http.handoff".into(),
@@ -1098,8 +1131,8 @@ impl Instance for ProcessInstance {
         }
     }
 
-    fn http_handoff(&self) -> bool {
-        self.shared.http_handoff.load(Ordering::Acquire)
+    fn http_side(&self) -> HttpSide {
+        self.shared.http_side.lock().clone()
     }
 
     fn health(&self) -> watch::Receiver<Health> {
@@ -1210,9 +1243,44 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
     }
 }
 
+/// `secret` if it can be the `X-Plugd-Secret` header's value and is long enough to be one
+/// (16 to 256 printable ASCII characters, no spaces).
+fn usable_secret(secret: &str) -> Result<&str, String> {
+    if !(16..=256).contains(&secret.len()) {
+        return Err(format!(
+            "it is {} bytes; 16 to 256 are allowed",
+            secret.len()
+        ));
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("only printable ASCII characters without spaces are allowed".to_owned());
+    }
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_must_fit_a_header_and_be_long_enough() {
+        let good = "kq3Vd9Jr0x2mZb7T-_~!";
+        assert_eq!(usable_secret(good), Ok(good));
+        assert_eq!(usable_secret(&"x".repeat(256)).map(str::len), Ok(256));
+        for bad in [
+            "short",
+            "has a space in it!!",
+            "line\r\nbreak-0123456789",
+            "ünïcödé-0123456789",
+        ] {
+            assert!(usable_secret(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            usable_secret(&"x".repeat(257))
+                .unwrap_err()
+                .contains("257 bytes")
+        );
+    }
 
     fn plugin() -> PluginName {
         PluginName::new("p").unwrap()

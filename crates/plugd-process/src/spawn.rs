@@ -22,6 +22,8 @@ pub(crate) struct Spawned {
     pub socket: UnixStream,
     /// The child's confinement; kept alive until the child is reaped (drop removes its cgroup).
     pub sandbox: Option<Prepared>,
+    /// The host's end of the hand-off channel (non-blocking), for a plugin with `[http]`.
+    pub handoff: Option<std::os::fd::OwnedFd>,
 }
 
 /// Resolves the manifest's entry into a program path and its arguments.
@@ -98,27 +100,20 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         None => None,
     };
     let http_fd = http_listener.as_ref().map(|l| l.as_raw_fd());
-    // Beside it, the hand-off socket (fd 5): the host hands WebSockets' client connections
-    // over on it (a `SOCK_SEQPACKET` listener; a plugin that never accepts simply does not say
-    // `http_handoff` in its `hello`, and the host relays instead).
-    let handoff_listener = match &spec.http_socket {
-        Some(path) => {
-            let path = plugd_protocol::handoff_socket_path(path);
-            Some(
-                bind_seqpacket(&path)
-                    .and_then(|fd| owner_only(&path).map(|()| fd))
-                    .and_then(|fd| above(fd, 10))
-                    .map_err(|e| {
-                        format!(
-                            "cannot listen on its hand-off socket `{}`: {e}",
-                            path.display()
-                        )
-                    })?,
-            )
+    // With it, the hand-off channel (fd 5): the host hands WebSockets' client connections over
+    // on it. A socket pair, not a path: only the host holds the other end, so no other process
+    // (another plugin of the same uid, when the sandbox's uid layer is off) can send records.
+    // A plugin that never reads it simply does not say `http_handoff`, and the host relays.
+    let (handoff_host, handoff_child) = match &spec.http_socket {
+        Some(_) => {
+            let (host, child) = seqpacket_pair()
+                .and_then(|(host, child)| Ok((host, above(child, 10)?)))
+                .map_err(|e| format!("cannot make its hand-off channel: {e}"))?;
+            (Some(host), Some(child))
         }
-        None => None,
+        None => (None, None),
     };
-    let handoff_fd = handoff_listener.as_ref().map(|l| l.as_raw_fd());
+    let handoff_fd = handoff_child.as_ref().map(|l| l.as_raw_fd());
 
     let mut cmd = Command::new(&program);
     cmd.args(&args)
@@ -168,8 +163,8 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
             if let Some(listener) = http_fd {
                 plugd_sandbox::inherit_as(listener, plugd_protocol::HTTP_FD)?;
             }
-            if let Some(listener) = handoff_fd {
-                plugd_sandbox::inherit_as(listener, plugd_protocol::HANDOFF_FD)?;
+            if let Some(channel) = handoff_fd {
+                plugd_sandbox::inherit_as(channel, plugd_protocol::HANDOFF_FD)?;
             }
             Ok(())
         });
@@ -221,7 +216,7 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
     drop(child_end);
     // The child holds the listener now; when it dies, connections are refused at once.
     drop(http_listener);
-    drop(handoff_listener);
+    drop(handoff_child);
     parent_end
         .set_nonblocking(true)
         .map_err(|e| format!("socket setup failed: {e}"))?;
@@ -231,6 +226,7 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         child,
         socket,
         sandbox,
+        handoff: handoff_host,
     })
 }
 
@@ -241,43 +237,18 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// A listening `SOCK_SEQPACKET` Unix socket bound at `path` (a stale file goes first).
-fn bind_seqpacket(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: a zeroed `sockaddr_un` is a valid value (an empty address).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the path does not fit a Unix socket address",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let _ = std::fs::remove_file(path);
-    // SAFETY: plain socket calls on integers and a local, initialised address; the descriptor
-    // is owned at once.
-    unsafe {
-        let raw = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
-        let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-        if libc::bind(
-            raw,
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        ) != 0
-            || libc::listen(raw, 128) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(fd)
-    }
+/// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec): the host's end
+/// (non-blocking: a child that does not read makes a send fail now, not wait) and the child's.
+fn seqpacket_pair() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (host, child) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::io::ioctl_fionbio(&host, true)?;
+    Ok((host, child))
 }
 
 /// `fd` moved to a number ≥ `floor` (close-on-exec): above the fds the child hook moves into

@@ -28,19 +28,19 @@ pub const CHILD_FD: i32 = 3;
 /// connections there.
 pub const HTTP_FD: i32 = 4;
 
-/// The file descriptor a plugin with an `[http]` table finds its hand-off socket on (also named
-/// by the environment variable `PLUGD_HANDOFF_FD`): a listening `SOCK_SEQPACKET` Unix socket.
-/// The host connects once per WebSocket it hands over and sends one record: the request head
-/// (rewritten as the proxy would forward it), with the client's TCP socket attached
-/// (`SCM_RIGHTS`). A plugin whose `hello` says `"http_handoff": true` serves those connections
-/// itself from then on; see `docs/protocol.md` ("WebSocket hand-off").
+/// The file descriptor a plugin with an `[http]` table finds its hand-off channel on (also
+/// named by the environment variable `PLUGD_HANDOFF_FD`): one end of a `SOCK_SEQPACKET`
+/// socket pair whose other end only the host holds (it has no path: nothing else can reach it).
+/// For each WebSocket it hands over, the host sends one record: the request head (rewritten as
+/// the proxy would forward it), with the client's TCP socket attached (`SCM_RIGHTS`). A plugin
+/// whose `hello` says `"http_handoff": true` serves those connections itself from then on; see
+/// `docs/protocol.md` ("WebSocket hand-off").
 pub const HANDOFF_FD: i32 = 5;
 
-/// The hand-off socket that goes with the HTTP socket `http_socket` (`STATE/run/N.sock` →
-/// `STATE/run/N.ho`: never longer, so the length check of the HTTP socket covers it).
-pub fn handoff_socket_path(http_socket: &std::path::Path) -> std::path::PathBuf {
-    http_socket.with_extension("ho")
-}
+/// The header that carries the secret a plugin's `hello` gave as `http_secret` on every request
+/// the host sends to the plugin's HTTP side; the host drops one a client sent. A plugin checks
+/// it to tell the host's requests from anything else that reaches its HTTP socket's path.
+pub const HTTP_SECRET_HEADER: &str = "x-plugd-secret";
 
 /// JSON-RPC error codes used by plugd (see `docs/protocol.md`).
 pub mod codes {

@@ -211,10 +211,16 @@ pub struct Hello {
     /// for a child without hooks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_start: bool,
-    /// The child accepts WebSockets handed over on its hand-off socket (`PLUGD_HANDOFF_FD`)
+    /// The child accepts WebSockets handed over on its hand-off channel (`PLUGD_HANDOFF_FD`)
     /// and serves them itself; absent (`false`), the host relays them to its HTTP socket.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub http_handoff: bool,
+    /// A secret the host puts in the `X-Plugd-Secret` header of every request it sends to the
+    /// child's HTTP socket (fd 4), so the child can refuse requests that did not come from the
+    /// host (another process of the same uid can connect to the socket's path). Printable
+    /// ASCII, 16 to 256 bytes; absent, the host sends no such header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_secret: Option<String>,
 }
 
 /// One action announced in `hello`.

@@ -40,9 +40,21 @@ pub struct InstanceSpec {
     pub python_env: Option<PathBuf>,
     /// Where the runtime binds the Unix socket of the plugin's HTTP side (`[http]`): it listens
     /// there and hands the listening descriptor to the plugin; the host connects to the path.
-    /// Beside it, the hand-off socket (`plugd_protocol::handoff_socket_path`), handed over the
-    /// same way. Process runtime only.
+    /// With it, the plugin gets one end of a hand-off channel (a socket pair, no path; see
+    /// [`HttpSide`]). Process runtime only.
     pub http_socket: Option<PathBuf>,
+}
+
+/// What the running child of a plugin with an `[http]` table said about its HTTP side in its
+/// `hello`, for the host's proxy.
+#[derive(Clone, Debug, Default)]
+pub struct HttpSide {
+    /// The host's end of the child's hand-off channel (a `SOCK_SEQPACKET` socket pair, made
+    /// non-blocking), when the child takes WebSockets handed over rather than relayed.
+    pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The secret the host sends in `X-Plugd-Secret` with every request to the child's HTTP
+    /// socket, when the child gave one.
+    pub secret: Option<Arc<str>>,
 }
 
 /// One call of an action.
@@ -363,11 +375,10 @@ pub trait Instance: Send + Sync {
     fn health(&self) -> watch::Receiver<Health> {
         watch::channel(Health::Ready).1
     }
-    /// Whether the running plugin takes WebSockets handed over on the hand-off socket next to
-    /// its HTTP socket (`plugd_protocol::handoff_socket_path`) instead of having them relayed.
-    /// It can change when a crashed child is restarted.
-    fn http_handoff(&self) -> bool {
-        false
+    /// What the running plugin said about its HTTP side (hand-offs, its request secret). It
+    /// changes when a crashed child is restarted.
+    fn http_side(&self) -> HttpSide {
+        HttpSide::default()
     }
     /// Stops the instance: asks politely, waits at most `grace`, then forces. Idempotent.
     async fn stop(&self, grace: Duration);

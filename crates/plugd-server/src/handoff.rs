@@ -8,15 +8,16 @@
 //! `/plugins/NAME/...` or a plugin's `[http] mount`, the plugin runs and said `http_handoff` in
 //! its `hello`, and the request passes auth exactly as the router would judge it, the head is
 //! read off the socket, rewritten as the proxy forwards a request (prefix stripped,
-//! `X-Forwarded-*` set, plugd's credentials removed), and sent with the client's TCP socket
-//! (`SCM_RIGHTS`) to the plugin's hand-off socket. The plugin's server (the Python SDK's
-//! uvicorn) then serves the connection from that head on, handshake included: plugd sees none
-//! of its frames.
+//! `X-Forwarded-*` and the plugin's `X-Plugd-Secret` set, plugd's credentials removed), and
+//! sent with the client's TCP socket (`SCM_RIGHTS`) on the plugin's hand-off channel (a socket
+//! pair; only the host holds this end). The plugin's server (the Python SDK's uvicorn) then
+//! serves the connection from that head on, handshake included: plugd sees none of its frames.
 //!
 //! Anything else goes to hyper untouched, and a WebSocket that was not handed over is relayed
-//! as before: a head still incomplete ~60 ms after its first bytes (or over 16 KiB), a plugin that does not take hand-offs, a
-//! request auth refuses (hyper then answers the refusal, counted and logged as usual), a
-//! hand-off socket that does not accept. Exposed ports (`[http] expose`) always relay.
+//! as before: a head still incomplete ~60 ms after its first bytes (or over 16 KiB), a plugin
+//! that does not take hand-offs, a request auth refuses (hyper then answers the refusal,
+//! counted and logged as usual), a hand-off channel that is full or closed. Exposed ports
+//! (`[http] expose`) always relay.
 //!
 //! What changes for a handed-over WebSocket: the plugin holds the connection, so a reload's
 //! drain does not wait for it (the old version closes it when it stops, as it would cut a
@@ -29,7 +30,6 @@ use std::io::{IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,7 +247,7 @@ impl Handoff {
         let Ok(endpoint) = self.host.http_endpoint(&target.plugin) else {
             return Sorted::Hyper(stream);
         };
-        let Some(socket) = endpoint.handoff.clone() else {
+        let Some(channel) = endpoint.handoff.clone() else {
             return Sorted::Hyper(stream);
         };
         // Judged as the router would judge it; a refusal is hyper's to answer (and count).
@@ -267,21 +267,19 @@ impl Handoff {
             Some(head.upgrade),
             Some(addr.ip()),
             &target.prefix,
+            endpoint.secret.as_deref(),
         );
         single_request(&mut headers);
         let forwarded = forwarded_head(&head.target, &target.prefix, &headers);
         if forwarded.len() > MAX_HEAD {
             return Sorted::Hyper(stream);
         }
-        // Connected before anything is read: a plugin that does not accept (its backlog full)
-        // leaves the connection to the relay, untouched.
-        let channel = match connect(&socket) {
-            Ok(channel) => channel,
-            Err(e) => {
-                tracing::debug!(plugin = %target.plugin, "hand-off socket refused ({e}): relaying");
-                return Sorted::Hyper(stream);
-            }
-        };
+        // Room for the record before anything is read: a plugin that stopped reading its
+        // channel (full) or whose child died leaves the connection to the relay, untouched.
+        if let Err(why) = has_room(&channel) {
+            tracing::debug!(plugin = %target.plugin, "hand-off channel {why}: relaying");
+            return Sorted::Hyper(stream);
+        }
         let _ = stream.set_nodelay(true);
         // Out of the reactor: the plugin reads this socket from now on.
         let Ok(mut client) = stream.into_std() else {
@@ -291,7 +289,7 @@ impl Handoff {
             tracing::debug!(plugin = %target.plugin, "client went away during the hand-off: {e}");
             return Sorted::Gone;
         }
-        match send(&channel, &forwarded, client.as_fd()) {
+        match send_soon(&channel, &forwarded, client.as_fd()).await {
             Ok(()) => {
                 metrics::counter!(HTTP_HANDOFFS, "plugin" => target.plugin.clone()).increment(1);
                 tracing::debug!(plugin = %target.plugin, client = %addr, "WebSocket handed over");
@@ -427,18 +425,47 @@ fn forwarded_head(target: &str, prefix: &str, headers: &HeaderMap) -> Vec<u8> {
     out
 }
 
-/// A connection to a plugin's hand-off socket (non-blocking: a full backlog is an error now,
-/// not a wait).
-fn connect(path: &Path) -> std::io::Result<OwnedFd> {
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
-    Ok(fd)
+/// Whether the hand-off channel takes a record now (`Err`: why not).
+fn has_room(channel: &OwnedFd) -> Result<(), &'static str> {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(channel, PollFlags::OUT)];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if rustix::event::poll(&mut fds, Some(&now)).is_err() {
+        return Err("cannot be polled");
+    }
+    let revents = fds[0].revents();
+    if revents.intersects(PollFlags::HUP | PollFlags::ERR) {
+        Err("is closed (the plugin's child is gone)")
+    } else if revents.contains(PollFlags::OUT) {
+        Ok(())
+    } else {
+        Err("is full (the plugin does not read it)")
+    }
+}
+
+/// [`send`], retried for up to ~250 ms while the channel is full (a hand-off racing this one
+/// took the room [`has_room`] saw).
+async fn send_soon(
+    channel: &OwnedFd,
+    head: &[u8],
+    client: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match send(channel, head, client) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && pause <= Duration::from_millis(128) =>
+            {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            sent => return sent,
+        }
+    }
 }
 
 /// Reads exactly the `len` bytes of the head, which the peek saw queued.
@@ -492,7 +519,7 @@ fn bad_gateway(plugin: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const HANDSHAKE: &[u8] = b"GET /plugins/chat/ws?room=1 HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    const HANDSHAKE: &[u8] = b"GET /plugins/chat/ws?room=1 HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Forwarded-For: 6.6.6.6\r\nX-Plugd-Secret: forged\r\n\r\n";
 
     #[test]
     fn a_complete_websocket_handshake_is_a_head() {
@@ -549,6 +576,7 @@ mod tests {
             Some(head.upgrade),
             Some("127.0.0.9".parse().expect("an address")),
             "/plugins/chat",
+            Some("s3cr3t-of-the-plugin"),
         );
         single_request(&mut headers);
         let text = String::from_utf8(forwarded_head(&head.target, "/plugins/chat", &headers))
@@ -564,6 +592,7 @@ mod tests {
             "x-forwarded-prefix: /plugins/chat",
             "x-forwarded-host: example.test",
             "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+            "x-plugd-secret: s3cr3t-of-the-plugin",
         ] {
             assert!(text.contains(&format!("{line}\r\n")), "{line} in {text}");
         }
@@ -571,6 +600,10 @@ mod tests {
         assert!(
             !text.contains("6.6.6.6"),
             "the client's X-Forwarded-For is replaced: {text}"
+        );
+        assert!(
+            !text.contains("forged"),
+            "the client's X-Plugd-Secret is replaced: {text}"
         );
         // The root of the plugin: `/plugins/chat` → `/`.
         let root = String::from_utf8(forwarded_head("/plugins/chat", "/plugins/chat", &headers))

@@ -109,6 +109,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_PLUGD_VERSION: HeaderName = HeaderName::from_static("x-plugd-version");
+/// `plugd_protocol::HTTP_SECRET_HEADER`.
+const X_PLUGD_SECRET: HeaderName = HeaderName::from_static("x-plugd-secret");
 
 impl Proxy {
     /// A proxy with its own connection pool.
@@ -212,7 +214,13 @@ impl Proxy {
         // picking that connection from the pool would fail (502) if it won the race with the
         // close.
         parts.version = axum::http::Version::HTTP_11;
-        forwarded_headers(&mut parts.headers, upgrade, peer, prefix);
+        forwarded_headers(
+            &mut parts.headers,
+            upgrade,
+            peer,
+            prefix,
+            endpoint.secret.as_deref(),
+        );
         let max = self.config.max_body;
         let body = Body::new(http_body_util::Limited::new(body, max as usize));
         let upstream = hyper::Request::from_parts(parts, body);
@@ -325,10 +333,17 @@ impl Proxy {
                 .path_and_query(path)
                 .build()
                 .map_err(|e| e.to_string())?;
-            let req = hyper::Request::get(uri)
+            let mut req = hyper::Request::get(uri)
                 .header(header::HOST, "plugd-health")
                 .body(Body::empty())
                 .map_err(|e| e.to_string())?;
+            if let Some(v) = endpoint
+                .secret
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok())
+            {
+                req.headers_mut().insert(X_PLUGD_SECRET, v);
+            }
             let response = self.client.request(req).await.map_err(|e| describe(&e))?;
             let status = response.status();
             // Read (and drop) a small body, so the connection goes back to the pool.
@@ -362,6 +377,7 @@ pub(crate) fn forwarded_headers(
     upgrade: Option<HeaderValue>,
     peer: Option<std::net::IpAddr>,
     prefix: &str,
+    secret: Option<&str>,
 ) {
     let original_host = headers.get(header::HOST).cloned();
     clean_hop_by_hop(headers);
@@ -383,8 +399,12 @@ pub(crate) fn forwarded_headers(
         X_FORWARDED_HOST,
         X_FORWARDED_PREFIX,
         FORWARDED,
+        X_PLUGD_SECRET,
     ] {
         headers.remove(name);
+    }
+    if let Some(v) = secret.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(X_PLUGD_SECRET, v);
     }
     if let Some(ip) = peer
         && let Ok(v) = HeaderValue::from_str(&ip.to_string())

@@ -28,8 +28,8 @@ def spawn(argv: List[str], cwd: Optional[Path] = None, env: Optional[Dict[str, s
     """Starts `argv` with a socket pair end as fd 3; returns the process and the host's end.
 
     ``http_sock`` (a listening Unix socket) becomes the child's fd 4 with `PLUGD_HTTP_FD=4`, as
-    the host does for a plugin with an `[http]` table; ``handoff_sock`` (a listening
-    `SOCK_SEQPACKET` one) its fd 5 with `PLUGD_HANDOFF_FD=5`."""
+    the host does for a plugin with an `[http]` table; ``handoff_sock`` (the plugin's end
+    of a `SOCK_SEQPACKET` socket pair) its fd 5 with `PLUGD_HANDOFF_FD=5`."""
     host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child_fd = child_end.fileno()
     http_fd = http_sock.fileno() if http_sock is not None else -1
@@ -194,6 +194,12 @@ class FakeHost:
         result.update(extra or {})
         self.send({"jsonrpc": "2.0", "id": hello["id"], "result": result})
         return hello
+
+    @property
+    def http_secret(self) -> Optional[str]:
+        """The `http_secret` the plugin's `hello` gave (the host sends it with every request to
+        the plugin's HTTP socket)."""
+        return self.requests[0]["params"].get("http_secret") if self.requests else None
 
     def request(self, method: str, params: Any = None, id: Optional[int] = None) -> int:
         if id is None:

@@ -8,13 +8,12 @@ import array
 import asyncio
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
 from conftest import PLUGINS, ROOT
@@ -55,6 +54,7 @@ def listener():
 def asgi_host(make_host, listener):
     def start(env=None, http=True):
         h = make_host(ASGI, env=env, http_sock=listener.sock if http else None)
+        listener.secret = h.http_secret  # requests go with it, as the host sends them
         return h
     return start
 
@@ -65,13 +65,13 @@ def test_http_and_actions_are_served_together(asgi_host, listener):
     assert started(h) == {}
 
     # Straight to the socket (no prefix): the app is at the root.
-    got = get_json(listener.path, "/hello?x=1")
+    got = get_json(listener, "/hello?x=1")
     assert got["path"] == "/hello" and got["root_path"] == "" and got["raw_path"] == "/hello"
     assert got["lifespan"] == "started after hook ran"  # after the `on_start` hooks
 
     # Through the host: the prefix comes in X-Forwarded-Prefix and becomes the root_path (and,
     # as with uvicorn's --root-path, the front of `path`).
-    got = get_json(listener.path, "/api/items", method="POST", body=b'{"a": 1}', headers={
+    got = get_json(listener, "/api/items", method="POST", body=b'{"a": 1}', headers={
         "X-Forwarded-Prefix": "/plugins/test", "X-Forwarded-For": "203.0.113.9",
         "X-Forwarded-Proto": "https", "X-Forwarded-Host": "plugd.example:8080",
         "Content-Type": "application/json"})
@@ -83,12 +83,13 @@ def test_http_and_actions_are_served_together(asgi_host, listener):
     assert got["client"][0] == "203.0.113.9"
     assert got["host"] == "plugd.example:8080"
 
-    got = get_json(listener.path, "/x", headers={"X-Forwarded-Prefix": "/client-manager/"})
+    got = get_json(listener, "/x", headers={"X-Forwarded-Prefix": "/client-manager/"})
     assert got["root_path"] == "/client-manager" and got["path"] == "/client-manager/x"
 
     # A WebSocket gets the same treatment.
     with unix_connect(listener.path, "ws://localhost/ws/a%20b",
-                      additional_headers={"X-Forwarded-Prefix": "/client-manager"}) as ws:
+                      additional_headers={"X-Forwarded-Prefix": "/client-manager",
+                                          "X-Plugd-Secret": listener.secret}) as ws:
         hello = json.loads(ws.recv(timeout=5))
         assert hello["type"] == "websocket"
         assert hello["root_path"] == "/client-manager"
@@ -106,13 +107,54 @@ def test_http_and_actions_are_served_together(asgi_host, listener):
     assert not [p for p in h.notifications_of("log") if "uvicorn" in p.get("logger", "")]
 
 
+def test_only_requests_with_the_hosts_secret_reach_the_app(asgi_host, listener):
+    # Anything of the host's uid can connect to the socket's path (another plugin, when the
+    # sandbox's uid layer is off): only requests carrying the secret the plugin gave the host
+    # in `hello` are served, and the app never sees the header.
+    h = asgi_host()
+    secret = h.http_secret
+    assert isinstance(secret, str) and len(secret) >= 32
+    assert started(h) == {}
+    got = get_json(listener, "/mine")
+    assert got["path"] == "/mine" and "x-plugd-secret" not in got["header_names"]
+
+    refused = [
+        request(listener.path, "GET", "/admin", headers={"X-Forwarded-For": "127.0.0.1"}),
+        request(listener.path, "GET", "/admin", headers={"X-Plugd-Secret": secret[:-1] + "?"}),
+        request(listener.path, "GET", "/admin", headers={"X-Plugd-Secret": ""}),
+    ]
+    # Twice (the right one and another): refused too, whichever a reader would take.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(5)
+        raw.connect(listener.path)
+        raw.sendall(b"GET /admin HTTP/1.1\r\nhost: x\r\nx-plugd-secret: " + secret.encode()
+                    + b"\r\nx-plugd-secret: other\r\nconnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    for status, _, body in refused:
+        assert status == 403, (status, body)
+        assert json.loads(body)["error"]["code"] == "forbidden"
+    with pytest.raises(InvalidStatus) as ws_refused:
+        with unix_connect(listener.path, "ws://localhost/ws/x", open_timeout=5):
+            pass
+    assert ws_refused.value.response.status_code == 403
+
+    # None of them reached the app.
+    value = ok(h.call("http_state"))["value"]
+    assert value["requests"] == 1 and value["websockets"] == 0
+    h.notify("shutdown")
+    assert h.exit_code() == 0
+
+
 def test_shutdown_finishes_requests_in_flight_then_runs_the_stop_hooks(asgi_host, listener):
     h = asgi_host()
     assert started(h) == {}
     result = {}
 
     def slow():
-        result["resp"] = request(listener.path, "GET", "/slow?sleep_ms=600")
+        result["resp"] = request(listener, "GET", "/slow?sleep_ms=600")
 
     t = threading.Thread(target=slow)
     t.start()
@@ -165,37 +207,32 @@ def test_a_server_that_stops_by_itself_ends_the_plugin(asgi_host, listener):
     # request: the plugin exits 1 so that the host restarts it.
     h = asgi_host(env={"MAX_REQUESTS": "1"})
     assert started(h) == {}
-    assert get_json(listener.path, "/once")["path"] == "/once"
+    assert get_json(listener, "/once")["path"] == "/once"
     assert h.exit_code() == 1
     h.wait_notification("log", lambda p: "The HTTP server stopped" in p["message"])
     wait_stderr(h, "on_stop ran after 1 requests", stream="stdout")
 
 
-class HandoffListener:
-    """A listening `SOCK_SEQPACKET` Unix socket, as the host gives a plugin on fd 5."""
+class HandoffChannel:
+    """A `SOCK_SEQPACKET` socket pair, as the host makes for a plugin: `sock` is the plugin's
+    end (its fd 5), `host` the host's."""
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="plugd-ho-")
-        self.path = os.path.join(self.dir, "1.ho")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.bind(self.path)
-        self.sock.listen(16)
+        self.host, self.sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
     def hand_over(self, head: bytes, client: socket.socket) -> None:
         """What the host does: one record, the head with the client's socket attached."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
-            channel.connect(self.path)
-            channel.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                      array.array("i", [client.fileno()]))])
+        self.host.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                    array.array("i", [client.fileno()]))])
 
     def close(self) -> None:
+        self.host.close()
         self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
 def handoff():
-    sock = HandoffListener()
+    sock = HandoffChannel()
     yield sock
     sock.close()
 
@@ -211,6 +248,7 @@ def _read_head(conn: socket.socket) -> bytes:
 
 def test_a_handed_over_websocket_is_served_from_its_first_byte(make_host, listener, handoff):
     h = make_host(ASGI, http_sock=listener.sock, handoff_sock=handoff.sock)
+    listener.secret = h.http_secret
     hello = h.requests[0]["params"]
     golden = json.loads((ROOT / "crates/plugd-protocol/tests/golden/hello_http_handoff.json")
                         .read_text())["params"]
@@ -238,7 +276,8 @@ def test_a_handed_over_websocket_is_served_from_its_first_byte(make_host, listen
     request_line, rest = head.split(b"\r\n", 1)
     assert request_line == b"GET /plugins/test/ws/a%20b HTTP/1.1"
     forwarded = (b"GET /ws/a%20b HTTP/1.1\r\n" + rest[:-2]
-                 + b"x-forwarded-prefix: /plugins/test\r\nx-forwarded-for: 203.0.113.7\r\n\r\n")
+                 + b"x-forwarded-prefix: /plugins/test\r\nx-forwarded-for: 203.0.113.7\r\n"
+                 + b"x-plugd-secret: " + listener.secret.encode() + b"\r\n\r\n")
     handoff.hand_over(forwarded, conn)
     conn.close()  # the plugin holds its own copy now
     front.close()
@@ -251,11 +290,9 @@ def test_a_handed_over_websocket_is_served_from_its_first_byte(make_host, listen
     assert ok(h.call("http_state"))["value"]["websockets"] == 1
 
     # A malformed record (no descriptor) is logged and dropped; the plugin serves on.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
-        channel.connect(handoff.path)
-        channel.send(b"GET / HTTP/1.1\r\n\r\n")
+    handoff.host.send(b"GET / HTTP/1.1\r\n\r\n")
     wait_stderr(h, "Ignored a malformed hand-off (18 bytes, 0 descriptors)")
-    assert get_json(listener.path, "/after")["path"] == "/after"
+    assert get_json(listener, "/after")["path"] == "/after"
 
     # A stop closes handed-over connections like the others.
     h.notify("shutdown")
@@ -287,7 +324,7 @@ HANDSHAKE = (b"GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: we
 
 class _InProcess:
     """uvicorn (via the SDK's server class) in this process's event loop with a `Handoff` on
-    a `HandoffListener`: the hand-off's edge cases, driven step by step."""
+    a `HandoffChannel`: the hand-off's edge cases, driven step by step."""
 
     def __init__(self, ws: str, tmp: str, seen: list) -> None:
         import uvicorn
@@ -311,7 +348,7 @@ class _InProcess:
                                 log_config=None, proxy_headers=True, forwarded_allow_ips="*")
         self.server = _server_class(uvicorn)(config)
 
-    async def start(self, listener: "HandoffListener"):
+    async def start(self, listener: "HandoffChannel"):
         from plugd._asgi import Handoff
         loop = asyncio.get_running_loop()
         self.task = loop.create_task(self.server.serve())
@@ -389,10 +426,8 @@ def test_a_stop_answers_the_handoffs_already_sent_and_refuses_other_descriptors(
         ho = await served.start(handoff)
         # A record with a pipe instead of a client's TCP socket: not adopted.
         r, w = os.pipe()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
-            channel.connect(handoff.path)
-            channel.sendmsg([HANDSHAKE], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array("i", [r]))])
+        handoff.host.sendmsg([HANDSHAKE], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            array.array("i", [r]))])
         os.close(r)
         for _ in range(100):
             if "not a TCP socket" in caplog.text:
@@ -420,6 +455,25 @@ def test_a_stop_answers_the_handoffs_already_sent_and_refuses_other_descriptors(
     for out in outs:
         assert out.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), out
         assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "plugin_not_running"
+
+
+def test_a_closed_channel_ends_the_handoffs_quietly(tmp_path, handoff, caplog):
+    # The host closed its end (it stopped using this child): the plugin stops reading the
+    # channel (no busy loop on an end-of-file), logs nothing, and serves on.
+    served = _InProcess("auto", str(tmp_path), [])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ho = await served.start(handoff)
+        handoff.host.close()
+        await asyncio.sleep(0.05)
+        still_read = loop.remove_reader(ho.channel.fileno())
+        ho.close()
+        await served.stop()
+        return still_read
+
+    assert asyncio.run(main()) is False
+    assert "hand-off" not in caplog.text
 
 
 def test_only_heads_written_as_the_host_writes_them_are_adopted():

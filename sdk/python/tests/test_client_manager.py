@@ -40,14 +40,19 @@ class Served:
         self.path = path
         self.host = host
         self.proc = proc
+        # What the host sends with every request: the secret the plugin's `hello` gave.
+        self.secret = host.http_secret if host is not None else None
+        self.headers = {"X-Plugd-Secret": self.secret} if self.secret else {}
 
     def ws(self, target, **kw):
-        return unix_connect(self.path, f"ws://localhost{target}", open_timeout=5, **kw)
+        headers = {**self.headers, **kw.pop("additional_headers", {})}
+        return unix_connect(self.path, f"ws://localhost{target}", open_timeout=5,
+                            additional_headers=headers, **kw)
 
     def wait_clients(self, ids):
         deadline = time.monotonic() + 5
-        while sorted(c["id"] for c in get_json(self.path, "/api/clients")) != sorted(ids):
-            assert time.monotonic() < deadline, get_json(self.path, "/api/clients")
+        while sorted(c["id"] for c in get_json(self, "/api/clients")) != sorted(ids):
+            assert time.monotonic() < deadline, get_json(self, "/api/clients")
             time.sleep(0.02)
 
 
@@ -104,15 +109,15 @@ def served(request):
 
 
 def test_health_and_clients(served):
-    assert get_json(served.path, "/health") == {"status": "ok", "clients": 0}
-    assert get_json(served.path, "/api/clients") == []
+    assert get_json(served, "/health") == {"status": "ok", "clients": 0}
+    assert get_json(served, "/api/clients") == []
 
 
 def test_websocket_clients_register_and_get_broadcasts(served):
     with served.ws("/ws/alice") as alice, served.ws("/ws/bob") as bob:
         served.wait_clients(["alice", "bob"])
-        assert get_json(served.path, "/health") == {"status": "ok", "clients": 2}
-        clients = get_json(served.path, "/api/clients")
+        assert get_json(served, "/health") == {"status": "ok", "clients": 2}
+        clients = get_json(served, "/api/clients")
         assert {c["id"] for c in clients} == {"alice", "bob"}
         assert all(set(c) == {"id", "connected_at", "messages"} for c in clients)
 
@@ -132,7 +137,7 @@ def test_websocket_clients_register_and_get_broadcasts(served):
             with pytest.raises(ConnectionClosed) as closed:
                 dup.recv(timeout=5)
             assert closed.value.rcvd.code == 4409
-        assert {c["id"]: c["messages"] for c in get_json(served.path, "/api/clients")} == {
+        assert {c["id"]: c["messages"] for c in get_json(served, "/api/clients")} == {
             "alice": 2, "bob": 1}
 
         if served.host is not None:
@@ -162,7 +167,7 @@ def test_server_sent_events(served):
     conn = UnixHTTPConnection(served.path)
     try:
         began = time.monotonic()
-        conn.request("GET", "/api/stream?n=4&interval=60")
+        conn.request("GET", "/api/stream?n=4&interval=60", headers=served.headers)
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.getheader("content-type").startswith("text/event-stream")
@@ -178,10 +183,10 @@ def test_server_sent_events(served):
         conn.close()
     assert events == [{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}]
     assert arrivals[-1] - arrivals[0] >= 0.15  # one every 60 ms, as they are made
-    assert request(served.path, "GET", "/api/stream?n=0")[::2] == (200, b"")  # ends at once
-    status, _, body = request(served.path, "GET", "/api/stream")
+    assert request(served, "GET", "/api/stream?n=0")[::2] == (200, b"")  # ends at once
+    status, _, body = request(served, "GET", "/api/stream")
     assert status == 200 and body.count(b"data: ") == 3  # n defaults to 3
-    assert request(served.path, "GET", "/api/stream?n=-1")[0] == 422
+    assert request(served, "GET", "/api/stream?n=-1")[0] == 422
 
 
 def test_streaming_upload(served):
@@ -194,22 +199,22 @@ def test_streaming_upload(served):
     conn = UnixHTTPConnection(served.path, timeout=30)
     try:
         conn.request("POST", "/api/upload", body=body(), encode_chunked=True,
-                     headers={"Transfer-Encoding": "chunked"})
+                     headers={"Transfer-Encoding": "chunked", **served.headers})
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read()) == {"bytes": 48 * 65536}
     finally:
         conn.close()
-    assert get_json(served.path, "/api/upload", method="POST", body=b"12345") == {"bytes": 5}
-    assert get_json(served.path, "/api/upload", method="POST", body=b"") == {"bytes": 0}
+    assert get_json(served, "/api/upload", method="POST", body=b"12345") == {"bytes": 5}
+    assert get_json(served, "/api/upload", method="POST", body=b"") == {"bytes": 0}
 
 
 def test_prefixes_reach_the_app_as_root_path(as_plugin):
     # What the host adds when it proxies /client-manager/docs or /plugins/client-manager/docs.
     for prefix in ("/client-manager", "/plugins/client-manager"):
-        status, _, body = request(as_plugin.path, "GET", "/docs",
+        status, _, body = request(as_plugin, "GET", "/docs",
                                   headers={"X-Forwarded-Prefix": prefix})
         assert status == 200 and f"'{prefix}/openapi.json'".encode() in body, body[:2000]
-        spec = get_json(as_plugin.path, "/openapi.json", headers={"X-Forwarded-Prefix": prefix})
+        spec = get_json(as_plugin, "/openapi.json", headers={"X-Forwarded-Prefix": prefix})
         assert spec["servers"] == [{"url": prefix}]
         assert "/api/clients" in spec["paths"]
     with as_plugin.ws("/ws/carol", additional_headers={"X-Forwarded-Prefix": "/client-manager"}):

@@ -24,21 +24,32 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def request(path: str, method: str, target: str, body: Optional[bytes] = None,
+def where(to: Any) -> Tuple[str, Dict[str, str]]:
+    """A socket path, or something served at one (a `Listener`, a test's `Served`): its path,
+    and the `X-Plugd-Secret` header the host would send there (the plugin's `hello` gave it)."""
+    if isinstance(to, str):
+        return to, {}
+    secret = getattr(to, "secret", None)
+    return to.path, ({"X-Plugd-Secret": secret} if secret is not None else {})
+
+
+def request(to: Any, method: str, target: str, body: Optional[bytes] = None,
             headers: Optional[Dict[str, str]] = None,
             timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
-    """One request on a new connection: status, headers (lower-case names), body."""
+    """One request on a new connection: status, headers (lower-case names), body. ``to`` is a
+    socket path, or a `Listener` (then the plugin's secret goes along, as the host sends it)."""
+    path, extra = where(to)
     conn = UnixHTTPConnection(path, timeout)
     try:
-        conn.request(method, target, body=body, headers=headers or {})
+        conn.request(method, target, body=body, headers={**extra, **(headers or {})})
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
 
 
-def get_json(path: str, target: str, **kw: Any) -> Any:
-    status, _, body = request(path, kw.pop("method", "GET"), target, **kw)
+def get_json(to: Any, target: str, **kw: Any) -> Any:
+    status, _, body = request(to, kw.pop("method", "GET"), target, **kw)
     assert status == 200, (status, body)
     return json.loads(body)
 
@@ -53,6 +64,8 @@ class Listener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(64)
+        # The secret the plugin serving here gave in its `hello` (set by the test).
+        self.secret: Optional[str] = None
 
     def close(self) -> None:
         self.sock.close()

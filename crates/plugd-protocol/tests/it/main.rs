@@ -43,6 +43,7 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 }]),
                 on_start: false,
                 http_handoff: false,
+                http_secret: None,
             },
         )
     });
@@ -62,6 +63,7 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 }]),
                 on_start: true,
                 http_handoff: false,
+                http_secret: None,
             },
         )
     });
@@ -77,6 +79,7 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 actions: None,
                 on_start: false,
                 http_handoff: true,
+                http_secret: Some("kq3Vd9Jr0x2mZb7TnW4yLc8sPe6uHa1F".into()),
             },
         )
     });

@@ -830,6 +830,31 @@ fn the_client_manager_example_serves_rest_websockets_and_sse_through_plugd() {
     assert_eq!(handoffs_as(&at, Some(&admin)), before + 2, "{answers}");
     assert_eq!(answers.matches("HTTP/1.1 ").count(), 1, "{answers}");
     assert!(answers.starts_with("HTTP/1.1 403 "), "{answers}");
+
+    // Whatever else of the host's uid reaches the plugin's socket (another plugin, when the
+    // sandbox's uid and mount layers are off; this test runs as that uid) lacks the secret the
+    // plugin gave plugd, and is refused; the hand-off channel has no path at all.
+    let sockets: Vec<_> = std::fs::read_dir(state.join("run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    assert!(
+        sockets[0].extension().is_some_and(|e| e == "sock"),
+        "{sockets:?}"
+    );
+    let mut direct = std::os::unix::net::UnixStream::connect(&sockets[0]).unwrap();
+    direct
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    direct
+        .write_all(b"GET /api/clients HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 127.0.0.1\r\nX-Plugd-Secret: guess\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    direct.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(answer.contains(r#""code":"forbidden""#), "{answer}");
 }
 
 /// `plugd_http_handoffs_total` of client-manager, from `/metrics`.
@@ -884,11 +909,9 @@ def attack(sock):
     sock.close()
 
 def take_handoffs():
-    listener = socket.socket(fileno=int(os.environ["PLUGD_HANDOFF_FD"]))
+    channel = socket.socket(fileno=int(os.environ["PLUGD_HANDOFF_FD"]))
     while True:
-        conn, _ = listener.accept()
-        head, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4))
-        conn.close()
+        head, ancdata, _, _ = channel.recvmsg(65536, socket.CMSG_SPACE(4))
         fd = struct.unpack("i", ancdata[0][2][:4])[0]
         results["head"] = head.decode().split("\r\n")[0]
         attack(socket.socket(fileno=fd))

@@ -2,8 +2,13 @@
 over as fd `PLUGD_HTTP_FD`, in the same event loop as the protocol.
 
 WebSockets skip the host's relay: the host hands the client's own TCP connection over on the
-hand-off socket (fd `PLUGD_HANDOFF_FD`), with the request head rewritten as the proxy would
-forward it, and uvicorn serves the connection from its first byte (`Handoff`).
+hand-off channel (fd `PLUGD_HANDOFF_FD`, a socket pair), with the request head rewritten as the
+proxy would forward it, and uvicorn serves the connection from its first byte (`Handoff`).
+
+Every request the host sends carries the secret this plugin gave in its `hello`
+(`X-Plugd-Secret`); `ForwardedPrefix` refuses any request without it and strips it, so nothing
+else that reaches the socket's path (another process of the same uid, when the sandbox's uid
+layer is off) is served or has its `X-Forwarded-*` headers trusted.
 
 uvicorn comes from the plugin's own environment and is imported only when `serve_asgi` is
 called: the SDK itself stays standard library only. The host proxies `/plugins/NAME/...` and
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
+import secrets
 import socket
 import stat
 import sys
@@ -25,6 +32,7 @@ from urllib.parse import unquote
 
 HTTP_FD_VAR = "PLUGD_HTTP_FD"
 HANDOFF_FD_VAR = "PLUGD_HANDOFF_FD"
+SECRET_HEADER = b"x-plugd-secret"
 
 # The largest hand-off record: the host sends a request head of at most 16 KiB.
 _MAX_RECORD = 64 * 1024
@@ -48,9 +56,18 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+_FORBIDDEN = (
+    b'{"error":{"code":"forbidden","message":"This socket serves the plugd host only: the '
+    b'request lacks the plugin\'s X-Plugd-Secret"}}')
+
+
 class ForwardedPrefix:
     """Pure ASGI middleware in front of the plugin's app.
 
+    - `http` and `websocket` with a `secret`: a request whose `X-Plugd-Secret` is not that
+      secret (exactly once) is refused (`403`; a WebSocket is closed before it is accepted,
+      which uvicorn answers `403`) and the app never sees it; the header is removed before the
+      app sees the request.
     - `http` and `websocket`: `X-Forwarded-Prefix: /plugins/NAME` (set by the host, which
       drops one a client sent) becomes the scope's `root_path`, and is put in front of `path`
       and `raw_path` as uvicorn's own `--root-path` does (Starlette routes on `path` minus
@@ -59,13 +76,16 @@ class ForwardedPrefix:
     - `lifespan`: remembers why the app's startup failed, for the plugin's `started`.
     """
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(self, app: Callable[..., Any], secret: Optional[str] = None) -> None:
         self.app = app
+        self.secret = secret.encode("ascii") if secret is not None else None
         self.startup_error: Optional[str] = None
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> Any:
         kind = scope.get("type")
         if kind == "http" or kind == "websocket":
+            if self.secret is not None and not _take_secret(scope, self.secret):
+                return await _forbid(kind, send)
             prefix = host = None
             for name, value in scope.get("headers") or ():
                 if name == b"x-forwarded-prefix":
@@ -100,6 +120,27 @@ class ForwardedPrefix:
             if failed is not None:  # the exception that failed the startup: say that one
                 self.startup_error = _error_text(exc)
             raise
+
+
+def _take_secret(scope: Dict[str, Any], secret: bytes) -> bool:
+    """Whether the request carries `secret` as its one `X-Plugd-Secret` (compared in constant
+    time); the header is removed from the scope either way."""
+    headers = scope.get("headers") or []
+    given = [v for n, v in headers if n == SECRET_HEADER]
+    if given:
+        scope["headers"] = [(n, v) for n, v in headers if n != SECRET_HEADER]
+    return len(given) == 1 and hmac.compare_digest(given[0], secret)
+
+
+async def _forbid(kind: str, send: Any) -> None:
+    if kind == "websocket":
+        # Closed before it is accepted: uvicorn answers the handshake `403`.
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "http.response.start", "status": 403, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_FORBIDDEN)).encode())]})
+    await send({"type": "http.response.body", "body": _FORBIDDEN})
 
 
 def _apply_prefix(scope: Dict[str, Any], raw: bytes) -> None:
@@ -155,7 +196,9 @@ class AsgiServer:
 
     def __init__(self, app: Any, shutdown_timeout: Optional[float],
                  options: Dict[str, Any]) -> None:
-        self.app = ForwardedPrefix(app)
+        # Given to the host in `hello`; every request it sends carries it (`ForwardedPrefix`).
+        self.secret = secrets.token_urlsafe(32)
+        self.app = ForwardedPrefix(app, self.secret)
         self.shutdown_timeout = shutdown_timeout
         self.options = options
         self.server: Any = None
@@ -198,8 +241,9 @@ class AsgiServer:
             "lifespan": "auto",
             "log_config": None,
             "access_log": False,
-            # Only the host can connect to this socket, and it replaces any X-Forwarded-For /
-            # -Proto a client sent: trust them (a Unix socket peer has no address to check).
+            # Every request that reaches the app came from the host (`ForwardedPrefix` refuses
+            # the others), which replaces any X-Forwarded-For / -Proto a client sent: trust
+            # them (a Unix socket peer has no address to check).
             "proxy_headers": True,
             "forwarded_allow_ips": "*",
             "timeout_graceful_shutdown": self.shutdown_timeout,
@@ -237,7 +281,7 @@ class AsgiServer:
                 try:
                     self._handoff = Handoff(server, self.handoff_fd, loop)
                 except OSError as exc:
-                    return f"serve_asgi cannot use the hand-off socket: {_error_text(exc)}"
+                    return f"serve_asgi cannot use the hand-off channel: {_error_text(exc)}"
             return None
         if server.should_exit and self.stopping:
             return "the plugin was stopped while its HTTP app was starting"
@@ -356,92 +400,79 @@ def _refuse(fd: int) -> None:
 
 class Handoff:
     """Adopts the client connections the host hands over (WebSockets, so the host relays no
-    frame): each arrives as one `SOCK_SEQPACKET` connection to fd `PLUGD_HANDOFF_FD` carrying one
-    record, the request head as the proxy would forward it (prefix stripped,
-    `X-Forwarded-*` set, plugd's credentials removed), with the client's TCP socket attached
-    (`SCM_RIGHTS`). The head was already read from that socket: it is fed to a fresh uvicorn
-    protocol before the socket's own bytes, and uvicorn serves the connection as if it had
-    accepted it (it counts in the server's connections, so a stop closes it like the others).
+    frame): each arrives as one record on fd `PLUGD_HANDOFF_FD` (a `SOCK_SEQPACKET` socket
+    pair whose other end only the host holds), the request head as the proxy would forward it
+    (prefix stripped, `X-Forwarded-*` and `X-Plugd-Secret` set, plugd's credentials removed),
+    with the client's TCP socket attached (`SCM_RIGHTS`). The head was already read from that
+    socket: it is fed to a fresh uvicorn protocol before the socket's own bytes, and uvicorn
+    serves the connection as if it had accepted it (it counts in the server's connections, so
+    a stop closes it like the others).
     """
 
     def __init__(self, server: Any, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
         self.loop = loop
-        self.listener = socket.socket(fileno=fd)
-        self.listener.setblocking(False)
-        self.pending: Dict[int, socket.socket] = {}
+        self.channel = socket.socket(fileno=fd)
+        if self.channel.type != socket.SOCK_SEQPACKET:
+            self.channel.detach()
+            raise OSError(f"fd {fd} is not a SOCK_SEQPACKET socket")
+        self.channel.setblocking(False)
         self.tasks: "set[asyncio.Task[Any]]" = set()
         self.closing = False
-        loop.add_reader(self.listener.fileno(), self._on_accept)
+        loop.add_reader(self.channel.fileno(), self._on_records)
 
     def close(self) -> None:
-        """No more hand-offs (a stop). Records already sent (queued on the listener, or on a
-        connection not yet read) are answered `503` rather than dropped, so no client sees its
-        connection end without a word."""
+        """No more hand-offs (a stop). Records the host already sent (queued on the channel)
+        are answered `503` rather than dropped, so no client sees its connection end without a
+        word; the host finds the channel closed from then on and relays."""
+        if self.closing:
+            return
         self.closing = True
-        try:
-            self.loop.remove_reader(self.listener.fileno())
-        except (ValueError, OSError):  # pragma: no cover - already closed
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.channel.fileno())
+        self._on_records()  # the queued ones: `closing` makes `_adopt` refuse them
+        self.channel.close()
+
+    def _on_records(self) -> None:
+        while self._receive():
             pass
-        self._on_accept()  # the queued ones: `closing` makes `_adopt` refuse them
-        self.listener.close()
-        for conn in self.pending.values():
-            self.loop.remove_reader(conn.fileno())
-            self._receive(conn)
-            conn.close()
-        self.pending.clear()
 
-    def _on_accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                _log_error("Cannot accept a hand-off: %s", _error_text(exc))
-                return
-            conn.setblocking(False)
-            if self._receive(conn) or self.closing:
-                conn.close()
-            else:
-                fd = conn.fileno()
-                self.pending[fd] = conn
-                self.loop.add_reader(fd, self._on_record, conn)
-
-    def _on_record(self, conn: socket.socket) -> None:
-        if self._receive(conn):
-            fd = conn.fileno()
-            self.loop.remove_reader(fd)
-            self.pending.pop(fd, None)
-            conn.close()
-
-    def _receive(self, conn: socket.socket) -> bool:
-        """Reads the record; False when it has not arrived yet."""
+    def _receive(self) -> bool:
+        """Reads one record and adopts (or refuses) its client; False when none is queued or
+        the host closed the channel."""
         try:
             # Close-on-exec: a subprocess the plugin starts must not keep clients' sockets.
-            head, ancdata, flags, _ = conn.recvmsg(
+            head, ancdata, flags, _ = self.channel.recvmsg(
                 _MAX_RECORD, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            _log_error("Cannot read a hand-off: %s", _error_text(exc))
-            return True
+            _log_error("Cannot read hand-offs any more: %s", _error_text(exc))
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self.channel.fileno())
+            return False
         fds = []
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(data) - len(data) % 4
                 fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
                            for i in range(0, usable, 4))
+        if not head and not fds:
+            # The host's end closed (it is stopping): nothing more will come.
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self.channel.fileno())
+            return False
         if (len(fds) != 1 or not head or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
                 or not _plain_head(head) or not _is_tcp(fds[0])):
             for fd in fds:
                 os.close(fd)
-            if head or fds:
-                _log_error("Ignored a malformed hand-off (%d bytes, %d descriptors%s)",
-                           len(head), len(fds),
-                           ", not a TCP socket" if len(fds) == 1 else "")
+            _log_error("Ignored a malformed hand-off (%d bytes, %d descriptors%s)",
+                       len(head), len(fds), ", not a TCP socket" if len(fds) == 1 else "")
             return True
-        self._adopt(fds[0], _closing_head(head))
+        try:
+            self._adopt(fds[0], _closing_head(head))
+        except Exception as exc:  # the client's socket is closed, never left to the GC
+            _log_error("Cannot serve a handed-over connection: %s", _error_text(exc))
         return True
 
     def _adopt(self, fd: int, head: bytes) -> None:
@@ -449,6 +480,13 @@ class Handoff:
             _refuse(fd)
             return
         client = socket.socket(fileno=fd)
+        try:
+            self._serve(client, head)
+        except BaseException:
+            client.close()
+            raise
+
+    def _serve(self, client: socket.socket, head: bytes) -> None:
         server = self.server
         client.setblocking(False)
         config = server.config

@@ -909,6 +909,9 @@ class Plugin:
         if self._start_hooks or self._asgi is not None:
             # The host then waits for `started` before it sends any work.
             hello_params["on_start"] = True
+        if self._asgi is not None and self._asgi.error is None:
+            # Every request the host sends to the HTTP socket carries it (see `_asgi`).
+            hello_params["http_secret"] = self._asgi.secret
         if self._asgi is not None and self._asgi.handoff:
             # WebSockets come as handed-over client connections (see `_asgi.Handoff`).
             hello_params["http_handoff"] = True

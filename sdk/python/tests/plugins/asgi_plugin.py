@@ -66,6 +66,7 @@ def describe(scope):
         "scheme": scope["scheme"],
         "client": list(scope["client"]) if scope.get("client") else None,
         "host": headers.get("host"),
+        "header_names": sorted(headers),
         "lifespan": state["lifespan"],
     }
 
