@@ -30,9 +30,11 @@ pub struct HttpEndpoint {
     /// The host's end of its hand-off channel, when the running plugin takes WebSockets handed
     /// over there (its `hello` said `http_handoff`) rather than relayed.
     pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
-    /// The secret to send in `X-Plugd-Secret` with every request to its socket (its `hello`
-    /// gave it), if any.
+    /// The secret to send in `X-Plugd-Secret` with every request to its socket.
     pub secret: Option<Arc<str>>,
+    /// Its current child's pid: besides the host, only it or a descendant may be the socket's
+    /// listener (see `plugd-server`'s connector).
+    pub pid: Option<u32>,
     generation: Arc<Generation>,
 }
 
@@ -76,8 +78,8 @@ pub struct HttpRoute {
 
 /// `dir`, created if missing, readable by its owner only: the plugins' sockets live there, and
 /// no other user may connect to one. (Processes of the host's own uid still can: a plugin
-/// without the sandbox's uid and mount layers could; the secret its `hello` gives tells the
-/// host's requests from theirs, ARCHITECTURE.md "WebSocket hand-off".)
+/// without the sandbox's uid and mount layers could; the plugin tells the host's requests from
+/// theirs by the secret of its start, ARCHITECTURE.md "WebSocket hand-off".)
 fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -127,6 +129,7 @@ impl Host {
             version: generation.manifest.version.to_string(),
             handoff: side.handoff,
             secret: side.secret,
+            pid: side.pid,
             socket,
             generation,
         })

@@ -85,8 +85,13 @@ struct Shared {
     params: Mutex<Params>,
     /// Held while one `params.changed` is queued, so two changes reach the child in order.
     params_send: tokio::sync::Mutex<()>,
-    /// What the current child's `hello` said about its HTTP side (hand-offs, secret).
-    http_side: Mutex<HttpSide>,
+    /// The host's end of the current child's hand-off channel, when its `hello` said
+    /// `http_handoff` (and its sandbox confines a handed socket).
+    http_handoff: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    /// The current child's pid, from its spawn on (before it could listen on its HTTP socket).
+    http_pid: std::sync::atomic::AtomicU32,
+    /// The secret of this start's HTTP side (`initialize.http_secret`, `X-Plugd-Secret`).
+    http_secret: Option<Arc<str>>,
 }
 
 /// The plugin's current params and how often they changed since the start.
@@ -148,6 +153,15 @@ impl ProcessInstance {
             version: 0,
             value: spec.params.clone(),
         };
+        // One secret per start (every child of it gets the same, so a request queued on the
+        // socket while a crashed child is replaced still carries the right one).
+        let http_secret = match &spec.http_socket {
+            Some(_) => Some(http_secret().map_err(|e| RuntimeError::StartFailed {
+                plugin: plugin.clone(),
+                reason: format!("cannot make the secret of its HTTP side: {e}"),
+            })?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             plugin: plugin.clone(),
             spec,
@@ -163,7 +177,9 @@ impl ProcessInstance {
             stopped: watch::channel(false).0,
             params: Mutex::new(params),
             params_send: tokio::sync::Mutex::new(()),
-            http_side: Mutex::new(HttpSide::default()),
+            http_handoff: Mutex::new(None),
+            http_pid: std::sync::atomic::AtomicU32::new(0),
+            http_secret,
         });
         let running = shared
             .launch()
@@ -179,14 +195,16 @@ impl Shared {
     /// Spawns a child and completes the handshake; a child whose `hello` said `on_start` is
     /// ready only once it said `started` (its hooks ran), all within the start timeout.
     async fn launch(self: &Arc<Self>) -> Result<Running, String> {
-        // Nothing of the previous child's HTTP side is used from now on.
-        *self.http_side.lock() = HttpSide::default();
+        // The previous child's hand-off channel is not used from now on.
+        *self.http_handoff.lock() = None;
         let Spawned {
             mut child,
             socket,
             sandbox,
             handoff: handoff_channel,
         } = spawn(&self.spec, &self.config)?;
+        self.http_pid
+            .store(child.id().unwrap_or(0), Ordering::Release);
         let mut layers: Vec<(String, String)> = sandbox
             .iter()
             .flat_map(|s| s.layers())
@@ -274,32 +292,6 @@ impl Shared {
             ));
         }
 
-        // The secret the host sends with every request to the child's HTTP socket: one that
-        // cannot go in a header (or is too short to be a secret) refuses the child.
-        let secret = match hello.http_secret.as_deref().map(usable_secret) {
-            None => None,
-            Some(Ok(secret)) => Some(Arc::<str>::from(secret)),
-            Some(Err(why)) => {
-                let message = format!("Unusable `http_secret`: {why}");
-                encode_error(
-                    &mut frame,
-                    hello_id,
-                    &RpcError {
-                        code: codes::INVALID_PARAMS,
-                        message: message.clone(),
-                        data: None,
-                    },
-                );
-                let _ = conn.send_frame(frame, timeout).await;
-                let _ = tokio::time::timeout(Duration::from_millis(200), child.wait()).await;
-                kill_and_reap(&mut child).await;
-                conn.close(Closed::new("its hello was refused"));
-                return Err(format!(
-                    "its hello was refused: {message}; hint: use the SDK's `serve_asgi`, or send 16 to 256 printable ASCII characters"
-                ));
-            }
-        };
-
         let manifest = &self.spec.manifest;
         let data_dir = self.spec.data_dir.to_string_lossy();
         // A child started after a change gets the params in force, not those of the first start.
@@ -320,6 +312,7 @@ impl Shared {
                 .map(|s| s.as_str())
                 .collect(),
             limits: init_limits(&manifest.limits),
+            http_secret: self.http_secret.as_deref(),
         };
         encode_result(&mut frame, hello_id, &init);
         if let Err(e) = conn.send_frame(frame, timeout).await {
@@ -375,12 +368,9 @@ impl Shared {
         // Only a plugin with a hand-off channel (an `[http]` table) can take one, and only when
         // a handed TCP socket of the host's cannot widen its network.
         let handoff = hello.http_handoff && handoff_channel.is_some();
-        *self.http_side.lock() = HttpSide {
-            handoff: handoff_channel
-                .filter(|_| handoff && handoff_safe)
-                .map(Arc::new),
-            secret,
-        };
+        *self.http_handoff.lock() = handoff_channel
+            .filter(|_| handoff && handoff_safe)
+            .map(Arc::new);
         if handoff {
             layers.push((
                 "http.handoff".into(),
@@ -453,6 +443,8 @@ impl Shared {
 
     fn uninstall(&self, reason: &str) {
         *self.current.write() = None;
+        // WebSockets go to the relay (which waits for the next child) until one says hello.
+        *self.http_handoff.lock() = None;
         let mut state = self.state.lock();
         state.ready = false;
         state.pid = None;
@@ -1132,7 +1124,11 @@ impl Instance for ProcessInstance {
     }
 
     fn http_side(&self) -> HttpSide {
-        self.shared.http_side.lock().clone()
+        HttpSide {
+            handoff: self.shared.http_handoff.lock().clone(),
+            secret: self.shared.http_secret.clone(),
+            pid: Some(self.shared.http_pid.load(Ordering::Acquire)).filter(|&p| p > 0),
+        }
     }
 
     fn health(&self) -> watch::Receiver<Health> {
@@ -1243,19 +1239,19 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
     }
 }
 
-/// `secret` if it can be the `X-Plugd-Secret` header's value and is long enough to be one
-/// (16 to 256 printable ASCII characters, no spaces).
-fn usable_secret(secret: &str) -> Result<&str, String> {
-    if !(16..=256).contains(&secret.len()) {
-        return Err(format!(
-            "it is {} bytes; 16 to 256 are allowed",
-            secret.len()
-        ));
+/// A fresh secret for a plugin's HTTP side: 32 random bytes from the kernel, as 64 hex digits.
+fn http_secret() -> std::io::Result<Arc<str>> {
+    let mut bytes = [0u8; 32];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        filled +=
+            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
     }
-    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("only printable ASCII characters without spaces are allowed".to_owned());
-    }
-    Ok(secret)
+    Ok(bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into())
 }
 
 #[cfg(test)]
@@ -1263,23 +1259,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_secret_must_fit_a_header_and_be_long_enough() {
-        let good = "kq3Vd9Jr0x2mZb7T-_~!";
-        assert_eq!(usable_secret(good), Ok(good));
-        assert_eq!(usable_secret(&"x".repeat(256)).map(str::len), Ok(256));
-        for bad in [
-            "short",
-            "has a space in it!!",
-            "line\r\nbreak-0123456789",
-            "ünïcödé-0123456789",
-        ] {
-            assert!(usable_secret(bad).is_err(), "{bad:?}");
-        }
-        assert!(
-            usable_secret(&"x".repeat(257))
-                .unwrap_err()
-                .contains("257 bytes")
-        );
+    fn each_http_secret_is_64_fresh_hex_digits() {
+        let (a, b) = (http_secret().unwrap(), http_secret().unwrap());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 
     fn plugin() -> PluginName {

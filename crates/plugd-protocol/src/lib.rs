@@ -37,9 +37,9 @@ pub const HTTP_FD: i32 = 4;
 /// `docs/protocol.md` ("WebSocket hand-off").
 pub const HANDOFF_FD: i32 = 5;
 
-/// The header that carries the secret a plugin's `hello` gave as `http_secret` on every request
-/// the host sends to the plugin's HTTP side; the host drops one a client sent. A plugin checks
-/// it to tell the host's requests from anything else that reaches its HTTP socket's path.
+/// The header that carries the secret `initialize` gave as `http_secret` on every request the
+/// host sends to the plugin's HTTP side; the host drops one a client sent. A plugin checks it
+/// to tell the host's requests from anything else that reaches its HTTP socket's path.
 pub const HTTP_SECRET_HEADER: &str = "x-plugd-secret";
 
 /// JSON-RPC error codes used by plugd (see `docs/protocol.md`).

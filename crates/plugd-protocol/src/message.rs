@@ -215,12 +215,6 @@ pub struct Hello {
     /// and serves them itself; absent (`false`), the host relays them to its HTTP socket.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub http_handoff: bool,
-    /// A secret the host puts in the `X-Plugd-Secret` header of every request it sends to the
-    /// child's HTTP socket (fd 4), so the child can refuse requests that did not come from the
-    /// host (another process of the same uid can connect to the socket's path). Printable
-    /// ASCII, 16 to 256 bytes; absent, the host sends no such header.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_secret: Option<String>,
 }
 
 /// One action announced in `hello`.
@@ -250,6 +244,11 @@ pub struct Initialize<'a> {
     pub services: Vec<&'a str>,
     /// The plugin's limits, so the SDK can size its workers and budgets.
     pub limits: InitLimits,
+    /// For a plugin with an `[http]` table: the secret the host sends in the `X-Plugd-Secret`
+    /// header of every request to its HTTP socket (fd 4), the same for every child of this
+    /// start, so the child can refuse requests that did not come from the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_secret: Option<&'a str>,
 }
 
 /// `initialize.limits`: the manifest's `[limits]` as the host enforces them.

@@ -45,16 +45,30 @@ pub struct InstanceSpec {
     pub http_socket: Option<PathBuf>,
 }
 
-/// What the running child of a plugin with an `[http]` table said about its HTTP side in its
-/// `hello`, for the host's proxy.
-#[derive(Clone, Debug, Default)]
+/// How the host reaches the HTTP side of a running plugin with an `[http]` table, beyond its
+/// socket's path: for the host's proxy.
+#[derive(Clone, Default)]
 pub struct HttpSide {
     /// The host's end of the child's hand-off channel (a `SOCK_SEQPACKET` socket pair, made
     /// non-blocking), when the child takes WebSockets handed over rather than relayed.
     pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
-    /// The secret the host sends in `X-Plugd-Secret` with every request to the child's HTTP
-    /// socket, when the child gave one.
+    /// The secret the host sends in `X-Plugd-Secret` with every request to the plugin's HTTP
+    /// socket (one per start, given to each child in `initialize`).
     pub secret: Option<Arc<str>>,
+    /// The pid of the current child (as the host sees it): the socket's listener must be the
+    /// host itself (as bound) or this process or one of its descendants (which listen again).
+    pub pid: Option<u32>,
+}
+
+impl std::fmt::Debug for HttpSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("HttpSide")
+            .field("handoff", &self.handoff)
+            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .field("pid", &self.pid)
+            .finish()
+    }
 }
 
 /// One call of an action.
@@ -375,8 +389,8 @@ pub trait Instance: Send + Sync {
     fn health(&self) -> watch::Receiver<Health> {
         watch::channel(Health::Ready).1
     }
-    /// What the running plugin said about its HTTP side (hand-offs, its request secret). It
-    /// changes when a crashed child is restarted.
+    /// Its HTTP side's hand-off channel (when the running child's `hello` offered hand-offs;
+    /// it changes when a crashed child is restarted) and request secret.
     fn http_side(&self) -> HttpSide {
         HttpSide::default()
     }

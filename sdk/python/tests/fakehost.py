@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import secrets
 import socket
 import subprocess
 import sys
@@ -80,6 +81,10 @@ class FakeHost:
                  handoff_sock: Optional[socket.socket] = None) -> None:
         self.name = name
         self.data_dir = data_dir
+        # As the host: a plugin with an HTTP socket gets a secret in `initialize`, and every
+        # request to the socket carries it (`X-Plugd-Secret`).
+        self.http_secret: Optional[str] = (
+            secrets.token_hex(32) if http_sock is not None else None)
         self.proc, self.sock = spawn(argv, cwd=cwd, env=env, data_dir=data_dir, name=name,
                                      http_sock=http_sock, handoff_sock=handoff_sock)
         self.frames: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue()
@@ -191,15 +196,11 @@ class FakeHost:
         result = {"protocol": 1, "plugin": self.name, "version": "0.1.0",
                   "params": params or {}, "data_dir": str(self.data_dir or ""),
                   "services": ["kv"]}
+        if self.http_secret is not None:
+            result["http_secret"] = self.http_secret
         result.update(extra or {})
         self.send({"jsonrpc": "2.0", "id": hello["id"], "result": result})
         return hello
-
-    @property
-    def http_secret(self) -> Optional[str]:
-        """The `http_secret` the plugin's `hello` gave (the host sends it with every request to
-        the plugin's HTTP socket)."""
-        return self.requests[0]["params"].get("http_secret") if self.requests else None
 
     def request(self, method: str, params: Any = None, id: Optional[int] = None) -> int:
         if id is None:

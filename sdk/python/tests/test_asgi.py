@@ -18,7 +18,7 @@ from websockets.sync.client import connect, unix_connect
 
 from conftest import PLUGINS, ROOT
 from plugd import Plugin
-from plugd._asgi import NO_HTTP_FD, NO_UVICORN, ForwardedPrefix
+from plugd._asgi import NO_HTTP_FD, NO_SECRET, NO_UVICORN, ForwardedPrefix
 from unixhttp import Listener, get_json, request
 
 ASGI = PLUGINS / "asgi_plugin.py"
@@ -109,11 +109,11 @@ def test_http_and_actions_are_served_together(asgi_host, listener):
 
 def test_only_requests_with_the_hosts_secret_reach_the_app(asgi_host, listener):
     # Anything of the host's uid can connect to the socket's path (another plugin, when the
-    # sandbox's uid layer is off): only requests carrying the secret the plugin gave the host
-    # in `hello` are served, and the app never sees the header.
+    # sandbox's uid layer is off): only requests carrying the secret the host gave in
+    # `initialize` are served, and the app never sees the header.
     h = asgi_host()
     secret = h.http_secret
-    assert isinstance(secret, str) and len(secret) >= 32
+    assert "http_secret" not in h.requests[0]["params"]  # the host's, never the plugin's
     assert started(h) == {}
     got = get_json(listener, "/mine")
     assert got["path"] == "/mine" and "x-plugd-secret" not in got["header_names"]
@@ -146,6 +146,24 @@ def test_only_requests_with_the_hosts_secret_reach_the_app(asgi_host, listener):
     assert value["requests"] == 1 and value["websockets"] == 0
     h.notify("shutdown")
     assert h.exit_code() == 0
+
+
+def test_the_secret_of_the_golden_initialize_is_the_one_checked(make_host, listener):
+    init = json.loads((ROOT / "crates/plugd-protocol/tests/golden/initialize_http.json")
+                      .read_text())["result"]
+    h = make_host(ASGI, http_sock=listener.sock, extra=init)
+    assert started(h) == {}
+    listener.secret = init["http_secret"]
+    assert get_json(listener, "/golden")["path"] == "/golden"
+    listener.secret = h.http_secret  # the fake host's own: not the one in force
+    assert request(listener, "GET", "/golden")[0] == 403
+
+
+def test_without_a_secret_from_the_host_the_start_fails_naming_the_fix(make_host, listener):
+    # Serving without one would serve anything of the host's uid: refused, not fail-open.
+    h = make_host(ASGI, http_sock=listener.sock, extra={"http_secret": None})
+    assert started(h) == {"error": NO_SECRET}
+    assert "`http_secret`" in NO_SECRET and "hint: use a plugd as new as this SDK" in NO_SECRET
 
 
 def test_shutdown_finishes_requests_in_flight_then_runs_the_stop_hooks(asgi_host, listener):
@@ -254,6 +272,8 @@ def test_a_handed_over_websocket_is_served_from_its_first_byte(make_host, listen
                         .read_text())["params"]
     assert hello["http_handoff"] is golden["http_handoff"] is True
     assert started(h) == {}
+    # Nothing the plugin starts inherits the host's channel, its HTTP socket or fd 5.
+    assert ok(h.call("inherited_fds"))["value"] == {"3": False, "4": False, "5": False}
 
     # The test plays plugd: a real client connects over TCP and sends its handshake; the "host"
     # reads the head, rewrites it as the proxy forwards a request (prefix stripped,

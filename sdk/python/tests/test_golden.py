@@ -35,7 +35,7 @@ def test_every_golden_file_is_replayed_here():
                 "service_error", "event_result", "event_error", "progress_task", "task_run",
                 "task_result", "task_retry", "task_cancelled", "task_after_last",
                 "hello_on_start", "started", "started_error",
-                "hello_http_handoff"}  # replayed in test_asgi.py
+                "hello_http_handoff", "initialize_http"}  # replayed in test_asgi.py
     replayed |= {name for name, _ in SERVICES} | {a for _, answers in SERVICES for a in answers}
     assert {p.stem for p in GOLDEN.glob("*.json")} == replayed
 

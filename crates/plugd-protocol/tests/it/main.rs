@@ -43,7 +43,6 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 }]),
                 on_start: false,
                 http_handoff: false,
-                http_secret: None,
             },
         )
     });
@@ -63,7 +62,6 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 }]),
                 on_start: true,
                 http_handoff: false,
-                http_secret: None,
             },
         )
     });
@@ -79,7 +77,6 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 actions: None,
                 on_start: false,
                 http_handoff: true,
-                http_secret: Some("kq3Vd9Jr0x2mZb7TnW4yLc8sPe6uHa1F".into()),
             },
         )
     });
@@ -187,6 +184,31 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
                     memory: 268_435_456,
                     cpu_ms: 10_000,
                 },
+                http_secret: None,
+            },
+        )
+    });
+    // A plugin with an `[http]` table also gets the secret of its HTTP side.
+    add("initialize_http", &|b| {
+        encode_result(
+            b,
+            1,
+            &Initialize {
+                protocol: 1,
+                plugin: "web",
+                version: "0.1.0".into(),
+                params: &json!({}),
+                data_dir: "/var/lib/plugd/data/web",
+                services: vec![],
+                limits: InitLimits {
+                    call_timeout_ms: 5000,
+                    concurrency: 64,
+                    memory: 268_435_456,
+                    cpu_ms: 10_000,
+                },
+                http_secret: Some(
+                    "5f0c1d2e3a4b59687766554433221100ffeeddccbbaa99887766554433221100",
+                ),
             },
         )
     });
@@ -546,7 +568,8 @@ fn golden_frames_decode_as_what_they_are() {
             "log" | "progress" | "cancel" | "shutdown" => format!("notification {name}"),
             "progress_task" => "notification progress".to_owned(),
             "params_changed" => "notification params.changed".to_owned(),
-            "result" | "result_full" | "initialize" | "pong" | "emit_result" => "result".to_owned(),
+            "result" | "result_full" | "initialize" | "initialize_http" | "pong"
+            | "emit_result" => "result".to_owned(),
             "error" | "event_error" | "task_retry" | "task_cancelled" => {
                 format!("error {}", codes::ACTION_FAILED)
             }

@@ -5,10 +5,10 @@ WebSockets skip the host's relay: the host hands the client's own TCP connection
 hand-off channel (fd `PLUGD_HANDOFF_FD`, a socket pair), with the request head rewritten as the
 proxy would forward it, and uvicorn serves the connection from its first byte (`Handoff`).
 
-Every request the host sends carries the secret this plugin gave in its `hello`
-(`X-Plugd-Secret`); `ForwardedPrefix` refuses any request without it and strips it, so nothing
-else that reaches the socket's path (another process of the same uid, when the sandbox's uid
-layer is off) is served or has its `X-Forwarded-*` headers trusted.
+Every request the host sends carries the secret `initialize` gave (`X-Plugd-Secret`);
+`ForwardedPrefix` refuses any request without it and strips it, so nothing else that reaches
+the socket's path (another process of the same uid, when the sandbox's uid layer is off) is
+served or has its `X-Forwarded-*` headers trusted.
 
 uvicorn comes from the plugin's own environment and is imported only when `serve_asgi` is
 called: the SDK itself stays standard library only. The host proxies `/plugins/NAME/...` and
@@ -23,7 +23,6 @@ import contextlib
 import hmac
 import logging
 import os
-import secrets
 import socket
 import stat
 import sys
@@ -41,6 +40,9 @@ NO_HTTP_FD = (
     "serve_asgi needs the HTTP socket plugd gives a plugin with an `[http]` table, but "
     f"`{HTTP_FD_VAR}` is not set; hint: add `[http]` to plugin.toml (for example "
     '`[http]` with `mount = "/NAME"`)')
+NO_SECRET = (
+    "serve_asgi needs the secret plugd sends in `initialize` (`http_secret`) to tell its "
+    "requests from others', and this host sent none; hint: use a plugd as new as this SDK")
 NO_UVICORN = (
     "serve_asgi needs uvicorn in the plugin's environment; hint: add `uvicorn` to "
     "`[python] requirements` or requirements.txt")
@@ -196,9 +198,8 @@ class AsgiServer:
 
     def __init__(self, app: Any, shutdown_timeout: Optional[float],
                  options: Dict[str, Any]) -> None:
-        # Given to the host in `hello`; every request it sends carries it (`ForwardedPrefix`).
-        self.secret = secrets.token_urlsafe(32)
-        self.app = ForwardedPrefix(app, self.secret)
+        # Set from `initialize` (`set_secret`); every request the host sends carries it.
+        self.app = ForwardedPrefix(app)
         self.shutdown_timeout = shutdown_timeout
         self.options = options
         self.server: Any = None
@@ -212,6 +213,7 @@ class AsgiServer:
         handoff_text = os.environ.get(HANDOFF_FD_VAR)
         if handoff_text and handoff_text.isdigit():
             self.handoff_fd = int(handoff_text)
+            _not_inherited(self.handoff_fd)
         self._handoff: Optional[Handoff] = None
         fd_text = os.environ.get(HTTP_FD_VAR)
         if not fd_text:
@@ -222,12 +224,18 @@ class AsgiServer:
         except ValueError:
             self.error = f"`{HTTP_FD_VAR}={fd_text}` is not a file descriptor number"
             return
+        _not_inherited(self.fd)
         try:
             import uvicorn  # the plugin's environment, not the SDK's
         except ImportError:
             self.error = NO_UVICORN
             return
         self.uvicorn = uvicorn
+
+    def set_secret(self, secret: Any) -> None:
+        """The host's `initialize.http_secret`: requests without it are refused from now on."""
+        if isinstance(secret, str) and secret and secret.isascii() and secret.isprintable():
+            self.app.secret = secret.encode("ascii")
 
     @property
     def handoff(self) -> bool:
@@ -263,6 +271,9 @@ class AsgiServer:
         socket is unusable, ...)."""
         if self.error is not None:
             return self.error
+        if self.app.secret is None:
+            # Never serve without it: anything of the host's uid could be the client.
+            return NO_SECRET
         loop = asyncio.get_running_loop()
         try:
             config = self._config()
@@ -312,6 +323,13 @@ class AsgiServer:
             self._handoff = None
         if self.server is not None:
             self.server.should_exit = True
+
+
+def _not_inherited(fd: int) -> None:
+    """No program the plugin starts inherits `fd` (a child that kept the hand-off channel open
+    would hide the plugin's death from the host; one with fd 4 could accept its requests)."""
+    with contextlib.suppress(OSError):
+        os.set_inheritable(fd, False)
 
 
 def _serves_websockets(ws: Any) -> bool:
@@ -430,6 +448,10 @@ class Handoff:
         self.closing = True
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.channel.fileno())
+        # The host's sends fail from now on (it answers 502 itself), so no record can arrive
+        # between the drain below and the close and be dropped with its client unanswered.
+        with contextlib.suppress(OSError):
+            self.channel.shutdown(socket.SHUT_RD)
         self._on_records()  # the queued ones: `closing` makes `_adopt` refuse them
         self.channel.close()
 

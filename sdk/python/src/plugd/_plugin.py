@@ -871,6 +871,10 @@ class Plugin:
             return EXIT_USAGE
         try:
             sock = socket.socket(fileno=int(fd_text))
+            # A program the plugin starts must not hold the host's channel (nor, in
+            # `serve_asgi`, fds 4 and 5): it could talk to the host as the plugin, and a
+            # channel it keeps open would hide the plugin's death from the host.
+            sock.set_inheritable(False)
         except (ValueError, OSError) as exc:
             _stderr(f"`PLUGD_FD={fd_text}` is not a usable socket: {exc}")
             return EXIT_USAGE
@@ -909,9 +913,6 @@ class Plugin:
         if self._start_hooks or self._asgi is not None:
             # The host then waits for `started` before it sends any work.
             hello_params["on_start"] = True
-        if self._asgi is not None and self._asgi.error is None:
-            # Every request the host sends to the HTTP socket carries it (see `_asgi`).
-            hello_params["http_secret"] = self._asgi.secret
         if self._asgi is not None and self._asgi.handoff:
             # WebSockets come as handed-over client connections (see `_asgi.Handoff`).
             hello_params["http_handoff"] = True
@@ -1034,6 +1035,9 @@ class Plugin:
         self.services = list(services) if isinstance(services, list) else []
         limits = init.get("limits")
         self.limits = dict(limits) if isinstance(limits, dict) else {}
+        if self._asgi is not None:
+            # Every request the host sends to the HTTP socket carries it (see `_asgi`).
+            self._asgi.set_secret(init.get("http_secret"))
         workers = self._max_workers
         if workers is None:
             concurrency = self.limits.get("concurrency")

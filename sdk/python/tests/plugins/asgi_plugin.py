@@ -36,6 +36,18 @@ def http_state(payload):
     return state
 
 
+@plugin.action()
+def inherited_fds(payload):
+    """Which of the host's descriptors a program this plugin starts would inherit."""
+    out = {}
+    for fd in (3, 4, 5):
+        try:
+            out[str(fd)] = os.get_inheritable(fd)
+        except OSError:
+            pass
+    return out
+
+
 async def lifespan(receive, send):
     while True:
         message = await receive()
