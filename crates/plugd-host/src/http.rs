@@ -32,9 +32,8 @@ pub struct HttpEndpoint {
     pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
     /// The secret to send in `X-Plugd-Secret` with every request to its socket.
     pub secret: Option<Arc<str>>,
-    /// Its current child's pid: besides the host, only it or a descendant may be the socket's
-    /// listener (see `plugd-server`'s connector).
-    pub pid: Option<u32>,
+    /// Its socket, pinned at its bind: what the proxy connects through (not the path).
+    pub pinned: Option<Arc<plugd_runtime::PinnedSocket>>,
     generation: Arc<Generation>,
 }
 
@@ -129,7 +128,7 @@ impl Host {
             version: generation.manifest.version.to_string(),
             handoff: side.handoff,
             secret: side.secret,
-            pid: side.pid,
+            pinned: side.socket,
             socket,
             generation,
         })

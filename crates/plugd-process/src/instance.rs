@@ -17,7 +17,8 @@ use plugd_protocol::{
 };
 use plugd_runtime::{
     ActionInfo, CallSlots, Health, HostCalls, HttpSide, Instance, InstanceSpec, InstanceStatus,
-    Invocation, LogLevel, LogSource, Outcome, RuntimeError, TASK_CANCEL_GRACE, TaskRun,
+    Invocation, LogLevel, LogSource, Outcome, PinnedSocket, RuntimeError, TASK_CANCEL_GRACE,
+    TaskRun,
 };
 use plugd_sandbox::Prepared;
 use serde_json::value::RawValue;
@@ -88,8 +89,8 @@ struct Shared {
     /// The host's end of the current child's hand-off channel, when its `hello` said
     /// `http_handoff` (and its sandbox confines a handed socket).
     http_handoff: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
-    /// The current child's pid, from its spawn on (before it could listen on its HTTP socket).
-    http_pid: std::sync::atomic::AtomicU32,
+    /// The current child's HTTP socket, pinned at its bind (from its spawn on).
+    http_pin: Mutex<Option<Arc<PinnedSocket>>>,
     /// The secret of this start's HTTP side (`initialize.http_secret`, `X-Plugd-Secret`).
     http_secret: Option<Arc<str>>,
 }
@@ -178,7 +179,7 @@ impl ProcessInstance {
             params: Mutex::new(params),
             params_send: tokio::sync::Mutex::new(()),
             http_handoff: Mutex::new(None),
-            http_pid: std::sync::atomic::AtomicU32::new(0),
+            http_pin: Mutex::new(None),
             http_secret,
         });
         let running = shared
@@ -202,9 +203,9 @@ impl Shared {
             socket,
             sandbox,
             handoff: handoff_channel,
+            http_pin,
         } = spawn(&self.spec, &self.config)?;
-        self.http_pid
-            .store(child.id().unwrap_or(0), Ordering::Release);
+        *self.http_pin.lock() = http_pin.map(Arc::new);
         let mut layers: Vec<(String, String)> = sandbox
             .iter()
             .flat_map(|s| s.layers())
@@ -1127,7 +1128,7 @@ impl Instance for ProcessInstance {
         HttpSide {
             handoff: self.shared.http_handoff.lock().clone(),
             secret: self.shared.http_secret.clone(),
-            pid: Some(self.shared.http_pid.load(Ordering::Acquire)).filter(|&p| p > 0),
+            socket: self.shared.http_pin.lock().clone(),
         }
     }
 

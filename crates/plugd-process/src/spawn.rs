@@ -24,6 +24,8 @@ pub(crate) struct Spawned {
     pub sandbox: Option<Prepared>,
     /// The host's end of the hand-off channel (non-blocking), for a plugin with `[http]`.
     pub handoff: Option<std::os::fd::OwnedFd>,
+    /// The HTTP socket's file, pinned right after its bind, for a plugin with `[http]`.
+    pub http_pin: Option<plugd_runtime::PinnedSocket>,
 }
 
 /// Resolves the manifest's entry into a program path and its arguments.
@@ -80,8 +82,8 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         StdUnixStream::pair().map_err(|e| format!("cannot create its socket pair: {e}"))?;
 
     // The HTTP side's listening socket: bound here (a stale file from a crashed child goes
-    // first), handed to the child as fd 4; the host connects to the path.
-    let http_listener = match &spec.http_socket {
+    // first), handed to the child as fd 4; the host connects through the pinned file.
+    let (http_listener, http_pin) = match &spec.http_socket {
         Some(path) => {
             let _ = std::fs::remove_file(path);
             let listener = std::os::unix::net::UnixListener::bind(path)
@@ -89,15 +91,17 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
                 .map_err(|e| {
                     format!("cannot listen on its HTTP socket `{}`: {e}", path.display())
                 })?;
+            let pin = pin_socket(path, &listener)
+                .map_err(|e| format!("cannot pin its HTTP socket `{}`: {e}", path.display()))?;
             // Above the fds the child hook moves into place (3 to 5).
             let high = listener
                 .as_fd()
                 .try_clone_to_owned()
                 .and_then(|fd| above(fd, 10))
                 .map_err(|e| format!("cannot pass its HTTP socket: {e}"))?;
-            Some(high)
+            (Some(high), Some(pin))
         }
-        None => None,
+        None => (None, None),
     };
     let http_fd = http_listener.as_ref().map(|l| l.as_raw_fd());
     // With it, the hand-off channel (fd 5): the host hands WebSockets' client connections over
@@ -227,6 +231,7 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
         socket,
         sandbox,
         handoff: handoff_host,
+        http_pin,
     })
 }
 
@@ -235,6 +240,49 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
 fn owner_only(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Pins the socket file `listener` was just bound at: an `O_PATH` descriptor of `path`, and
+/// proof that it is that socket's file — a connection made through it (`/proc/self/fd/N`)
+/// arrives at `listener` (which no other process holds yet) carrying a random token. So a
+/// process of the host's uid that renamed the file and bound its own in between is caught,
+/// and anything it does to the path later does not matter: the host never connects by path.
+fn pin_socket(
+    path: &Path,
+    listener: &std::os::unix::net::UnixListener,
+) -> std::io::Result<plugd_runtime::PinnedSocket> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let pin = plugd_runtime::PinnedSocket {
+        fd,
+        serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+    };
+    let mut token = [0u8; 16];
+    rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty())?;
+    let mut probe = StdUnixStream::connect(pin.path())?;
+    probe.write_all(&token)?;
+    listener.set_nonblocking(true)?;
+    let mut found = false;
+    // Every connection queued (someone else's too) is taken off; ours must be among them.
+    while let Ok((mut conn, _)) = listener.accept() {
+        // The probe wrote before this accept: its token is there already, nothing waits.
+        let mut got = [0u8; 17];
+        conn.set_nonblocking(true)?;
+        found |= conn.read(&mut got).ok() == Some(16) && got[..16] == token;
+    }
+    listener.set_nonblocking(false)?;
+    if !found {
+        return Err(std::io::Error::other(
+            "its file was replaced right after the bind (by a process of the host's uid)",
+        ));
+    }
+    Ok(pin)
 }
 
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec): the host's end
@@ -385,7 +433,45 @@ fn signal_name(sig: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::kill_group;
+    use super::{kill_group, pin_socket};
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn a_pinned_socket_is_reached_whatever_is_bound_at_its_path_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sock");
+        let ours = UnixListener::bind(&path).unwrap();
+        let pin = pin_socket(&path, &ours).unwrap();
+        assert!(pin.path().starts_with("/proc/self/fd/"));
+        // Someone moves the file aside and listens at the path.
+        std::fs::rename(&path, dir.path().join("aside")).unwrap();
+        let impostor = UnixListener::bind(&path).unwrap();
+        impostor.set_nonblocking(true).unwrap();
+        let mut client = UnixStream::connect(pin.path()).unwrap();
+        client.write_all(b"ping").unwrap();
+        let (mut conn, _) = ours.accept().unwrap();
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        assert!(impostor.accept().is_err(), "the impostor was reached");
+        // The pin's probe left nothing queued on the listener.
+        ours.set_nonblocking(true).unwrap();
+        assert!(ours.accept().is_err());
+    }
+
+    #[test]
+    fn a_socket_file_replaced_before_the_pin_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sock");
+        let ours = UnixListener::bind(&path).unwrap();
+        std::fs::rename(&path, dir.path().join("aside")).unwrap();
+        let _impostor = UnixListener::bind(&path).unwrap();
+        let Err(e) = pin_socket(&path, &ours) else {
+            panic!("pinned a socket that is not the listener's");
+        };
+        assert!(e.to_string().contains("was replaced"), "{e}");
+    }
 
     #[test]
     fn kill_group_refuses_the_hosts_own_group_and_init() {

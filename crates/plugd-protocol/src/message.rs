@@ -227,8 +227,8 @@ pub struct HelloAction {
     pub description: String,
 }
 
-/// `initialize` result (host → child, answer to `hello`).
-#[derive(Debug, Serialize)]
+/// `initialize` result (host → child, answer to `hello`). Its `Debug` never shows the secret.
+#[derive(Serialize)]
 pub struct Initialize<'a> {
     /// Protocol version the host speaks.
     pub protocol: u32,
@@ -249,6 +249,21 @@ pub struct Initialize<'a> {
     /// start, so the child can refuse requests that did not come from the host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_secret: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Initialize<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initialize")
+            .field("protocol", &self.protocol)
+            .field("plugin", &self.plugin)
+            .field("version", &self.version)
+            .field("params", &self.params)
+            .field("data_dir", &self.data_dir)
+            .field("services", &self.services)
+            .field("limits", &self.limits)
+            .field("http_secret", &self.http_secret.map(|_| "…"))
+            .finish()
+    }
 }
 
 /// `initialize.limits`: the manifest's `[limits]` as the host enforces them.

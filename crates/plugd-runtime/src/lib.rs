@@ -55,9 +55,30 @@ pub struct HttpSide {
     /// The secret the host sends in `X-Plugd-Secret` with every request to the plugin's HTTP
     /// socket (one per start, given to each child in `initialize`).
     pub secret: Option<Arc<str>>,
-    /// The pid of the current child (as the host sees it): the socket's listener must be the
-    /// host itself (as bound) or this process or one of its descendants (which listen again).
-    pub pid: Option<u32>,
+    /// The socket file of the current child's listener, pinned: the host connects through it
+    /// (`/proc/self/fd/N`), never through the path, which another process of the host's uid
+    /// could replace.
+    pub socket: Option<Arc<PinnedSocket>>,
+}
+
+/// A socket file pinned right after its bind: an `O_PATH` descriptor of it, checked to reach
+/// the listener just bound. Connecting to `/proc/self/fd/N` reaches that socket whatever has
+/// been renamed or bound at its path since.
+#[derive(Debug)]
+pub struct PinnedSocket {
+    /// The `O_PATH` descriptor.
+    pub fd: std::os::fd::OwnedFd,
+    /// Unique in this process (a descriptor number is reused once closed): the proxy's
+    /// connection pool tells pins apart by it.
+    pub serial: u64,
+}
+
+impl PinnedSocket {
+    /// The path to connect to.
+    pub fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
 }
 
 impl std::fmt::Debug for HttpSide {
@@ -66,7 +87,7 @@ impl std::fmt::Debug for HttpSide {
         f.debug_struct("HttpSide")
             .field("handoff", &self.handoff)
             .field("secret", &self.secret.as_ref().map(|_| "…"))
-            .field("pid", &self.pid)
+            .field("socket", &self.socket)
             .finish()
     }
 }

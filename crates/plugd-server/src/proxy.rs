@@ -118,7 +118,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
-            .build(UnixConnector::default());
+            .build(UnixConnector);
         Proxy {
             client,
             config,
@@ -199,7 +199,7 @@ impl Proxy {
         };
         parts.uri = Uri::builder()
             .scheme("http")
-            .authority(socket_authority(&endpoint.socket, endpoint.pid))
+            .authority(endpoint_authority(&endpoint))
             .path_and_query(path_and_query)
             .build()
             .map_err(|e| {
@@ -334,7 +334,7 @@ impl Proxy {
             let endpoint = host.http_endpoint(name).map_err(|e| e.to_string())?;
             let uri = Uri::builder()
                 .scheme("http")
-                .authority(socket_authority(&endpoint.socket, endpoint.pid))
+                .authority(endpoint_authority(&endpoint))
                 .path_and_query(path)
                 .build()
                 .map_err(|e| e.to_string())?;
@@ -535,112 +535,49 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     text
 }
 
-/// The socket path as a URI authority (hex), with the pid of the child that may listen there
-/// (`-PID`), so the pool keeps one set of connections per socket and child, and the connector
-/// knows where to connect and whom to expect.
-fn socket_authority(socket: &Path, child: Option<u32>) -> String {
+/// Where the proxy connects for `endpoint`: its pinned socket (`/proc/self/fd/N`, with the pin's
+/// serial, so the pool never mixes two pins that had the same descriptor number), else the
+/// socket's path.
+fn endpoint_authority(endpoint: &HttpEndpoint) -> String {
+    match &endpoint.pinned {
+        Some(pin) => socket_authority(&pin.path(), Some(pin.serial)),
+        None => socket_authority(&endpoint.socket, None),
+    }
+}
+
+/// The socket path as a URI authority (hex), with a serial (`-N`) when there is one, so the
+/// pool keeps one set of connections per socket and the connector knows where to connect.
+fn socket_authority(socket: &Path, serial: Option<u64>) -> String {
     use std::fmt::Write as _;
     let bytes = socket.as_os_str().as_encoded_bytes();
     let mut out = String::with_capacity(bytes.len() * 2 + 11);
     for b in bytes {
         let _ = write!(out, "{b:02x}");
     }
-    if let Some(pid) = child {
-        let _ = write!(out, "-{pid}");
+    if let Some(serial) = serial {
+        let _ = write!(out, "-{serial}");
     }
     out
 }
 
-/// The socket path and child pid [`socket_authority`] wrote.
-fn socket_from_authority(authority: &str) -> Option<(PathBuf, Option<u32>)> {
+/// The socket path and serial [`socket_authority`] wrote.
+fn socket_from_authority(authority: &str) -> Option<(PathBuf, Option<u64>)> {
     use std::os::unix::ffi::OsStringExt;
-    let (hex, child) = match authority.split_once('-') {
-        Some((hex, pid)) => (hex, Some(pid.parse().ok()?)),
+    let (hex, serial) = match authority.split_once('-') {
+        Some((hex, serial)) => (hex, Some(serial.parse().ok()?)),
         None => (authority, None),
     };
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect();
-    Some((PathBuf::from(std::ffi::OsString::from_vec(bytes?)), child))
+    Some((PathBuf::from(std::ffi::OsString::from_vec(bytes?)), serial))
 }
 
-/// Connects the pooled client to a plugin's Unix socket (named by the URI's authority), and
-/// only to one whose listener is this process or the plugin's own child: a process of the
-/// host's uid that can write `STATE/run` (a plugin without the sandbox's mount and Landlock
-/// layers) could put its own listener at the path and collect the requests, with the plugin's
-/// secret. A socket's peer credentials name the process that last called `listen` on it: the
-/// host, which binds it, or the plugin's server, which listens again (under the sandbox's PID
-/// namespace, a descendant of the child the host started).
-#[derive(Clone, Copy, Debug)]
-struct UnixConnector {
-    /// This process.
-    host: u32,
-}
-
-impl Default for UnixConnector {
-    fn default() -> UnixConnector {
-        UnixConnector {
-            host: std::process::id(),
-        }
-    }
-}
-
-/// `Ok` when the listener `stream` reached at `path` is `host`, `child` or a descendant of it.
-fn listened_by(
-    stream: &UnixStream,
-    path: &Path,
-    host: u32,
-    child: Option<u32>,
-) -> std::io::Result<()> {
-    let listener = stream
-        .peer_cred()?
-        .pid()
-        .and_then(|p| u32::try_from(p).ok());
-    if listener == Some(host)
-        || listener
-            .zip(child)
-            .is_some_and(|(l, c)| descends_from(l, c, host))
-    {
-        return Ok(());
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!(
-            "the socket at `{}` is not the plugin's (its listener is process {}): something replaced it; nothing was sent",
-            path.display(),
-            listener.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-        ),
-    ))
-}
-
-/// Whether process `pid` is `ancestor` or below it (parents read from `/proc`, at most 8 levels,
-/// stopping at `host`: plugins are the host's children, and a sibling is never below another).
-fn descends_from(mut pid: u32, ancestor: u32, host: u32) -> bool {
-    for _ in 0..8 {
-        if pid == ancestor {
-            return true;
-        }
-        if pid <= 1 || pid == host {
-            return false;
-        }
-        let Some(parent) = parent_of(pid) else {
-            return false;
-        };
-        pid = parent;
-    }
-    false
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))?
-        .trim()
-        .parse()
-        .ok()
-}
+/// Connects the pooled client to a plugin's Unix socket (named by the URI's authority: the
+/// pinned socket's `/proc/self/fd/N`, see [`endpoint_authority`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct UnixConnector;
 
 impl tower::Service<Uri> for UnixConnector {
     type Response = UnixIo;
@@ -652,14 +589,12 @@ impl tower::Service<Uri> for UnixConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let host = self.host;
         Box::pin(async move {
-            let (path, child) = uri
+            let (path, _) = uri
                 .host()
                 .and_then(socket_from_authority)
                 .ok_or_else(|| std::io::Error::other("not a plugin socket"))?;
             let stream = UnixStream::connect(&path).await?;
-            listened_by(&stream, &path, host, child)?;
             Ok(UnixIo(TokioIo::new(stream)))
         })
     }
@@ -717,53 +652,6 @@ impl hyper::rt::Write for UnixIo {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_connector_reaches_only_listeners_of_the_host_or_the_plugins_child() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("1.sock");
-        // The listener is this test process: the host (as bound), or, seen from a host that is
-        // some other process, a descendant of this process's parent (a plugin's server).
-        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let uri = |child| {
-            Uri::builder()
-                .scheme("http")
-                .authority(socket_authority(&path, child))
-                .path_and_query("/")
-                .build()
-                .unwrap()
-        };
-        let mut host = UnixConnector::default();
-        assert!(tower::Service::call(&mut host, uri(None)).await.is_ok());
-        let mut elsewhere = UnixConnector { host: 0 };
-        let parent = std::os::unix::process::parent_id();
-        assert!(
-            tower::Service::call(&mut elsewhere, uri(Some(parent)))
-                .await
-                .is_ok()
-        );
-        // A listener that is neither: no child known, or one it does not descend from (a
-        // sibling plugin's child, here a process of this one's own).
-        let mut sibling = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        for child in [None, Some(sibling.id())] {
-            let Err(e) = tower::Service::call(&mut elsewhere, uri(child)).await else {
-                panic!("connected to a listener that is not the plugin's ({child:?})");
-            };
-            assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
-            let text = e.to_string();
-            assert!(text.contains("1.sock"), "{text}");
-            assert!(text.contains("is not the plugin's"), "{text}");
-            assert!(
-                text.contains(&format!("process {}", std::process::id())),
-                "{text}"
-            );
-        }
-        let _ = sibling.kill();
-        let _ = sibling.wait();
-    }
-
     #[test]
     fn socket_paths_survive_the_authority() {
         let path = Path::new("/var/lib/plugd/run/12.sock");
@@ -773,11 +661,12 @@ mod tests {
             socket_from_authority(&authority).unwrap(),
             (path.to_path_buf(), None)
         );
-        let with_child = socket_authority(path, Some(4242));
-        assert!(with_child.parse::<axum::http::uri::Authority>().is_ok());
+        let pinned = Path::new("/proc/self/fd/17");
+        let with_serial = socket_authority(pinned, Some(4242));
+        assert!(with_serial.parse::<axum::http::uri::Authority>().is_ok());
         assert_eq!(
-            socket_from_authority(&with_child).unwrap(),
-            (path.to_path_buf(), Some(4242))
+            socket_from_authority(&with_serial).unwrap(),
+            (pinned.to_path_buf(), Some(4242))
         );
         assert_eq!(socket_from_authority("zz"), None);
         assert_eq!(socket_from_authority("2f-x"), None);
