@@ -242,21 +242,22 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// Pins the socket file `listener` was just bound at: an `O_PATH` descriptor of `path`, and
-/// proof that it is that socket's file — a connection made through it (`/proc/self/fd/N`)
-/// arrives at `listener` (which no other process holds yet) carrying a random token. So a
-/// process of the host's uid that renamed the file and bound its own in between is caught,
-/// and anything it does to the path later does not matter: the host never connects by path.
+/// Pins the socket file `listener` was just bound at: an `O_PATH` descriptor of `path` (not
+/// following a symlink), and proof that it is that socket's file — a connection made through
+/// it (`/proc/self/fd/N`) arrives at `listener` (which no other process holds yet) carrying a
+/// random token, and made by this process (its peer credentials: a process that put its own
+/// socket at the path and relayed the probe to ours would be the peer instead). So a process
+/// of the host's uid that replaced the file in between is caught, and anything it does to the
+/// path later does not matter: the host never connects by path.
 fn pin_socket(
     path: &Path,
     listener: &std::os::unix::net::UnixListener,
 ) -> std::io::Result<plugd_runtime::PinnedSocket> {
-    use std::io::{Read, Write};
     use std::sync::atomic::{AtomicU64, Ordering};
     static SERIAL: AtomicU64 = AtomicU64::new(1);
     let fd = rustix::fs::open(
         path,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )?;
     let pin = plugd_runtime::PinnedSocket {
@@ -265,24 +266,46 @@ fn pin_socket(
     };
     let mut token = [0u8; 16];
     rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty())?;
-    let mut probe = StdUnixStream::connect(pin.path())?;
-    probe.write_all(&token)?;
-    listener.set_nonblocking(true)?;
-    let mut found = false;
-    // Every connection queued (someone else's too) is taken off; ours must be among them.
-    while let Ok((mut conn, _)) = listener.accept() {
-        // The probe wrote before this accept: its token is there already, nothing waits.
-        let mut got = [0u8; 17];
-        conn.set_nonblocking(true)?;
-        found |= conn.read(&mut got).ok() == Some(16) && got[..16] == token;
+    // Non-blocking: a backlog someone filled in the meantime fails the start, never hangs it.
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let probe = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::connect(&probe, &SocketAddrUnix::new(pin.path())?)?;
+    if rustix::io::write(&probe, &token)? != token.len() {
+        return Err(std::io::Error::other("the probe was cut short"));
     }
-    listener.set_nonblocking(false)?;
+    let found = probe_arrived(listener, &token)?;
     if !found {
         return Err(std::io::Error::other(
             "its file was replaced right after the bind (by a process of the host's uid)",
         ));
     }
     Ok(pin)
+}
+
+/// Takes every connection queued on `listener` off it; `true` when one of them was made by this
+/// process and carries `token` (the probe, written before this is called).
+fn probe_arrived(
+    listener: &std::os::unix::net::UnixListener,
+    token: &[u8; 16],
+) -> std::io::Result<bool> {
+    use std::io::Read;
+    listener.set_nonblocking(true)?;
+    let mut found = false;
+    while let Ok((mut conn, _)) = listener.accept() {
+        // The probe wrote before this accept: its token is there already, nothing waits.
+        let mut got = [0u8; 17];
+        conn.set_nonblocking(true)?;
+        let ours = rustix::net::sockopt::socket_peercred(&conn)
+            .is_ok_and(|cred| cred.pid.as_raw_nonzero().get() as u32 == std::process::id());
+        found |= ours && conn.read(&mut got).ok() == Some(16) && got[..16] == *token;
+    }
+    listener.set_nonblocking(false)?;
+    Ok(found)
 }
 
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec): the host's end
@@ -456,6 +479,37 @@ mod tests {
         assert_eq!(&got, b"ping");
         assert!(impostor.accept().is_err(), "the impostor was reached");
         // The pin's probe left nothing queued on the listener.
+        ours.set_nonblocking(true).unwrap();
+        assert!(ours.accept().is_err());
+    }
+
+    #[test]
+    fn only_a_probe_made_by_this_process_counts() {
+        // A process that replaced the socket file could relay the probe to ours: the token
+        // then arrives, but its connection is that process's, not the host's.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sock");
+        let ours = UnixListener::bind(&path).unwrap();
+        let token = *b"0123456789abcdef";
+        let relay = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()); print('sent', flush=True); sys.stdin.read()";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", relay])
+            .arg(&path)
+            .arg(std::str::from_utf8(&token).unwrap())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut sent = [0u8; 5];
+        child.stdout.take().unwrap().read_exact(&mut sent).unwrap();
+        assert!(!super::probe_arrived(&ours, &token).unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
+        // The same bytes from this process: the probe.
+        let mut probe = UnixStream::connect(&path).unwrap();
+        probe.write_all(&token).unwrap();
+        assert!(super::probe_arrived(&ours, &token).unwrap());
+        // Nothing is left queued, and the listener is blocking again (as the child gets it).
         ours.set_nonblocking(true).unwrap();
         assert!(ours.accept().is_err());
     }
