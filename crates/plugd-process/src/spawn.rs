@@ -91,8 +91,12 @@ pub(crate) fn spawn(spec: &InstanceSpec, config: &ProcessConfig) -> Result<Spawn
                 .map_err(|e| {
                     format!("cannot listen on its HTTP socket `{}`: {e}", path.display())
                 })?;
-            let pin = pin_socket(path, &listener)
-                .map_err(|e| format!("cannot pin its HTTP socket `{}`: {e}", path.display()))?;
+            let pin = pin_socket(path, &listener).map_err(|e| {
+                format!(
+                    "cannot pin its HTTP socket `{}` (plugd connects through `/proc/self/fd`: /proc must be mounted): {e}",
+                    path.display()
+                )
+            })?;
             // Above the fds the child hook moves into place (3 to 5).
             let high = listener
                 .as_fd()
@@ -287,25 +291,62 @@ fn pin_socket(
     Ok(pin)
 }
 
-/// Takes every connection queued on `listener` off it; `true` when one of them was made by this
-/// process and carries `token` (the probe, written before this is called).
+/// Takes the connections queued on `listener` off it, up to the probe; `true` when one of them
+/// was made by this process and carries `token` (the probe, written before this is called).
+/// Connections come off in the order they came, so the probe is among the first backlog's
+/// worth; a process that keeps connecting cannot keep this busy beyond that.
 fn probe_arrived(
     listener: &std::os::unix::net::UnixListener,
     token: &[u8; 16],
 ) -> std::io::Result<bool> {
     use std::io::Read;
+    /// More than any backlog the kernel allows by default (`somaxconn`, 4096).
+    const MOST: usize = 8192;
     listener.set_nonblocking(true)?;
     let mut found = false;
-    while let Ok((mut conn, _)) = listener.accept() {
+    for _ in 0..MOST {
+        let mut conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                listener.set_nonblocking(false)?;
+                return Err(e);
+            }
+        };
         // The probe wrote before this accept: its token is there already, nothing waits.
         let mut got = [0u8; 17];
         conn.set_nonblocking(true)?;
-        let ours = rustix::net::sockopt::socket_peercred(&conn)
-            .is_ok_and(|cred| cred.pid.as_raw_nonzero().get() as u32 == std::process::id());
-        found |= ours && conn.read(&mut got).ok() == Some(16) && got[..16] == *token;
+        found = peer_pid(&conn) == Some(std::process::id())
+            && conn.read(&mut got).ok() == Some(16)
+            && got[..16] == *token;
+        if found {
+            break;
+        }
     }
     listener.set_nonblocking(false)?;
     Ok(found)
+}
+
+/// The pid of the process that connected `conn` (`SO_PEERCRED`), as this process's PID
+/// namespace sees it; `None` when that process is outside it (the kernel says 0).
+fn peer_pid(conn: &StdUnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid `ucred` and `len` its size; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
 }
 
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec): the host's end
