@@ -5,12 +5,18 @@
 # (`plugd-bench tcp-relay`) in front of the direct app. This
 # machine's numbers drift by 30 % between minutes, so only rounds interleaved like this compare.
 # Needs the release binaries (`cargo build --release -p plugd -p plugd-bench`) and uv (for the
-# example's environment).
+# example's environment); installs wrk (apt-get) if it is missing.
 #   bench/proxy-rounds.sh            ROUNDS=6 PROFILE_DIR=debug bench/proxy-rounds.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROFILE_DIR=${PROFILE_DIR:-release}
 ROUNDS=${ROUNDS:-4}
+if ! command -v wrk >/dev/null; then   # as bench/run.sh: from Debian
+  if [ "$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else
+    echo "wrk is missing and we are not root; hint: install it with your package manager" >&2; exit 1
+  fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
+fi
 S=$(mktemp -d /tmp/pb.XXXX); chmod 755 $S
 mkdir -p $S/plugins; cp -r $ROOT/examples/plugins/client-manager $S/plugins/; rm -rf $S/plugins/client-manager/__pycache__
 $ROOT/target/$PROFILE_DIR/plugd serve --plugins $S/plugins --listen 127.0.0.1:18090 --state-dir $S/state >$S/out 2>$S/err &
