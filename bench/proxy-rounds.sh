@@ -34,7 +34,7 @@ P3=$!
 trap 'kill $P1 ${P2:-} $P3 2>/dev/null; rm -rf $S' EXIT
 for i in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18092/health)" = 200 ] && break; sleep 0.1; done
 # (No bare relay to the plugin's own socket: since 106a72a the plugin serves only requests that
-# carry the secret its `hello` gave plugd, which a byte relay cannot add.)
+# carry the secret plugd gave it in `initialize`, which a byte relay cannot add.)
 for r in $(seq $ROUNDS); do
   for c in proxy direct; do
     url=http://127.0.0.1:18090/plugins/client-manager/health; [ $c = direct ] && url=http://127.0.0.1:18091/health

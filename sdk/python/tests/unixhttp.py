@@ -26,7 +26,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 def where(to: Any) -> Tuple[str, Dict[str, str]]:
     """A socket path, or something served at one (a `Listener`, a test's `Served`): its path,
-    and the `X-Plugd-Secret` header the host would send there (the plugin's `hello` gave it)."""
+    and the `X-Plugd-Secret` header the host would send there (it gave it in `initialize`)."""
     if isinstance(to, str):
         return to, {}
     secret = getattr(to, "secret", None)
@@ -64,7 +64,7 @@ class Listener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(64)
-        # The secret the plugin serving here gave in its `hello` (set by the test).
+        # The secret plugd gave the plugin serving here in `initialize` (set by the test).
         self.secret: Optional[str] = None
 
     def close(self) -> None:
