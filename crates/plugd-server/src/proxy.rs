@@ -197,9 +197,16 @@ impl Proxy {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_owned(),
         };
+        let authority = endpoint_authority(&endpoint).map_err(|why| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "plugin_unreachable",
+                format!("Plugin `{name}` cannot be reached: {why}"),
+            )
+        })?;
         parts.uri = Uri::builder()
             .scheme("http")
-            .authority(endpoint_authority(&endpoint))
+            .authority(authority)
             .path_and_query(path_and_query)
             .build()
             .map_err(|e| {
@@ -334,7 +341,7 @@ impl Proxy {
             let endpoint = host.http_endpoint(name).map_err(|e| e.to_string())?;
             let uri = Uri::builder()
                 .scheme("http")
-                .authority(endpoint_authority(&endpoint))
+                .authority(endpoint_authority(&endpoint)?)
                 .path_and_query(path)
                 .build()
                 .map_err(|e| e.to_string())?;
@@ -536,12 +543,16 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// Where the proxy connects for `endpoint`: its pinned socket (`/proc/self/fd/N`, with the pin's
-/// serial, so the pool never mixes two pins that had the same descriptor number), else the
-/// socket's path.
-fn endpoint_authority(endpoint: &HttpEndpoint) -> String {
+/// serial, so the pool never mixes two pins that had the same descriptor number). Never the
+/// socket's path, which a process of the host's uid could have replaced: an endpoint without
+/// a pin (a runtime that does not pin) is not reached at all.
+fn endpoint_authority(endpoint: &HttpEndpoint) -> Result<String, String> {
     match &endpoint.pinned {
-        Some(pin) => socket_authority(&pin.path(), Some(pin.serial)),
-        None => socket_authority(&endpoint.socket, None),
+        Some(pin) => Ok(socket_authority(&pin.path(), Some(pin.serial))),
+        None => Err(format!(
+            "its runtime did not pin its socket `{}`, and plugd connects to none by path",
+            endpoint.socket.display()
+        )),
     }
 }
 
