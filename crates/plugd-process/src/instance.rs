@@ -17,8 +17,7 @@ use plugd_protocol::{
 };
 use plugd_runtime::{
     ActionInfo, CallSlots, Health, HostCalls, HttpSide, Instance, InstanceSpec, InstanceStatus,
-    Invocation, LogLevel, LogSource, Outcome, PinnedSocket, RuntimeError, TASK_CANCEL_GRACE,
-    TaskRun,
+    Invocation, LogLevel, LogSource, Outcome, RuntimeError, TASK_CANCEL_GRACE, TaskRun,
 };
 use plugd_sandbox::Prepared;
 use serde_json::value::RawValue;
@@ -86,13 +85,11 @@ struct Shared {
     params: Mutex<Params>,
     /// Held while one `params.changed` is queued, so two changes reach the child in order.
     params_send: tokio::sync::Mutex<()>,
-    /// The host's end of the current child's hand-off channel, when its `hello` said
-    /// `http_handoff` (and its sandbox confines a handed socket).
-    http_handoff: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
-    /// The current child's HTTP socket, pinned at its bind (from its spawn on).
-    http_pin: Mutex<Option<Arc<PinnedSocket>>>,
-    /// The secret of this start's HTTP side (`initialize.http_secret`, `X-Plugd-Secret`).
-    http_secret: Option<Arc<str>>,
+    /// The HTTP side as the proxy reaches it: the secret of this start (`initialize.http_secret`,
+    /// fixed), the current child's socket pinned at its bind (from its spawn on), and its
+    /// hand-off channel when its `hello` said `http_handoff` (and its sandbox confines a handed
+    /// socket). One lock: the proxy reads it on every request.
+    http_side: Mutex<HttpSide>,
 }
 
 /// The plugin's current params and how often they changed since the start.
@@ -154,15 +151,9 @@ impl ProcessInstance {
             version: 0,
             value: spec.params.clone(),
         };
-        // One secret per start (every child of it gets the same, so a request queued on the
-        // socket while a crashed child is replaced still carries the right one).
-        let http_secret = match &spec.http_socket {
-            Some(_) => Some(http_secret().map_err(|e| RuntimeError::StartFailed {
-                plugin: plugin.clone(),
-                reason: format!("cannot make the secret of its HTTP side: {e}"),
-            })?),
-            None => None,
-        };
+        // One secret per start: every child of it gets the same, so a request that reaches a
+        // crashed child's replacement before its `hello` carries the secret that child checks.
+        let http_secret = spec.http_socket.as_ref().map(|_| http_secret());
         let shared = Arc::new(Shared {
             plugin: plugin.clone(),
             spec,
@@ -178,9 +169,10 @@ impl ProcessInstance {
             stopped: watch::channel(false).0,
             params: Mutex::new(params),
             params_send: tokio::sync::Mutex::new(()),
-            http_handoff: Mutex::new(None),
-            http_pin: Mutex::new(None),
-            http_secret,
+            http_side: Mutex::new(HttpSide {
+                secret: http_secret,
+                ..HttpSide::default()
+            }),
         });
         let running = shared
             .launch()
@@ -197,7 +189,7 @@ impl Shared {
     /// ready only once it said `started` (its hooks ran), all within the start timeout.
     async fn launch(self: &Arc<Self>) -> Result<Running, String> {
         // The previous child's hand-off channel is not used from now on.
-        *self.http_handoff.lock() = None;
+        self.http_side.lock().handoff = None;
         let Spawned {
             mut child,
             socket,
@@ -205,7 +197,7 @@ impl Shared {
             handoff: handoff_channel,
             http_pin,
         } = spawn(&self.spec, &self.config)?;
-        *self.http_pin.lock() = http_pin.map(Arc::new);
+        self.http_side.lock().socket = http_pin.map(Arc::new);
         let mut layers: Vec<(String, String)> = sandbox
             .iter()
             .flat_map(|s| s.layers())
@@ -300,6 +292,7 @@ impl Shared {
             let params = self.params.lock();
             (params.version, params.value.clone())
         };
+        let http_secret = self.http_side.lock().secret.clone();
         let init = Initialize {
             protocol: PROTOCOL_VERSION,
             plugin: manifest.name.as_str(),
@@ -313,7 +306,7 @@ impl Shared {
                 .map(|s| s.as_str())
                 .collect(),
             limits: init_limits(&manifest.limits),
-            http_secret: self.http_secret.as_deref(),
+            http_secret: http_secret.as_deref(),
         };
         encode_result(&mut frame, hello_id, &init);
         if let Err(e) = conn.send_frame(frame, timeout).await {
@@ -369,7 +362,7 @@ impl Shared {
         // Only a plugin with a hand-off channel (an `[http]` table) can take one, and only when
         // a handed TCP socket of the host's cannot widen its network.
         let handoff = hello.http_handoff && handoff_channel.is_some();
-        *self.http_handoff.lock() = handoff_channel
+        self.http_side.lock().handoff = handoff_channel
             .filter(|_| handoff && handoff_safe)
             .map(Arc::new);
         if handoff {
@@ -445,7 +438,7 @@ impl Shared {
     fn uninstall(&self, reason: &str) {
         *self.current.write() = None;
         // WebSockets go to the relay (which waits for the next child) until one says hello.
-        *self.http_handoff.lock() = None;
+        self.http_side.lock().handoff = None;
         let mut state = self.state.lock();
         state.ready = false;
         state.pid = None;
@@ -1125,11 +1118,7 @@ impl Instance for ProcessInstance {
     }
 
     fn http_side(&self) -> HttpSide {
-        HttpSide {
-            handoff: self.shared.http_handoff.lock().clone(),
-            secret: self.shared.http_secret.clone(),
-            socket: self.shared.http_pin.lock().clone(),
-        }
+        self.shared.http_side.lock().clone()
     }
 
     fn health(&self) -> watch::Receiver<Health> {
@@ -1240,19 +1229,17 @@ fn map_rpc_error(plugin: &PluginName, action: &str, error: RpcError) -> RuntimeE
     }
 }
 
-/// A fresh secret for a plugin's HTTP side: 32 random bytes from the kernel, as 64 hex digits.
-fn http_secret() -> std::io::Result<Arc<str>> {
+/// A fresh secret for a plugin's HTTP side: 32 random bytes from the OS (as API tokens are
+/// made), as 64 hex digits.
+fn http_secret() -> Arc<str> {
+    use rand_core::RngCore;
     let mut bytes = [0u8; 32];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        filled +=
-            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
-    }
-    Ok(bytes
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>()
-        .into())
+        .into()
 }
 
 #[cfg(test)]
@@ -1261,7 +1248,7 @@ mod tests {
 
     #[test]
     fn each_http_secret_is_64_fresh_hex_digits() {
-        let (a, b) = (http_secret().unwrap(), http_secret().unwrap());
+        let (a, b) = (http_secret(), http_secret());
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
         assert_ne!(a, b);

@@ -269,7 +269,7 @@ fn pin_socket(
         serial: SERIAL.fetch_add(1, Ordering::Relaxed),
     };
     let mut token = [0u8; 16];
-    rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty())?;
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut token);
     // Non-blocking: a backlog someone filled in the meantime fails the start, never hangs it.
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     let probe = rustix::net::socket_with(
